@@ -1,0 +1,85 @@
+//! Typed errors.
+//!
+//! Three kinds of failure must never be confused: a *domain rejection* (the
+//! command is invalid for the current state — tell the caller), a
+//! *concurrency conflict* (someone else wrote first — reload and retry) and an
+//! *infrastructure failure* (the database is down — back off, alert).
+
+use crate::store::ExpectedVersion;
+
+/// Boxed infrastructure error from a backend driver.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors from an [`EventStore`](crate::EventStore).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream's version did not match the expected version.
+    #[error("concurrency conflict on stream {stream}: expected {expected}, found version {actual}")]
+    Conflict {
+        stream: String,
+        expected: ExpectedVersion,
+        /// The stream's version when the conflict was detected (0 = no stream).
+        actual: u64,
+    },
+    /// An event with this id is already stored.
+    #[error("duplicate event id {0}")]
+    DuplicateEventId(uuid::Uuid),
+    /// The request itself is invalid (empty stream id, no events, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A stored row could not be turned back into an envelope.
+    #[error("corrupt stored event at position {position}: {reason}")]
+    Corrupt { position: u64, reason: String },
+    /// The backend failed (connection lost, disk full, ...).
+    #[error("event store backend failure")]
+    Backend(#[source] BoxError),
+}
+
+impl StoreError {
+    pub fn backend(err: impl Into<BoxError>) -> Self {
+        Self::Backend(err.into())
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}
+
+/// An event could not be decoded into the aggregate's event type.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode event {event_id} of type {event_type} v{schema_version}: {reason}")]
+pub struct DecodeError {
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub schema_version: u16,
+    pub reason: String,
+}
+
+/// Errors from executing a command against an aggregate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E> {
+    /// The aggregate rejected the command: a business outcome, not a fault.
+    #[error("command rejected")]
+    Rejected(#[source] E),
+    /// Every attempt lost a race with a concurrent writer.
+    #[error("concurrency conflict on stream {stream} after {attempts} attempts")]
+    Conflict { stream: String, attempts: u32 },
+    /// A stored event (or snapshot) could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The event store failed.
+    #[error("event store failure")]
+    Store(#[source] StoreError),
+}
+
+impl<E> CommandError<E> {
+    /// The domain rejection, if that is what this is.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            Self::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! polis-core: the pure heart of polis.
+//!
+//! This crate holds the types and traits every other polis crate agrees on,
+//! and no I/O of its own (no SQL driver, no broker client, no HTTP):
+//!
+//! - [`envelope`]: the event envelope — CloudEvents attributes plus stream
+//!   version, global position, schema version, correlation, causation and
+//!   `traceparent`.
+//! - [`aggregate`]: the [`Aggregate`] trait (pure `handle` / `apply`) and the
+//!   [`DomainEvent`] trait that maps a Rust event enum onto envelopes.
+//! - [`store`]: the [`EventStore`] contract that the SQLite and PostgreSQL
+//!   backends in `polis-store` implement, with its [`ExpectedVersion`] rules.
+//! - [`subscription`]: the catch-up subscription built on top of any store.
+//! - [`upcast`]: chains of upcasters that turn old event versions into new
+//!   ones on read.
+//! - [`repository`]: command execution — load (snapshot + later events),
+//!   decide, append with an expected version, retry on conflict — plus
+//!   snapshots and state as of a version or a time.
+//! - [`testing`]: the given/when/then fixture for aggregates.
+//! - [`error`]: typed errors that keep domain rejection, concurrency conflict
+//!   and infrastructure failure apart.
+
+pub mod aggregate;
+pub mod envelope;
+pub mod error;
+pub mod repository;
+pub mod store;
+pub mod subscription;
+pub mod testing;
+pub mod upcast;
+
+pub use aggregate::{Aggregate, DomainEvent};
+pub use envelope::{Metadata, NewEvent, RecordedEvent};
+pub use error::{CommandError, StoreError};
+pub use repository::{Loaded, Repository, SnapshotPolicy};
+pub use store::{AppendResult, EventStore, ExpectedVersion, Snapshot, StreamInfo};
+pub use subscription::{CatchUpOptions, catch_up};
+pub use upcast::Upcasters;

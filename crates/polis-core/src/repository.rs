@@ -1,0 +1,249 @@
+//! Command execution for event-sourced aggregates.
+//!
+//! [`Repository::execute`] loads an aggregate (latest usable snapshot plus the
+//! events after it, upcasted), lets it decide, and appends the decided events
+//! with the loaded version as the expected version. If another writer got
+//! there first it reloads and decides again, a bounded number of times: the
+//! aggregate's rules are always checked against the state they will follow.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::aggregate::{Aggregate, DomainEvent};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent};
+use crate::error::{CommandError, DecodeError, StoreError};
+use crate::store::{AppendResult, EventStore, ExpectedVersion, Snapshot};
+use crate::upcast::Upcasters;
+
+/// How many events are read per round trip while loading a stream.
+const LOAD_BATCH: usize = 512;
+
+/// When to take a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotPolicy {
+    Never,
+    /// After an append that reaches or crosses a multiple of N events.
+    EveryNEvents(u64),
+}
+
+/// An aggregate's state at a stream version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<A> {
+    pub state: A,
+    /// Number of events folded into `state` (0 = the aggregate does not exist).
+    pub version: u64,
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone)]
+pub struct Executed<A: Aggregate> {
+    /// State after the new events.
+    pub state: A,
+    /// The events the command produced (possibly none).
+    pub events: Vec<A::Event>,
+    /// Stream version after the command.
+    pub version: u64,
+    /// `None` when the command produced no events (nothing was appended).
+    pub append: Option<AppendResult>,
+    /// Attempts used (1 unless a concurrency conflict forced a retry).
+    pub attempts: u32,
+}
+
+/// Loads and executes commands against aggregates of type `A` stored in `S`.
+#[derive(Debug)]
+pub struct Repository<A, S: ?Sized> {
+    store: Arc<S>,
+    upcasters: Upcasters,
+    snapshots: SnapshotPolicy,
+    max_attempts: u32,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A, S: ?Sized> Clone for Repository<A, S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            upcasters: self.upcasters.clone(),
+            snapshots: self.snapshots,
+            max_attempts: self.max_attempts,
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate, S: EventStore + ?Sized> Repository<A, S> {
+    pub fn new(store: Arc<S>) -> Self {
+        Self {
+            store,
+            upcasters: Upcasters::new(),
+            snapshots: SnapshotPolicy::Never,
+            max_attempts: 5,
+            _aggregate: PhantomData,
+        }
+    }
+
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> Self {
+        self.snapshots = policy;
+        self
+    }
+
+    /// Attempts per command before a concurrency conflict is reported (at least 1).
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Executes `command` on aggregate `id`, retrying on concurrency conflicts.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: Metadata,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
+        let stream = A::stream_id(id);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let loaded = self.load_stream(&stream, u64::MAX, None).await?;
+            let events = loaded.state.handle(command).map_err(CommandError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Executed { state: loaded.state, events, version: loaded.version, append: None, attempts });
+            }
+            let new_events =
+                events.iter().map(|e| encode(e, &metadata)).collect::<Result<Vec<_>, _>>().map_err(|e| {
+                    CommandError::Store(StoreError::InvalidRequest(format!("cannot encode event: {e}")))
+                })?;
+            match self.store.append(&stream, ExpectedVersion::from_loaded(loaded.version), new_events).await {
+                Ok(append) => {
+                    let state = events.iter().fold(loaded.state, |s, e| s.apply(e));
+                    self.maybe_snapshot(&stream, loaded.version, append.stream_version, &state).await;
+                    return Ok(Executed {
+                        state,
+                        events,
+                        version: append.stream_version,
+                        append: Some(append),
+                        attempts,
+                    });
+                }
+                Err(e) if e.is_conflict() && attempts < self.max_attempts => {
+                    tracing::debug!(stream = %stream, attempts, "concurrency conflict, retrying");
+                }
+                Err(e) if e.is_conflict() => return Err(CommandError::Conflict { stream, attempts }),
+                Err(e) => return Err(CommandError::Store(e)),
+            }
+        }
+    }
+
+    /// The current state of aggregate `id`.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
+        self.load_stream(&A::stream_id(id), u64::MAX, None).await
+    }
+
+    /// The state of aggregate `id` after its first `version` events.
+    pub async fn load_at_version(&self, id: &str, version: u64) -> Result<Loaded<A>, CommandError<A::Error>> {
+        self.load_stream(&A::stream_id(id), version, None).await
+    }
+
+    /// The state of aggregate `id` as it was at `time` (events with `time <= at`).
+    pub async fn load_as_of(&self, id: &str, at: DateTime<Utc>) -> Result<Loaded<A>, CommandError<A::Error>> {
+        self.load_stream(&A::stream_id(id), u64::MAX, Some(at)).await
+    }
+
+    /// Decodes a recorded event of this aggregate (upcasting it first).
+    pub fn decode(&self, event: &RecordedEvent) -> Result<A::Event, DecodeError> {
+        decode::<A::Event>(&self.upcasters, event)
+    }
+
+    async fn load_stream(
+        &self,
+        stream: &str,
+        up_to_version: u64,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let mut loaded = Loaded { state: A::default(), version: 0 };
+        if let Some(snapshot) = self.store.load_snapshot(stream).await.map_err(CommandError::Store)? {
+            let usable = snapshot.schema_version == A::SNAPSHOT_VERSION
+                && snapshot.version <= up_to_version
+                && as_of.is_none_or(|at| snapshot.taken_at <= at);
+            if usable {
+                match serde_json::from_value::<A>(snapshot.state) {
+                    Ok(state) => loaded = Loaded { state, version: snapshot.version },
+                    // A snapshot is only a cache: if it no longer decodes, rebuild from events.
+                    Err(e) => tracing::warn!(stream, error = %e, "ignoring undecodable snapshot"),
+                }
+            }
+        }
+        'read: while loaded.version < up_to_version {
+            let batch =
+                self.store.read_stream(stream, loaded.version + 1, LOAD_BATCH).await.map_err(CommandError::Store)?;
+            let done = batch.len() < LOAD_BATCH;
+            for recorded in &batch {
+                if recorded.stream_version > up_to_version || as_of.is_some_and(|at| recorded.time > at) {
+                    break 'read;
+                }
+                let event = self.decode(recorded)?;
+                loaded.state = loaded.state.apply(&event);
+                loaded.version = recorded.stream_version;
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(loaded)
+    }
+
+    async fn maybe_snapshot(&self, stream: &str, before: u64, after: u64, state: &A) {
+        let SnapshotPolicy::EveryNEvents(n) = self.snapshots else { return };
+        if n == 0 || before / n == after / n {
+            return;
+        }
+        let state = match serde_json::to_value(state) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "cannot serialize aggregate state for a snapshot");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            stream_id: stream.to_owned(),
+            version: after,
+            schema_version: A::SNAPSHOT_VERSION,
+            state,
+            taken_at: chrono::Utc::now(),
+        };
+        // The events are committed; a failed snapshot only costs a longer load later.
+        if let Err(e) = self.store.save_snapshot(&snapshot).await {
+            tracing::warn!(stream, error = %e, "failed to save snapshot");
+        }
+    }
+}
+
+/// Turns a domain event into an envelope ready to append.
+pub fn encode<E: DomainEvent>(event: &E, metadata: &Metadata) -> Result<NewEvent, serde_json::Error> {
+    Ok(NewEvent::new(event.event_type(), event.to_data()?)
+        .with_schema_version(event.schema_version())
+        .with_metadata(metadata.clone()))
+}
+
+/// Upcasts and decodes a recorded event into a domain event.
+pub fn decode<E: DomainEvent>(upcasters: &Upcasters, event: &RecordedEvent) -> Result<E, DecodeError> {
+    let fail = |reason: String| DecodeError {
+        event_id: event.id,
+        event_type: event.event_type.clone(),
+        schema_version: event.schema_version,
+        reason,
+    };
+    let (_, data) = upcasters.upcast(&event.event_type, event.schema_version, event.data.clone()).map_err(fail)?;
+    E::from_data(&event.event_type, data).map_err(|e| fail(e.to_string()))
+}

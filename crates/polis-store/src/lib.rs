@@ -1,0 +1,26 @@
+//! polis-store: the event store backends.
+//!
+//! - [`sqlite`]: the embedded default, one SQLite file per service (WAL, one
+//!   writer task with group commit, a read pool).
+//! - [`postgres`]: the distributed backend, one PostgreSQL database per
+//!   service, with a visibility horizon so catch-up readers never skip events
+//!   that commit out of position order.
+//! - [`migrations`]: each backend's schema as embedded, versioned migrations,
+//!   applied when a store opens.
+//!
+//! Both implement [`polis_core::EventStore`] and pass the same contract suite
+//! (`tests/contract.rs`).
+
+pub mod migrations;
+pub mod postgres;
+pub mod sqlite;
+
+pub use postgres::{PgEventStore, PgOptions};
+pub use sqlite::{Durability, SqliteEventStore, SqliteOptions};
+
+use polis_core::StoreError;
+
+/// Wraps a driver error as an infrastructure failure.
+pub(crate) fn backend(e: impl Into<polis_core::error::BoxError>) -> StoreError {
+    StoreError::Backend(e.into())
+}

@@ -1,0 +1,538 @@
+//! The distributed event store: one PostgreSQL database per service.
+//!
+//! An append is one statement (one round trip, no explicit transaction): it
+//! checks and bumps the stream's row in `polis_streams`, then inserts the
+//! events with positions drawn from a sequence, all or nothing.
+//!
+//! Sequence values are handed out at insert time, not commit time, so a
+//! transaction holding position 7 can commit after one holding position 8. A
+//! reader that trusted "position > checkpoint" would skip 7. This store keeps
+//! a *visibility horizon* instead (docs/adr/0001-global-ordering.md):
+//!
+//! 1. Every appender gets its transaction id before it draws a position (the
+//!    stream row is written first, in the same statement).
+//! 2. A horizon poll reads, in one statement, the current snapshot's
+//!    `xmin`/`xmax` and the sequence's last value `h`. The snapshot is taken
+//!    before `h` is read, so `h` of poll *k* pairs with the snapshot of poll
+//!    *k + 1*: every transaction that drew a position `<= h` has an xid below
+//!    that snapshot's `xmax`.
+//! 3. Once a later poll sees `xmin >=` that `xmax`, all of those transactions
+//!    have ended, and positions `<= h` are final: `read_all` never returns a
+//!    position above the horizon.
+//!
+//! Writers pay nothing for this; readers pay one small query per poll and wait
+//! for in-flight appends (milliseconds) before they pass them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use polis_core::store::validate_append;
+use polis_core::{
+    AppendResult, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot, StoreError, StreamInfo,
+};
+use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use tokio::sync::{Mutex, Notify, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::{backend, migrations};
+
+/// The LISTEN/NOTIFY channel that carries the "new events" hint (never a payload).
+pub const NOTIFY_CHANNEL: &str = "polis_events";
+
+const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, schema_version, \
+     time, data, correlation_id, causation_id, traceparent";
+
+/// Options for [`PgEventStore::connect`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// CloudEvents `source` stamped on events: the owning service's name.
+    pub source: String,
+    pub max_connections: u32,
+    /// How long `read_all` waits for in-flight appends below the head before
+    /// it returns only what is final so far (and logs a warning).
+    pub horizon_wait: Duration,
+}
+
+impl PgOptions {
+    pub fn new(source: impl Into<String>) -> Self {
+        Self { source: source.into(), max_connections: 16, horizon_wait: Duration::from_secs(10) }
+    }
+}
+
+/// The PostgreSQL event store. Cheap to clone; clones share the pool.
+#[derive(Debug, Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    source: String,
+    pool: PgPool,
+    horizon: Mutex<Horizon>,
+    horizon_wait: Duration,
+    wakeups: watch::Sender<u64>,
+    /// Coalesces local appends into one NOTIFY each, sent off the append path.
+    notify: Arc<Notify>,
+    notifier: JoinHandle<()>,
+    listener: OnceLock<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.notifier.abort();
+        if let Some(listener) = self.listener.get() {
+            listener.abort();
+        }
+    }
+}
+
+impl PgEventStore {
+    /// Connects to the service's database at `url` and applies migrations.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
+        let pool =
+            PgPoolOptions::new().max_connections(options.max_connections.max(2)).connect(url).await.map_err(backend)?;
+        Self::from_pool(pool, options).await
+    }
+
+    /// Uses an existing pool (its database must be this service's own) and applies migrations.
+    pub async fn from_pool(pool: PgPool, options: PgOptions) -> Result<Self, StoreError> {
+        migrations::postgres().run(&pool).await.map_err(backend)?;
+        let notify = Arc::new(Notify::new());
+        let notifier = tokio::spawn(notifier_loop(pool.clone(), notify.clone()));
+        let (wakeups, _) = watch::channel(0);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                source: options.source,
+                pool,
+                horizon: Mutex::new(Horizon::default()),
+                horizon_wait: options.horizon_wait,
+                wakeups,
+                notify,
+                notifier,
+                listener: OnceLock::new(),
+            }),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The highest position below which the log is final, after waiting (up to
+    /// `horizon_wait`) for every append in flight at the time of the call.
+    async fn settled_horizon(&self) -> Result<u64, StoreError> {
+        let mut horizon = self.inner.horizon.lock().await;
+        let target = horizon.poll(&self.inner.pool).await?;
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_micros(200);
+        while horizon.safe < target {
+            if started.elapsed() > self.inner.horizon_wait {
+                tracing::warn!(
+                    safe = horizon.safe,
+                    target,
+                    "a transaction that appended events is still open; reading only up to the settled horizon"
+                );
+                break;
+            }
+            // Release the lock while sleeping so other readers can poll too.
+            drop(horizon);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+            horizon = self.inner.horizon.lock().await;
+            horizon.poll(&self.inner.pool).await?;
+        }
+        Ok(horizon.safe)
+    }
+
+    async fn read_range(&self, after: u64, up_to: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM polis_events WHERE position > $1 AND position <= $2 \
+                 ORDER BY position LIMIT $3"
+            )
+        });
+        let rows = sqlx::query(&SQL)
+            .bind(to_i64(after))
+            .bind(to_i64(up_to))
+            .bind(to_i64(max as u64))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|r| decode_row(r, &self.inner.source)).collect()
+    }
+
+    fn start_listener(&self) {
+        self.inner.listener.get_or_init(|| {
+            let pool = self.inner.pool.clone();
+            let wakeups = self.inner.wakeups.clone();
+            tokio::spawn(listener_loop(pool, wakeups))
+        });
+    }
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    fn source(&self) -> &str {
+        &self.inner.source
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events)?;
+        let expected = expected.normalized();
+        let count = events.len() as i64;
+        let mut ids = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut schema_versions = Vec::with_capacity(events.len());
+        let mut times = Vec::with_capacity(events.len());
+        let mut data = Vec::with_capacity(events.len());
+        let mut correlations = Vec::with_capacity(events.len());
+        let mut causations = Vec::with_capacity(events.len());
+        let mut traceparents = Vec::with_capacity(events.len());
+        for e in &events {
+            ids.push(e.id);
+            types.push(e.event_type.as_str());
+            schema_versions.push(i32::from(e.schema_version));
+            times.push(e.time);
+            data.push(&e.data);
+            correlations.push(e.metadata.correlation_id);
+            causations.push(e.metadata.causation_id);
+            traceparents.push(e.metadata.traceparent.as_deref());
+        }
+        let expected_version = match expected {
+            ExpectedVersion::Exact(v) => to_i64(v),
+            _ => 0,
+        };
+        let rows = sqlx::query(append_sql(expected))
+            .bind(stream)
+            .bind(count)
+            .bind(expected_version)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&schema_versions)
+            .bind(&times)
+            .bind(&data)
+            .bind(&correlations)
+            .bind(&causations)
+            .bind(&traceparents)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| duplicate_or_backend(e, &events))?;
+
+        if rows.is_empty() {
+            let actual = self.stream_info(stream).await?.map_or(0, |s| s.version);
+            return Err(StoreError::Conflict { stream: stream.to_owned(), expected, actual });
+        }
+        let mut first = i64::MAX;
+        let mut last = 0;
+        let mut version = 0;
+        for row in &rows {
+            let position: i64 = row.try_get(0).map_err(backend)?;
+            first = first.min(position);
+            last = last.max(position);
+            version = version.max(row.try_get::<i64, _>(1).map_err(backend)?);
+        }
+        self.inner.wakeups.send_modify(|_| {});
+        self.inner.notify.notify_one();
+        Ok(AppendResult { stream_version: version as u64, first_position: first as u64, last_position: last as u64 })
+    }
+
+    async fn read_stream(&self, stream: &str, from_version: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        // Per-stream reads need no horizon: the stream row lock orders the
+        // commits of one stream, so its versions become visible in order.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM polis_events WHERE stream_id = $1 AND stream_version >= $2 \
+                 ORDER BY stream_version LIMIT $3"
+            )
+        });
+        let rows = sqlx::query(&SQL)
+            .bind(stream)
+            .bind(to_i64(from_version))
+            .bind(to_i64(max as u64))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|r| decode_row(r, &self.inner.source)).collect()
+    }
+
+    async fn read_all(&self, after: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        // Fast path: history below the already-known horizon needs no polling.
+        let known = self.inner.horizon.lock().await.safe;
+        if known > after {
+            let batch = self.read_range(after, known, max).await?;
+            if batch.len() == max {
+                return Ok(batch);
+            }
+        }
+        let safe = self.settled_horizon().await?;
+        self.read_range(after, safe, max).await
+    }
+
+    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM polis_streams WHERE stream_id = $1")
+            .bind(stream)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(backend)?;
+        Ok(version.map(|v| StreamInfo { version: v as u64 }))
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        let head: i64 =
+            sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM polis_event_position")
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(backend)?;
+        Ok(head as u64)
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.start_listener();
+        }
+        self.inner.wakeups.subscribe()
+    }
+
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        let row =
+            sqlx::query("SELECT version, schema_version, state, taken_at FROM polis_snapshots WHERE stream_id = $1")
+                .bind(stream)
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(Snapshot {
+            stream_id: stream.to_owned(),
+            version: row.try_get::<i64, _>("version").map_err(backend)? as u64,
+            schema_version: row.try_get::<i32, _>("schema_version").map_err(backend)? as u16,
+            state: row.try_get("state").map_err(backend)?,
+            taken_at: row.try_get("taken_at").map_err(backend)?,
+        }))
+    }
+
+    async fn save_snapshot(&self, s: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO polis_snapshots (stream_id, version, schema_version, state, taken_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+             schema_version = excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at \
+             WHERE excluded.version >= polis_snapshots.version",
+        )
+        .bind(&s.stream_id)
+        .bind(to_i64(s.version))
+        .bind(i32::from(s.schema_version))
+        .bind(&s.state)
+        .bind(s.taken_at)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+}
+
+/// The append statement for one kind of expectation.
+///
+/// `stream` writes the stream row first (which assigns the transaction id),
+/// `batch` orders the events, and only then are positions drawn, in event
+/// order, by `nextval` over the materialized, sorted batch. No row from
+/// `stream` (a failed expectation) means nothing is inserted.
+fn append_sql(expected: ExpectedVersion) -> &'static str {
+    fn build(stream_cte: &str) -> String {
+        format!(
+            "WITH stream AS ({stream_cte} RETURNING version), \
+             batch AS MATERIALIZED ( \
+                 SELECT e.*, stream.version - $2 + e.ord AS stream_version \
+                 FROM stream, unnest($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::jsonb[], \
+                                     $9::uuid[], $10::uuid[], $11::text[]) \
+                      WITH ORDINALITY AS e(event_id, event_type, schema_version, time, data, \
+                                           correlation_id, causation_id, traceparent, ord) \
+                 ORDER BY e.ord) \
+             INSERT INTO polis_events (position, event_id, stream_id, stream_version, event_type, schema_version, \
+                                       time, data, correlation_id, causation_id, traceparent) \
+             SELECT nextval('polis_event_position'), event_id, $1, stream_version, event_type, schema_version, \
+                    time, data, correlation_id, causation_id, traceparent \
+             FROM batch \
+             RETURNING position, stream_version"
+        )
+    }
+    static ANY: LazyLock<String> = LazyLock::new(|| {
+        build(
+            "INSERT INTO polis_streams (stream_id, version) VALUES ($1, $2) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = polis_streams.version + excluded.version \
+             WHERE $3 = $3",
+        )
+    });
+    static NO_STREAM: LazyLock<String> = LazyLock::new(|| {
+        build(
+            "INSERT INTO polis_streams (stream_id, version) SELECT $1, $2 WHERE $3 = $3 \
+             ON CONFLICT (stream_id) DO NOTHING",
+        )
+    });
+    static EXACT: LazyLock<String> = LazyLock::new(|| {
+        build("UPDATE polis_streams SET version = version + $2 WHERE stream_id = $1 AND version = $3")
+    });
+    match expected {
+        ExpectedVersion::Any => &ANY,
+        ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => &NO_STREAM,
+        ExpectedVersion::Exact(_) => &EXACT,
+    }
+}
+
+/// The reader-side state of the visibility horizon (see the module docs).
+#[derive(Debug, Default)]
+struct Horizon {
+    /// Every position `<= safe` is final: committed or never to appear.
+    safe: u64,
+    /// `h` of the previous poll, waiting to pair with the next poll's snapshot.
+    last_head: Option<u64>,
+    /// `(h, xmax)`: `h` becomes safe once the oldest running xid reaches `xmax`.
+    pending: VecDeque<(u64, u64)>,
+}
+
+impl Horizon {
+    /// Runs one poll; returns the head `h` it read.
+    async fn poll(&mut self, pool: &PgPool) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT pg_snapshot_xmin(s)::text::int8, pg_snapshot_xmax(s)::text::int8, \
+                    (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM polis_event_position) \
+             FROM pg_current_snapshot() AS s",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(backend)?;
+        let xmin: i64 = row.try_get(0).map_err(backend)?;
+        let xmax: i64 = row.try_get(1).map_err(backend)?;
+        let head: i64 = row.try_get(2).map_err(backend)?;
+        self.observe(xmin as u64, xmax as u64, head as u64);
+        Ok(head as u64)
+    }
+
+    fn observe(&mut self, xmin: u64, xmax: u64, head: u64) {
+        if let Some(previous) = self.last_head.replace(head) {
+            // Equal heads keep the earlier entry: its xmax is lower, so it settles sooner.
+            if previous > self.safe && self.pending.back().is_none_or(|&(h, _)| h < previous) {
+                self.pending.push_back((previous, xmax));
+            }
+        }
+        while let Some(&(h, x)) = self.pending.front() {
+            if x > xmin {
+                break;
+            }
+            self.safe = self.safe.max(h);
+            self.pending.pop_front();
+        }
+    }
+}
+
+async fn notifier_loop(pool: PgPool, notify: Arc<Notify>) {
+    loop {
+        notify.notified().await;
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&pool).await {
+            // Only a hint: listeners fall back to polling.
+            tracing::debug!(error = %e, "failed to send the new-events hint");
+        }
+    }
+}
+
+async fn listener_loop(pool: PgPool, wakeups: watch::Sender<u64>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot LISTEN for new events; polling until it works");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+            tracing::debug!(error = %e, "LISTEN failed");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // After (re)connecting, hints may have been missed: wake readers once.
+        wakeups.send_modify(|_| {});
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => wakeups.send_modify(|_| {}),
+                Ok(None) => {
+                    wakeups.send_modify(|_| {});
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "LISTEN connection failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn duplicate_or_backend(e: sqlx::Error, events: &[NewEvent]) -> StoreError {
+    let duplicate = e
+        .as_database_error()
+        .is_some_and(|d| d.is_unique_violation() && d.constraint() == Some("polis_events_event_id_key"));
+    match (duplicate, events) {
+        (true, [only]) => StoreError::DuplicateEventId(only.id),
+        (true, _) => StoreError::InvalidRequest("an event id of this append is already stored".into()),
+        _ => backend(e),
+    }
+}
+
+fn decode_row(row: &PgRow, source: &str) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get("position").map_err(backend)?;
+    let time: DateTime<Utc> = row.try_get("time").map_err(backend)?;
+    Ok(RecordedEvent {
+        id: row.try_get::<Uuid, _>("event_id").map_err(backend)?,
+        source: source.to_owned(),
+        event_type: row.try_get("event_type").map_err(backend)?,
+        stream_id: row.try_get("stream_id").map_err(backend)?,
+        stream_version: row.try_get::<i64, _>("stream_version").map_err(backend)? as u64,
+        global_position: position as u64,
+        schema_version: u16::try_from(row.try_get::<i32, _>("schema_version").map_err(backend)?)
+            .map_err(|e| StoreError::Corrupt { position: position as u64, reason: e.to_string() })?,
+        time,
+        data: row.try_get("data").map_err(backend)?,
+        metadata: Metadata {
+            correlation_id: row.try_get("correlation_id").map_err(backend)?,
+            causation_id: row.try_get("causation_id").map_err(backend)?,
+            traceparent: row.try_get("traceparent").map_err(backend)?,
+        },
+    })
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Horizon;
+
+    #[test]
+    fn head_settles_only_after_a_later_snapshot_sees_its_writers_finished() {
+        let mut h = Horizon::default();
+        // poll 1: writers 100..=104 in flight; head 10 read after this snapshot
+        h.observe(100, 105, 10);
+        assert_eq!(h.safe, 0, "a head is never safe in the poll that read it");
+        // poll 2: snapshot xmax 107 covers everyone who drew <= 10, but 100 still runs
+        h.observe(100, 107, 12);
+        assert_eq!(h.safe, 0);
+        // poll 3: everything below 107 finished -> 10 is final; 12 pairs with xmax 110
+        h.observe(107, 110, 12);
+        assert_eq!(h.safe, 10);
+        // poll 4: idle system
+        h.observe(110, 110, 12);
+        assert_eq!(h.safe, 12);
+        assert!(h.pending.is_empty());
+    }
+}

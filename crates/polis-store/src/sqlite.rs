@@ -1,0 +1,488 @@
+//! The embedded event store: one SQLite file per service, in WAL mode.
+//!
+//! SQLite allows one writer at a time, so the store owns exactly one writing
+//! connection, driven by a writer task. Appends queue up on a channel and the
+//! writer commits everything queued in one transaction (group commit): with
+//! many concurrent writers, one fsync covers many appends. Each append keeps
+//! its own expected-version check, so one conflict fails only its own append.
+//! Reads use a separate pool; WAL lets them run beside the writer.
+//!
+//! Because commits are serialized, positions (the rowid) are handed out in
+//! commit order and a reader of the global log can never skip an event.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use polis_core::store::validate_append;
+use polis_core::{
+    AppendResult, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StoreError, StreamInfo,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Connection, Executor, Row, SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::{backend, migrations};
+
+/// Appends committed together at most (bounded so one batch can't grow without limit).
+const MAX_GROUP: usize = 256;
+/// Events per INSERT statement (well under SQLite's bound-parameter limit).
+const ROWS_PER_INSERT: usize = 256;
+
+const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, schema_version, \
+     time_us, data, correlation_id, causation_id, traceparent";
+
+/// How durable a commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on every commit: a committed append survives power loss (the default).
+    Full,
+    /// fsync at checkpoints only: survives a process crash, not power loss.
+    Normal,
+}
+
+/// Options for [`SqliteEventStore::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// CloudEvents `source` stamped on events: the owning service's name.
+    pub source: String,
+    pub durability: Durability,
+    /// Connections for reads.
+    pub readers: u32,
+}
+
+impl SqliteOptions {
+    pub fn new(source: impl Into<String>) -> Self {
+        Self { source: source.into(), durability: Durability::Full, readers: 4 }
+    }
+}
+
+/// The SQLite event store. Cheap to clone; clones share the writer.
+#[derive(Debug, Clone)]
+pub struct SqliteEventStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    source: String,
+    readers: SqlitePool,
+    writer: mpsc::Sender<WriteRequest>,
+    head: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+enum WriteRequest {
+    Append {
+        stream: String,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+    },
+    Snapshot {
+        snapshot: Snapshot,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl SqliteEventStore {
+    /// Opens (creating if needed) the database file at `path` and applies migrations.
+    pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        Self::open_with(connect, options).await
+    }
+
+    /// Opens a database given as a `sqlite:` URL.
+    pub async fn open_url(url: &str, options: SqliteOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str(url).map_err(backend)?.create_if_missing(true);
+        Self::open_with(connect, options).await
+    }
+
+    async fn open_with(connect: SqliteConnectOptions, options: SqliteOptions) -> Result<Self, StoreError> {
+        let connect = connect
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match options.durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let mut writer = SqliteConnection::connect_with(&connect).await.map_err(backend)?;
+        migrations::sqlite().run(&mut writer).await.map_err(backend)?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.readers.max(1))
+            .connect_with(connect.read_only(true))
+            .await
+            .map_err(backend)?;
+
+        let head_position = current_head(&readers).await?;
+        let (head, _) = watch::channel(head_position);
+        let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
+        tokio::spawn(writer_loop(writer, rx, head.clone(), options.source.clone()));
+        Ok(Self { inner: Arc::new(Inner { source: options.source, readers, writer: tx, head }) })
+    }
+
+    /// The read pool, for queries the trait does not cover.
+    pub fn read_pool(&self) -> &SqlitePool {
+        &self.inner.readers
+    }
+
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteRequest,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.writer.send(make(reply)).await.map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::backend("the sqlite writer task has stopped")
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    fn source(&self) -> &str {
+        &self.inner.source
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events)?;
+        let stream = stream.to_owned();
+        self.submit(|reply| WriteRequest::Append { stream, expected: expected.normalized(), events, reply }).await
+    }
+
+    async fn read_stream(&self, stream: &str, from_version: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM polis_events WHERE stream_id = ? AND stream_version >= ? \
+             ORDER BY stream_version LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(stream)
+            .bind(to_i64(from_version))
+            .bind(to_i64(max as u64))
+            .fetch_all(&self.inner.readers)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|r| decode_row(r, &self.inner.source)).collect()
+    }
+
+    async fn read_all(&self, after: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM polis_events WHERE position > ? ORDER BY position LIMIT ?");
+        let rows = sqlx::query(&sql)
+            .bind(to_i64(after))
+            .bind(to_i64(max as u64))
+            .fetch_all(&self.inner.readers)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|r| decode_row(r, &self.inner.source)).collect()
+    }
+
+    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM polis_streams WHERE stream_id = ?")
+            .bind(stream)
+            .fetch_optional(&self.inner.readers)
+            .await
+            .map_err(backend)?;
+        Ok(version.map(|v| StreamInfo { version: v as u64 }))
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        current_head(&self.inner.readers).await
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.inner.head.subscribe()
+    }
+
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        let row =
+            sqlx::query("SELECT version, schema_version, state, taken_at_us FROM polis_snapshots WHERE stream_id = ?")
+                .bind(stream)
+                .fetch_optional(&self.inner.readers)
+                .await
+                .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.try_get("state").map_err(backend)?;
+        Ok(Some(Snapshot {
+            stream_id: stream.to_owned(),
+            version: row.try_get::<i64, _>("version").map_err(backend)? as u64,
+            schema_version: row.try_get::<i64, _>("schema_version").map_err(backend)? as u16,
+            state: serde_json::from_str(&state).map_err(backend)?,
+            taken_at: from_micros(row.try_get("taken_at_us").map_err(backend)?),
+        }))
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let snapshot = snapshot.clone();
+        self.submit(|reply| WriteRequest::Snapshot { snapshot, reply }).await
+    }
+}
+
+async fn current_head(pool: &SqlitePool) -> Result<u64, StoreError> {
+    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM polis_events")
+        .fetch_one(pool)
+        .await
+        .map_err(backend)?;
+    Ok(head as u64)
+}
+
+/// Commits queued writes in groups until every handle to the store is dropped.
+async fn writer_loop(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    head: watch::Sender<u64>,
+    source: String,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let last_position = match commit_group(&mut conn, &group).await {
+            Ok(outcomes) => reply_all(std::mem::take(&mut group), outcomes),
+            Err(e) if group.len() == 1 => reply_all(std::mem::take(&mut group), vec![Err(e)]),
+            Err(e) => {
+                // One request broke the shared transaction (say, a duplicate event id):
+                // commit each alone so only the culprit fails.
+                tracing::debug!(error = %e, size = group.len(), "group commit failed, retrying one by one");
+                let mut last = None;
+                for request in std::mem::take(&mut group) {
+                    let single = std::slice::from_ref(&request);
+                    let outcome = match commit_group(&mut conn, single).await {
+                        Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| Err(writer_gone())),
+                        Err(e) => Err(e),
+                    };
+                    last = reply_all(vec![request], vec![outcome]).or(last);
+                }
+                last
+            }
+        };
+        if let Some(position) = last_position {
+            head.send_replace(position);
+        }
+    }
+    tracing::debug!(source, "sqlite writer stopped");
+    let _ = conn.close().await;
+}
+
+/// The outcome of one request inside a group transaction.
+type Outcome = Result<Committed, StoreError>;
+
+#[derive(Debug)]
+enum Committed {
+    Append(AppendResult),
+    Snapshot,
+}
+
+/// Runs `group` in one IMMEDIATE transaction. Per-request expected-version
+/// conflicts are outcomes; any other failure aborts the whole transaction.
+// Boxed: sqlx's `Executor for &mut Connection` trips rustc's higher-ranked
+// `Send` check when these futures run inside `tokio::spawn` (rust#100013).
+fn commit_group<'a>(
+    conn: &'a mut SqliteConnection,
+    group: &'a [WriteRequest],
+) -> BoxFuture<'a, Result<Vec<Outcome>, StoreError>> {
+    Box::pin(commit_group_inner(conn, group))
+}
+
+async fn commit_group_inner(conn: &mut SqliteConnection, group: &[WriteRequest]) -> Result<Vec<Outcome>, StoreError> {
+    conn.execute("BEGIN IMMEDIATE").await.map_err(backend)?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for request in group {
+        let result = match request {
+            WriteRequest::Append { stream, expected, events, .. } => {
+                append_in_tx(conn, stream, *expected, events).boxed().await.map(|r| r.map(Committed::Append))
+            }
+            WriteRequest::Snapshot { snapshot, .. } => {
+                save_snapshot_in_tx(conn, snapshot).boxed().await.map(|()| Ok(Committed::Snapshot))
+            }
+        };
+        match result {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => {
+                let _ = conn.execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+    }
+    if let Err(e) = conn.execute("COMMIT").await {
+        let _ = conn.execute("ROLLBACK").await;
+        return Err(backend(e));
+    }
+    Ok(outcomes)
+}
+
+/// Sends each outcome to its requester; returns the highest position committed.
+fn reply_all(group: Vec<WriteRequest>, outcomes: Vec<Outcome>) -> Option<u64> {
+    let mut last = None;
+    for (request, outcome) in group.into_iter().zip(outcomes) {
+        match request {
+            WriteRequest::Append { reply, .. } => {
+                let outcome = outcome.and_then(|c| match c {
+                    Committed::Append(r) => Ok(r),
+                    Committed::Snapshot => Err(writer_gone()),
+                });
+                if let Ok(r) = &outcome {
+                    last = Some(r.last_position);
+                }
+                let _ = reply.send(outcome);
+            }
+            WriteRequest::Snapshot { reply, .. } => {
+                let _ = reply.send(outcome.map(|_| ()));
+            }
+        }
+    }
+    last
+}
+
+/// Checks and bumps the stream version, then inserts the events.
+/// `Ok(Err(conflict))` means nothing was written for this append.
+async fn append_in_tx(
+    conn: &mut SqliteConnection,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<Result<AppendResult, StoreError>, StoreError> {
+    let count = events.len() as i64;
+    let bumped: Option<i64> = match expected {
+        ExpectedVersion::Any => sqlx::query_scalar(
+            "INSERT INTO polis_streams (stream_id, version) VALUES (?1, ?2) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = polis_streams.version + excluded.version \
+             RETURNING version",
+        )
+        .bind(stream)
+        .bind(count)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?,
+        ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => sqlx::query_scalar(
+            "INSERT INTO polis_streams (stream_id, version) VALUES (?1, ?2) ON CONFLICT (stream_id) DO NOTHING \
+             RETURNING version",
+        )
+        .bind(stream)
+        .bind(count)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?,
+        ExpectedVersion::Exact(v) => sqlx::query_scalar(
+            "UPDATE polis_streams SET version = version + ?2 WHERE stream_id = ?1 AND version = ?3 RETURNING version",
+        )
+        .bind(stream)
+        .bind(count)
+        .bind(to_i64(v))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?,
+    };
+    let Some(new_version) = bumped else {
+        let actual: Option<i64> = sqlx::query_scalar("SELECT version FROM polis_streams WHERE stream_id = ?")
+            .bind(stream)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?;
+        return Ok(Err(StoreError::Conflict {
+            stream: stream.to_owned(),
+            expected,
+            actual: actual.unwrap_or(0) as u64,
+        }));
+    };
+
+    let first_version = new_version - count + 1;
+    let mut last_position = 0;
+    for (chunk_index, chunk) in events.chunks(ROWS_PER_INSERT).enumerate() {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO polis_events (event_id, stream_id, stream_version, event_type, schema_version, time_us, \
+             data, correlation_id, causation_id, traceparent) ",
+        );
+        insert.push_values(chunk.iter().enumerate(), |mut row, (i, e)| {
+            let version = first_version + (chunk_index * ROWS_PER_INSERT + i) as i64;
+            row.push_bind(e.id)
+                .push_bind(stream)
+                .push_bind(version)
+                .push_bind(e.event_type.as_str())
+                .push_bind(i64::from(e.schema_version))
+                .push_bind(e.time.timestamp_micros())
+                .push_bind(e.data.to_string())
+                .push_bind(e.metadata.correlation_id)
+                .push_bind(e.metadata.causation_id)
+                .push_bind(e.metadata.traceparent.as_deref());
+        });
+        let done = insert.build().execute(&mut *conn).await.map_err(|e| duplicate_or_backend(e, chunk))?;
+        last_position = done.last_insert_rowid();
+    }
+    // Rowids are max + 1 per row and this is the only writer, so the block is contiguous.
+    Ok(Ok(AppendResult {
+        stream_version: new_version as u64,
+        first_position: (last_position - count + 1) as u64,
+        last_position: last_position as u64,
+    }))
+}
+
+async fn save_snapshot_in_tx(conn: &mut SqliteConnection, s: &Snapshot) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO polis_snapshots (stream_id, version, schema_version, state, taken_at_us) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, schema_version = excluded.schema_version, \
+         state = excluded.state, taken_at_us = excluded.taken_at_us WHERE excluded.version >= polis_snapshots.version",
+    )
+    .bind(&s.stream_id)
+    .bind(to_i64(s.version))
+    .bind(i64::from(s.schema_version))
+    .bind(s.state.to_string())
+    .bind(s.taken_at.timestamp_micros())
+    .execute(&mut *conn)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn duplicate_or_backend(e: sqlx::Error, events: &[NewEvent]) -> StoreError {
+    let is_duplicate_id =
+        e.as_database_error().is_some_and(|d| d.is_unique_violation() && d.message().contains("event_id"));
+    match (is_duplicate_id, events) {
+        // The statement does not say which id; a one-event append can.
+        (true, [only]) => StoreError::DuplicateEventId(only.id),
+        (true, _) => StoreError::InvalidRequest("an event id of this append is already stored".into()),
+        _ => backend(e),
+    }
+}
+
+fn decode_row(row: &SqliteRow, source: &str) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get("position").map_err(backend)?;
+    let corrupt = |reason: String| StoreError::Corrupt { position: position as u64, reason };
+    let data: String = row.try_get("data").map_err(backend)?;
+    Ok(RecordedEvent {
+        id: row.try_get::<Uuid, _>("event_id").map_err(backend)?,
+        source: source.to_owned(),
+        event_type: row.try_get("event_type").map_err(backend)?,
+        stream_id: row.try_get("stream_id").map_err(backend)?,
+        stream_version: row.try_get::<i64, _>("stream_version").map_err(backend)? as u64,
+        global_position: position as u64,
+        schema_version: u16::try_from(row.try_get::<i64, _>("schema_version").map_err(backend)?)
+            .map_err(|e| corrupt(e.to_string()))?,
+        time: from_micros(row.try_get("time_us").map_err(backend)?),
+        data: serde_json::from_str(&data).map_err(|e| corrupt(e.to_string()))?,
+        metadata: polis_core::Metadata {
+            correlation_id: row.try_get("correlation_id").map_err(backend)?,
+            causation_id: row.try_get("causation_id").map_err(backend)?,
+            traceparent: row.try_get("traceparent").map_err(backend)?,
+        },
+    })
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,91 @@
+//! Throwaway NATS servers with JetStream.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::net::TcpStream;
+
+use crate::TestkitError;
+use crate::server::{Instance, Spec, find_binary, temp_dir};
+
+/// A `nats-server -js` of its own, storing JetStream data in a temp dir.
+/// Dropping it kills the server and deletes the store.
+#[derive(Debug)]
+pub struct NatsServer {
+    // Declared before `dir` so the server stops before its files go.
+    instance: Instance,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js` on a free port and waits until it greets
+    /// clients.
+    pub async fn start() -> Result<Self, TestkitError> {
+        let program = find_binary("nats-server")?;
+        let dir = temp_dir("nats")?;
+        let store = dir.path().join("jetstream");
+        let args = move |port: u16| -> Vec<OsString> {
+            let port = port.to_string();
+            let mut args: Vec<OsString> = ["-js", "-a", "127.0.0.1", "-p", &port, "-sd"].map(OsString::from).into();
+            args.push(store.clone().into());
+            args
+        };
+        let spec = Spec {
+            kind: "nats-server",
+            program,
+            args: Box::new(args),
+            run_as: None,
+            dir: dir.path().to_path_buf(),
+            stop_signal: libc::SIGTERM,
+            quit_signal: libc::SIGKILL,
+            ready: |port| Box::pin(greets(port)),
+        };
+        let instance = Instance::start(spec).await?;
+        tracing::info!(port = instance.port(), dir = %dir.path().display(), "started throwaway nats-server");
+        Ok(NatsServer { instance, dir })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.instance.port()
+    }
+
+    /// The JetStream store directory, which survives `stop()` and `restart()`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("jetstream")
+    }
+
+    /// Shuts down (SIGTERM) and waits for the server to exit.
+    pub async fn stop(&mut self) {
+        self.instance.stop().await;
+    }
+
+    /// Starts the server again on the same port and store directory,
+    /// stopping it first if it is running.
+    pub async fn restart(&mut self) -> Result<(), TestkitError> {
+        self.instance.restart().await
+    }
+
+    /// SIGKILLs the server, like a crash.
+    pub fn kill(&mut self) {
+        self.instance.kill();
+    }
+}
+
+/// Whether the server sends its `INFO` greeting; by then JetStream is up.
+async fn greets(port: u16) -> bool {
+    let greeting = async {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await?;
+        std::io::Result::Ok(line.starts_with("INFO "))
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(1), greeting).await, Ok(Ok(true)))
+}
