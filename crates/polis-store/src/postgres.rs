@@ -150,6 +150,89 @@ impl PgEventStore {
         Ok(horizon.safe)
     }
 
+    /// Appends inside the caller's transaction, so the events commit (or roll
+    /// back) with the caller's other writes. Call [`Self::signal_new_events`]
+    /// after the commit to wake readers at once rather than at their next poll.
+    pub async fn append_in_tx(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        self.append_with(tx, stream, expected, events).await
+    }
+
+    /// Wakes this process's readers and, through NOTIFY, every other listener.
+    pub fn signal_new_events(&self) {
+        self.inner.wakeups.send_modify(|_| {});
+        self.inner.notify.notify_one();
+    }
+
+    async fn append_with<'c>(
+        &self,
+        executor: impl sqlx::PgExecutor<'c>,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, events)?;
+        let expected = expected.normalized();
+        let count = events.len() as i64;
+        let mut ids = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut schema_versions = Vec::with_capacity(events.len());
+        let mut times = Vec::with_capacity(events.len());
+        let mut data = Vec::with_capacity(events.len());
+        let mut correlations = Vec::with_capacity(events.len());
+        let mut causations = Vec::with_capacity(events.len());
+        let mut traceparents = Vec::with_capacity(events.len());
+        for e in events {
+            ids.push(e.id);
+            types.push(e.event_type.as_str());
+            schema_versions.push(i32::from(e.schema_version));
+            times.push(e.time);
+            data.push(&e.data);
+            correlations.push(e.metadata.correlation_id);
+            causations.push(e.metadata.causation_id);
+            traceparents.push(e.metadata.traceparent.as_deref());
+        }
+        let expected_version = match expected {
+            ExpectedVersion::Exact(v) => to_i64(v),
+            _ => 0,
+        };
+        let rows = sqlx::query(append_sql(expected))
+            .bind(stream)
+            .bind(count)
+            .bind(expected_version)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&schema_versions)
+            .bind(&times)
+            .bind(&data)
+            .bind(&correlations)
+            .bind(&causations)
+            .bind(&traceparents)
+            .fetch_all(executor)
+            .await
+            .map_err(|e| duplicate_or_backend(e, events))?;
+
+        if rows.is_empty() {
+            let actual = self.stream_info(stream).await?.map_or(0, |s| s.version);
+            return Err(StoreError::Conflict { stream: stream.to_owned(), expected, actual });
+        }
+        let mut first = i64::MAX;
+        let mut last = 0;
+        let mut version = 0;
+        for row in &rows {
+            let position: i64 = row.try_get(0).map_err(backend)?;
+            first = first.min(position);
+            last = last.max(position);
+            version = version.max(row.try_get::<i64, _>(1).map_err(backend)?);
+        }
+        Ok(AppendResult { stream_version: version as u64, first_position: first as u64, last_position: last as u64 })
+    }
+
     async fn read_range(&self, after: u64, up_to: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
@@ -188,63 +271,9 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        validate_append(stream, &events)?;
-        let expected = expected.normalized();
-        let count = events.len() as i64;
-        let mut ids = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut schema_versions = Vec::with_capacity(events.len());
-        let mut times = Vec::with_capacity(events.len());
-        let mut data = Vec::with_capacity(events.len());
-        let mut correlations = Vec::with_capacity(events.len());
-        let mut causations = Vec::with_capacity(events.len());
-        let mut traceparents = Vec::with_capacity(events.len());
-        for e in &events {
-            ids.push(e.id);
-            types.push(e.event_type.as_str());
-            schema_versions.push(i32::from(e.schema_version));
-            times.push(e.time);
-            data.push(&e.data);
-            correlations.push(e.metadata.correlation_id);
-            causations.push(e.metadata.causation_id);
-            traceparents.push(e.metadata.traceparent.as_deref());
-        }
-        let expected_version = match expected {
-            ExpectedVersion::Exact(v) => to_i64(v),
-            _ => 0,
-        };
-        let rows = sqlx::query(append_sql(expected))
-            .bind(stream)
-            .bind(count)
-            .bind(expected_version)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&schema_versions)
-            .bind(&times)
-            .bind(&data)
-            .bind(&correlations)
-            .bind(&causations)
-            .bind(&traceparents)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| duplicate_or_backend(e, &events))?;
-
-        if rows.is_empty() {
-            let actual = self.stream_info(stream).await?.map_or(0, |s| s.version);
-            return Err(StoreError::Conflict { stream: stream.to_owned(), expected, actual });
-        }
-        let mut first = i64::MAX;
-        let mut last = 0;
-        let mut version = 0;
-        for row in &rows {
-            let position: i64 = row.try_get(0).map_err(backend)?;
-            first = first.min(position);
-            last = last.max(position);
-            version = version.max(row.try_get::<i64, _>(1).map_err(backend)?);
-        }
-        self.inner.wakeups.send_modify(|_| {});
-        self.inner.notify.notify_one();
-        Ok(AppendResult { stream_version: version as u64, first_position: first as u64, last_position: last as u64 })
+        let result = self.append_with(&self.inner.pool, stream, expected, &events).await?;
+        self.signal_new_events();
+        Ok(result)
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -1,0 +1,73 @@
+//! Embedded migrations apply to an empty database and leave a migrated one alone.
+
+mod support;
+
+use polis_core::{EventStore, ExpectedVersion};
+use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions, migrations};
+use sqlx::{Connection, PgConnection, SqliteConnection};
+use support::event;
+
+const TABLES: [&str; 3] = ["polis_events", "polis_snapshots", "polis_streams"];
+
+#[tokio::test]
+async fn sqlite_migrations_apply_to_empty_and_migrated_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(before, 0, "starts empty");
+    migrations::sqlite().run(&mut conn).await.unwrap();
+    migrations::sqlite().run(&mut conn).await.expect("a second run is a no-op");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'polis_%' ORDER BY name")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(tables, TABLES);
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(applied as usize, migrations::sqlite().iter().count());
+    conn.close().await.unwrap();
+
+    // Opening stores on the migrated file keeps its data.
+    let store = SqliteEventStore::open(&path, SqliteOptions::new("m")).await.unwrap();
+    store.append("s", ExpectedVersion::NoStream, vec![event("t", 1)]).await.unwrap();
+    drop(store);
+    let reopened = SqliteEventStore::open(&path, SqliteOptions::new("m")).await.unwrap();
+    assert_eq!(reopened.stream_info("s").await.unwrap().unwrap().version, 1);
+}
+
+#[tokio::test]
+async fn postgres_migrations_apply_to_empty_and_migrated_databases() {
+    let db = polis_testkit::postgres().await;
+    let mut conn = PgConnection::connect(db.url()).await.unwrap();
+    let count_tables = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'";
+    let before: i64 = sqlx::query_scalar(count_tables).fetch_one(&mut conn).await.unwrap();
+    assert_eq!(before, 0, "starts empty");
+    migrations::postgres().run(&mut conn).await.unwrap();
+    migrations::postgres().run(&mut conn).await.expect("a second run is a no-op");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_name LIKE 'polis_%' ORDER BY table_name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables, TABLES);
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(applied as usize, migrations::postgres().iter().count());
+
+    // Two stores starting at once on the migrated database, then data survives a reconnect.
+    let (a, b) = tokio::join!(
+        PgEventStore::connect(db.url(), PgOptions::new("m")),
+        PgEventStore::connect(db.url(), PgOptions::new("m"))
+    );
+    a.unwrap().append("s", ExpectedVersion::NoStream, vec![event("t", 1)]).await.unwrap();
+    assert_eq!(b.unwrap().stream_info("s").await.unwrap().unwrap().version, 1);
+}
