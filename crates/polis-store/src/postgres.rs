@@ -11,17 +11,20 @@
 //!
 //! 1. Every appender gets its transaction id before it draws a position (the
 //!    stream row is written first, in the same statement).
-//! 2. A horizon poll reads, in one statement, the current snapshot's
-//!    `xmin`/`xmax` and the sequence's last value `h`. The snapshot is taken
-//!    before `h` is read, so `h` of poll *k* pairs with the snapshot of poll
-//!    *k + 1*: every transaction that drew a position `<= h` has an xid below
-//!    that snapshot's `xmax`.
-//! 3. Once a later poll sees `xmin >=` that `xmax`, all of those transactions
-//!    have ended, and positions `<= h` are final: `read_all` never returns a
-//!    position above the horizon.
+//! 2. A horizon poll is one statement that reads the oldest running xid
+//!    (`xmin` of its snapshot), takes a fresh xid `n` for itself, and reads
+//!    the sequence's last value `h`. Because polls run one after another, the
+//!    `h` of poll *k* pairs with the `n` of poll *k + 1*: everyone who drew a
+//!    position `<= h` got its xid before `n` was handed out, so its xid is
+//!    below `n`. (The snapshot's own `xmax` is no such bound: it is only the
+//!    latest *completed* xid + 1, and a newer running writer sits above it.)
+//! 3. Once a later poll sees `xmin >= n`, every transaction with an xid below
+//!    `n` has ended, and positions `<= h` are final: `read_all` never returns
+//!    a position above the horizon.
 //!
-//! Writers pay nothing for this; readers pay one small query per poll and wait
-//! for in-flight appends (milliseconds) before they pass them.
+//! Writers pay nothing for this; readers pay one small query (and one xid,
+//! without a WAL flush) per poll, and wait for in-flight appends
+//! (milliseconds) before they pass them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -423,39 +426,39 @@ fn append_sql(expected: ExpectedVersion) -> &'static str {
 struct Horizon {
     /// Every position `<= safe` is final: committed or never to appear.
     safe: u64,
-    /// `h` of the previous poll, waiting to pair with the next poll's snapshot.
+    /// `h` of the previous poll, waiting to pair with the next poll's fresh xid.
     last_head: Option<u64>,
-    /// `(h, xmax)`: `h` becomes safe once the oldest running xid reaches `xmax`.
+    /// `(h, n)`: `h` becomes safe once the oldest running xid is at least `n`.
     pending: VecDeque<(u64, u64)>,
 }
 
 impl Horizon {
-    /// Runs one poll; returns the head `h` it read.
+    /// Runs one poll; returns the head `h` it read. Callers serialize polls
+    /// (the horizon sits behind a mutex): the pairing relies on their order.
     async fn poll(&mut self, pool: &PgPool) -> Result<u64, StoreError> {
         let row = sqlx::query(
-            "SELECT pg_snapshot_xmin(s)::text::int8, pg_snapshot_xmax(s)::text::int8, \
-                    (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM polis_event_position) \
-             FROM pg_current_snapshot() AS s",
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8, pg_current_xact_id()::text::int8, \
+                    (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM polis_event_position)",
         )
         .fetch_one(pool)
         .await
         .map_err(backend)?;
         let xmin: i64 = row.try_get(0).map_err(backend)?;
-        let xmax: i64 = row.try_get(1).map_err(backend)?;
+        let fresh_xid: i64 = row.try_get(1).map_err(backend)?;
         let head: i64 = row.try_get(2).map_err(backend)?;
-        self.observe(xmin as u64, xmax as u64, head as u64);
+        self.observe(xmin as u64, fresh_xid as u64, head as u64);
         Ok(head as u64)
     }
 
-    fn observe(&mut self, xmin: u64, xmax: u64, head: u64) {
+    fn observe(&mut self, xmin: u64, fresh_xid: u64, head: u64) {
         if let Some(previous) = self.last_head.replace(head) {
-            // Equal heads keep the earlier entry: its xmax is lower, so it settles sooner.
+            // Equal heads keep the earlier entry: its bound is lower, so it settles sooner.
             if previous > self.safe && self.pending.back().is_none_or(|&(h, _)| h < previous) {
-                self.pending.push_back((previous, xmax));
+                self.pending.push_back((previous, fresh_xid));
             }
         }
-        while let Some(&(h, x)) = self.pending.front() {
-            if x > xmin {
+        while let Some(&(h, bound)) = self.pending.front() {
+            if xmin < bound {
                 break;
             }
             self.safe = self.safe.max(h);
@@ -548,20 +551,32 @@ mod tests {
     use super::Horizon;
 
     #[test]
-    fn head_settles_only_after_a_later_snapshot_sees_its_writers_finished() {
+    fn head_settles_only_after_every_xid_below_a_later_fresh_xid_has_ended() {
         let mut h = Horizon::default();
-        // poll 1: writers 100..=104 in flight; head 10 read after this snapshot
+        // poll 1: head 10 read; no pairing yet
         h.observe(100, 105, 10);
         assert_eq!(h.safe, 0, "a head is never safe in the poll that read it");
-        // poll 2: snapshot xmax 107 covers everyone who drew <= 10, but 100 still runs
+        // poll 2: fresh xid 107 bounds everyone who drew <= 10, but 100 still runs
         h.observe(100, 107, 12);
         assert_eq!(h.safe, 0);
-        // poll 3: everything below 107 finished -> 10 is final; 12 pairs with xmax 110
+        // poll 3: the oldest running xid is 107 -> 10 is final; 12 pairs with 110
         h.observe(107, 110, 12);
         assert_eq!(h.safe, 10);
-        // poll 4: idle system
-        h.observe(110, 110, 12);
+        // poll 4: nothing older than 111 runs
+        h.observe(111, 111, 12);
         assert_eq!(h.safe, 12);
         assert!(h.pending.is_empty());
+    }
+
+    #[test]
+    fn a_running_writer_above_every_completed_xid_holds_the_horizon() {
+        // The case a snapshot's xmax gets wrong: writer 500 is the newest xid
+        // and still running, nothing older runs, so xmin = 500.
+        let mut h = Horizon::default();
+        h.observe(500, 501, 7); // head 7 includes writer 500's position
+        h.observe(500, 502, 7); // 7 pairs with fresh xid 502; 500 < 502 still runs
+        assert_eq!(h.safe, 0);
+        h.observe(503, 503, 7);
+        assert_eq!(h.safe, 7);
     }
 }

@@ -4,6 +4,8 @@
 //! instantiates all of them once per backend, so a backend cannot pass
 //! without keeping every promise of the trait.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashSet;

@@ -1,5 +1,7 @@
 //! Embedded migrations apply to an empty database and leave a migrated one alone.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use polis_core::{EventStore, ExpectedVersion};

@@ -1,6 +1,6 @@
 //! Shared test support: store factories for both backends and a small
 //! event-sourced aggregate to drive the repository with.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::Arc;
 
