@@ -1,0 +1,46 @@
+//! Wake-up hints reach readers in other processes (PostgreSQL LISTEN/NOTIFY),
+//! and a reader without any hint still catches up by polling.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use polis_core::{CatchUpOptions, EventStore, ExpectedVersion, catch_up};
+use polis_store::{PgEventStore, PgOptions};
+use support::event;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_a_reader_connected_through_another_store() {
+    let db = polis_testkit::postgres().await;
+    let writer = PgEventStore::connect(db.url(), PgOptions::new("w")).await.unwrap();
+    let reader = std::sync::Arc::new(PgEventStore::connect(db.url(), PgOptions::new("r")).await.unwrap());
+    // A 60 s poll interval: only the NOTIFY hint can deliver within the timeout.
+    let options = CatchUpOptions { batch_size: 10, poll_interval: Duration::from_secs(60) };
+    let mut sub = Box::pin(catch_up(reader, 0, options));
+    // Let the subscription go idle (caught up, LISTENing) before writing.
+    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err());
+    for i in 0..3u64 {
+        writer.append("s", ExpectedVersion::Any, vec![event("t", i)]).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("woken by NOTIFY");
+        assert_eq!(got.unwrap().unwrap().data["n"], i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_catches_up_without_any_hint() {
+    let db = polis_testkit::postgres().await;
+    let writer = PgEventStore::connect(db.url(), PgOptions::new("w")).await.unwrap();
+    let reader = std::sync::Arc::new(PgEventStore::connect(db.url(), PgOptions::new("r")).await.unwrap());
+    let options = CatchUpOptions { batch_size: 10, poll_interval: Duration::from_millis(100) };
+    let mut sub = Box::pin(catch_up(reader, 0, options));
+    assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err());
+    // Appended inside a transaction with no hint sent afterwards.
+    let mut tx = writer.pool().begin().await.unwrap();
+    writer.append_in_tx(&mut tx, "s", ExpectedVersion::Any, &[event("t", 7)]).await.unwrap();
+    tx.commit().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("found by polling");
+    assert_eq!(got.unwrap().unwrap().data["n"], 7);
+}
