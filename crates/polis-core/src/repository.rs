@@ -173,9 +173,10 @@ impl<A: Aggregate, S: EventStore + ?Sized> Repository<A, S> {
     ) -> Result<Loaded<A>, CommandError<A::Error>> {
         let mut loaded = Loaded { state: A::default(), version: 0 };
         if let Some(snapshot) = self.store.load_snapshot(stream).await.map_err(CommandError::Store)? {
-            let usable = snapshot.schema_version == A::SNAPSHOT_VERSION
-                && snapshot.version <= up_to_version
-                && as_of.is_none_or(|at| snapshot.taken_at <= at);
+            // As-of-time loads replay from the start: a snapshot's `taken_at` is a
+            // wall clock, not the time of the events folded into it.
+            let usable =
+                snapshot.schema_version == A::SNAPSHOT_VERSION && snapshot.version <= up_to_version && as_of.is_none();
             if usable {
                 match serde_json::from_value::<A>(snapshot.state) {
                     Ok(state) => loaded = Loaded { state, version: snapshot.version },

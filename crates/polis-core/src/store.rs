@@ -135,6 +135,15 @@ pub trait EventStore: Send + Sync + 'static {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
 }
 
+fn json_has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(json_has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
+    }
+}
+
 /// Rejects requests that no backend should store.
 pub fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), StoreError> {
     if stream.is_empty() {
@@ -145,6 +154,18 @@ pub fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), StoreErr
     }
     if let Some(e) = events.iter().find(|e| e.event_type.is_empty()) {
         return Err(StoreError::InvalidRequest(format!("event {} has an empty type", e.id)));
+    }
+    // PostgreSQL cannot store NUL in text or JSON; refuse it on every backend
+    // so both behave the same and the caller gets a clear reason.
+    if stream.contains('\0') {
+        return Err(StoreError::InvalidRequest("stream id contains a NUL character".into()));
+    }
+    for e in events {
+        let nul_in_text =
+            e.event_type.contains('\0') || e.metadata.traceparent.as_deref().is_some_and(|t| t.contains('\0'));
+        if nul_in_text || json_has_nul(&e.data) {
+            return Err(StoreError::InvalidRequest(format!("event {} contains a NUL character", e.id)));
+        }
     }
     let mut ids: Vec<_> = events.iter().map(|e| e.id).collect();
     ids.sort_unstable();

@@ -50,6 +50,8 @@ pub fn catch_up<S: EventStore + ?Sized>(
     options: CatchUpOptions,
 ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'static {
     let wakeups = store.wakeups();
+    // A zero batch would never look caught up and would spin.
+    let options = CatchUpOptions { batch_size: options.batch_size.max(1), ..options };
     let state = State { store, after, buffer: Vec::new().into_iter(), wakeups, options, caught_up: false };
     stream::unfold(Some(state), |state| async move {
         let mut state = state?;

@@ -27,6 +27,7 @@
 //! (milliseconds) before they pass them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
@@ -78,6 +79,8 @@ struct Inner {
     source: String,
     pool: PgPool,
     horizon: Mutex<Horizon>,
+    /// `horizon.safe`, readable without waiting for a poll in progress.
+    settled: AtomicU64,
     horizon_wait: Duration,
     wakeups: watch::Sender<u64>,
     /// Coalesces local appends into one NOTIFY each, sent off the append path.
@@ -106,6 +109,20 @@ impl PgEventStore {
     /// Uses an existing pool (its database must be this service's own) and applies migrations.
     pub async fn from_pool(pool: PgPool, options: PgOptions) -> Result<Self, StoreError> {
         migrations::postgres().run(&pool).await.map_err(backend)?;
+        // The horizon reads the sequence's last value as "every position handed
+        // out so far"; a per-session cache would make it run ahead (ADR 0001).
+        let cache: Option<i64> = sqlx::query_scalar(
+            "SELECT cache_size FROM pg_sequences WHERE schemaname = current_schema() \
+             AND sequencename = 'polis_event_position'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .map_err(backend)?;
+        if cache != Some(1) {
+            return Err(StoreError::backend(format!(
+                "sequence polis_event_position must have CACHE 1 (found {cache:?}); a cache lets readers skip events"
+            )));
+        }
         let notify = Arc::new(Notify::new());
         let notifier = tokio::spawn(notifier_loop(pool.clone(), notify.clone()));
         let (wakeups, _) = watch::channel(0);
@@ -114,6 +131,7 @@ impl PgEventStore {
                 source: options.source,
                 pool,
                 horizon: Mutex::new(Horizon::default()),
+                settled: AtomicU64::new(0),
                 horizon_wait: options.horizon_wait,
                 wakeups,
                 notify,
@@ -150,6 +168,7 @@ impl PgEventStore {
             horizon = self.inner.horizon.lock().await;
             horizon.poll(&self.inner.pool).await?;
         }
+        self.inner.settled.fetch_max(horizon.safe, Ordering::Relaxed);
         Ok(horizon.safe)
     }
 
@@ -300,7 +319,7 @@ impl EventStore for PgEventStore {
 
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         // Fast path: history below the already-known horizon needs no polling.
-        let known = self.inner.horizon.lock().await.safe;
+        let known = self.inner.settled.load(Ordering::Relaxed);
         if known > after {
             let batch = self.read_range(after, known, max).await?;
             if batch.len() == max {

@@ -117,14 +117,14 @@ impl SqliteEventStore {
         migrations::sqlite().run(&mut writer).await.map_err(backend)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
-            .connect_with(connect.read_only(true))
+            .connect_with(connect.clone().read_only(true))
             .await
             .map_err(backend)?;
 
         let head_position = current_head(&readers).await?;
         let (head, _) = watch::channel(head_position);
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
-        tokio::spawn(writer_loop(writer, rx, head.clone(), options.source.clone()));
+        tokio::spawn(writer_loop(writer, connect.clone(), rx, head.clone(), options.source.clone()));
         Ok(Self { inner: Arc::new(Inner { source: options.source, readers, writer: tx, head }) })
     }
 
@@ -242,37 +242,65 @@ async fn current_head(pool: &SqlitePool) -> Result<u64, StoreError> {
 /// Commits queued writes in groups until every handle to the store is dropped.
 async fn writer_loop(
     mut conn: SqliteConnection,
+    connect: SqliteConnectOptions,
     mut rx: mpsc::Receiver<WriteRequest>,
     head: watch::Sender<u64>,
     source: String,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let last_position = match commit_group(&mut conn, &group).await {
-            Ok(outcomes) => reply_all(std::mem::take(&mut group), outcomes),
-            Err(e) if group.len() == 1 => reply_all(std::mem::take(&mut group), vec![Err(e)]),
-            Err(e) => {
-                // One request broke the shared transaction (say, a duplicate event id):
-                // commit each alone so only the culprit fails.
-                tracing::debug!(error = %e, size = group.len(), "group commit failed, retrying one by one");
-                let mut last = None;
-                for request in std::mem::take(&mut group) {
-                    let single = std::slice::from_ref(&request);
-                    let outcome = match commit_group(&mut conn, single).await {
-                        Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| Err(writer_gone())),
-                        Err(e) => Err(e),
-                    };
-                    last = reply_all(vec![request], vec![outcome]).or(last);
+        let mut last_position = None;
+        // A request that breaks the shared transaction (say, a duplicate event
+        // id) is answered alone and the rest of the group is committed again:
+        // one bad append costs one more transaction, not one per request.
+        while !group.is_empty() {
+            match commit_group(&mut conn, &group).await {
+                Ok(outcomes) => {
+                    last_position = reply_all(std::mem::take(&mut group), outcomes).or(last_position);
                 }
-                last
+                Err(GroupFailure::Request { index, error, rolled_back }) => {
+                    let culprit = group.remove(index);
+                    reply_all(vec![culprit], vec![Err(error)]);
+                    if !rolled_back {
+                        conn = reconnect(conn, &connect).await;
+                    }
+                }
+                Err(GroupFailure::Transaction { error, rolled_back }) => {
+                    // BEGIN or COMMIT failed (busy, disk full, I/O): nothing in the group
+                    // is to blame alone, so all of it fails at once.
+                    tracing::warn!(error = %error, size = group.len(), "sqlite group commit failed");
+                    let message = error.to_string();
+                    let failures = group.iter().map(|_| Err(StoreError::backend(message.clone()))).collect();
+                    reply_all(std::mem::take(&mut group), failures);
+                    if !rolled_back {
+                        conn = reconnect(conn, &connect).await;
+                    }
+                }
             }
-        };
+        }
         if let Some(position) = last_position {
             head.send_replace(position);
         }
     }
     tracing::debug!(source, "sqlite writer stopped");
     let _ = conn.close().await;
+}
+
+/// Replaces a connection whose transaction state is unknown (a failed
+/// ROLLBACK): SQLite rolls back whatever it left open when it closes.
+async fn reconnect(old: SqliteConnection, connect: &SqliteConnectOptions) -> SqliteConnection {
+    let _ = old.close().await;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match SqliteConnection::connect_with(connect).await {
+            Ok(conn) => return conn,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the sqlite writer connection; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// The outcome of one request inside a group transaction.
@@ -284,21 +312,32 @@ enum Committed {
     Snapshot,
 }
 
-/// Runs `group` in one IMMEDIATE transaction. Per-request expected-version
-/// conflicts are outcomes; any other failure aborts the whole transaction.
+/// Why a group transaction did not commit.
+#[derive(Debug)]
+enum GroupFailure {
+    /// Request `index` failed; the transaction was rolled back (if `rolled_back`).
+    Request { index: usize, error: StoreError, rolled_back: bool },
+    /// BEGIN or COMMIT itself failed.
+    Transaction { error: StoreError, rolled_back: bool },
+}
+
 // Boxed: sqlx's `Executor for &mut Connection` trips rustc's higher-ranked
 // `Send` check when these futures run inside `tokio::spawn` (rust#100013).
 fn commit_group<'a>(
     conn: &'a mut SqliteConnection,
     group: &'a [WriteRequest],
-) -> BoxFuture<'a, Result<Vec<Outcome>, StoreError>> {
+) -> BoxFuture<'a, Result<Vec<Outcome>, GroupFailure>> {
     Box::pin(commit_group_inner(conn, group))
 }
 
-async fn commit_group_inner(conn: &mut SqliteConnection, group: &[WriteRequest]) -> Result<Vec<Outcome>, StoreError> {
-    conn.execute("BEGIN IMMEDIATE").await.map_err(backend)?;
+/// Runs `group` in one IMMEDIATE transaction. Per-request expected-version
+/// conflicts are outcomes; any other failure aborts the whole transaction.
+async fn commit_group_inner(conn: &mut SqliteConnection, group: &[WriteRequest]) -> Result<Vec<Outcome>, GroupFailure> {
+    if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+        return Err(GroupFailure::Transaction { error: backend(e), rolled_back: true });
+    }
     let mut outcomes = Vec::with_capacity(group.len());
-    for request in group {
+    for (index, request) in group.iter().enumerate() {
         let result = match request {
             WriteRequest::Append { stream, expected, events, .. } => {
                 append_in_tx(conn, stream, *expected, events).boxed().await.map(|r| r.map(Committed::Append))
@@ -309,15 +348,15 @@ async fn commit_group_inner(conn: &mut SqliteConnection, group: &[WriteRequest])
         };
         match result {
             Ok(outcome) => outcomes.push(outcome),
-            Err(e) => {
-                let _ = conn.execute("ROLLBACK").await;
-                return Err(e);
+            Err(error) => {
+                let rolled_back = conn.execute("ROLLBACK").await.is_ok();
+                return Err(GroupFailure::Request { index, error, rolled_back });
             }
         }
     }
     if let Err(e) = conn.execute("COMMIT").await {
-        let _ = conn.execute("ROLLBACK").await;
-        return Err(backend(e));
+        let rolled_back = conn.execute("ROLLBACK").await.is_ok();
+        return Err(GroupFailure::Transaction { error: backend(e), rolled_back });
     }
     Ok(outcomes)
 }

@@ -46,6 +46,7 @@ macro_rules! all_cases {
             a_conflicting_append_writes_nothing,
             invalid_appends_are_rejected,
             duplicate_event_id_is_rejected_atomically,
+            a_bad_append_among_concurrent_ones_fails_alone,
             read_stream_from_a_version_with_a_limit,
             read_all_pages_through_the_global_log_in_order,
             envelope_round_trips,
@@ -118,6 +119,11 @@ mod cases {
         assert!(matches!(e, StoreError::InvalidRequest(_)), "{e:?}");
         let e = store.append("s", ExpectedVersion::Any, vec![event("", 1)]).await.unwrap_err();
         assert!(matches!(e, StoreError::InvalidRequest(_)), "{e:?}");
+        let e = store.append("s\0x", ExpectedVersion::Any, vec![event("t", 1)]).await.unwrap_err();
+        assert!(matches!(e, StoreError::InvalidRequest(_)), "{e:?}");
+        let nul_data = NewEvent::new("t", json!({"nested": ["ok", "bad\u{0}"]}));
+        let e = store.append("s", ExpectedVersion::Any, vec![nul_data]).await.unwrap_err();
+        assert!(matches!(e, StoreError::InvalidRequest(_)), "{e:?}");
         assert!(store.stream_info("s").await.unwrap().is_none(), "nothing half-written");
     }
 
@@ -132,6 +138,29 @@ mod cases {
         assert_eq!(store.read_all(0, 100).await.unwrap().len(), 1);
         // the store still works after the failure
         store.append("b", ExpectedVersion::NoStream, vec![event("t", 3)]).await.unwrap();
+    }
+
+    pub async fn a_bad_append_among_concurrent_ones_fails_alone<S: EventStore>(store: Arc<S>) {
+        let taken = event("t", 0);
+        store.append("taken", ExpectedVersion::Any, vec![taken.clone()]).await.unwrap();
+        // Fired together so the SQLite writer commits them as one group.
+        let tasks: Vec<_> = (0..40u64)
+            .map(|i| {
+                let store = store.clone();
+                let events = if i == 17 { vec![event("t", i), taken.clone()] } else { vec![event("t", i)] };
+                tokio::spawn(async move { store.append(&format!("g-{i}"), ExpectedVersion::NoStream, events).await })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let result = t.await.unwrap();
+            if i == 17 {
+                assert!(result.is_err(), "the append reusing an id fails");
+                assert!(store.stream_info("g-17").await.unwrap().is_none(), "and leaves nothing behind");
+            } else {
+                assert_eq!(result.unwrap().stream_version, 1, "append {i} commits despite its neighbour");
+            }
+        }
+        assert_eq!(store.read_all(0, 100).await.unwrap().len(), 40);
     }
 
     pub async fn read_stream_from_a_version_with_a_limit<S: EventStore>(store: Arc<S>) {

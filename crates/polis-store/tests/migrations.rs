@@ -73,3 +73,15 @@ async fn postgres_migrations_apply_to_empty_and_migrated_databases() {
     a.unwrap().append("s", ExpectedVersion::NoStream, vec![event("t", 1)]).await.unwrap();
     assert_eq!(b.unwrap().stream_info("s").await.unwrap().unwrap().version, 1);
 }
+
+#[tokio::test]
+async fn postgres_store_refuses_a_cached_position_sequence() {
+    let db = polis_testkit::postgres().await;
+    PgEventStore::connect(db.url(), PgOptions::new("m")).await.unwrap();
+    let mut conn = PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("ALTER SEQUENCE polis_event_position CACHE 20").execute(&mut conn).await.unwrap();
+    let err = PgEventStore::connect(db.url(), PgOptions::new("m")).await.unwrap_err();
+    assert!(err.to_string().contains("event store backend failure"), "{err}");
+    let source = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+    assert!(source.contains("CACHE 1"), "{source}");
+}

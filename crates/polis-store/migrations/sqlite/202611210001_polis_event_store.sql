@@ -1,7 +1,9 @@
 -- The event log. `position` is the rowid: SQLite has one writer at a time, so
 -- positions are handed out in commit order and readers can never skip one.
+-- AUTOINCREMENT: a position is never handed out twice, even if the newest
+-- events were ever deleted, so a reader's checkpoint stays meaningful.
 CREATE TABLE polis_events (
-    position        INTEGER PRIMARY KEY,
+    position        INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id        BLOB    NOT NULL UNIQUE,
     stream_id       TEXT    NOT NULL,
     stream_version  INTEGER NOT NULL,
