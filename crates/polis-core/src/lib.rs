@@ -23,6 +23,7 @@
 pub mod aggregate;
 pub mod envelope;
 pub mod error;
+pub mod message;
 pub mod repository;
 pub mod store;
 pub mod subscription;
@@ -32,6 +33,7 @@ pub mod upcast;
 pub use aggregate::{Aggregate, DomainEvent};
 pub use envelope::{Metadata, NewEvent, RecordedEvent};
 pub use error::{CommandError, StoreError};
+pub use message::{Message, MessageKind};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
 pub use store::{AppendResult, EventStore, ExpectedVersion, Snapshot, StreamInfo};
 pub use subscription::{CatchUpOptions, catch_up};
