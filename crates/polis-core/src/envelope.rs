@@ -5,7 +5,7 @@
 //! polis extensions below. The envelope is the unit the store persists and the
 //! bus carries; domain code never sees it unless it asks to.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -59,7 +59,8 @@ impl NewEvent {
             id: Uuid::now_v7(),
             event_type: event_type.into(),
             schema_version: 1,
-            time: Utc::now(),
+            // Microseconds: what every backend stores, so a message round-trips exactly.
+            time: Utc::now().trunc_subsecs(6),
             data,
             metadata: Metadata::default(),
         }

@@ -17,13 +17,20 @@
 //!   decide, append with an expected version, retry on conflict — plus
 //!   snapshots and state as of a version or a time.
 //! - [`testing`]: the given/when/then fixture for aggregates.
+//! - [`message`]: messages between services (events, commands, replies) as
+//!   CloudEvents, and their bus subjects.
+//! - [`outbox`]: transactions that write state, events and outgoing messages
+//!   together; the outbox, inbox and dead-letter contract of the stores.
+//! - [`bus`]: the message bus contract (durable, at-least-once, ordered).
 //! - [`error`]: typed errors that keep domain rejection, concurrency conflict
 //!   and infrastructure failure apart.
 
 pub mod aggregate;
+pub mod bus;
 pub mod envelope;
 pub mod error;
 pub mod message;
+pub mod outbox;
 pub mod repository;
 pub mod store;
 pub mod subscription;
@@ -31,9 +38,11 @@ pub mod testing;
 pub mod upcast;
 
 pub use aggregate::{Aggregate, DomainEvent};
+pub use bus::{Bus, BusError, Delivery, Topic};
 pub use envelope::{Metadata, NewEvent, RecordedEvent};
 pub use error::{CommandError, StoreError};
 pub use message::{Message, MessageKind};
+pub use outbox::{DeadLetter, DeadLetterStatus, OutboxEntry, Transaction, TransactionalStore, Work};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
 pub use store::{AppendResult, EventStore, ExpectedVersion, Snapshot, StreamInfo};
 pub use subscription::{CatchUpOptions, catch_up};

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -103,7 +103,8 @@ impl Message {
             target: target.to_owned(),
             message_type: message_type.to_owned(),
             key: key.to_owned(),
-            time: Utc::now(),
+            // Microseconds: what every backend stores, so a message round-trips exactly.
+            time: Utc::now().trunc_subsecs(6),
             data,
             metadata: Metadata::default(),
         }

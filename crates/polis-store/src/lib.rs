@@ -5,6 +5,9 @@
 //! - [`postgres`]: the distributed backend, one PostgreSQL database per
 //!   service, with a visibility horizon so catch-up readers never skip events
 //!   that commit out of position order.
+//! - Both also keep the service's transactional outbox, inbox and dead
+//!   letters ([`polis_core::TransactionalStore`]): a [`SqliteTx`] / [`PgTx`]
+//!   writes the service's own rows, events and outgoing messages together.
 //! - [`migrations`]: each backend's schema as embedded, versioned migrations,
 //!   applied when a store opens.
 //!
@@ -15,8 +18,8 @@ pub mod migrations;
 pub mod postgres;
 pub mod sqlite;
 
-pub use postgres::{PgEventStore, PgOptions};
-pub use sqlite::{Durability, SqliteEventStore, SqliteOptions};
+pub use postgres::{PgEventStore, PgOptions, PgTx};
+pub use sqlite::{Durability, SqliteEventStore, SqliteOptions, SqliteTx};
 
 use polis_core::StoreError;
 

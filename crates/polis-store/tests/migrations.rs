@@ -9,7 +9,8 @@ use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions, migr
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use support::event;
 
-const TABLES: [&str; 3] = ["polis_events", "polis_snapshots", "polis_streams"];
+const TABLES: [&str; 6] =
+    ["polis_dead_letters", "polis_events", "polis_inbox", "polis_outbox", "polis_snapshots", "polis_streams"];
 
 #[tokio::test]
 async fn sqlite_migrations_apply_to_empty_and_migrated_databases() {

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use polis_core::outbox::{Backlog, DeadLetter, OutboxEntry, Purged, TransactionalStore, Work};
 use polis_core::store::validate_append;
 use polis_core::{
     AppendResult, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot, StoreError, StreamInfo,
@@ -45,8 +46,14 @@ use uuid::Uuid;
 
 use crate::{backend, migrations};
 
+mod outbox;
+
+pub use outbox::PgTx;
+
 /// The LISTEN/NOTIFY channel that carries the "new events" hint (never a payload).
 pub const NOTIFY_CHANNEL: &str = "polis_events";
+/// The LISTEN/NOTIFY channel that carries the "outbox has messages" hint.
+pub const OUTBOX_CHANNEL: &str = "polis_outbox";
 
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, schema_version, \
      time, data, correlation_id, causation_id, traceparent";
@@ -83,6 +90,8 @@ struct Inner {
     settled: AtomicU64,
     horizon_wait: Duration,
     wakeups: watch::Sender<u64>,
+    outbox: watch::Sender<u64>,
+    notify_outbox: Arc<Notify>,
     /// Coalesces local appends into one NOTIFY each, sent off the append path.
     notify: Arc<Notify>,
     notifier: JoinHandle<()>,
@@ -124,8 +133,10 @@ impl PgEventStore {
             )));
         }
         let notify = Arc::new(Notify::new());
-        let notifier = tokio::spawn(notifier_loop(pool.clone(), notify.clone()));
+        let notify_outbox = Arc::new(Notify::new());
+        let notifier = tokio::spawn(notifier_loop(pool.clone(), notify.clone(), notify_outbox.clone()));
         let (wakeups, _) = watch::channel(0);
+        let (outbox, _) = watch::channel(0);
         Ok(Self {
             inner: Arc::new(Inner {
                 source: options.source,
@@ -134,6 +145,8 @@ impl PgEventStore {
                 settled: AtomicU64::new(0),
                 horizon_wait: options.horizon_wait,
                 wakeups,
+                outbox,
+                notify_outbox,
                 notify,
                 notifier,
                 listener: OnceLock::new(),
@@ -276,7 +289,8 @@ impl PgEventStore {
         self.inner.listener.get_or_init(|| {
             let pool = self.inner.pool.clone();
             let wakeups = self.inner.wakeups.clone();
-            tokio::spawn(listener_loop(pool, wakeups))
+            let outbox = self.inner.outbox.clone();
+            tokio::spawn(listener_loop(pool, wakeups, outbox))
         });
     }
 }
@@ -392,6 +406,78 @@ impl EventStore for PgEventStore {
     }
 }
 
+impl PgEventStore {
+    /// Wakes this process's relay and, through NOTIFY, relays elsewhere.
+    pub fn signal_outbox(&self) {
+        self.inner.outbox.send_modify(|n| *n = n.wrapping_add(1));
+        self.inner.notify_outbox.notify_one();
+    }
+}
+
+#[async_trait]
+impl TransactionalStore for PgEventStore {
+    type Tx = PgTx;
+
+    fn service(&self) -> &str {
+        &self.inner.source
+    }
+
+    async fn transaction<T, E>(&self, work: Work<PgTx, T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let tx = self.inner.pool.begin().await.map_err(|e| E::from(backend(e)))?;
+        let mut tx = PgTx { tx, store: self.clone(), appended: false, sent: false };
+        let result = work(&mut tx).await;
+        let PgTx { tx, appended, sent, .. } = tx;
+        match result {
+            Ok(value) => {
+                tx.commit().await.map_err(|e| E::from(backend(e)))?;
+                if appended {
+                    self.signal_new_events();
+                }
+                if sent {
+                    self.signal_outbox();
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                // A failed rollback leaves nothing behind: dropping the connection aborts it.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn unpublished(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        outbox::unpublished(&self.inner.pool, max).await
+    }
+
+    async fn mark_published(&self, positions: &[u64]) -> Result<(), StoreError> {
+        outbox::mark_published(&self.inner.pool, positions).await
+    }
+
+    fn outbox_wakeups(&self) -> watch::Receiver<u64> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.start_listener();
+        }
+        self.inner.outbox.subscribe()
+    }
+
+    async fn outbox_backlog(&self) -> Result<Backlog, StoreError> {
+        outbox::backlog(&self.inner.pool).await
+    }
+
+    async fn purge(&self, before: DateTime<Utc>) -> Result<Purged, StoreError> {
+        outbox::purge(&self.inner.pool, before).await
+    }
+
+    async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        outbox::dead_letters(&self.inner.pool, consumer).await
+    }
+}
+
 /// The append statement for one kind of expectation.
 ///
 /// `stream` writes the stream row first (which assigns the transaction id),
@@ -486,38 +572,45 @@ impl Horizon {
     }
 }
 
-async fn notifier_loop(pool: PgPool, notify: Arc<Notify>) {
+async fn notifier_loop(pool: PgPool, events: Arc<Notify>, outbox: Arc<Notify>) {
     loop {
-        notify.notified().await;
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&pool).await {
+        let channel = tokio::select! {
+            () = events.notified() => NOTIFY_CHANNEL,
+            () = outbox.notified() => OUTBOX_CHANNEL,
+        };
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&pool).await {
             // Only a hint: listeners fall back to polling.
-            tracing::debug!(error = %e, "failed to send the new-events hint");
+            tracing::debug!(error = %e, channel, "failed to send a wake-up hint");
         }
     }
 }
 
-async fn listener_loop(pool: PgPool, wakeups: watch::Sender<u64>) {
+async fn listener_loop(pool: PgPool, events: watch::Sender<u64>, outbox: watch::Sender<u64>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot LISTEN for new events; polling until it works");
+                tracing::debug!(error = %e, "cannot LISTEN for hints; polling until it works");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+        if let Err(e) = listener.listen_all([NOTIFY_CHANNEL, OUTBOX_CHANNEL]).await {
             tracing::debug!(error = %e, "LISTEN failed");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        // After (re)connecting, hints may have been missed: wake readers once.
-        wakeups.send_modify(|_| {});
+        // After (re)connecting, hints may have been missed: wake everyone once.
+        events.send_modify(|_| {});
+        outbox.send_modify(|_| {});
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => wakeups.send_modify(|_| {}),
+                Ok(Some(n)) if n.channel() == OUTBOX_CHANNEL => outbox.send_modify(|_| {}),
+                Ok(Some(_)) => events.send_modify(|_| {}),
+                // The connection dropped and will be re-established: hints may be lost.
                 Ok(None) => {
-                    wakeups.send_modify(|_| {});
+                    events.send_modify(|_| {});
+                    outbox.send_modify(|_| {});
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "LISTEN connection failed");

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use polis_core::outbox::{Backlog, DeadLetter, OutboxEntry, Purged, TransactionalStore, Work};
 use polis_core::store::validate_append;
 use polis_core::{
     AppendResult, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StoreError, StreamInfo,
@@ -29,6 +30,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::{backend, migrations};
+
+mod outbox;
+
+pub use outbox::SqliteTx;
 
 /// Appends committed together at most (bounded so one batch can't grow without limit).
 const MAX_GROUP: usize = 256;
@@ -75,10 +80,33 @@ struct Inner {
     readers: SqlitePool,
     writer: mpsc::Sender<WriteRequest>,
     head: watch::Sender<u64>,
+    outbox: watch::Sender<u64>,
+}
+
+/// Work a transaction runs on the writer; its result travels back type-erased.
+type RunWork = Box<dyn for<'t> FnOnce(&'t mut SqliteTx) -> BoxFuture<'t, WorkDone> + Send>;
+
+struct WorkDone {
+    /// Keep the work's writes (its result was `Ok`).
+    commit: bool,
+    /// The work's `Result<T, E>`, handed back only once the group committed.
+    value: Box<dyn std::any::Any + Send>,
+}
+
+struct WorkRequest {
+    run: Option<RunWork>,
+    reply: oneshot::Sender<Result<Box<dyn std::any::Any + Send>, StoreError>>,
+}
+
+impl std::fmt::Debug for WorkRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkRequest").field("pending", &self.run.is_some()).finish()
+    }
 }
 
 #[derive(Debug)]
 enum WriteRequest {
+    Work(WorkRequest),
     Append {
         stream: String,
         expected: ExpectedVersion,
@@ -123,9 +151,12 @@ impl SqliteEventStore {
 
         let head_position = current_head(&readers).await?;
         let (head, _) = watch::channel(head_position);
+        let (outbox, _) = watch::channel(0);
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
-        tokio::spawn(writer_loop(writer, connect.clone(), rx, head.clone(), options.source.clone()));
-        Ok(Self { inner: Arc::new(Inner { source: options.source, readers, writer: tx, head }) })
+        let state = SqliteTx { conn: writer, appended: None, sent: false, work_rolled_back: false };
+        let signals = Signals { head: head.clone(), outbox: outbox.clone() };
+        tokio::spawn(writer_loop(state, connect.clone(), rx, signals, options.source.clone()));
+        Ok(Self { inner: Arc::new(Inner { source: options.source, readers, writer: tx, head, outbox }) })
     }
 
     /// The read pool, for queries the trait does not cover.
@@ -231,6 +262,72 @@ impl EventStore for SqliteEventStore {
     }
 }
 
+#[async_trait]
+impl TransactionalStore for SqliteEventStore {
+    type Tx = SqliteTx;
+
+    fn service(&self) -> &str {
+        &self.inner.source
+    }
+
+    async fn transaction<T, E>(&self, work: Work<SqliteTx, T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let run = erase(move |tx| {
+            Box::pin(async move {
+                let result = work(tx).await;
+                WorkDone { commit: result.is_ok(), value: Box::new(result) }
+            })
+        });
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest::Work(WorkRequest { run: Some(Box::new(run)), reply });
+        self.inner.writer.send(request).await.map_err(|_| E::from(writer_gone()))?;
+        let value = answer.await.map_err(|_| E::from(writer_gone()))?.map_err(E::from)?;
+        match value.downcast::<Result<T, E>>() {
+            Ok(result) => *result,
+            Err(_) => Err(E::from(StoreError::backend("a transaction's result came back as another type"))),
+        }
+    }
+
+    async fn unpublished(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        outbox::unpublished(&self.inner.readers, max).await
+    }
+
+    async fn mark_published(&self, positions: &[u64]) -> Result<(), StoreError> {
+        let positions = positions.to_vec();
+        self.transaction::<_, StoreError>(Box::new(move |tx| {
+            Box::pin(async move { outbox::mark_published(&mut tx.conn, &positions).await })
+        }))
+        .await
+    }
+
+    fn outbox_wakeups(&self) -> watch::Receiver<u64> {
+        self.inner.outbox.subscribe()
+    }
+
+    async fn outbox_backlog(&self) -> Result<Backlog, StoreError> {
+        outbox::backlog(&self.inner.readers).await
+    }
+
+    async fn purge(&self, before: DateTime<Utc>) -> Result<Purged, StoreError> {
+        self.transaction::<_, StoreError>(Box::new(move |tx| Box::pin(outbox::purge(&mut tx.conn, before)))).await
+    }
+
+    async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        outbox::dead_letters(&self.inner.readers, consumer).await
+    }
+}
+
+/// Pins a closure to the higher-ranked signature the writer expects.
+fn erase<F>(f: F) -> F
+where
+    F: for<'t> FnOnce(&'t mut SqliteTx) -> BoxFuture<'t, WorkDone> + Send + 'static,
+{
+    f
+}
+
 async fn current_head(pool: &SqlitePool) -> Result<u64, StoreError> {
     let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM polis_events")
         .fetch_one(pool)
@@ -239,30 +336,43 @@ async fn current_head(pool: &SqlitePool) -> Result<u64, StoreError> {
     Ok(head as u64)
 }
 
+/// Where the writer announces commits.
+#[derive(Debug)]
+struct Signals {
+    head: watch::Sender<u64>,
+    outbox: watch::Sender<u64>,
+}
+
 /// Commits queued writes in groups until every handle to the store is dropped.
 async fn writer_loop(
-    mut conn: SqliteConnection,
+    mut tx: SqliteTx,
     connect: SqliteConnectOptions,
     mut rx: mpsc::Receiver<WriteRequest>,
-    head: watch::Sender<u64>,
+    signals: Signals,
     source: String,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
         let mut last_position = None;
+        tx.appended = None;
+        tx.sent = false;
         // A request that breaks the shared transaction (say, a duplicate event
         // id) is answered alone and the rest of the group is committed again:
         // one bad append costs one more transaction, not one per request.
+        // (Groups with transactions isolate every request in a savepoint, so
+        // they never need a second run.)
         while !group.is_empty() {
-            match commit_group(&mut conn, &group).await {
+            match commit_group(&mut tx, &mut group).await {
                 Ok(outcomes) => {
                     last_position = reply_all(std::mem::take(&mut group), outcomes).or(last_position);
                 }
                 Err(GroupFailure::Request { index, error, rolled_back }) => {
                     let culprit = group.remove(index);
                     reply_all(vec![culprit], vec![Err(error)]);
+                    tx.appended = None;
+                    tx.sent = false;
                     if !rolled_back {
-                        conn = reconnect(conn, &connect).await;
+                        tx.conn = reconnect(tx.conn, &connect).await;
                     }
                 }
                 Err(GroupFailure::Transaction { error, rolled_back }) => {
@@ -272,18 +382,23 @@ async fn writer_loop(
                     let message = error.to_string();
                     let failures = group.iter().map(|_| Err(StoreError::backend(message.clone()))).collect();
                     reply_all(std::mem::take(&mut group), failures);
+                    tx.appended = None;
+                    tx.sent = false;
                     if !rolled_back {
-                        conn = reconnect(conn, &connect).await;
+                        tx.conn = reconnect(tx.conn, &connect).await;
                     }
                 }
             }
         }
-        if let Some(position) = last_position {
-            head.send_replace(position);
+        if let Some(position) = last_position.max(tx.appended) {
+            signals.head.send_replace(position);
+        }
+        if tx.sent {
+            signals.outbox.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
     tracing::debug!(source, "sqlite writer stopped");
-    let _ = conn.close().await;
+    let _ = tx.conn.close().await;
 }
 
 /// Replaces a connection whose transaction state is unknown (a failed
@@ -306,10 +421,11 @@ async fn reconnect(old: SqliteConnection, connect: &SqliteConnectOptions) -> Sql
 /// The outcome of one request inside a group transaction.
 type Outcome = Result<Committed, StoreError>;
 
-#[derive(Debug)]
 enum Committed {
     Append(AppendResult),
     Snapshot,
+    /// A transaction's result, or the error it rolled back with.
+    Work(Box<dyn std::any::Any + Send>),
 }
 
 /// Why a group transaction did not commit.
@@ -324,41 +440,89 @@ enum GroupFailure {
 // Boxed: sqlx's `Executor for &mut Connection` trips rustc's higher-ranked
 // `Send` check when these futures run inside `tokio::spawn` (rust#100013).
 fn commit_group<'a>(
-    conn: &'a mut SqliteConnection,
-    group: &'a [WriteRequest],
+    tx: &'a mut SqliteTx,
+    group: &'a mut [WriteRequest],
 ) -> BoxFuture<'a, Result<Vec<Outcome>, GroupFailure>> {
-    Box::pin(commit_group_inner(conn, group))
+    Box::pin(commit_group_inner(tx, group))
 }
 
 /// Runs `group` in one IMMEDIATE transaction. Per-request expected-version
-/// conflicts are outcomes; any other failure aborts the whole transaction.
-async fn commit_group_inner(conn: &mut SqliteConnection, group: &[WriteRequest]) -> Result<Vec<Outcome>, GroupFailure> {
-    if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+/// conflicts are outcomes; any other failure aborts the whole transaction,
+/// unless the group holds transactions: then every request runs under its own
+/// savepoint and only its own writes are undone.
+async fn commit_group_inner(tx: &mut SqliteTx, group: &mut [WriteRequest]) -> Result<Vec<Outcome>, GroupFailure> {
+    let isolate = group.iter().any(|r| matches!(r, WriteRequest::Work(_)));
+    if let Err(e) = tx.conn.execute("BEGIN IMMEDIATE").await {
         return Err(GroupFailure::Transaction { error: backend(e), rolled_back: true });
     }
     let mut outcomes = Vec::with_capacity(group.len());
-    for (index, request) in group.iter().enumerate() {
+    for (index, request) in group.iter_mut().enumerate() {
+        if isolate && let Err(e) = tx.conn.execute("SAVEPOINT polis_request").await {
+            return Err(abort(tx, backend(e)).await);
+        }
         let result = match request {
             WriteRequest::Append { stream, expected, events, .. } => {
-                append_in_tx(conn, stream, *expected, events).boxed().await.map(|r| r.map(Committed::Append))
+                append_in_tx(&mut tx.conn, stream, *expected, events).boxed().await.map(|r| r.map(Committed::Append))
             }
             WriteRequest::Snapshot { snapshot, .. } => {
-                save_snapshot_in_tx(conn, snapshot).boxed().await.map(|()| Ok(Committed::Snapshot))
+                save_snapshot_in_tx(&mut tx.conn, snapshot).boxed().await.map(|()| Ok(Committed::Snapshot))
+            }
+            WriteRequest::Work(work) => {
+                let run = work.run.take();
+                run_work(tx, run).await
             }
         };
+        // Keep a request's writes unless it failed, or its work asked to roll back.
+        let keep = matches!(result, Ok(Ok(_))) && !(matches!(request, WriteRequest::Work(_)) && tx.work_rolled_back);
         match result {
+            Ok(outcome) if isolate => {
+                let statement =
+                    if keep { "RELEASE polis_request" } else { "ROLLBACK TO polis_request; RELEASE polis_request" };
+                if let Err(e) = tx.conn.execute(statement).await {
+                    return Err(abort(tx, backend(e)).await);
+                }
+                outcomes.push(outcome);
+            }
             Ok(outcome) => outcomes.push(outcome),
+            Err(error) if isolate => {
+                if let Err(e) = tx.conn.execute("ROLLBACK TO polis_request; RELEASE polis_request").await {
+                    return Err(abort(tx, backend(e)).await);
+                }
+                outcomes.push(Err(error));
+            }
             Err(error) => {
-                let rolled_back = conn.execute("ROLLBACK").await.is_ok();
+                let rolled_back = tx.conn.execute("ROLLBACK").await.is_ok();
                 return Err(GroupFailure::Request { index, error, rolled_back });
             }
         }
     }
-    if let Err(e) = conn.execute("COMMIT").await {
-        let rolled_back = conn.execute("ROLLBACK").await.is_ok();
+    if let Err(e) = tx.conn.execute("COMMIT").await {
+        let rolled_back = tx.conn.execute("ROLLBACK").await.is_ok();
         return Err(GroupFailure::Transaction { error: backend(e), rolled_back });
     }
     Ok(outcomes)
+}
+
+/// Rolls the whole group back after a savepoint statement failed.
+async fn abort(tx: &mut SqliteTx, error: StoreError) -> GroupFailure {
+    let rolled_back = tx.conn.execute("ROLLBACK").await.is_ok();
+    GroupFailure::Transaction { error, rolled_back }
+}
+
+/// Runs one transaction's work, catching a panic so it cannot take the writer down.
+async fn run_work(tx: &mut SqliteTx, run: Option<RunWork>) -> Result<Outcome, StoreError> {
+    let Some(run) = run else { return Err(StoreError::backend("transaction work ran twice")) };
+    tx.work_rolled_back = false;
+    match std::panic::AssertUnwindSafe(run(tx)).catch_unwind().await {
+        Ok(done) => {
+            tx.work_rolled_back = !done.commit;
+            Ok(Ok(Committed::Work(done.value)))
+        }
+        Err(_) => {
+            tx.work_rolled_back = true;
+            Ok(Err(StoreError::backend("the transaction's work panicked")))
+        }
+    }
 }
 
 /// Sends each outcome to its requester; returns the highest position committed.
@@ -369,7 +533,7 @@ fn reply_all(group: Vec<WriteRequest>, outcomes: Vec<Outcome>) -> Option<u64> {
             WriteRequest::Append { reply, .. } => {
                 let outcome = outcome.and_then(|c| match c {
                     Committed::Append(r) => Ok(r),
-                    Committed::Snapshot => Err(writer_gone()),
+                    _ => Err(writer_gone()),
                 });
                 if let Ok(r) = &outcome {
                     last = Some(r.last_position);
@@ -378,6 +542,12 @@ fn reply_all(group: Vec<WriteRequest>, outcomes: Vec<Outcome>) -> Option<u64> {
             }
             WriteRequest::Snapshot { reply, .. } => {
                 let _ = reply.send(outcome.map(|_| ()));
+            }
+            WriteRequest::Work(work) => {
+                let _ = work.reply.send(outcome.and_then(|c| match c {
+                    Committed::Work(value) => Ok(value),
+                    _ => Err(writer_gone()),
+                }));
             }
         }
     }

@@ -1,0 +1,137 @@
+//! The message bus contract.
+//!
+//! A bus carries [`Message`]s from relays to consumers, at least once. Every
+//! implementation (the durable in-process bus of the embedded deployment and
+//! NATS JetStream) keeps the same promises, checked by one contract suite:
+//!
+//! - `publish` returns only once the bus has stored every message durably,
+//!   in the order given; a message id published twice is stored once;
+//! - a subscription is *durable*: it belongs to a named consumer and resumes
+//!   where that consumer left off, redelivering what it had not acknowledged;
+//! - deliveries come in the order messages were stored; a negative
+//!   acknowledgement redelivers the message after a delay, with its attempt
+//!   count increased.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::BoxError;
+use crate::message::{Message, MessageKind};
+
+/// Errors from a bus.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The message cannot be carried (bad names, too large, ...).
+    #[error("invalid message {id}: {reason}")]
+    InvalidMessage { id: uuid::Uuid, reason: String },
+    /// The broker or its storage failed; retry later.
+    #[error("bus backend failure")]
+    Backend(#[source] BoxError),
+    /// The subscription or bus was closed.
+    #[error("the bus is closed")]
+    Closed,
+}
+
+impl BusError {
+    pub fn backend(e: impl Into<BoxError>) -> Self {
+        Self::Backend(e.into())
+    }
+}
+
+/// What a consumer subscribes to: one kind of message on one service's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Topic {
+    /// The service whose stream carries the messages (the publisher for events,
+    /// the receiver for commands and replies).
+    pub service: String,
+    pub kind: MessageKind,
+}
+
+impl Topic {
+    pub fn events_of(service: &str) -> Self {
+        Self { service: service.to_owned(), kind: MessageKind::Event }
+    }
+
+    pub fn commands_to(service: &str) -> Self {
+        Self { service: service.to_owned(), kind: MessageKind::Command }
+    }
+
+    pub fn replies_to(service: &str) -> Self {
+        Self { service: service.to_owned(), kind: MessageKind::Reply }
+    }
+
+    /// The subject filter: `polis.<service>.<events|commands|replies>.>`.
+    pub fn filter(&self) -> String {
+        format!("polis.{}.{}.>", self.service, self.kind.segment())
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.filter())
+    }
+}
+
+/// One delivery of a message to a consumer.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The decoded message, or why the payload could not be decoded (a
+    /// malformed message goes straight to the consumer's dead letters).
+    pub message: Result<Message, Malformed>,
+    /// 1 on first delivery, then 2, 3, ... on redeliveries.
+    pub attempt: u32,
+    acker: Box<dyn Acker>,
+}
+
+/// A payload that is not a valid polis message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Malformed {
+    /// The message id, if it could be read.
+    pub id: Option<uuid::Uuid>,
+    /// The raw payload (headers and body), for the dead-letter record.
+    pub raw: String,
+    pub reason: String,
+}
+
+impl Delivery {
+    pub fn new(message: Result<Message, Malformed>, attempt: u32, acker: Box<dyn Acker>) -> Self {
+        Self { message, attempt, acker }
+    }
+
+    /// Done with: never deliver this message to this consumer again.
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.acker.ack().await
+    }
+
+    /// Not done: deliver it again after `delay`.
+    pub async fn nack(self, delay: Duration) -> Result<(), BusError> {
+        self.acker.nack(delay).await
+    }
+}
+
+/// The bus-specific half of a delivery.
+#[async_trait]
+pub trait Acker: Send + Sync + fmt::Debug {
+    async fn ack(self: Box<Self>) -> Result<(), BusError>;
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BusError>;
+}
+
+/// A durable subscription of a consumer to a topic.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; waits until one is available.
+    async fn next(&mut self) -> Result<Delivery, BusError>;
+}
+
+/// The bus contract.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Stores `messages` durably, in order, each id at most once.
+    async fn publish(&self, messages: &[Message]) -> Result<(), BusError>;
+
+    /// Opens, or resumes, `consumer`'s durable subscription to `topic`.
+    async fn subscribe(&self, consumer: &str, topic: &Topic) -> Result<Box<dyn Subscription>, BusError>;
+}

@@ -1,0 +1,159 @@
+//! Transactions, the transactional outbox, the inbox and dead letters.
+//!
+//! A service changes its data, appends events and writes outgoing messages in
+//! one local [`Transaction`]; the messages land in its outbox table and a relay
+//! publishes them afterwards. A consumer records each message id in its inbox
+//! in the same transaction as the message's effects, so redeliveries are
+//! recognized and skipped. Messages that cannot be handled end in the
+//! consumer's dead letters with the reason, where they can be listed,
+//! replayed or discarded.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::envelope::NewEvent;
+use crate::error::StoreError;
+use crate::message::Message;
+use crate::store::{AppendResult, ExpectedVersion};
+
+/// One unit of work on a service's own database.
+///
+/// Backends add access to the raw connection for the service's own tables.
+#[async_trait]
+pub trait Transaction: Send {
+    /// Appends events to a stream of the service's event store.
+    async fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError>;
+
+    /// Writes `message` to the outbox; it is published after the commit.
+    async fn send(&mut self, message: &Message) -> Result<(), StoreError>;
+
+    /// Records that `consumer` processed `message_id`. Returns `false` if it
+    /// had already been recorded: the message is a duplicate.
+    async fn record_processed(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError>;
+
+    /// Whether `consumer` has a dead letter with ordering key `key`: later
+    /// messages with that key must park behind it.
+    async fn key_blocked(&mut self, consumer: &str, key: &str) -> Result<bool, StoreError>;
+
+    /// Stores (or replaces, by id) a dead letter of `consumer`.
+    async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), StoreError>;
+
+    /// Removes a dead letter (after a successful replay, or a discard).
+    async fn remove_dead_letter(&mut self, id: Uuid) -> Result<bool, StoreError>;
+}
+
+/// The work a transaction runs: a closure over the transaction.
+pub type Work<Tx, T, E> = Box<dyn for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, Result<T, E>> + Send>;
+
+/// A store that runs [`Transaction`]s and keeps an outbox, an inbox and dead letters.
+#[async_trait]
+pub trait TransactionalStore: Send + Sync + 'static {
+    type Tx: Transaction;
+
+    /// The service that owns this database (the `source` of its messages).
+    fn service(&self) -> &str;
+
+    /// Runs `work` in one transaction: commits if it returns `Ok`, rolls back
+    /// everything it did otherwise.
+    async fn transaction<T, E>(&self, work: Work<Self::Tx, T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static;
+
+    /// Up to `max` unpublished outbox entries, oldest first.
+    async fn unpublished(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Marks outbox entries as published.
+    async fn mark_published(&self, positions: &[u64]) -> Result<(), StoreError>;
+
+    /// Changes whenever messages may have been written to the outbox.
+    fn outbox_wakeups(&self) -> watch::Receiver<u64>;
+
+    /// Unpublished messages and the age of the oldest.
+    async fn outbox_backlog(&self) -> Result<Backlog, StoreError>;
+
+    /// Deletes published outbox rows and inbox records older than `before`.
+    async fn purge(&self, before: DateTime<Utc>) -> Result<Purged, StoreError>;
+
+    /// The dead letters of `consumer` (all consumers if `None`), oldest first.
+    async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError>;
+}
+
+/// A message waiting in (or relayed from) the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Position in the outbox: commit order per key.
+    pub position: u64,
+    pub message: Message,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Size of the unpublished part of an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    pub unpublished: u64,
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Purged {
+    pub outbox: u64,
+    pub inbox: u64,
+}
+
+/// Why a dead letter is in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadLetterStatus {
+    /// Handling failed (after every retry), or the message was malformed.
+    Dead,
+    /// Parked behind an earlier dead letter with the same key, to keep the
+    /// key's order; it is replayed after that one is resolved.
+    Parked,
+}
+
+impl DeadLetterStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dead => "dead",
+            Self::Parked => "parked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "dead" => Some(Self::Dead),
+            "parked" => Some(Self::Parked),
+            _ => None,
+        }
+    }
+}
+
+/// A message a consumer could not handle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub consumer: String,
+    pub status: DeadLetterStatus,
+    /// The message, when it could be decoded.
+    pub message: Option<Message>,
+    /// Its id, when known.
+    pub message_id: Option<Uuid>,
+    /// Its ordering key, when known; later messages with this key park behind it.
+    pub key: Option<String>,
+    /// The raw payload of a malformed message.
+    pub raw: Option<String>,
+    pub error: String,
+    pub attempts: u32,
+    pub failed_at: DateTime<Utc>,
+}

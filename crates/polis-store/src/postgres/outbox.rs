@@ -1,0 +1,238 @@
+//! Transactions, outbox, inbox and dead letters on PostgreSQL.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use polis_core::outbox::{Backlog, DeadLetter, DeadLetterStatus, OutboxEntry, Purged, Transaction};
+use polis_core::{AppendResult, ExpectedVersion, Message, MessageKind, Metadata, NewEvent, StoreError};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Postgres, Row};
+use uuid::Uuid;
+
+use super::{PgEventStore, to_i64};
+use crate::backend;
+
+/// A transaction on a service's PostgreSQL database.
+#[derive(Debug)]
+pub struct PgTx {
+    pub(super) tx: sqlx::Transaction<'static, Postgres>,
+    pub(super) store: PgEventStore,
+    pub(super) appended: bool,
+    pub(super) sent: bool,
+}
+
+impl PgTx {
+    /// The connection, for the service's own tables. Everything written
+    /// through it commits or rolls back with the transaction.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+#[async_trait]
+impl Transaction for PgTx {
+    async fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        let store = self.store.clone();
+        let result = store.append_in_tx(&mut self.tx, stream, expected, events).await?;
+        self.appended = true;
+        Ok(result)
+    }
+
+    async fn send(&mut self, message: &Message) -> Result<(), StoreError> {
+        polis_core::message::validate_message(message).map_err(StoreError::InvalidRequest)?;
+        if message.data.to_string().contains("\\u0000") || message.key.contains('\0') {
+            return Err(StoreError::InvalidRequest(format!("message {} contains a NUL character", message.id)));
+        }
+        // The key lock (held to commit) makes position order = commit order per key.
+        sqlx::query(
+            "INSERT INTO polis_outbox (message_id, kind, source, target, message_type, key, time, data, \
+             correlation_id, causation_id, traceparent) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+             FROM (SELECT pg_advisory_xact_lock(hashtextextended($6, 7041))) AS key_lock",
+        )
+        .bind(message.id)
+        .bind(message.kind.as_str())
+        .bind(&message.source)
+        .bind(&message.target)
+        .bind(&message.message_type)
+        .bind(&message.key)
+        .bind(message.time)
+        .bind(&message.data)
+        .bind(message.metadata.correlation_id)
+        .bind(message.metadata.causation_id)
+        .bind(message.metadata.traceparent.as_deref())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| {
+            if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+                StoreError::InvalidRequest(format!("message {} is already in the outbox", message.id))
+            } else {
+                backend(e)
+            }
+        })?;
+        self.sent = true;
+        Ok(())
+    }
+
+    async fn record_processed(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("INSERT INTO polis_inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(consumer)
+            .bind(message_id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn key_blocked(&mut self, consumer: &str, key: &str) -> Result<bool, StoreError> {
+        let blocked: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM polis_dead_letters WHERE consumer = $1 AND key = $2 LIMIT 1")
+                .bind(consumer)
+                .bind(key)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(backend)?;
+        Ok(blocked.is_some())
+    }
+
+    async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let message = letter.message.as_ref().map(serde_json::to_value).transpose().map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO polis_dead_letters (id, consumer, status, message, message_id, key, raw, error, attempts, \
+             failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error, \
+             attempts = excluded.attempts, failed_at = excluded.failed_at",
+        )
+        .bind(letter.id)
+        .bind(&letter.consumer)
+        .bind(letter.status.as_str())
+        .bind(message)
+        .bind(letter.message_id)
+        .bind(letter.key.as_deref())
+        .bind(letter.raw.as_deref().map(|r| r.replace('\0', "\u{FFFD}")))
+        .bind(letter.error.replace('\0', "\u{FFFD}"))
+        .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
+        .bind(letter.failed_at)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn remove_dead_letter(&mut self, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM polis_dead_letters WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+pub(super) async fn unpublished(pool: &PgPool, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT position, message_id, kind, source, target, message_type, key, time, data, correlation_id, \
+         causation_id, traceparent, created_at FROM polis_outbox WHERE published_at IS NULL \
+         ORDER BY position LIMIT $1",
+    )
+    .bind(to_i64(max as u64))
+    .fetch_all(pool)
+    .await
+    .map_err(backend)?;
+    rows.iter().map(decode_entry).collect()
+}
+
+pub(super) async fn mark_published(pool: &PgPool, positions: &[u64]) -> Result<(), StoreError> {
+    let positions: Vec<i64> = positions.iter().map(|p| to_i64(*p)).collect();
+    sqlx::query("UPDATE polis_outbox SET published_at = now() WHERE position = ANY($1)")
+        .bind(&positions)
+        .execute(pool)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) async fn purge(pool: &PgPool, before: DateTime<Utc>) -> Result<Purged, StoreError> {
+    let outbox = sqlx::query("DELETE FROM polis_outbox WHERE published_at IS NOT NULL AND published_at < $1")
+        .bind(before)
+        .execute(pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+    let inbox = sqlx::query("DELETE FROM polis_inbox WHERE processed_at < $1")
+        .bind(before)
+        .execute(pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+    Ok(Purged { outbox, inbox })
+}
+
+pub(super) async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
+    let row =
+        sqlx::query("SELECT count(*) AS n, min(created_at) AS oldest FROM polis_outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await
+            .map_err(backend)?;
+    let unpublished: i64 = row.try_get("n").map_err(backend)?;
+    Ok(Backlog { unpublished: unpublished as u64, oldest: row.try_get("oldest").map_err(backend)? })
+}
+
+pub(super) async fn dead_letters(pool: &PgPool, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, consumer, status, message, message_id, key, raw, error, attempts, failed_at \
+         FROM polis_dead_letters WHERE $1::text IS NULL OR consumer = $1 ORDER BY failed_at, id",
+    )
+    .bind(consumer)
+    .fetch_all(pool)
+    .await
+    .map_err(backend)?;
+    rows.iter()
+        .map(|row| {
+            let message: Option<serde_json::Value> = row.try_get("message").map_err(backend)?;
+            let status: String = row.try_get("status").map_err(backend)?;
+            Ok(DeadLetter {
+                id: row.try_get("id").map_err(backend)?,
+                consumer: row.try_get("consumer").map_err(backend)?,
+                status: DeadLetterStatus::parse(&status).unwrap_or(DeadLetterStatus::Dead),
+                message: message.map(serde_json::from_value).transpose().map_err(backend)?,
+                message_id: row.try_get("message_id").map_err(backend)?,
+                key: row.try_get("key").map_err(backend)?,
+                raw: row.try_get("raw").map_err(backend)?,
+                error: row.try_get("error").map_err(backend)?,
+                attempts: row.try_get::<i32, _>("attempts").map_err(backend)? as u32,
+                failed_at: row.try_get("failed_at").map_err(backend)?,
+            })
+        })
+        .collect()
+}
+
+fn decode_entry(row: &PgRow) -> Result<OutboxEntry, StoreError> {
+    let position: i64 = row.try_get("position").map_err(backend)?;
+    let kind: String = row.try_get("kind").map_err(backend)?;
+    Ok(OutboxEntry {
+        position: position as u64,
+        message: Message {
+            id: row.try_get("message_id").map_err(backend)?,
+            kind: kind
+                .parse::<MessageKind>()
+                .map_err(|reason| StoreError::Corrupt { position: position as u64, reason })?,
+            source: row.try_get("source").map_err(backend)?,
+            target: row.try_get("target").map_err(backend)?,
+            message_type: row.try_get("message_type").map_err(backend)?,
+            key: row.try_get("key").map_err(backend)?,
+            time: row.try_get("time").map_err(backend)?,
+            data: row.try_get("data").map_err(backend)?,
+            metadata: Metadata {
+                correlation_id: row.try_get("correlation_id").map_err(backend)?,
+                causation_id: row.try_get("causation_id").map_err(backend)?,
+                traceparent: row.try_get("traceparent").map_err(backend)?,
+            },
+        },
+        created_at: row.try_get("created_at").map_err(backend)?,
+    })
+}

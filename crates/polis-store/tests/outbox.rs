@@ -1,0 +1,342 @@
+//! The transactional outbox, inbox and dead letters: one suite, both backends.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, TransactionalStore};
+use polis_core::{EventStore, ExpectedVersion, Message, StoreError};
+use polis_store::{PgEventStore, PgTx, SqliteEventStore, SqliteTx};
+use serde_json::json;
+use support::event;
+use uuid::Uuid;
+
+/// A service's own table, to show its rows commit with the outbox.
+#[async_trait]
+trait Orders: TransactionalStore + EventStore {
+    async fn create_table(&self);
+    async fn insert_in(tx: &mut Self::Tx, id: &str) -> Result<(), StoreError>;
+    async fn count(&self) -> i64;
+}
+
+#[async_trait]
+impl Orders for SqliteEventStore {
+    async fn create_table(&self) {
+        self.transaction::<_, StoreError>(Box::new(|tx: &mut SqliteTx| {
+            Box::pin(async move {
+                sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)").execute(tx.conn()).await.unwrap();
+                Ok(())
+            })
+        }))
+        .await
+        .unwrap();
+    }
+    async fn insert_in(tx: &mut SqliteTx, id: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO orders (id) VALUES (?)").bind(id).execute(tx.conn()).await.unwrap();
+        Ok(())
+    }
+    async fn count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(self.read_pool()).await.unwrap()
+    }
+}
+
+#[async_trait]
+impl Orders for PgEventStore {
+    async fn create_table(&self) {
+        sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)").execute(self.pool()).await.unwrap();
+    }
+    async fn insert_in(tx: &mut PgTx, id: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO orders (id) VALUES ($1)").bind(id).execute(tx.conn()).await.unwrap();
+        Ok(())
+    }
+    async fn count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(self.pool()).await.unwrap()
+    }
+}
+
+macro_rules! suite {
+    ($($backend:ident => $open:path),*) => {$(
+        mod $backend {
+            suite!(@cases $open;
+                row_events_and_messages_commit_together,
+                a_failed_transaction_leaves_nothing,
+                relay_view_of_the_outbox,
+                inbox_recognizes_duplicates,
+                dead_letters_block_their_key_until_removed,
+                purge_keeps_tables_bounded,
+                per_key_order_is_commit_order,
+            );
+        }
+    )*};
+    (@cases $open:path; $($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let (store, _guard) = $open().await;
+            super::Orders::create_table(&*store).await;
+            super::cases::$case(store).await;
+        }
+    )*};
+}
+
+suite!(sqlite => crate::support::sqlite, postgres => crate::support::postgres);
+
+fn order_created(id: &str) -> Message {
+    Message::event("test", "order.created.v1", id, json!({ "id": id }))
+}
+
+#[allow(unreachable_pub)]
+mod cases {
+    use super::*;
+
+    pub async fn row_events_and_messages_commit_together<S: Orders>(store: Arc<S>) {
+        let mut wakeups = store.outbox_wakeups();
+        wakeups.borrow_and_update();
+        let message = order_created("o-1");
+        let sent = message.clone();
+        let appended = store
+            .transaction::<_, StoreError>(Box::new(move |tx| {
+                Box::pin(async move {
+                    S::insert_in(tx, "o-1").await?;
+                    let r = tx.append("order-o-1", ExpectedVersion::NoStream, &[event("order.created", 1)]).await?;
+                    tx.send(&sent).await?;
+                    Ok(r)
+                })
+            }))
+            .await
+            .unwrap();
+        assert_eq!(appended.stream_version, 1);
+        assert_eq!(store.count().await, 1);
+        assert_eq!(store.stream_info("order-o-1").await.unwrap().unwrap().version, 1);
+        let pending = store.unpublished(10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].message, message, "the message round-trips exactly");
+        tokio::time::timeout(Duration::from_secs(5), wakeups.changed()).await.unwrap().unwrap();
+    }
+
+    pub async fn a_failed_transaction_leaves_nothing<S: Orders>(store: Arc<S>) {
+        store.append("order-x", ExpectedVersion::NoStream, vec![event("t", 0)]).await.unwrap();
+        let result = store
+            .transaction::<(), StoreError>(Box::new(|tx| {
+                Box::pin(async move {
+                    S::insert_in(tx, "o-2").await?;
+                    tx.send(&order_created("o-2")).await?;
+                    // A stale expected version: the whole transaction must roll back.
+                    tx.append("order-x", ExpectedVersion::NoStream, &[event("t", 1)]).await?;
+                    Ok(())
+                })
+            }))
+            .await;
+        assert!(result.unwrap_err().is_conflict());
+        assert_eq!(store.count().await, 0, "the row rolled back");
+        assert!(store.unpublished(10).await.unwrap().is_empty(), "the message rolled back");
+        assert_eq!(store.stream_info("order-x").await.unwrap().unwrap().version, 1);
+
+        // A domain error of the caller's own type rolls back too.
+        #[derive(Debug)]
+        enum AppError {
+            Store(StoreError),
+            Rejected,
+        }
+        impl From<StoreError> for AppError {
+            fn from(e: StoreError) -> Self {
+                Self::Store(e)
+            }
+        }
+        let result = store
+            .transaction::<(), AppError>(Box::new(|tx| {
+                Box::pin(async move {
+                    tx.send(&order_created("o-3")).await?;
+                    Err(AppError::Rejected)
+                })
+            }))
+            .await;
+        assert!(matches!(result, Err(AppError::Rejected)));
+        assert!(store.unpublished(10).await.unwrap().is_empty());
+        // Invalid messages are refused with a reason.
+        let mut bad = order_created("o-4");
+        bad.message_type = "has space".into();
+        let result = store
+            .transaction::<(), AppError>(Box::new(move |tx| Box::pin(async move { Ok(tx.send(&bad).await?) })))
+            .await;
+        assert!(matches!(result, Err(AppError::Store(StoreError::InvalidRequest(_)))), "{result:?}");
+    }
+
+    pub async fn relay_view_of_the_outbox<S: Orders>(store: Arc<S>) {
+        for i in 0..5 {
+            let m = order_created(&format!("o-{i}"));
+            store
+                .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&m).await })))
+                .await
+                .unwrap();
+        }
+        let backlog = store.outbox_backlog().await.unwrap();
+        assert_eq!(backlog.unpublished, 5);
+        assert!(backlog.oldest.is_some());
+        let first = store.unpublished(3).await.unwrap();
+        assert_eq!(first.iter().map(|e| e.message.key.as_str()).collect::<Vec<_>>(), ["o-0", "o-1", "o-2"]);
+        store.mark_published(&first.iter().map(|e| e.position).collect::<Vec<_>>()).await.unwrap();
+        let rest = store.unpublished(10).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.message.key.as_str()).collect::<Vec<_>>(), ["o-3", "o-4"]);
+        assert!(rest[0].position > first[2].position);
+        assert_eq!(store.outbox_backlog().await.unwrap().unpublished, 2);
+    }
+
+    pub async fn inbox_recognizes_duplicates<S: Orders>(store: Arc<S>) {
+        let id = Uuid::now_v7();
+        let first = store
+            .transaction::<_, StoreError>(Box::new(move |tx| {
+                Box::pin(async move { tx.record_processed("c", id).await })
+            }))
+            .await
+            .unwrap();
+        let again = store
+            .transaction::<_, StoreError>(Box::new(move |tx| {
+                Box::pin(async move { tx.record_processed("c", id).await })
+            }))
+            .await
+            .unwrap();
+        let other_consumer = store
+            .transaction::<_, StoreError>(Box::new(move |tx| {
+                Box::pin(async move { tx.record_processed("d", id).await })
+            }))
+            .await
+            .unwrap();
+        assert_eq!((first, again, other_consumer), (true, false, true));
+
+        // Concurrent duplicates: exactly one transaction gets to apply the effects.
+        let applied = Arc::new(AtomicU64::new(0));
+        let id = Uuid::now_v7();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, applied) = (store.clone(), applied.clone());
+                tokio::spawn(async move {
+                    store
+                        .transaction::<_, StoreError>(Box::new(move |tx| {
+                            Box::pin(async move {
+                                if tx.record_processed("c", id).await? {
+                                    S::insert_in(tx, &id.to_string()).await?;
+                                    applied.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Ok(())
+                            })
+                        }))
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(applied.load(Ordering::SeqCst), 1);
+        assert_eq!(store.count().await, 1);
+    }
+
+    pub async fn dead_letters_block_their_key_until_removed<S: Orders>(store: Arc<S>) {
+        let message = order_created("o-9");
+        let letter = DeadLetter {
+            id: Uuid::now_v7(),
+            consumer: "c".into(),
+            status: DeadLetterStatus::Dead,
+            message: Some(message.clone()),
+            message_id: Some(message.id),
+            key: Some("o-9".into()),
+            raw: None,
+            error: "handler failed: boom".into(),
+            attempts: 5,
+            failed_at: Utc::now(),
+        };
+        let stored = letter.clone();
+        store
+            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.dead_letter(&stored).await })))
+            .await
+            .unwrap();
+        let listed = store.dead_letters(Some("c")).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].message, Some(message));
+        assert_eq!((listed[0].attempts, listed[0].error.as_str()), (5, "handler failed: boom"));
+        assert!(store.dead_letters(Some("other")).await.unwrap().is_empty());
+        assert_eq!(store.dead_letters(None).await.unwrap().len(), 1);
+        let id = letter.id;
+        let (blocked, other_key, removed, unblocked) = store
+            .transaction::<_, StoreError>(Box::new(move |tx| {
+                Box::pin(async move {
+                    let blocked = tx.key_blocked("c", "o-9").await?;
+                    let other_key = tx.key_blocked("c", "o-8").await?;
+                    let removed = tx.remove_dead_letter(id).await?;
+                    Ok((blocked, other_key, removed, !tx.key_blocked("c", "o-9").await?))
+                })
+            }))
+            .await
+            .unwrap();
+        assert_eq!((blocked, other_key, removed, unblocked), (true, false, true, true));
+    }
+
+    pub async fn purge_keeps_tables_bounded<S: Orders>(store: Arc<S>) {
+        for i in 0..3 {
+            let m = order_created(&format!("p-{i}"));
+            store
+                .transaction::<_, StoreError>(Box::new(move |tx| {
+                    Box::pin(async move {
+                        tx.send(&m).await?;
+                        tx.record_processed("c", Uuid::now_v7()).await
+                    })
+                }))
+                .await
+                .unwrap();
+        }
+        let pending = store.unpublished(10).await.unwrap();
+        store.mark_published(&[pending[0].position, pending[1].position]).await.unwrap();
+        let none = store.purge(Utc::now() - chrono::Duration::hours(1)).await.unwrap();
+        assert_eq!((none.outbox, none.inbox), (0, 0), "nothing is old enough yet");
+        let purged = store.purge(Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+        assert_eq!((purged.outbox, purged.inbox), (2, 3), "published rows and inbox records go");
+        assert_eq!(store.unpublished(10).await.unwrap().len(), 1, "unpublished messages are never purged");
+    }
+
+    pub async fn per_key_order_is_commit_order<S: Orders>(store: Arc<S>) {
+        // Writers race on three keys; each transaction holds on a while after
+        // writing its message. Per key, outbox position order must equal the
+        // order the transactions commit in, which each one notes while it
+        // still holds its key (the writer on SQLite, the key lock on PostgreSQL).
+        let clock = Arc::new(AtomicU64::new(0));
+        let noted = Arc::new(std::sync::Mutex::new(Vec::<(u64, Uuid)>::new()));
+        let tasks: Vec<_> = (0..24u64)
+            .map(|i| {
+                let (store, clock, noted) = (store.clone(), clock.clone(), noted.clone());
+                tokio::spawn(async move {
+                    let m = order_created(&format!("k-{}", i % 3));
+                    store
+                        .transaction::<_, StoreError>(Box::new(move |tx| {
+                            Box::pin(async move {
+                                tx.send(&m).await?;
+                                let seq = clock.fetch_add(1, Ordering::SeqCst);
+                                noted.lock().unwrap().push((seq, m.id));
+                                tokio::time::sleep(Duration::from_millis(3 + (i * 7) % 11)).await;
+                                Ok(())
+                            })
+                        }))
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut noted = noted.lock().unwrap().clone();
+        noted.sort_unstable();
+        let outbox = store.unpublished(100).await.unwrap();
+        for key in ["k-0", "k-1", "k-2"] {
+            let by_position: Vec<_> = outbox.iter().filter(|e| e.message.key == key).map(|e| e.message.id).collect();
+            let by_commit: Vec<_> = noted.iter().map(|(_, id)| *id).filter(|id| by_position.contains(id)).collect();
+            assert_eq!(by_position.len(), 8);
+            assert_eq!(by_position, by_commit, "key {key}: outbox order = commit order");
+        }
+    }
+}
