@@ -1,0 +1,478 @@
+//! The consuming side: handlers, the inbox, retries and dead letters.
+//!
+//! A [`Consumer`] subscribes a service to topics and runs each delivery
+//! through its handler inside one transaction of the service's own store:
+//!
+//! 1. if the message's key is blocked by an earlier dead letter, the message
+//!    is *parked* behind it (stored as a parked dead letter) — later messages
+//!    with the same key never overtake an unresolved failure;
+//! 2. the message id is recorded in the inbox; if it was already there, the
+//!    delivery is a duplicate and is acknowledged without effects;
+//! 3. the handler runs; its writes, its outgoing messages and the inbox
+//!    record commit together, so effects happen exactly once.
+//!
+//! A transient handler error is retried in place with exponential back-off
+//! (holding the key, so order is kept) up to `max_attempts`; then, or at once
+//! for a permanent error or a malformed message, the message becomes a dead
+//! letter with its error, attempts and time, and the consumer moves on.
+//! Dead letters can be listed, replayed and discarded; resolving one replays
+//! the messages parked behind it, in order.
+//!
+//! Messages with different keys are handled concurrently (up to
+//! `max_in_flight`), messages with one key one at a time, in delivery order.
+//!
+//! Metrics (labelled with the consumer): `polis_messages_handled_total`,
+//! `polis_inbox_duplicates_total`, `polis_redeliveries_total`,
+//! `polis_handler_retries_total`, `polis_dead_letters_total`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use polis_core::bus::{Bus, BusError, Delivery, Malformed, Topic};
+use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, TransactionalStore};
+use polis_core::{Message, StoreError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Why a handler could not handle a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Might succeed later (a conflict, a dependency down): retried.
+    #[error("{0}")]
+    Transient(String),
+    /// Will never succeed (unknown type, invalid content): dead-lettered at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidRequest(reason) => Self::Permanent(reason),
+            other => Self::Transient(error_chain(&other)),
+        }
+    }
+}
+
+impl From<serde_json::Error> for HandlerError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Permanent(format!("invalid message data: {e}"))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Handles messages of one topic inside the consumer's transaction.
+#[async_trait]
+pub trait Handler<Tx: Send>: Send + Sync + 'static {
+    async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError>;
+}
+
+/// Tuning for a [`Consumer`].
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Attempts per delivery before the message becomes a dead letter.
+    pub max_attempts: u32,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Deliveries being handled at once (across keys).
+    pub max_in_flight: usize,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
+            max_in_flight: 256,
+        }
+    }
+}
+
+/// Errors of the dead-letter API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeadLetterError {
+    #[error("no dead letter {0} for this consumer")]
+    NotFound(Uuid),
+    #[error("dead letter {0} holds a malformed message; there is nothing to replay")]
+    NotReplayable(Uuid),
+    #[error("no handler for {0}")]
+    NoHandler(String),
+    #[error("replay failed: {0}")]
+    ReplayFailed(HandlerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Handled,
+    Duplicate,
+    Parked,
+    DeadLettered,
+    /// Could not be settled now; left to the bus to deliver again.
+    Redeliver,
+}
+
+/// A service's consumer: its name, its store, and a handler per topic.
+pub struct Consumer<S: TransactionalStore> {
+    name: String,
+    store: Arc<S>,
+    routes: Vec<(Topic, Arc<dyn Handler<S::Tx>>)>,
+    options: ConsumerOptions,
+}
+
+impl<S: TransactionalStore> std::fmt::Debug for Consumer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let topics: Vec<_> = self.routes.iter().map(|(t, _)| t.filter()).collect();
+        f.debug_struct("Consumer").field("name", &self.name).field("topics", &topics).finish()
+    }
+}
+
+/// A running consumer; stops when dropped.
+#[derive(Debug)]
+pub struct ConsumerHandle(Vec<JoinHandle<()>>);
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl<S: TransactionalStore> Consumer<S> {
+    /// A consumer named `name` (its durable subscriptions and inbox use the name).
+    pub fn new(name: impl Into<String>, store: Arc<S>, options: ConsumerOptions) -> Self {
+        Self { name: name.into(), store, routes: Vec::new(), options }
+    }
+
+    /// Handles messages of `topic` with `handler`.
+    pub fn route(mut self, topic: Topic, handler: impl Handler<S::Tx>) -> Self {
+        self.routes.push((topic, Arc::new(handler)));
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Subscribes to every routed topic and handles deliveries until dropped.
+    pub async fn spawn(self: Arc<Self>, bus: Arc<dyn Bus>) -> Result<ConsumerHandle, BusError> {
+        let permits = Arc::new(Semaphore::new(self.options.max_in_flight.max(1)));
+        let mut tasks = Vec::new();
+        for (topic, handler) in &self.routes {
+            let subscription = bus.subscribe(&self.name, topic).await?;
+            let lanes = Arc::new(Lanes::default());
+            let (consumer, handler, permits, topic) = (self.clone(), handler.clone(), permits.clone(), topic.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut subscription = subscription;
+                loop {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                    match subscription.next().await {
+                        Ok(delivery) => lanes.dispatch(&consumer, &handler, delivery, permit),
+                        Err(BusError::Closed) => return,
+                        Err(e) => {
+                            tracing::warn!(consumer = consumer.name, topic = %topic, error = %e, "subscription failed");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(ConsumerHandle(tasks))
+    }
+
+    /// Runs one delivery to the end: handled, duplicate, parked or dead-lettered;
+    /// then acknowledges it.
+    pub async fn process(&self, handler: &Arc<dyn Handler<S::Tx>>, delivery: Delivery) -> Outcome {
+        if delivery.attempt > 1 {
+            metrics::counter!("polis_redeliveries_total", "consumer" => self.name.clone()).increment(1);
+        }
+        let outcome = match &delivery.message {
+            Err(malformed) => self.bury_malformed(malformed).await,
+            Ok(message) => self.handle_with_retries(handler, message).await,
+        };
+        match outcome {
+            Ok(outcome) => {
+                if let Err(e) = delivery.ack().await {
+                    // The message will come again; the inbox recognizes it.
+                    tracing::warn!(consumer = self.name, error = %e, "acknowledgement failed");
+                }
+                outcome
+            }
+            Err(e) => {
+                // Neither handled nor stored as a dead letter (the database is
+                // down?): leave it unacknowledged and let the bus bring it back.
+                tracing::error!(consumer = self.name, error = %e, "cannot store a dead letter; redelivering later");
+                if let Err(e) = delivery.nack(self.options.retry_max).await {
+                    tracing::warn!(consumer = self.name, error = %e, "negative acknowledgement failed");
+                }
+                Outcome::Redeliver
+            }
+        }
+    }
+
+    async fn handle_with_retries(
+        &self,
+        handler: &Arc<dyn Handler<S::Tx>>,
+        message: &Message,
+    ) -> Result<Outcome, StoreError> {
+        let mut pause = self.options.retry_min;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.handle_once(handler, message).await {
+                Ok(outcome) => {
+                    let counter = match outcome {
+                        Outcome::Duplicate => "polis_inbox_duplicates_total",
+                        _ => "polis_messages_handled_total",
+                    };
+                    metrics::counter!(counter, "consumer" => self.name.clone()).increment(1);
+                    return Ok(outcome);
+                }
+                Err(HandlerError::Transient(reason)) if attempt < self.options.max_attempts => {
+                    metrics::counter!("polis_handler_retries_total", "consumer" => self.name.clone()).increment(1);
+                    tracing::debug!(consumer = self.name, message_id = %message.id, attempt, reason, "retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.options.retry_max);
+                }
+                Err(e) => return self.bury(message, &e, attempt).await,
+            }
+        }
+    }
+
+    async fn handle_once(&self, handler: &Arc<dyn Handler<S::Tx>>, message: &Message) -> Result<Outcome, HandlerError> {
+        let (name, handler, message) = (self.name.clone(), handler.clone(), message.clone());
+        self.store
+            .transaction::<_, HandlerError>(Box::new(move |tx| {
+                Box::pin(async move {
+                    if tx.key_blocked(&name, &message.key).await? {
+                        tx.record_processed(&name, message.id).await?;
+                        let reason = format!("parked behind an unresolved dead letter with key `{}`", message.key);
+                        tx.dead_letter(&letter(&name, DeadLetterStatus::Parked, &message, reason, 0)).await?;
+                        return Ok(Outcome::Parked);
+                    }
+                    if !tx.record_processed(&name, message.id).await? {
+                        return Ok(Outcome::Duplicate);
+                    }
+                    handler.handle(tx, &message).await?;
+                    Ok(Outcome::Handled)
+                })
+            }))
+            .await
+    }
+
+    /// Stores `message` as a dead letter (and as processed, so redeliveries skip it).
+    async fn bury(&self, message: &Message, error: &HandlerError, attempts: u32) -> Result<Outcome, StoreError> {
+        let (name, message, reason) = (self.name.clone(), message.clone(), error.to_string());
+        tracing::warn!(consumer = self.name, message_id = %message.id, attempts, reason, "dead-lettering a message");
+        let stored = self
+            .store
+            .transaction::<_, StoreError>(Box::new(move |tx| {
+                Box::pin(async move {
+                    tx.record_processed(&name, message.id).await?;
+                    tx.dead_letter(&letter(&name, DeadLetterStatus::Dead, &message, reason, attempts)).await
+                })
+            }))
+            .await;
+        self.after_burial(stored)
+    }
+
+    async fn bury_malformed(&self, malformed: &Malformed) -> Result<Outcome, StoreError> {
+        let dead = DeadLetter {
+            id: Uuid::now_v7(),
+            consumer: self.name.clone(),
+            status: DeadLetterStatus::Dead,
+            message: None,
+            message_id: malformed.id,
+            key: None,
+            raw: Some(malformed.raw.clone()),
+            error: format!("malformed message: {}", malformed.reason),
+            attempts: 1,
+            failed_at: Utc::now(),
+        };
+        tracing::warn!(consumer = self.name, reason = malformed.reason, "dead-lettering a malformed message");
+        let stored = self
+            .store
+            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.dead_letter(&dead).await })))
+            .await;
+        self.after_burial(stored)
+    }
+
+    fn after_burial(&self, stored: Result<(), StoreError>) -> Result<Outcome, StoreError> {
+        stored?;
+        metrics::counter!("polis_dead_letters_total", "consumer" => self.name.clone()).increment(1);
+        Ok(Outcome::DeadLettered)
+    }
+
+    /// This consumer's dead letters (and parked messages), oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.store.dead_letters(Some(&self.name)).await
+    }
+
+    /// Runs a dead letter's message through its handler again. On success the
+    /// dead letter is removed and the messages parked behind it are replayed
+    /// in order; on failure it stays, with the new error and attempt count.
+    pub async fn replay(&self, id: Uuid) -> Result<(), DeadLetterError> {
+        let letter = self.find(id).await?;
+        let message = letter.message.clone().ok_or(DeadLetterError::NotReplayable(id))?;
+        self.replay_one(&letter, &message).await?;
+        self.release_parked(&message.key).await
+    }
+
+    /// Drops a dead letter without handling it, then replays what was parked behind it.
+    pub async fn discard(&self, id: Uuid) -> Result<(), DeadLetterError> {
+        let letter = self.find(id).await?;
+        self.store
+            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.remove_dead_letter(id).await })))
+            .await?;
+        if let Some(key) = &letter.key {
+            self.release_parked(key).await?;
+        }
+        Ok(())
+    }
+
+    async fn find(&self, id: Uuid) -> Result<DeadLetter, DeadLetterError> {
+        let letters = self.dead_letters().await?;
+        letters.into_iter().find(|l| l.id == id).ok_or(DeadLetterError::NotFound(id))
+    }
+
+    fn handler_for(&self, message: &Message) -> Result<Arc<dyn Handler<S::Tx>>, DeadLetterError> {
+        self.routes
+            .iter()
+            .find(|(t, _)| t.service == message.target && t.kind == message.kind)
+            .map(|(_, h)| h.clone())
+            .ok_or_else(|| DeadLetterError::NoHandler(message.subject()))
+    }
+
+    async fn replay_one(&self, letter: &DeadLetter, message: &Message) -> Result<(), DeadLetterError> {
+        let handler = self.handler_for(message)?;
+        let (id, replayed) = (letter.id, message.clone());
+        let result = self
+            .store
+            .transaction::<_, HandlerError>(Box::new(move |tx| {
+                Box::pin(async move {
+                    handler.handle(tx, &replayed).await?;
+                    tx.remove_dead_letter(id).await?;
+                    Ok(())
+                })
+            }))
+            .await;
+        if let Err(e) = result {
+            let mut failed = letter.clone();
+            failed.status = DeadLetterStatus::Dead;
+            failed.error = e.to_string();
+            failed.attempts += 1;
+            failed.failed_at = Utc::now();
+            self.store
+                .transaction::<_, StoreError>(Box::new(move |tx| {
+                    Box::pin(async move { tx.dead_letter(&failed).await })
+                }))
+                .await?;
+            return Err(DeadLetterError::ReplayFailed(e));
+        }
+        Ok(())
+    }
+
+    /// Replays the parked messages of `key`, oldest first, while they succeed.
+    async fn release_parked(&self, key: &str) -> Result<(), DeadLetterError> {
+        loop {
+            let letters = self.dead_letters().await?;
+            let same_key: Vec<_> = letters.into_iter().filter(|l| l.key.as_deref() == Some(key)).collect();
+            if same_key.iter().any(|l| l.status == DeadLetterStatus::Dead) {
+                return Ok(()); // still blocked by an unresolved failure
+            }
+            let Some(next) = same_key.into_iter().next() else { return Ok(()) };
+            match &next.message {
+                Some(message) => self.replay_one(&next, message).await?,
+                None => return Err(DeadLetterError::NotReplayable(next.id)),
+            }
+        }
+    }
+}
+
+fn letter(consumer: &str, status: DeadLetterStatus, message: &Message, error: String, attempts: u32) -> DeadLetter {
+    DeadLetter {
+        id: Uuid::now_v7(),
+        consumer: consumer.to_owned(),
+        status,
+        message: Some(message.clone()),
+        message_id: Some(message.id),
+        key: Some(message.key.clone()),
+        raw: None,
+        error,
+        attempts,
+        failed_at: Utc::now(),
+    }
+}
+
+/// One sequential lane per key: deliveries of a key are handled in order,
+/// different keys concurrently.
+#[derive(Default)]
+struct Lanes {
+    open: Mutex<HashMap<String, mpsc::UnboundedSender<(Delivery, OwnedSemaphorePermit)>>>,
+}
+
+impl Lanes {
+    fn dispatch<S: TransactionalStore>(
+        self: &Arc<Self>,
+        consumer: &Arc<Consumer<S>>,
+        handler: &Arc<dyn Handler<S::Tx>>,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let key = match &delivery.message {
+            Ok(m) => m.key.clone(),
+            // Malformed messages have no key to order by: a lane of their own.
+            Err(_) => format!("\0malformed-{}", Uuid::now_v7()),
+        };
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let item = match open.get(&key) {
+            Some(lane) => match lane.send((delivery, permit)) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(item)) => item,
+            },
+            None => (delivery, permit),
+        };
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let _ = sender.send(item);
+        open.insert(key.clone(), sender);
+        drop(open);
+        let (lanes, consumer, handler) = (self.clone(), consumer.clone(), handler.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = receiver.try_recv().ok().or_else(|| {
+                    // Close the lane under the lock, so no delivery slips in unseen.
+                    let mut open = lanes.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match receiver.try_recv() {
+                        Ok(item) => Some(item),
+                        Err(_) => {
+                            open.remove(&key);
+                            None
+                        }
+                    }
+                });
+                let Some((delivery, permit)) = next else { return };
+                consumer.process(&handler, delivery).await;
+                drop(permit);
+            }
+        });
+    }
+}

@@ -1,0 +1,447 @@
+//! The embedded bus: durable, in one SQLite file, shared by one process.
+//!
+//! In the embedded deployment every service runs in one process, but a bus
+//! that only lived in memory would lose every message relayed but not yet
+//! handled when the process dies. So this bus keeps what JetStream keeps:
+//!
+//! - a log of messages per service (`bus_messages`), appended by `publish`
+//!   with `synchronous=FULL`, de-duplicated by message id;
+//! - per durable consumer and topic, an *ack floor* (every message at or
+//!   below it is acknowledged) plus the acknowledgements above it.
+//!
+//! Acknowledgements are written in the background, batched: losing the last
+//! few in a crash only means those messages are delivered again, which the
+//! consumer's inbox absorbs. Delivery counts live in memory: they survive a
+//! re-subscription, not a process restart (after one, redeliveries start
+//! counting at 1 again).
+
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use polis_core::Message;
+use polis_core::bus::{Acker, Bus, BusError, Delivery, Malformed, Subscription, Topic};
+use polis_core::message::validate_message;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Messages read per query while delivering.
+const FETCH: i64 = 256;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bus_messages (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id   BLOB    NOT NULL UNIQUE,
+    service      TEXT    NOT NULL,
+    segment      TEXT    NOT NULL,
+    body         TEXT    NOT NULL,
+    stored_at_us INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bus_messages_topic ON bus_messages (service, segment, seq);
+CREATE TABLE IF NOT EXISTS bus_consumers (
+    consumer  TEXT    NOT NULL,
+    service   TEXT    NOT NULL,
+    segment   TEXT    NOT NULL,
+    ack_floor INTEGER NOT NULL,
+    PRIMARY KEY (consumer, service, segment)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bus_acks (
+    consumer TEXT    NOT NULL,
+    service  TEXT    NOT NULL,
+    segment  TEXT    NOT NULL,
+    seq      INTEGER NOT NULL,
+    PRIMARY KEY (consumer, service, segment, seq)
+) WITHOUT ROWID;
+";
+
+/// The durable in-process bus. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct InProcessBus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// One connection: publishes and ack flushes are serialized (SQLite has one writer anyway).
+    pool: SqlitePool,
+    published: watch::Sender<u64>,
+    consumers: Mutex<HashMap<ConsumerKey, Arc<Mutex<ConsumerState>>>>,
+    acks: mpsc::UnboundedSender<(ConsumerKey, i64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ConsumerKey {
+    consumer: String,
+    service: String,
+    segment: &'static str,
+}
+
+/// What a consumer has been sent and has acknowledged, shared by its subscriptions.
+#[derive(Debug, Default)]
+struct ConsumerState {
+    /// Loaded from the database on first subscription.
+    loaded: bool,
+    /// Every seq <= floor is acknowledged.
+    floor: i64,
+    /// Acknowledged seqs above the floor.
+    acked: BTreeSet<i64>,
+    /// Seqs of this topic above the floor, in log order, as read so far: what
+    /// the floor advances over once they are acknowledged.
+    window: VecDeque<i64>,
+    /// Deliveries so far, per seq above the floor.
+    attempts: HashMap<i64, u32>,
+    /// Negatively acknowledged: (due, seq), redelivered when due.
+    retry: BinaryHeap<std::cmp::Reverse<(Instant, i64)>>,
+}
+
+impl ConsumerState {
+    fn ack(&mut self, seq: i64) {
+        if seq <= self.floor {
+            return;
+        }
+        self.acked.insert(seq);
+        self.attempts.remove(&seq);
+        while let Some(&front) = self.window.front() {
+            if !self.acked.remove(&front) {
+                break;
+            }
+            self.floor = front;
+            self.window.pop_front();
+        }
+    }
+
+    /// Records that `seq` of this topic was read from the log.
+    fn read(&mut self, seq: i64) {
+        if seq > self.floor && self.window.back().is_none_or(|&last| last < seq) {
+            self.window.push_back(seq);
+        }
+    }
+}
+
+impl InProcessBus {
+    /// Opens (creating if needed) the bus file at `path`.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, BusError> {
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool =
+            SqlitePoolOptions::new().max_connections(1).connect_with(connect).await.map_err(BusError::backend)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(BusError::backend)?;
+        let (published, _) = watch::channel(0);
+        let (acks, pending) = mpsc::unbounded_channel();
+        tokio::spawn(ack_writer(pool.clone(), pending));
+        Ok(Self { inner: Arc::new(Inner { pool, published, consumers: Mutex::default(), acks }) })
+    }
+
+    fn state(&self, key: &ConsumerKey) -> Arc<Mutex<ConsumerState>> {
+        let mut consumers = lock(&self.inner.consumers);
+        consumers.entry(key.clone()).or_default().clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them half-updated in a
+    // way that matters more than losing the bus; keep serving.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, messages: &[Message]) -> Result<(), BusError> {
+        for m in messages {
+            validate_message(m).map_err(|reason| BusError::InvalidMessage { id: m.id, reason })?;
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.inner.pool.begin().await.map_err(BusError::backend)?;
+        let now = Utc::now().timestamp_micros();
+        for m in messages {
+            let body = serde_json::to_string(m).map_err(BusError::backend)?;
+            sqlx::query(
+                "INSERT INTO bus_messages (message_id, service, segment, body, stored_at_us) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (message_id) DO NOTHING",
+            )
+            .bind(m.id)
+            .bind(&m.target)
+            .bind(m.kind.segment())
+            .bind(body)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(BusError::backend)?;
+        }
+        tx.commit().await.map_err(BusError::backend)?;
+        self.inner.published.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    async fn subscribe(&self, consumer: &str, topic: &Topic) -> Result<Box<dyn Subscription>, BusError> {
+        let key = ConsumerKey {
+            consumer: consumer.to_owned(),
+            service: topic.service.clone(),
+            segment: topic.kind.segment(),
+        };
+        let state = self.state(&key);
+        let needs_load = !lock(&state).loaded;
+        if needs_load {
+            let floor: Option<i64> = sqlx::query_scalar(
+                "SELECT ack_floor FROM bus_consumers WHERE consumer = ? AND service = ? AND segment = ?",
+            )
+            .bind(&key.consumer)
+            .bind(&key.service)
+            .bind(key.segment)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(BusError::backend)?;
+            let acked: Vec<i64> =
+                sqlx::query_scalar("SELECT seq FROM bus_acks WHERE consumer = ? AND service = ? AND segment = ?")
+                    .bind(&key.consumer)
+                    .bind(&key.service)
+                    .bind(key.segment)
+                    .fetch_all(&self.inner.pool)
+                    .await
+                    .map_err(BusError::backend)?;
+            let mut s = lock(&state);
+            if !s.loaded {
+                s.loaded = true;
+                let floor = floor.unwrap_or(0);
+                s.floor = floor;
+                s.acked.extend(acked.into_iter().filter(|&seq| seq > floor));
+            }
+        }
+        let cursor = {
+            let mut s = lock(&state);
+            // Whatever was delivered and not acknowledged is redelivered, from the floor on.
+            s.retry.clear();
+            s.window.clear();
+            s.floor
+        };
+        Ok(Box::new(InProcessSubscription {
+            bus: self.clone(),
+            key,
+            state,
+            cursor,
+            buffer: VecDeque::new(),
+            published: self.inner.published.subscribe(),
+        }))
+    }
+}
+
+/// A durable subscription of one consumer to one topic.
+struct InProcessSubscription {
+    bus: InProcessBus,
+    key: ConsumerKey,
+    state: Arc<Mutex<ConsumerState>>,
+    /// Highest seq read from the log by this subscription.
+    cursor: i64,
+    buffer: VecDeque<(i64, String)>,
+    published: watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl Subscription for InProcessSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            // Redeliveries that are due come first.
+            let due = {
+                let mut s = lock(&self.state);
+                match s.retry.peek() {
+                    Some(std::cmp::Reverse((at, _))) if *at <= Instant::now() => s.retry.pop().map(|r| r.0.1),
+                    _ => None,
+                }
+            };
+            if let Some(seq) = due {
+                let body: Option<String> = sqlx::query_scalar("SELECT body FROM bus_messages WHERE seq = ?")
+                    .bind(seq)
+                    .fetch_optional(&self.bus.inner.pool)
+                    .await
+                    .map_err(BusError::backend)?;
+                if let Some(body) = body {
+                    return Ok(self.deliver(seq, body));
+                }
+                continue;
+            }
+            while let Some((seq, body)) = self.buffer.pop_front() {
+                let acked = {
+                    let s = lock(&self.state);
+                    seq <= s.floor || s.acked.contains(&seq)
+                };
+                if !acked {
+                    return Ok(self.deliver(seq, body));
+                }
+            }
+            self.published.borrow_and_update();
+            let rows = sqlx::query(
+                "SELECT seq, body FROM bus_messages WHERE service = ? AND segment = ? AND seq > ? ORDER BY seq LIMIT ?",
+            )
+            .bind(&self.key.service)
+            .bind(self.key.segment)
+            .bind(self.cursor)
+            .bind(FETCH)
+            .fetch_all(&self.bus.inner.pool)
+            .await
+            .map_err(BusError::backend)?;
+            for row in &rows {
+                let seq: i64 = row.try_get("seq").map_err(BusError::backend)?;
+                self.cursor = seq;
+                lock(&self.state).read(seq);
+                self.buffer.push_back((seq, row.try_get("body").map_err(BusError::backend)?));
+            }
+            if !rows.is_empty() {
+                continue;
+            }
+            // Nothing new: wait for a publish, the next due redelivery, or a poll.
+            let next_retry = lock(&self.state).retry.peek().map(|r| r.0.0);
+            let wait = next_retry
+                .map(|at| at.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            let _ = tokio::time::timeout(wait, self.published.changed()).await;
+        }
+    }
+}
+
+impl InProcessSubscription {
+    fn deliver(&mut self, seq: i64, body: String) -> Delivery {
+        let attempt = {
+            let mut s = lock(&self.state);
+            let n = s.attempts.entry(seq).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let message = serde_json::from_str::<Message>(&body).map_err(|e| Malformed {
+            id: None,
+            raw: body.clone(),
+            reason: format!("not a polis message: {e}"),
+        });
+        let acker =
+            InProcessAcker { key: self.key.clone(), seq, state: self.state.clone(), acks: self.bus.inner.acks.clone() };
+        Delivery::new(message, attempt, Box::new(acker))
+    }
+}
+
+#[derive(Debug)]
+struct InProcessAcker {
+    key: ConsumerKey,
+    seq: i64,
+    state: Arc<Mutex<ConsumerState>>,
+    acks: mpsc::UnboundedSender<(ConsumerKey, i64)>,
+}
+
+#[async_trait]
+impl Acker for InProcessAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        lock(&self.state).ack(self.seq);
+        self.acks.send((self.key, self.seq)).map_err(|_| BusError::Closed)
+    }
+
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BusError> {
+        lock(&self.state).retry.push(std::cmp::Reverse((Instant::now() + delay, self.seq)));
+        Ok(())
+    }
+}
+
+/// Persists acknowledgements in batches and advances ack floors.
+async fn ack_writer(pool: SqlitePool, mut pending: mpsc::UnboundedReceiver<(ConsumerKey, i64)>) {
+    let mut batch = Vec::new();
+    while pending.recv_many(&mut batch, 1024).await > 0 {
+        if let Err(e) = write_acks(&pool, &batch).await {
+            // Lost acks only cause redeliveries, which the inbox absorbs.
+            tracing::warn!(error = %e, "failed to persist bus acknowledgements");
+        }
+        batch.clear();
+    }
+}
+
+async fn write_acks(pool: &SqlitePool, batch: &[(ConsumerKey, i64)]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut touched = Vec::new();
+    for (key, seq) in batch {
+        sqlx::query(
+            "INSERT INTO bus_acks (consumer, service, segment, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.consumer)
+        .bind(&key.service)
+        .bind(key.segment)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        if !touched.contains(key) {
+            touched.push(key.clone());
+        }
+    }
+    // Advance each floor over contiguous acknowledgements and drop them.
+    for key in touched {
+        sqlx::query(
+            "INSERT INTO bus_consumers (consumer, service, segment, ack_floor) VALUES (?1, ?2, ?3, 0) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.consumer)
+        .bind(&key.service)
+        .bind(key.segment)
+        .execute(&mut *tx)
+        .await?;
+        let floor: i64 = sqlx::query_scalar(
+            "SELECT ack_floor FROM bus_consumers WHERE consumer = ? AND service = ? AND segment = ?",
+        )
+        .bind(&key.consumer)
+        .bind(&key.service)
+        .bind(key.segment)
+        .fetch_one(&mut *tx)
+        .await?;
+        let acked: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM bus_acks WHERE consumer = ? AND service = ? AND segment = ? AND seq > ? ORDER BY seq",
+        )
+        .bind(&key.consumer)
+        .bind(&key.service)
+        .bind(key.segment)
+        .bind(floor)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Messages of other topics interleave in the log, so "contiguous" means
+        // no unacknowledged message of this topic in between.
+        let unacked: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM bus_messages WHERE service = ? AND segment = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(&key.service)
+        .bind(key.segment)
+        .bind(floor)
+        .bind(acked.len() as i64 + 1)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut new_floor = floor;
+        for seq in unacked {
+            if acked.binary_search(&seq).is_ok() {
+                new_floor = seq;
+            } else {
+                break;
+            }
+        }
+        if new_floor > floor {
+            sqlx::query("UPDATE bus_consumers SET ack_floor = ? WHERE consumer = ? AND service = ? AND segment = ?")
+                .bind(new_floor)
+                .bind(&key.consumer)
+                .bind(&key.service)
+                .bind(key.segment)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM bus_acks WHERE consumer = ? AND service = ? AND segment = ? AND seq <= ?")
+                .bind(&key.consumer)
+                .bind(&key.service)
+                .bind(key.segment)
+                .bind(new_floor)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await
+}

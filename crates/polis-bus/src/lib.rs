@@ -1,0 +1,23 @@
+//! polis-bus: moving messages between services.
+//!
+//! - [`inprocess`]: the embedded default, a durable bus in one SQLite file
+//!   shared by the services of one process (messages survive a crash between
+//!   relay and consumer, like on a broker).
+//! - [`nats`]: NATS JetStream: one stream per service, durable consumers,
+//!   explicit acks, broker-side de-duplication by message id.
+//! - [`relay`]: publishes a service's outbox to a bus, in order, at least once.
+//! - [`consumer`]: runs a service's handlers over a subscription with its
+//!   inbox (effects once), retries with backoff, and dead letters.
+//!
+//! Both buses implement [`polis_core::Bus`] and pass one contract suite
+//! (`tests/bus_contract.rs`).
+
+pub mod consumer;
+pub mod inprocess;
+pub mod nats;
+pub mod relay;
+
+pub use consumer::{Consumer, ConsumerHandle, ConsumerOptions, DeadLetterError, Handler, HandlerError, Outcome};
+pub use inprocess::InProcessBus;
+pub use nats::NatsBus;
+pub use relay::{Relay, RelayHandle, RelayOptions};
