@@ -130,11 +130,14 @@ pub enum Outcome {
     Redeliver,
 }
 
+/// A handler as the consumer stores it.
+pub type SharedHandler<Tx> = Arc<dyn Handler<Tx>>;
+
 /// A service's consumer: its name, its store, and a handler per topic.
 pub struct Consumer<S: TransactionalStore> {
     name: String,
     store: Arc<S>,
-    routes: Vec<(Topic, Arc<dyn Handler<S::Tx>>)>,
+    routes: Vec<(Topic, SharedHandler<S::Tx>)>,
     options: ConsumerOptions,
 }
 
