@@ -50,9 +50,23 @@
 //!   A delivery's attempt is JetStream's delivered count; acks and nacks wait
 //!   for the server's confirmation, so none is lost silently.
 //!
+//! Plain `nats://` only, unless the application installs a rustls crypto
+//! provider: async-nats is built without `ring` / `aws-lc-rs` to keep the
+//! build lean (see [`NatsBus::connect`]).
+//!
 //! Reconnection is async-nats's: the client reconnects by itself and pull
 //! requests resume. A subscription whose pull stream fails (a missed
-//! heartbeat, a deleted consumer) recreates the consumer and goes on.
+//! heartbeat, a deleted consumer) recreates the consumer and goes on;
+//! `next` returns [`BusError::Backend`] only when that fails (the server has
+//! been unreachable for a heartbeat and a request timeout), and calling it
+//! again retries, backing off. A publish while the server is away fails
+//! after [`NatsOptions::publish_timeout`]; the relay retries it.
+//!
+//! What the broker guarantees: a publish ack means the message is in the
+//! stream's files (nats-server fsyncs them periodically, not per message).
+//! Consumer positions are written lazily, so after a server *crash* recent
+//! acks can be forgotten and those messages delivered again: the inbox's
+//! de-duplication is what makes effects happen once.
 
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
@@ -187,14 +201,27 @@ impl NatsBus {
     /// Connects to the NATS server at `url` (e.g. `nats://127.0.0.1:4222`).
     /// Fails if the first connection fails; after that the client
     /// reconnects by itself, forever.
+    ///
+    /// `tls://` URLs need a process-wide rustls crypto provider
+    /// (`async_nats::rustls::crypto::CryptoProvider::install_default`), as
+    /// polis builds async-nats without one; without it they are refused.
     pub async fn connect(url: &str, options: NatsOptions) -> Result<NatsBus, BusError> {
+        let connect_error = |source: BoxError| BusError::backend(NatsError::Connect { url: url.to_owned(), source });
+        // This build has no TLS crypto provider (see the module docs); rustls
+        // would panic where it needs one.
+        let wants_tls = url.split(',').any(|u| u.trim().get(..6).is_some_and(|s| s.eq_ignore_ascii_case("tls://")));
+        if wants_tls && async_nats::rustls::crypto::CryptoProvider::get_default().is_none() {
+            return Err(connect_error(
+                "tls needs a rustls crypto provider: install one with `CryptoProvider::install_default` first".into(),
+            ));
+        }
         let client = async_nats::ConnectOptions::new()
             .name("polis")
             .request_timeout(Some(options.publish_timeout))
             .max_reconnects(None)
             .connect(url)
             .await
-            .map_err(|e| BusError::backend(NatsError::Connect { url: url.to_owned(), source: e.into() }))?;
+            .map_err(|e| connect_error(e.into()))?;
         let jetstream = ContextBuilder::new()
             .timeout(options.publish_timeout)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
@@ -317,7 +344,7 @@ impl Outgoing {
             .iter()
             .map(|(name, values)| {
                 let name: &str = name.as_ref();
-                values.iter().map(|v| name.len() + v.as_str().len() + 4).sum::<usize>()
+                values.iter().map(|v| name.len() + ": \r\n".len() + v.as_str().len()).sum::<usize>()
             })
             .sum();
         "NATS/1.0\r\n\r\n".len() + headers + self.body.len()
@@ -505,12 +532,12 @@ impl Bus for NatsBus {
         let mut pending: VecDeque<(&Message, String, PublishAckFuture)> = VecDeque::new();
         for (message, encoded) in messages.iter().zip(outgoing) {
             let Outgoing { subject, headers, body } = encoded;
+            let publish = PublishMessage::build().headers(headers).payload(body.into());
             let publish_error = |source: BoxError| {
                 BusError::backend(NatsError::Publish { id: message.id, subject: subject.clone(), source })
             };
             let ack = loop {
-                let publish = PublishMessage::build().headers(headers.clone()).payload(body.clone().into());
-                match inner.jetstream.send_publish(subject.clone(), publish).await {
+                match inner.jetstream.send_publish(subject.clone(), publish.clone()).await {
                     Ok(ack) => break ack,
                     // The connection's window of unacknowledged publishes is
                     // full: make room by awaiting ours, or wait for others'.
@@ -865,6 +892,8 @@ mod server_tests {
         assert!(matches!(bus.publish(&[bad]).await, Err(BusError::InvalidMessage { .. })));
         assert!(bus.subscribe("c", &Topic::events_of("a.b")).await.is_err());
         assert!(bus.subscribe("", &Topic::events_of(&svc)).await.is_err());
+        let tls = server.url().replace("nats://", "tls://");
+        assert!(matches!(NatsBus::connect(&tls, options()).await, Err(BusError::Backend(_))));
     }
 
     #[tokio::test]
@@ -873,13 +902,15 @@ mod server_tests {
         let svc = service();
         let bus = NatsBus::connect(server.url(), options()).await.unwrap();
         drop(bus.subscribe("c", &Topic::events_of(&svc)).await.unwrap());
-        let longer = NatsOptions { ack_wait: Duration::from_secs(7), ..options() };
+        let longer =
+            NatsOptions { ack_wait: Duration::from_secs(7), duplicate_window: Duration::from_secs(30), ..options() };
         let bus = NatsBus::connect(server.url(), longer).await.unwrap();
         drop(bus.subscribe("c", &Topic::events_of(&svc)).await.unwrap());
         let stream = bus.inner.jetstream.get_stream(stream_name(&svc)).await.unwrap();
         let info = stream.consumer_info(durable_name("c", MessageKind::Event)).await.unwrap();
         assert_eq!(info.config.ack_wait, Duration::from_secs(7));
         assert_eq!(info.config.filter_subject, Topic::events_of(&svc).filter());
+        assert_eq!(stream.cached_info().config.duplicate_window, Duration::from_secs(30));
     }
 
     /// Publishes until the client has reconnected, as a relay would.
@@ -894,6 +925,7 @@ mod server_tests {
     /// Takes deliveries until `expected` came, in order; redeliveries of
     /// anything before (after a crash) are acked and skipped.
     async fn receive_in_order(sub: &mut Box<dyn Subscription>, expected: &[Message], earlier: &[Message]) {
+        let expected_all = expected;
         let mut expected = expected.iter().peekable();
         while let Some(want) = expected.peek() {
             let d = next(sub).await;
@@ -901,7 +933,14 @@ mod server_tests {
             if id == want.id {
                 expected.next();
             } else {
-                assert!(earlier.iter().any(|m| m.id == id) && d.attempt >= 2, "unexpected delivery {id}");
+                let position = |ms: &[Message]| ms.iter().position(|m| m.id == id);
+                assert!(
+                    position(earlier).is_some(),
+                    "unexpected delivery {id} (attempt {}, position {:?}), waiting for {}",
+                    d.attempt,
+                    position(&[earlier, expected_all].concat()),
+                    want.id
+                );
             }
             d.ack().await.unwrap();
         }
