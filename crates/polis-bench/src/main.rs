@@ -8,9 +8,11 @@
 //!
 //! Layout: `load` drives closed-loop clients and collects latencies,
 //! `report` formats sections and target checks, `machine` describes the host
-//! and samples resident memory, `pg` provides throwaway PostgreSQL databases
-//! and WAL counters, and one module per scenario (`pg_append`, `pg_vs_es`,
-//! `sqlite_append`, `memory`) holds its baseline and polis clients.
+//! (including how long an fsync takes) and samples CPU, writes and resident
+//! memory, `pg` provides PostgreSQL databases and per-event costs, `delay` is
+//! a proxy that simulates network latency, `workload` holds the shared
+//! payload and polis writer, and one module per scenario (`pg_append`,
+//! `pg_vs_es`, `sqlite_append`, `memory`) holds its baseline and its runs.
 //!
 //! PostgreSQL is a throwaway server started from the installed binaries
 //! (fsync on) unless `--postgres-url` names another one; the machine's own

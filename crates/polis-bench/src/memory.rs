@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use futures::{StreamExt as _, TryStreamExt as _};
 use polis_core::{CatchUpOptions, EventStore, ExpectedVersion, NewEvent, catch_up};
-use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
+use polis_store::{SqliteEventStore, SqliteOptions};
 
 use crate::Options;
 use crate::machine::{RssSampler, rss};
@@ -44,10 +44,7 @@ pub(crate) async fn run(pg: Option<&Postgres>, options: &Options) -> Result<Sect
     if let Some(pg) = pg {
         eprintln!("memory: PostgreSQL, {events} events…");
         let db = pg.database("memory").await?;
-        let mut store_options = PgOptions::new("bench");
-        store_options.max_connections = 8;
-        let store =
-            PgEventStore::from_pool(pg.pool(&db, 8).await?, store_options).await.context("opening the polis store")?;
+        let store = pg.polis_store(&db, 8).await?;
         rows.push(("PostgreSQL", phases(Arc::new(store), events, &sampler).await?));
     }
 

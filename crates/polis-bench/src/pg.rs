@@ -1,16 +1,18 @@
 //! The PostgreSQL server the scenarios run against, fresh databases on it,
-//! and the server's WAL counters (which explain most differences).
+//! and what writing cost: WAL counters and client and server CPU, which
+//! explain most differences between two runs.
 
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use polis_store::{PgEventStore, PgOptions};
 use polis_testkit::PostgresServer;
-
-use crate::machine;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool, Row as _};
+
+use crate::machine;
 
 /// A throwaway server (the default) or the one `--postgres-url` names.
 #[derive(Debug)]
@@ -98,6 +100,14 @@ impl Postgres {
         let _ = conn.close().await;
         self.created.lock().unwrap_or_else(|e| e.into_inner()).push(name.clone());
         Ok(self.admin.clone().database(&name))
+    }
+
+    /// A polis store on `database`, with a pool of up to `max` connections
+    /// configured as `PgEventStore::connect` configures its own.
+    pub(crate) async fn polis_store(&self, database: &PgConnectOptions, max: u32) -> Result<PgEventStore> {
+        let mut options = PgOptions::new("bench");
+        options.max_connections = max;
+        PgEventStore::from_pool(self.pool(database, max).await?, options).await.context("opening the polis store")
     }
 
     /// A pool of up to `max` connections to `database`.

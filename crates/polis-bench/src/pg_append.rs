@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use polis_store::{PgEventStore, PgOptions};
 use sqlx::{Executor as _, PgPool};
 
 use crate::Options;
@@ -57,11 +56,7 @@ pub(crate) async fn run(pg: &Postgres, options: &Options) -> Result<Section> {
         raw.merge(m);
 
         eprintln!("pg-append round {}: polis PgEventStore::append, {clients} writers…", round + 1);
-        let mut store_options = PgOptions::new("bench");
-        store_options.max_connections = POOL_SIZE;
-        let store = PgEventStore::from_pool(pg.pool(&polis_db, POOL_SIZE).await?, store_options)
-            .await
-            .context("opening the polis store")?;
+        let store = pg.polis_store(&polis_db, POOL_SIZE).await?;
         let before = pg.counters().await?;
         let writers = (0..clients).map(|i| Appender::new(store.clone(), format!("polis-{round}-{i}"))).collect();
         let m = load::run(writers, plan).await?;

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow};
 use async_trait::async_trait;
 use cqrs_es::event_sink::EventSink;
 use polis_core::{Metadata, Repository};
-use polis_store::{PgEventStore, PgOptions};
+use polis_store::PgEventStore;
 use postgres_es::PostgresCqrs;
 use serde::{Deserialize, Serialize};
 use sqlx::Executor as _;
@@ -194,6 +194,7 @@ impl Client for EsCommander {
     }
 }
 
+#[derive(Default)]
 struct Pair {
     events_per_command: usize,
     wanted: f64,
@@ -217,9 +218,7 @@ pub(crate) async fn run(pg: &Postgres, options: &Options) -> Result<Section> {
 
     // Clients reach the server through a delaying proxy when a network is simulated.
     let proxy = match options.rtt_ms {
-        rtt if rtt > 0.0 => {
-            Some(DelayProxy::start(pg.address().await?, Duration::from_secs_f64(rtt / 2000.0))?)
-        }
+        rtt if rtt > 0.0 => Some(DelayProxy::start(pg.address().await?, Duration::from_secs_f64(rtt / 2000.0))?),
         _ => None,
     };
     let route = |db: &PgConnectOptions| match &proxy {
@@ -230,14 +229,7 @@ pub(crate) async fn run(pg: &Postgres, options: &Options) -> Result<Section> {
 
     let mut pairs = Vec::new();
     for (count, wanted) in BATCHES {
-        let mut pair = Pair {
-            events_per_command: count,
-            wanted,
-            es: Measurement::default(),
-            es_costs: Costs::default(),
-            polis: Measurement::default(),
-            polis_costs: Costs::default(),
-        };
+        let mut pair = Pair { events_per_command: count, wanted, ..Pair::default() };
         for round in 0..rounds {
             eprintln!("pg-vs-postgres-es round {}: {count} event(s) per command, postgres-es…", round + 1);
             let pool = pg.pool(&route(&es_db), POOL_SIZE).await?;
@@ -253,11 +245,7 @@ pub(crate) async fn run(pg: &Postgres, options: &Options) -> Result<Section> {
             pair.es.merge(m);
 
             eprintln!("pg-vs-postgres-es round {}: {count} event(s) per command, polis…", round + 1);
-            let mut store_options = PgOptions::new("bench");
-            store_options.max_connections = POOL_SIZE;
-            let store = PgEventStore::from_pool(if std::env::var("NOPING").is_ok() { sqlx::postgres::PgPoolOptions::new().max_connections(POOL_SIZE).test_before_acquire(false).connect_with(route(&polis_db)).await? } else { pg.pool(&route(&polis_db), POOL_SIZE).await? }, store_options)
-                .await
-                .context("opening the polis store")?;
+            let store = pg.polis_store(&route(&polis_db), POOL_SIZE).await?;
             let repository = Repository::<Ledger, _>::new(Arc::new(store.clone()));
             let before = pg.counters().await?;
             let commanders = (0..clients)

@@ -1,5 +1,5 @@
-//! The event every scenario writes: about 200 bytes of JSON, the same for
-//! polis and for each baseline.
+//! The event every scenario writes (about 200 bytes of JSON, the same for
+//! polis and for each baseline) and the polis writer both append scenarios use.
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
