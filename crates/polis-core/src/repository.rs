@@ -172,7 +172,12 @@ impl<A: Aggregate, S: EventStore + ?Sized> Repository<A, S> {
         as_of: Option<DateTime<Utc>>,
     ) -> Result<Loaded<A>, CommandError<A::Error>> {
         let mut loaded = Loaded { state: A::default(), version: 0 };
-        if let Some(snapshot) = self.store.load_snapshot(stream).await.map_err(CommandError::Store)? {
+        // With snapshots off there is nothing to look up: save the round trip.
+        let snapshot = match self.snapshots {
+            SnapshotPolicy::Never => None,
+            SnapshotPolicy::EveryNEvents(_) => self.store.load_snapshot(stream).await.map_err(CommandError::Store)?,
+        };
+        if let Some(snapshot) = snapshot {
             // As-of-time loads replay from the start: a snapshot's `taken_at` is a
             // wall clock, not the time of the events folded into it.
             let usable =

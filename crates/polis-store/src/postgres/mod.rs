@@ -110,8 +110,15 @@ impl Drop for Inner {
 impl PgEventStore {
     /// Connects to the service's database at `url` and applies migrations.
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
-        let pool =
-            PgPoolOptions::new().max_connections(options.max_connections.max(2)).connect(url).await.map_err(backend)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            // Every append and read is one statement; a ping before each would
+            // double the round trips. A dead connection fails its statement and
+            // is replaced.
+            .test_before_acquire(false)
+            .connect(url)
+            .await
+            .map_err(backend)?;
         Self::from_pool(pool, options).await
     }
 
@@ -236,21 +243,30 @@ impl PgEventStore {
             ExpectedVersion::Exact(v) => to_i64(v),
             _ => 0,
         };
-        let rows = sqlx::query(append_sql(expected))
-            .bind(stream)
-            .bind(count)
-            .bind(expected_version)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&schema_versions)
-            .bind(&times)
-            .bind(&data)
-            .bind(&correlations)
-            .bind(&causations)
-            .bind(&traceparents)
-            .fetch_all(executor)
-            .await
-            .map_err(|e| duplicate_or_backend(e, events))?;
+        let query =
+            sqlx::query(append_sql(expected, events.len() == 1)).bind(stream).bind(count).bind(expected_version);
+        let query = match events {
+            // One event (the common command): plain parameters, no arrays to build or unnest.
+            [e] => query
+                .bind(e.id)
+                .bind(e.event_type.as_str())
+                .bind(i32::from(e.schema_version))
+                .bind(e.time)
+                .bind(&e.data)
+                .bind(e.metadata.correlation_id)
+                .bind(e.metadata.causation_id)
+                .bind(e.metadata.traceparent.as_deref()),
+            _ => query
+                .bind(&ids)
+                .bind(&types)
+                .bind(&schema_versions)
+                .bind(&times)
+                .bind(&data)
+                .bind(&correlations)
+                .bind(&causations)
+                .bind(&traceparents),
+        };
+        let rows = query.fetch_all(executor).await.map_err(|e| duplicate_or_backend(e, events))?;
 
         if rows.is_empty() {
             let actual = self.stream_info(stream).await?.map_or(0, |s| s.version);
@@ -484,8 +500,19 @@ impl TransactionalStore for PgEventStore {
 /// `batch` orders the events, and only then are positions drawn, in event
 /// order, by `nextval` over the materialized, sorted batch. No row from
 /// `stream` (a failed expectation) means nothing is inserted.
-fn append_sql(expected: ExpectedVersion) -> &'static str {
-    fn build(stream_cte: &str) -> String {
+fn append_sql(expected: ExpectedVersion, single: bool) -> &'static str {
+    fn build(stream_cte: &str, single: bool) -> String {
+        let insert = "INSERT INTO polis_events (position, event_id, stream_id, stream_version, event_type, \
+                      schema_version, time, data, correlation_id, causation_id, traceparent)";
+        if single {
+            // The row only exists once `stream` has written (and so holds an xid).
+            return format!(
+                "WITH stream AS ({stream_cte} RETURNING version) \
+                 {insert} SELECT nextval('polis_event_position'), $4, $1, stream.version - $2 + 1, $5, $6, $7, \
+                        $8, $9, $10, $11 FROM stream \
+                 RETURNING position, stream_version"
+            );
+        }
         format!(
             "WITH stream AS ({stream_cte} RETURNING version), \
              batch AS MATERIALIZED ( \
@@ -495,35 +522,26 @@ fn append_sql(expected: ExpectedVersion) -> &'static str {
                       WITH ORDINALITY AS e(event_id, event_type, schema_version, time, data, \
                                            correlation_id, causation_id, traceparent, ord) \
                  ORDER BY e.ord) \
-             INSERT INTO polis_events (position, event_id, stream_id, stream_version, event_type, schema_version, \
-                                       time, data, correlation_id, causation_id, traceparent) \
+             {insert} \
              SELECT nextval('polis_event_position'), event_id, $1, stream_version, event_type, schema_version, \
                     time, data, correlation_id, causation_id, traceparent \
              FROM batch \
              RETURNING position, stream_version"
         )
     }
-    static ANY: LazyLock<String> = LazyLock::new(|| {
-        build(
-            "INSERT INTO polis_streams (stream_id, version) VALUES ($1, $2) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = polis_streams.version + excluded.version \
-             WHERE $3 = $3",
-        )
-    });
-    static NO_STREAM: LazyLock<String> = LazyLock::new(|| {
-        build(
-            "INSERT INTO polis_streams (stream_id, version) SELECT $1, $2 WHERE $3 = $3 \
-             ON CONFLICT (stream_id) DO NOTHING",
-        )
-    });
-    static EXACT: LazyLock<String> = LazyLock::new(|| {
-        build("UPDATE polis_streams SET version = version + $2 WHERE stream_id = $1 AND version = $3")
-    });
-    match expected {
-        ExpectedVersion::Any => &ANY,
-        ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => &NO_STREAM,
-        ExpectedVersion::Exact(_) => &EXACT,
-    }
+    const ANY: &str = "INSERT INTO polis_streams (stream_id, version) VALUES ($1, $2) \
+         ON CONFLICT (stream_id) DO UPDATE SET version = polis_streams.version + excluded.version WHERE $3 = $3";
+    const NO_STREAM: &str = "INSERT INTO polis_streams (stream_id, version) SELECT $1, $2 WHERE $3 = $3 \
+         ON CONFLICT (stream_id) DO NOTHING";
+    const EXACT: &str = "UPDATE polis_streams SET version = version + $2 WHERE stream_id = $1 AND version = $3";
+    static STATEMENTS: LazyLock<[[String; 2]; 3]> =
+        LazyLock::new(|| [ANY, NO_STREAM, EXACT].map(|cte| [build(cte, false), build(cte, true)]));
+    let kind = match expected {
+        ExpectedVersion::Any => 0,
+        ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => 1,
+        ExpectedVersion::Exact(_) => 2,
+    };
+    &STATEMENTS[kind][usize::from(single)]
 }
 
 /// The reader-side state of the visibility horizon (see the module docs).
@@ -582,6 +600,9 @@ async fn notifier_loop(pool: PgPool, events: Arc<Notify>, outbox: Arc<Notify>) {
             // Only a hint: listeners fall back to polling.
             tracing::debug!(error = %e, channel, "failed to send a wake-up hint");
         }
+        // At most one hint per millisecond: every NOTIFY takes a cluster-wide
+        // lock at commit; a reader loses at most a millisecond.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -451,6 +451,16 @@ fn commit_group<'a>(
 /// unless the group holds transactions: then every request runs under its own
 /// savepoint and only its own writes are undone.
 async fn commit_group_inner(tx: &mut SqliteTx, group: &mut [WriteRequest]) -> Result<Vec<Outcome>, GroupFailure> {
+    // A lone append that fits one statement needs no explicit transaction:
+    // the statement is one (and the writer is the database's only writer).
+    if let [WriteRequest::Append { stream, expected, events, .. }] = group
+        && events.len() <= ROWS_PER_INSERT
+    {
+        return match append_in_tx(&mut tx.conn, stream, *expected, events).boxed().await {
+            Ok(outcome) => Ok(vec![outcome.map(Committed::Append)]),
+            Err(error) => Err(GroupFailure::Request { index: 0, error, rolled_back: true }),
+        };
+    }
     let isolate = group.iter().any(|r| matches!(r, WriteRequest::Work(_)));
     if let Err(e) = tx.conn.execute("BEGIN IMMEDIATE").await {
         return Err(GroupFailure::Transaction { error: backend(e), rolled_back: true });
@@ -554,8 +564,10 @@ fn reply_all(group: Vec<WriteRequest>, outcomes: Vec<Outcome>) -> Option<u64> {
     last
 }
 
-/// Checks and bumps the stream version, then inserts the events.
-/// `Ok(Err(conflict))` means nothing was written for this append.
+/// Inserts the events with the versions `expected` implies; the stream
+/// triggers check and bump the version row by row (migration 0003).
+/// `Ok(Err(_))` means the append was refused (conflict, duplicate id) and
+/// wrote nothing; `Err(_)` means the surrounding transaction is in doubt.
 async fn append_in_tx(
     conn: &mut SqliteConnection,
     stream: &str,
@@ -563,50 +575,11 @@ async fn append_in_tx(
     events: &[NewEvent],
 ) -> Result<Result<AppendResult, StoreError>, StoreError> {
     let count = events.len() as i64;
-    let bumped: Option<i64> = match expected {
-        ExpectedVersion::Any => sqlx::query_scalar(
-            "INSERT INTO polis_streams (stream_id, version) VALUES (?1, ?2) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = polis_streams.version + excluded.version \
-             RETURNING version",
-        )
-        .bind(stream)
-        .bind(count)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?,
-        ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => sqlx::query_scalar(
-            "INSERT INTO polis_streams (stream_id, version) VALUES (?1, ?2) ON CONFLICT (stream_id) DO NOTHING \
-             RETURNING version",
-        )
-        .bind(stream)
-        .bind(count)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?,
-        ExpectedVersion::Exact(v) => sqlx::query_scalar(
-            "UPDATE polis_streams SET version = version + ?2 WHERE stream_id = ?1 AND version = ?3 RETURNING version",
-        )
-        .bind(stream)
-        .bind(count)
-        .bind(to_i64(v))
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?,
+    let base = match expected {
+        ExpectedVersion::Any => current_version(conn, stream).await?,
+        ExpectedVersion::NoStream => 0,
+        ExpectedVersion::Exact(v) => to_i64(v),
     };
-    let Some(new_version) = bumped else {
-        let actual: Option<i64> = sqlx::query_scalar("SELECT version FROM polis_streams WHERE stream_id = ?")
-            .bind(stream)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(backend)?;
-        return Ok(Err(StoreError::Conflict {
-            stream: stream.to_owned(),
-            expected,
-            actual: actual.unwrap_or(0) as u64,
-        }));
-    };
-
-    let first_version = new_version - count + 1;
     let mut last_position = 0;
     for (chunk_index, chunk) in events.chunks(ROWS_PER_INSERT).enumerate() {
         let mut insert = sqlx::QueryBuilder::new(
@@ -614,7 +587,7 @@ async fn append_in_tx(
              data, correlation_id, causation_id, traceparent) ",
         );
         insert.push_values(chunk.iter().enumerate(), |mut row, (i, e)| {
-            let version = first_version + (chunk_index * ROWS_PER_INSERT + i) as i64;
+            let version = base + 1 + (chunk_index * ROWS_PER_INSERT + i) as i64;
             row.push_bind(e.id)
                 .push_bind(stream)
                 .push_bind(version)
@@ -626,9 +599,19 @@ async fn append_in_tx(
                 .push_bind(e.metadata.causation_id)
                 .push_bind(e.metadata.traceparent.as_deref());
         });
-        let done = insert.build().execute(&mut *conn).await.map_err(|e| duplicate_or_backend(e, chunk))?;
-        last_position = done.last_insert_rowid();
+        match insert.build().execute(&mut *conn).await {
+            Ok(done) => last_position = done.last_insert_rowid(),
+            // A constraint aborts only its own statement: if nothing of this
+            // append was written yet, it is refused and the group goes on.
+            Err(e) if chunk_index == 0 && is_version_conflict(&e) => {
+                let actual = current_version(conn, stream).await?;
+                return Ok(Err(StoreError::Conflict { stream: stream.to_owned(), expected, actual: actual as u64 }));
+            }
+            Err(e) if chunk_index == 0 && is_unique_violation(&e) => return Ok(Err(duplicate_or_backend(e, chunk))),
+            Err(e) => return Err(duplicate_or_backend(e, chunk)),
+        }
     }
+    let new_version = base + count;
     // Rowids are max + 1 per row and this is the only writer, so the block is contiguous.
     Ok(Ok(AppendResult {
         stream_version: new_version as u64,
@@ -652,6 +635,23 @@ async fn save_snapshot_in_tx(conn: &mut SqliteConnection, s: &Snapshot) -> Resul
     .await
     .map_err(backend)?;
     Ok(())
+}
+
+async fn current_version(conn: &mut SqliteConnection, stream: &str) -> Result<i64, StoreError> {
+    let version: Option<i64> = sqlx::query_scalar("SELECT version FROM polis_streams WHERE stream_id = ?")
+        .bind(stream)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(version.unwrap_or(0))
+}
+
+fn is_version_conflict(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| d.message().contains("polis: stream version conflict"))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| d.is_unique_violation())
 }
 
 fn duplicate_or_backend(e: sqlx::Error, events: &[NewEvent]) -> StoreError {
