@@ -111,6 +111,9 @@ enum WriteRequest {
         stream: String,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        /// Each event's `data` as JSON text, serialized by the caller so the
+        /// single writer does not spend its time on it.
+        data: Vec<String>,
         reply: oneshot::Sender<Result<AppendResult, StoreError>>,
     },
     Snapshot {
@@ -192,7 +195,8 @@ impl EventStore for SqliteEventStore {
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream, &events)?;
         let stream = stream.to_owned();
-        self.submit(|reply| WriteRequest::Append { stream, expected: expected.normalized(), events, reply }).await
+        let data = events.iter().map(|e| e.data.to_string()).collect();
+        self.submit(|reply| WriteRequest::Append { stream, expected: expected.normalized(), events, data, reply }).await
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -453,10 +457,10 @@ fn commit_group<'a>(
 async fn commit_group_inner(tx: &mut SqliteTx, group: &mut [WriteRequest]) -> Result<Vec<Outcome>, GroupFailure> {
     // A lone append that fits one statement needs no explicit transaction:
     // the statement is one (and the writer is the database's only writer).
-    if let [WriteRequest::Append { stream, expected, events, .. }] = group
+    if let [WriteRequest::Append { stream, expected, events, data, .. }] = group
         && events.len() <= ROWS_PER_INSERT
     {
-        return match append_in_tx(&mut tx.conn, stream, *expected, events).boxed().await {
+        return match append_in_tx(&mut tx.conn, stream, *expected, events, data).boxed().await {
             Ok(outcome) => Ok(vec![outcome.map(Committed::Append)]),
             Err(error) => Err(GroupFailure::Request { index: 0, error, rolled_back: true }),
         };
@@ -465,15 +469,36 @@ async fn commit_group_inner(tx: &mut SqliteTx, group: &mut [WriteRequest]) -> Re
     if let Err(e) = tx.conn.execute("BEGIN IMMEDIATE").await {
         return Err(GroupFailure::Transaction { error: backend(e), rolled_back: true });
     }
+    // Optimistically write every append of the group with one statement; if
+    // any of them is refused, the statement aborts as a whole and each append
+    // runs on its own below, so only the refused ones fail.
+    match append_all_at_once(&mut tx.conn, group).boxed().await {
+        Ok(Some(outcomes)) => {
+            if let Err(e) = tx.conn.execute("COMMIT").await {
+                let rolled_back = tx.conn.execute("ROLLBACK").await.is_ok();
+                return Err(GroupFailure::Transaction { error: backend(e), rolled_back });
+            }
+            return Ok(outcomes);
+        }
+        Ok(None) => {}
+        Err(error) => return Err(abort(tx, error).await),
+    }
     let mut outcomes = Vec::with_capacity(group.len());
     for (index, request) in group.iter_mut().enumerate() {
         if isolate && let Err(e) = tx.conn.execute("SAVEPOINT polis_request").await {
             return Err(abort(tx, backend(e)).await);
         }
         let result = match request {
-            WriteRequest::Append { stream, expected, events, .. } => {
-                append_in_tx(&mut tx.conn, stream, *expected, events).boxed().await.map(|r| r.map(Committed::Append))
-            }
+            WriteRequest::Append { stream, expected, events, data, .. } => append_in_tx(
+                &mut tx.conn,
+                stream,
+                *expected,
+                events,
+                data,
+            )
+            .boxed()
+            .await
+            .map(|r| r.map(Committed::Append)),
             WriteRequest::Snapshot { snapshot, .. } => {
                 save_snapshot_in_tx(&mut tx.conn, snapshot).boxed().await.map(|()| Ok(Committed::Snapshot))
             }
@@ -511,6 +536,88 @@ async fn commit_group_inner(tx: &mut SqliteTx, group: &mut [WriteRequest]) -> Re
         return Err(GroupFailure::Transaction { error: backend(e), rolled_back });
     }
     Ok(outcomes)
+}
+
+/// Writes all appends of `group` with one INSERT, if the group holds only
+/// appends that fit one. `Ok(None)`: not applicable, or refused (the
+/// statement was aborted and wrote nothing).
+async fn append_all_at_once(
+    conn: &mut SqliteConnection,
+    // `&mut`, not `&`: a transaction's work is `Send` but not `Sync`.
+    group: &mut [WriteRequest],
+) -> Result<Option<Vec<Outcome>>, StoreError> {
+    // Borrow the fields, not the requests: a request is not `Sync`, its fields are.
+    let Some(appends) = group
+        .iter()
+        .map(|r| match r {
+            WriteRequest::Append { stream, expected, events, data, .. } => {
+                Some((stream.as_str(), *expected, events.as_slice(), data.as_slice()))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let total: usize = appends.iter().map(|(_, _, events, _)| events.len()).sum();
+    if appends.len() < 2 || total > ROWS_PER_INSERT {
+        return Ok(None);
+    }
+    // Versions each append will take; several appends may target one stream.
+    let mut latest: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut rows = Vec::with_capacity(total);
+    let mut spans = Vec::with_capacity(group.len());
+    for (stream, expected, events, data) in appends {
+        let base = match expected {
+            ExpectedVersion::Any => match latest.get(stream) {
+                Some(v) => *v,
+                None => current_version(conn, stream).await?,
+            },
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(v) => to_i64(v),
+        };
+        spans.push((rows.len(), events.len(), base + events.len() as i64));
+        for (i, (e, json)) in events.iter().zip(data).enumerate() {
+            rows.push((stream, base + 1 + i as i64, e, json));
+        }
+        latest.insert(stream, base + events.len() as i64);
+    }
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO polis_events (event_id, stream_id, stream_version, event_type, schema_version, time_us, \
+         data, correlation_id, causation_id, traceparent) ",
+    );
+    insert.push_values(&rows, |mut row, (stream, version, e, json)| {
+        row.push_bind(e.id)
+            .push_bind(*stream)
+            .push_bind(*version)
+            .push_bind(e.event_type.as_str())
+            .push_bind(i64::from(e.schema_version))
+            .push_bind(e.time.timestamp_micros())
+            .push_bind(json.as_str())
+            .push_bind(e.metadata.correlation_id)
+            .push_bind(e.metadata.causation_id)
+            .push_bind(e.metadata.traceparent.as_deref());
+    });
+    let last = match insert.build().execute(&mut *conn).await {
+        Ok(done) => done.last_insert_rowid(),
+        Err(e) if is_version_conflict(&e) || is_unique_violation(&e) => return Ok(None),
+        Err(e) => return Err(backend(e)),
+    };
+    // One writer, rowids max + 1 per row: the rows took a contiguous block in order.
+    let first = last - total as i64 + 1;
+    Ok(Some(
+        spans
+            .into_iter()
+            .map(|(offset, count, version)| {
+                let first_position = (first + offset as i64) as u64;
+                Ok(Committed::Append(AppendResult {
+                    stream_version: version as u64,
+                    first_position,
+                    last_position: first_position + count as u64 - 1,
+                }))
+            })
+            .collect(),
+    ))
 }
 
 /// Rolls the whole group back after a savepoint statement failed.
@@ -573,6 +680,7 @@ async fn append_in_tx(
     stream: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
+    data: &[String],
 ) -> Result<Result<AppendResult, StoreError>, StoreError> {
     let count = events.len() as i64;
     let base = match expected {
@@ -581,12 +689,14 @@ async fn append_in_tx(
         ExpectedVersion::Exact(v) => to_i64(v),
     };
     let mut last_position = 0;
-    for (chunk_index, chunk) in events.chunks(ROWS_PER_INSERT).enumerate() {
+    for (chunk_index, (chunk, chunk_data)) in
+        events.chunks(ROWS_PER_INSERT).zip(data.chunks(ROWS_PER_INSERT)).enumerate()
+    {
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO polis_events (event_id, stream_id, stream_version, event_type, schema_version, time_us, \
              data, correlation_id, causation_id, traceparent) ",
         );
-        insert.push_values(chunk.iter().enumerate(), |mut row, (i, e)| {
+        insert.push_values(chunk.iter().zip(chunk_data).enumerate(), |mut row, (i, (e, json))| {
             let version = base + 1 + (chunk_index * ROWS_PER_INSERT + i) as i64;
             row.push_bind(e.id)
                 .push_bind(stream)
@@ -594,7 +704,7 @@ async fn append_in_tx(
                 .push_bind(e.event_type.as_str())
                 .push_bind(i64::from(e.schema_version))
                 .push_bind(e.time.timestamp_micros())
-                .push_bind(e.data.to_string())
+                .push_bind(json.as_str())
                 .push_bind(e.metadata.correlation_id)
                 .push_bind(e.metadata.causation_id)
                 .push_bind(e.metadata.traceparent.as_deref());

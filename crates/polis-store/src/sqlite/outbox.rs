@@ -45,7 +45,8 @@ impl Transaction for SqliteTx {
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream, events)?;
-        let result = append_in_tx(&mut self.conn, stream, expected.normalized(), events).await??;
+        let data: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
+        let result = append_in_tx(&mut self.conn, stream, expected.normalized(), events, &data).await??;
         self.appended = Some(self.appended.unwrap_or(0).max(result.last_position));
         Ok(result)
     }
