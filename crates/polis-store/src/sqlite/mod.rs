@@ -489,16 +489,12 @@ async fn commit_group_inner(tx: &mut SqliteTx, group: &mut [WriteRequest]) -> Re
             return Err(abort(tx, backend(e)).await);
         }
         let result = match request {
-            WriteRequest::Append { stream, expected, events, data, .. } => append_in_tx(
-                &mut tx.conn,
-                stream,
-                *expected,
-                events,
-                data,
-            )
-            .boxed()
-            .await
-            .map(|r| r.map(Committed::Append)),
+            WriteRequest::Append { stream, expected, events, data, .. } => {
+                append_in_tx(&mut tx.conn, stream, *expected, events, data)
+                    .boxed()
+                    .await
+                    .map(|r| r.map(Committed::Append))
+            }
             WriteRequest::Snapshot { snapshot, .. } => {
                 save_snapshot_in_tx(&mut tx.conn, snapshot).boxed().await.map(|()| Ok(Committed::Snapshot))
             }
@@ -565,7 +561,7 @@ async fn append_all_at_once(
     }
     // Versions each append will take; several appends may target one stream.
     let mut latest: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-    let mut rows = Vec::with_capacity(total);
+    let mut rows: Vec<EventRow<'_>> = Vec::with_capacity(total);
     let mut spans = Vec::with_capacity(group.len());
     for (stream, expected, events, data) in appends {
         let base = match expected {
@@ -582,23 +578,7 @@ async fn append_all_at_once(
         }
         latest.insert(stream, base + events.len() as i64);
     }
-    let mut insert = sqlx::QueryBuilder::new(
-        "INSERT INTO polis_events (event_id, stream_id, stream_version, event_type, schema_version, time_us, \
-         data, correlation_id, causation_id, traceparent) ",
-    );
-    insert.push_values(&rows, |mut row, (stream, version, e, json)| {
-        row.push_bind(e.id)
-            .push_bind(*stream)
-            .push_bind(*version)
-            .push_bind(e.event_type.as_str())
-            .push_bind(i64::from(e.schema_version))
-            .push_bind(e.time.timestamp_micros())
-            .push_bind(json.as_str())
-            .push_bind(e.metadata.correlation_id)
-            .push_bind(e.metadata.causation_id)
-            .push_bind(e.metadata.traceparent.as_deref());
-    });
-    let last = match insert.build().execute(&mut *conn).await {
+    let last = match insert_events(rows).build().execute(&mut *conn).await {
         Ok(done) => done.last_insert_rowid(),
         Err(e) if is_version_conflict(&e) || is_unique_violation(&e) => return Ok(None),
         Err(e) => return Err(backend(e)),
@@ -692,24 +672,12 @@ async fn append_in_tx(
     for (chunk_index, (chunk, chunk_data)) in
         events.chunks(ROWS_PER_INSERT).zip(data.chunks(ROWS_PER_INSERT)).enumerate()
     {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO polis_events (event_id, stream_id, stream_version, event_type, schema_version, time_us, \
-             data, correlation_id, causation_id, traceparent) ",
-        );
-        insert.push_values(chunk.iter().zip(chunk_data).enumerate(), |mut row, (i, (e, json))| {
-            let version = base + 1 + (chunk_index * ROWS_PER_INSERT + i) as i64;
-            row.push_bind(e.id)
-                .push_bind(stream)
-                .push_bind(version)
-                .push_bind(e.event_type.as_str())
-                .push_bind(i64::from(e.schema_version))
-                .push_bind(e.time.timestamp_micros())
-                .push_bind(json.as_str())
-                .push_bind(e.metadata.correlation_id)
-                .push_bind(e.metadata.causation_id)
-                .push_bind(e.metadata.traceparent.as_deref());
-        });
-        match insert.build().execute(&mut *conn).await {
+        let rows = chunk
+            .iter()
+            .zip(chunk_data)
+            .enumerate()
+            .map(|(i, (e, json))| (stream, base + 1 + (chunk_index * ROWS_PER_INSERT + i) as i64, e, json));
+        match insert_events(rows).build().execute(&mut *conn).await {
             Ok(done) => last_position = done.last_insert_rowid(),
             // A constraint aborts only its own statement: if nothing of this
             // append was written yet, it is refused and the group goes on.
@@ -745,6 +713,30 @@ async fn save_snapshot_in_tx(conn: &mut SqliteConnection, s: &Snapshot) -> Resul
     .await
     .map_err(backend)?;
     Ok(())
+}
+
+/// One event row to insert: stream, the version it takes, the event, its JSON data.
+type EventRow<'a> = (&'a str, i64, &'a NewEvent, &'a String);
+
+/// The multi-row INSERT of `rows` into the event log.
+fn insert_events<'a>(rows: impl IntoIterator<Item = EventRow<'a>>) -> sqlx::QueryBuilder<'a, sqlx::Sqlite> {
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO polis_events (event_id, stream_id, stream_version, event_type, schema_version, time_us, \
+         data, correlation_id, causation_id, traceparent) ",
+    );
+    insert.push_values(rows, |mut row, (stream, version, e, json)| {
+        row.push_bind(e.id)
+            .push_bind(stream)
+            .push_bind(version)
+            .push_bind(e.event_type.as_str())
+            .push_bind(i64::from(e.schema_version))
+            .push_bind(e.time.timestamp_micros())
+            .push_bind(json.as_str())
+            .push_bind(e.metadata.correlation_id)
+            .push_bind(e.metadata.causation_id)
+            .push_bind(e.metadata.traceparent.as_deref());
+    });
+    insert
 }
 
 async fn current_version(conn: &mut SqliteConnection, stream: &str) -> Result<i64, StoreError> {
