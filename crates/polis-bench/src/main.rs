@@ -12,11 +12,13 @@
 //! memory, `pg` provides PostgreSQL databases and per-event costs, `delay` is
 //! a proxy that simulates network latency, `workload` holds the shared
 //! payload and polis writer, and one module per scenario (`pg_append`,
-//! `pg_vs_es`, `sqlite_append`, `memory`) holds its baseline and its runs.
+//! `pg_vs_es`, `sqlite_append`, `memory`, `relay`) holds its baseline and its
+//! runs.
 //!
 //! PostgreSQL is a throwaway server started from the installed binaries
 //! (fsync on) unless `--postgres-url` names another one; the machine's own
-//! server on port 5432 is never used implicitly.
+//! server on port 5432 is never used implicitly. The relay scenario starts a
+//! throwaway nats-server of its own, likewise.
 
 mod delay;
 mod load;
@@ -25,6 +27,7 @@ mod memory;
 mod pg;
 mod pg_append;
 mod pg_vs_es;
+mod relay;
 mod report;
 mod sqlite_append;
 mod workload;
@@ -57,6 +60,9 @@ enum Scenario {
     SqliteAppend,
     /// Resident memory while writing, reading and catching up on many events.
     Memory,
+    /// Outbox relay from PostgreSQL to NATS JetStream vs raw JetStream
+    /// publishes; commit-to-publish latency; draining a large backlog.
+    Relay,
     /// Every scenario in order, then a markdown summary of the targets.
     All,
 }
@@ -87,7 +93,8 @@ struct Options {
     /// is measured and printed).
     #[arg(long, global = true, default_value_t = 0.0)]
     rtt_ms: f64,
-    /// Events written and read back per backend in memory.
+    /// Events written and read back per backend in memory; messages in the
+    /// backlog the relay scenario drains.
     #[arg(long, global = true, default_value_t = 1_000_000)]
     events: u64,
     /// Directory for the SQLite files (default: the system temp dir).
@@ -143,7 +150,9 @@ async fn run(cli: Cli) -> Result<()> {
     let mut sections = Vec::new();
     let pg = || postgres.as_ref().context("postgres was not started");
     let scenarios: &[Scenario] = match cli.scenario {
-        Scenario::All => &[Scenario::PgAppend, Scenario::PgVsPostgresEs, Scenario::SqliteAppend, Scenario::Memory],
+        Scenario::All => {
+            &[Scenario::PgAppend, Scenario::PgVsPostgresEs, Scenario::SqliteAppend, Scenario::Memory, Scenario::Relay]
+        }
         ref one => std::slice::from_ref(one),
     };
     for scenario in scenarios {
@@ -153,6 +162,7 @@ async fn run(cli: Cli) -> Result<()> {
             Scenario::PgVsPostgresEs => pg_vs_es::run(pg()?, options).await.context("pg-vs-postgres-es")?,
             Scenario::SqliteAppend => sqlite_append::run(options).await.context("sqlite-append")?,
             Scenario::Memory => memory::run(postgres.as_ref(), options).await.context("memory")?,
+            Scenario::Relay => relay::run(pg()?, options).await.context("relay")?,
             Scenario::All => unreachable!("`all` is expanded above"),
         };
         let disk_after = machine::fsync_latency(&dir).await;
