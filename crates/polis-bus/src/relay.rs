@@ -93,24 +93,32 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
         if entries.is_empty() {
             return Ok(0);
         }
-        let messages: Vec<_> = entries.iter().map(|e| e.message.clone()).collect();
+        let count = entries.len();
+        let mut positions = Vec::with_capacity(count);
+        let mut created = Vec::with_capacity(count);
+        let messages: Vec<_> = entries
+            .into_iter()
+            .map(|e| {
+                positions.push(e.position);
+                created.push(e.created_at);
+                e.message
+            })
+            .collect();
         // On failure nothing is marked: the whole batch is published again, and
         // the bus drops what it already stored (de-duplication by message id).
         // A message the bus refuses outright (over its size limit, say) blocks
         // the relay rather than being skipped: skipping would break "nothing
         // lost" and the key's order; the failure metric and log make it loud.
         self.bus.publish(&messages).await?;
-        let positions: Vec<_> = entries.iter().map(|e| e.position).collect();
         self.store.mark_published(&positions).await?;
         let service = self.store.service().to_owned();
         let now = Utc::now();
-        for e in &entries {
-            let latency = (now - e.created_at).to_std().unwrap_or_default();
-            metrics::histogram!("polis_outbox_commit_to_publish_seconds", "service" => service.clone())
-                .record(latency.as_secs_f64());
+        let histogram = metrics::histogram!("polis_outbox_commit_to_publish_seconds", "service" => service.clone());
+        for created_at in created {
+            histogram.record((now - created_at).to_std().unwrap_or_default().as_secs_f64());
         }
-        metrics::counter!("polis_outbox_published_total", "service" => service).increment(entries.len() as u64);
-        Ok(entries.len())
+        metrics::counter!("polis_outbox_published_total", "service" => service).increment(count as u64);
+        Ok(count)
     }
 
     /// Runs until the task is aborted (or the handle dropped).
