@@ -191,6 +191,9 @@ pub fn validate_message(message: &Message) -> Result<(), String> {
     if message.key.is_empty() || message.key.contains('\0') {
         return Err("the message key must be non-empty and free of NUL".into());
     }
+    if message.metadata.traceparent.as_deref().is_some_and(|t| t.contains('\0')) {
+        return Err("the traceparent contains a NUL character".into());
+    }
     Ok(())
 }
 

@@ -135,7 +135,9 @@ pub trait EventStore: Send + Sync + 'static {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
 }
 
-fn json_has_nul(value: &serde_json::Value) -> bool {
+/// Whether any string (or key) in `value` contains a NUL character, which
+/// PostgreSQL cannot store.
+pub fn json_has_nul(value: &serde_json::Value) -> bool {
     match value {
         serde_json::Value::String(s) => s.contains('\0'),
         serde_json::Value::Array(items) => items.iter().any(json_has_nul),

@@ -44,7 +44,7 @@ impl Transaction for PgTx {
 
     async fn send(&mut self, message: &Message) -> Result<(), StoreError> {
         polis_core::message::validate_message(message).map_err(StoreError::InvalidRequest)?;
-        if message.data.to_string().contains("\\u0000") || message.key.contains('\0') {
+        if polis_core::store::json_has_nul(&message.data) {
             return Err(StoreError::InvalidRequest(format!("message {} contains a NUL character", message.id)));
         }
         // The key lock (held to commit) makes position order = commit order per key.
