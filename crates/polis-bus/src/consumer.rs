@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use futures::FutureExt;
 use polis_core::bus::{Bus, BusError, Delivery, Malformed, Topic};
 use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, TransactionalStore};
 use polis_core::{Message, StoreError};
@@ -113,6 +114,8 @@ pub enum DeadLetterError {
     NotReplayable(Uuid),
     #[error("no handler for {0}")]
     NoHandler(String),
+    #[error("dead letter {0} is parked behind an earlier one of its key; resolve that first")]
+    Blocked(Uuid),
     #[error("replay failed: {0}")]
     ReplayFailed(HandlerError),
     #[error(transparent)]
@@ -126,8 +129,6 @@ pub enum Outcome {
     Duplicate,
     Parked,
     DeadLettered,
-    /// Could not be settled now; left to the bus to deliver again.
-    Redeliver,
 }
 
 /// A handler as the consumer stores it.
@@ -208,28 +209,29 @@ impl<S: TransactionalStore> Consumer<S> {
         if delivery.attempt > 1 {
             metrics::counter!("polis_redeliveries_total", "consumer" => self.name.clone()).increment(1);
         }
-        let outcome = match &delivery.message {
-            Err(malformed) => self.bury_malformed(malformed).await,
-            Ok(message) => self.handle_with_retries(handler, message).await,
+        // Until the message is handled or stored as a dead letter, keep at it
+        // here, holding its key: handing it back to the bus (a nack) would let
+        // later messages of the key overtake it.
+        let mut pause = self.options.retry_min;
+        let outcome = loop {
+            let settled = match &delivery.message {
+                Err(malformed) => self.bury_malformed(malformed).await,
+                Ok(message) => self.handle_with_retries(handler, message).await,
+            };
+            match settled {
+                Ok(outcome) => break outcome,
+                Err(e) => {
+                    tracing::error!(consumer = self.name, error = %e, retry_in = ?pause, "cannot settle a message");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.options.retry_max);
+                }
+            }
         };
-        match outcome {
-            Ok(outcome) => {
-                if let Err(e) = delivery.ack().await {
-                    // The message will come again; the inbox recognizes it.
-                    tracing::warn!(consumer = self.name, error = %e, "acknowledgement failed");
-                }
-                outcome
-            }
-            Err(e) => {
-                // Neither handled nor stored as a dead letter (the database is
-                // down?): leave it unacknowledged and let the bus bring it back.
-                tracing::error!(consumer = self.name, error = %e, "cannot store a dead letter; redelivering later");
-                if let Err(e) = delivery.nack(self.options.retry_max).await {
-                    tracing::warn!(consumer = self.name, error = %e, "negative acknowledgement failed");
-                }
-                Outcome::Redeliver
-            }
+        if let Err(e) = delivery.ack().await {
+            // The message will come again; the inbox recognizes it.
+            tracing::warn!(consumer = self.name, error = %e, "acknowledgement failed");
         }
+        outcome
     }
 
     async fn handle_with_retries(
@@ -266,16 +268,17 @@ impl<S: TransactionalStore> Consumer<S> {
         self.store
             .transaction::<_, HandlerError>(Box::new(move |tx| {
                 Box::pin(async move {
+                    // The inbox first: a redelivery of a message that is already
+                    // a dead letter (or parked) is a duplicate, not a new letter.
+                    if !tx.record_processed(&name, message.id).await? {
+                        return Ok(Outcome::Duplicate);
+                    }
                     if tx.key_blocked(&name, &message.key).await? {
-                        tx.record_processed(&name, message.id).await?;
                         let reason = format!("parked behind an unresolved dead letter with key `{}`", message.key);
                         tx.dead_letter(&letter(&name, DeadLetterStatus::Parked, &message, reason, 0)).await?;
                         return Ok(Outcome::Parked);
                     }
-                    if !tx.record_processed(&name, message.id).await? {
-                        return Ok(Outcome::Duplicate);
-                    }
-                    handler.handle(tx, &message).await?;
+                    guarded(handler.handle(tx, &message)).await?;
                     Ok(Outcome::Handled)
                 })
             }))
@@ -314,7 +317,17 @@ impl<S: TransactionalStore> Consumer<S> {
         tracing::warn!(consumer = self.name, reason = malformed.reason, "dead-lettering a malformed message");
         let stored = self
             .store
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.dead_letter(&dead).await })))
+            .transaction::<_, StoreError>(Box::new(move |tx| {
+                Box::pin(async move {
+                    // With a readable id, a redelivery is recognized as a duplicate.
+                    if let Some(id) = dead.message_id
+                        && !tx.record_processed(&dead.consumer, id).await?
+                    {
+                        return Ok(());
+                    }
+                    tx.dead_letter(&dead).await
+                })
+            }))
             .await;
         self.after_burial(stored)
     }
@@ -336,6 +349,13 @@ impl<S: TransactionalStore> Consumer<S> {
     pub async fn replay(&self, id: Uuid) -> Result<(), DeadLetterError> {
         let letter = self.find(id).await?;
         let message = letter.message.clone().ok_or(DeadLetterError::NotReplayable(id))?;
+        if letter.status == DeadLetterStatus::Parked {
+            // A parked message goes only after everything ahead of it in its key.
+            let ahead = self.dead_letters().await?.into_iter().take_while(|l| l.id != id).any(|l| l.key == letter.key);
+            if ahead {
+                return Err(DeadLetterError::Blocked(id));
+            }
+        }
         self.replay_one(&letter, &message).await?;
         self.release_parked(&message.key).await
     }
@@ -372,26 +392,35 @@ impl<S: TransactionalStore> Consumer<S> {
             .store
             .transaction::<_, HandlerError>(Box::new(move |tx| {
                 Box::pin(async move {
-                    handler.handle(tx, &replayed).await?;
-                    tx.remove_dead_letter(id).await?;
-                    Ok(())
+                    // Claim the letter first: of two replays (or a replay and a
+                    // discard) racing, only the one that removes it handles it.
+                    if !tx.remove_dead_letter(id).await? {
+                        return Ok(false);
+                    }
+                    guarded(handler.handle(tx, &replayed)).await?;
+                    Ok(true)
                 })
             }))
             .await;
-        if let Err(e) = result {
-            let mut failed = letter.clone();
-            failed.status = DeadLetterStatus::Dead;
-            failed.error = e.to_string();
-            failed.attempts += 1;
-            failed.failed_at = Utc::now();
-            self.store
-                .transaction::<_, StoreError>(Box::new(move |tx| {
-                    Box::pin(async move { tx.dead_letter(&failed).await })
-                }))
-                .await?;
-            return Err(DeadLetterError::ReplayFailed(e));
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(DeadLetterError::NotFound(id)),
+            Err(e) => {
+                // The failed attempt rolled back, so the letter is still there:
+                // record this attempt on it.
+                let mut failed = letter.clone();
+                failed.status = DeadLetterStatus::Dead;
+                failed.error = e.to_string();
+                failed.attempts += 1;
+                failed.failed_at = Utc::now();
+                self.store
+                    .transaction::<_, StoreError>(Box::new(move |tx| {
+                        Box::pin(async move { tx.dead_letter(&failed).await })
+                    }))
+                    .await?;
+                Err(DeadLetterError::ReplayFailed(e))
+            }
         }
-        Ok(())
     }
 
     /// Replays the parked messages of `key`, oldest first, while they succeed.
@@ -408,6 +437,15 @@ impl<S: TransactionalStore> Consumer<S> {
                 None => return Err(DeadLetterError::NotReplayable(next.id)),
             }
         }
+    }
+}
+
+/// Runs a handler, turning a panic into a permanent failure: a panicking
+/// handler must not take its key's lane (and the deliveries queued in it) down.
+async fn guarded(handling: impl std::future::Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    match std::panic::AssertUnwindSafe(handling).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => Err(HandlerError::Permanent("the handler panicked".into())),
     }
 }
 

@@ -125,12 +125,17 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
     pub async fn run(self) {
         let mut wakeups = self.store.outbox_wakeups();
         let mut backoff = self.options.retry_min;
-        let mut housekeeping = tokio::time::interval(self.options.housekeeping_interval);
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_housekeeping = tokio::time::Instant::now();
         loop {
+            // Also while draining a backlog or while the bus is down: that is
+            // when the gauges matter most.
+            if last_housekeeping.elapsed() >= self.options.housekeeping_interval {
+                self.housekeeping().await;
+                last_housekeeping = tokio::time::Instant::now();
+            }
             wakeups.borrow_and_update();
             match self.step().await {
-                Ok(n) if n >= self.options.batch_size => {
+                Ok(n) if n >= self.options.batch_size.max(1) => {
                     backoff = self.options.retry_min;
                     continue;
                 }
@@ -144,10 +149,10 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                     continue;
                 }
             }
+            let until_housekeeping = self.options.housekeeping_interval.saturating_sub(last_housekeeping.elapsed());
             tokio::select! {
                 _ = wakeups.changed() => {}
-                () = tokio::time::sleep(self.options.poll_interval) => {}
-                _ = housekeeping.tick() => self.housekeeping().await,
+                () = tokio::time::sleep(self.options.poll_interval.min(until_housekeeping)) => {}
             }
         }
     }

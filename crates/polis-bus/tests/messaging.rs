@@ -60,6 +60,7 @@ macro_rules! combos {
                 transient_failures_are_retried,
                 concurrent_producers_keep_per_key_order,
                 a_command_gets_its_reply,
+                a_redelivered_dead_letter_is_a_duplicate_and_replays_once,
             );
         }
     )*};
@@ -352,5 +353,30 @@ mod cases {
         assert_eq!(reply.metadata.causation_id, Some(command.id), "correlated to the command by id");
         assert_eq!(reply.metadata.correlation_id, Some(command.id));
         assert_eq!((reply.key.as_str(), &reply.data), ("order-7", &json!({ "authorized": 1999 })));
+    }
+
+    pub async fn a_redelivered_dead_letter_is_a_duplicate_and_replays_once<S: Applied>(
+        producer: Arc<S>,
+        store: Arc<S>,
+        _bus: Arc<dyn Bus>,
+    ) {
+        let recorder = Arc::new(Recorder::new());
+        let consumer = consumer(&store, Topic::events_of(producer.service()), &recorder);
+        let handler: Arc<dyn Handler<S::Tx>> = Arc::new(RecorderFor::<S>::new(recorder.clone()));
+        let mut poison = event(producer.service(), "p", 0);
+        poison.data["poison"] = json!(true);
+        let first = consumer.process(&handler, Delivery::new(Ok(poison.clone()), 1, Box::new(NoAck))).await;
+        assert_eq!(first, Outcome::DeadLettered);
+        // Its ack was lost: the bus brings it again.
+        let again = consumer.process(&handler, Delivery::new(Ok(poison), 2, Box::new(NoAck))).await;
+        assert_eq!(again, Outcome::Duplicate, "not parked behind itself");
+        let letters = consumer.dead_letters().await.unwrap();
+        assert_eq!(letters.len(), 1);
+        // Two operators replay it at once: it is applied once.
+        recorder.poison_active.store(false, Ordering::SeqCst);
+        let (a, b) = tokio::join!(consumer.replay(letters[0].id), consumer.replay(letters[0].id));
+        assert!(a.is_ok() != b.is_ok(), "exactly one replay wins: {a:?} / {b:?}");
+        assert_eq!(store.applied().await.len(), 1);
+        assert!(consumer.dead_letters().await.unwrap().is_empty());
     }
 }

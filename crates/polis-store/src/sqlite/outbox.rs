@@ -53,8 +53,7 @@ impl Transaction for SqliteTx {
 
     async fn send(&mut self, message: &Message) -> Result<(), StoreError> {
         polis_core::message::validate_message(message).map_err(StoreError::InvalidRequest)?;
-        let data = message.data.to_string();
-        if data.contains("\\u0000") {
+        if polis_core::store::json_has_nul(&message.data) {
             return Err(StoreError::InvalidRequest(format!("message {} contains a NUL character", message.id)));
         }
         sqlx::query(
@@ -68,7 +67,7 @@ impl Transaction for SqliteTx {
         .bind(&message.message_type)
         .bind(&message.key)
         .bind(message.time.timestamp_micros())
-        .bind(data)
+        .bind(message.data.to_string())
         .bind(message.metadata.correlation_id)
         .bind(message.metadata.causation_id)
         .bind(message.metadata.traceparent.as_deref())
