@@ -151,11 +151,16 @@ impl<S: TransactionalStore> std::fmt::Debug for Consumer<S> {
 
 /// A running consumer; stops when dropped.
 #[derive(Debug)]
-pub struct ConsumerHandle(Vec<JoinHandle<()>>);
+pub struct ConsumerHandle {
+    readers: Vec<JoinHandle<()>>,
+    /// Tells the key lanes to stop taking deliveries (what they hold unacknowledged comes back).
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Drop for ConsumerHandle {
     fn drop(&mut self) {
-        for task in &self.0 {
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in &self.readers {
             task.abort();
         }
     }
@@ -180,10 +185,11 @@ impl<S: TransactionalStore> Consumer<S> {
     /// Subscribes to every routed topic and handles deliveries until dropped.
     pub async fn spawn(self: Arc<Self>, bus: Arc<dyn Bus>) -> Result<ConsumerHandle, BusError> {
         let permits = Arc::new(Semaphore::new(self.options.max_in_flight.max(1)));
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (topic, handler) in &self.routes {
             let subscription = bus.subscribe(&self.name, topic).await?;
-            let lanes = Arc::new(Lanes::default());
+            let lanes = Arc::new(Lanes { open: Mutex::default(), stopped: stopped.clone() });
             let (consumer, handler, permits, topic) = (self.clone(), handler.clone(), permits.clone(), topic.clone());
             tasks.push(tokio::spawn(async move {
                 let mut subscription = subscription;
@@ -200,7 +206,7 @@ impl<S: TransactionalStore> Consumer<S> {
                 }
             }));
         }
-        Ok(ConsumerHandle(tasks))
+        Ok(ConsumerHandle { readers: tasks, stopped })
     }
 
     /// Runs one delivery to the end: handled, duplicate, parked or dead-lettered;
@@ -466,9 +472,9 @@ fn letter(consumer: &str, status: DeadLetterStatus, message: &Message, error: St
 
 /// One sequential lane per key: deliveries of a key are handled in order,
 /// different keys concurrently.
-#[derive(Default)]
 struct Lanes {
     open: Mutex<HashMap<String, mpsc::UnboundedSender<(Delivery, OwnedSemaphorePermit)>>>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Lanes {
@@ -511,6 +517,10 @@ impl Lanes {
                     }
                 });
                 let Some((delivery, permit)) = next else { return };
+                if lanes.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    // The consumer was stopped: leave the rest unacknowledged for the bus.
+                    return;
+                }
                 consumer.process(&handler, delivery).await;
                 drop(permit);
             }

@@ -260,11 +260,18 @@ impl Subscription for InProcessSubscription {
                 }
             };
             if let Some(seq) = due {
-                let body: Option<String> = sqlx::query_scalar("SELECT body FROM bus_messages WHERE seq = ?")
+                let body: Option<String> = match sqlx::query_scalar("SELECT body FROM bus_messages WHERE seq = ?")
                     .bind(seq)
                     .fetch_optional(&self.bus.inner.pool)
                     .await
-                    .map_err(BusError::backend)?;
+                {
+                    Ok(body) => body,
+                    Err(e) => {
+                        // Put it back, or the redelivery would be lost until a resubscribe.
+                        lock(&self.state).retry.push(std::cmp::Reverse((Instant::now(), seq)));
+                        return Err(BusError::backend(e));
+                    }
+                };
                 if let Some(body) = body {
                     return Ok(self.deliver(seq, body));
                 }
@@ -354,9 +361,13 @@ impl Acker for InProcessAcker {
 async fn ack_writer(pool: SqlitePool, mut pending: mpsc::UnboundedReceiver<(ConsumerKey, i64)>) {
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, 1024).await > 0 {
-        if let Err(e) = write_acks(&pool, &batch).await {
-            // Lost acks only cause redeliveries, which the inbox absorbs.
-            tracing::warn!(error = %e, "failed to persist bus acknowledgements");
+        // Keep the batch until it is written: the acks are already settled in
+        // memory and would never be sent again, so the stored floor would stick.
+        let mut pause = Duration::from_millis(50);
+        while let Err(e) = write_acks(&pool, &batch).await {
+            tracing::warn!(error = %e, retry_in = ?pause, "failed to persist bus acknowledgements");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
         batch.clear();
     }

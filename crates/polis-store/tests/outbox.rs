@@ -340,3 +340,23 @@ mod cases {
         }
     }
 }
+
+/// On SQLite a transaction runs on the store's single writer: calling the
+/// store from inside it would wait for itself. It fails instead of hanging.
+#[tokio::test]
+async fn sqlite_refuses_a_store_call_from_inside_its_own_transaction() {
+    let (store, _guard) = support::sqlite().await;
+    let inner = store.clone();
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.transaction::<_, StoreError>(Box::new(move |_tx| {
+            Box::pin(async move { inner.append("s", ExpectedVersion::Any, vec![event("t", 1)]).await })
+        })),
+    )
+    .await
+    .expect("no deadlock");
+    assert!(matches!(result, Err(StoreError::InvalidRequest(_))), "{result:?}");
+    assert!(store.stream_info("s").await.unwrap().is_none());
+    // The writer is still healthy.
+    store.append("s", ExpectedVersion::NoStream, vec![event("t", 2)]).await.unwrap();
+}

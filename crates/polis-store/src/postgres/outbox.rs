@@ -185,7 +185,7 @@ pub(super) async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
 pub(super) async fn dead_letters(pool: &PgPool, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, consumer, status, message, message_id, key, raw, error, attempts, failed_at \
-         FROM polis_dead_letters WHERE $1::text IS NULL OR consumer = $1 ORDER BY failed_at, id",
+         FROM polis_dead_letters WHERE $1::text IS NULL OR consumer = $1 ORDER BY id",
     )
     .bind(consumer)
     .fetch_all(pool)

@@ -83,6 +83,23 @@ struct Inner {
     outbox: watch::Sender<u64>,
 }
 
+tokio::task_local! {
+    /// Set while a transaction's work runs on the writer: a call from there
+    /// back into the store would wait for the writer, which waits for it.
+    static ON_WRITER: ();
+}
+
+fn refuse_reentry() -> Result<(), StoreError> {
+    match ON_WRITER.try_with(|()| ()) {
+        Ok(()) => Err(StoreError::InvalidRequest(
+            "the store was called from inside one of its own transactions (that would deadlock); \
+             use the transaction's methods instead"
+                .into(),
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Work a transaction runs on the writer; its result travels back type-erased.
 type RunWork = Box<dyn for<'t> FnOnce(&'t mut SqliteTx) -> BoxFuture<'t, WorkDone> + Send>;
 
@@ -171,6 +188,7 @@ impl SqliteEventStore {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteRequest,
     ) -> Result<T, StoreError> {
+        refuse_reentry()?;
         let (reply, answer) = oneshot::channel();
         self.inner.writer.send(make(reply)).await.map_err(|_| writer_gone())?;
         answer.await.map_err(|_| writer_gone())?
@@ -285,6 +303,7 @@ impl TransactionalStore for SqliteEventStore {
                 WorkDone { commit: result.is_ok(), value: Box::new(result) }
             })
         });
+        refuse_reentry().map_err(E::from)?;
         let (reply, answer) = oneshot::channel();
         let request = WriteRequest::Work(WorkRequest { run: Some(Box::new(run)), reply });
         self.inner.writer.send(request).await.map_err(|_| E::from(writer_gone()))?;
@@ -610,7 +629,7 @@ async fn abort(tx: &mut SqliteTx, error: StoreError) -> GroupFailure {
 async fn run_work(tx: &mut SqliteTx, run: Option<RunWork>) -> Result<Outcome, StoreError> {
     let Some(run) = run else { return Err(StoreError::backend("transaction work ran twice")) };
     tx.work_rolled_back = false;
-    match std::panic::AssertUnwindSafe(run(tx)).catch_unwind().await {
+    match ON_WRITER.scope((), std::panic::AssertUnwindSafe(run(tx)).catch_unwind()).await {
         Ok(done) => {
             tx.work_rolled_back = !done.commit;
             Ok(Ok(Committed::Work(done.value)))

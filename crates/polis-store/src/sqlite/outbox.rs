@@ -205,7 +205,7 @@ pub(super) async fn backlog(pool: &SqlitePool) -> Result<Backlog, StoreError> {
 pub(super) async fn dead_letters(pool: &SqlitePool, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, consumer, status, message, message_id, key, raw, error, attempts, failed_at_us \
-         FROM polis_dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY failed_at_us, rowid",
+         FROM polis_dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY rowid",
     )
     .bind(consumer)
     .fetch_all(pool)
