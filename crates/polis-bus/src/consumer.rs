@@ -279,7 +279,12 @@ impl<S: TransactionalStore> Consumer<S> {
                     if !tx.record_processed(&name, message.id).await? {
                         return Ok(Outcome::Duplicate);
                     }
-                    if tx.key_blocked(&name, &message.key).await? {
+                    // Blocked? Check again under the key's lock before parking, so a
+                    // release finishing at the same time cannot miss this message.
+                    if tx.key_blocked(&name, &message.key).await? && {
+                        tx.lock_key(&name, &message.key).await?;
+                        tx.key_blocked(&name, &message.key).await?
+                    } {
                         let reason = format!("parked behind an unresolved dead letter with key `{}`", message.key);
                         tx.dead_letter(&letter(&name, DeadLetterStatus::Parked, &message, reason, 0)).await?;
                         return Ok(Outcome::Parked);
@@ -437,7 +442,24 @@ impl<S: TransactionalStore> Consumer<S> {
             if same_key.iter().any(|l| l.status == DeadLetterStatus::Dead) {
                 return Ok(()); // still blocked by an unresolved failure
             }
-            let Some(next) = same_key.into_iter().next() else { return Ok(()) };
+            let Some(next) = same_key.into_iter().next() else {
+                // Nothing left, as far as we saw: look again under the key's lock,
+                // after any transaction that was parking a message of the key.
+                let (name, key) = (self.name.clone(), key.to_owned());
+                let parked_meanwhile = self
+                    .store
+                    .transaction::<_, StoreError>(Box::new(move |tx| {
+                        Box::pin(async move {
+                            tx.lock_key(&name, &key).await?;
+                            tx.key_blocked(&name, &key).await
+                        })
+                    }))
+                    .await?;
+                if parked_meanwhile {
+                    continue;
+                }
+                return Ok(());
+            };
             match &next.message {
                 Some(message) => self.replay_one(&next, message).await?,
                 None => return Err(DeadLetterError::NotReplayable(next.id)),

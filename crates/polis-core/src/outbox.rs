@@ -44,6 +44,14 @@ pub trait Transaction: Send {
     /// messages with that key must park behind it.
     async fn key_blocked(&mut self, consumer: &str, key: &str) -> Result<bool, StoreError>;
 
+    /// Serializes, until the end of the transaction, every transaction that
+    /// parks or releases messages of `consumer`'s `key`. Backends with a single
+    /// writer need nothing; the default does nothing.
+    async fn lock_key(&mut self, consumer: &str, key: &str) -> Result<(), StoreError> {
+        let _ = (consumer, key);
+        Ok(())
+    }
+
     /// Stores (or replaces, by id) a dead letter of `consumer`.
     async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), StoreError>;
 

@@ -99,6 +99,18 @@ impl Transaction for PgTx {
         Ok(blocked.is_some())
     }
 
+    async fn lock_key(&mut self, consumer: &str, key: &str) -> Result<(), StoreError> {
+        // A statement of its own: the caller's next statement takes a fresh
+        // snapshot, so it sees what the previous holder of the lock committed.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 7042))")
+            .bind(consumer)
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), StoreError> {
         let message = letter.message.as_ref().map(serde_json::to_value).transpose().map_err(backend)?;
         sqlx::query(
