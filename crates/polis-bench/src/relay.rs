@@ -9,8 +9,9 @@
 //!    a pre-filled outbox through `NatsBus`. Rounds alternate the two. The
 //!    relay's drain is repeated with smaller and larger batches.
 //! 2. **Where a step's time goes**: the three calls a step makes (read the
-//!    batch, publish it, mark it published), timed one by one with each
-//!    process's CPU, and the drain's WAL as PostgreSQL counts it.
+//!    batch, publish it, mark it published), run one after another and
+//!    timed one by one with each process's CPU, and the drain's WAL as
+//!    PostgreSQL counts it. (`Relay::step` itself overlaps them.)
 //! 3. **Commit-to-publish latency** under a steady open-loop load of half the
 //!    store's append rate, with the relay spawned as a service would run it:
 //!    a core NATS subscriber notes when each message appears on the bus,
@@ -124,8 +125,9 @@ pub(crate) async fn run(pg: &Postgres, options: &Options) -> Result<Section> {
          columns and values `Transaction::send` writes) at {} messages/s — the API path, {SENDS_PER_TX} sends \
          per transaction, {TX_IN_FLIGHT} in flight, ran at {} messages/s — then `ANALYZE polis_outbox`, as \
          autovacuum would have run by then (never analyzed, an outbox of this size gets a plan that reads every \
-         unpublished row for each batch), then `Relay::step` (default options: batches of {}) called until it publishes nothing, through \
-         `NatsBus`. Afterwards each stream held every message and the outbox backlog was 0. CPU is user + \
+         unpublished row for each batch), then `Relay::step` (default options: batches of {}; each step reads \
+         the next batch and marks the previous one while its own publishes) called until it publishes nothing, \
+         through `NatsBus`. Afterwards each stream held every message and the outbox backlog was 0. CPU is user + \
          system time per message of this process, of the PostgreSQL server (postmaster and every backend and \
          helper process) and of nats-server; \"cores busy\" is their sum over the wall time (2 cores here).\n",
         throughput.relay.messages,
@@ -172,9 +174,11 @@ pub(crate) async fn run(pg: &Postgres, options: &Options) -> Result<Section> {
     let _ = writeln!(body, "### Where a relay step's time goes\n");
     let _ = writeln!(
         body,
-        "{} messages sent through `Transaction::send`, then drained by the three calls `Relay::step` makes, \
-         timed one by one ({} batches of up to {}; the step also clones the batch's messages, timed too), with \
-         the CPU each process spent meanwhile (clock ticks of 10 ms, so a few µs/message of noise).\n",
+        "{} messages sent through `Transaction::send`, then drained by the three calls a relay step makes, \
+         here one after another and timed one by one ({} batches of up to {}; cloning the batch's messages is \
+         timed too), with the CPU each process spent meanwhile (clock ticks of 10 ms, so a few µs/message of \
+         noise). `Relay::step` overlaps them: it reads the next batch and marks the previous one while a batch \
+         publishes.\n",
         breakdown.messages,
         breakdown.batches,
         RelayOptions::default().batch_size
@@ -237,7 +241,8 @@ pub(crate) async fn run(pg: &Postgres, options: &Options) -> Result<Section> {
          `PgEventStore` (woken in-process by the commit, as in a service). A core NATS subscription on the \
          service's subjects notes when each message reaches the bus; latency is that moment minus the moment \
          the writer's `transaction` returned, for every message committed in the measured window. The outbox's \
-         own view is `published_at − created_at` (transaction start to the relay's UPDATE).\n",
+         own view is `published_at − created_at` in `polis_outbox_published` (transaction start to the relay's \
+         mark).\n",
         steady.rate_window.as_secs_f64(),
         options.warmup,
         options.seconds,
@@ -701,7 +706,7 @@ async fn breakdown(
         ("`unpublished(500)`: SELECT + decode", Duration::ZERO, CpuSpent::default()),
         ("clone the messages", Duration::ZERO, CpuSpent::default()),
         ("`NatsBus::publish`: encode, send, await acks", Duration::ZERO, CpuSpent::default()),
-        ("`mark_published`: UPDATE", Duration::ZERO, CpuSpent::default()),
+        ("`mark_published`: DELETE + record", Duration::ZERO, CpuSpent::default()),
     ];
     // Adds the time and CPU since the previous call to part `i`.
     let mut last = (probe.read(), Instant::now());
@@ -906,7 +911,7 @@ async fn steady(pg: &Postgres, options: &Options, client: &async_nats::Client, b
     let row: (f64, f64) = sqlx::query_as(
         "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)::float8), \
                 percentile_disc(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)::float8) \
-         FROM polis_outbox WHERE created_at >= $1",
+         FROM polis_outbox_published WHERE created_at >= $1",
     )
     .bind(wall_window_start)
     .fetch_one(store.pool())

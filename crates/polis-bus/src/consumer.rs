@@ -54,6 +54,7 @@ impl From<StoreError> for HandlerError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::InvalidRequest(reason) => Self::Permanent(reason),
+            StoreError::Unique(what) => Self::Permanent(format!("unique constraint violated: {what}")),
             other => Self::Transient(error_chain(&other)),
         }
     }

@@ -14,10 +14,36 @@
 //! consumer's inbox absorbs. Delivery counts live in memory: they survive a
 //! re-subscription, not a process restart (after one, redeliveries start
 //! counting at 1 again).
+//!
+//! # Retention
+//!
+//! The log would otherwise grow for as long as the process lives. A message
+//! is deleted once it is older than [`InProcessOptions::retention`] *and*
+//! every durable consumer of its topic has acknowledged it (it lies at or
+//! below each one's stored ack floor); [`InProcessBus::cleanup`] does that,
+//! every [`InProcessOptions::cleanup_interval`] in the background. So:
+//!
+//! - a message some consumer has not acknowledged is never deleted, however
+//!   old, and neither is anything above that consumer's floor;
+//! - a consumer is durable from its first `subscribe` (which records it), so
+//!   it holds back deletion even before its first ack; one that is gone for
+//!   good must be removed with [`InProcessBus::remove_consumer`], or its
+//!   topic keeps everything from its floor on;
+//! - a topic nobody has subscribed to keeps its messages for the retention
+//!   period only, like a JetStream stream with a maximum age: a consumer
+//!   subscribing for the first time later starts from what is left;
+//! - the retention also bounds de-duplication: a message id published again
+//!   after its message was deleted is stored and delivered again (the
+//!   consumers' inboxes still recognize it), so keep it longer than a relay
+//!   can take to republish, i.e. longer than a producer can stay down
+//!   between publishing and marking a batch.
+//!
+//! Only acknowledgements already written count (they are written within
+//! moments), which errs on the side of keeping.
 
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,11 +53,14 @@ use polis_core::bus::{Acker, Bus, BusError, Delivery, Malformed, Subscription, T
 use polis_core::message::validate_message;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// Messages read per query while delivering.
 const FETCH: i64 = 256;
+/// Messages deleted per statement by a cleanup, so that publishes and ack
+/// writes get the single connection in between.
+const CLEANUP_CHUNK: i64 = 5_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bus_messages (
@@ -43,6 +72,8 @@ CREATE TABLE IF NOT EXISTS bus_messages (
     stored_at_us INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS bus_messages_topic ON bus_messages (service, segment, seq);
+-- Retention looks at messages old enough to go, not at the whole log.
+CREATE INDEX IF NOT EXISTS bus_messages_stored ON bus_messages (stored_at_us);
 CREATE TABLE IF NOT EXISTS bus_consumers (
     consumer  TEXT    NOT NULL,
     service   TEXT    NOT NULL,
@@ -59,6 +90,22 @@ CREATE TABLE IF NOT EXISTS bus_acks (
 ) WITHOUT ROWID;
 ";
 
+/// Options for [`InProcessBus::open_with`].
+#[derive(Debug, Clone)]
+pub struct InProcessOptions {
+    /// How long a message stays after every durable consumer of its topic
+    /// acknowledged it (see the module docs, "Retention").
+    pub retention: Duration,
+    /// How often the background cleanup runs.
+    pub cleanup_interval: Duration,
+}
+
+impl Default for InProcessOptions {
+    fn default() -> Self {
+        Self { retention: Duration::from_secs(24 * 3600), cleanup_interval: Duration::from_secs(60) }
+    }
+}
+
 /// The durable in-process bus. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct InProcessBus {
@@ -72,6 +119,9 @@ struct Inner {
     published: watch::Sender<u64>,
     consumers: Mutex<HashMap<ConsumerKey, Arc<Mutex<ConsumerState>>>>,
     acks: mpsc::UnboundedSender<(ConsumerKey, i64)>,
+    options: InProcessOptions,
+    /// Dropped with the bus, which stops the cleanup task.
+    _stop_cleanup: oneshot::Sender<()>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -124,8 +174,17 @@ impl ConsumerState {
 }
 
 impl InProcessBus {
-    /// Opens (creating if needed) the bus file at `path`.
+    /// Opens (creating if needed) the bus file at `path`, with the default
+    /// [`InProcessOptions`].
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, BusError> {
+        Self::open_with(path, InProcessOptions::default()).await
+    }
+
+    /// Opens (creating if needed) the bus file at `path`.
+    pub async fn open_with(path: impl AsRef<Path>, options: InProcessOptions) -> Result<Self, BusError> {
+        if options.cleanup_interval.is_zero() {
+            return Err(BusError::backend("the in-process bus cleanup interval must be positive"));
+        }
         let connect = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -138,7 +197,97 @@ impl InProcessBus {
         let (published, _) = watch::channel(0);
         let (acks, pending) = mpsc::unbounded_channel();
         tokio::spawn(ack_writer(pool.clone(), pending));
-        Ok(Self { inner: Arc::new(Inner { pool, published, consumers: Mutex::default(), acks }) })
+        let (stop_cleanup, stopped) = oneshot::channel();
+        let interval = options.cleanup_interval;
+        let inner = Inner { pool, published, consumers: Mutex::default(), acks, options, _stop_cleanup: stop_cleanup };
+        let bus = Self { inner: Arc::new(inner) };
+        tokio::spawn(cleanup_task(Arc::downgrade(&bus.inner), interval, stopped));
+        Ok(bus)
+    }
+
+    /// Deletes the messages the retention allows to go now (see the module
+    /// docs); returns how many. The bus also runs this by itself, every
+    /// [`InProcessOptions::cleanup_interval`].
+    pub async fn cleanup(&self) -> Result<u64, BusError> {
+        let retention = chrono::Duration::from_std(self.inner.options.retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = Utc::now().checked_sub_signed(retention).map_or(i64::MIN, |t| t.timestamp_micros());
+        let mut deleted = 0;
+        loop {
+            // Per message: old enough, and at or below the stored ack floor of
+            // every consumer of its topic (no consumer: nothing holds it).
+            let done = sqlx::query(
+                "DELETE FROM bus_messages WHERE seq IN ( \
+                     SELECT m.seq FROM bus_messages m WHERE m.stored_at_us < ?1 AND NOT EXISTS ( \
+                         SELECT 1 FROM bus_consumers c \
+                         WHERE c.service = m.service AND c.segment = m.segment AND c.ack_floor < m.seq) \
+                     LIMIT ?2)",
+            )
+            .bind(cutoff)
+            .bind(CLEANUP_CHUNK)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(BusError::backend)?
+            .rows_affected();
+            deleted += done;
+            if done < CLEANUP_CHUNK as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Forgets `consumer`'s durable subscription to `topic`: its position and
+    /// acknowledgements. Messages it alone held back become subject to the
+    /// retention; subscribing again later starts from the oldest message left.
+    /// Do this for a consumer that is gone for good.
+    pub async fn remove_consumer(&self, consumer: &str, topic: &Topic) -> Result<(), BusError> {
+        let key = ConsumerKey {
+            consumer: consumer.to_owned(),
+            service: topic.service.clone(),
+            segment: topic.kind.segment(),
+        };
+        let mut tx = self.inner.pool.begin().await.map_err(BusError::backend)?;
+        for table in ["bus_consumers", "bus_acks"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE consumer = ? AND service = ? AND segment = ?"))
+                .bind(&key.consumer)
+                .bind(&key.service)
+                .bind(key.segment)
+                .execute(&mut *tx)
+                .await
+                .map_err(BusError::backend)?;
+        }
+        tx.commit().await.map_err(BusError::backend)?;
+        lock(&self.inner.consumers).remove(&key);
+        Ok(())
+    }
+
+    /// How many messages of `topic` `consumer` has not acknowledged, as far
+    /// as the stored acknowledgements tell (they trail the consumer by the
+    /// moments it takes to write them): its backlog, for monitoring.
+    pub async fn unacknowledged(&self, consumer: &str, topic: &Topic) -> Result<u64, BusError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM bus_messages m \
+             WHERE m.service = ?2 AND m.segment = ?3 \
+               AND m.seq > COALESCE((SELECT ack_floor FROM bus_consumers \
+                                     WHERE consumer = ?1 AND service = ?2 AND segment = ?3), 0) \
+               AND NOT EXISTS (SELECT 1 FROM bus_acks a \
+                               WHERE a.consumer = ?1 AND a.service = ?2 AND a.segment = ?3 AND a.seq = m.seq)",
+        )
+        .bind(consumer)
+        .bind(&topic.service)
+        .bind(topic.kind.segment())
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(BusError::backend)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// How many messages the log holds.
+    pub async fn stored_messages(&self) -> Result<u64, BusError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_messages")
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(BusError::backend)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     fn state(&self, key: &ConsumerKey) -> Arc<Mutex<ConsumerState>> {
@@ -190,6 +339,18 @@ impl Bus for InProcessBus {
             service: topic.service.clone(),
             segment: topic.kind.segment(),
         };
+        // Recorded before anything is read: from now on this consumer holds
+        // back the retention of its topic, acknowledged anything or not.
+        sqlx::query(
+            "INSERT INTO bus_consumers (consumer, service, segment, ack_floor) VALUES (?, ?, ?, 0) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.consumer)
+        .bind(&key.service)
+        .bind(key.segment)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(BusError::backend)?;
         let state = self.state(&key);
         let needs_load = !lock(&state).loaded;
         if needs_load {
@@ -354,6 +515,24 @@ impl Acker for InProcessAcker {
     async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BusError> {
         lock(&self.state).retry.push(std::cmp::Reverse((Instant::now() + delay, self.seq)));
         Ok(())
+    }
+}
+
+/// Runs [`InProcessBus::cleanup`] every `interval` until the bus is dropped.
+async fn cleanup_task(bus: Weak<Inner>, interval: Duration, mut stopped: oneshot::Receiver<()>) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(inner) = bus.upgrade() else { return };
+        match (InProcessBus { inner }).cleanup().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "deleted acknowledged bus messages past their retention"),
+            Err(e) => tracing::warn!(error = %e, "bus retention cleanup failed"),
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`nats`]: NATS JetStream: one stream per service, durable consumers,
 //!   explicit acks, broker-side de-duplication by message id.
 //! - [`relay`]: publishes a service's outbox to a bus, in order, at least once.
+//! - [`scheduler`]: releases a service's scheduled messages (durable
+//!   deadlines) into its outbox when they are due.
 //! - [`consumer`]: runs a service's handlers over a subscription with its
 //!   inbox (effects once), retries with backoff, and dead letters.
 //!
@@ -16,8 +18,10 @@ pub mod consumer;
 pub mod inprocess;
 pub mod nats;
 pub mod relay;
+pub mod scheduler;
 
 pub use consumer::{Consumer, ConsumerHandle, ConsumerOptions, DeadLetterError, Handler, HandlerError, Outcome};
-pub use inprocess::InProcessBus;
+pub use inprocess::{InProcessBus, InProcessOptions};
 pub use nats::NatsBus;
 pub use relay::{Relay, RelayHandle, RelayOptions};
+pub use scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};

@@ -71,7 +71,6 @@
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::str::FromStr as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -80,7 +79,7 @@ use async_nats::jetstream::context::{ContextBuilder, PublishAckFuture, PublishEr
 use async_nats::jetstream::message::{Acker as JetStreamAcker, PublishMessage};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind};
-use async_nats::{HeaderMap, HeaderValue};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt as _;
@@ -351,32 +350,64 @@ impl Outgoing {
     }
 }
 
+/// Header names as `HeaderName`s built at compile time: inserting one
+/// allocates nothing (a `&str` name is parsed and copied on every insert).
+mod names {
+    use async_nats::HeaderName;
+
+    use super::headers;
+
+    pub(super) const SPEC_VERSION: HeaderName = HeaderName::from_static(headers::SPEC_VERSION);
+    pub(super) const ID: HeaderName = HeaderName::from_static(headers::ID);
+    pub(super) const TYPE: HeaderName = HeaderName::from_static(headers::TYPE);
+    pub(super) const SOURCE: HeaderName = HeaderName::from_static(headers::SOURCE);
+    pub(super) const SUBJECT: HeaderName = HeaderName::from_static(headers::SUBJECT);
+    pub(super) const TIME: HeaderName = HeaderName::from_static(headers::TIME);
+    pub(super) const CORRELATION_ID: HeaderName = HeaderName::from_static(headers::CORRELATION_ID);
+    pub(super) const CAUSATION_ID: HeaderName = HeaderName::from_static(headers::CAUSATION_ID);
+    pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
+    pub(super) const CONTENT_TYPE: HeaderName = HeaderName::from_static(headers::CONTENT_TYPE);
+    pub(super) const NATS_MSG_ID: HeaderName = HeaderName::from_static(headers::NATS_MSG_ID);
+}
+
 /// CloudEvents binary mode: headers from the attributes, body from `data`.
+///
+/// Runs once per relayed message, so it allocates little: static header
+/// names, each value formatted straight into the `String` the header keeps.
 fn encode(message: &Message) -> Result<Outgoing, String> {
     let mut headers = HeaderMap::new();
-    let mut put = |name: &'static str, value: &str| -> Result<(), String> {
-        let value = HeaderValue::from_str(&percent_encode(value))
-            .map_err(|_| format!("`{name}` cannot be carried in a header"))?;
-        headers.insert(name, value);
+    let mut put = |name: HeaderName, value: String| -> Result<(), String> {
+        let value = match percent_encode(&value) {
+            Cow::Borrowed(_) => value,
+            Cow::Owned(encoded) => encoded,
+        };
+        // Percent-encoding leaves no line break; checked anyway, since
+        // `HeaderValue::from(String)` (which keeps the string, no copy)
+        // panics on one.
+        if value.contains(['\r', '\n']) {
+            return Err(format!("`{name}` cannot be carried in a header"));
+        }
+        headers.insert(name, HeaderValue::from(value));
         Ok(())
     };
-    put(headers::SPEC_VERSION, envelope::CLOUDEVENTS_SPEC_VERSION)?;
-    put(headers::ID, &message.id.to_string())?;
-    put(headers::TYPE, &message.message_type)?;
-    put(headers::SOURCE, &message.source)?;
-    put(headers::SUBJECT, &message.key)?;
-    put(headers::TIME, &message.time.to_rfc3339_opts(SecondsFormat::Micros, true))?;
-    put(headers::CONTENT_TYPE, envelope::DATA_CONTENT_TYPE)?;
+    let id = message.id.to_string();
+    put(names::SPEC_VERSION, envelope::CLOUDEVENTS_SPEC_VERSION.to_owned())?;
+    put(names::ID, id.clone())?;
+    put(names::TYPE, message.message_type.clone())?;
+    put(names::SOURCE, message.source.clone())?;
+    put(names::SUBJECT, message.key.clone())?;
+    put(names::TIME, message.time.to_rfc3339_opts(SecondsFormat::Micros, true))?;
+    put(names::CONTENT_TYPE, envelope::DATA_CONTENT_TYPE.to_owned())?;
     if let Some(id) = message.metadata.correlation_id {
-        put(headers::CORRELATION_ID, &id.to_string())?;
+        put(names::CORRELATION_ID, id.to_string())?;
     }
     if let Some(id) = message.metadata.causation_id {
-        put(headers::CAUSATION_ID, &id.to_string())?;
+        put(names::CAUSATION_ID, id.to_string())?;
     }
     if let Some(traceparent) = &message.metadata.traceparent {
-        put(headers::TRACEPARENT, traceparent)?;
+        put(names::TRACEPARENT, traceparent.clone())?;
     }
-    put(headers::NATS_MSG_ID, &message.id.to_string())?;
+    put(names::NATS_MSG_ID, id)?;
     let body = serde_json::to_vec(&message.data).map_err(|e| format!("cannot serialize data: {e}"))?;
     Ok(Outgoing { subject: message.subject(), headers, body })
 }
@@ -529,15 +560,20 @@ impl Bus for NatsBus {
 
         // Send everything, then await the acks in order; the connection keeps
         // the order, the broker stores in arrival order.
-        let mut pending: VecDeque<(&Message, String, PublishAckFuture)> = VecDeque::new();
+        let mut pending: VecDeque<(&Message, PublishAckFuture)> =
+            VecDeque::with_capacity(messages.len().min(PUBLISH_WINDOW));
         for (message, encoded) in messages.iter().zip(outgoing) {
-            let Outgoing { subject, headers, body } = encoded;
-            let publish = PublishMessage::build().headers(headers).payload(body.into());
-            let publish_error = |source: BoxError| {
-                BusError::backend(NatsError::Publish { id: message.id, subject: subject.clone(), source })
-            };
+            // `send_publish` takes the message even when it refuses it, so a
+            // retry encodes it again: rare, and cheaper than cloning every
+            // message's headers in case it happens.
+            let mut encoded = Some(encoded);
             let ack = loop {
-                match inner.jetstream.send_publish(subject.clone(), publish.clone()).await {
+                let Outgoing { subject, headers, body } = match encoded.take() {
+                    Some(encoded) => encoded,
+                    None => encode(message).map_err(|reason| BusError::InvalidMessage { id: message.id, reason })?,
+                };
+                let publish = PublishMessage::build().headers(headers).payload(body.into());
+                match inner.jetstream.send_publish(subject, publish).await {
                     Ok(ack) => break ack,
                     // The connection's window of unacknowledged publishes is
                     // full: make room by awaiting ours, or wait for others'.
@@ -545,10 +581,17 @@ impl Bus for NatsBus {
                         Some(oldest) => await_ack(inner, oldest).await?,
                         None => tokio::time::sleep(Duration::from_millis(1)).await,
                     },
-                    Err(e) => return Err(publish_error(e.into())),
+                    Err(e) => {
+                        let subject = message.subject();
+                        return Err(BusError::backend(NatsError::Publish {
+                            id: message.id,
+                            subject,
+                            source: e.into(),
+                        }));
+                    }
                 }
             };
-            pending.push_back((message, subject, ack));
+            pending.push_back((message, ack));
             if pending.len() >= PUBLISH_WINDOW
                 && let Some(oldest) = pending.pop_front()
             {
@@ -597,16 +640,14 @@ impl Bus for NatsBus {
     }
 }
 
-async fn await_ack(
-    inner: &Inner,
-    (message, subject, ack): (&Message, String, PublishAckFuture),
-) -> Result<(), BusError> {
+async fn await_ack(inner: &Inner, (message, ack): (&Message, PublishAckFuture)) -> Result<(), BusError> {
     match ack.await {
         Ok(_) => Ok(()),
         Err(e) => {
             if e.kind() == PublishErrorKind::StreamNotFound {
                 inner.forget_stream(&message.target);
             }
+            let subject = message.subject();
             Err(BusError::backend(NatsError::Publish { id: message.id, subject, source: e.into() }))
         }
     }

@@ -6,6 +6,21 @@
 //! the batch again on restart; the bus drops the duplicates by message id, so
 //! delivery is at least once and the order per key holds.
 //!
+//! **Pipelining.** The three calls of a batch (read, publish, mark) would
+//! leave the database, this process and the broker idle two thirds of the
+//! time each, so they overlap: while batch *k* publishes, batch *k+1* is read
+//! and batch *k−1* is marked. Batches are still *published* one after
+//! another, each only once the previous one is stored. The read of batch
+//! *k+1* asks for the oldest unpublished entries *other than* those of
+//! batches *k* and *k−1*, never for "entries after the last position read":
+//! on PostgreSQL a lower position can commit after a higher one (different
+//! keys), and a cursor would skip it for good. For one key nothing can be
+//! skipped or overtaken: its positions are its commit order (ADR 0003), so an
+//! entry visible to a read has every earlier entry of its key visible too,
+//! and those are either in that read (older, so not cut by the limit) or in
+//! flight ahead of it. When a publish fails, the batch read ahead is thrown
+//! away and the relay starts again from the oldest unpublished entry.
+//!
 //! It wakes on the store's outbox hint (in-process on SQLite, LISTEN/NOTIFY on
 //! PostgreSQL) and polls as a fallback. It also purges published entries and
 //! inbox records older than the retention period, so tables stay bounded.
@@ -21,8 +36,9 @@ use std::time::Duration;
 use chrono::Utc;
 use polis_core::StoreError;
 use polis_core::bus::{Bus, BusError};
-use polis_core::outbox::TransactionalStore;
-use tokio::task::JoinHandle;
+use polis_core::outbox::{OutboxEntry, TransactionalStore};
+use tokio::sync::{Mutex, watch};
+use tokio::task::{JoinError, JoinHandle};
 
 /// Tuning for a [`Relay`].
 #[derive(Debug, Clone)]
@@ -57,11 +73,15 @@ impl Default for RelayOptions {
 
 /// Why one relay step failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayError {
     #[error("reading or updating the outbox failed")]
     Store(#[from] StoreError),
     #[error("publishing to the bus failed")]
     Bus(#[from] BusError),
+    /// A read or mark running beside a publish panicked or was cancelled.
+    #[error("a relay task failed")]
+    Task(#[from] JoinError),
 }
 
 /// Publishes one service's outbox to a bus.
@@ -70,6 +90,34 @@ pub struct Relay<S, B: ?Sized> {
     store: Arc<S>,
     bus: Arc<B>,
     options: RelayOptions,
+    pipeline: Mutex<Pipeline>,
+}
+
+/// A read of unpublished entries running as a task of its own.
+type Read = JoinHandle<Result<Vec<OutboxEntry>, StoreError>>;
+/// A mark running as a task of its own, with the (sorted) positions it marks.
+type Mark = (Vec<u64>, JoinHandle<Result<(), StoreError>>);
+
+/// What runs beside the batch being published.
+#[derive(Debug, Default)]
+struct Pipeline {
+    /// The read of the next batch, started when the current one was taken.
+    next: Option<Read>,
+    /// The last published batch and the task marking it.
+    marking: Option<Mark>,
+    /// The store's outbox hint, seen as of the start of the latest read: a
+    /// hint after that read began may be for an entry it missed.
+    wakeups: Option<watch::Receiver<u64>>,
+}
+
+impl Pipeline {
+    /// Forgets the batch read ahead; a mark in flight finishes on its own.
+    fn reset(&mut self) {
+        if let Some(next) = self.next.take() {
+            next.abort();
+        }
+        self.marking = None;
+    }
 }
 
 /// A running relay; stops when dropped.
@@ -84,13 +132,38 @@ impl Drop for RelayHandle {
 
 impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
     pub fn new(store: Arc<S>, bus: Arc<B>, options: RelayOptions) -> Self {
-        Self { store, bus, options }
+        Self { store, bus, options, pipeline: Mutex::default() }
     }
 
-    /// Publishes one batch; returns how many entries it published.
+    /// Publishes the next batch; returns how many entries it published.
+    ///
+    /// While the batch publishes, the next one is read and the previous one
+    /// marked published (see the module docs). `Ok(0)` means the outbox had
+    /// nothing left and every entry published so far is marked. After an
+    /// error the next step starts again from the oldest unpublished entry;
+    /// whatever was published and not yet marked goes out again, and the bus
+    /// drops it as a duplicate.
     pub async fn step(&self) -> Result<usize, RelayError> {
-        let entries = self.store.unpublished(self.options.batch_size.max(1)).await?;
+        let mut pipeline = self.pipeline.lock().await;
+        let result = self.advance(&mut pipeline).await;
+        if result.is_err() {
+            pipeline.reset();
+        }
+        result
+    }
+
+    async fn advance(&self, pipeline: &mut Pipeline) -> Result<usize, RelayError> {
+        let entries = match pipeline.next.take() {
+            Some(next) => next.await??,
+            None => {
+                let in_flight = pipeline.marking.as_ref().map(|(positions, _)| positions.clone()).unwrap_or_default();
+                self.read(pipeline, in_flight).await??
+            }
+        };
         if entries.is_empty() {
+            if let Some((_, mark)) = pipeline.marking.take() {
+                mark.await??;
+            }
             return Ok(0);
         }
         let count = entries.len();
@@ -104,13 +177,24 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                 e.message
             })
             .collect();
-        // On failure nothing is marked: the whole batch is published again, and
-        // the bus drops what it already stored (de-duplication by message id).
-        // A message the bus refuses outright (over its size limit, say) blocks
-        // the relay rather than being skipped: skipping would break "nothing
-        // lost" and the key's order; the failure metric and log make it loud.
+        positions.sort_unstable();
+
+        // Read ahead, leaving out this batch and the one still being marked.
+        let mut in_flight = positions.clone();
+        if let Some((marking, _)) = &pipeline.marking {
+            in_flight.extend_from_slice(marking);
+            in_flight.sort_unstable();
+        }
+        pipeline.next = Some(self.read(pipeline, in_flight));
+
+        // On failure nothing of this batch is marked: it is published again,
+        // and the bus drops what it already stored (de-duplication by message
+        // id). A message the bus refuses outright (over its size limit, say)
+        // blocks the relay rather than being skipped: skipping would break
+        // "nothing lost" and the key's order; the failure metric and log make
+        // it loud.
         self.bus.publish(&messages).await?;
-        self.store.mark_published(&positions).await?;
+        drop(messages);
         let service = self.store.service().to_owned();
         let now = Utc::now();
         let histogram = metrics::histogram!("polis_outbox_commit_to_publish_seconds", "service" => service.clone());
@@ -118,12 +202,30 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
             histogram.record((now - created_at).to_std().unwrap_or_default().as_secs_f64());
         }
         metrics::counter!("polis_outbox_published_total", "service" => service).increment(count as u64);
+
+        // The previous batch's mark ran during the publish; this one's runs
+        // during the next.
+        if let Some((_, mark)) = pipeline.marking.take() {
+            mark.await??;
+        }
+        let store = Arc::clone(&self.store);
+        let marked = positions.clone();
+        let mark = tokio::spawn(async move { store.mark_published(&marked).await });
+        pipeline.marking = Some((positions, mark));
         Ok(count)
+    }
+
+    /// Starts reading the oldest unpublished entries not `in_flight` (sorted).
+    fn read(&self, pipeline: &mut Pipeline, in_flight: Vec<u64>) -> JoinHandle<Result<Vec<OutboxEntry>, StoreError>> {
+        let wakeups = pipeline.wakeups.get_or_insert_with(|| self.store.outbox_wakeups());
+        wakeups.borrow_and_update();
+        let store = Arc::clone(&self.store);
+        let max = self.options.batch_size.max(1);
+        tokio::spawn(async move { store.unpublished_excluding(max, &in_flight).await })
     }
 
     /// Runs until the task is aborted (or the handle dropped).
     pub async fn run(self) {
-        let mut wakeups = self.store.outbox_wakeups();
         let mut backoff = self.options.retry_min;
         let mut last_housekeeping = tokio::time::Instant::now();
         loop {
@@ -133,9 +235,10 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                 self.housekeeping().await;
                 last_housekeeping = tokio::time::Instant::now();
             }
-            wakeups.borrow_and_update();
             match self.step().await {
-                Ok(n) if n >= self.options.batch_size.max(1) => {
+                // A batch read ahead may be waiting: keep going until a read
+                // finds nothing.
+                Ok(n) if n > 0 => {
                     backoff = self.options.retry_min;
                     continue;
                 }
@@ -149,6 +252,11 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                     continue;
                 }
             }
+            // Seen as of the read that found nothing: any hint since then wakes us.
+            let mut wakeups = match self.pipeline.lock().await.wakeups.clone() {
+                Some(wakeups) => wakeups,
+                None => self.store.outbox_wakeups(),
+            };
             let until_housekeeping = self.options.housekeeping_interval.saturating_sub(last_housekeeping.elapsed());
             tokio::select! {
                 _ = wakeups.changed() => {}

@@ -1,11 +1,15 @@
 //! `polis`: the command-line entry point.
 //!
-//! Today it runs `polis demo`, an end-to-end scenario of the event store
-//! (aggregates under concurrent commands, a catch-up projection, invariant
-//! checks). The reference shop replaces the scenario once it exists.
+//! - `polis demo`: the reference shop under a concurrent order workload,
+//!   then a report with its invariant checks (the README's main command);
+//! - `polis up`: the shop, serving the gateway API until interrupted;
+//! - `polis store-demo`: the event store alone — aggregates under concurrent
+//!   commands, a catch-up projection, invariant checks, on SQLite or PostgreSQL.
 
-mod demo;
+mod shop_demo;
 mod stock;
+mod store_demo;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -18,8 +22,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the reference shop, drive orders through its gateway, then check every invariant.
+    Demo(shop_demo::DemoArgs),
+    /// Run the reference shop until ctrl-c (resumes an existing data directory).
+    Up(up::UpArgs),
     /// Drive reservations concurrently through event-sourced stock items, then check every invariant.
-    Demo(demo::DemoArgs),
+    StoreDemo(store_demo::DemoArgs),
 }
 
 #[tokio::main]
@@ -32,7 +40,15 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Demo(args) => {
-            let report = demo::run(args).await?;
+            let report = shop_demo::run(args).await?;
+            if !report.all_invariants_hold() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Up(args) => up::run(args).await,
+        Command::StoreDemo(args) => {
+            let report = store_demo::run(args).await?;
             if !report.all_invariants_hold() {
                 std::process::exit(1);
             }

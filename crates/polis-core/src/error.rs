@@ -25,6 +25,10 @@ pub enum StoreError {
     /// An event with this id is already stored.
     #[error("duplicate event id {0}")]
     DuplicateEventId(uuid::Uuid),
+    /// A row of the service's own tables with this unique key already exists
+    /// (the constraint or message names which).
+    #[error("unique constraint violated: {0}")]
+    Unique(String),
     /// The request itself is invalid (empty stream id, no events, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),

@@ -41,7 +41,7 @@ pub use aggregate::{Aggregate, DomainEvent};
 pub use bus::{Bus, BusError, Delivery, Topic};
 pub use envelope::{Metadata, NewEvent, RecordedEvent};
 pub use error::{CommandError, StoreError};
-pub use message::{Message, MessageKind};
+pub use message::{Message, MessageKind, MessageType};
 pub use outbox::{DeadLetter, DeadLetterStatus, OutboxEntry, Transaction, TransactionalStore, Work};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
 pub use store::{AppendResult, EventStore, ExpectedVersion, Snapshot, StreamInfo};

@@ -144,6 +144,22 @@ impl Message {
         }
     }
 
+    /// The event message announcing an event `source` is appending to the
+    /// stream keyed `key` (same id, type, time, data and metadata).
+    pub fn from_new_event(source: &str, key: &str, event: &crate::envelope::NewEvent) -> Self {
+        Self {
+            id: event.id,
+            kind: MessageKind::Event,
+            source: source.to_owned(),
+            target: source.to_owned(),
+            message_type: event.event_type.clone(),
+            key: key.to_owned(),
+            time: event.time,
+            data: event.data.clone(),
+            metadata: event.metadata.clone(),
+        }
+    }
+
     pub fn with_metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
         self
@@ -161,6 +177,48 @@ impl Message {
     /// The bus subject: `polis.<target>.<events|commands|replies>.<type>`.
     pub fn subject(&self) -> String {
         subject(&self.target, self.kind, &self.message_type)
+    }
+}
+
+/// A typed message body: a serde type with its CloudEvents `type`.
+///
+/// Services declare their contracts as `MessageType`s, build messages with
+/// [`Message::typed_event`] / [`Message::typed_command`] / [`Message::typed_reply`]
+/// and read them with [`Message::decode`].
+pub trait MessageType: Serialize + serde::de::DeserializeOwned {
+    /// The CloudEvents `type`, e.g. `inventory.stock-reserved.v1`.
+    const TYPE: &'static str;
+}
+
+impl Message {
+    /// An event of type `T` that `source` announces about `key`.
+    pub fn typed_event<T: MessageType>(source: &str, key: &str, body: &T) -> Result<Self, serde_json::Error> {
+        Ok(Self::event(source, T::TYPE, key, serde_json::to_value(body)?))
+    }
+
+    /// A command of type `T` from `source` to `target` about `key`.
+    pub fn typed_command<T: MessageType>(
+        source: &str,
+        target: &str,
+        key: &str,
+        body: &T,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::command(source, target, T::TYPE, key, serde_json::to_value(body)?))
+    }
+
+    /// The reply of type `T` to `command`.
+    pub fn typed_reply<T: MessageType>(command: &Message, body: &T) -> Result<Self, serde_json::Error> {
+        Ok(Self::reply_to(command, T::TYPE, serde_json::to_value(body)?))
+    }
+
+    /// Whether this message is a `T`.
+    pub fn is<T: MessageType>(&self) -> bool {
+        self.message_type == T::TYPE
+    }
+
+    /// The body as a `T` (whatever the message's type; check [`Message::is`] first).
+    pub fn decode<T: MessageType>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.data)
     }
 }
 

@@ -7,6 +7,12 @@
 //! recognized and skipped. Messages that cannot be handled end in the
 //! consumer's dead letters with the reason, where they can be listed,
 //! replayed or discarded.
+//!
+//! A transaction can also *schedule* a message for later (a durable
+//! deadline): it waits in the store's schedule, survives restarts, can be
+//! unscheduled until it is due, and is then moved into the outbox by
+//! [`TransactionalStore::release_due`] (which polis-bus's `Scheduler` calls),
+//! from where it travels like any sent message.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -33,8 +39,32 @@ pub trait Transaction: Send {
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError>;
 
+    /// Reads up to `max` events of `stream` from version `from_version` on, as
+    /// this transaction sees them (its own appends included): the read half of
+    /// a read-decide-append inside one transaction.
+    async fn read_stream(
+        &mut self,
+        stream: &str,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<crate::envelope::RecordedEvent>, StoreError>;
+
     /// Writes `message` to the outbox; it is published after the commit.
     async fn send(&mut self, message: &Message) -> Result<(), StoreError>;
+
+    /// Stores `message` in the schedule, to be sent once `due_at` has come.
+    ///
+    /// Validated like [`send`](Self::send) (plus [`validate_scheduled`]); an
+    /// id already scheduled or in the outbox is refused. Until it is due the
+    /// message is not in the outbox; when [`TransactionalStore::release_due`]
+    /// releases it, it joins the outbox behind whatever its key already has
+    /// there, so per-key order is the order of *release*, not of scheduling.
+    async fn schedule(&mut self, message: &Message, due_at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Removes a scheduled message before it is released. Returns `true` if it
+    /// was still pending (it is then never sent), `false` if the id is unknown
+    /// or already released.
+    async fn unschedule(&mut self, message_id: Uuid) -> Result<bool, StoreError>;
 
     /// Records that `consumer` processed `message_id`. Returns `false` if it
     /// had already been recorded: the message is a duplicate.
@@ -80,6 +110,19 @@ pub trait TransactionalStore: Send + Sync + 'static {
     /// Up to `max` unpublished outbox entries, oldest first.
     async fn unpublished(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError>;
 
+    /// Like [`unpublished`](Self::unpublished), leaving out the entries at
+    /// `in_flight` (sorted positions a pipelining relay is still publishing
+    /// or marking). It is "the oldest others", never "those after the last
+    /// position read": on PostgreSQL a lower position can commit after a
+    /// higher one. The default over-fetches and filters; backends exclude in
+    /// their query.
+    async fn unpublished_excluding(&self, max: usize, in_flight: &[u64]) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut entries = self.unpublished(max.saturating_add(in_flight.len())).await?;
+        entries.retain(|e| in_flight.binary_search(&e.position).is_err());
+        entries.truncate(max);
+        Ok(entries)
+    }
+
     /// Marks outbox entries as published.
     async fn mark_published(&self, positions: &[u64]) -> Result<(), StoreError>;
 
@@ -92,8 +135,43 @@ pub trait TransactionalStore: Send + Sync + 'static {
     /// Deletes published outbox rows and inbox records older than `before`.
     async fn purge(&self, before: DateTime<Utc>) -> Result<Purged, StoreError>;
 
+    /// Moves up to `max` scheduled messages whose due time is at or before
+    /// `now` into the outbox, earliest due first (scheduling order among equal
+    /// due times), in one transaction, and wakes the relay. Returns how many
+    /// it moved. A message whose id reached the outbox by another way (a
+    /// `send` with the same id) is dropped from the schedule without a second
+    /// outbox entry, as the bus would drop it as a duplicate anyway.
+    ///
+    /// Safe to call from several processes at once: each due message is
+    /// released by exactly one call, and the messages of a key still reach
+    /// the outbox in due order.
+    async fn release_due(&self, now: DateTime<Utc>, max: usize) -> Result<usize, StoreError>;
+
+    /// The earliest due time in the schedule, if anything is scheduled.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// How many messages are scheduled and not yet released.
+    async fn scheduled_count(&self) -> Result<u64, StoreError>;
+
     /// The dead letters of `consumer` (all consumers if `None`), oldest first.
     async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError>;
+}
+
+/// Rejects what [`Transaction::schedule`] must not store: an invalid message
+/// (as for `send`), a NUL in its data, or a due time outside the years
+/// 1–9999 (which every backend can store and compare).
+pub fn validate_scheduled(message: &Message, due_at: DateTime<Utc>) -> Result<(), StoreError> {
+    crate::message::validate_message(message).map_err(StoreError::InvalidRequest)?;
+    if crate::store::json_has_nul(&message.data) {
+        return Err(StoreError::InvalidRequest(format!("message {} contains a NUL character", message.id)));
+    }
+    if !(1..=9999).contains(&chrono::Datelike::year(&due_at)) {
+        return Err(StoreError::InvalidRequest(format!(
+            "message {} is scheduled for {due_at}, outside the years 1 to 9999",
+            message.id
+        )));
+    }
+    Ok(())
 }
 
 /// A message waiting in (or relayed from) the outbox.

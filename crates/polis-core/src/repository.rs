@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::envelope::{Metadata, NewEvent, RecordedEvent};
 use crate::error::{CommandError, DecodeError, StoreError};
+use crate::outbox::Transaction;
 use crate::store::{AppendResult, EventStore, ExpectedVersion, Snapshot};
 use crate::upcast::Upcasters;
 
@@ -141,6 +142,64 @@ impl<A: Aggregate, S: EventStore + ?Sized> Repository<A, S> {
                 }
                 Err(e) if e.is_conflict() => return Err(CommandError::Conflict { stream, attempts }),
                 Err(e) => return Err(CommandError::Store(e)),
+            }
+        }
+    }
+
+    /// Executes `command` on aggregate `id` inside `tx`: reads the stream as
+    /// the transaction sees it, decides, and appends with the expected
+    /// version, so the events commit (or not) with everything else `tx` does.
+    /// Returns the appended envelopes too, e.g. to send them as messages
+    /// through the outbox in the same transaction. A concurrency conflict is
+    /// returned, not retried: the transaction's other work depends on the
+    /// state it read, so the caller retries the whole transaction.
+    pub async fn execute_in<Tx: Transaction + ?Sized>(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+    ) -> Result<(Executed<A>, Vec<NewEvent>), CommandError<A::Error>> {
+        let stream = A::stream_id(id);
+        let loaded = self.load_in(tx, id).await?;
+        let events = loaded.state.handle(command).map_err(CommandError::Rejected)?;
+        if events.is_empty() {
+            let executed = Executed { state: loaded.state, events, version: loaded.version, append: None, attempts: 1 };
+            return Ok((executed, Vec::new()));
+        }
+        let new_events = events
+            .iter()
+            .map(|e| encode(e, metadata))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CommandError::Store(StoreError::InvalidRequest(format!("cannot encode event: {e}"))))?;
+        let append = tx
+            .append(&stream, ExpectedVersion::from_loaded(loaded.version), &new_events)
+            .await
+            .map_err(CommandError::Store)?;
+        let state = events.iter().fold(loaded.state, |s, e| s.apply(e));
+        let executed = Executed { state, events, version: append.stream_version, append: Some(append), attempts: 1 };
+        Ok((executed, new_events))
+    }
+
+    /// The current state of aggregate `id` as `tx` sees it (no snapshots:
+    /// they are written outside transactions and could be ahead of `tx`).
+    pub async fn load_in<Tx: Transaction + ?Sized>(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let stream = A::stream_id(id);
+        let mut loaded = Loaded { state: A::default(), version: 0 };
+        loop {
+            let batch = tx.read_stream(&stream, loaded.version + 1, LOAD_BATCH).await.map_err(CommandError::Store)?;
+            let done = batch.len() < LOAD_BATCH;
+            for recorded in &batch {
+                let event = self.decode(recorded)?;
+                loaded.state = loaded.state.apply(&event);
+                loaded.version = recorded.stream_version;
+            }
+            if done {
+                return Ok(loaded);
             }
         }
     }

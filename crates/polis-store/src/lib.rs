@@ -8,6 +8,8 @@
 //! - Both also keep the service's transactional outbox, inbox and dead
 //!   letters ([`polis_core::TransactionalStore`]): a [`SqliteTx`] / [`PgTx`]
 //!   writes the service's own rows, events and outgoing messages together.
+//! - [`sql`]: portable SQL for the service's own tables, so one service's
+//!   code runs on both backends.
 //! - [`migrations`]: each backend's schema as embedded, versioned migrations,
 //!   applied when a store opens.
 //!
@@ -16,6 +18,7 @@
 
 pub mod migrations;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 pub use postgres::{PgEventStore, PgOptions, PgTx};

@@ -9,8 +9,17 @@ use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions, migr
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use support::event;
 
-const TABLES: [&str; 6] =
-    ["polis_dead_letters", "polis_events", "polis_inbox", "polis_outbox", "polis_snapshots", "polis_streams"];
+const TABLES: [&str; 9] = [
+    "polis_dead_letters",
+    "polis_events",
+    "polis_inbox",
+    "polis_outbox",
+    "polis_outbox_published",
+    "polis_sagas",
+    "polis_scheduled",
+    "polis_snapshots",
+    "polis_streams",
+];
 
 #[tokio::test]
 async fn sqlite_migrations_apply_to_empty_and_migrated_databases() {

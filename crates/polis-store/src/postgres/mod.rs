@@ -39,7 +39,7 @@ use polis_core::{
     AppendResult, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot, StoreError, StreamInfo,
 };
 use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -47,6 +47,7 @@ use uuid::Uuid;
 use crate::{backend, migrations};
 
 mod outbox;
+mod schedule;
 
 pub use outbox::PgTx;
 
@@ -331,20 +332,8 @@ impl EventStore for PgEventStore {
     async fn read_stream(&self, stream: &str, from_version: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         // Per-stream reads need no horizon: the stream row lock orders the
         // commits of one stream, so its versions become visible in order.
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "SELECT {EVENT_COLUMNS} FROM polis_events WHERE stream_id = $1 AND stream_version >= $2 \
-                 ORDER BY stream_version LIMIT $3"
-            )
-        });
-        let rows = sqlx::query(&SQL)
-            .bind(stream)
-            .bind(to_i64(from_version))
-            .bind(to_i64(max as u64))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(|r| decode_row(r, &self.inner.source)).collect()
+        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
+        read_stream_on(&mut conn, stream, from_version, max, &self.inner.source).await
     }
 
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -467,7 +456,11 @@ impl TransactionalStore for PgEventStore {
     }
 
     async fn unpublished(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        outbox::unpublished(&self.inner.pool, max).await
+        outbox::unpublished(&self.inner.pool, max, &[]).await
+    }
+
+    async fn unpublished_excluding(&self, max: usize, in_flight: &[u64]) -> Result<Vec<OutboxEntry>, StoreError> {
+        outbox::unpublished(&self.inner.pool, max, in_flight).await
     }
 
     async fn mark_published(&self, positions: &[u64]) -> Result<(), StoreError> {
@@ -487,6 +480,18 @@ impl TransactionalStore for PgEventStore {
 
     async fn purge(&self, before: DateTime<Utc>) -> Result<Purged, StoreError> {
         outbox::purge(&self.inner.pool, before).await
+    }
+
+    async fn release_due(&self, now: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
+        self.transaction::<_, StoreError>(Box::new(move |tx| Box::pin(schedule::release_due(tx, now, max)))).await
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        schedule::next_due(&self.inner.pool).await
+    }
+
+    async fn scheduled_count(&self) -> Result<u64, StoreError> {
+        schedule::count(&self.inner.pool).await
     }
 
     async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
@@ -651,6 +656,31 @@ fn duplicate_or_backend(e: sqlx::Error, events: &[NewEvent]) -> StoreError {
         (true, _) => StoreError::InvalidRequest("an event id of this append is already stored".into()),
         _ => backend(e),
     }
+}
+
+/// One stream's events from `from_version` on, through any connection (the
+/// pool's, or a transaction's, which also sees its own appends).
+pub(super) async fn read_stream_on(
+    conn: &mut PgConnection,
+    stream: &str,
+    from_version: u64,
+    max: usize,
+    source: &str,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {EVENT_COLUMNS} FROM polis_events WHERE stream_id = $1 AND stream_version >= $2 \
+             ORDER BY stream_version LIMIT $3"
+        )
+    });
+    let rows = sqlx::query(&SQL)
+        .bind(stream)
+        .bind(to_i64(from_version))
+        .bind(to_i64(max as u64))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?;
+    rows.iter().map(|r| decode_row(r, source)).collect()
 }
 
 fn decode_row(row: &PgRow, source: &str) -> Result<RecordedEvent, StoreError> {

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use polis_core::outbox::{Backlog, DeadLetter, DeadLetterStatus, OutboxEntry, Purged, Transaction};
-use polis_core::{AppendResult, ExpectedVersion, Message, MessageKind, Metadata, NewEvent, StoreError};
+use polis_core::{AppendResult, ExpectedVersion, Message, MessageKind, Metadata, NewEvent, RecordedEvent, StoreError};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
@@ -42,6 +42,15 @@ impl Transaction for PgTx {
         Ok(result)
     }
 
+    async fn read_stream(
+        &mut self,
+        stream: &str,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        super::read_stream_on(&mut self.tx, stream, from_version, max, &self.store.inner.source).await
+    }
+
     async fn send(&mut self, message: &Message) -> Result<(), StoreError> {
         polis_core::message::validate_message(message).map_err(StoreError::InvalidRequest)?;
         if polis_core::store::json_has_nul(&message.data) {
@@ -76,6 +85,14 @@ impl Transaction for PgTx {
         })?;
         self.sent = true;
         Ok(())
+    }
+
+    async fn schedule(&mut self, message: &Message, due_at: DateTime<Utc>) -> Result<(), StoreError> {
+        super::schedule::schedule(&mut self.tx, message, due_at).await
+    }
+
+    async fn unschedule(&mut self, message_id: Uuid) -> Result<bool, StoreError> {
+        super::schedule::unschedule(&mut self.tx, message_id).await
     }
 
     async fn record_processed(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
@@ -145,12 +162,25 @@ impl Transaction for PgTx {
     }
 }
 
-pub(super) async fn unpublished(pool: &PgPool, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+pub(super) async fn unpublished(pool: &PgPool, max: usize, in_flight: &[u64]) -> Result<Vec<OutboxEntry>, StoreError> {
+    // Every row of polis_outbox is unpublished (publishing deletes it), so
+    // this is an ordered scan of the primary key. Rows a pipelining relay has
+    // in flight are left out by position, not by a cursor: a lower position
+    // can commit after a higher one, and must still be found.
+    //
+    // Not a prepared statement when positions are excluded: planned with the
+    // array as a constant, PostgreSQL hashes it, while a cached generic plan
+    // compares each row scanned with every position in flight (measured: 15
+    // ms instead of 0.4 ms per batch of 500 with 1,000 positions in flight).
+    let persistent = in_flight.is_empty();
+    let in_flight: Vec<i64> = in_flight.iter().map(|p| to_i64(*p)).collect();
     let rows = sqlx::query(
         "SELECT position, message_id, kind, source, target, message_type, key, time, data, correlation_id, \
-         causation_id, traceparent, created_at FROM polis_outbox WHERE published_at IS NULL \
-         ORDER BY position LIMIT $1",
+         causation_id, traceparent, created_at FROM polis_outbox WHERE position <> ALL($1) \
+         ORDER BY position LIMIT $2",
     )
+    .persistent(persistent)
+    .bind(&in_flight)
     .bind(to_i64(max as u64))
     .fetch_all(pool)
     .await
@@ -159,17 +189,25 @@ pub(super) async fn unpublished(pool: &PgPool, max: usize) -> Result<Vec<OutboxE
 }
 
 pub(super) async fn mark_published(pool: &PgPool, positions: &[u64]) -> Result<(), StoreError> {
+    // Moves the rows out of the outbox, keeping a narrow record for the
+    // retention period (see the 202611220002 migration). Marking twice is a
+    // no-op: the second DELETE finds nothing to move.
     let positions: Vec<i64> = positions.iter().map(|p| to_i64(*p)).collect();
-    sqlx::query("UPDATE polis_outbox SET published_at = now() WHERE position = ANY($1)")
-        .bind(&positions)
-        .execute(pool)
-        .await
-        .map_err(backend)?;
+    sqlx::query(
+        "WITH published AS (DELETE FROM polis_outbox WHERE position = ANY($1) \
+                            RETURNING message_id, position, created_at) \
+         INSERT INTO polis_outbox_published (message_id, position, created_at, published_at) \
+         SELECT message_id, position, created_at, now() FROM published ORDER BY position",
+    )
+    .bind(&positions)
+    .execute(pool)
+    .await
+    .map_err(backend)?;
     Ok(())
 }
 
 pub(super) async fn purge(pool: &PgPool, before: DateTime<Utc>) -> Result<Purged, StoreError> {
-    let outbox = sqlx::query("DELETE FROM polis_outbox WHERE published_at IS NOT NULL AND published_at < $1")
+    let outbox = sqlx::query("DELETE FROM polis_outbox_published WHERE published_at < $1")
         .bind(before)
         .execute(pool)
         .await
@@ -185,11 +223,10 @@ pub(super) async fn purge(pool: &PgPool, before: DateTime<Utc>) -> Result<Purged
 }
 
 pub(super) async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
-    let row =
-        sqlx::query("SELECT count(*) AS n, min(created_at) AS oldest FROM polis_outbox WHERE published_at IS NULL")
-            .fetch_one(pool)
-            .await
-            .map_err(backend)?;
+    let row = sqlx::query("SELECT count(*) AS n, min(created_at) AS oldest FROM polis_outbox")
+        .fetch_one(pool)
+        .await
+        .map_err(backend)?;
     let unpublished: i64 = row.try_get("n").map_err(backend)?;
     Ok(Backlog { unpublished: unpublished as u64, oldest: row.try_get("oldest").map_err(backend)? })
 }
@@ -223,28 +260,31 @@ pub(super) async fn dead_letters(pool: &PgPool, consumer: Option<&str>) -> Resul
         .collect()
 }
 
+/// Decodes a row of [`unpublished`]'s SELECT. Columns are read by their
+/// place in that list: a relay decodes every message it publishes, and a
+/// lookup by name hashes the name each time.
 fn decode_entry(row: &PgRow) -> Result<OutboxEntry, StoreError> {
-    let position: i64 = row.try_get("position").map_err(backend)?;
-    let kind: String = row.try_get("kind").map_err(backend)?;
+    let position: i64 = row.try_get(0).map_err(backend)?;
+    let kind: &str = row.try_get(2).map_err(backend)?;
     Ok(OutboxEntry {
         position: position as u64,
         message: Message {
-            id: row.try_get("message_id").map_err(backend)?,
+            id: row.try_get(1).map_err(backend)?,
             kind: kind
                 .parse::<MessageKind>()
                 .map_err(|reason| StoreError::Corrupt { position: position as u64, reason })?,
-            source: row.try_get("source").map_err(backend)?,
-            target: row.try_get("target").map_err(backend)?,
-            message_type: row.try_get("message_type").map_err(backend)?,
-            key: row.try_get("key").map_err(backend)?,
-            time: row.try_get("time").map_err(backend)?,
-            data: row.try_get("data").map_err(backend)?,
+            source: row.try_get(3).map_err(backend)?,
+            target: row.try_get(4).map_err(backend)?,
+            message_type: row.try_get(5).map_err(backend)?,
+            key: row.try_get(6).map_err(backend)?,
+            time: row.try_get(7).map_err(backend)?,
+            data: row.try_get(8).map_err(backend)?,
             metadata: Metadata {
-                correlation_id: row.try_get("correlation_id").map_err(backend)?,
-                causation_id: row.try_get("causation_id").map_err(backend)?,
-                traceparent: row.try_get("traceparent").map_err(backend)?,
+                correlation_id: row.try_get(9).map_err(backend)?,
+                causation_id: row.try_get(10).map_err(backend)?,
+                traceparent: row.try_get(11).map_err(backend)?,
             },
         },
-        created_at: row.try_get("created_at").map_err(backend)?,
+        created_at: row.try_get(12).map_err(backend)?,
     })
 }

@@ -32,6 +32,7 @@ use uuid::Uuid;
 use crate::{backend, migrations};
 
 mod outbox;
+mod schedule;
 
 pub use outbox::SqliteTx;
 
@@ -173,7 +174,13 @@ impl SqliteEventStore {
         let (head, _) = watch::channel(head_position);
         let (outbox, _) = watch::channel(0);
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
-        let state = SqliteTx { conn: writer, appended: None, sent: false, work_rolled_back: false };
+        let state = SqliteTx {
+            conn: writer,
+            source: options.source.clone(),
+            appended: None,
+            sent: false,
+            work_rolled_back: false,
+        };
         let signals = Signals { head: head.clone(), outbox: outbox.clone() };
         tokio::spawn(writer_loop(state, connect.clone(), rx, signals, options.source.clone()));
         Ok(Self { inner: Arc::new(Inner { source: options.source, readers, writer: tx, head, outbox }) })
@@ -218,18 +225,12 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM polis_events WHERE stream_id = ? AND stream_version >= ? \
-             ORDER BY stream_version LIMIT ?"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(stream)
-            .bind(to_i64(from_version))
-            .bind(to_i64(max as u64))
-            .fetch_all(&self.inner.readers)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(|r| decode_row(r, &self.inner.source)).collect()
+        let mut conn = self.inner.readers.acquire().await.map_err(backend)?;
+        let mut events = read_stream_on(&mut conn, stream, from_version, max).await?;
+        for event in &mut events {
+            event.source.clone_from(&self.inner.source);
+        }
+        Ok(events)
     }
 
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -315,7 +316,11 @@ impl TransactionalStore for SqliteEventStore {
     }
 
     async fn unpublished(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        outbox::unpublished(&self.inner.readers, max).await
+        outbox::unpublished(&self.inner.readers, max, &[]).await
+    }
+
+    async fn unpublished_excluding(&self, max: usize, in_flight: &[u64]) -> Result<Vec<OutboxEntry>, StoreError> {
+        outbox::unpublished(&self.inner.readers, max, in_flight).await
     }
 
     async fn mark_published(&self, positions: &[u64]) -> Result<(), StoreError> {
@@ -336,6 +341,18 @@ impl TransactionalStore for SqliteEventStore {
 
     async fn purge(&self, before: DateTime<Utc>) -> Result<Purged, StoreError> {
         self.transaction::<_, StoreError>(Box::new(move |tx| Box::pin(outbox::purge(&mut tx.conn, before)))).await
+    }
+
+    async fn release_due(&self, now: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
+        self.transaction::<_, StoreError>(Box::new(move |tx| Box::pin(schedule::release_due(tx, now, max)))).await
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        schedule::next_due(&self.inner.readers).await
+    }
+
+    async fn scheduled_count(&self) -> Result<u64, StoreError> {
+        schedule::count(&self.inner.readers).await
     }
 
     async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
@@ -784,6 +801,31 @@ fn duplicate_or_backend(e: sqlx::Error, events: &[NewEvent]) -> StoreError {
         (true, _) => StoreError::InvalidRequest("an event id of this append is already stored".into()),
         _ => backend(e),
     }
+}
+
+/// One stream's events from `from_version` on, through any connection (a
+/// reader, or the writer inside a transaction). The source is filled in by
+/// the caller that knows it; the writer's transactions stamp the store's.
+pub(super) async fn read_stream_on(
+    conn: &mut SqliteConnection,
+    stream: &str,
+    from_version: u64,
+    max: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {EVENT_COLUMNS} FROM polis_events WHERE stream_id = ? AND stream_version >= ? \
+             ORDER BY stream_version LIMIT ?"
+        )
+    });
+    let rows = sqlx::query(&SQL)
+        .bind(stream)
+        .bind(to_i64(from_version))
+        .bind(to_i64(max as u64))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?;
+    rows.iter().map(|r| decode_row(r, "")).collect()
 }
 
 fn decode_row(row: &SqliteRow, source: &str) -> Result<RecordedEvent, StoreError> {

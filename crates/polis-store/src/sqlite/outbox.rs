@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use polis_core::outbox::{Backlog, DeadLetter, DeadLetterStatus, OutboxEntry, Purged, Transaction};
 use polis_core::store::validate_append;
-use polis_core::{AppendResult, ExpectedVersion, Message, MessageKind, Metadata, NewEvent, StoreError};
+use polis_core::{AppendResult, ExpectedVersion, Message, MessageKind, Metadata, NewEvent, RecordedEvent, StoreError};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
@@ -20,6 +20,8 @@ use crate::backend;
 #[derive(Debug)]
 pub struct SqliteTx {
     pub(super) conn: SqliteConnection,
+    /// The owning service, stamped on events read back.
+    pub(super) source: String,
     /// Highest event position appended in the current group, if any.
     pub(super) appended: Option<u64>,
     /// Whether the current group wrote to the outbox.
@@ -51,6 +53,19 @@ impl Transaction for SqliteTx {
         Ok(result)
     }
 
+    async fn read_stream(
+        &mut self,
+        stream: &str,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut events = super::read_stream_on(&mut self.conn, stream, from_version, max).await?;
+        for event in &mut events {
+            event.source.clone_from(&self.source);
+        }
+        Ok(events)
+    }
+
     async fn send(&mut self, message: &Message) -> Result<(), StoreError> {
         polis_core::message::validate_message(message).map_err(StoreError::InvalidRequest)?;
         if polis_core::store::json_has_nul(&message.data) {
@@ -77,6 +92,14 @@ impl Transaction for SqliteTx {
         .map_err(|e| duplicate_message(e, message.id))?;
         self.sent = true;
         Ok(())
+    }
+
+    async fn schedule(&mut self, message: &Message, due_at: DateTime<Utc>) -> Result<(), StoreError> {
+        super::schedule::schedule(&mut self.conn, message, due_at).await
+    }
+
+    async fn unschedule(&mut self, message_id: Uuid) -> Result<bool, StoreError> {
+        super::schedule::unschedule(&mut self.conn, message_id).await
     }
 
     async fn record_processed(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
@@ -145,12 +168,19 @@ fn duplicate_message(e: sqlx::Error, id: Uuid) -> StoreError {
     }
 }
 
-pub(super) async fn unpublished(pool: &SqlitePool, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+pub(super) async fn unpublished(
+    pool: &SqlitePool,
+    max: usize,
+    in_flight: &[u64],
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    // Every row of polis_outbox is unpublished (publishing deletes it). The
+    // positions in flight travel as one JSON array, whatever their number.
     let rows = sqlx::query(
         "SELECT position, message_id, kind, source, target, message_type, key, time_us, data, correlation_id, \
-         causation_id, traceparent, created_at_us FROM polis_outbox WHERE published_at_us IS NULL \
-         ORDER BY position LIMIT ?",
+         causation_id, traceparent, created_at_us FROM polis_outbox \
+         WHERE position NOT IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?",
     )
+    .bind(json_list(in_flight))
     .bind(to_i64(max as u64))
     .fetch_all(pool)
     .await
@@ -159,23 +189,44 @@ pub(super) async fn unpublished(pool: &SqlitePool, max: usize) -> Result<Vec<Out
 }
 
 pub(super) async fn mark_published(conn: &mut SqliteConnection, positions: &[u64]) -> Result<(), StoreError> {
-    let now = Utc::now().timestamp_micros();
-    for chunk in positions.chunks(500) {
-        let mut update = sqlx::QueryBuilder::new("UPDATE polis_outbox SET published_at_us = ");
-        update.push_bind(now).push(" WHERE position IN (");
-        let mut list = update.separated(", ");
-        for p in chunk {
-            list.push_bind(to_i64(*p));
-        }
-        update.push(")");
-        update.build().execute(&mut *conn).await.map_err(backend)?;
-    }
+    // Moves the rows out of the outbox, keeping a narrow record for the
+    // retention period; marking twice finds nothing left to move.
+    let positions = json_list(positions);
+    sqlx::query(
+        "INSERT INTO polis_outbox_published (message_id, position, created_at_us, published_at_us) \
+         SELECT message_id, position, created_at_us, ? FROM polis_outbox \
+         WHERE position IN (SELECT value FROM json_each(?)) ORDER BY position",
+    )
+    .bind(Utc::now().timestamp_micros())
+    .bind(&positions)
+    .execute(&mut *conn)
+    .await
+    .map_err(backend)?;
+    sqlx::query("DELETE FROM polis_outbox WHERE position IN (SELECT value FROM json_each(?))")
+        .bind(&positions)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
     Ok(())
+}
+
+/// Positions as a JSON array, for `json_each`.
+fn json_list(positions: &[u64]) -> String {
+    let mut list = String::with_capacity(positions.len() * 8 + 2);
+    list.push('[');
+    for (i, p) in positions.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
+        }
+        list.push_str(&to_i64(*p).to_string());
+    }
+    list.push(']');
+    list
 }
 
 pub(super) async fn purge(conn: &mut SqliteConnection, before: DateTime<Utc>) -> Result<Purged, StoreError> {
     let before = before.timestamp_micros();
-    let outbox = sqlx::query("DELETE FROM polis_outbox WHERE published_at_us IS NOT NULL AND published_at_us < ?")
+    let outbox = sqlx::query("DELETE FROM polis_outbox_published WHERE published_at_us < ?")
         .bind(before)
         .execute(&mut *conn)
         .await
@@ -191,12 +242,10 @@ pub(super) async fn purge(conn: &mut SqliteConnection, before: DateTime<Utc>) ->
 }
 
 pub(super) async fn backlog(pool: &SqlitePool) -> Result<Backlog, StoreError> {
-    let row = sqlx::query(
-        "SELECT count(*) AS n, min(created_at_us) AS oldest FROM polis_outbox WHERE published_at_us IS NULL",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(backend)?;
+    let row = sqlx::query("SELECT count(*) AS n, min(created_at_us) AS oldest FROM polis_outbox")
+        .fetch_one(pool)
+        .await
+        .map_err(backend)?;
     let unpublished: i64 = row.try_get("n").map_err(backend)?;
     let oldest: Option<i64> = row.try_get("oldest").map_err(backend)?;
     Ok(Backlog { unpublished: unpublished as u64, oldest: oldest.map(from_micros) })

@@ -6,13 +6,13 @@ use std::process::Command;
 
 fn run_demo(extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_polis"))
-        .args(["demo", "--orders", "300", "--concurrency", "8", "--json"])
+        .args(["store-demo", "--orders", "300", "--concurrency", "8", "--json"])
         .args(extra)
         .env_remove("POLIS_POSTGRES_URL")
         .output()
-        .expect("run polis demo");
+        .expect("run polis store-demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "polis demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "polis store-demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(&stdout).expect("the --json report parses")
 }
 
@@ -28,7 +28,7 @@ fn assert_sound(report: &serde_json::Value) {
 }
 
 #[test]
-fn demo_on_the_embedded_store_keeps_every_invariant() {
+fn store_demo_on_the_embedded_store_keeps_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let report = run_demo(&["--data-dir", dir.path().to_str().unwrap()]);
     assert_sound(&report);
@@ -38,7 +38,7 @@ fn demo_on_the_embedded_store_keeps_every_invariant() {
 }
 
 #[tokio::test]
-async fn demo_on_postgres_keeps_every_invariant() {
+async fn store_demo_on_postgres_keeps_every_invariant() {
     let db = polis_testkit::postgres().await;
     let url = db.url().to_owned();
     let report = tokio::task::spawn_blocking(move || run_demo(&["--postgres-url", &url])).await.unwrap();

@@ -1,0 +1,73 @@
+//! Hosting a polis service over HTTP.
+//!
+//! Every service of the reference system and its gateway are axum apps with
+//! the same scaffolding; this crate is that scaffolding, so each service
+//! only writes routes and handlers:
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use polis_runtime::{ApiError, ConfigLoader, HttpOptions, Infra, Json, serve};
+//!
+//! #[derive(Debug, Default, serde::Deserialize)]
+//! #[serde(default)]
+//! struct OrdersConfig {
+//!     http: HttpOptions,
+//!     infra: Infra,
+//! }
+//!
+//! # async fn place_order(Json(body): Json<serde_json::Value>) -> Result<Json<serde_json::Value>, ApiError> { Ok(Json(body)) }
+//! # async fn run() -> Result<(), polis_runtime::RuntimeError> {
+//! polis_runtime::init_tracing()?;
+//! let config: OrdersConfig = ConfigLoader::new().file("orders.toml").load()?;
+//! let routes = Router::new().route("/orders", post(place_order));
+//! let router = polis_runtime::with_standard_stack(routes, &config.http);
+//! let listener = serve::bind(config.http.listen).await?;
+//! serve::serve(listener, router, serve::shutdown_signal()).await
+//! # }
+//! ```
+//!
+//! Layout:
+//!
+//! - [`problem`]: [`ApiError`], RFC 9457 problem details, and the single
+//!   mapping of library errors (`StoreError`, `CommandError`) to statuses;
+//! - [`json`]: the [`Json`] extractor and response whose rejections are
+//!   problems, and [`Validate`] / [`ValidJson`] for domain validation;
+//! - [`layers`]: [`with_standard_stack`] (request id, trace, panics, body
+//!   limit, 404 / 405 problems, `GET /healthz`) and [`HttpOptions`];
+//! - [`serve`]: binding, serving with graceful shutdown on ctrl-c / SIGTERM,
+//!   and background servers for tests and embedded hosting;
+//! - [`config`]: defaults → TOML file → environment, [`Secret`], [`Infra`];
+//! - [`telemetry`]: [`init_tracing`], the log subscriber.
+
+use std::net::SocketAddr;
+
+pub mod config;
+pub mod json;
+pub mod layers;
+pub mod problem;
+pub mod serve;
+pub mod telemetry;
+
+pub use config::{ConfigLoader, Infra, Secret};
+pub use json::{Json, ValidJson, Validate, Violations};
+pub use layers::{HttpOptions, RequestId, with_standard_stack};
+pub use problem::{ApiError, FieldError};
+pub use telemetry::init_tracing;
+
+/// What can go wrong setting up or running a service's host.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("the HTTP server task ended abnormally: {0}")]
+    ServerTask(#[source] tokio::task::JoinError),
+    /// A file, variable or value of the configuration is unusable; the
+    /// message names which, never a secret's value.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("invalid log filter in RUST_LOG {value:?}: {reason}")]
+    LogFilter { value: String, reason: String },
+}

@@ -1,0 +1,64 @@
+//! Logging setup for a service process.
+//!
+//! One `fmt` subscriber filtered by `RUST_LOG` (default `info`). Installing
+//! a global subscriber can happen once per process; a second call, or one
+//! after something else installed a subscriber (another test in the same
+//! binary), leaves it in place and succeeds, so tests can call it freely.
+
+use std::env::VarError;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::RuntimeError;
+
+/// The filter used when `RUST_LOG` is unset or empty.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// Installs the process-wide subscriber unless one is already installed.
+///
+/// An unparsable `RUST_LOG` is an error rather than a silent fallback: a
+/// service that is not logging what its operator asked for should not start
+/// quietly.
+pub fn init_tracing() -> Result<(), RuntimeError> {
+    let filter = filter(std::env::var(EnvFilter::DEFAULT_ENV))?;
+    if tracing_subscriber::fmt().with_env_filter(filter).try_init().is_err() {
+        tracing::debug!("a tracing subscriber is already installed; keeping it");
+    }
+    Ok(())
+}
+
+fn filter(variable: Result<String, VarError>) -> Result<EnvFilter, RuntimeError> {
+    let directives = match variable {
+        Ok(value) if !value.trim().is_empty() => value,
+        Ok(_) | Err(VarError::NotPresent) => DEFAULT_FILTER.to_owned(),
+        Err(VarError::NotUnicode(_)) => {
+            return Err(RuntimeError::LogFilter { value: String::new(), reason: "not valid UTF-8".to_owned() });
+        }
+    };
+    EnvFilter::try_new(&directives)
+        .map_err(|err| RuntimeError::LogFilter { value: directives, reason: err.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_or_empty_variable_means_info() {
+        assert_eq!(filter(Err(VarError::NotPresent)).unwrap().to_string(), "info");
+        assert_eq!(filter(Ok("  ".into())).unwrap().to_string(), "info");
+    }
+
+    #[test]
+    fn directives_are_taken_as_given() {
+        let filter = filter(Ok("warn,polis_bus=debug".into())).unwrap().to_string();
+        assert!(filter.contains("polis_bus=debug") && filter.contains("warn"), "{filter}");
+    }
+
+    #[test]
+    fn an_invalid_filter_is_an_error_naming_it() {
+        let err = filter(Ok("polis=loud".into())).unwrap_err();
+        assert!(err.to_string().contains("polis=loud"), "{err}");
+        assert!(matches!(filter(Err(VarError::NotUnicode("x".into()))), Err(RuntimeError::LogFilter { .. })));
+    }
+}

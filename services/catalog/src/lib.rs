@@ -1,0 +1,196 @@
+//! The catalog service of the reference shop: products with a sku, a name
+//! and a price.
+//!
+//! It owns one table, `products`, in the service's own database, and
+//! announces every change as an event written to its outbox in the same
+//! transaction: `ProductAdded` (the whole product) and `PriceChanged` (old
+//! and new price). It consumes nothing.
+//!
+//! Layout:
+//! - [`rules`]: what a valid sku, name and price are;
+//! - `db`: the SQL, written once for SQLite and PostgreSQL;
+//! - `http`: the HTTP API, a thin layer over the service's methods:
+//!
+//! | request                      | answer                                   |
+//! |------------------------------|------------------------------------------|
+//! | `POST /products`             | 201 `Product` + `Location`; 422; 409 sku |
+//! | `GET /products`              | 200, every product ordered by sku        |
+//! | `GET /products/{sku}`        | 200 `Product`; 404                       |
+//! | `PUT /products/{sku}/price`  | 200 `Product`; 422; 404                  |
+//!
+//! Skus are case-sensitive and compared byte for byte, on both backends.
+
+mod db;
+mod http;
+pub mod rules;
+
+use std::sync::Arc;
+
+use contracts::SagaStyle;
+use contracts::catalog::{ChangePrice, PriceChanged, Product, ProductAdded};
+use polis_bus::{Consumer, ConsumerOptions};
+use polis_core::{Message, StoreError, Transaction};
+use polis_runtime::{ApiError, FieldError};
+use polis_store::sql::{Dialect, Sql, SqlStore};
+
+pub const SERVICE: &str = contracts::catalog::SERVICE;
+
+/// The service's settings; it has none yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {}
+
+/// Why a catalog operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request breaks the rules in [`rules`]; every broken rule is listed.
+    #[error("the request has {} invalid field(s)", .0.len())]
+    Invalid(Vec<FieldError>),
+    /// No product has this sku (or the text cannot be a sku at all).
+    #[error("no product with sku {0}")]
+    NotFound(String),
+    /// A product with this sku already exists.
+    #[error("a product with sku {0} already exists")]
+    SkuTaken(String),
+    /// An event body could not be serialized (a bug, never the client's fault).
+    #[error("cannot encode a catalog event")]
+    Encode(#[source] serde_json::Error),
+    #[error("catalog store failure")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// The one place where the service's errors become HTTP problems.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(errors) => ApiError::validation_errors(errors),
+            Error::NotFound(sku) => ApiError::not_found(format!("no product with sku `{sku}`")),
+            Error::SkuTaken(sku) => {
+                ApiError::conflict(format!("a product with sku `{sku}` already exists")).with_extension("field", "sku")
+            }
+            Error::Encode(e) => ApiError::internal(e),
+            Error::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The catalog service over its store `S` (SQLite or PostgreSQL).
+pub struct Catalog<S> {
+    store: Arc<S>,
+    config: Config,
+}
+
+impl<S> Clone for Catalog<S> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), config: self.config.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for Catalog<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<S> Catalog<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    /// Applies the service's migrations (store.migrate) and returns the service.
+    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        let migrator = match store.dialect() {
+            Dialect::Sqlite => db::sqlite_migrations(),
+            Dialect::Postgres => db::postgres_migrations(),
+        };
+        store.migrate(&migrator).await?;
+        Ok(Self { store, config })
+    }
+
+    /// The service's own HTTP API (paths without any `/api` prefix, no layers).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// The service's durable consumer, named [`SERVICE`]. The catalog reacts
+    /// to no message in either saga style, so it has no routes.
+    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
+        let _ = style;
+        Consumer::new(SERVICE, self.store.clone(), options)
+    }
+
+    /// Adds a product and announces it with `ProductAdded`.
+    pub async fn add(&self, product: Product) -> Result<Product, Error> {
+        let product = rules::product(product)?;
+        let event = Message::typed_event(SERVICE, &product.sku, &ProductAdded { product: product.clone() })
+            .map_err(Error::Encode)?;
+        let row = product.clone();
+        self.store
+            .transaction(Box::new(move |tx: &mut S::Tx| {
+                Box::pin(async move {
+                    db::insert(tx, &row).await?;
+                    tx.send(&event).await?;
+                    Ok::<_, Error>(())
+                })
+            }))
+            .await?;
+        tracing::info!(sku = %product.sku, price = product.price, "product added");
+        Ok(product)
+    }
+
+    /// The product with this sku.
+    pub async fn get(&self, sku: &str) -> Result<Product, Error> {
+        if !rules::is_sku(sku) {
+            return Err(Error::NotFound(sku.to_owned()));
+        }
+        db::get(self.store.as_ref(), sku).await?.ok_or_else(|| Error::NotFound(sku.to_owned()))
+    }
+
+    /// Every product, ordered by sku. Unpaginated: an admin and demo tool.
+    pub async fn list(&self) -> Result<Vec<Product>, Error> {
+        Ok(db::list(self.store.as_ref()).await?)
+    }
+
+    /// Sets a product's price and announces it with `PriceChanged`; setting
+    /// the price it already has changes and announces nothing.
+    pub async fn change_price(&self, sku: &str, change: ChangePrice) -> Result<Product, Error> {
+        if !rules::is_sku(sku) {
+            return Err(Error::NotFound(sku.to_owned()));
+        }
+        let new_price = rules::price(change.price)?;
+        let sku = sku.to_owned();
+        let (product, old_price) = self
+            .store
+            .transaction(Box::new(move |tx: &mut S::Tx| {
+                Box::pin(async move {
+                    let Some(mut product) = db::get_for_update(tx, &sku).await? else {
+                        return Err(Error::NotFound(sku));
+                    };
+                    let old_price = product.price;
+                    if old_price == new_price {
+                        return Ok((product, old_price));
+                    }
+                    db::set_price(tx, &sku, new_price).await?;
+                    let event =
+                        Message::typed_event(SERVICE, &sku, &PriceChanged { sku: sku.clone(), old_price, new_price })
+                            .map_err(Error::Encode)?;
+                    tx.send(&event).await?;
+                    product.price = new_price;
+                    Ok((product, old_price))
+                })
+            }))
+            .await?;
+        if old_price != new_price {
+            tracing::info!(sku = %product.sku, old_price, new_price, "price changed");
+        }
+        Ok(product)
+    }
+}

@@ -1,0 +1,137 @@
+//! The `customers` table: its migrations and every statement on it, written
+//! once in the SQL that SQLite and PostgreSQL share.
+
+use chrono::Utc;
+use contracts::Address;
+use contracts::customer::Customer;
+use polis_core::StoreError;
+use polis_store::args;
+use polis_store::sql::{Row, Sql, SqlStore};
+use sqlx::migrate::Migrator;
+use uuid::Uuid;
+
+use crate::Error;
+use crate::rules::email_key;
+
+pub(crate) fn sqlite_migrations() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations/sqlite");
+    // The history table is shared with polis's own migrations (and nothing
+    // else's): each migrator must ignore the versions it does not know.
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+pub(crate) fn postgres_migrations() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+const COLUMNS: &str = "id, name, email, line1, city, postal_code, country, credit_limit";
+
+fn customer(row: &Row) -> Result<Customer, StoreError> {
+    Ok(Customer {
+        id: row.uuid("id")?,
+        name: row.text("name")?,
+        email: row.text("email")?,
+        address: Address {
+            line1: row.text("line1")?,
+            city: row.text("city")?,
+            postal_code: row.text("postal_code")?,
+            country: row.text("country")?,
+        },
+        credit_limit: row.int("credit_limit")?,
+    })
+}
+
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// The database, not a prior read, decides whether an email is taken:
+/// only the unique constraint sees concurrent registrations.
+fn email_taken(email: &str) -> impl FnOnce(StoreError) -> Error + '_ {
+    move |e| match e {
+        StoreError::Unique(_) => Error::EmailTaken(email.to_owned()),
+        other => Error::Store(other),
+    }
+}
+
+pub(crate) async fn insert(tx: &mut impl Sql, customer: &Customer) -> Result<(), Error> {
+    let now = now_micros();
+    let a = &customer.address;
+    tx.execute(
+        "INSERT INTO customers \
+         (id, name, email, email_key, line1, city, postal_code, country, credit_limit, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+        args![
+            customer.id,
+            &customer.name,
+            &customer.email,
+            email_key(&customer.email),
+            &a.line1,
+            &a.city,
+            &a.postal_code,
+            &a.country,
+            customer.credit_limit,
+            now
+        ],
+    )
+    .await
+    .map_err(email_taken(&customer.email))?;
+    Ok(())
+}
+
+/// Reads a customer inside a transaction after locking its row.
+///
+/// The lock is a no-op `UPDATE`: on PostgreSQL it holds the row until the
+/// transaction ends, so concurrent partial updates apply one after the other
+/// instead of the later one writing back fields it read before the earlier
+/// one committed. (`SELECT ... FOR UPDATE` would say the same, but SQLite,
+/// whose single writer serializes transactions anyway, rejects it.)
+pub(crate) async fn get_for_update(tx: &mut impl Sql, id: Uuid) -> Result<Option<Customer>, StoreError> {
+    if tx.execute("UPDATE customers SET updated_at = updated_at WHERE id = $1", args![id]).await? == 0 {
+        return Ok(None);
+    }
+    let row = tx.fetch_one(&format!("SELECT {COLUMNS} FROM customers WHERE id = $1"), args![id]).await?;
+    customer(&row).map(Some)
+}
+
+pub(crate) async fn update(tx: &mut impl Sql, customer: &Customer) -> Result<(), Error> {
+    let a = &customer.address;
+    tx.execute(
+        "UPDATE customers SET name = $2, email = $3, email_key = $4, line1 = $5, city = $6, postal_code = $7, \
+         country = $8, credit_limit = $9, updated_at = $10 WHERE id = $1",
+        args![
+            customer.id,
+            &customer.name,
+            &customer.email,
+            email_key(&customer.email),
+            &a.line1,
+            &a.city,
+            &a.postal_code,
+            &a.country,
+            customer.credit_limit,
+            now_micros()
+        ],
+    )
+    .await
+    .map_err(email_taken(&customer.email))?;
+    Ok(())
+}
+
+pub(crate) async fn get<S: SqlStore>(store: &S, id: Uuid) -> Result<Option<Customer>, StoreError>
+where
+    S::Tx: Sql,
+{
+    let row = store.query_optional(&format!("SELECT {COLUMNS} FROM customers WHERE id = $1"), args![id]).await?;
+    row.as_ref().map(customer).transpose()
+}
+
+pub(crate) async fn list<S: SqlStore>(store: &S) -> Result<Vec<Customer>, StoreError>
+where
+    S::Tx: Sql,
+{
+    let rows = store.query(&format!("SELECT {COLUMNS} FROM customers ORDER BY id"), args![]).await?;
+    rows.iter().map(customer).collect()
+}

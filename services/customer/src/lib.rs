@@ -1,0 +1,210 @@
+//! The customer service of the reference shop: customers with a shipping
+//! address and a credit limit.
+//!
+//! It owns one table, `customers`, in the service's own database, and
+//! announces every change as an event written to its outbox in the same
+//! transaction: `CustomerRegistered` and `CustomerUpdated`, each with the
+//! customer's full state, so that the payment service (credit limits) and
+//! the shipping service (addresses) can keep replicas without ever asking.
+//! It consumes nothing.
+//!
+//! Layout:
+//! - [`rules`]: what a valid registration or change is (and the
+//!   normalization applied first);
+//! - `db`: the SQL, written once for SQLite and PostgreSQL;
+//! - `http`: the HTTP API, a thin layer over the service's methods:
+//!
+//! | request                | answer                                     |
+//! |------------------------|--------------------------------------------|
+//! | `POST /customers`      | 201 `Customer` + `Location`; 422; 409 email |
+//! | `GET /customers`       | 200, every customer (admin list)           |
+//! | `GET /customers/{id}`  | 200 `Customer`; 404                        |
+//! | `PUT /customers/{id}`  | 200 `Customer` (partial update); 422; 404; 409 |
+//!
+//! Emails are unique whatever their case: the table keeps a lower-cased copy
+//! under a unique constraint, so the database (not a racy read-then-write)
+//! decides which of two concurrent registrations wins.
+
+mod db;
+mod http;
+pub mod rules;
+
+use std::sync::Arc;
+
+use contracts::SagaStyle;
+use contracts::customer::{self as api, CustomerRegistered, CustomerUpdated, RegisterCustomer, UpdateCustomer};
+use polis_bus::{Consumer, ConsumerOptions};
+use polis_core::{Message, StoreError, Transaction};
+use polis_runtime::{ApiError, FieldError};
+use polis_store::sql::{Dialect, Sql, SqlStore};
+use uuid::Uuid;
+
+pub const SERVICE: &str = contracts::customer::SERVICE;
+
+/// The service's settings; it has none yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {}
+
+/// Why a customer operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request breaks the rules in [`rules`]; every broken rule is listed.
+    #[error("the request has {} invalid field(s)", .0.len())]
+    Invalid(Vec<FieldError>),
+    /// No customer has this id (or the id is not a UUID at all).
+    #[error("no customer with id {0}")]
+    NotFound(String),
+    /// Another customer already has this email (compared case-insensitively).
+    #[error("a customer with email {0} is already registered")]
+    EmailTaken(String),
+    /// An event body could not be serialized (a bug, never the client's fault).
+    #[error("cannot encode a customer event")]
+    Encode(#[source] serde_json::Error),
+    #[error("customer store failure")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// The one place where the service's errors become HTTP problems.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(errors) => ApiError::validation_errors(errors),
+            Error::NotFound(id) => ApiError::not_found(format!("no customer with id `{id}`")),
+            Error::EmailTaken(email) => {
+                ApiError::conflict(format!("a customer with email {email} is already registered"))
+                    .with_extension("field", "email")
+            }
+            Error::Encode(e) => ApiError::internal(e),
+            Error::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The customer service over its store `S` (SQLite or PostgreSQL).
+pub struct Customer<S> {
+    store: Arc<S>,
+    config: Config,
+}
+
+impl<S> Clone for Customer<S> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), config: self.config.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for Customer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Customer").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<S> Customer<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    /// Applies the service's migrations (store.migrate) and returns the service.
+    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        let migrator = match store.dialect() {
+            Dialect::Sqlite => db::sqlite_migrations(),
+            Dialect::Postgres => db::postgres_migrations(),
+        };
+        store.migrate(&migrator).await?;
+        Ok(Self { store, config })
+    }
+
+    /// The service's own HTTP API (paths without any `/api` prefix, no layers).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// The service's durable consumer, named [`SERVICE`]. The customer
+    /// service reacts to no message in either saga style, so it has no routes.
+    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
+        let _ = style;
+        Consumer::new(SERVICE, self.store.clone(), options)
+    }
+
+    /// Registers a customer and announces it with `CustomerRegistered`.
+    pub async fn register(&self, request: RegisterCustomer) -> Result<api::Customer, Error> {
+        let request = rules::registration(request)?;
+        let customer = api::Customer {
+            id: Uuid::now_v7(),
+            name: request.name,
+            email: request.email,
+            address: request.address,
+            credit_limit: request.credit_limit,
+        };
+        let event =
+            Message::typed_event(SERVICE, &customer.id.to_string(), &CustomerRegistered { customer: customer.clone() })
+                .map_err(Error::Encode)?;
+        let row = customer.clone();
+        self.store
+            .transaction(Box::new(move |tx: &mut S::Tx| {
+                Box::pin(async move {
+                    db::insert(tx, &row).await?;
+                    tx.send(&event).await?;
+                    Ok::<_, Error>(())
+                })
+            }))
+            .await?;
+        tracing::info!(customer_id = %customer.id, "customer registered");
+        Ok(customer)
+    }
+
+    /// The customer with this id.
+    pub async fn get(&self, id: Uuid) -> Result<api::Customer, Error> {
+        db::get(self.store.as_ref(), id).await?.ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// Every customer, oldest first (ids are UUIDv7, so id order is
+    /// registration order). Unpaginated: an admin and demo tool.
+    pub async fn list(&self) -> Result<Vec<api::Customer>, Error> {
+        Ok(db::list(self.store.as_ref()).await?)
+    }
+
+    /// Changes the fields present in `change` and announces the new state
+    /// with `CustomerUpdated`; a change that changes nothing announces nothing.
+    pub async fn update(&self, id: Uuid, change: UpdateCustomer) -> Result<api::Customer, Error> {
+        let change = rules::update(change)?;
+        let (customer, changed) = self
+            .store
+            .transaction(Box::new(move |tx: &mut S::Tx| {
+                Box::pin(async move {
+                    let Some(old) = db::get_for_update(tx, id).await? else {
+                        return Err(Error::NotFound(id.to_string()));
+                    };
+                    let new = api::Customer {
+                        id: old.id,
+                        name: change.name.unwrap_or_else(|| old.name.clone()),
+                        email: change.email.unwrap_or_else(|| old.email.clone()),
+                        address: change.address.unwrap_or_else(|| old.address.clone()),
+                        credit_limit: change.credit_limit.unwrap_or(old.credit_limit),
+                    };
+                    if new == old {
+                        return Ok((new, false));
+                    }
+                    db::update(tx, &new).await?;
+                    let event =
+                        Message::typed_event(SERVICE, &id.to_string(), &CustomerUpdated { customer: new.clone() })
+                            .map_err(Error::Encode)?;
+                    tx.send(&event).await?;
+                    Ok((new, true))
+                })
+            }))
+            .await?;
+        if changed {
+            tracing::info!(customer_id = %id, "customer updated");
+        }
+        Ok(customer)
+    }
+}

@@ -1,0 +1,402 @@
+#![allow(clippy::unwrap_used)]
+//! The customer service end to end through its router (behind polis's
+//! standard layers), with the events it leaves in its outbox: one suite,
+//! run on SQLite and on PostgreSQL.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use contracts::SagaStyle;
+use contracts::customer::{Customer as CustomerBody, CustomerRegistered, CustomerUpdated};
+use customer::{Config, Customer, SERVICE};
+use http_body_util::BodyExt;
+use polis_bus::ConsumerOptions;
+use polis_core::Message;
+use polis_runtime::{HttpOptions, with_standard_stack};
+use polis_store::sql::{Sql, SqlStore};
+use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+/// A customer service on a fresh store, and what keeps that store alive.
+struct App<S> {
+    service: Customer<S>,
+    router: Router,
+    store: Arc<S>,
+    _guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+async fn sqlite() -> App<SqliteEventStore> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteEventStore::open(dir.path().join("customer.db"), SqliteOptions::new(SERVICE)).await.unwrap();
+    App::new(Arc::new(store), Box::new(dir)).await
+}
+
+async fn postgres() -> App<PgEventStore> {
+    let db = polis_testkit::postgres().await;
+    let store = PgEventStore::connect(db.url(), PgOptions::new(SERVICE)).await.unwrap();
+    App::new(Arc::new(store), Box::new(db)).await
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    /// The fields a 422 problem names, in order.
+    fn fields(&self) -> Vec<String> {
+        assert_eq!(self.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", self.body);
+        self.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
+    }
+
+    fn is_problem(&self) -> bool {
+        self.headers[header::CONTENT_TYPE] == "application/problem+json"
+    }
+
+    fn customer(&self) -> CustomerBody {
+        serde_json::from_value(self.body.clone()).unwrap()
+    }
+}
+
+impl<S> App<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    async fn new(store: Arc<S>, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        let service = Customer::open(store.clone(), Config::default()).await.unwrap();
+        let router = with_standard_stack(service.router(), &HttpOptions::default());
+        Self { service, router, store, _guard: guard }
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Answer {
+        let request = Request::builder().method(method).uri(uri);
+        let request = match body {
+            Some(body) => {
+                request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())).unwrap()
+            }
+            None => request.body(Body::empty()).unwrap(),
+        };
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        Answer { status, headers, body }
+    }
+
+    async fn register(&self, body: Value) -> Answer {
+        self.call(Method::POST, "/customers", Some(body)).await
+    }
+
+    /// Every message in the outbox (the tests run no relay, so nothing leaves).
+    async fn outbox(&self) -> Vec<Message> {
+        self.store.unpublished(1000).await.unwrap().into_iter().map(|entry| entry.message).collect()
+    }
+}
+
+fn ada() -> Value {
+    json!({
+        "name": "Ada Lovelace",
+        "email": "Ada@Example.com",
+        "address": { "line1": "12 St James's Square", "city": "London", "postal_code": "SW1Y 4JH", "country": "GB" },
+        "credit_limit": 250_000,
+    })
+}
+
+fn with(mut body: Value, pointer: &str, value: Value) -> Value {
+    *body.pointer_mut(pointer).unwrap() = value;
+    body
+}
+
+fn without(mut body: Value, field: &str) -> Value {
+    body.as_object_mut().unwrap().remove(field);
+    body
+}
+
+async fn registering_publishes_the_full_customer<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    let created = app.register(ada()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let customer = created.customer();
+    assert_eq!(customer.id.get_version_num(), 7);
+    assert_eq!((customer.name.as_str(), customer.email.as_str()), ("Ada Lovelace", "Ada@Example.com"));
+    assert_eq!(customer.address.country, "GB");
+    assert_eq!(customer.credit_limit, 250_000);
+    let location = created.headers[header::LOCATION].to_str().unwrap().to_owned();
+    assert_eq!(location, format!("/customers/{}", customer.id));
+
+    let fetched = app.call(Method::GET, &location, None).await;
+    assert_eq!(fetched.status, StatusCode::OK);
+    assert_eq!(fetched.customer(), customer);
+
+    let outbox = app.outbox().await;
+    assert_eq!(outbox.len(), 1);
+    let event = &outbox[0];
+    assert!(event.is::<CustomerRegistered>());
+    assert_eq!((event.source.as_str(), event.key.clone()), (SERVICE, customer.id.to_string()));
+    assert_eq!(event.decode::<CustomerRegistered>().unwrap().customer, customer);
+}
+
+async fn the_admin_list_has_everyone_in_registration_order<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    let empty = app.call(Method::GET, "/customers", None).await;
+    assert_eq!((empty.status, empty.body), (StatusCode::OK, json!([])));
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let created = app.register(with(ada(), "/email", json!(format!("c{i}@example.com")))).await;
+        ids.push(created.customer().id);
+    }
+    let listed = app.call(Method::GET, "/customers", None).await;
+    let listed: Vec<CustomerBody> = serde_json::from_value(listed.body).unwrap();
+    assert_eq!(listed.iter().map(|c| c.id).collect::<Vec<_>>(), ids);
+    assert_eq!(app.service.list().await.unwrap(), listed);
+}
+
+async fn every_invalid_field_is_named<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    let cases = [
+        (with(ada(), "/name", json!("")), vec!["name"]),
+        (with(ada(), "/name", json!("   ")), vec!["name"]),
+        (with(ada(), "/name", json!("x".repeat(201))), vec!["name"]),
+        // PostgreSQL refuses NUL in text: it must be a 422, not a failed insert.
+        (with(ada(), "/name", json!("Ada\u{0}")), vec!["name"]),
+        (with(ada(), "/email", json!("ada.example.com")), vec!["email"]),
+        (with(ada(), "/email", json!("ada@localhost")), vec!["email"]),
+        (with(ada(), "/address/country", json!("gb")), vec!["address.country"]),
+        (with(ada(), "/address/country", json!("GBR")), vec!["address.country"]),
+        (with(ada(), "/address/line1", json!("")), vec!["address.line1"]),
+        (with(ada(), "/address/city", json!(" ")), vec!["address.city"]),
+        (with(ada(), "/address/postal_code", json!("")), vec!["address.postal_code"]),
+        (with(ada(), "/credit_limit", json!(-1)), vec!["credit_limit"]),
+        // Shape errors come from the JSON extractor, with the same field naming.
+        (with(ada(), "/credit_limit", json!(1.5)), vec!["credit_limit"]),
+        (without(ada(), "email"), vec!["email"]),
+        (with(ada(), "/address", json!({ "line1": "x", "city": "y", "postal_code": "z" })), vec!["address.country"]),
+        (with(with(ada(), "/name", json!("")), "/credit_limit", json!(-5)), vec!["name", "credit_limit"]),
+    ];
+    for (body, fields) in cases {
+        let answer = app.register(body.clone()).await;
+        assert_eq!(answer.fields(), fields, "{body}");
+        assert!(answer.is_problem());
+    }
+    let list = app.call(Method::GET, "/customers", None).await;
+    assert_eq!(list.body, json!([]));
+    assert!(app.outbox().await.is_empty());
+}
+
+async fn a_taken_email_is_a_conflict_whatever_its_case<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    assert_eq!(app.register(ada()).await.status, StatusCode::CREATED);
+    let again = app.register(with(ada(), "/email", json!("  ada@EXAMPLE.COM "))).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.is_problem());
+    assert_eq!(again.body["field"], "email");
+    assert_eq!(app.outbox().await.len(), 1);
+}
+
+async fn concurrent_registrations_of_one_email_admit_one<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    let app = Arc::new(app);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move { app.register(with(ada(), "/name", json!(format!("Ada {i}")))).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 7, "{statuses:?}");
+    assert_eq!(app.outbox().await.len(), 1);
+}
+
+async fn unknown_and_malformed_ids_are_not_found<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    let unknown = format!("/customers/{}", Uuid::now_v7());
+    for uri in [unknown.as_str(), "/customers/not-a-uuid", "/customers/%FF"] {
+        let got = app.call(Method::GET, uri, None).await;
+        assert!(got.status == StatusCode::NOT_FOUND || got.status == StatusCode::BAD_REQUEST, "{uri}: {}", got.status);
+        assert!(got.is_problem(), "{uri}");
+        let put = app.call(Method::PUT, uri, Some(json!({ "credit_limit": 1 }))).await;
+        assert!(put.status == StatusCode::NOT_FOUND || put.status == StatusCode::BAD_REQUEST, "{uri}: {}", put.status);
+        assert!(put.is_problem(), "{uri}");
+    }
+    assert_eq!(app.call(Method::GET, &unknown, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call(Method::GET, "/customers/not-a-uuid", None).await.status, StatusCode::NOT_FOUND);
+    assert!(app.outbox().await.is_empty());
+}
+
+async fn an_update_changes_what_it_names_and_publishes_the_new_state<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    let ada = app.register(ada()).await.customer();
+    let uri = format!("/customers/{}", ada.id);
+
+    let raised = app.call(Method::PUT, &uri, Some(json!({ "credit_limit": 500_000 }))).await;
+    assert_eq!(raised.status, StatusCode::OK, "{}", raised.body);
+    let raised = raised.customer();
+    assert_eq!(raised, CustomerBody { credit_limit: 500_000, ..ada.clone() });
+    assert_eq!(app.call(Method::GET, &uri, None).await.customer(), raised);
+
+    let moved = json!({ "line1": "1 Rue de Rivoli", "city": "Paris", "postal_code": "75001", "country": "FR" });
+    let moved = app.call(Method::PUT, &uri, Some(json!({ "name": " Ada King ", "address": moved }))).await.customer();
+    assert_eq!((moved.name.as_str(), moved.address.city.as_str()), ("Ada King", "Paris"));
+    assert_eq!(moved.credit_limit, 500_000);
+
+    // Nothing changes: nothing is announced.
+    let same = app.call(Method::PUT, &uri, Some(json!({ "credit_limit": 500_000 }))).await;
+    assert_eq!((same.status, same.customer()), (StatusCode::OK, moved.clone()));
+    let empty = app.call(Method::PUT, &uri, Some(json!({}))).await;
+    assert_eq!((empty.status, empty.customer()), (StatusCode::OK, moved.clone()));
+
+    let outbox = app.outbox().await;
+    assert_eq!(outbox.len(), 3);
+    assert!(outbox.iter().all(|m| m.key == ada.id.to_string()));
+    let updates: Vec<_> = outbox[1..].iter().map(|m| m.decode::<CustomerUpdated>().unwrap().customer).collect();
+    assert!(outbox[1..].iter().all(Message::is::<CustomerUpdated>));
+    assert_eq!(updates, [raised, moved.clone()]);
+
+    let invalid = app.call(Method::PUT, &uri, Some(json!({ "email": "nope", "credit_limit": -1 }))).await;
+    assert_eq!(invalid.fields(), ["email", "credit_limit"]);
+    let invalid = app.call(Method::PUT, &uri, Some(json!({ "address": { "line1": "x" } }))).await;
+    assert_eq!(invalid.fields(), ["address.city"]);
+    assert_eq!(app.call(Method::GET, &uri, None).await.customer(), moved);
+    assert_eq!(app.outbox().await.len(), 3);
+}
+
+async fn an_update_cannot_take_another_customers_email<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    let ada = app.register(ada()).await.customer();
+    let bob = app.register(with(ada_named("Bob"), "/email", json!("bob@example.com"))).await.customer();
+    let uri = format!("/customers/{}", bob.id);
+    let taken = app.call(Method::PUT, &uri, Some(json!({ "email": "ADA@example.com" }))).await;
+    assert_eq!(taken.status, StatusCode::CONFLICT);
+    assert_eq!(app.service.get(bob.id).await.unwrap(), bob);
+
+    // Changing the case of one's own email is no conflict.
+    let own =
+        app.call(Method::PUT, &format!("/customers/{}", ada.id), Some(json!({ "email": "ada@example.com" }))).await;
+    assert_eq!(own.status, StatusCode::OK);
+    assert_eq!(own.customer().email, "ada@example.com");
+    assert_eq!(app.outbox().await.len(), 3);
+}
+
+fn ada_named(name: &str) -> Value {
+    with(ada(), "/name", json!(name))
+}
+
+/// Two clients changing different fields of one customer at once: each
+/// update applies on top of the other, none writes back a stale field.
+async fn concurrent_partial_updates_keep_every_change<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    let app = Arc::new(app);
+    let ada = app.register(ada()).await.customer();
+    let uri = format!("/customers/{}", ada.id);
+    let names = {
+        let (app, uri) = (app.clone(), uri.clone());
+        tokio::spawn(async move {
+            for i in 1..=15 {
+                let answer = app.call(Method::PUT, &uri, Some(json!({ "name": format!("Ada {i}") }))).await;
+                assert_eq!(answer.status, StatusCode::OK);
+            }
+        })
+    };
+    let limits = {
+        let (app, uri) = (app.clone(), uri.clone());
+        tokio::spawn(async move {
+            for i in 1..=15 {
+                let answer = app.call(Method::PUT, &uri, Some(json!({ "credit_limit": i }))).await;
+                assert_eq!(answer.status, StatusCode::OK);
+            }
+        })
+    };
+    names.await.unwrap();
+    limits.await.unwrap();
+    let last = app.service.get(ada.id).await.unwrap();
+    assert_eq!((last.name.as_str(), last.credit_limit), ("Ada 15", 15));
+    let outbox = app.outbox().await;
+    assert_eq!(outbox.len(), 31);
+    // The last event announces the final state: replicas converge on it.
+    assert_eq!(outbox[30].decode::<CustomerUpdated>().unwrap().customer, last);
+}
+
+async fn the_consumer_subscribes_to_nothing<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    for style in [SagaStyle::Orchestration, SagaStyle::Choreography] {
+        let consumer = app.service.consumer(style, ConsumerOptions::default());
+        assert_eq!(consumer.name(), SERVICE);
+        assert!(format!("{consumer:?}").contains("topics: []"), "{consumer:?}");
+    }
+}
+
+async fn reopening_keeps_the_data<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    let ada = app.register(ada()).await.customer();
+    // Migrations already applied are skipped; the rows stay.
+    let again = Customer::open(app.store.clone(), Config::default()).await.unwrap();
+    assert_eq!(again.get(ada.id).await.unwrap(), ada);
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    registering_publishes_the_full_customer,
+    the_admin_list_has_everyone_in_registration_order,
+    every_invalid_field_is_named,
+    a_taken_email_is_a_conflict_whatever_its_case,
+    concurrent_registrations_of_one_email_admit_one,
+    unknown_and_malformed_ids_are_not_found,
+    an_update_changes_what_it_names_and_publishes_the_new_state,
+    an_update_cannot_take_another_customers_email,
+    concurrent_partial_updates_keep_every_change,
+    the_consumer_subscribes_to_nothing,
+    reopening_keeps_the_data,
+);

@@ -1,0 +1,342 @@
+//! Reaching a service: in process or over HTTP, behind one [`Upstream::call`].
+//!
+//! The embedded deployment hosts every service in the gateway's process, so
+//! an upstream is the service's `Router`, called with `oneshot` (no socket,
+//! no serialization beyond the JSON bodies). The distributed deployment runs
+//! each service in its own process, so an upstream is a base URL reached with
+//! hyper's pooled HTTP/1 client. Handlers cannot tell the two apart: both
+//! answer an [`UpstreamResponse`] or an [`UpstreamError`], within the same
+//! timeout, which covers connecting, sending and reading the whole answer.
+//!
+//! A timed-out in-process call is dropped mid-flight, exactly as a service's
+//! HTTP server drops a handler whose client went away: the service may or may
+//! not have applied the request.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::http::uri::{PathAndQuery, Scheme};
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use polis_runtime::RequestId;
+use polis_runtime::layers::REQUEST_ID_HEADER;
+use tower::ServiceExt;
+
+use crate::GatewayError;
+
+/// A boxed error, the cause of an [`UpstreamError::Unavailable`].
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The largest answer read from a service. The services' list endpoints are
+/// unpaginated, so this is generous; it exists so that a faulty upstream
+/// cannot make the gateway buffer without bound.
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// How long a pooled connection to a remote service may stay idle.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One service, as the gateway reaches it (see the module docs).
+///
+/// Cloning is cheap: clones share the router or the connection pool.
+#[derive(Clone)]
+pub struct Upstream {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Local(Router),
+    Remote(Remote),
+}
+
+#[derive(Clone)]
+struct Remote {
+    /// `http://host:port` plus an optional path prefix, without a trailing slash.
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Local(_) => f.write_str("Upstream::Local"),
+            Kind::Remote(remote) => f.debug_tuple("Upstream::Remote").field(&remote.base).finish(),
+        }
+    }
+}
+
+/// A service's answer, read in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    /// The `location` header of a 201 or 202, in the service's own paths.
+    pub location: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// Why a call got no usable answer. An answer with an error status is not
+/// an error here: it is an [`UpstreamResponse`] like any other.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// No complete answer within the call's timeout.
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// The service could not be reached, or the connection failed mid-way.
+    #[error("the service is unreachable or the connection failed")]
+    Unavailable(#[source] BoxError),
+    /// The answer is larger than [`MAX_RESPONSE_BYTES`].
+    #[error("the answer is larger than {limit} bytes")]
+    ResponseTooLarge { limit: usize },
+    /// The gateway built a request that HTTP cannot carry (a bug, not the
+    /// service's fault).
+    #[error("invalid request to the service: {0}")]
+    InvalidRequest(String),
+}
+
+impl Upstream {
+    /// A service hosted in this process: its bare or fully layered router.
+    pub fn local(router: Router) -> Self {
+        Self { kind: Kind::Local(router) }
+    }
+
+    /// A service in another process, at `base_url`: `http://host:port`,
+    /// optionally with a path prefix (`http://proxy:8080/customer`). Plain
+    /// `http` only: services talk inside the deployment, without TLS.
+    ///
+    /// Builds the connection pool; needs no runtime until the first call.
+    pub fn remote(base_url: &str) -> Result<Self, GatewayError> {
+        let invalid = |reason: &str| GatewayError::InvalidUpstreamUrl { url: base_url.to_owned(), reason: reason.into() };
+        let uri: Uri = base_url.parse().map_err(|err: axum::http::uri::InvalidUri| invalid(&err.to_string()))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err(invalid("the scheme must be http (https is not supported)"));
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(invalid("the url has no host"));
+        };
+        if uri.query().is_some() {
+            return Err(invalid("the url must not have a query"));
+        }
+        let prefix = uri.path().trim_end_matches('/');
+        let base = format!("http://{authority}{prefix}");
+
+        let mut connector = HttpConnector::new();
+        // Small request/response exchanges: do not wait to coalesce packets.
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self { kind: Kind::Remote(Remote { base, client }) })
+    }
+
+    /// Calls the service: `method` on `path_and_query` (the service's own
+    /// path, starting with `/`, already percent-encoded), with `body` sent
+    /// as `application/json`, `request_id` as `x-request-id`, and the whole
+    /// exchange bounded by `timeout`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Bytes>,
+        request_id: Option<&RequestId>,
+        timeout: Duration,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let path: PathAndQuery = path_and_query
+            .parse()
+            .map_err(|err| UpstreamError::InvalidRequest(format!("path {path_and_query:?}: {err}")))?;
+        if !path.path().starts_with('/') {
+            return Err(UpstreamError::InvalidRequest(format!("path {path_and_query:?} does not start with /")));
+        }
+        let exchange = async {
+            match &self.kind {
+                Kind::Local(router) => {
+                    let request = build(method, path.as_str(), body.map(Body::from), request_id)?;
+                    let response = match router.clone().oneshot(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    };
+                    read(response).await
+                }
+                Kind::Remote(remote) => {
+                    let uri = format!("{}{}", remote.base, path.as_str());
+                    let request = build(method, &uri, Some(Full::new(body.unwrap_or_default())), request_id)?;
+                    let response =
+                        remote.client.request(request).await.map_err(|err| UpstreamError::Unavailable(err.into()))?;
+                    read(response).await
+                }
+            }
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+}
+
+/// The request as both kinds send it. `body` is `None` for a local call
+/// without a body; a remote call always has one (possibly empty), and an
+/// empty one is sent without a content type.
+fn build<B: Default>(
+    method: Method,
+    uri: &str,
+    body: Option<B>,
+    request_id: Option<&RequestId>,
+) -> Result<Request<B>, UpstreamError>
+where
+    B: HttpBody,
+{
+    let mut request = Request::builder().method(method).uri(uri);
+    let has_body = body.as_ref().is_some_and(|body| !body.is_end_stream());
+    if has_body {
+        request = request.header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if let Some(id) = request_id {
+        // Already checked by the standard stack: 1 to 128 visible ASCII characters.
+        let value = HeaderValue::from_str(id.as_str())
+            .map_err(|err| UpstreamError::InvalidRequest(format!("request id {:?}: {err}", id.as_str())))?;
+        request = request.header(REQUEST_ID_HEADER, value);
+    }
+    request.body(body.unwrap_or_default()).map_err(|err| UpstreamError::InvalidRequest(err.to_string()))
+}
+
+async fn read<B>(response: Response<B>) -> Result<UpstreamResponse, UpstreamError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await.map_err(|err| {
+        if err.is::<LengthLimitError>() {
+            UpstreamError::ResponseTooLarge { limit: MAX_RESPONSE_BYTES }
+        } else {
+            UpstreamError::Unavailable(err)
+        }
+    })?;
+    Ok(UpstreamResponse {
+        status: parts.status,
+        content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+        location: parts.headers.get(header::LOCATION).cloned(),
+        body: body.to_bytes(),
+    })
+}
+
+/// The six services behind the gateway.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub customer: Upstream,
+    pub catalog: Upstream,
+    pub inventory: Upstream,
+    pub payment: Upstream,
+    pub shipping: Upstream,
+    pub order: Upstream,
+}
+
+impl Upstreams {
+    pub(crate) fn get(&self, service: Service) -> &Upstream {
+        match service {
+            Service::Customer => &self.customer,
+            Service::Catalog => &self.catalog,
+            Service::Inventory => &self.inventory,
+            Service::Payment => &self.payment,
+            Service::Shipping => &self.shipping,
+            Service::Order => &self.order,
+        }
+    }
+}
+
+/// Which service a call goes to, for routing and for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Service {
+    Customer,
+    Catalog,
+    Inventory,
+    Payment,
+    Shipping,
+    Order,
+}
+
+impl Service {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Customer => contracts::customer::SERVICE,
+            Self::Catalog => contracts::catalog::SERVICE,
+            Self::Inventory => contracts::inventory::SERVICE,
+            Self::Payment => contracts::payment::SERVICE,
+            Self::Shipping => contracts::shipping::SERVICE,
+            Self::Order => contracts::order::SERVICE,
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Percent-encodes one path segment: everything but RFC 3986's unreserved
+/// characters, so a sku like `A/B 1` stays one segment.
+pub(crate) fn encode_segment(segment: &str) -> String {
+    let mut encoded = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_keep_unreserved_characters_and_encode_the_rest() {
+        assert_eq!(encode_segment("SKU-1_a.b~"), "SKU-1_a.b~");
+        assert_eq!(encode_segment("A/B 1?#%"), "A%2FB%201%3F%23%25");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn remote_urls_must_be_plain_http_with_a_host() {
+        for (url, reason) in [
+            ("https://svc:443", "scheme"),
+            ("ftp://svc", "scheme"),
+            ("svc:8080", "scheme"),
+            ("/customers", "scheme"),
+            ("http://svc:8080/x?y=1", "query"),
+            ("not a url", "invalid"),
+        ] {
+            match Upstream::remote(url) {
+                Err(GatewayError::InvalidUpstreamUrl { url: named, reason: why }) => {
+                    assert_eq!(named, url);
+                    assert!(why.contains(reason) || reason == "invalid", "{url}: {why}");
+                }
+                other => panic!("{url}: expected an invalid url, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn remote_base_urls_lose_their_trailing_slash() {
+        let upstream = Upstream::remote("http://127.0.0.1:8081/prefix/").unwrap();
+        assert_eq!(format!("{upstream:?}"), r#"Upstream::Remote("http://127.0.0.1:8081/prefix")"#);
+        let upstream = Upstream::remote("http://127.0.0.1:8081").unwrap();
+        assert_eq!(format!("{upstream:?}"), r#"Upstream::Remote("http://127.0.0.1:8081")"#);
+    }
+
+    #[tokio::test]
+    async fn a_path_without_a_leading_slash_is_refused() {
+        let upstream = Upstream::local(Router::new());
+        let err = upstream.call(Method::GET, "customers", None, None, Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::InvalidRequest(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,396 @@
+//! Stand-ins for the six services, and a gateway in front of them.
+//!
+//! Each fake is a small axum router that imitates its service's paths and
+//! bodies (the contracts' types) over a fixed data set, behind the standard
+//! stack like a real service, and records every request it receives. The
+//! gateway's job is routing and composition; the real services are tested
+//! in their own crates and end to end by the lead.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing;
+use axum::Router;
+use contracts::catalog::Product;
+use contracts::customer::{Customer, RegisterCustomer};
+use contracts::inventory::{SetStock, StockLevel};
+use contracts::order::{Accepted, OrderStatus, OrderView, PlaceOrder};
+use contracts::payment::{Payment, PaymentStatus};
+use contracts::shipping::{Shipment, ShipmentStatus};
+use contracts::{Address, OrderLine};
+use gateway::{GatewayConfig, Upstream, Upstreams};
+use http_body_util::BodyExt;
+use polis_runtime::{ApiError, HttpOptions, Json, with_standard_stack};
+use serde_json::Value;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+/// The customer every fake knows.
+pub const CUSTOMER: &str = "0190a4b2-7d5e-7c3a-9f1e-2b3c4d5e6f70";
+/// An approved order of [`CUSTOMER`] with lines A-1 ×2, B-2 ×1, A-1 ×1, a
+/// payment and a shipment.
+pub const ORDER: &str = "0190a4b2-7d5e-7c3a-9f1e-000000000001";
+/// A pending order of [`CUSTOMER`]: no payment or shipment yet.
+pub const NEW_ORDER: &str = "0190a4b2-7d5e-7c3a-9f1e-000000000002";
+/// The id the fake order service gives every order it places.
+pub const PLACED: &str = "0190a4b2-7d5e-7c3a-9f1e-0000000000ff";
+/// The id the fake customer service gives every customer it registers.
+pub const REGISTERED: &str = "0190a4b2-7d5e-7c3a-9f1e-0000000000ee";
+
+/// One request a fake service received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub service: &'static str,
+    pub method: Method,
+    /// Path and query, as received (still percent-encoded).
+    pub target: String,
+    pub request_id: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+/// What the fakes received, in arrival order.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder(Arc<Mutex<Vec<Seen>>>);
+
+impl Recorder {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// `"service METHOD target"` per request, sorted: parallel calls
+    /// arrive in any order.
+    pub fn calls(&self) -> Vec<String> {
+        let mut calls: Vec<String> =
+            self.seen().iter().map(|s| format!("{} {} {}", s.service, s.method, s.target)).collect();
+        calls.sort();
+        calls
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+}
+
+async fn record(State((service, recorder)): State<(&'static str, Recorder)>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let header = |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    recorder.0.lock().unwrap().push(Seen {
+        service,
+        method: parts.method.clone(),
+        target: parts.uri.path_and_query().map(ToString::to_string).unwrap_or_default(),
+        request_id: header("x-request-id"),
+        content_type: header("content-type"),
+        body: body.clone(),
+    });
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+/// A fake as a real service is hosted: behind the standard stack, plus the recorder.
+fn hosted(service: &'static str, router: Router, recorder: &Recorder) -> Router {
+    with_standard_stack(router, &HttpOptions::default())
+        .layer(middleware::from_fn_with_state((service, recorder.clone()), record))
+}
+
+pub fn id(s: &str) -> Uuid {
+    Uuid::parse_str(s).unwrap()
+}
+
+pub fn customer() -> Customer {
+    Customer {
+        id: id(CUSTOMER),
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+        address: Address { line1: "1 Main St".into(), city: "Lyon".into(), postal_code: "69001".into(), country: "FR".into() },
+        credit_limit: 100_000,
+    }
+}
+
+/// The catalog: A-1 at 250, B-2 at 1000, and `X/1 é` at 5 (a sku that needs encoding).
+pub fn products() -> Vec<Product> {
+    vec![
+        Product { sku: "A-1".into(), name: "Anvil".into(), price: 250 },
+        Product { sku: "B-2".into(), name: "Bucket".into(), price: 1000 },
+        Product { sku: "X/1 é".into(), name: "Odd".into(), price: 5 },
+    ]
+}
+
+pub fn order(order_id: &str) -> Option<OrderView> {
+    let line = |sku: &str, quantity, unit_price| OrderLine { sku: sku.into(), quantity, unit_price };
+    let (status, items) = match order_id {
+        ORDER => (OrderStatus::Approved, vec![line("A-1", 2, 250), line("B-2", 1, 1000), line("A-1", 1, 250)]),
+        NEW_ORDER => (OrderStatus::Pending, vec![line("B-2", 3, 1000)]),
+        _ => return None,
+    };
+    let total = items.iter().map(|l| l.quantity * l.unit_price).sum();
+    Some(OrderView {
+        id: id(order_id),
+        customer_id: id(CUSTOMER),
+        status,
+        reason: None,
+        items,
+        total,
+        created_at: "2026-11-22T10:00:00.000000Z".into(),
+        updated_at: "2026-11-22T10:00:01.000000Z".into(),
+    })
+}
+
+pub fn payment() -> Payment {
+    Payment {
+        order_id: id(ORDER),
+        customer_id: Some(id(CUSTOMER)),
+        amount: 1750,
+        status: PaymentStatus::Captured,
+        reason: None,
+    }
+}
+
+pub fn shipment() -> Shipment {
+    Shipment {
+        id: id("0190a4b2-7d5e-7c3a-9f1e-0000000000aa"),
+        order_id: id(ORDER),
+        status: ShipmentStatus::Scheduled,
+        address: Some(customer().address),
+        reason: None,
+    }
+}
+
+fn customer_service() -> Router {
+    async fn register(Json(body): Json<RegisterCustomer>) -> Response {
+        let customer = Customer {
+            id: id(REGISTERED),
+            name: body.name,
+            email: body.email,
+            address: body.address,
+            credit_limit: body.credit_limit,
+        };
+        (StatusCode::CREATED, [(header::LOCATION, format!("/customers/{REGISTERED}"))], Json(customer)).into_response()
+    }
+    async fn fetch(Path(customer_id): Path<String>) -> Result<Json<Customer>, ApiError> {
+        if customer_id == CUSTOMER {
+            Ok(Json(customer()))
+        } else {
+            Err(ApiError::not_found(format!("no customer with id {customer_id}")))
+        }
+    }
+    Router::new()
+        .route("/customers", routing::post(register).get(|| async { Json(vec![customer()]) }))
+        .route("/customers/{id}", routing::get(fetch))
+}
+
+fn catalog_service() -> Router {
+    async fn add(Json(product): Json<Product>) -> Response {
+        let location = format!("/products/{}", product.sku);
+        (StatusCode::CREATED, [(header::LOCATION, location)], Json(product)).into_response()
+    }
+    async fn fetch(Path(sku): Path<String>) -> Result<Json<Product>, ApiError> {
+        products()
+            .into_iter()
+            .find(|p| p.sku == sku)
+            .map(Json)
+            .ok_or_else(|| ApiError::not_found(format!("no product with sku `{sku}`")))
+    }
+    Router::new()
+        .route("/products", routing::post(add).get(|| async { Json(products()) }))
+        .route("/products/{sku}", routing::get(fetch))
+}
+
+fn inventory_service() -> Router {
+    async fn set(Path(sku): Path<String>, Json(body): Json<SetStock>) -> Result<Json<StockLevel>, ApiError> {
+        if body.available < 0 {
+            return Err(ApiError::validation("available", "must be between 0 and 1000000000000"));
+        }
+        Ok(Json(StockLevel { sku, available: body.available, reserved: 2 }))
+    }
+    async fn fetch(Path(sku): Path<String>) -> Result<Json<StockLevel>, ApiError> {
+        if sku == "A-1" {
+            Ok(Json(StockLevel { sku, available: 7, reserved: 2 }))
+        } else {
+            Err(ApiError::not_found(format!("no stock for sku `{sku}`")))
+        }
+    }
+    Router::new().route("/inventory/{sku}", routing::put(set).get(fetch))
+}
+
+fn payment_service() -> Router {
+    async fn fetch(Path(order_id): Path<String>) -> Result<Json<Payment>, ApiError> {
+        if order_id == ORDER { Ok(Json(payment())) } else { Err(ApiError::not_found("no payment for this order")) }
+    }
+    Router::new().route("/payments/{order_id}", routing::get(fetch))
+}
+
+fn shipping_service() -> Router {
+    async fn fetch(Path(order_id): Path<String>) -> Result<Json<Shipment>, ApiError> {
+        if order_id == ORDER { Ok(Json(shipment())) } else { Err(ApiError::not_found("no shipment for this order")) }
+    }
+    Router::new().route("/shipments/{order_id}", routing::get(fetch))
+}
+
+fn order_service() -> Router {
+    async fn place(Json(_body): Json<PlaceOrder>) -> Response {
+        let accepted = Accepted { id: id(PLACED), status: OrderStatus::Pending };
+        (StatusCode::ACCEPTED, [(header::LOCATION, format!("/orders/{PLACED}"))], Json(accepted)).into_response()
+    }
+    async fn fetch(Path(order_id): Path<String>) -> Result<Json<OrderView>, ApiError> {
+        order(&order_id).map(Json).ok_or_else(|| ApiError::not_found("no such order"))
+    }
+    async fn cancel(Path(order_id): Path<String>) -> Result<Response, ApiError> {
+        match order(&order_id) {
+            Some(order) if order.status == OrderStatus::Approved => Ok((
+                StatusCode::ACCEPTED,
+                Json(Accepted { id: order.id, status: OrderStatus::CancelPending }),
+            )
+                .into_response()),
+            Some(order) => Err(ApiError::conflict("the order is PENDING; only an APPROVED order can be cancelled")
+                .with_extension("current_status", order.status.as_str())),
+            None => Err(ApiError::not_found("no such order")),
+        }
+    }
+    async fn for_customer(Path(customer_id): Path<String>) -> Json<Vec<OrderView>> {
+        let orders = [ORDER, NEW_ORDER].iter().filter_map(|o| order(o)).filter(|o| o.customer_id.to_string() == customer_id);
+        Json(orders.collect())
+    }
+    Router::new()
+        .route("/orders", routing::post(place))
+        .route("/orders/{id}", routing::get(fetch))
+        .route("/orders/{id}/cancel", routing::post(cancel))
+        .route("/customers/{id}/orders", routing::get(for_customer))
+}
+
+/// A service that accepts every request and never answers.
+pub fn silent() -> Router {
+    Router::new().fallback(|| std::future::pending::<Response>())
+}
+
+/// A service that answers every request with a 500 problem.
+pub fn failing() -> Router {
+    Router::new().fallback(|| async { ApiError::internal("the fake service is broken") })
+}
+
+/// A base URL where nothing listens: a port that was free a moment ago.
+pub fn nowhere() -> String {
+    format!("http://127.0.0.1:{}", polis_testkit::free_port())
+}
+
+/// The six fake services and what they received.
+#[derive(Debug, Clone, Default)]
+pub struct Fakes {
+    pub recorder: Recorder,
+}
+
+/// Which fake to put in a service's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    Customer,
+    Catalog,
+    Inventory,
+    Payment,
+    Shipping,
+    Order,
+}
+
+impl Fakes {
+    /// The fake of `name`, recorded, as a router to host.
+    pub fn router(&self, name: Name) -> Router {
+        let (service, router) = match name {
+            Name::Customer => ("customer", customer_service()),
+            Name::Catalog => ("catalog", catalog_service()),
+            Name::Inventory => ("inventory", inventory_service()),
+            Name::Payment => ("payment", payment_service()),
+            Name::Shipping => ("shipping", shipping_service()),
+            Name::Order => ("order", order_service()),
+        };
+        hosted(service, router, &self.recorder)
+    }
+
+    /// Every fake, in process.
+    pub fn upstreams(&self) -> Upstreams {
+        let local = |name| Upstream::local(self.router(name));
+        Upstreams {
+            customer: local(Name::Customer),
+            catalog: local(Name::Catalog),
+            inventory: local(Name::Inventory),
+            payment: local(Name::Payment),
+            shipping: local(Name::Shipping),
+            order: local(Name::Order),
+        }
+    }
+}
+
+/// Timeouts short enough that a silent service costs a test little.
+pub fn config() -> GatewayConfig {
+    GatewayConfig::default().with_call_timeout(Duration::from_millis(500)).with_compose_timeout(Duration::from_millis(200))
+}
+
+/// The gateway as the host serves it.
+pub fn app(upstreams: Upstreams) -> Router {
+    with_standard_stack(gateway::router(upstreams, config()), &HttpOptions::default())
+}
+
+/// One answer of the gateway.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub raw: Bytes,
+    /// The body as JSON; `Null` if empty.
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// The problem type of an error answer.
+    pub fn problem_type(&self) -> &str {
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{:?}", self.body);
+        self.body["type"].as_str().unwrap()
+    }
+
+    /// The fields a 422 names, in order.
+    pub fn fields(&self) -> Vec<&str> {
+        assert_eq!(self.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", self.body);
+        self.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect()
+    }
+}
+
+/// A request to `app`, with a JSON body if given and extra headers.
+pub async fn send(app: &Router, method: Method, uri: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Answer {
+    let mut request = axum::http::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = match body {
+        Some(body) => request.header("content-type", "application/json").body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let raw = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if raw.is_empty() { Value::Null } else { serde_json::from_slice(&raw).unwrap() };
+    Answer { status, headers, raw, body }
+}
+
+pub async fn get(app: &Router, uri: &str) -> Answer {
+    send(app, Method::GET, uri, None, &[]).await
+}
+
+pub async fn post(app: &Router, uri: &str, body: &Value) -> Answer {
+    send(app, Method::POST, uri, Some(body), &[]).await
+}
+
+pub fn json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap()
+}

@@ -1,0 +1,123 @@
+//! Messages in, outcomes out.
+//!
+//! One handler serves every topic the consumer subscribes to; it dispatches
+//! on the message's kind and type. Commands (orchestration) are answered
+//! with replies, events (choreography) with events — [`contracts::outcome`]
+//! picks which from the trigger — written to the outbox in the consumer's
+//! transaction, together with the change and the inbox record.
+//!
+//! | trigger | topic | effect |
+//! |---|---|---|
+//! | `ReserveStock` | inventory commands | reserve |
+//! | `ReleaseStock` | inventory commands | release |
+//! | `OrderCreated` | order events | reserve the order's lines |
+//! | `OrderRejected` | order events | release |
+//! | `PaymentRefunded` | payment events | release (a cancelled order) |
+//!
+//! Other events are ignored; an unknown command, or a message whose data does
+//! not decode or breaks the rules (no items, a quantity below 1, ...), is a
+//! permanent failure: the consumer dead-letters it with the reason.
+
+use async_trait::async_trait;
+use contracts::Quantity;
+use contracts::inventory::{ReleaseStock, ReserveStock};
+use contracts::order::{OrderCreated, OrderRejected};
+use contracts::payment::PaymentRefunded;
+use polis_bus::{Handler, HandlerError};
+use polis_core::{Message, MessageKind, Transaction};
+use polis_store::sql::Sql;
+use uuid::Uuid;
+
+use crate::SERVICE;
+use crate::stock::{self, ReserveOutcome, ReserveRequest};
+
+/// The inventory service's message handler (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct InventoryHandler {
+    _private: (),
+}
+
+impl InventoryHandler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl<Tx> Handler<Tx> for InventoryHandler
+where
+    Tx: Transaction + Sql,
+{
+    async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+        match message.kind {
+            MessageKind::Command => on_command(tx, message).await,
+            MessageKind::Event => on_event(tx, message).await,
+            MessageKind::Reply => Err(HandlerError::Permanent(format!(
+                "the inventory service takes no replies, got `{}`",
+                message.message_type
+            ))),
+        }
+    }
+}
+
+async fn on_command<Tx: Transaction + Sql>(tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+    if message.is::<ReserveStock>() {
+        let command: ReserveStock = message.decode()?;
+        let request = ReserveRequest {
+            order_id: command.order_id,
+            customer_id: command.customer_id,
+            items: command.items,
+            total: command.total,
+        };
+        reserve(tx, message, &request).await
+    } else if message.is::<ReleaseStock>() {
+        release(tx, message, message.decode::<ReleaseStock>()?.order_id).await
+    } else {
+        Err(HandlerError::Permanent(format!("unknown inventory command `{}`", message.message_type)))
+    }
+}
+
+async fn on_event<Tx: Transaction + Sql>(tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+    if message.is::<OrderCreated>() {
+        let created: OrderCreated = message.decode()?;
+        let request = ReserveRequest {
+            order_id: created.order_id,
+            customer_id: created.customer_id,
+            items: created.lines.into_iter().map(|l| Quantity { sku: l.sku, quantity: l.quantity }).collect(),
+            total: created.total,
+        };
+        reserve(tx, message, &request).await
+    } else if message.is::<OrderRejected>() {
+        release(tx, message, message.decode::<OrderRejected>()?.order_id).await
+    } else if message.is::<PaymentRefunded>() {
+        release(tx, message, message.decode::<PaymentRefunded>()?.order_id).await
+    } else {
+        Ok(()) // not ours to act on
+    }
+}
+
+async fn reserve<Tx: Transaction + Sql>(
+    tx: &mut Tx,
+    trigger: &Message,
+    request: &ReserveRequest,
+) -> Result<(), HandlerError> {
+    let key = request.order_id.to_string();
+    match stock::reserve(tx, request).await? {
+        ReserveOutcome::Reserved(reserved) => {
+            tracing::debug!(order_id = %request.order_id, "stock reserved");
+            tx.send(&contracts::outcome(SERVICE, trigger, &key, &reserved)?).await?;
+        }
+        ReserveOutcome::Failed(failed) => {
+            tracing::debug!(order_id = %request.order_id, reason = failed.reason.as_str(), sku = ?failed.sku, "stock reservation failed");
+            tx.send(&contracts::outcome(SERVICE, trigger, &key, &failed)?).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn release<Tx: Transaction + Sql>(tx: &mut Tx, trigger: &Message, order_id: Uuid) -> Result<(), HandlerError> {
+    let released = stock::release(tx, order_id).await?;
+    tracing::debug!(order_id = %order_id, "stock released");
+    tx.send(&contracts::outcome(SERVICE, trigger, &order_id.to_string(), &released)?).await?;
+    Ok(())
+}

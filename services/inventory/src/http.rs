@@ -1,0 +1,117 @@
+//! The inventory service's HTTP API (bare routes; the host adds the standard
+//! layer stack).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `PUT /inventory/{sku}` `{available}` | 200 `StockLevel`; publishes `StockAdjusted` |
+//! | `GET /inventory/{sku}` | 200 `StockLevel` / 404 |
+//! | `GET /inventory` | 200 every `StockLevel` (admin list) |
+//! | `GET /reservations/{order_id}` | 200 `Reservation` / 404 |
+//! | `GET /reservations` | 200 every `Reservation` (admin list) |
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use contracts::inventory::{Reservation, SetStock, StockAdjusted, StockLevel};
+use polis_core::{Message, Transaction};
+use polis_runtime::{ApiError, Json};
+use polis_store::sql::{Sql, SqlStore};
+use uuid::Uuid;
+
+use crate::error::InventoryError;
+use crate::{SERVICE, stock};
+
+pub(crate) fn router<S>(store: Arc<S>) -> Router
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Router::new()
+        .route("/inventory", get(list_stock::<S>))
+        .route("/inventory/{sku}", get(get_stock::<S>).put(set_stock::<S>))
+        .route("/reservations", get(list_reservations::<S>))
+        .route("/reservations/{order_id}", get(get_reservation::<S>))
+        .with_state(store)
+}
+
+#[tracing::instrument(skip_all, fields(sku))]
+async fn set_stock<S>(
+    State(store): State<Arc<S>>,
+    sku: Result<Path<String>, PathRejection>,
+    Json(body): Json<SetStock>,
+) -> Result<Json<StockLevel>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let sku = path(sku)?;
+    tracing::Span::current().record("sku", sku.as_str());
+    // Check before opening a transaction: bad input costs no writer time.
+    stock::check_sku(&sku).map_err(|m| ApiError::validation("sku", m))?;
+    let level = store
+        .transaction::<_, InventoryError>(Box::new(move |tx| {
+            Box::pin(async move {
+                let level = stock::set_available(tx, &sku, body.available).await?;
+                let adjusted = StockAdjusted { sku: level.sku.clone(), available: level.available };
+                tx.send(&Message::typed_event(SERVICE, &level.sku, &adjusted)?).await?;
+                Ok(level)
+            })
+        }))
+        .await?;
+    Ok(Json(level))
+}
+
+async fn get_stock<S>(
+    State(store): State<Arc<S>>,
+    sku: Result<Path<String>, PathRejection>,
+) -> Result<Json<StockLevel>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let sku = path(sku)?;
+    match stock::stock_level_of(&*store, &sku).await? {
+        Some(level) => Ok(Json(level)),
+        None => Err(ApiError::not_found(format!("no stock is kept for sku `{sku}`"))),
+    }
+}
+
+async fn list_stock<S>(State(store): State<Arc<S>>) -> Result<Json<Vec<StockLevel>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Ok(Json(stock::stock_levels(&*store).await?))
+}
+
+async fn get_reservation<S>(
+    State(store): State<Arc<S>>,
+    order_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Reservation>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let order_id = path(order_id)?;
+    let order_id = Uuid::parse_str(&order_id).map_err(|_| ApiError::validation("order_id", "must be a UUID"))?;
+    match stock::reservation(&*store, order_id).await? {
+        Some(reservation) => Ok(Json(reservation)),
+        None => Err(ApiError::not_found(format!("order {order_id} has no reservation"))),
+    }
+}
+
+async fn list_reservations<S>(State(store): State<Arc<S>>) -> Result<Json<Vec<Reservation>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Ok(Json(stock::reservations(&*store).await?))
+}
+
+/// A path segment, or a problem instead of axum's plain-text rejection.
+fn path(segment: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    segment.map(|Path(value)| value).map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+}

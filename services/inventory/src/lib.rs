@@ -1,0 +1,122 @@
+//! The inventory service of the reference shop: stock per sku and one
+//! all-or-nothing reservation per order.
+//!
+//! It owns two tables in its own database (its migrations live in
+//! `migrations/{sqlite,postgres}`): `stock` (available and reserved quantity
+//! per sku) and `reservations` (per order: status, items and the recorded
+//! outcome). Everything else reaches it as messages or HTTP requests:
+//!
+//! - [`Inventory::router`]: `PUT/GET /inventory/{sku}`, `GET /inventory`,
+//!   `GET /reservations/{order_id}`, `GET /reservations` (the last two lists
+//!   are unpaginated admin views, used to check invariants across orders);
+//! - [`Inventory::consumer`]: `ReserveStock` / `ReleaseStock` commands in an
+//!   orchestrated saga; `OrderCreated`, `OrderRejected` and `PaymentRefunded`
+//!   events in a choreographed one. Outcomes go out through the outbox in the
+//!   same transaction as the change, as replies or events (see
+//!   [`contracts::outcome`]).
+//!
+//! Layout: [`stock`] holds every statement on the tables (the reservation
+//! rules live there), [`handler`] turns messages into those calls and sends
+//! the outcomes, `http` serves the API, [`error`] is the crate's error type.
+
+pub mod error;
+pub mod handler;
+mod http;
+pub mod stock;
+
+use std::sync::Arc;
+
+use contracts::SagaStyle;
+use polis_bus::{Consumer, ConsumerOptions};
+use polis_core::StoreError;
+use polis_core::bus::Topic;
+use polis_store::sql::{Dialect, Sql, SqlStore};
+use sqlx::migrate::Migrator;
+
+pub use error::InventoryError;
+pub use handler::InventoryHandler;
+
+/// The service's name: its message source, consumer name and store source.
+pub const SERVICE: &str = contracts::inventory::SERVICE;
+
+/// The inventory service's settings (none yet).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {}
+
+/// The inventory service over its store `S` (SQLite or PostgreSQL).
+pub struct Inventory<S> {
+    store: Arc<S>,
+    config: Config,
+}
+
+// By hand: `S` (a store) need not be `Clone` for the service to be.
+impl<S> Clone for Inventory<S> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), config: self.config.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for Inventory<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<S> Inventory<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    /// Applies the service's migrations to `store` (opened by the host with
+    /// source [`SERVICE`]) and returns the service.
+    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        store.migrate(&migrator(store.dialect())).await?;
+        Ok(Self { store, config })
+    }
+
+    /// The service's own HTTP API: paths without any prefix, no layers (the
+    /// host adds the standard stack).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.store.clone())
+    }
+
+    /// The service's durable consumer, named [`SERVICE`], subscribed to what
+    /// `style` needs: its command topic in orchestration; order and payment
+    /// events in choreography.
+    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
+        let consumer = Consumer::new(SERVICE, self.store.clone(), options);
+        match style {
+            SagaStyle::Orchestration => consumer.route(Topic::commands_to(SERVICE), self.handler()),
+            SagaStyle::Choreography => consumer
+                .route(Topic::events_of(contracts::order::SERVICE), self.handler())
+                .route(Topic::events_of(contracts::payment::SERVICE), self.handler()),
+        }
+    }
+
+    /// The message handler the consumer routes to; handy to drive the service
+    /// by hand (inside `store.transaction`) in tests and tools.
+    pub fn handler(&self) -> InventoryHandler {
+        InventoryHandler::new()
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// The service's migrations for `dialect`. Their versions (`2026112230NN`)
+/// share the history table with polis's own, so both sides ignore versions
+/// they don't know.
+pub fn migrator(dialect: Dialect) -> Migrator {
+    let mut migrator = match dialect {
+        Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+    };
+    migrator.set_ignore_missing(true);
+    migrator
+}

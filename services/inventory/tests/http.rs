@@ -1,0 +1,235 @@
+//! The inventory service's HTTP API behind polis-runtime's standard layers,
+//! on SQLite and PostgreSQL: happy paths, a 422 naming the field for every
+//! invalid input, 404s for unknown skus and orders.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+macro_rules! suite {
+    ($($backend:ident),*) => {$(
+        mod $backend {
+            suite!(@cases $backend;
+                setting_stock_creates_updates_and_announces,
+                setting_stock_leaves_reserved_untouched,
+                stock_is_listed_by_sku,
+                invalid_stock_requests_name_the_field,
+                unknown_skus_and_orders_are_404,
+                reservations_are_served,
+            );
+        }
+    )*};
+    (@cases $backend:ident; $($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let (service, _guard) = crate::support::$backend().await;
+            crate::cases::$case(service).await;
+        }
+    )*};
+}
+
+suite!(sqlite, postgres);
+
+#[allow(unreachable_pub)]
+mod cases {
+    use axum::http::{Method, StatusCode};
+    use contracts::Quantity;
+    use contracts::inventory::{ReleaseStock, Reservation, ReservationStatus, ReserveStock, StockAdjusted, StockLevel};
+    use inventory::{Inventory, SERVICE};
+    use polis_core::{Message, MessageKind};
+    use polis_store::sql::{Sql, SqlStore};
+    use serde_json::{Value, json};
+    use uuid::Uuid;
+
+    use crate::support::{app, call, handle, invalid_field, sent};
+
+    const PROBLEM: &str = "application/problem+json";
+
+    async fn put<S: SqlStore>(service: &Inventory<S>, sku: &str, available: i64) -> Value
+    where
+        S::Tx: Sql,
+    {
+        let (status, _, body) =
+            call(&app(service), Method::PUT, &format!("/inventory/{sku}"), Some(json!({ "available": available })))
+                .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn reserve<S: SqlStore>(service: &Inventory<S>, order_id: Uuid, sku: &str, quantity: i64)
+    where
+        S::Tx: Sql,
+    {
+        let body = ReserveStock {
+            order_id,
+            customer_id: Uuid::now_v7(),
+            items: vec![Quantity { sku: sku.into(), quantity }],
+            total: 100,
+        };
+        handle(service, &Message::typed_command("order", SERVICE, &order_id.to_string(), &body).unwrap())
+            .await
+            .unwrap();
+    }
+
+    pub async fn setting_stock_creates_updates_and_announces<S: SqlStore>(service: Inventory<S>)
+    where
+        S::Tx: Sql,
+    {
+        let created: StockLevel = serde_json::from_value(put(&service, "SKU-1", 12).await).unwrap();
+        assert_eq!(created, StockLevel { sku: "SKU-1".into(), available: 12, reserved: 0 });
+        let updated: StockLevel = serde_json::from_value(put(&service, "SKU-1", 0).await).unwrap();
+        assert_eq!(updated.available, 0);
+
+        let (status, content_type, body) = call(&app(&service), Method::GET, "/inventory/SKU-1", None).await;
+        assert_eq!((status, content_type.as_str()), (StatusCode::OK, "application/json"));
+        assert_eq!(serde_json::from_value::<StockLevel>(body).unwrap(), updated);
+
+        // Every change is announced, keyed by the sku, in order.
+        let messages = sent(&**service.store()).await;
+        let adjusted: Vec<StockAdjusted> = messages.iter().map(|m| m.decode().unwrap()).collect();
+        assert_eq!(
+            adjusted,
+            [StockAdjusted { sku: "SKU-1".into(), available: 12 }, StockAdjusted { sku: "SKU-1".into(), available: 0 }]
+        );
+        assert!(messages.iter().all(|m| m.is::<StockAdjusted>() && m.kind == MessageKind::Event && m.key == "SKU-1"));
+
+        // A sku with characters that need escaping in a path.
+        let spaced: StockLevel = serde_json::from_value(put(&service, "big%20box", 1).await).unwrap();
+        assert_eq!(spaced.sku, "big box");
+    }
+
+    pub async fn setting_stock_leaves_reserved_untouched<S: SqlStore>(service: Inventory<S>)
+    where
+        S::Tx: Sql,
+    {
+        put(&service, "SKU-1", 10).await;
+        reserve(&service, Uuid::now_v7(), "SKU-1", 4).await;
+        let level: StockLevel = serde_json::from_value(put(&service, "SKU-1", 50).await).unwrap();
+        assert_eq!(level, StockLevel { sku: "SKU-1".into(), available: 50, reserved: 4 });
+    }
+
+    pub async fn stock_is_listed_by_sku<S: SqlStore>(service: Inventory<S>)
+    where
+        S::Tx: Sql,
+    {
+        let (status, _, body) = call(&app(&service), Method::GET, "/inventory", None).await;
+        assert_eq!((status, body), (StatusCode::OK, json!([])));
+        for (sku, available) in [("c", 3), ("a", 1), ("b", 2)] {
+            put(&service, sku, available).await;
+        }
+        let (status, _, body) = call(&app(&service), Method::GET, "/inventory", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let levels: Vec<StockLevel> = serde_json::from_value(body).unwrap();
+        let listed: Vec<_> = levels.iter().map(|l| (l.sku.as_str(), l.available, l.reserved)).collect();
+        assert_eq!(listed, [("a", 1, 0), ("b", 2, 0), ("c", 3, 0)]);
+    }
+
+    pub async fn invalid_stock_requests_name_the_field<S: SqlStore>(service: Inventory<S>)
+    where
+        S::Tx: Sql,
+    {
+        let app = app(&service);
+        let long_sku = "x".repeat(101);
+        let cases = [
+            ("/inventory/SKU-1", json!({ "available": -1 }), "available"),
+            ("/inventory/SKU-1", json!({ "available": 1_000_000_000_001_i64 }), "available"),
+            ("/inventory/SKU-1", json!({ "available": "ten" }), "available"),
+            ("/inventory/SKU-1", json!({ "available": 1.5 }), "available"),
+            ("/inventory/SKU-1", json!({}), "available"),
+            (&*format!("/inventory/{long_sku}"), json!({ "available": 1 }), "sku"),
+            ("/inventory/%20padded", json!({ "available": 1 }), "sku"),
+            ("/inventory/tab%09", json!({ "available": 1 }), "sku"),
+        ];
+        for (uri, body, field) in cases {
+            let (status, content_type, problem) = call(&app, Method::PUT, uri, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri} {body}: {problem}");
+            assert_eq!(content_type, PROBLEM);
+            assert_eq!(invalid_field(&problem), field, "{uri} {body}");
+        }
+
+        // Not JSON at all: 400; not declared as JSON: 415.
+        let (status, content_type, _) = call_raw(&app, "/inventory/SKU-1", Some("application/json"), "{").await;
+        assert_eq!((status, content_type.as_str()), (StatusCode::BAD_REQUEST, PROBLEM));
+        let (status, content_type, _) = call_raw(&app, "/inventory/SKU-1", None, r#"{"available":1}"#).await;
+        assert_eq!((status, content_type.as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, PROBLEM));
+
+        // Nothing was written or announced.
+        let (_, _, listed) = call(&app, Method::GET, "/inventory", None).await;
+        assert_eq!(listed, json!([]));
+        assert!(sent(&**service.store()).await.is_empty());
+    }
+
+    async fn call_raw(
+        app: &axum::Router,
+        uri: &str,
+        content_type: Option<&str>,
+        body: &'static str,
+    ) -> (StatusCode, String, Value) {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+        let mut request = axum::http::Request::builder().method(Method::PUT).uri(uri);
+        if let Some(content_type) = content_type {
+            request = request.header(axum::http::header::CONTENT_TYPE, content_type);
+        }
+        let response = app.clone().oneshot(request.body(axum::body::Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        let content_type = response.headers()[axum::http::header::CONTENT_TYPE].to_str().unwrap().to_owned();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, content_type, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    pub async fn unknown_skus_and_orders_are_404<S: SqlStore>(service: Inventory<S>)
+    where
+        S::Tx: Sql,
+    {
+        let app = app(&service);
+        for uri in ["/inventory/nope".to_owned(), format!("/reservations/{}", Uuid::now_v7())] {
+            let (status, content_type, problem) = call(&app, Method::GET, &uri, None).await;
+            assert_eq!((status, content_type.as_str()), (StatusCode::NOT_FOUND, PROBLEM), "{uri}");
+            assert_eq!(problem["status"], 404);
+        }
+        let (status, _, problem) = call(&app, Method::GET, "/reservations/not-a-uuid", None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(invalid_field(&problem), "order_id");
+    }
+
+    pub async fn reservations_are_served<S: SqlStore>(service: Inventory<S>)
+    where
+        S::Tx: Sql,
+    {
+        put(&service, "SKU-1", 5).await;
+        let (reserved, released, failed) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        reserve(&service, reserved, "SKU-1", 2).await;
+        reserve(&service, released, "SKU-1", 1).await;
+        let release = ReleaseStock { order_id: released };
+        handle(&service, &Message::typed_command("order", SERVICE, &released.to_string(), &release).unwrap())
+            .await
+            .unwrap();
+        reserve(&service, failed, "SKU-1", 9).await;
+
+        let app = app(&service);
+        let (status, _, body) = call(&app, Method::GET, &format!("/reservations/{reserved}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_value::<Reservation>(body).unwrap(),
+            Reservation {
+                order_id: reserved,
+                status: ReservationStatus::Reserved,
+                items: vec![Quantity { sku: "SKU-1".into(), quantity: 2 }],
+            }
+        );
+
+        let (status, _, body) = call(&app, Method::GET, "/reservations", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let all: Vec<Reservation> = serde_json::from_value(body).unwrap();
+        let statuses: Vec<_> = all.iter().map(|r| (r.order_id, r.status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                (reserved, ReservationStatus::Reserved),
+                (released, ReservationStatus::Released),
+                (failed, ReservationStatus::Failed),
+            ]
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! The order service's HTTP API (behind the gateway).
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use chrono::DateTime;
+use contracts::order::{Accepted, OrderStatus, OrderView, PlaceOrder};
+use contracts::{OrderLine, RejectionReason};
+use polis_runtime::{ApiError, Json};
+use polis_store::args;
+use polis_store::sql::{Row, Sql, SqlStore};
+use uuid::Uuid;
+
+use crate::aggregate::OrderError;
+use crate::{OrderFailure, OrderService};
+
+pub(crate) fn router<S>(service: OrderService<S>) -> Router
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Router::new()
+        .route("/orders", post(place::<S>).get(list_all::<S>))
+        .route("/orders/{id}", get(get_one::<S>))
+        .route("/orders/{id}/cancel", post(cancel::<S>))
+        .route("/customers/{id}/orders", get(list_for_customer::<S>))
+        .with_state(service)
+}
+
+impl From<OrderFailure> for ApiError {
+    fn from(e: OrderFailure) -> Self {
+        match e {
+            OrderFailure::Order(e) => e.into(),
+            OrderFailure::Conflict => ApiError::conflict("the order changed concurrently; retry"),
+            OrderFailure::Store(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::NotFound => ApiError::not_found("no such order"),
+            OrderError::AlreadyExists => ApiError::conflict("the order already exists"),
+            OrderError::NoLines => ApiError::validation("lines", "an order needs at least one line"),
+            OrderError::TotalOverflow => ApiError::validation("lines", "the order total is too large"),
+            OrderError::InvalidLine { index, reason } => ApiError::validation(format!("lines[{index}]"), reason),
+            OrderError::NotCancellable { status } => {
+                ApiError::conflict(format!("the order is {}; only an APPROVED order can be cancelled", status.as_str()))
+                    .with_extension("current_status", status.as_str())
+            }
+        }
+    }
+}
+
+async fn place<S>(
+    State(service): State<OrderService<S>>,
+    Json(body): Json<PlaceOrder>,
+) -> Result<impl IntoResponse, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let id = service.place(body.customer_id, body.lines).await?;
+    let location = format!("/orders/{id}");
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Accepted { id, status: OrderStatus::Pending })))
+}
+
+async fn cancel<S>(
+    State(service): State<OrderService<S>>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let id = parse_id(&id)?;
+    service.cancel(id).await?;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { id, status: OrderStatus::CancelPending })))
+}
+
+const COLUMNS: &str = "order_id, customer_id, status, reason, lines, total, created_at_us, updated_at_us";
+
+async fn get_one<S>(State(service): State<OrderService<S>>, Path(id): Path<String>) -> Result<Json<OrderView>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let id = parse_id(&id)?;
+    let sql = format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1");
+    let row = service.store().query_optional(&sql, args![id]).await?;
+    let row = row.ok_or_else(|| ApiError::not_found("no such order"))?;
+    Ok(Json(view(&row)?))
+}
+
+async fn list_all<S>(State(service): State<OrderService<S>>) -> Result<Json<Vec<OrderView>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let sql = format!("SELECT {COLUMNS} FROM orders ORDER BY order_id");
+    let rows = service.store().query(&sql, args![]).await?;
+    Ok(Json(rows.iter().map(view).collect::<Result<_, _>>()?))
+}
+
+async fn list_for_customer<S>(
+    State(service): State<OrderService<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<OrderView>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("no such customer"))?;
+    let sql = format!("SELECT {COLUMNS} FROM orders WHERE customer_id = $1 ORDER BY created_at_us, order_id");
+    let rows = service.store().query(&sql, args![id]).await?;
+    Ok(Json(rows.iter().map(view).collect::<Result<_, _>>()?))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::not_found("no such order"))
+}
+
+fn view(row: &Row) -> Result<OrderView, ApiError> {
+    let status = parse_status(&row.text("status")?)?;
+    let reason = row.opt_text("reason")?.map(|r| parse_reason(&r)).transpose()?;
+    let lines: Vec<OrderLine> = row.json("lines")?;
+    let time = |column: &str| -> Result<String, ApiError> {
+        let micros = row.int(column)?;
+        DateTime::from_timestamp_micros(micros)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .ok_or_else(|| ApiError::internal(format!("bad time {micros} in column {column}")))
+    };
+    Ok(OrderView {
+        id: row.uuid("order_id")?,
+        customer_id: row.uuid("customer_id")?,
+        status,
+        reason,
+        items: lines,
+        total: row.int("total")?,
+        created_at: time("created_at_us")?,
+        updated_at: time("updated_at_us")?,
+    })
+}
+
+fn parse_status(s: &str) -> Result<OrderStatus, ApiError> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| ApiError::internal(format!("unknown order status {s} in the read model")))
+}
+
+fn parse_reason(s: &str) -> Result<RejectionReason, ApiError> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| ApiError::internal(format!("unknown rejection reason {s} in the read model")))
+}

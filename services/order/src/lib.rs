@@ -1,0 +1,452 @@
+//! The order service: the event-sourced Order aggregate and the
+//! create-order saga, in either style.
+//!
+//! - [`aggregate`]: the pure Order aggregate (statuses, decisions).
+//! - [`saga`]: the orchestrated create-order saga, a pure state machine run
+//!   by polis-saga with durable state and deadlines.
+//! - this module: the service — its HTTP API, its message handlers, and the
+//!   one place that executes an order command (append the events, announce
+//!   them through the outbox, update the `orders` read model, all in one
+//!   transaction).
+//!
+//! In *choreography* there is no saga state: the service announces
+//! `OrderCreated`, schedules a per-order deadline, and decides on the other
+//! services' events (a failure rejects, `PaymentCaptured` approves; the
+//! deadline rejects with `TIMEOUT` whatever is still pending).
+
+pub mod aggregate;
+mod http;
+pub mod saga;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{Duration, Utc};
+use contracts::inventory::{StockReleased, StockReservationFailed};
+use contracts::order::OrderStatus;
+use contracts::payment::{PaymentCaptured, PaymentFailed};
+use contracts::shipping::ShipmentFailed;
+use contracts::{OrderLine, RejectionReason, SagaStyle};
+use polis_bus::{Consumer, ConsumerOptions, Handler, HandlerError};
+use polis_core::{CommandError, Message, MessageType, Metadata, NewEvent, Repository, StoreError, Topic, Transaction};
+use polis_saga::{SagaError, Sagas};
+use polis_store::args;
+use polis_store::sql::{Sql, SqlStore};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::aggregate::{Order, OrderCommand, OrderError};
+use crate::saga::{CreateOrderSaga, SagaEffect};
+
+pub const SERVICE: &str = contracts::order::SERVICE;
+
+/// The choreography's per-order deadline: a command the service sends itself.
+pub const ORDER_DEADLINE_TYPE: &str = "order.order-deadline.v1";
+
+/// The order service's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub saga: SagaStyle,
+    /// Orchestration: how long each saga step waits for its reply.
+    pub step_timeout_ms: u64,
+    /// Choreography: how long an order may stay PENDING.
+    pub order_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { saga: SagaStyle::Orchestration, step_timeout_ms: 5_000, order_timeout_ms: 15_000 }
+    }
+}
+
+static MIGRATIONS_SQLITE: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations/sqlite");
+    migrator.set_ignore_missing(true);
+    migrator
+});
+
+static MIGRATIONS_POSTGRES: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+});
+
+/// The order service over its own store.
+pub struct OrderService<S> {
+    store: Arc<S>,
+    config: Config,
+    orders: Arc<Repository<Order, S>>,
+    sagas: Sagas<CreateOrderSaga>,
+}
+
+impl<S> Clone for OrderService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            orders: self.orders.clone(),
+            sagas: self.sagas.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for OrderService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderService").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Why a transaction of the order service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderFailure {
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    #[error("the order changed concurrently")]
+    Conflict,
+    #[error(transparent)]
+    Saga(#[from] SagaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("corrupt order event: {0}")]
+    Decode(String),
+}
+
+impl From<CommandError<OrderError>> for OrderFailure {
+    fn from(e: CommandError<OrderError>) -> Self {
+        match e {
+            CommandError::Rejected(rejection) => Self::Order(rejection),
+            CommandError::Conflict { .. } => Self::Conflict,
+            CommandError::Store(e) if e.is_conflict() => Self::Conflict,
+            CommandError::Store(e) => Self::Store(e),
+            other => Self::Decode(other.to_string()),
+        }
+    }
+}
+
+impl From<OrderFailure> for HandlerError {
+    fn from(e: OrderFailure) -> Self {
+        match e {
+            OrderFailure::Conflict | OrderFailure::Saga(SagaError::Conflict { .. }) => Self::Transient(e.to_string()),
+            OrderFailure::Store(e) | OrderFailure::Saga(SagaError::Store(e)) => e.into(),
+            other => Self::Permanent(other.to_string()),
+        }
+    }
+}
+
+impl<S> OrderService<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    /// Applies the service's migrations and returns the service.
+    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        let migrator = match store.dialect() {
+            polis_store::sql::Dialect::Sqlite => &*MIGRATIONS_SQLITE,
+            polis_store::sql::Dialect::Postgres => &*MIGRATIONS_POSTGRES,
+        };
+        store.migrate(migrator).await?;
+        let orders = Arc::new(Repository::new(store.clone()));
+        Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE) })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The service's own HTTP API.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// The service's consumer: saga replies and its own deadlines in
+    /// orchestration; the other services' outcome events in choreography.
+    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
+        let handler = OrderHandler { service: self.clone(), style };
+        let consumer =
+            Consumer::new(SERVICE, self.store.clone(), options).route(Topic::commands_to(SERVICE), handler.clone());
+        match style {
+            SagaStyle::Orchestration => consumer.route(Topic::replies_to(SERVICE), handler),
+            SagaStyle::Choreography => consumer
+                .route(Topic::events_of(contracts::inventory::SERVICE), handler.clone())
+                .route(Topic::events_of(contracts::payment::SERVICE), handler.clone())
+                .route(Topic::events_of(contracts::shipping::SERVICE), handler),
+        }
+    }
+
+    /// Places an order: appends `OrderCreated`, announces it, and starts the
+    /// saga (orchestration) or the order's deadline (choreography) — one transaction.
+    pub async fn place(&self, customer_id: Uuid, lines: Vec<OrderLine>) -> Result<Uuid, OrderFailure> {
+        let service = self.clone();
+        let order_id = Uuid::now_v7();
+        self.store
+            .transaction(Box::new(move |tx: &mut S::Tx| {
+                Box::pin(async move {
+                    let command = OrderCommand::Place { order_id, customer_id, lines };
+                    let order = service.execute(tx, order_id, &command, &Metadata::default()).await?;
+                    let now = Utc::now();
+                    match service.config.saga {
+                        SagaStyle::Orchestration => {
+                            let (saga, step) = CreateOrderSaga::start(
+                                order_id,
+                                customer_id,
+                                order
+                                    .lines
+                                    .iter()
+                                    .map(|l| contracts::Quantity { sku: l.sku.clone(), quantity: l.quantity })
+                                    .collect(),
+                                order.total,
+                                service.config.step_timeout_ms,
+                                Metadata { correlation_id: Some(order_id), ..Metadata::default() },
+                                now,
+                            );
+                            let mut instance = service.sagas.begin(order_id.to_string(), saga);
+                            service.sagas.save(tx, &mut instance, &step).await?;
+                        }
+                        SagaStyle::Choreography => {
+                            let key = order_id.to_string();
+                            let deadline = Message::command(
+                                SERVICE,
+                                SERVICE,
+                                ORDER_DEADLINE_TYPE,
+                                &key,
+                                serde_json::json!({ "order_id": order_id }),
+                            );
+                            let due = now + Duration::milliseconds(ms(service.config.order_timeout_ms));
+                            tx.schedule(&deadline, due).await?;
+                            tx.execute(
+                                "UPDATE orders SET deadline_id = $1 WHERE order_id = $2",
+                                args![deadline.id, order_id],
+                            )
+                            .await?;
+                        }
+                    }
+                    Ok::<_, OrderFailure>(order_id)
+                })
+            }))
+            .await
+    }
+
+    /// Requests the cancellation of an approved order.
+    pub async fn cancel(&self, order_id: Uuid) -> Result<(), OrderFailure> {
+        let service = self.clone();
+        self.store
+            .transaction(Box::new(move |tx: &mut S::Tx| {
+                Box::pin(async move {
+                    service.execute(tx, order_id, &OrderCommand::RequestCancel, &Metadata::default()).await?;
+                    if service.config.saga == SagaStyle::Orchestration {
+                        let key = order_id.to_string();
+                        if let Some(mut instance) = service.sagas.load(tx, &key).await? {
+                            let step = instance.state.cancel();
+                            service.sagas.save(tx, &mut instance, &step).await?;
+                        }
+                    }
+                    Ok::<_, OrderFailure>(())
+                })
+            }))
+            .await
+    }
+
+    /// Executes an order command in `tx`: appends its events, sends each as
+    /// a message, and updates the read model. Returns the new state.
+    async fn execute(
+        &self,
+        tx: &mut S::Tx,
+        order_id: Uuid,
+        command: &OrderCommand,
+        metadata: &Metadata,
+    ) -> Result<Order, OrderFailure> {
+        let id = order_id.to_string();
+        let (executed, appended) = self.orders.execute_in(tx, &id, command, metadata).await?;
+        if appended.is_empty() {
+            return Ok(executed.state);
+        }
+        for event in &appended {
+            tx.send(&Message::from_new_event(SERVICE, &id, event)).await?;
+        }
+        write_read_model(tx, &executed.state, executed.version, &appended).await?;
+        Ok(executed.state)
+    }
+
+    /// Applies the saga's effects to the order.
+    async fn apply_effects(
+        &self,
+        tx: &mut S::Tx,
+        order_id: Uuid,
+        effects: Vec<SagaEffect>,
+        metadata: &Metadata,
+    ) -> Result<(), OrderFailure> {
+        for effect in effects {
+            let command = match effect {
+                SagaEffect::Approve => OrderCommand::Approve,
+                SagaEffect::Reject(reason) => OrderCommand::Reject(reason),
+                SagaEffect::CompleteCancel => OrderCommand::CompleteCancel,
+            };
+            self.execute(tx, order_id, &command, metadata).await?;
+        }
+        Ok(())
+    }
+
+    /// Choreography: decides the order on another service's outcome event.
+    async fn decide(&self, tx: &mut S::Tx, message: &Message) -> Result<(), OrderFailure> {
+        let command = if message.is::<StockReservationFailed>() {
+            let body: StockReservationFailed = decode(message)?;
+            Some((body.order_id, OrderCommand::Reject(body.reason)))
+        } else if message.is::<PaymentFailed>() {
+            let body: PaymentFailed = decode(message)?;
+            Some((body.order_id, OrderCommand::Reject(body.reason)))
+        } else if message.is::<ShipmentFailed>() {
+            let body: ShipmentFailed = decode(message)?;
+            Some((body.order_id, OrderCommand::Reject(body.reason)))
+        } else if message.is::<PaymentCaptured>() {
+            let body: PaymentCaptured = decode(message)?;
+            Some((body.order_id, OrderCommand::Approve))
+        } else if message.is::<StockReleased>() {
+            // The last step of a choreographed cancellation (for a rejected
+            // order it is a compensation, and changes nothing here).
+            let body: StockReleased = decode(message)?;
+            Some((body.order_id, OrderCommand::CompleteCancel))
+        } else {
+            None
+        };
+        let Some((order_id, command)) = command else { return Ok(()) };
+        let order = self.execute(tx, order_id, &command, &message.caused()).await;
+        match order {
+            // An outcome for an order this service never had is a bad message.
+            Err(OrderFailure::Order(OrderError::NotFound)) => {
+                Err(OrderFailure::Decode(format!("no order {order_id} for {}", message.message_type)))
+            }
+            Err(e) => Err(e),
+            Ok(order) => {
+                if order.status != Some(OrderStatus::Pending) {
+                    self.clear_order_deadline(tx, order_id).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Choreography: the order's deadline passed; reject it if still pending.
+    async fn order_deadline(&self, tx: &mut S::Tx, message: &Message) -> Result<(), OrderFailure> {
+        let order_id = parse_key(message)?;
+        let current = tx
+            .fetch_optional("SELECT deadline_id FROM orders WHERE order_id = $1", args![order_id])
+            .await?
+            .map(|row| row.opt_text("deadline_id"))
+            .transpose()?
+            .flatten();
+        if current.as_deref() != Some(message.id.to_string().as_str()) {
+            return Ok(());
+        }
+        tx.execute("UPDATE orders SET deadline_id = NULL WHERE order_id = $1", args![order_id]).await?;
+        self.execute(tx, order_id, &OrderCommand::Reject(RejectionReason::Timeout), &message.caused()).await?;
+        Ok(())
+    }
+
+    async fn clear_order_deadline(&self, tx: &mut S::Tx, order_id: Uuid) -> Result<(), OrderFailure> {
+        let row = tx.fetch_optional("SELECT deadline_id FROM orders WHERE order_id = $1", args![order_id]).await?;
+        if let Some(deadline) = row.map(|r| r.opt_text("deadline_id")).transpose()?.flatten() {
+            if let Ok(id) = Uuid::parse_str(&deadline) {
+                tx.unschedule(id).await?;
+            }
+            tx.execute("UPDATE orders SET deadline_id = NULL WHERE order_id = $1", args![order_id]).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+}
+
+fn ms(millis: u64) -> i64 {
+    i64::try_from(millis).unwrap_or(i64::MAX / 1_000_000)
+}
+
+fn decode<T: MessageType>(message: &Message) -> Result<T, OrderFailure> {
+    message.decode::<T>().map_err(|e| OrderFailure::Decode(format!("{}: {e}", message.message_type)))
+}
+
+fn parse_key(message: &Message) -> Result<Uuid, OrderFailure> {
+    Uuid::parse_str(&message.key)
+        .map_err(|e| OrderFailure::Decode(format!("key `{}` is not an order id: {e}", message.key)))
+}
+
+/// Upserts the order's row from its new state.
+async fn write_read_model<Tx: Sql + ?Sized>(
+    tx: &mut Tx,
+    order: &Order,
+    version: u64,
+    appended: &[NewEvent],
+) -> Result<(), StoreError> {
+    let (Some(id), Some(customer_id), Some(status)) = (order.id, order.customer_id, order.status) else {
+        return Err(StoreError::InvalidRequest("an order without identity cannot be stored".into()));
+    };
+    let at = appended.last().map_or_else(Utc::now, |e| e.time).timestamp_micros();
+    let lines = serde_json::to_string(&order.lines).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO orders (order_id, customer_id, status, reason, lines, total, version, created_at_us, updated_at_us) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, reason = excluded.reason, \
+         version = excluded.version, updated_at_us = excluded.updated_at_us",
+        args![
+            id,
+            customer_id,
+            status.as_str(),
+            order.reason.map(RejectionReason::as_str),
+            lines,
+            order.total,
+            i64::try_from(version).unwrap_or(i64::MAX),
+            at
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The order service's message handler (all its topics).
+struct OrderHandler<S> {
+    service: OrderService<S>,
+    style: SagaStyle,
+}
+
+impl<S> Clone for OrderHandler<S> {
+    fn clone(&self) -> Self {
+        Self { service: self.service.clone(), style: self.style }
+    }
+}
+
+#[async_trait]
+impl<S> Handler<S::Tx> for OrderHandler<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    async fn handle(&self, tx: &mut S::Tx, message: &Message) -> Result<(), HandlerError> {
+        let service = &self.service;
+        let now = Utc::now();
+        match (self.style, message.kind) {
+            (_, polis_core::MessageKind::Command) if message.message_type == polis_saga::DEADLINE_TYPE => {
+                let effects = service.sagas.fire_deadline(tx, message, now).await.map_err(OrderFailure::from)?;
+                let order_id = parse_key(message)?;
+                service.apply_effects(tx, order_id, effects, &message.caused()).await?;
+            }
+            (_, polis_core::MessageKind::Command) if message.message_type == ORDER_DEADLINE_TYPE => {
+                service.order_deadline(tx, message).await?;
+            }
+            (_, polis_core::MessageKind::Command) => {
+                return Err(HandlerError::Permanent(format!("unknown command {}", message.message_type)));
+            }
+            (SagaStyle::Orchestration, polis_core::MessageKind::Reply) => {
+                let order_id = parse_key(message)?;
+                let effects =
+                    service.sagas.on_reply(tx, &message.key, message, now).await.map_err(OrderFailure::from)?;
+                service.apply_effects(tx, order_id, effects, &message.caused()).await?;
+            }
+            (SagaStyle::Choreography, polis_core::MessageKind::Event) => service.decide(tx, message).await?,
+            // Nothing else is routed here.
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! The service's messages: customer events for the replica, and the saga's
+//! commands (orchestration) or the events it reacts to (choreography).
+//!
+//! Each step answers with [`contracts::outcome`]: a reply to a command, an
+//! event caused by an event. Idempotency per order lives in the payments
+//! table, beyond the inbox's per-message dedup: a step whose effect is
+//! already recorded re-sends the recorded outcome and changes nothing.
+
+use async_trait::async_trait;
+use contracts::customer::{Customer, CustomerRegistered, CustomerUpdated};
+use contracts::inventory::StockReserved;
+use contracts::order::OrderRejected;
+use contracts::payment::{
+    AuthorizePayment, CapturePayment, PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded,
+    PaymentStatus, PaymentVoided, RefundPayment, VoidPayment,
+};
+use contracts::shipping::{ShipmentCancelled, ShipmentScheduled};
+use contracts::{Money, RejectionReason, SagaStyle};
+use polis_bus::{Handler, HandlerError};
+use polis_core::{Message, MessageKind, Transaction};
+use polis_store::sql::Sql;
+use uuid::Uuid;
+
+use crate::ledger::{self, Stored};
+use crate::provider::{Decision, Provider};
+use crate::{Config, SERVICE};
+
+/// Handles every message the payment service takes, inside the consumer's
+/// transaction (so its writes, its outcome and the inbox record commit
+/// together).
+///
+/// - customer events update the replica, in both styles;
+/// - commands are carried out whatever the style (an unknown command type
+///   is a permanent failure);
+/// - in choreography, `StockReserved`, `ShipmentScheduled`,
+///   `ShipmentCancelled` and `OrderRejected` trigger the saga steps; every
+///   other event is ignored.
+#[derive(Debug, Clone)]
+pub struct PaymentHandler {
+    style: SagaStyle,
+    provider: Provider,
+}
+
+/// An outcome to send about an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Authorized(PaymentAuthorized),
+    Failed(PaymentFailed),
+    Captured(PaymentCaptured),
+    Voided(PaymentVoided),
+    Refunded(PaymentRefunded),
+}
+
+impl Outcome {
+    fn failed(order_id: Uuid, reason: RejectionReason) -> Self {
+        Self::Failed(PaymentFailed { order_id, reason })
+    }
+
+    fn refunded(order_id: Uuid, amount: Money) -> Self {
+        Self::Refunded(PaymentRefunded { order_id, amount })
+    }
+
+    fn voided(order_id: Uuid) -> Self {
+        Self::Voided(PaymentVoided { order_id })
+    }
+}
+
+/// Which request asked for a refund: the orchestrator's command wants an
+/// answer whatever the state; shipping's `ShipmentCancelled` (choreography)
+/// only concerns a captured payment, since the same event also ends a
+/// rejection, where there is nothing to refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefundTrigger {
+    Command,
+    ShipmentCancelled,
+}
+
+/// A concurrent handler of the same order changed its payment between this
+/// one's read and write; the retry reads the new state.
+fn raced(order_id: Uuid) -> HandlerError {
+    HandlerError::Transient(format!("the payment of order {order_id} changed concurrently; retrying"))
+}
+
+impl PaymentHandler {
+    pub(crate) fn new(style: SagaStyle, config: &Config) -> Self {
+        Self { style, provider: Provider::new(config) }
+    }
+
+    async fn on_command<Tx>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError>
+    where
+        Tx: Transaction + Sql,
+    {
+        if message.is::<AuthorizePayment>() {
+            let command: AuthorizePayment = message.decode()?;
+            self.authorize(tx, message, command.order_id, command.customer_id, command.amount).await
+        } else if message.is::<CapturePayment>() {
+            let command: CapturePayment = message.decode()?;
+            capture(tx, message, command.order_id).await
+        } else if message.is::<VoidPayment>() {
+            let command: VoidPayment = message.decode()?;
+            void(tx, message, command.order_id).await
+        } else if message.is::<RefundPayment>() {
+            let command: RefundPayment = message.decode()?;
+            refund(tx, message, command.order_id, RefundTrigger::Command).await
+        } else {
+            Err(HandlerError::Permanent(format!("the payment service has no command `{}`", message.message_type)))
+        }
+    }
+
+    async fn on_event<Tx>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError>
+    where
+        Tx: Transaction + Sql,
+    {
+        if message.is::<CustomerRegistered>() {
+            let event: CustomerRegistered = message.decode()?;
+            return replicate(tx, &event.customer).await;
+        }
+        if message.is::<CustomerUpdated>() {
+            let event: CustomerUpdated = message.decode()?;
+            return replicate(tx, &event.customer).await;
+        }
+        if self.style != SagaStyle::Choreography {
+            return Ok(());
+        }
+        if message.is::<StockReserved>() {
+            let event: StockReserved = message.decode()?;
+            self.authorize(tx, message, event.order_id, event.customer_id, event.total).await
+        } else if message.is::<ShipmentScheduled>() {
+            let event: ShipmentScheduled = message.decode()?;
+            capture(tx, message, event.order_id).await
+        } else if message.is::<ShipmentCancelled>() {
+            let event: ShipmentCancelled = message.decode()?;
+            refund(tx, message, event.order_id, RefundTrigger::ShipmentCancelled).await
+        } else if message.is::<OrderRejected>() {
+            let event: OrderRejected = message.decode()?;
+            void(tx, message, event.order_id).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Authorizes `amount` for the order: credit check, then the provider.
+    async fn authorize<Tx>(
+        &self,
+        tx: &mut Tx,
+        trigger: &Message,
+        order_id: Uuid,
+        customer_id: Uuid,
+        amount: Money,
+    ) -> Result<(), HandlerError>
+    where
+        Tx: Transaction + Sql,
+    {
+        if amount < 0 {
+            return Err(HandlerError::Permanent(format!(
+                "cannot authorize a negative amount ({amount}) for order {order_id}"
+            )));
+        }
+        if let Some(payment) = ledger::load(tx, order_id).await? {
+            return send(tx, trigger, order_id, authorization_outcome(&payment)).await;
+        }
+        let Some(customer) = ledger::lock_customer(tx, customer_id).await? else {
+            // The customer's registration is on its way through the customer
+            // topic, which is consumed independently of this one: wait for it.
+            return Err(HandlerError::Transient(format!(
+                "customer {customer_id} of order {order_id} is not replicated yet"
+            )));
+        };
+        let exposure = ledger::exposure(tx, customer_id).await?;
+        // An overflowing sum is certainly over any limit.
+        let within_limit = exposure.checked_add(amount).is_some_and(|total| total <= customer.credit_limit);
+        let decision = if !within_limit {
+            Err(RejectionReason::CreditLimitExceeded)
+        } else if self.provider.authorize(order_id, &customer.email).await == Decision::Declined {
+            Err(RejectionReason::PaymentDeclined)
+        } else {
+            Ok(())
+        };
+        let (status, reason) = match decision {
+            Ok(()) => (PaymentStatus::Authorized, None),
+            Err(reason) => (PaymentStatus::Failed, Some(reason)),
+        };
+        let payment = Stored { order_id, customer_id: Some(customer_id), amount, status, reason };
+        if !ledger::insert(tx, &payment).await? {
+            return Err(raced(order_id));
+        }
+        tracing::info!(
+            order_id = %order_id,
+            customer_id = %customer_id,
+            amount,
+            exposure,
+            credit_limit = customer.credit_limit,
+            status = ledger::status_str(status),
+            reason = reason.map(RejectionReason::as_str),
+            "payment authorization decided"
+        );
+        send(tx, trigger, order_id, authorization_outcome(&payment)).await
+    }
+
+    /// Handles one message; the [`Handler`] impl, callable without boxing.
+    pub async fn handle_message<Tx>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError>
+    where
+        Tx: Transaction + Sql,
+    {
+        match message.kind {
+            MessageKind::Command => self.on_command(tx, message).await,
+            MessageKind::Event => self.on_event(tx, message).await,
+            MessageKind::Reply => Err(HandlerError::Permanent(format!(
+                "the payment service sends no commands, so it takes no replies (got `{}`)",
+                message.message_type
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl<Tx> Handler<Tx> for PaymentHandler
+where
+    Tx: Transaction + Sql,
+{
+    async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+        self.handle_message(tx, message).await
+    }
+}
+
+/// What an authorization of this payment answered (and answers again).
+fn authorization_outcome(payment: &Stored) -> Outcome {
+    match (payment.status, payment.customer_id) {
+        // A FAILED row always has its reason; a missing one reads as a decline rather than a fault.
+        (PaymentStatus::Failed, _) => {
+            Outcome::failed(payment.order_id, payment.reason.unwrap_or(RejectionReason::PaymentDeclined))
+        }
+        // A tombstone: the order was compensated (rejected) before it got here.
+        (_, None) => Outcome::failed(payment.order_id, RejectionReason::Timeout),
+        (_, Some(customer_id)) => {
+            Outcome::Authorized(PaymentAuthorized { order_id: payment.order_id, customer_id, amount: payment.amount })
+        }
+    }
+}
+
+async fn replicate<Tx: Sql>(tx: &mut Tx, customer: &Customer) -> Result<(), HandlerError> {
+    ledger::upsert_customer(tx, customer.id, &customer.email, customer.credit_limit).await?;
+    tracing::debug!(customer_id = %customer.id, credit_limit = customer.credit_limit, "customer replicated");
+    Ok(())
+}
+
+/// AUTHORIZED → CAPTURED; CAPTURED again re-sends; anything else (no
+/// payment, failed, voided, refunded) is too late: `TIMEOUT`.
+async fn capture<Tx>(tx: &mut Tx, trigger: &Message, order_id: Uuid) -> Result<(), HandlerError>
+where
+    Tx: Transaction + Sql,
+{
+    let outcome = match ledger::transition(tx, order_id, PaymentStatus::Authorized, PaymentStatus::Captured).await? {
+        Some(amount) => {
+            tracing::info!(order_id = %order_id, amount, "payment captured");
+            Outcome::Captured(PaymentCaptured { order_id, amount })
+        }
+        None => match ledger::load(tx, order_id).await? {
+            Some(Stored { status: PaymentStatus::Captured, amount, .. }) => {
+                Outcome::Captured(PaymentCaptured { order_id, amount })
+            }
+            Some(Stored { status: PaymentStatus::Authorized, .. }) => return Err(raced(order_id)),
+            _ => Outcome::failed(order_id, RejectionReason::Timeout),
+        },
+    };
+    send(tx, trigger, order_id, outcome).await
+}
+
+/// The compensation: undoes whatever the payment got to. AUTHORIZED →
+/// VOIDED, CAPTURED → REFUNDED; already undone or failed re-sends; no
+/// payment at all leaves a VOIDED tombstone, so that a late authorization
+/// fails.
+async fn void<Tx>(tx: &mut Tx, trigger: &Message, order_id: Uuid) -> Result<(), HandlerError>
+where
+    Tx: Transaction + Sql,
+{
+    let outcome = match ledger::load(tx, order_id).await? {
+        None => {
+            let tombstone =
+                Stored { order_id, customer_id: None, amount: 0, status: PaymentStatus::Voided, reason: None };
+            if !ledger::insert(tx, &tombstone).await? {
+                return Err(raced(order_id));
+            }
+            tracing::info!(order_id = %order_id, "void before any authorization: tombstone stored");
+            Outcome::voided(order_id)
+        }
+        Some(payment) => match payment.status {
+            PaymentStatus::Authorized => {
+                ledger::transition(tx, order_id, PaymentStatus::Authorized, PaymentStatus::Voided)
+                    .await?
+                    .ok_or_else(|| raced(order_id))?;
+                tracing::info!(order_id = %order_id, amount = payment.amount, "payment voided");
+                Outcome::voided(order_id)
+            }
+            PaymentStatus::Captured => {
+                let amount = ledger::transition(tx, order_id, PaymentStatus::Captured, PaymentStatus::Refunded)
+                    .await?
+                    .ok_or_else(|| raced(order_id))?;
+                tracing::info!(order_id = %order_id, amount, "captured payment refunded by a void");
+                Outcome::refunded(order_id, amount)
+            }
+            PaymentStatus::Failed | PaymentStatus::Voided => Outcome::voided(order_id),
+            PaymentStatus::Refunded => Outcome::refunded(order_id, payment.amount),
+        },
+    };
+    send(tx, trigger, order_id, outcome).await
+}
+
+/// The cancellation: CAPTURED → REFUNDED; REFUNDED again re-sends. Any
+/// other state has nothing captured to refund: the command is answered
+/// `TIMEOUT` (like a capture that comes too late), a `ShipmentCancelled`
+/// is ignored.
+async fn refund<Tx>(tx: &mut Tx, trigger: &Message, order_id: Uuid, by: RefundTrigger) -> Result<(), HandlerError>
+where
+    Tx: Transaction + Sql,
+{
+    let outcome = match ledger::transition(tx, order_id, PaymentStatus::Captured, PaymentStatus::Refunded).await? {
+        Some(amount) => {
+            tracing::info!(order_id = %order_id, amount, "payment refunded");
+            Outcome::refunded(order_id, amount)
+        }
+        None => match ledger::load(tx, order_id).await? {
+            Some(Stored { status: PaymentStatus::Refunded, amount, .. }) => Outcome::refunded(order_id, amount),
+            Some(Stored { status: PaymentStatus::Captured, .. }) => return Err(raced(order_id)),
+            _ if by == RefundTrigger::ShipmentCancelled => return Ok(()),
+            _ => Outcome::failed(order_id, RejectionReason::Timeout),
+        },
+    };
+    send(tx, trigger, order_id, outcome).await
+}
+
+/// Writes `outcome` to the outbox as the answer to `trigger`, keyed by the order.
+async fn send<Tx: Transaction>(
+    tx: &mut Tx,
+    trigger: &Message,
+    order_id: Uuid,
+    outcome: Outcome,
+) -> Result<(), HandlerError> {
+    let key = order_id.to_string();
+    let message = match &outcome {
+        Outcome::Authorized(body) => contracts::outcome(SERVICE, trigger, &key, body),
+        Outcome::Failed(body) => contracts::outcome(SERVICE, trigger, &key, body),
+        Outcome::Captured(body) => contracts::outcome(SERVICE, trigger, &key, body),
+        Outcome::Voided(body) => contracts::outcome(SERVICE, trigger, &key, body),
+        Outcome::Refunded(body) => contracts::outcome(SERVICE, trigger, &key, body),
+    }?;
+    tracing::debug!(order_id = %order_id, message_type = message.message_type, kind = %message.kind, "outcome sent");
+    tx.send(&message).await?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! The service's HTTP API: read-only views of payments and credit.
+//!
+//! Payments change only through messages (the saga's steps), so there is no
+//! write endpoint. The host adds the standard layers; this is the bare router.
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use contracts::payment::{Credit, Payment as PaymentView};
+use polis_runtime::{ApiError, Json};
+use polis_store::sql::{Sql, SqlStore};
+use uuid::Uuid;
+
+use crate::{Payment, ledger};
+
+pub(crate) fn router<S>(service: Payment<S>) -> Router
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Router::new()
+        .route("/payments", get(list_payments::<S>))
+        .route("/payments/{order_id}", get(get_payment::<S>))
+        .route("/credit/{customer_id}", get(get_credit::<S>))
+        .with_state(service)
+}
+
+/// The id in the path, or a 422 naming the path parameter.
+fn id_param(field: &str, path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    let Path(raw) = path.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    Uuid::parse_str(&raw).map_err(|_| ApiError::validation(field, format!("must be a UUID, got `{raw}`")))
+}
+
+async fn get_payment<S>(
+    State(service): State<Payment<S>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PaymentView>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let order_id = id_param("order_id", path)?;
+    match ledger::find(&*service.store, order_id).await? {
+        Some(payment) => Ok(Json(payment.view())),
+        None => Err(ApiError::not_found(format!("no payment for order {order_id}"))),
+    }
+}
+
+/// Every payment, unpaginated: an admin view the demo uses to check
+/// invariants across all orders.
+async fn list_payments<S>(State(service): State<Payment<S>>) -> Result<Json<Vec<PaymentView>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let payments = ledger::all(&*service.store).await?;
+    Ok(Json(payments.iter().map(ledger::Stored::view).collect()))
+}
+
+async fn get_credit<S>(
+    State(service): State<Payment<S>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Credit>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let customer_id = id_param("customer_id", path)?;
+    match ledger::credit(&*service.store, customer_id).await? {
+        Some(credit) => Ok(Json(credit)),
+        None => Err(ApiError::not_found(format!("customer {customer_id} is not known to the payment service"))),
+    }
+}

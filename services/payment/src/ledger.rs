@@ -1,0 +1,233 @@
+//! The SQL on the service's own tables, written once for SQLite and PostgreSQL.
+//!
+//! Every state change is a compare-and-set (`UPDATE ... WHERE status = ...`,
+//! `INSERT ... ON CONFLICT DO NOTHING`) whose row count says whether it won:
+//! on PostgreSQL two handlers of one order can run at once (different topics
+//! are handled concurrently, and a service may run in several processes), so
+//! "read, decide, write" alone could apply two transitions from one state.
+//! A caller that loses reads the row again on its next attempt.
+
+use chrono::Utc;
+use contracts::payment::{Credit, Payment as PaymentView, PaymentStatus};
+use contracts::{Money, RejectionReason};
+use polis_core::StoreError;
+use polis_store::args;
+use polis_store::sql::{Dialect, Row, Sql, SqlStore};
+use sqlx::migrate::Migrator;
+use uuid::Uuid;
+
+/// The service's migrations for `dialect`; versions `2026112240NN`, so they
+/// share the history table with polis's own without colliding.
+pub(crate) fn migrator(dialect: Dialect) -> Migrator {
+    let mut migrator = match dialect {
+        Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+    };
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// A customer as replicated here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CustomerCredit {
+    pub(crate) email: String,
+    pub(crate) credit_limit: Money,
+}
+
+/// A payment row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) order_id: Uuid,
+    /// `None` only for a tombstone (a void that came before any authorization).
+    pub(crate) customer_id: Option<Uuid>,
+    pub(crate) amount: Money,
+    pub(crate) status: PaymentStatus,
+    pub(crate) reason: Option<RejectionReason>,
+}
+
+impl Stored {
+    pub(crate) fn view(&self) -> PaymentView {
+        PaymentView {
+            order_id: self.order_id,
+            customer_id: self.customer_id,
+            amount: self.amount,
+            status: self.status,
+            reason: self.reason,
+        }
+    }
+}
+
+pub(crate) fn status_str(status: PaymentStatus) -> &'static str {
+    match status {
+        PaymentStatus::Authorized => "AUTHORIZED",
+        PaymentStatus::Captured => "CAPTURED",
+        PaymentStatus::Voided => "VOIDED",
+        PaymentStatus::Refunded => "REFUNDED",
+        PaymentStatus::Failed => "FAILED",
+    }
+}
+
+fn parse_status(text: &str) -> Result<PaymentStatus, StoreError> {
+    [
+        PaymentStatus::Authorized,
+        PaymentStatus::Captured,
+        PaymentStatus::Voided,
+        PaymentStatus::Refunded,
+        PaymentStatus::Failed,
+    ]
+    .into_iter()
+    .find(|s| status_str(*s) == text)
+    .ok_or_else(|| StoreError::backend(format!("unknown payment status `{text}` in the payments table")))
+}
+
+fn parse_reason(text: &str) -> Result<RejectionReason, StoreError> {
+    RejectionReason::ALL
+        .into_iter()
+        .find(|r| r.as_str() == text)
+        .ok_or_else(|| StoreError::backend(format!("unknown rejection reason `{text}` in the payments table")))
+}
+
+fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+const PAYMENT_COLUMNS: &str = "order_id, customer_id, amount, status, reason";
+
+fn stored(row: &Row) -> Result<Stored, StoreError> {
+    let customer_id = match row.opt_text("customer_id")? {
+        Some(text) => Some(
+            Uuid::parse_str(&text)
+                .map_err(|e| StoreError::backend(format!("column `customer_id` is not a uuid: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Stored {
+        order_id: row.uuid("order_id")?,
+        customer_id,
+        amount: row.int("amount")?,
+        status: parse_status(&row.text("status")?)?,
+        reason: row.opt_text("reason")?.as_deref().map(parse_reason).transpose()?,
+    })
+}
+
+/// The sum of a customer's open payments: what it may still be charged.
+/// `CAST` because PostgreSQL sums `BIGINT`s into `NUMERIC`.
+const EXPOSURE: &str = "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS exposure FROM payments \
+     WHERE customer_id = $1 AND status IN ('AUTHORIZED', 'CAPTURED')";
+
+// ---- inside a transaction ---------------------------------------------------
+
+/// Creates or overwrites the replica of a customer (events carry the full state).
+pub(crate) async fn upsert_customer<Tx: Sql>(
+    tx: &mut Tx,
+    id: Uuid,
+    email: &str,
+    credit_limit: Money,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO payment_customers (id, email, credit_limit, updated_at_us) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO UPDATE SET email = excluded.email, credit_limit = excluded.credit_limit, \
+         updated_at_us = excluded.updated_at_us",
+        args![id, email, credit_limit, now_us()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Takes the customer's row lock until the end of the transaction and reads
+/// the replica; `None` if the customer is not replicated (yet).
+///
+/// The no-op `UPDATE` is what serializes two authorizations of one customer
+/// on PostgreSQL: the second waits here until the first commits, then sees
+/// its payment in the exposure (READ COMMITTED reads anew per statement).
+/// On SQLite the single writer serializes them anyway and the update costs
+/// nothing.
+pub(crate) async fn lock_customer<Tx: Sql>(tx: &mut Tx, id: Uuid) -> Result<Option<CustomerCredit>, StoreError> {
+    let row = tx
+        .fetch_optional("UPDATE payment_customers SET id = id WHERE id = $1 RETURNING email, credit_limit", args![id])
+        .await?;
+    row.map(|row| Ok(CustomerCredit { email: row.text("email")?, credit_limit: row.int("credit_limit")? })).transpose()
+}
+
+pub(crate) async fn exposure<Tx: Sql>(tx: &mut Tx, customer_id: Uuid) -> Result<Money, StoreError> {
+    tx.fetch_one(EXPOSURE, args![customer_id]).await?.int("exposure")
+}
+
+pub(crate) async fn load<Tx: Sql>(tx: &mut Tx, order_id: Uuid) -> Result<Option<Stored>, StoreError> {
+    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1");
+    tx.fetch_optional(&sql, args![order_id]).await?.as_ref().map(stored).transpose()
+}
+
+/// Inserts the order's first payment row; `false` if the order already has
+/// one (written by a concurrent handler since this one looked).
+pub(crate) async fn insert<Tx: Sql>(tx: &mut Tx, payment: &Stored) -> Result<bool, StoreError> {
+    let now = now_us();
+    let inserted = tx
+        .execute(
+            "INSERT INTO payments (order_id, customer_id, amount, status, reason, created_at_us, updated_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (order_id) DO NOTHING",
+            args![
+                payment.order_id,
+                payment.customer_id,
+                payment.amount,
+                status_str(payment.status),
+                payment.reason.map(RejectionReason::as_str),
+                now
+            ],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Moves the order's payment from `from` to `to`; returns its amount, or
+/// `None` if it was not in `from` (any more).
+pub(crate) async fn transition<Tx: Sql>(
+    tx: &mut Tx,
+    order_id: Uuid,
+    from: PaymentStatus,
+    to: PaymentStatus,
+) -> Result<Option<Money>, StoreError> {
+    let row = tx
+        .fetch_optional(
+            "UPDATE payments SET status = $3, updated_at_us = $4 WHERE order_id = $1 AND status = $2 RETURNING amount",
+            args![order_id, status_str(from), status_str(to), now_us()],
+        )
+        .await?;
+    row.map(|row| row.int("amount")).transpose()
+}
+
+// ---- reads outside transactions ----------------------------------------------
+
+pub(crate) async fn find<S>(store: &S, order_id: Uuid) -> Result<Option<Stored>, StoreError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1");
+    store.query_optional(&sql, args![order_id]).await?.as_ref().map(stored).transpose()
+}
+
+/// Every payment, oldest first.
+pub(crate) async fn all<S>(store: &S) -> Result<Vec<Stored>, StoreError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments ORDER BY created_at_us, order_id");
+    store.query(&sql, args![]).await?.iter().map(stored).collect()
+}
+
+pub(crate) async fn credit<S>(store: &S, customer_id: Uuid) -> Result<Option<Credit>, StoreError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let Some(customer) =
+        store.query_optional("SELECT credit_limit FROM payment_customers WHERE id = $1", args![customer_id]).await?
+    else {
+        return Ok(None);
+    };
+    let exposure = store.query_optional(EXPOSURE, args![customer_id]).await?;
+    let exposure = exposure.map(|row| row.int("exposure")).transpose()?.unwrap_or(0);
+    Ok(Some(Credit { customer_id, credit_limit: customer.int("credit_limit")?, exposure }))
+}

@@ -1,0 +1,170 @@
+//! The payment service of the reference shop.
+//!
+//! It owns one payment per order — `AUTHORIZED`, `CAPTURED`, `VOIDED`,
+//! `REFUNDED` or `FAILED` — and a replica of each customer's email and credit
+//! limit, fed by the customer service's `CustomerRegistered` /
+//! `CustomerUpdated` events in both saga styles. It takes part in the
+//! create-order saga:
+//!
+//! - **authorize** (`AuthorizePayment`, or `StockReserved` in choreography):
+//!   the customer's open exposure (its `AUTHORIZED` and `CAPTURED` payments)
+//!   plus the amount must stay within its credit limit, then the simulated
+//!   provider must accept; the outcome is `PaymentAuthorized` or
+//!   `PaymentFailed` (`CREDIT_LIMIT_EXCEEDED`, `PAYMENT_DECLINED`);
+//! - **capture** (`CapturePayment`, or `ShipmentScheduled`): `PaymentCaptured`;
+//! - **void**, the compensation (`VoidPayment`, or `OrderRejected`): undoes
+//!   whatever the payment got to — `PaymentVoided`, or `PaymentRefunded`
+//!   for a captured one;
+//! - **refund**, the cancellation (`RefundPayment`, or `ShipmentCancelled`):
+//!   `PaymentRefunded` for a captured payment.
+//!
+//! Every step is idempotent per order (a repeated request re-sends the
+//! recorded outcome), and a void that arrives before the authorization
+//! leaves a tombstone that makes the authorization fail with `TIMEOUT`.
+//!
+//! # The simulated provider
+//!
+//! [`Config`] sets it up. Its decisions are deterministic, so a run is
+//! reproducible:
+//!
+//! - it **declines every authorization for a customer whose email's local
+//!   part ends in `+decline`** (e.g. `ann+decline@example.com`, case
+//!   insensitive) — the way tests and the demo provoke `PAYMENT_DECLINED`;
+//! - it declines a further `decline_rate` share of orders, chosen by a hash
+//!   of the order id (the same order is always decided the same way);
+//! - it takes `latency_ms` to answer. The wait happens inside the handler's
+//!   transaction: on the embedded SQLite store that transaction holds the
+//!   service's single writer, so every other write of the service waits too.
+//!   Keep it 0 there for throughput; it is meant for PostgreSQL, where it
+//!   only holds the customer's row lock.
+//!
+//! # HTTP
+//!
+//! `GET /payments/{order_id}` ([`contracts::payment::Payment`]),
+//! `GET /payments` (every payment, for the demo's invariant checks) and
+//! `GET /credit/{customer_id}` ([`contracts::payment::Credit`]).
+//!
+//! Layout: `provider` (the simulated provider), `ledger` (the SQL on the
+//! service's tables), `handler` (messages), `http` (the router).
+
+mod handler;
+mod http;
+mod ledger;
+mod provider;
+
+use std::sync::Arc;
+
+use contracts::SagaStyle;
+use polis_bus::{Consumer, ConsumerOptions};
+use polis_core::StoreError;
+use polis_core::bus::Topic;
+use polis_store::sql::{Sql, SqlStore};
+use serde::Deserialize;
+
+pub use handler::PaymentHandler;
+pub use provider::declines;
+
+/// The service's name: the `source` of its messages and its consumer's name.
+pub const SERVICE: &str = contracts::payment::SERVICE;
+
+/// The service's settings: the simulated payment provider.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Share of authorizations the provider declines, from 0.0 (none, the
+    /// default) to 1.0 (all); which ones is a hash of the order id.
+    pub decline_rate: f64,
+    /// How long the provider takes to answer an authorization, in
+    /// milliseconds (0 by default; see the crate docs before raising it on
+    /// SQLite).
+    pub latency_ms: u64,
+}
+
+/// A [`Config`] that cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("payment decline_rate must be between 0.0 and 1.0, got {0}")]
+    DeclineRate(f64),
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if (0.0..=1.0).contains(&self.decline_rate) {
+            Ok(())
+        } else {
+            // NaN lands here too: `contains` is false for it.
+            Err(ConfigError::DeclineRate(self.decline_rate))
+        }
+    }
+}
+
+/// The payment service over its store.
+pub struct Payment<S> {
+    store: Arc<S>,
+    config: Config,
+}
+
+impl<S> Clone for Payment<S> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), config: self.config.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for Payment<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payment").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<S> Payment<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    /// Applies the service's migrations (store.migrate) and returns the service.
+    ///
+    /// An invalid [`Config`] is refused as [`StoreError::InvalidRequest`],
+    /// before anything is written.
+    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        config.validate().map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+        store.migrate(&ledger::migrator(store.dialect())).await?;
+        Ok(Self { store, config })
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The service's own HTTP API (paths without any `/api` prefix, no layers).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// The handler of every message the service takes, for `style`. The
+    /// [`consumer`](Self::consumer) routes all its topics to it; tests run it
+    /// directly inside a transaction.
+    pub fn handler(&self, style: SagaStyle) -> PaymentHandler {
+        PaymentHandler::new(style, &self.config)
+    }
+
+    /// The service's durable consumer (named [`SERVICE`]) with its
+    /// subscriptions for `style`: customer events always; then its commands
+    /// (orchestration) or the inventory, shipping and order events it reacts
+    /// to (choreography).
+    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
+        let consumer = Consumer::new(SERVICE, self.store.clone(), options)
+            .route(Topic::events_of(contracts::customer::SERVICE), self.handler(style));
+        match style {
+            SagaStyle::Orchestration => consumer.route(Topic::commands_to(SERVICE), self.handler(style)),
+            SagaStyle::Choreography => consumer
+                .route(Topic::events_of(contracts::inventory::SERVICE), self.handler(style))
+                .route(Topic::events_of(contracts::shipping::SERVICE), self.handler(style))
+                .route(Topic::events_of(contracts::order::SERVICE), self.handler(style)),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Messages in, outcomes out.
+//!
+//! One handler serves every topic the consumer subscribes to; it dispatches
+//! on the message's kind and type. Commands (orchestration) are answered
+//! with replies, events (choreography) with events — [`contracts::outcome`]
+//! picks which from the trigger — written to the outbox in the consumer's
+//! transaction, together with the change and the inbox record.
+//!
+//! | trigger | topic | effect |
+//! |---|---|---|
+//! | `CustomerRegistered`, `CustomerUpdated` | customer events | update the address replica |
+//! | `ScheduleShipment` | shipping commands | schedule |
+//! | `CancelShipment` | shipping commands | cancel |
+//! | `PaymentAuthorized` | payment events | schedule |
+//! | `OrderRejected`, `OrderCancelRequested` | order events | cancel |
+//!
+//! Other events are ignored. Scheduling for a customer whose address has not
+//! been replicated yet fails *transiently*: the consumer retries it, holding
+//! the order's key. An unknown command, or a message whose data does not
+//! decode, is a permanent failure: the consumer dead-letters it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use contracts::customer::{CustomerRegistered, CustomerUpdated};
+use contracts::order::{OrderCancelRequested, OrderRejected};
+use contracts::payment::PaymentAuthorized;
+use contracts::shipping::{CancelShipment, ScheduleShipment};
+use polis_bus::{Handler, HandlerError};
+use polis_core::{Message, MessageKind, Transaction};
+use polis_store::sql::Sql;
+use uuid::Uuid;
+
+use crate::shipments::{self, ScheduleOutcome};
+use crate::{Config, SERVICE};
+
+/// The shipping service's message handler (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ShippingHandler {
+    blocked_countries: Arc<[String]>,
+}
+
+impl ShippingHandler {
+    pub fn new(config: &Config) -> Self {
+        Self { blocked_countries: config.blocked_countries.iter().cloned().collect() }
+    }
+}
+
+#[async_trait]
+impl<Tx> Handler<Tx> for ShippingHandler
+where
+    Tx: Transaction + Sql,
+{
+    async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+        match message.kind {
+            MessageKind::Command => self.on_command(tx, message).await,
+            MessageKind::Event => self.on_event(tx, message).await,
+            MessageKind::Reply => Err(HandlerError::Permanent(format!(
+                "the shipping service takes no replies, got `{}`",
+                message.message_type
+            ))),
+        }
+    }
+}
+
+impl ShippingHandler {
+    async fn on_command<Tx: Transaction + Sql>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+        if message.is::<ScheduleShipment>() {
+            let command: ScheduleShipment = message.decode()?;
+            self.schedule(tx, message, command.order_id, command.customer_id).await
+        } else if message.is::<CancelShipment>() {
+            cancel(tx, message, message.decode::<CancelShipment>()?.order_id).await
+        } else {
+            Err(HandlerError::Permanent(format!("unknown shipping command `{}`", message.message_type)))
+        }
+    }
+
+    async fn on_event<Tx: Transaction + Sql>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+        if message.is::<CustomerRegistered>() {
+            replicate(tx, message, &message.decode::<CustomerRegistered>()?.customer).await
+        } else if message.is::<CustomerUpdated>() {
+            replicate(tx, message, &message.decode::<CustomerUpdated>()?.customer).await
+        } else if message.is::<PaymentAuthorized>() {
+            let authorized: PaymentAuthorized = message.decode()?;
+            self.schedule(tx, message, authorized.order_id, authorized.customer_id).await
+        } else if message.is::<OrderRejected>() {
+            cancel(tx, message, message.decode::<OrderRejected>()?.order_id).await
+        } else if message.is::<OrderCancelRequested>() {
+            cancel(tx, message, message.decode::<OrderCancelRequested>()?.order_id).await
+        } else {
+            Ok(()) // not ours to act on
+        }
+    }
+
+    async fn schedule<Tx: Transaction + Sql>(
+        &self,
+        tx: &mut Tx,
+        trigger: &Message,
+        order_id: Uuid,
+        customer_id: Uuid,
+    ) -> Result<(), HandlerError> {
+        let key = order_id.to_string();
+        match shipments::schedule(tx, order_id, customer_id, &self.blocked_countries).await? {
+            ScheduleOutcome::Scheduled(scheduled) => {
+                tracing::debug!(order_id = %order_id, shipment_id = %scheduled.shipment_id, "shipment scheduled");
+                tx.send(&contracts::outcome(SERVICE, trigger, &key, &scheduled)?).await?;
+            }
+            ScheduleOutcome::Failed(failed) => {
+                tracing::debug!(order_id = %order_id, reason = failed.reason.as_str(), "shipment failed");
+                tx.send(&contracts::outcome(SERVICE, trigger, &key, &failed)?).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn cancel<Tx: Transaction + Sql>(tx: &mut Tx, trigger: &Message, order_id: Uuid) -> Result<(), HandlerError> {
+    let cancelled = shipments::cancel(tx, order_id).await?;
+    tracing::debug!(order_id = %order_id, "shipment cancelled");
+    tx.send(&contracts::outcome(SERVICE, trigger, &order_id.to_string(), &cancelled)?).await?;
+    Ok(())
+}
+
+async fn replicate<Tx: Transaction + Sql>(
+    tx: &mut Tx,
+    message: &Message,
+    customer: &contracts::customer::Customer,
+) -> Result<(), HandlerError> {
+    let changed = shipments::replicate_address(tx, customer, message.time.timestamp_micros()).await?;
+    tracing::debug!(customer_id = %customer.id, changed, "customer address replicated");
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! The shipping service's HTTP API (bare routes; the host adds the standard
+//! layer stack).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /shipments/{order_id}` | 200 `Shipment` / 404 |
+//! | `GET /shipments` | 200 every `Shipment` (admin list) |
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use contracts::shipping::Shipment;
+use polis_runtime::{ApiError, Json};
+use polis_store::sql::{Sql, SqlStore};
+use uuid::Uuid;
+
+use crate::shipments;
+
+pub(crate) fn router<S>(store: Arc<S>) -> Router
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Router::new()
+        .route("/shipments", get(list_shipments::<S>))
+        .route("/shipments/{order_id}", get(get_shipment::<S>))
+        .with_state(store)
+}
+
+async fn get_shipment<S>(
+    State(store): State<Arc<S>>,
+    order_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Shipment>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let Path(order_id) = order_id.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let order_id = Uuid::parse_str(&order_id).map_err(|_| ApiError::validation("order_id", "must be a UUID"))?;
+    match shipments::shipment(&*store, order_id).await? {
+        Some(shipment) => Ok(Json(shipment)),
+        None => Err(ApiError::not_found(format!("order {order_id} has no shipment"))),
+    }
+}
+
+async fn list_shipments<S>(State(store): State<Arc<S>>) -> Result<Json<Vec<Shipment>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Ok(Json(shipments::shipments(&*store).await?))
+}

@@ -1,0 +1,152 @@
+//! The shipping service of the reference shop: one shipment per order, to
+//! the customer's address, unless the address is in a blocked country.
+//!
+//! It owns two tables in its own database (its migrations live in
+//! `migrations/{sqlite,postgres}`): `shipments` (per order: the shipment's id,
+//! status, address and reason) and `customer_addresses`, a replica of the
+//! customer service's addresses fed by its events — shipping never asks the
+//! customer service, and never reads its database. The rest comes as
+//! messages or HTTP requests:
+//!
+//! - [`Shipping::router`]: `GET /shipments/{order_id}` and `GET /shipments`
+//!   (an unpaginated admin list, used to check invariants across orders);
+//! - [`Shipping::consumer`]: customer events in both saga styles;
+//!   `ScheduleShipment` / `CancelShipment` commands in an orchestrated saga;
+//!   `PaymentAuthorized`, `OrderRejected` and `OrderCancelRequested` events in
+//!   a choreographed one. Outcomes go out through the outbox in the same
+//!   transaction as the change, as replies or events (see
+//!   [`contracts::outcome`]).
+//!
+//! Layout: [`shipments`] holds every statement on the tables (the shipment
+//! rules live there), [`handler`] turns messages into those calls and sends
+//! the outcomes, `http` serves the API, [`error`] is the crate's error type.
+
+pub mod error;
+pub mod handler;
+mod http;
+pub mod shipments;
+
+use std::sync::Arc;
+
+use contracts::SagaStyle;
+use polis_bus::{Consumer, ConsumerOptions};
+use polis_core::StoreError;
+use polis_core::bus::Topic;
+use polis_store::sql::{Dialect, Sql, SqlStore};
+use sqlx::migrate::Migrator;
+
+pub use error::ShippingError;
+pub use handler::ShippingHandler;
+
+/// The service's name: its message source, consumer name and store source.
+pub const SERVICE: &str = contracts::shipping::SERVICE;
+
+/// The shipping service's settings.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// ISO 3166-1 alpha-2 codes (compared without regard to case) of the
+    /// countries the shop does not deliver to; a shipment there fails with
+    /// `UNDELIVERABLE`.
+    pub blocked_countries: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { blocked_countries: vec!["AQ".to_owned()] }
+    }
+}
+
+/// The shipping service over its store `S` (SQLite or PostgreSQL).
+pub struct Shipping<S> {
+    store: Arc<S>,
+    config: Config,
+}
+
+// By hand: `S` (a store) need not be `Clone` for the service to be.
+impl<S> Clone for Shipping<S> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), config: self.config.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for Shipping<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipping").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<S> Shipping<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    /// Applies the service's migrations to `store` (opened by the host with
+    /// source [`SERVICE`]) and returns the service.
+    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        store.migrate(&migrator(store.dialect())).await?;
+        Ok(Self { store, config })
+    }
+
+    /// The service's own HTTP API: paths without any prefix, no layers (the
+    /// host adds the standard stack).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.store.clone())
+    }
+
+    /// The service's durable consumer, named [`SERVICE`], subscribed to what
+    /// `style` needs: customer events always (the address replica), plus its
+    /// command topic in orchestration, or payment and order events in
+    /// choreography.
+    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
+        let consumer = Consumer::new(SERVICE, self.store.clone(), options)
+            .route(Topic::events_of(contracts::customer::SERVICE), self.handler());
+        match style {
+            SagaStyle::Orchestration => consumer.route(Topic::commands_to(SERVICE), self.handler()),
+            SagaStyle::Choreography => consumer
+                .route(Topic::events_of(contracts::payment::SERVICE), self.handler())
+                .route(Topic::events_of(contracts::order::SERVICE), self.handler()),
+        }
+    }
+
+    /// The message handler the consumer routes to; handy to drive the service
+    /// by hand (inside `store.transaction`) in tests and tools.
+    pub fn handler(&self) -> ShippingHandler {
+        ShippingHandler::new(&self.config)
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// The service's migrations for `dialect`. Their versions (`2026112250NN`)
+/// share the history table with polis's own, so both sides ignore versions
+/// they don't know.
+pub fn migrator(dialect: Dialect) -> Migrator {
+    let mut migrator = match dialect {
+        Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+    };
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn antarctica_is_blocked_unless_configured_otherwise() {
+        assert_eq!(Config::default().blocked_countries, ["AQ"]);
+        let unset: Config = serde_json::from_str("{}").unwrap();
+        assert_eq!(unset.blocked_countries, ["AQ"]);
+        let none: Config = serde_json::from_str(r#"{"blocked_countries": []}"#).unwrap();
+        assert!(none.blocked_countries.is_empty());
+        assert!(serde_json::from_str::<Config>(r#"{"blocked_country": ["FR"]}"#).is_err(), "typos are not ignored");
+    }
+}

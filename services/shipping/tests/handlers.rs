@@ -1,0 +1,468 @@
+//! The shipping service's message handling, on SQLite and PostgreSQL: the
+//! address replica, each outcome, idempotency per order, compensation before
+//! action, and replies (orchestration) versus events (choreography).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+macro_rules! suite {
+    ($($backend:ident),*) => {$(
+        mod $backend {
+            suite!(@cases $backend;
+                customer_events_feed_the_address_replica,
+                a_schedule_command_replies_with_the_shipment,
+                an_authorized_payment_schedules_and_announces,
+                a_blocked_country_is_undeliverable,
+                blocked_countries_come_from_the_config,
+                an_unreplicated_customer_is_retried,
+                a_repeated_schedule_resends_the_recorded_outcome,
+                a_cancellation_cancels_once,
+                a_cancellation_before_scheduling_leaves_a_tombstone,
+                choreography_cancels_on_rejection_and_cancel_request,
+                a_failed_shipment_cancels_without_effect,
+                unrelated_events_are_ignored,
+                bad_messages_fail_permanently,
+            );
+        }
+    )*};
+    (@cases $backend:ident; $($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let (service, _guard) = crate::support::$backend().await;
+            crate::cases::$case(service).await;
+        }
+    )*};
+}
+
+suite!(sqlite, postgres);
+
+#[tokio::test]
+async fn the_consumer_subscribes_per_saga_style() {
+    let (service, _guard) = support::sqlite().await;
+    let consumer = |style| format!("{:?}", service.consumer(style, polis_bus::ConsumerOptions::default()));
+    assert_eq!(
+        consumer(contracts::SagaStyle::Orchestration),
+        r#"Consumer { name: "shipping", topics: ["polis.customer.events.>", "polis.shipping.commands.>"] }"#
+    );
+    assert_eq!(
+        consumer(contracts::SagaStyle::Choreography),
+        r#"Consumer { name: "shipping", topics: ["polis.customer.events.>", "polis.payment.events.>", "polis.order.events.>"] }"#
+    );
+}
+
+#[allow(unreachable_pub)]
+mod cases {
+    use std::sync::Arc;
+
+    use chrono::Duration;
+    use contracts::customer::{Customer, CustomerRegistered, CustomerUpdated};
+    use contracts::order::{OrderApproved, OrderCancelRequested, OrderRejected};
+    use contracts::payment::{PaymentAuthorized, PaymentCaptured};
+    use contracts::shipping::{
+        CancelShipment, ScheduleShipment, Shipment, ShipmentCancelled, ShipmentFailed, ShipmentScheduled,
+        ShipmentStatus,
+    };
+    use contracts::{Address, RejectionReason};
+    use polis_bus::HandlerError;
+    use polis_core::{Message, MessageKind, MessageType};
+    use polis_store::sql::{Sql, SqlStore};
+    use serde_json::json;
+    use shipping::{Config, SERVICE, Shipping, shipments};
+    use uuid::Uuid;
+
+    use crate::support::{handle, sent};
+
+    fn address(country: &str) -> Address {
+        Address {
+            line1: "1 Harbour Road".into(),
+            city: "Port".into(),
+            postal_code: "1234".into(),
+            country: country.into(),
+        }
+    }
+
+    fn customer(id: Uuid, country: &str) -> Customer {
+        Customer {
+            id,
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+            address: address(country),
+            credit_limit: 100_000,
+        }
+    }
+
+    /// Registers a customer living in `country` through the replica; returns the id.
+    async fn register<S: SqlStore>(service: &Shipping<S>, country: &str) -> Uuid
+    where
+        S::Tx: Sql,
+    {
+        let id = Uuid::now_v7();
+        let registered = CustomerRegistered { customer: customer(id, country) };
+        handle(service, &Message::typed_event("customer", &id.to_string(), &registered).unwrap()).await.unwrap();
+        id
+    }
+
+    fn schedule(order_id: Uuid, customer_id: Uuid) -> Message {
+        let body = ScheduleShipment { order_id, customer_id };
+        Message::typed_command("order", SERVICE, &order_id.to_string(), &body).unwrap()
+    }
+
+    fn cancel(order_id: Uuid) -> Message {
+        Message::typed_command("order", SERVICE, &order_id.to_string(), &CancelShipment { order_id }).unwrap()
+    }
+
+    fn payment_authorized(order_id: Uuid, customer_id: Uuid) -> Message {
+        let body = PaymentAuthorized { order_id, customer_id, amount: 4_250 };
+        Message::typed_event("payment", &order_id.to_string(), &body).unwrap()
+    }
+
+    fn order_event<T: MessageType>(order_id: Uuid, body: &T) -> Message {
+        Message::typed_event("order", &order_id.to_string(), body).unwrap()
+    }
+
+    async fn shipment<S: SqlStore>(service: &Shipping<S>, order_id: Uuid) -> Option<Shipment>
+    where
+        S::Tx: Sql,
+    {
+        shipments::shipment(&**service.store(), order_id).await.unwrap()
+    }
+
+    /// The one message sent since the last look, checked to be the outcome of
+    /// `trigger` in the right form (reply to a command, event after an event).
+    async fn outcome<S: SqlStore, T: MessageType>(service: &Shipping<S>, trigger: &Message) -> T
+    where
+        S::Tx: Sql,
+    {
+        let mut messages = sent(&**service.store()).await;
+        assert_eq!(messages.len(), 1, "{messages:#?}");
+        let message = messages.remove(0);
+        assert!(message.is::<T>(), "expected {}, got {}", T::TYPE, message.message_type);
+        assert_eq!(message.key, trigger.key, "outcomes are keyed by the order");
+        assert_eq!(message.source, SERVICE);
+        assert_eq!(message.metadata.causation_id, Some(trigger.id));
+        match trigger.kind {
+            MessageKind::Command => {
+                assert_eq!(message.kind, MessageKind::Reply);
+                assert_eq!(message.target, trigger.source, "a reply goes back to the command's sender");
+            }
+            _ => {
+                assert_eq!(message.kind, MessageKind::Event);
+                assert_eq!(message.target, SERVICE, "an event is published on the service's own stream");
+            }
+        }
+        message.decode().unwrap()
+    }
+
+    pub async fn customer_events_feed_the_address_replica<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let id = register(&service, "NL").await;
+        let replica = |service: Shipping<S>| async move { shipments::address(&**service.store(), id).await.unwrap() };
+        assert_eq!(replica(service.clone()).await, Some(address("NL")));
+
+        let mut moved = customer(id, "BE");
+        moved.address.city = "Gent".into();
+        let updated =
+            Message::typed_event("customer", &id.to_string(), &CustomerUpdated { customer: moved.clone() }).unwrap();
+        handle(&service, &updated).await.unwrap();
+        assert_eq!(replica(service.clone()).await, Some(moved.address.clone()));
+
+        // An older event replayed late (say from the dead letters) does not
+        // bring the old address back.
+        let mut stale =
+            Message::typed_event("customer", &id.to_string(), &CustomerUpdated { customer: customer(id, "NL") })
+                .unwrap();
+        stale.time = updated.time - Duration::seconds(10);
+        handle(&service, &stale).await.unwrap();
+        assert_eq!(replica(service.clone()).await, Some(moved.address));
+
+        assert!(sent(&**service.store()).await.is_empty(), "the replica announces nothing");
+    }
+
+    pub async fn a_schedule_command_replies_with_the_shipment<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let customer_id = register(&service, "NL").await;
+        let order_id = Uuid::now_v7();
+        let command = schedule(order_id, customer_id);
+        handle(&service, &command).await.unwrap();
+
+        let scheduled: ShipmentScheduled = outcome(&service, &command).await;
+        assert_eq!(scheduled.order_id, order_id);
+        assert_eq!(scheduled.shipment_id.get_version_num(), 7, "shipment ids are UUIDv7");
+        assert_eq!(
+            shipment(&service, order_id).await,
+            Some(Shipment {
+                id: scheduled.shipment_id,
+                order_id,
+                status: ShipmentStatus::Scheduled,
+                address: Some(address("NL")),
+                reason: None,
+            })
+        );
+    }
+
+    pub async fn an_authorized_payment_schedules_and_announces<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let customer_id = register(&service, "NL").await;
+        let order_id = Uuid::now_v7();
+        let authorized = payment_authorized(order_id, customer_id);
+        handle(&service, &authorized).await.unwrap();
+
+        let scheduled: ShipmentScheduled = outcome(&service, &authorized).await;
+        assert_eq!(scheduled.order_id, order_id);
+        assert_eq!(shipment(&service, order_id).await.unwrap().status, ShipmentStatus::Scheduled);
+    }
+
+    pub async fn a_blocked_country_is_undeliverable<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        // "AQ" is blocked by default, whatever the case it is written in.
+        for country in ["AQ", "aq"] {
+            let customer_id = register(&service, country).await;
+            for as_command in [true, false] {
+                let order_id = Uuid::now_v7();
+                let trigger = if as_command {
+                    schedule(order_id, customer_id)
+                } else {
+                    payment_authorized(order_id, customer_id)
+                };
+                handle(&service, &trigger).await.unwrap();
+                assert_eq!(
+                    outcome::<_, ShipmentFailed>(&service, &trigger).await,
+                    ShipmentFailed { order_id, reason: RejectionReason::Undeliverable }
+                );
+                let failed = shipment(&service, order_id).await.unwrap();
+                assert_eq!(failed.status, ShipmentStatus::Failed);
+                assert_eq!(failed.reason, Some(RejectionReason::Undeliverable));
+                assert_eq!(failed.address, Some(address(country)), "the address is kept, to show why");
+            }
+        }
+    }
+
+    pub async fn blocked_countries_come_from_the_config<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let config = Config { blocked_countries: vec!["fr".into()] };
+        let service = Shipping::open(Arc::clone(service.store()), config).await.unwrap();
+        let (french, antarctic) = (register(&service, "FR").await, register(&service, "AQ").await);
+
+        let command = schedule(Uuid::now_v7(), french);
+        handle(&service, &command).await.unwrap();
+        assert_eq!(outcome::<_, ShipmentFailed>(&service, &command).await.reason, RejectionReason::Undeliverable);
+        let command = schedule(Uuid::now_v7(), antarctic);
+        handle(&service, &command).await.unwrap();
+        outcome::<_, ShipmentScheduled>(&service, &command).await;
+    }
+
+    pub async fn an_unreplicated_customer_is_retried<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let (order_id, customer_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let command = schedule(order_id, customer_id);
+        match handle(&service, &command).await {
+            Err(HandlerError::Transient(reason)) => assert!(reason.contains(&customer_id.to_string()), "{reason}"),
+            other => panic!("expected a transient failure, got {other:?}"),
+        }
+        assert!(shipment(&service, order_id).await.is_none());
+        assert!(sent(&**service.store()).await.is_empty());
+
+        // The customer's registration arrives; the consumer's retry succeeds.
+        let registered = CustomerRegistered { customer: customer(customer_id, "NL") };
+        handle(&service, &Message::typed_event("customer", &customer_id.to_string(), &registered).unwrap())
+            .await
+            .unwrap();
+        handle(&service, &command).await.unwrap();
+        outcome::<_, ShipmentScheduled>(&service, &command).await;
+    }
+
+    pub async fn a_repeated_schedule_resends_the_recorded_outcome<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let customer_id = register(&service, "NL").await;
+        let order_id = Uuid::now_v7();
+        let first = schedule(order_id, customer_id);
+        handle(&service, &first).await.unwrap();
+        let scheduled: ShipmentScheduled = outcome(&service, &first).await;
+
+        // The same logical request in new messages, as a command and as an event.
+        for again in [schedule(order_id, customer_id), payment_authorized(order_id, customer_id)] {
+            handle(&service, &again).await.unwrap();
+            assert_eq!(outcome::<_, ShipmentScheduled>(&service, &again).await, scheduled, "the same shipment");
+        }
+        assert_eq!(shipments::shipments(&**service.store()).await.unwrap().len(), 1);
+
+        // A failure is recorded too: the customer moving away later does not change it.
+        let antarctic = register(&service, "AQ").await;
+        let order_id = Uuid::now_v7();
+        handle(&service, &schedule(order_id, antarctic)).await.unwrap();
+        sent(&**service.store()).await;
+        let moved = CustomerUpdated { customer: customer(antarctic, "NL") };
+        handle(&service, &Message::typed_event("customer", &antarctic.to_string(), &moved).unwrap()).await.unwrap();
+        let again = schedule(order_id, antarctic);
+        handle(&service, &again).await.unwrap();
+        assert_eq!(outcome::<_, ShipmentFailed>(&service, &again).await.reason, RejectionReason::Undeliverable);
+    }
+
+    pub async fn a_cancellation_cancels_once<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let customer_id = register(&service, "NL").await;
+        let order_id = Uuid::now_v7();
+        handle(&service, &schedule(order_id, customer_id)).await.unwrap();
+        let scheduled: ShipmentScheduled = sent(&**service.store()).await[0].decode().unwrap();
+
+        for _ in 0..2 {
+            let command = cancel(order_id);
+            handle(&service, &command).await.unwrap();
+            assert_eq!(outcome::<_, ShipmentCancelled>(&service, &command).await, ShipmentCancelled { order_id });
+            let cancelled = shipment(&service, order_id).await.unwrap();
+            assert_eq!((cancelled.id, cancelled.status), (scheduled.shipment_id, ShipmentStatus::Cancelled));
+            assert_eq!(cancelled.address, Some(address("NL")));
+        }
+
+        // Scheduling again after the cancellation must not revive the shipment.
+        let late = schedule(order_id, customer_id);
+        handle(&service, &late).await.unwrap();
+        assert_eq!(outcome::<_, ShipmentFailed>(&service, &late).await.reason, RejectionReason::Timeout);
+        assert_eq!(shipment(&service, order_id).await.unwrap().status, ShipmentStatus::Cancelled);
+    }
+
+    pub async fn a_cancellation_before_scheduling_leaves_a_tombstone<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let customer_id = register(&service, "NL").await;
+        let order_id = Uuid::now_v7();
+        let command = cancel(order_id);
+        handle(&service, &command).await.unwrap();
+        assert_eq!(outcome::<_, ShipmentCancelled>(&service, &command).await, ShipmentCancelled { order_id });
+        let tombstone = shipment(&service, order_id).await.unwrap();
+        assert_eq!((tombstone.status, &tombstone.address, tombstone.reason), (ShipmentStatus::Cancelled, &None, None));
+
+        for late in [schedule(order_id, customer_id), payment_authorized(order_id, customer_id)] {
+            handle(&service, &late).await.unwrap();
+            assert_eq!(
+                outcome::<_, ShipmentFailed>(&service, &late).await,
+                ShipmentFailed { order_id, reason: RejectionReason::Timeout }
+            );
+        }
+        assert_eq!(shipment(&service, order_id).await.unwrap(), tombstone, "the tombstone stays as it was");
+
+        // A tombstone answers even before the customer is replicated: no retry needed.
+        let order_id = Uuid::now_v7();
+        handle(&service, &cancel(order_id)).await.unwrap();
+        sent(&**service.store()).await;
+        let late = schedule(order_id, Uuid::now_v7());
+        handle(&service, &late).await.unwrap();
+        assert_eq!(outcome::<_, ShipmentFailed>(&service, &late).await.reason, RejectionReason::Timeout);
+    }
+
+    pub async fn choreography_cancels_on_rejection_and_cancel_request<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let customer_id = register(&service, "NL").await;
+
+        let rejected_order = Uuid::now_v7();
+        handle(&service, &payment_authorized(rejected_order, customer_id)).await.unwrap();
+        sent(&**service.store()).await;
+        let rejected = order_event(
+            rejected_order,
+            &OrderRejected { order_id: rejected_order, reason: RejectionReason::PaymentDeclined },
+        );
+        handle(&service, &rejected).await.unwrap();
+        assert_eq!(outcome::<_, ShipmentCancelled>(&service, &rejected).await.order_id, rejected_order);
+        assert_eq!(shipment(&service, rejected_order).await.unwrap().status, ShipmentStatus::Cancelled);
+
+        let cancelled_order = Uuid::now_v7();
+        handle(&service, &payment_authorized(cancelled_order, customer_id)).await.unwrap();
+        sent(&**service.store()).await;
+        let request = order_event(cancelled_order, &OrderCancelRequested { order_id: cancelled_order });
+        handle(&service, &request).await.unwrap();
+        assert_eq!(outcome::<_, ShipmentCancelled>(&service, &request).await.order_id, cancelled_order);
+        assert_eq!(shipment(&service, cancelled_order).await.unwrap().status, ShipmentStatus::Cancelled);
+
+        // A rejection that overtook the payment leaves a tombstone here too.
+        let early_order = Uuid::now_v7();
+        let early =
+            order_event(early_order, &OrderRejected { order_id: early_order, reason: RejectionReason::Timeout });
+        handle(&service, &early).await.unwrap();
+        outcome::<_, ShipmentCancelled>(&service, &early).await;
+        let late = payment_authorized(early_order, customer_id);
+        handle(&service, &late).await.unwrap();
+        assert_eq!(outcome::<_, ShipmentFailed>(&service, &late).await.reason, RejectionReason::Timeout);
+    }
+
+    pub async fn a_failed_shipment_cancels_without_effect<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let customer_id = register(&service, "AQ").await;
+        let order_id = Uuid::now_v7();
+        handle(&service, &schedule(order_id, customer_id)).await.unwrap();
+        sent(&**service.store()).await;
+
+        let command = cancel(order_id);
+        handle(&service, &command).await.unwrap();
+        outcome::<_, ShipmentCancelled>(&service, &command).await;
+        let failed = shipment(&service, order_id).await.unwrap();
+        assert_eq!((failed.status, failed.reason), (ShipmentStatus::Failed, Some(RejectionReason::Undeliverable)));
+    }
+
+    pub async fn unrelated_events_are_ignored<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let order_id = Uuid::now_v7();
+        handle(&service, &order_event(order_id, &OrderApproved { order_id })).await.unwrap();
+        let captured = PaymentCaptured { order_id, amount: 10 };
+        handle(&service, &Message::typed_event("payment", &order_id.to_string(), &captured).unwrap()).await.unwrap();
+        assert!(sent(&**service.store()).await.is_empty());
+        assert!(shipments::shipments(&**service.store()).await.unwrap().is_empty());
+    }
+
+    pub async fn bad_messages_fail_permanently<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let order_id = Uuid::now_v7();
+        let key = order_id.to_string();
+        let permanent = |result: Result<(), HandlerError>, what: &str| match result {
+            Err(HandlerError::Permanent(reason)) => reason,
+            other => panic!("{what}: expected a permanent failure, got {other:?}"),
+        };
+
+        let unknown = Message::command("order", SERVICE, "shipping.expedite.v1", &key, json!({}));
+        assert!(permanent(handle(&service, &unknown).await, "unknown command").contains("shipping.expedite.v1"));
+
+        let garbled = Message::command("order", SERVICE, ScheduleShipment::TYPE, &key, json!({ "order_id": "x" }));
+        permanent(handle(&service, &garbled).await, "undecodable command");
+
+        let garbled = Message::event("customer", CustomerRegistered::TYPE, &key, json!({ "customer": {} }));
+        permanent(handle(&service, &garbled).await, "undecodable event");
+
+        let id = Uuid::now_v7();
+        let mut nul = customer(id, "NL");
+        nul.address.city = "Po\0rt".into();
+        let nul = Message::typed_event("customer", &id.to_string(), &CustomerRegistered { customer: nul }).unwrap();
+        assert!(permanent(handle(&service, &nul).await, "NUL in an address").contains("customer.address.city"));
+
+        let reply = Message::reply_to(&cancel(order_id), ShipmentCancelled::TYPE, json!({}));
+        permanent(handle(&service, &reply).await, "a reply");
+
+        assert!(sent(&**service.store()).await.is_empty());
+        assert!(shipments::shipments(&**service.store()).await.unwrap().is_empty());
+        assert!(shipments::address(&**service.store(), id).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,134 @@
+//! The shipping service's HTTP API behind polis-runtime's standard layers,
+//! on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+macro_rules! suite {
+    ($($backend:ident),*) => {$(
+        mod $backend {
+            suite!(@cases $backend;
+                shipments_are_served,
+                unknown_orders_are_404_and_bad_ids_422,
+                the_api_is_read_only,
+            );
+        }
+    )*};
+    (@cases $backend:ident; $($case:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let (service, _guard) = crate::support::$backend().await;
+            crate::cases::$case(service).await;
+        }
+    )*};
+}
+
+suite!(sqlite, postgres);
+
+#[allow(unreachable_pub)]
+mod cases {
+    use axum::http::{Method, StatusCode};
+    use contracts::customer::{Customer, CustomerRegistered};
+    use contracts::shipping::{CancelShipment, ScheduleShipment, Shipment, ShipmentStatus};
+    use contracts::{Address, RejectionReason};
+    use polis_core::{Message, MessageType};
+    use polis_store::sql::{Sql, SqlStore};
+    use serde_json::json;
+    use shipping::{SERVICE, Shipping};
+    use uuid::Uuid;
+
+    use crate::support::{app, call, handle, invalid_field};
+
+    const PROBLEM: &str = "application/problem+json";
+
+    async fn send<S: SqlStore, T: MessageType>(service: &Shipping<S>, order_id: Uuid, body: &T)
+    where
+        S::Tx: Sql,
+    {
+        let message = Message::typed_command("order", SERVICE, &order_id.to_string(), body).unwrap();
+        handle(service, &message).await.unwrap();
+    }
+
+    async fn register<S: SqlStore>(service: &Shipping<S>, country: &str) -> Uuid
+    where
+        S::Tx: Sql,
+    {
+        let id = Uuid::now_v7();
+        let address = Address {
+            line1: "1 Main St".into(),
+            city: "Town".into(),
+            postal_code: "9".into(),
+            country: country.into(),
+        };
+        let customer = Customer { id, name: "Bo".into(), email: "bo@example.com".into(), address, credit_limit: 1 };
+        let registered = CustomerRegistered { customer };
+        handle(service, &Message::typed_event("customer", &id.to_string(), &registered).unwrap()).await.unwrap();
+        id
+    }
+
+    pub async fn shipments_are_served<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let app = app(&service);
+        let (status, _, body) = call(&app, Method::GET, "/shipments", None).await;
+        assert_eq!((status, body), (StatusCode::OK, json!([])));
+
+        let (home, away) = (register(&service, "NL").await, register(&service, "AQ").await);
+        let (scheduled, failed, tombstone) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        send(&service, scheduled, &ScheduleShipment { order_id: scheduled, customer_id: home }).await;
+        send(&service, failed, &ScheduleShipment { order_id: failed, customer_id: away }).await;
+        send(&service, tombstone, &CancelShipment { order_id: tombstone }).await;
+
+        let (status, content_type, body) = call(&app, Method::GET, &format!("/shipments/{scheduled}"), None).await;
+        assert_eq!((status, content_type.as_str()), (StatusCode::OK, "application/json"));
+        let shipment: Shipment = serde_json::from_value(body).unwrap();
+        assert_eq!((shipment.order_id, shipment.status), (scheduled, ShipmentStatus::Scheduled));
+        assert_eq!(shipment.address.unwrap().country, "NL");
+
+        let (status, _, body) = call(&app, Method::GET, &format!("/shipments/{failed}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "FAILED");
+        assert_eq!(body["reason"], RejectionReason::Undeliverable.as_str());
+
+        let (status, _, body) = call(&app, Method::GET, "/shipments", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let all: Vec<Shipment> = serde_json::from_value(body).unwrap();
+        let listed: Vec<_> = all.iter().map(|s| (s.order_id, s.status)).collect();
+        assert_eq!(
+            listed,
+            [
+                (scheduled, ShipmentStatus::Scheduled),
+                (failed, ShipmentStatus::Failed),
+                (tombstone, ShipmentStatus::Cancelled),
+            ]
+        );
+        assert_eq!(all[2].address, None, "a tombstone has no address");
+    }
+
+    pub async fn unknown_orders_are_404_and_bad_ids_422<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let app = app(&service);
+        let (status, content_type, problem) =
+            call(&app, Method::GET, &format!("/shipments/{}", Uuid::now_v7()), None).await;
+        assert_eq!((status, content_type.as_str()), (StatusCode::NOT_FOUND, PROBLEM));
+        assert_eq!(problem["status"], 404);
+
+        let (status, content_type, problem) = call(&app, Method::GET, "/shipments/12345", None).await;
+        assert_eq!((status, content_type.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, PROBLEM));
+        assert_eq!(invalid_field(&problem), "order_id");
+    }
+
+    pub async fn the_api_is_read_only<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        // Shipments change only through messages.
+        let (status, content_type, _) =
+            call(&app(&service), Method::POST, "/shipments", Some(json!({ "order_id": Uuid::now_v7() }))).await;
+        assert_eq!((status, content_type.as_str()), (StatusCode::METHOD_NOT_ALLOWED, PROBLEM));
+    }
+}

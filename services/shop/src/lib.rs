@@ -1,0 +1,142 @@
+//! The reference shop, assembled.
+//!
+//! Every service is a library crate exposing `open`, `router` and `consumer`;
+//! this crate hosts them:
+//!
+//! - [`Embedded`]: the whole shop in one process — one SQLite file per
+//!   service and the durable in-process bus (`bus.db`) under a data
+//!   directory, each service's relay, scheduler and consumer running as
+//!   tasks, and the gateway calling the services' routers in-process.
+//!   Opening an existing data directory resumes where the last run stopped:
+//!   unpublished outbox messages, unacknowledged deliveries, sagas and their
+//!   deadlines are all in the files.
+//! - [`host`]: one service's background machinery, used by both deployments.
+//! - [`client`]: calls into the shop's routers without a socket.
+
+pub mod client;
+pub mod host;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use contracts::SagaStyle;
+use polis_bus::{ConsumerOptions, InProcessBus};
+use polis_core::Bus;
+use polis_store::{Durability, SqliteEventStore, SqliteOptions};
+
+pub use host::{HostOptions, Hosted};
+
+/// The shop's settings, shared by both deployments.
+#[derive(Debug, Clone, Default)]
+pub struct ShopConfig {
+    pub saga: SagaStyle,
+    pub order: order::Config,
+    pub payment: payment::Config,
+    pub shipping: shipping::Config,
+    pub gateway: gateway::GatewayConfig,
+    pub consumer: ConsumerOptions,
+    pub host: HostOptions,
+    /// Services whose consumer is not started: they never hear a command or
+    /// an event (fault injection: "a service that never answers").
+    pub silent: Vec<String>,
+}
+
+impl ShopConfig {
+    /// The order service's settings with the shop's saga style applied.
+    fn order_config(&self) -> order::Config {
+        order::Config { saga: self.saga, ..self.order.clone() }
+    }
+}
+
+/// Each service's own router (no layers), e.g. for the demo's admin checks.
+#[derive(Debug, Clone)]
+pub struct ServiceRouters {
+    pub customer: Router,
+    pub catalog: Router,
+    pub inventory: Router,
+    pub payment: Router,
+    pub shipping: Router,
+    pub order: Router,
+}
+
+/// The whole shop in one process.
+#[derive(Debug)]
+pub struct Embedded {
+    routers: ServiceRouters,
+    gateway: Router,
+    hosted: Vec<Hosted>,
+}
+
+async fn sqlite(dir: &Path, service: &str) -> anyhow::Result<Arc<SqliteEventStore>> {
+    let path = dir.join(format!("{service}.db"));
+    let options = SqliteOptions { durability: Durability::Full, ..SqliteOptions::new(service) };
+    let store = SqliteEventStore::open(&path, options)
+        .await
+        .with_context(|| format!("opening the {service} database at {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+impl Embedded {
+    /// Opens (or creates) the shop's files under `data_dir` and starts every service.
+    pub async fn start(data_dir: &Path, config: &ShopConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let bus_path = data_dir.join("bus.db");
+        let bus: Arc<dyn Bus> = Arc::new(
+            InProcessBus::open(&bus_path)
+                .await
+                .with_context(|| format!("opening the bus at {}", bus_path.display()))?,
+        );
+        let style = config.saga;
+        let mut hosted = Vec::new();
+
+        macro_rules! start_service {
+            ($name:literal, $open:expr) => {{
+                let store = sqlite(data_dir, $name).await?;
+                let service = $open(store.clone()).await.with_context(|| format!("starting the {} service", $name))?;
+                let consumer = (!config.silent.iter().any(|s| s == $name))
+                    .then(|| service.consumer(style, config.consumer.clone()));
+                hosted.push(
+                    host::host(store, bus.clone(), consumer, &config.host)
+                        .await
+                        .with_context(|| format!("subscribing the {} service", $name))?,
+                );
+                service.router()
+            }};
+        }
+
+        let routers = ServiceRouters {
+            customer: start_service!("customer", |s| customer::Customer::open(s, customer::Config::default())),
+            catalog: start_service!("catalog", |s| catalog::Catalog::open(s, catalog::Config::default())),
+            inventory: start_service!("inventory", |s| inventory::Inventory::open(s, inventory::Config::default())),
+            payment: start_service!("payment", |s| payment::Payment::open(s, config.payment.clone())),
+            shipping: start_service!("shipping", |s| shipping::Shipping::open(s, config.shipping.clone())),
+            order: start_service!("order", |s| order::OrderService::open(s, config.order_config())),
+        };
+        let upstreams = gateway::Upstreams {
+            customer: gateway::Upstream::local(routers.customer.clone()),
+            catalog: gateway::Upstream::local(routers.catalog.clone()),
+            inventory: gateway::Upstream::local(routers.inventory.clone()),
+            payment: gateway::Upstream::local(routers.payment.clone()),
+            shipping: gateway::Upstream::local(routers.shipping.clone()),
+            order: gateway::Upstream::local(routers.order.clone()),
+        };
+        let gateway = gateway::router(upstreams, config.gateway.clone());
+        Ok(Self { routers, gateway, hosted })
+    }
+
+    /// The gateway's router (bare; the caller adds the standard stack).
+    pub fn gateway(&self) -> Router {
+        self.gateway.clone()
+    }
+
+    pub fn routers(&self) -> &ServiceRouters {
+        &self.routers
+    }
+
+    /// The services running, by name.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.hosted.iter().map(|h| h.service.as_str())
+    }
+}

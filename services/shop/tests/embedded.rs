@@ -1,0 +1,315 @@
+//! The embedded shop end to end, through the gateway, in both saga styles:
+//! every rejection reason with its compensations, cancellation, deadlines
+//! (a service that never answers, and a deadline that fires after a
+//! restart), and the last units of a sku under concurrent orders.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use contracts::catalog::Product;
+use contracts::customer::{Customer, RegisterCustomer};
+use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
+use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
+use contracts::payment::{Payment, PaymentStatus};
+use contracts::shipping::{Shipment, ShipmentStatus};
+use contracts::{Address, Quantity, RejectionReason, SagaStyle};
+use shop::client::Endpoint;
+use shop::{Embedded, ShopConfig};
+use uuid::Uuid;
+
+struct Shop {
+    shop: Embedded,
+    gateway: Endpoint,
+}
+
+impl Shop {
+    async fn start(dir: &Path, config: &ShopConfig) -> Self {
+        let shop = Embedded::start(dir, config).await.unwrap();
+        let http = polis_runtime::HttpOptions::default();
+        let gateway = Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http));
+        Self { shop, gateway }
+    }
+
+    fn service(&self, name: &str) -> Endpoint {
+        let routers = self.shop.routers();
+        Endpoint::local(match name {
+            "inventory" => routers.inventory.clone(),
+            "payment" => routers.payment.clone(),
+            "shipping" => routers.shipping.clone(),
+            "order" => routers.order.clone(),
+            other => panic!("no service {other}"),
+        })
+    }
+
+    async fn customer(&self, country: &str, credit_limit: i64, email_local: &str) -> Uuid {
+        let body = RegisterCustomer {
+            name: "Test Customer".into(),
+            // Unique per customer, keeping the local part (the `+decline` rule reads it).
+            email: format!("{email_local}@c{}.example.com", Uuid::now_v7().simple()),
+            address: Address {
+                line1: "1 Test Road".into(),
+                city: "Testville".into(),
+                postal_code: "12345".into(),
+                country: country.into(),
+            },
+            credit_limit,
+        };
+        let customer: Customer =
+            self.gateway.json(Method::POST, "/api/customers", Some(&body), StatusCode::CREATED).await.unwrap();
+        // Payment and shipping learn customers from events.
+        let payment = self.service("payment");
+        let path = format!("/credit/{}", customer.id);
+        polis_testkit::wait_for(Duration::from_secs(20), || async {
+            payment.call(Method::GET, &path, None::<&()>).await.unwrap().0 == StatusCode::OK
+        })
+        .await
+        .unwrap();
+        customer.id
+    }
+
+    async fn product(&self, price: i64, stock: i64) -> String {
+        let sku = format!("SKU-{}", &Uuid::now_v7().simple().to_string()[20..]);
+        let product = Product { sku: sku.clone(), name: "Thing".into(), price };
+        let _: Product =
+            self.gateway.json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await.unwrap();
+        let path = format!("/api/inventory/{sku}");
+        let _: StockLevel =
+            self.gateway.json(Method::PUT, &path, Some(&SetStock { available: stock }), StatusCode::OK).await.unwrap();
+        sku
+    }
+
+    async fn order(&self, customer_id: Uuid, items: &[(&str, i64)]) -> Uuid {
+        let body = CreateOrder {
+            customer_id,
+            items: items.iter().map(|(sku, quantity)| Quantity { sku: (*sku).into(), quantity: *quantity }).collect(),
+        };
+        let accepted: Accepted =
+            self.gateway.json(Method::POST, "/api/orders", Some(&body), StatusCode::ACCEPTED).await.unwrap();
+        assert_eq!(accepted.status, OrderStatus::Pending);
+        accepted.id
+    }
+
+    async fn get_order(&self, id: Uuid) -> OrderView {
+        self.gateway.get(&format!("/api/orders/{id}")).await.unwrap()
+    }
+
+    async fn wait_status(&self, id: Uuid, status: OrderStatus) -> OrderView {
+        let result =
+            polis_testkit::wait_for(Duration::from_secs(30), || async { self.get_order(id).await.status == status })
+                .await;
+        let order = self.get_order(id).await;
+        assert!(result.is_ok(), "order {id} never became {status:?}; it is {order:?}");
+        order
+    }
+
+    async fn stock(&self, sku: &str) -> StockLevel {
+        self.gateway.get(&format!("/api/inventory/{sku}")).await.unwrap()
+    }
+
+    async fn payment(&self, order: Uuid) -> Option<Payment> {
+        let (status, body) =
+            self.service("payment").call(Method::GET, &format!("/payments/{order}"), None::<&()>).await.unwrap();
+        (status == StatusCode::OK).then(|| serde_json::from_slice(&body).unwrap())
+    }
+
+    async fn shipment(&self, order: Uuid) -> Option<Shipment> {
+        let (status, body) =
+            self.service("shipping").call(Method::GET, &format!("/shipments/{order}"), None::<&()>).await.unwrap();
+        (status == StatusCode::OK).then(|| serde_json::from_slice(&body).unwrap())
+    }
+
+    async fn reservation(&self, order: Uuid) -> Option<Reservation> {
+        let (status, body) =
+            self.service("inventory").call(Method::GET, &format!("/reservations/{order}"), None::<&()>).await.unwrap();
+        (status == StatusCode::OK).then(|| serde_json::from_slice(&body).unwrap())
+    }
+
+    /// Waits until the order's side effects are all undone.
+    async fn wait_undone(&self, order: Uuid, sku: &str, initial: i64) {
+        let result = polis_testkit::wait_for(Duration::from_secs(30), || async {
+            let stock = self.stock(sku).await;
+            let payment = self.payment(order).await.map(|p| p.status);
+            let shipment = self.shipment(order).await.map(|s| s.status);
+            let reservation = self.reservation(order).await.map(|r| r.status);
+            stock.available == initial
+                && stock.reserved == 0
+                && payment != Some(PaymentStatus::Captured)
+                && payment != Some(PaymentStatus::Authorized)
+                && shipment != Some(ShipmentStatus::Scheduled)
+                && reservation != Some(ReservationStatus::Reserved)
+        })
+        .await;
+        assert!(
+            result.is_ok(),
+            "order {order} was not compensated: stock {:?}, payment {:?}, shipment {:?}, reservation {:?}",
+            self.stock(sku).await,
+            self.payment(order).await,
+            self.shipment(order).await,
+            self.reservation(order).await
+        );
+    }
+}
+
+fn config(style: SagaStyle) -> ShopConfig {
+    let mut config = ShopConfig { saga: style, ..ShopConfig::default() };
+    config.order.step_timeout_ms = 3_000;
+    config.order.order_timeout_ms = 6_000;
+    config
+}
+
+async fn approved_order_captures_ships_and_reserves(style: SagaStyle) {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::start(dir.path(), &config(style)).await;
+    let customer = shop.customer("DE", 1_000_000, "ok").await;
+    let sku = shop.product(250, 10).await;
+    let id = shop.order(customer, &[(&sku, 3)]).await;
+    let order = shop.wait_status(id, OrderStatus::Approved).await;
+    assert_eq!(order.total, 750);
+    assert_eq!(order.reason, None);
+    assert_eq!(shop.stock(&sku).await, StockLevel { sku: sku.clone(), available: 7, reserved: 3 });
+    assert_eq!(shop.payment(id).await.unwrap().status, PaymentStatus::Captured);
+    assert_eq!(shop.shipment(id).await.unwrap().status, ShipmentStatus::Scheduled);
+
+    // Cancel: refund, release, cancel the shipment → CANCELLED.
+    let path = format!("/api/orders/{id}/cancel");
+    let accepted: Accepted = shop.gateway.json(Method::POST, &path, None::<&()>, StatusCode::ACCEPTED).await.unwrap();
+    assert_eq!(accepted.status, OrderStatus::CancelPending);
+    shop.wait_status(id, OrderStatus::Cancelled).await;
+    shop.wait_undone(id, &sku, 10).await;
+    assert_eq!(shop.payment(id).await.unwrap().status, PaymentStatus::Refunded);
+    assert_eq!(shop.shipment(id).await.unwrap().status, ShipmentStatus::Cancelled);
+    // Cancelling again is a conflict, with a problem body.
+    let (status, body) = shop.gateway.call(Method::POST, &path, None::<&()>).await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+}
+
+async fn each_rejection_reason_compensates(style: SagaStyle) {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::start(dir.path(), &config(style)).await;
+    let sku = shop.product(500, 100).await;
+    let scarce = shop.product(500, 1).await;
+
+    let rich = shop.customer("DE", 1_000_000, "rich").await;
+    let out_of_stock = shop.order(rich, &[(&sku, 1), (&scarce, 2)]).await;
+    let poor = shop.customer("DE", 100, "poor").await;
+    let over_limit = shop.order(poor, &[(&sku, 1)]).await;
+    let declined_customer = shop.customer("DE", 1_000_000, "ann+decline").await;
+    let declined = shop.order(declined_customer, &[(&sku, 1)]).await;
+    let penguin = shop.customer("AQ", 1_000_000, "penguin").await;
+    let undeliverable = shop.order(penguin, &[(&sku, 1)]).await;
+
+    for (id, reason) in [
+        (out_of_stock, RejectionReason::OutOfStock),
+        (over_limit, RejectionReason::CreditLimitExceeded),
+        (declined, RejectionReason::PaymentDeclined),
+        (undeliverable, RejectionReason::Undeliverable),
+    ] {
+        let order = shop.wait_status(id, OrderStatus::Rejected).await;
+        assert_eq!(order.reason, Some(reason), "{order:?}");
+    }
+    // Every compensation ran: nothing reserved, nothing charged, nothing shipped.
+    for id in [out_of_stock, over_limit, declined, undeliverable] {
+        shop.wait_undone(id, &sku, 100).await;
+    }
+    assert_eq!(shop.stock(&scarce).await.available, 1);
+    // Undeliverable got as far as an authorization, which was voided.
+    assert_eq!(shop.payment(undeliverable).await.unwrap().status, PaymentStatus::Voided);
+
+    // A pending or rejected order cannot be cancelled.
+    let (status, _) =
+        shop.gateway.call(Method::POST, &format!("/api/orders/{declined}/cancel"), None::<&()>).await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+async fn a_service_that_never_answers_times_the_order_out(style: SagaStyle) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(style);
+    config.silent = vec!["shipping".into()];
+    let shop = Shop::start(dir.path(), &config).await;
+    // Shipping is silent, so its replica never hears of customers: seed the
+    // customer through the gateway and wait only on payment's replica.
+    let customer = shop.customer("DE", 1_000_000, "patient").await;
+    let sku = shop.product(100, 5).await;
+    let id = shop.order(customer, &[(&sku, 2)]).await;
+    let order = shop.wait_status(id, OrderStatus::Rejected).await;
+    assert_eq!(order.reason, Some(RejectionReason::Timeout));
+    shop.wait_undone(id, &sku, 5).await;
+}
+
+async fn a_deadline_fires_after_a_restart(style: SagaStyle) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(style);
+    config.silent = vec!["shipping".into()];
+    let (id, sku) = {
+        let shop = Shop::start(dir.path(), &config).await;
+        let customer = shop.customer("DE", 1_000_000, "restart").await;
+        let sku = shop.product(100, 5).await;
+        let id = shop.order(customer, &[(&sku, 2)]).await;
+        // Stop well before the deadline.
+        assert_eq!(shop.get_order(id).await.status, OrderStatus::Pending);
+        (id, sku)
+    };
+    // The shop's tasks stop when it drops; give them a moment to let go of the files.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shop = Shop::start(dir.path(), &config).await;
+    let order = shop.wait_status(id, OrderStatus::Rejected).await;
+    assert_eq!(order.reason, Some(RejectionReason::Timeout));
+    shop.wait_undone(id, &sku, 5).await;
+}
+
+async fn the_last_units_go_to_exactly_as_many_orders(style: SagaStyle) {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::start(dir.path(), &config(style)).await;
+    let customer = shop.customer("DE", 1_000_000_000, "crowd").await;
+    let sku = shop.product(10, 10).await;
+    let items = [(sku.as_str(), 1)];
+    let ids: Vec<Uuid> = futures::future::join_all((0..50).map(|_| shop.order(customer, &items))).await;
+    let mut approved = 0;
+    let mut out_of_stock = 0;
+    for id in ids {
+        let result = polis_testkit::wait_for(Duration::from_secs(60), || async {
+            shop.get_order(id).await.status.is_terminal()
+        })
+        .await;
+        assert!(result.is_ok(), "order {id} stuck");
+        let order = shop.get_order(id).await;
+        match (order.status, order.reason) {
+            (OrderStatus::Approved, None) => approved += 1,
+            (OrderStatus::Rejected, Some(RejectionReason::OutOfStock)) => out_of_stock += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((approved, out_of_stock), (10, 40));
+    assert_eq!(shop.stock(&sku).await, StockLevel { sku, available: 0, reserved: 10 });
+}
+
+macro_rules! both_styles {
+    ($($case:ident),* $(,)?) => {
+        mod orchestration {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(contracts::SagaStyle::Orchestration).await;
+                }
+            )*
+        }
+        mod choreography {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(contracts::SagaStyle::Choreography).await;
+                }
+            )*
+        }
+    };
+}
+
+both_styles!(
+    approved_order_captures_ships_and_reserves,
+    each_rejection_reason_compensates,
+    a_service_that_never_answers_times_the_order_out,
+    a_deadline_fires_after_a_restart,
+    the_last_units_go_to_exactly_as_many_orders,
+);
