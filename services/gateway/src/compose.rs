@@ -34,9 +34,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::openapi::Problem;
-use crate::routes::{
-    Gateway, MaybeRequestId, bad_gateway, call_failed, pass_through, request_id, service_failed,
-};
+use crate::routes::{Gateway, MaybeRequestId, bad_gateway, call_failed, pass_through, request_id, service_failed};
 use crate::upstream::{Service, encode_segment};
 
 /// Most items one order may have.
@@ -47,18 +45,23 @@ pub const MAX_ITEMS: usize = 100;
 const MAX_PARALLEL_LOOKUPS: usize = 16;
 
 /// `GET /api/orders/{id}/details`: an order with everything around it.
+/// Every member is always present; a missing part is `null`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct OrderDetails {
     pub order: OrderView,
     /// `null` if the customer service failed or timed out.
+    #[schema(required = true)]
     pub customer: Option<Customer>,
     /// The product of each distinct sku, in the order's line order; `null`
     /// if any of them could not be fetched.
+    #[schema(required = true)]
     pub products: Option<Vec<Product>>,
     /// `null` if no payment exists yet, or (then named in `partial`) if the
     /// payment service failed or timed out.
+    #[schema(required = true)]
     pub payment: Option<Payment>,
     /// Like `payment`, for the shipment.
+    #[schema(required = true)]
     pub shipment: Option<Shipment>,
     /// Every part that failed or timed out, hence `null`.
     pub partial: Vec<Part>,

@@ -74,7 +74,7 @@ pub enum GatewayError {
 /// The `gateway` section of the configuration.
 ///
 /// Timeouts are whole milliseconds and never zero (serde refuses `0`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct GatewayConfig {

@@ -2,7 +2,7 @@
 //!
 //! Each route's own answers are declared on its handler (`#[utoipa::path]`);
 //! the error answers every route shares are added here, once, by
-//! [`SharedErrors`]: the gateway's own (413, 415 and 400 on a body, 502,
+//! `SharedErrors`: the gateway's own (413, 415 and 400 on a body, 502,
 //! 503 and 504 on upstream trouble, 500) and the services' 422 on bodies.
 //! The schemas of the bodies are the contracts' types themselves.
 

@@ -258,8 +258,10 @@ pub(crate) async fn cancel_order(
 )]
 pub(crate) async fn openapi_document(State(gateway): State<Gateway>) -> Result<Response, ApiError> {
     match &gateway.0.openapi {
-        Ok(document) => Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document.clone())
-            .into_response()),
+        Ok(document) => {
+            Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document.clone())
+                .into_response())
+        }
         Err(reason) => Err(ApiError::internal(format!("cannot serialize the openapi document: {reason}"))),
     }
 }
@@ -289,9 +291,11 @@ async fn forward(
 
 /// `/api/x/y?q` → `/x/y?q`, still percent-encoded as the client sent it.
 fn upstream_path(uri: &Uri) -> Result<String, ApiError> {
-    let path = uri.path().strip_prefix("/api").filter(|rest| rest.starts_with('/')).ok_or_else(|| {
-        ApiError::internal(format!("gateway route {} is not under /api", uri.path()))
-    })?;
+    let path = uri
+        .path()
+        .strip_prefix("/api")
+        .filter(|rest| rest.starts_with('/'))
+        .ok_or_else(|| ApiError::internal(format!("gateway route {} is not under /api", uri.path())))?;
     Ok(match uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),
@@ -331,10 +335,9 @@ fn public_location(location: &HeaderValue) -> Option<HeaderValue> {
 /// A call that got no answer, as the client's problem.
 pub(crate) fn call_failed(service: Service, err: UpstreamError) -> ApiError {
     match err {
-        UpstreamError::Timeout(timeout) => ApiError::gateway_timeout(format!(
-            "the {service} service did not answer within {} ms",
-            timeout.as_millis()
-        )),
+        UpstreamError::Timeout(timeout) => {
+            ApiError::gateway_timeout(format!("the {service} service did not answer within {} ms", timeout.as_millis()))
+        }
         err @ UpstreamError::Unavailable(_) => {
             ApiError::service_unavailable(format!("the {service} service is unavailable; retry later")).with_cause(err)
         }

@@ -114,7 +114,8 @@ impl Upstream {
     ///
     /// Builds the connection pool; needs no runtime until the first call.
     pub fn remote(base_url: &str) -> Result<Self, GatewayError> {
-        let invalid = |reason: &str| GatewayError::InvalidUpstreamUrl { url: base_url.to_owned(), reason: reason.into() };
+        let invalid =
+            |reason: &str| GatewayError::InvalidUpstreamUrl { url: base_url.to_owned(), reason: reason.into() };
         let uri: Uri = base_url.parse().map_err(|err: axum::http::uri::InvalidUri| invalid(&err.to_string()))?;
         if uri.scheme() != Some(&Scheme::HTTP) {
             return Err(invalid("the scheme must be http (https is not supported)"));
@@ -182,14 +183,14 @@ impl Upstream {
 /// The request as both kinds send it. `body` is `None` for a local call
 /// without a body; a remote call always has one (possibly empty), and an
 /// empty one is sent without a content type.
-fn build<B: Default>(
+fn build<B>(
     method: Method,
     uri: &str,
     body: Option<B>,
     request_id: Option<&RequestId>,
 ) -> Result<Request<B>, UpstreamError>
 where
-    B: HttpBody,
+    B: HttpBody + Default,
 {
     let mut request = Request::builder().method(method).uri(uri);
     let has_body = body.as_ref().is_some_and(|body| !body.is_end_stream());

@@ -176,11 +176,11 @@ async fn a_service_that_does_not_answer_in_time_is_a_504() {
     let answer = get(&app, "/api/products/A-1").await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(answer.problem_type(), types::GATEWAY_TIMEOUT);
-    assert_eq!(answer.body["detail"], "the catalog service did not answer within 500 ms");
+    assert_eq!(answer.body["detail"], "the catalog service did not answer within 1000 ms");
 
     let cancel = send(&app, Method::POST, &format!("/api/orders/{ORDER}/cancel"), None, &[]).await;
     assert_eq!(cancel.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(cancel.body["detail"], "the order service did not answer within 500 ms");
+    assert_eq!(cancel.body["detail"], "the order service did not answer within 1000 ms");
 }
 
 #[tokio::test]
@@ -246,7 +246,10 @@ async fn an_order_is_priced_merged_and_placed() {
     let placed = fakes.recorder.seen().into_iter().find(|s| s.service == "order").unwrap();
     let placed: PlaceOrder = serde_json::from_slice(&placed.body).unwrap();
     let line = |sku: &str, quantity, unit_price| OrderLine { sku: sku.into(), quantity, unit_price };
-    assert_eq!(placed, PlaceOrder { customer_id: id(CUSTOMER), lines: vec![line("A-1", 5, 250), line("B-2", 1, 1000)] });
+    assert_eq!(
+        placed,
+        PlaceOrder { customer_id: id(CUSTOMER), lines: vec![line("A-1", 5, 250), line("B-2", 1, 1000)] }
+    );
 }
 
 #[tokio::test]
@@ -262,10 +265,10 @@ async fn an_invalid_order_names_each_field_and_calls_no_service() {
         (json!({ "customer_id": CUSTOMER, "items": [item("A-1", -3)] }), vec!["items[0].quantity"]),
         (json!({ "customer_id": CUSTOMER, "items": [item("", 1)] }), vec!["items[0].sku"]),
         (json!({ "customer_id": CUSTOMER, "items": [item("A-1", 1), { "quantity": 1 }] }), vec!["items[1].sku"]),
-        (json!({ "customer_id": CUSTOMER, "items": [item("A-1", 1), item("  ", 0)] }), vec![
-            "items[1].sku",
-            "items[1].quantity",
-        ]),
+        (
+            json!({ "customer_id": CUSTOMER, "items": [item("A-1", 1), item("  ", 0)] }),
+            vec!["items[1].sku", "items[1].quantity"],
+        ),
         (json!({ "customer_id": CUSTOMER, "items": vec![item("A-1", 1); 101] }), vec!["items"]),
     ];
     for (body, fields) in cases {
@@ -308,7 +311,7 @@ async fn an_order_whose_lookups_fail_is_not_judged() {
     upstreams.customer = Upstream::local(silent());
     let answer = post(&app(upstreams), "/api/orders", &order).await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(answer.body["detail"], "the customer service did not answer within 500 ms");
+    assert_eq!(answer.body["detail"], "the customer service did not answer within 1000 ms");
 
     let mut upstreams = fakes.upstreams();
     upstreams.catalog = Upstream::local(failing());
@@ -334,14 +337,17 @@ async fn details_compose_the_order_with_every_part() {
     let (fakes, app) = shop();
     let answer = get(&app, &format!("/api/orders/{ORDER}/details")).await;
     let composed = details(&answer);
-    assert_eq!(composed, OrderDetails {
-        order: support::order(ORDER).unwrap(),
-        customer: Some(support::customer()),
-        products: Some(products()[..2].to_vec()),
-        payment: Some(payment()),
-        shipment: Some(shipment()),
-        partial: vec![],
-    });
+    assert_eq!(
+        composed,
+        OrderDetails {
+            order: support::order(ORDER).unwrap(),
+            customer: Some(support::customer()),
+            products: Some(products()[..2].to_vec()),
+            payment: Some(payment()),
+            shipment: Some(shipment()),
+            partial: vec![],
+        }
+    );
     // Every member is present, the empty ones as null / [].
     for member in ["order", "customer", "products", "payment", "shipment", "partial"] {
         assert!(answer.body.get(member).is_some(), "{member}");

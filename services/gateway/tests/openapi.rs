@@ -109,7 +109,10 @@ async fn every_operation_declares_its_answers_and_errors() {
         }
     }
     let order = &document["paths"]["/api/orders"]["post"];
-    assert_eq!(order["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/CreateOrder");
+    assert_eq!(
+        order["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/CreateOrder"
+    );
     assert_eq!(
         order["responses"]["202"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/Accepted"
@@ -147,8 +150,11 @@ async fn every_reference_resolves() {
         let pointer = reference.strip_prefix('#').unwrap();
         assert!(document.pointer(pointer).is_some(), "{reference} does not resolve");
     }
-    let details = &document["components"]["schemas"]["OrderDetails"]["properties"];
-    assert_eq!(details["partial"]["items"]["$ref"], "#/components/schemas/Part");
+    let details = &document["components"]["schemas"]["OrderDetails"];
+    assert_eq!(details["properties"]["partial"]["items"]["$ref"], "#/components/schemas/Part");
+    let required: BTreeSet<&str> =
+        details["required"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert_eq!(required, BTreeSet::from(["order", "customer", "products", "payment", "shipment", "partial"]));
     let order = &document["components"]["schemas"]["OrderView"]["properties"];
     assert_eq!(order["total"]["type"], "integer");
 }

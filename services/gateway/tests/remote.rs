@@ -35,7 +35,10 @@ async fn servers() -> Servers {
         servers.push(server);
         upstream
     };
-    let customer = remote(listen(Router::new().nest("/customer-service", fakes.router(Name::Customer))).await, "/customer-service/");
+    let customer = remote(
+        listen(Router::new().nest("/customer-service", fakes.router(Name::Customer))).await,
+        "/customer-service/",
+    );
     let upstreams = Upstreams {
         customer,
         catalog: remote(listen(fakes.router(Name::Catalog)).await, ""),

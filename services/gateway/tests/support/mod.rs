@@ -10,15 +10,14 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing;
-use axum::Router;
 use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{SetStock, StockLevel};
@@ -110,7 +109,12 @@ pub fn customer() -> Customer {
         id: id(CUSTOMER),
         name: "Ada".into(),
         email: "ada@example.com".into(),
-        address: Address { line1: "1 Main St".into(), city: "Lyon".into(), postal_code: "69001".into(), country: "FR".into() },
+        address: Address {
+            line1: "1 Main St".into(),
+            city: "Lyon".into(),
+            postal_code: "69001".into(),
+            country: "FR".into(),
+        },
         credit_limit: 100_000,
     }
 }
@@ -245,18 +249,18 @@ fn order_service() -> Router {
     }
     async fn cancel(Path(order_id): Path<String>) -> Result<Response, ApiError> {
         match order(&order_id) {
-            Some(order) if order.status == OrderStatus::Approved => Ok((
-                StatusCode::ACCEPTED,
-                Json(Accepted { id: order.id, status: OrderStatus::CancelPending }),
-            )
-                .into_response()),
+            Some(order) if order.status == OrderStatus::Approved => {
+                Ok((StatusCode::ACCEPTED, Json(Accepted { id: order.id, status: OrderStatus::CancelPending }))
+                    .into_response())
+            }
             Some(order) => Err(ApiError::conflict("the order is PENDING; only an APPROVED order can be cancelled")
                 .with_extension("current_status", order.status.as_str())),
             None => Err(ApiError::not_found("no such order")),
         }
     }
     async fn for_customer(Path(customer_id): Path<String>) -> Json<Vec<OrderView>> {
-        let orders = [ORDER, NEW_ORDER].iter().filter_map(|o| order(o)).filter(|o| o.customer_id.to_string() == customer_id);
+        let orders =
+            [ORDER, NEW_ORDER].iter().filter_map(|o| order(o)).filter(|o| o.customer_id.to_string() == customer_id);
         Json(orders.collect())
     }
     Router::new()
@@ -268,7 +272,7 @@ fn order_service() -> Router {
 
 /// A service that accepts every request and never answers.
 pub fn silent() -> Router {
-    Router::new().fallback(|| std::future::pending::<Response>())
+    Router::new().fallback(std::future::pending::<Response>)
 }
 
 /// A service that answers every request with a 500 problem.
@@ -326,9 +330,10 @@ impl Fakes {
     }
 }
 
-/// Timeouts short enough that a silent service costs a test little.
+/// The defaults (1000 ms per call, 300 ms per part): generous enough for a
+/// loaded test machine, short enough that a silent service costs little.
 pub fn config() -> GatewayConfig {
-    GatewayConfig::default().with_call_timeout(Duration::from_millis(500)).with_compose_timeout(Duration::from_millis(200))
+    GatewayConfig::default()
 }
 
 /// The gateway as the host serves it.
