@@ -285,6 +285,53 @@ async fn the_last_units_go_to_exactly_as_many_orders(style: SagaStyle) {
     assert_eq!(shop.stock(&sku).await, StockLevel { sku, available: 0, reserved: 10 });
 }
 
+async fn order_details_compose_and_degrade_when_a_service_is_down(style: SagaStyle) {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::start(dir.path(), &config(style)).await;
+    let customer = shop.customer("FR", 1_000_000, "composed").await;
+    let sku = shop.product(400, 10).await;
+    let id = shop.order(customer, &[(&sku, 2)]).await;
+    shop.wait_status(id, OrderStatus::Approved).await;
+
+    let details: serde_json::Value = shop.gateway.get(&format!("/api/orders/{id}/details")).await.unwrap();
+    assert_eq!(details["order"]["status"], "APPROVED");
+    assert_eq!(details["customer"]["id"], customer.to_string());
+    assert_eq!(details["products"][0]["sku"], sku);
+    assert_eq!(details["payment"]["status"], "CAPTURED");
+    assert_eq!(details["shipment"]["status"], "SCHEDULED");
+    assert_eq!(details["partial"], serde_json::json!([]));
+
+    // The same gateway, but the payment service is down (nothing listens at
+    // its address): the details still answer, without the payment.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let routers = shop.shop.routers();
+    let upstreams = gateway::Upstreams {
+        customer: gateway::Upstream::local(routers.customer.clone()),
+        catalog: gateway::Upstream::local(routers.catalog.clone()),
+        inventory: gateway::Upstream::local(routers.inventory.clone()),
+        payment: gateway::Upstream::remote(&dead).unwrap(),
+        shipping: gateway::Upstream::local(routers.shipping.clone()),
+        order: gateway::Upstream::local(routers.order.clone()),
+    };
+    let degraded = Endpoint::local(polis_runtime::with_standard_stack(
+        gateway::router(upstreams, gateway::GatewayConfig::default()),
+        &polis_runtime::HttpOptions::default(),
+    ));
+    let details: serde_json::Value = degraded.get(&format!("/api/orders/{id}/details")).await.unwrap();
+    assert_eq!(details["partial"], serde_json::json!(["payment"]));
+    assert!(details["payment"].is_null());
+    assert_eq!(details["shipment"]["status"], "SCHEDULED");
+    assert_eq!(details["order"]["id"], id.to_string());
+
+    // An unknown order is a 404 problem.
+    let (status, _) =
+        shop.gateway.call(Method::GET, &format!("/api/orders/{}/details", Uuid::now_v7()), None::<&()>).await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 macro_rules! both_styles {
     ($($case:ident),* $(,)?) => {
         mod orchestration {
@@ -312,4 +359,5 @@ both_styles!(
     a_service_that_never_answers_times_the_order_out,
     a_deadline_fires_after_a_restart,
     the_last_units_go_to_exactly_as_many_orders,
+    order_details_compose_and_degrade_when_a_service_is_down,
 );
