@@ -123,6 +123,10 @@ impl CreateOrderSaga {
 
     fn command<T: MessageType>(&self, target: &str, body: &T) -> Message {
         let key = self.order_id.to_string();
+        // The contract bodies are plain structs of strings, numbers and ids:
+        // serializing them cannot fail. Were it ever to, the participant would
+        // dead-letter the null body (visible, never silent) and the step's
+        // deadline would reject the order.
         let data = serde_json::to_value(body).unwrap_or(serde_json::Value::Null);
         Message::command(SERVICE, target, T::TYPE, &key, data).with_metadata(self.metadata.clone())
     }
