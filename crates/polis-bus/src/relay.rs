@@ -216,7 +216,7 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
     }
 
     /// Starts reading the oldest unpublished entries not `in_flight` (sorted).
-    fn read(&self, pipeline: &mut Pipeline, in_flight: Vec<u64>) -> JoinHandle<Result<Vec<OutboxEntry>, StoreError>> {
+    fn read(&self, pipeline: &mut Pipeline, in_flight: Vec<u64>) -> Read {
         let wakeups = pipeline.wakeups.get_or_insert_with(|| self.store.outbox_wakeups());
         wakeups.borrow_and_update();
         let store = Arc::clone(&self.store);
