@@ -332,6 +332,39 @@ async fn order_details_compose_and_degrade_when_a_service_is_down(style: SagaSty
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Database per service: each service's file holds polis's own tables and
+/// that service's tables, nothing of another service's.
+#[tokio::test]
+async fn each_service_database_holds_only_its_own_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::start(dir.path(), &config(SagaStyle::Orchestration)).await;
+    let expected = [
+        ("customer", vec!["customers"]),
+        ("catalog", vec!["products"]),
+        ("inventory", vec!["reservations", "stock"]),
+        ("payment", vec!["payment_customers", "payments"]),
+        ("shipping", vec!["customer_addresses", "shipments"]),
+        ("order", vec!["orders"]),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for (service, own) in expected {
+        let path = dir.path().join(format!("{service}.db"));
+        assert!(seen.insert(path.clone()), "two services share {}", path.display());
+        let url = format!("sqlite://{}?mode=ro", path.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'polis\\_%' ESCAPE '\\' \
+             AND name NOT LIKE '\\_sqlx%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(tables, own, "{service}'s database");
+        pool.close().await;
+    }
+    assert_eq!(shop.shop.services().count(), 6);
+}
+
 macro_rules! both_styles {
     ($($case:ident),* $(,)?) => {
         mod orchestration {
