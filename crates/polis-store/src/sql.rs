@@ -16,6 +16,10 @@
 //!
 //! A unique-constraint violation surfaces as [`StoreError::Unique`]; every
 //! other driver failure as [`StoreError::Backend`].
+//!
+//! The service's tables come from its own migrations, one directory per
+//! backend, applied with [`SqlStore::migrate`] and
+//! [`service_migrator!`](crate::service_migrator).
 
 use async_trait::async_trait;
 use polis_core::StoreError;
@@ -176,10 +180,40 @@ where
     async fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError>;
     async fn query_optional(&self, sql: &str, args: &[Value]) -> Result<Option<Row>, StoreError>;
 
-    /// Applies the service's own embedded migrations. They share the history
+    /// Applies the service's own embedded migrations (built with
+    /// [`service_migrator!`](crate::service_migrator)). They share the history
     /// table with polis's own, so their versions must not collide with
     /// polis's (`2026112100xx`, `2026112200xx`).
     async fn migrate(&self, migrator: &Migrator) -> Result<(), StoreError>;
+}
+
+/// The calling crate's embedded migrations for a [`Dialect`], ready for
+/// [`SqlStore::migrate`]: `migrations/sqlite` or `migrations/postgres` under
+/// the crate's manifest directory, with `ignore_missing` set.
+///
+/// ```no_run
+/// # async fn open(store: &polis_store::SqliteEventStore) -> Result<(), polis_core::StoreError> {
+/// use polis_store::sql::SqlStore;
+///
+/// store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A service's migrations share the history table with polis's own, so
+/// each migrator meets versions it does not know and must ignore them. It is
+/// a macro because `sqlx::migrate!` embeds the files of the crate it is
+/// expanded in; the calling crate therefore depends on `sqlx` itself.
+#[macro_export]
+macro_rules! service_migrator {
+    ($dialect:expr) => {{
+        let mut migrator = match $dialect {
+            $crate::sql::Dialect::Sqlite => ::sqlx::migrate!("./migrations/sqlite"),
+            $crate::sql::Dialect::Postgres => ::sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator.set_ignore_missing(true);
+        migrator
+    }};
 }
 
 macro_rules! bind_all {
@@ -288,5 +322,25 @@ impl SqlStore for PgEventStore {
 
     async fn migrate(&self, migrator: &Migrator) -> Result<(), StoreError> {
         migrator.run(self.pool()).await.map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dialect;
+
+    fn versions(migrator: &sqlx::migrate::Migrator) -> Vec<i64> {
+        migrator.iter().map(|m| m.version).collect()
+    }
+
+    /// Expanded here, the macro embeds polis-store's own directories: it
+    /// picks the one for the dialect, like the library's own migrators.
+    #[test]
+    fn the_service_migrator_embeds_the_calling_crates_migrations_for_the_dialect() {
+        let sqlite = crate::service_migrator!(Dialect::Sqlite);
+        let postgres = crate::service_migrator!(Dialect::Postgres);
+        assert_eq!(versions(&sqlite), versions(&crate::migrations::sqlite()));
+        assert_eq!(versions(&postgres), versions(&crate::migrations::postgres()));
+        assert_ne!(versions(&sqlite), versions(&postgres));
     }
 }

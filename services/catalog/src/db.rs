@@ -1,28 +1,13 @@
-//! The `products` table: its migrations and every statement on it, written
-//! once in the SQL that SQLite and PostgreSQL share.
+//! The `products` table: every statement on it, written once in the SQL
+//! that SQLite and PostgreSQL share.
 
 use chrono::Utc;
 use contracts::catalog::Product;
 use polis_core::StoreError;
 use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore};
-use sqlx::migrate::Migrator;
 
 use crate::Error;
-
-pub(crate) fn sqlite_migrations() -> Migrator {
-    let mut migrator = sqlx::migrate!("./migrations/sqlite");
-    // The history table is shared with polis's own migrations: each migrator
-    // must ignore the versions it does not know.
-    migrator.set_ignore_missing(true);
-    migrator
-}
-
-pub(crate) fn postgres_migrations() -> Migrator {
-    let mut migrator = sqlx::migrate!("./migrations/postgres");
-    migrator.set_ignore_missing(true);
-    migrator
-}
 
 fn product(row: &Row) -> Result<Product, StoreError> {
     Ok(Product { sku: row.text("sku")?, name: row.text("name")?, price: row.int("price")? })

@@ -6,60 +6,21 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use catalog::{Catalog, Config, SERVICE};
 use contracts::SagaStyle;
 use contracts::catalog::{PriceChanged, Product, ProductAdded};
-use http_body_util::BodyExt;
 use polis_bus::ConsumerOptions;
 use polis_core::Message;
-use polis_runtime::{HttpOptions, with_standard_stack};
 use polis_store::sql::{Sql, SqlStore};
-use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
 use serde_json::{Value, json};
-use tower::ServiceExt;
+use testsupport::{Answer, hosted, outbox};
 
-/// A catalog service on a fresh store, and what keeps that store alive.
+/// A catalog service on a fresh store, with its router as a host serves it.
 struct App<S> {
     service: Catalog<S>,
     router: Router,
     store: Arc<S>,
-    _guard: Box<dyn std::any::Any + Send + Sync>,
-}
-
-async fn sqlite() -> App<SqliteEventStore> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteEventStore::open(dir.path().join("catalog.db"), SqliteOptions::new(SERVICE)).await.unwrap();
-    App::new(Arc::new(store), Box::new(dir)).await
-}
-
-async fn postgres() -> App<PgEventStore> {
-    let db = polis_testkit::postgres().await;
-    let store = PgEventStore::connect(db.url(), PgOptions::new(SERVICE)).await.unwrap();
-    App::new(Arc::new(store), Box::new(db)).await
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    /// The fields a 422 problem names, in order.
-    fn fields(&self) -> Vec<String> {
-        assert_eq!(self.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", self.body);
-        self.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
-    }
-
-    fn is_problem(&self) -> bool {
-        self.headers[header::CONTENT_TYPE] == "application/problem+json"
-    }
-
-    fn product(&self) -> Product {
-        serde_json::from_value(self.body.clone()).unwrap()
-    }
 }
 
 impl<S> App<S>
@@ -67,26 +28,14 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    async fn new(store: Arc<S>, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
+    async fn new(store: Arc<S>) -> Self {
         let service = Catalog::open(store.clone(), Config::default()).await.unwrap();
-        let router = with_standard_stack(service.router(), &HttpOptions::default());
-        Self { service, router, store, _guard: guard }
+        let router = hosted(service.router());
+        Self { service, router, store }
     }
 
     async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Answer {
-        let request = Request::builder().method(method).uri(uri);
-        let request = match body {
-            Some(body) => {
-                request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())).unwrap()
-            }
-            None => request.body(Body::empty()).unwrap(),
-        };
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        Answer { status, headers, body }
+        testsupport::call(&self.router, method, uri, body).await
     }
 
     async fn add(&self, sku: &str, price: i64) -> Answer {
@@ -104,7 +53,7 @@ where
 
     /// Every message in the outbox (the tests run no relay, so nothing leaves).
     async fn outbox(&self) -> Vec<Message> {
-        self.store.unpublished(1000).await.unwrap().into_iter().map(|entry| entry.message).collect()
+        outbox(&*self.store).await
     }
 }
 
@@ -115,12 +64,12 @@ where
     let created =
         app.call(Method::POST, "/products", Some(json!({ "sku": "MUG-1", "name": " Mug ", "price": 1250 }))).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    let mug = created.product();
+    let mug = created.json::<Product>();
     assert_eq!(mug, Product { sku: "MUG-1".into(), name: "Mug".into(), price: 1250 });
     assert_eq!(created.headers[header::LOCATION], "/products/MUG-1");
 
     let fetched = app.call(Method::GET, "/products/MUG-1", None).await;
-    assert_eq!((fetched.status, fetched.product()), (StatusCode::OK, mug.clone()));
+    assert_eq!((fetched.status, fetched.json::<Product>()), (StatusCode::OK, mug.clone()));
 
     let outbox = app.outbox().await;
     assert_eq!(outbox.len(), 1);
@@ -240,14 +189,14 @@ where
     app.add("MUG-1", 1250).await;
     let changed = app.set_price("MUG-1", json!(1500)).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
-    assert_eq!(changed.product(), Product { sku: "MUG-1".into(), name: "Product MUG-1".into(), price: 1500 });
-    assert_eq!(app.call(Method::GET, "/products/MUG-1", None).await.product().price, 1500);
+    assert_eq!(changed.json::<Product>(), Product { sku: "MUG-1".into(), name: "Product MUG-1".into(), price: 1500 });
+    assert_eq!(app.call(Method::GET, "/products/MUG-1", None).await.json::<Product>().price, 1500);
 
     // The same price again: nothing to announce.
     let same = app.set_price("MUG-1", json!(1500)).await;
-    assert_eq!((same.status, same.product().price), (StatusCode::OK, 1500));
+    assert_eq!((same.status, same.json::<Product>().price), (StatusCode::OK, 1500));
     // Free is a price.
-    assert_eq!(app.set_price("MUG-1", json!(0)).await.product().price, 0);
+    assert_eq!(app.set_price("MUG-1", json!(0)).await.json::<Product>().price, 0);
 
     assert_eq!(app.set_price("MUG-1", json!(-1)).await.fields(), ["price"]);
     assert_eq!(app.set_price("MUG-1", json!("cheap")).await.fields(), ["price"]);
@@ -316,42 +265,25 @@ async fn reopening_keeps_the_data<S: SqlStore>(app: App<S>)
 where
     S::Tx: Sql,
 {
-    let mug = app.add("MUG-1", 1250).await.product();
+    let mug = app.add("MUG-1", 1250).await.json::<Product>();
     // Migrations already applied are skipped; the rows stay.
     let again = Catalog::open(app.store.clone(), Config::default()).await.unwrap();
     assert_eq!(again.get("MUG-1").await.unwrap(), mug);
 }
 
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::postgres().await).await;
-                }
-            )*
-        }
-    };
+testsupport::suite! {
+    service: SERVICE,
+    open: App::new,
+    cases: [
+        adding_publishes_the_product,
+        the_list_is_ordered_by_sku_byte_for_byte,
+        every_invalid_field_is_named,
+        a_taken_sku_is_a_conflict,
+        concurrent_adds_of_one_sku_admit_one,
+        unknown_skus_are_not_found,
+        a_price_change_announces_old_and_new_price,
+        concurrent_price_changes_form_a_chain,
+        the_consumer_subscribes_to_nothing,
+        reopening_keeps_the_data,
+    ],
 }
-
-suite!(
-    adding_publishes_the_product,
-    the_list_is_ordered_by_sku_byte_for_byte,
-    every_invalid_field_is_named,
-    a_taken_sku_is_a_conflict,
-    concurrent_adds_of_one_sku_admit_one,
-    unknown_skus_are_not_found,
-    a_price_change_announces_old_and_new_price,
-    concurrent_price_changes_form_a_chain,
-    the_consumer_subscribes_to_nothing,
-    reopening_keeps_the_data,
-);

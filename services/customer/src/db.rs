@@ -1,31 +1,16 @@
-//! The `customers` table: its migrations and every statement on it, written
-//! once in the SQL that SQLite and PostgreSQL share.
+//! The `customers` table: every statement on it, written once in the SQL
+//! that SQLite and PostgreSQL share.
 
 use chrono::Utc;
 use contracts::Address;
 use contracts::customer::Customer;
 use polis_core::StoreError;
 use polis_store::args;
-use polis_store::sql::{Row, Sql, SqlStore};
-use sqlx::migrate::Migrator;
+use polis_store::sql::{Row, Sql, SqlStore, Value};
 use uuid::Uuid;
 
 use crate::Error;
 use crate::rules::email_key;
-
-pub(crate) fn sqlite_migrations() -> Migrator {
-    let mut migrator = sqlx::migrate!("./migrations/sqlite");
-    // The history table is shared with polis's own migrations (and nothing
-    // else's): each migrator must ignore the versions it does not know.
-    migrator.set_ignore_missing(true);
-    migrator
-}
-
-pub(crate) fn postgres_migrations() -> Migrator {
-    let mut migrator = sqlx::migrate!("./migrations/postgres");
-    migrator.set_ignore_missing(true);
-    migrator
-}
 
 const COLUMNS: &str = "id, name, email, line1, city, postal_code, country, credit_limit";
 
@@ -57,25 +42,30 @@ fn email_taken(email: &str) -> impl FnOnce(StoreError) -> Error + '_ {
     }
 }
 
-pub(crate) async fn insert(tx: &mut impl Sql, customer: &Customer) -> Result<(), Error> {
-    let now = now_micros();
+/// The parameters of both writes, `$1` to `$10`: every column, the
+/// lower-cased email under its unique constraint, and the time of the write.
+fn values(customer: &Customer) -> [Value; 10] {
     let a = &customer.address;
+    [
+        customer.id.into(),
+        (&customer.name).into(),
+        (&customer.email).into(),
+        email_key(&customer.email).into(),
+        (&a.line1).into(),
+        (&a.city).into(),
+        (&a.postal_code).into(),
+        (&a.country).into(),
+        customer.credit_limit.into(),
+        now_micros().into(),
+    ]
+}
+
+pub(crate) async fn insert(tx: &mut impl Sql, customer: &Customer) -> Result<(), Error> {
     tx.execute(
         "INSERT INTO customers \
          (id, name, email, email_key, line1, city, postal_code, country, credit_limit, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
-        args![
-            customer.id,
-            &customer.name,
-            &customer.email,
-            email_key(&customer.email),
-            &a.line1,
-            &a.city,
-            &a.postal_code,
-            &a.country,
-            customer.credit_limit,
-            now
-        ],
+        &values(customer),
     )
     .await
     .map_err(email_taken(&customer.email))?;
@@ -98,22 +88,10 @@ pub(crate) async fn get_for_update(tx: &mut impl Sql, id: Uuid) -> Result<Option
 }
 
 pub(crate) async fn update(tx: &mut impl Sql, customer: &Customer) -> Result<(), Error> {
-    let a = &customer.address;
     tx.execute(
         "UPDATE customers SET name = $2, email = $3, email_key = $4, line1 = $5, city = $6, postal_code = $7, \
          country = $8, credit_limit = $9, updated_at = $10 WHERE id = $1",
-        args![
-            customer.id,
-            &customer.name,
-            &customer.email,
-            email_key(&customer.email),
-            &a.line1,
-            &a.city,
-            &a.postal_code,
-            &a.country,
-            customer.credit_limit,
-            now_micros()
-        ],
+        &values(customer),
     )
     .await
     .map_err(email_taken(&customer.email))?;

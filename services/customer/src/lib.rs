@@ -36,7 +36,7 @@ use contracts::customer::{self as api, CustomerRegistered, CustomerUpdated, Regi
 use polis_bus::{Consumer, ConsumerOptions};
 use polis_core::{Message, StoreError, Transaction};
 use polis_runtime::{ApiError, FieldError};
-use polis_store::sql::{Dialect, Sql, SqlStore};
+use polis_store::sql::{Sql, SqlStore};
 use uuid::Uuid;
 
 pub const SERVICE: &str = contracts::customer::SERVICE;
@@ -112,13 +112,10 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations (store.migrate) and returns the service.
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112210NN`) and returns the service.
     pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
-        let migrator = match store.dialect() {
-            Dialect::Sqlite => db::sqlite_migrations(),
-            Dialect::Postgres => db::postgres_migrations(),
-        };
-        store.migrate(&migrator).await?;
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
         Ok(Self { store, config })
     }
 

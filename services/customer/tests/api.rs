@@ -6,61 +6,22 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use contracts::SagaStyle;
 use contracts::customer::{Customer as CustomerBody, CustomerRegistered, CustomerUpdated};
 use customer::{Config, Customer, SERVICE};
-use http_body_util::BodyExt;
 use polis_bus::ConsumerOptions;
 use polis_core::Message;
-use polis_runtime::{HttpOptions, with_standard_stack};
 use polis_store::sql::{Sql, SqlStore};
-use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
 use serde_json::{Value, json};
-use tower::ServiceExt;
+use testsupport::{Answer, hosted, outbox};
 use uuid::Uuid;
 
-/// A customer service on a fresh store, and what keeps that store alive.
+/// A customer service on a fresh store, with its router as a host serves it.
 struct App<S> {
     service: Customer<S>,
     router: Router,
     store: Arc<S>,
-    _guard: Box<dyn std::any::Any + Send + Sync>,
-}
-
-async fn sqlite() -> App<SqliteEventStore> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteEventStore::open(dir.path().join("customer.db"), SqliteOptions::new(SERVICE)).await.unwrap();
-    App::new(Arc::new(store), Box::new(dir)).await
-}
-
-async fn postgres() -> App<PgEventStore> {
-    let db = polis_testkit::postgres().await;
-    let store = PgEventStore::connect(db.url(), PgOptions::new(SERVICE)).await.unwrap();
-    App::new(Arc::new(store), Box::new(db)).await
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    /// The fields a 422 problem names, in order.
-    fn fields(&self) -> Vec<String> {
-        assert_eq!(self.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", self.body);
-        self.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
-    }
-
-    fn is_problem(&self) -> bool {
-        self.headers[header::CONTENT_TYPE] == "application/problem+json"
-    }
-
-    fn customer(&self) -> CustomerBody {
-        serde_json::from_value(self.body.clone()).unwrap()
-    }
 }
 
 impl<S> App<S>
@@ -68,26 +29,14 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    async fn new(store: Arc<S>, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
+    async fn new(store: Arc<S>) -> Self {
         let service = Customer::open(store.clone(), Config::default()).await.unwrap();
-        let router = with_standard_stack(service.router(), &HttpOptions::default());
-        Self { service, router, store, _guard: guard }
+        let router = hosted(service.router());
+        Self { service, router, store }
     }
 
     async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Answer {
-        let request = Request::builder().method(method).uri(uri);
-        let request = match body {
-            Some(body) => {
-                request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())).unwrap()
-            }
-            None => request.body(Body::empty()).unwrap(),
-        };
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        Answer { status, headers, body }
+        testsupport::call(&self.router, method, uri, body).await
     }
 
     async fn register(&self, body: Value) -> Answer {
@@ -96,7 +45,7 @@ where
 
     /// Every message in the outbox (the tests run no relay, so nothing leaves).
     async fn outbox(&self) -> Vec<Message> {
-        self.store.unpublished(1000).await.unwrap().into_iter().map(|entry| entry.message).collect()
+        outbox(&*self.store).await
     }
 }
 
@@ -125,7 +74,7 @@ where
 {
     let created = app.register(ada()).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    let customer = created.customer();
+    let customer = created.json::<CustomerBody>();
     assert_eq!(customer.id.get_version_num(), 7);
     assert_eq!((customer.name.as_str(), customer.email.as_str()), ("Ada Lovelace", "Ada@Example.com"));
     assert_eq!(customer.address.country, "GB");
@@ -135,7 +84,7 @@ where
 
     let fetched = app.call(Method::GET, &location, None).await;
     assert_eq!(fetched.status, StatusCode::OK);
-    assert_eq!(fetched.customer(), customer);
+    assert_eq!(fetched.json::<CustomerBody>(), customer);
 
     let outbox = app.outbox().await;
     assert_eq!(outbox.len(), 1);
@@ -154,7 +103,7 @@ where
     let mut ids = Vec::new();
     for i in 0..5 {
         let created = app.register(with(ada(), "/email", json!(format!("c{i}@example.com")))).await;
-        ids.push(created.customer().id);
+        ids.push(created.json::<CustomerBody>().id);
     }
     let listed = app.call(Method::GET, "/customers", None).await;
     let listed: Vec<CustomerBody> = serde_json::from_value(listed.body).unwrap();
@@ -250,25 +199,28 @@ async fn an_update_changes_what_it_names_and_publishes_the_new_state<S: SqlStore
 where
     S::Tx: Sql,
 {
-    let ada = app.register(ada()).await.customer();
+    let ada = app.register(ada()).await.json::<CustomerBody>();
     let uri = format!("/customers/{}", ada.id);
 
     let raised = app.call(Method::PUT, &uri, Some(json!({ "credit_limit": 500_000 }))).await;
     assert_eq!(raised.status, StatusCode::OK, "{}", raised.body);
-    let raised = raised.customer();
+    let raised = raised.json::<CustomerBody>();
     assert_eq!(raised, CustomerBody { credit_limit: 500_000, ..ada.clone() });
-    assert_eq!(app.call(Method::GET, &uri, None).await.customer(), raised);
+    assert_eq!(app.call(Method::GET, &uri, None).await.json::<CustomerBody>(), raised);
 
     let moved = json!({ "line1": "1 Rue de Rivoli", "city": "Paris", "postal_code": "75001", "country": "FR" });
-    let moved = app.call(Method::PUT, &uri, Some(json!({ "name": " Ada King ", "address": moved }))).await.customer();
+    let moved = app
+        .call(Method::PUT, &uri, Some(json!({ "name": " Ada King ", "address": moved })))
+        .await
+        .json::<CustomerBody>();
     assert_eq!((moved.name.as_str(), moved.address.city.as_str()), ("Ada King", "Paris"));
     assert_eq!(moved.credit_limit, 500_000);
 
     // Nothing changes: nothing is announced.
     let same = app.call(Method::PUT, &uri, Some(json!({ "credit_limit": 500_000 }))).await;
-    assert_eq!((same.status, same.customer()), (StatusCode::OK, moved.clone()));
+    assert_eq!((same.status, same.json::<CustomerBody>()), (StatusCode::OK, moved.clone()));
     let empty = app.call(Method::PUT, &uri, Some(json!({}))).await;
-    assert_eq!((empty.status, empty.customer()), (StatusCode::OK, moved.clone()));
+    assert_eq!((empty.status, empty.json::<CustomerBody>()), (StatusCode::OK, moved.clone()));
 
     let outbox = app.outbox().await;
     assert_eq!(outbox.len(), 3);
@@ -281,7 +233,7 @@ where
     assert_eq!(invalid.fields(), ["email", "credit_limit"]);
     let invalid = app.call(Method::PUT, &uri, Some(json!({ "address": { "line1": "x" } }))).await;
     assert_eq!(invalid.fields(), ["address.city"]);
-    assert_eq!(app.call(Method::GET, &uri, None).await.customer(), moved);
+    assert_eq!(app.call(Method::GET, &uri, None).await.json::<CustomerBody>(), moved);
     assert_eq!(app.outbox().await.len(), 3);
 }
 
@@ -289,8 +241,8 @@ async fn an_update_cannot_take_another_customers_email<S: SqlStore>(app: App<S>)
 where
     S::Tx: Sql,
 {
-    let ada = app.register(ada()).await.customer();
-    let bob = app.register(with(ada_named("Bob"), "/email", json!("bob@example.com"))).await.customer();
+    let ada = app.register(ada()).await.json::<CustomerBody>();
+    let bob = app.register(with(ada_named("Bob"), "/email", json!("bob@example.com"))).await.json::<CustomerBody>();
     let uri = format!("/customers/{}", bob.id);
     let taken = app.call(Method::PUT, &uri, Some(json!({ "email": "ADA@example.com" }))).await;
     assert_eq!(taken.status, StatusCode::CONFLICT);
@@ -300,7 +252,7 @@ where
     let own =
         app.call(Method::PUT, &format!("/customers/{}", ada.id), Some(json!({ "email": "ada@example.com" }))).await;
     assert_eq!(own.status, StatusCode::OK);
-    assert_eq!(own.customer().email, "ada@example.com");
+    assert_eq!(own.json::<CustomerBody>().email, "ada@example.com");
     assert_eq!(app.outbox().await.len(), 3);
 }
 
@@ -315,7 +267,7 @@ where
     S::Tx: Sql,
 {
     let app = Arc::new(app);
-    let ada = app.register(ada()).await.customer();
+    let ada = app.register(ada()).await.json::<CustomerBody>();
     let uri = format!("/customers/{}", ada.id);
     let names = {
         let (app, uri) = (app.clone(), uri.clone());
@@ -360,43 +312,26 @@ async fn reopening_keeps_the_data<S: SqlStore>(app: App<S>)
 where
     S::Tx: Sql,
 {
-    let ada = app.register(ada()).await.customer();
+    let ada = app.register(ada()).await.json::<CustomerBody>();
     // Migrations already applied are skipped; the rows stay.
     let again = Customer::open(app.store.clone(), Config::default()).await.unwrap();
     assert_eq!(again.get(ada.id).await.unwrap(), ada);
 }
 
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::postgres().await).await;
-                }
-            )*
-        }
-    };
+testsupport::suite! {
+    service: SERVICE,
+    open: App::new,
+    cases: [
+        registering_publishes_the_full_customer,
+        the_admin_list_has_everyone_in_registration_order,
+        every_invalid_field_is_named,
+        a_taken_email_is_a_conflict_whatever_its_case,
+        concurrent_registrations_of_one_email_admit_one,
+        unknown_and_malformed_ids_are_not_found,
+        an_update_changes_what_it_names_and_publishes_the_new_state,
+        an_update_cannot_take_another_customers_email,
+        concurrent_partial_updates_keep_every_change,
+        the_consumer_subscribes_to_nothing,
+        reopening_keeps_the_data,
+    ],
 }
-
-suite!(
-    registering_publishes_the_full_customer,
-    the_admin_list_has_everyone_in_registration_order,
-    every_invalid_field_is_named,
-    a_taken_email_is_a_conflict_whatever_its_case,
-    concurrent_registrations_of_one_email_admit_one,
-    unknown_and_malformed_ids_are_not_found,
-    an_update_changes_what_it_names_and_publishes_the_new_state,
-    an_update_cannot_take_another_customers_email,
-    concurrent_partial_updates_keep_every_change,
-    the_consumer_subscribes_to_nothing,
-    reopening_keeps_the_data,
-);

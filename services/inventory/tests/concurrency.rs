@@ -14,35 +14,37 @@ use contracts::{Quantity, RejectionReason};
 use inventory::{Inventory, InventoryError, SERVICE, stock};
 use polis_core::Message;
 use polis_store::sql::{Sql, SqlStore};
-use support::{handle, sent};
+use support::{handle, open};
+use testsupport::sent;
 use uuid::Uuid;
 
 const ORDERS: usize = 50;
 const LAST_UNITS: i64 = 10;
 const PLENTY: i64 = 1_000;
 
+// Four worker threads, not the suites' two: the racers must really run at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_never_oversells() {
-    let (service, _guard) = support::sqlite().await;
-    race_for_the_last_units(service).await;
+    let (store, _guard) = testsupport::sqlite(SERVICE).await;
+    race_for_the_last_units(open(store).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_never_oversells() {
-    let (service, _guard) = support::postgres().await;
-    race_for_the_last_units(service).await;
+    let (store, _guard) = testsupport::postgres(SERVICE).await;
+    race_for_the_last_units(open(store).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_reserves_concurrent_duplicates_once() {
-    let (service, _guard) = support::sqlite().await;
-    duplicates_race(service).await;
+    let (store, _guard) = testsupport::sqlite(SERVICE).await;
+    duplicates_race(open(store).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_reserves_concurrent_duplicates_once() {
-    let (service, _guard) = support::postgres().await;
-    duplicates_race(service).await;
+    let (store, _guard) = testsupport::postgres(SERVICE).await;
+    duplicates_race(open(store).await).await;
 }
 
 /// Every order wants one unit of a plentiful sku and one of a scarce one.

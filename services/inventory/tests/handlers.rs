@@ -6,39 +6,31 @@
 
 mod support;
 
-macro_rules! suite {
-    ($($backend:ident),*) => {$(
-        mod $backend {
-            suite!(@cases $backend;
-                a_reservation_takes_every_item_and_replies,
-                an_order_created_event_reserves_and_announces,
-                a_short_item_reserves_nothing,
-                an_unknown_sku_is_out_of_stock,
-                a_repeated_reservation_resends_the_recorded_outcome,
-                a_release_gives_the_stock_back_once,
-                a_release_before_the_reservation_leaves_a_tombstone,
-                choreography_releases_on_rejection_and_refund,
-                a_failed_reservation_releases_without_effect,
-                repeated_skus_are_reserved_together,
-                unrelated_events_are_ignored,
-                bad_messages_fail_permanently,
-            );
-        }
-    )*};
-    (@cases $backend:ident; $($case:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $case() {
-            let (service, _guard) = crate::support::$backend().await;
-            crate::cases::$case(service).await;
-        }
-    )*};
-}
+use cases::*;
 
-suite!(sqlite, postgres);
+testsupport::suite! {
+    service: inventory::SERVICE,
+    open: support::open,
+    cases: [
+        a_reservation_takes_every_item_and_replies,
+        an_order_created_event_reserves_and_announces,
+        a_short_item_reserves_nothing,
+        an_unknown_sku_is_out_of_stock,
+        a_repeated_reservation_resends_the_recorded_outcome,
+        a_release_gives_the_stock_back_once,
+        a_release_before_the_reservation_leaves_a_tombstone,
+        choreography_releases_on_rejection_and_refund,
+        a_failed_reservation_releases_without_effect,
+        repeated_skus_are_reserved_together,
+        unrelated_events_are_ignored,
+        bad_messages_fail_permanently,
+    ],
+}
 
 #[tokio::test]
 async fn the_consumer_subscribes_per_saga_style() {
-    let (service, _guard) = support::sqlite().await;
+    let (store, _guard) = testsupport::sqlite(inventory::SERVICE).await;
+    let service = support::open(store).await;
     let consumer = |style| format!("{:?}", service.consumer(style, polis_bus::ConsumerOptions::default()));
     assert_eq!(
         consumer(contracts::SagaStyle::Orchestration),
@@ -60,12 +52,13 @@ mod cases {
     use contracts::{OrderLine, Quantity, RejectionReason};
     use inventory::{Inventory, InventoryError, SERVICE, stock};
     use polis_bus::HandlerError;
-    use polis_core::{Message, MessageKind, MessageType};
+    use polis_core::{Message, MessageType};
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::json;
+    use testsupport::{sent, sole_outcome};
     use uuid::Uuid;
 
-    use crate::support::{handle, sent};
+    use crate::support::handle;
 
     const TOTAL: i64 = 4_250;
 
@@ -135,24 +128,7 @@ mod cases {
     where
         S::Tx: Sql,
     {
-        let mut messages = sent(&**service.store()).await;
-        assert_eq!(messages.len(), 1, "{messages:#?}");
-        let message = messages.remove(0);
-        assert!(message.is::<T>(), "expected {}, got {}", T::TYPE, message.message_type);
-        assert_eq!(message.key, trigger.key, "outcomes are keyed by the order");
-        assert_eq!(message.source, SERVICE);
-        assert_eq!(message.metadata.causation_id, Some(trigger.id));
-        match trigger.kind {
-            MessageKind::Command => {
-                assert_eq!(message.kind, MessageKind::Reply);
-                assert_eq!(message.target, trigger.source, "a reply goes back to the command's sender");
-            }
-            _ => {
-                assert_eq!(message.kind, MessageKind::Event);
-                assert_eq!(message.target, SERVICE, "an event is published on the service's own stream");
-            }
-        }
-        message.decode().unwrap()
+        sole_outcome(&**service.store(), trigger, SERVICE).await
     }
 
     pub async fn a_reservation_takes_every_item_and_replies<S: SqlStore>(service: Inventory<S>)

@@ -6,54 +6,44 @@
 
 mod support;
 
-macro_rules! suite {
-    ($($backend:ident),*) => {$(
-        mod $backend {
-            suite!(@cases $backend;
-                setting_stock_creates_updates_and_announces,
-                setting_stock_leaves_reserved_untouched,
-                stock_is_listed_by_sku,
-                invalid_stock_requests_name_the_field,
-                unknown_skus_and_orders_are_404,
-                reservations_are_served,
-            );
-        }
-    )*};
-    (@cases $backend:ident; $($case:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $case() {
-            let (service, _guard) = crate::support::$backend().await;
-            crate::cases::$case(service).await;
-        }
-    )*};
-}
+use cases::*;
 
-suite!(sqlite, postgres);
+testsupport::suite! {
+    service: inventory::SERVICE,
+    open: support::open,
+    cases: [
+        setting_stock_creates_updates_and_announces,
+        setting_stock_leaves_reserved_untouched,
+        stock_is_listed_by_sku,
+        invalid_stock_requests_name_the_field,
+        unknown_skus_and_orders_are_404,
+        reservations_are_served,
+    ],
+}
 
 #[allow(unreachable_pub)]
 mod cases {
-    use axum::http::{Method, StatusCode};
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode, header};
     use contracts::Quantity;
     use contracts::inventory::{ReleaseStock, Reservation, ReservationStatus, ReserveStock, StockAdjusted, StockLevel};
     use inventory::{Inventory, SERVICE};
     use polis_core::{Message, MessageKind};
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::{Value, json};
+    use testsupport::{Answer, PROBLEM, call, hosted, oneshot, sent};
     use uuid::Uuid;
 
-    use crate::support::{app, call, handle, invalid_field, sent};
-
-    const PROBLEM: &str = "application/problem+json";
+    use crate::support::handle;
 
     async fn put<S: SqlStore>(service: &Inventory<S>, sku: &str, available: i64) -> Value
     where
         S::Tx: Sql,
     {
-        let (status, _, body) =
-            call(&app(service), Method::PUT, &format!("/inventory/{sku}"), Some(json!({ "available": available })))
-                .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
+        let uri = format!("/inventory/{sku}");
+        let answer = call(&hosted(service.router()), Method::PUT, &uri, Some(json!({ "available": available }))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.body
     }
 
     async fn reserve<S: SqlStore>(service: &Inventory<S>, order_id: Uuid, sku: &str, quantity: i64)
@@ -80,9 +70,9 @@ mod cases {
         let updated: StockLevel = serde_json::from_value(put(&service, "SKU-1", 0).await).unwrap();
         assert_eq!(updated.available, 0);
 
-        let (status, content_type, body) = call(&app(&service), Method::GET, "/inventory/SKU-1", None).await;
-        assert_eq!((status, content_type.as_str()), (StatusCode::OK, "application/json"));
-        assert_eq!(serde_json::from_value::<StockLevel>(body).unwrap(), updated);
+        let got = call(&hosted(service.router()), Method::GET, "/inventory/SKU-1", None).await;
+        assert_eq!((got.status, got.content_type()), (StatusCode::OK, "application/json"));
+        assert_eq!(got.json::<StockLevel>(), updated);
 
         // Every change is announced, keyed by the sku, in order.
         let messages = sent(&**service.store()).await;
@@ -112,14 +102,15 @@ mod cases {
     where
         S::Tx: Sql,
     {
-        let (status, _, body) = call(&app(&service), Method::GET, "/inventory", None).await;
-        assert_eq!((status, body), (StatusCode::OK, json!([])));
+        let app = hosted(service.router());
+        let empty = call(&app, Method::GET, "/inventory", None).await;
+        assert_eq!((empty.status, empty.body), (StatusCode::OK, json!([])));
         for (sku, available) in [("c", 3), ("a", 1), ("b", 2)] {
             put(&service, sku, available).await;
         }
-        let (status, _, body) = call(&app(&service), Method::GET, "/inventory", None).await;
-        assert_eq!(status, StatusCode::OK);
-        let levels: Vec<StockLevel> = serde_json::from_value(body).unwrap();
+        let listed = call(&app, Method::GET, "/inventory", None).await;
+        assert_eq!(listed.status, StatusCode::OK);
+        let levels: Vec<StockLevel> = listed.json();
         let listed: Vec<_> = levels.iter().map(|l| (l.sku.as_str(), l.available, l.reserved)).collect();
         assert_eq!(listed, [("a", 1, 0), ("b", 2, 0), ("c", 3, 0)]);
     }
@@ -128,7 +119,7 @@ mod cases {
     where
         S::Tx: Sql,
     {
-        let app = app(&service);
+        let app = hosted(service.router());
         let long_sku = "x".repeat(101);
         let cases = [
             ("/inventory/SKU-1", json!({ "available": -1 }), "available"),
@@ -141,56 +132,44 @@ mod cases {
             ("/inventory/tab%09", json!({ "available": 1 }), "sku"),
         ];
         for (uri, body, field) in cases {
-            let (status, content_type, problem) = call(&app, Method::PUT, uri, Some(body.clone())).await;
-            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri} {body}: {problem}");
-            assert_eq!(content_type, PROBLEM);
-            assert_eq!(invalid_field(&problem), field, "{uri} {body}");
+            let answer = call(&app, Method::PUT, uri, Some(body.clone())).await;
+            assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{uri} {body}: {}", answer.body);
+            assert_eq!(answer.content_type(), PROBLEM);
+            assert_eq!(answer.fields(), [field], "{uri} {body}");
         }
 
         // Not JSON at all: 400; not declared as JSON: 415.
-        let (status, content_type, _) = call_raw(&app, "/inventory/SKU-1", Some("application/json"), "{").await;
-        assert_eq!((status, content_type.as_str()), (StatusCode::BAD_REQUEST, PROBLEM));
-        let (status, content_type, _) = call_raw(&app, "/inventory/SKU-1", None, r#"{"available":1}"#).await;
-        assert_eq!((status, content_type.as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, PROBLEM));
+        let answer = put_raw(&app, "/inventory/SKU-1", Some("application/json"), "{").await;
+        assert_eq!((answer.status, answer.content_type()), (StatusCode::BAD_REQUEST, PROBLEM));
+        let answer = put_raw(&app, "/inventory/SKU-1", None, r#"{"available":1}"#).await;
+        assert_eq!((answer.status, answer.content_type()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, PROBLEM));
 
         // Nothing was written or announced.
-        let (_, _, listed) = call(&app, Method::GET, "/inventory", None).await;
-        assert_eq!(listed, json!([]));
+        assert_eq!(call(&app, Method::GET, "/inventory", None).await.body, json!([]));
         assert!(sent(&**service.store()).await.is_empty());
     }
 
-    async fn call_raw(
-        app: &axum::Router,
-        uri: &str,
-        content_type: Option<&str>,
-        body: &'static str,
-    ) -> (StatusCode, String, Value) {
-        use http_body_util::BodyExt as _;
-        use tower::ServiceExt as _;
-        let mut request = axum::http::Request::builder().method(Method::PUT).uri(uri);
+    /// A `PUT` with a body that is not JSON, or not declared as JSON.
+    async fn put_raw(app: &axum::Router, uri: &str, content_type: Option<&str>, body: &'static str) -> Answer {
+        let mut request = Request::builder().method(Method::PUT).uri(uri);
         if let Some(content_type) = content_type {
-            request = request.header(axum::http::header::CONTENT_TYPE, content_type);
+            request = request.header(header::CONTENT_TYPE, content_type);
         }
-        let response = app.clone().oneshot(request.body(axum::body::Body::from(body)).unwrap()).await.unwrap();
-        let status = response.status();
-        let content_type = response.headers()[axum::http::header::CONTENT_TYPE].to_str().unwrap().to_owned();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, content_type, serde_json::from_slice(&bytes).unwrap())
+        oneshot(app, request.body(Body::from(body)).unwrap()).await
     }
 
     pub async fn unknown_skus_and_orders_are_404<S: SqlStore>(service: Inventory<S>)
     where
         S::Tx: Sql,
     {
-        let app = app(&service);
+        let app = hosted(service.router());
         for uri in ["/inventory/nope".to_owned(), format!("/reservations/{}", Uuid::now_v7())] {
-            let (status, content_type, problem) = call(&app, Method::GET, &uri, None).await;
-            assert_eq!((status, content_type.as_str()), (StatusCode::NOT_FOUND, PROBLEM), "{uri}");
-            assert_eq!(problem["status"], 404);
+            let problem = call(&app, Method::GET, &uri, None).await;
+            assert_eq!((problem.status, problem.content_type()), (StatusCode::NOT_FOUND, PROBLEM), "{uri}");
+            assert_eq!(problem.body["status"], 404);
         }
-        let (status, _, problem) = call(&app, Method::GET, "/reservations/not-a-uuid", None).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(invalid_field(&problem), "order_id");
+        let problem = call(&app, Method::GET, "/reservations/not-a-uuid", None).await;
+        assert_eq!(problem.fields(), ["order_id"]);
     }
 
     pub async fn reservations_are_served<S: SqlStore>(service: Inventory<S>)
@@ -207,11 +186,11 @@ mod cases {
             .unwrap();
         reserve(&service, failed, "SKU-1", 9).await;
 
-        let app = app(&service);
-        let (status, _, body) = call(&app, Method::GET, &format!("/reservations/{reserved}"), None).await;
-        assert_eq!(status, StatusCode::OK);
+        let app = hosted(service.router());
+        let one = call(&app, Method::GET, &format!("/reservations/{reserved}"), None).await;
+        assert_eq!(one.status, StatusCode::OK);
         assert_eq!(
-            serde_json::from_value::<Reservation>(body).unwrap(),
+            one.json::<Reservation>(),
             Reservation {
                 order_id: reserved,
                 status: ReservationStatus::Reserved,
@@ -219,9 +198,9 @@ mod cases {
             }
         );
 
-        let (status, _, body) = call(&app, Method::GET, "/reservations", None).await;
-        assert_eq!(status, StatusCode::OK);
-        let all: Vec<Reservation> = serde_json::from_value(body).unwrap();
+        let listed = call(&app, Method::GET, "/reservations", None).await;
+        assert_eq!(listed.status, StatusCode::OK);
+        let all: Vec<Reservation> = listed.json();
         let statuses: Vec<_> = all.iter().map(|r| (r.order_id, r.status)).collect();
         assert_eq!(
             statuses,

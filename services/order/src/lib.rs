@@ -60,18 +60,6 @@ impl Default for Config {
     }
 }
 
-static MIGRATIONS_SQLITE: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
-    let mut migrator = sqlx::migrate!("./migrations/sqlite");
-    migrator.set_ignore_missing(true);
-    migrator
-});
-
-static MIGRATIONS_POSTGRES: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
-    let mut migrator = sqlx::migrate!("./migrations/postgres");
-    migrator.set_ignore_missing(true);
-    migrator
-});
-
 /// The order service over its own store.
 pub struct OrderService<S> {
     store: Arc<S>,
@@ -139,13 +127,10 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations and returns the service.
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112260NN`) and returns the service.
     pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
-        let migrator = match store.dialect() {
-            polis_store::sql::Dialect::Sqlite => &*MIGRATIONS_SQLITE,
-            polis_store::sql::Dialect::Postgres => &*MIGRATIONS_POSTGRES,
-        };
-        store.migrate(migrator).await?;
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
         let orders = Arc::new(Repository::new(store.clone()));
         Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE) })
     }

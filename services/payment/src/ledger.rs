@@ -12,20 +12,8 @@ use contracts::payment::{Credit, Payment as PaymentView, PaymentStatus};
 use contracts::{Money, RejectionReason};
 use polis_core::StoreError;
 use polis_store::args;
-use polis_store::sql::{Dialect, Row, Sql, SqlStore};
-use sqlx::migrate::Migrator;
+use polis_store::sql::{Row, Sql, SqlStore};
 use uuid::Uuid;
-
-/// The service's migrations for `dialect`; versions `2026112240NN`, so they
-/// share the history table with polis's own without colliding.
-pub(crate) fn migrator(dialect: Dialect) -> Migrator {
-    let mut migrator = match dialect {
-        Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-        Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
-    };
-    migrator.set_ignore_missing(true);
-    migrator
-}
 
 /// A customer as replicated here.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -122,13 +122,14 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations (store.migrate) and returns the service.
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112240NN`) and returns the service.
     ///
     /// An invalid [`Config`] is refused as [`StoreError::InvalidRequest`],
     /// before anything is written.
     pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
         config.validate().map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
-        store.migrate(&ledger::migrator(store.dialect())).await?;
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
         Ok(Self { store, config })
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use contracts::SagaStyle;
 use contracts::payment::PaymentAuthorized;
-use payment::{Config, Payment};
+use payment::Payment;
 use polis_bus::{ConsumerOptions, Handler, InProcessBus, Outcome};
 use polis_core::bus::{Acker, Bus, BusError, Delivery};
 use polis_core::{Message, TransactionalStore};
@@ -20,6 +20,7 @@ use polis_store::SqliteEventStore;
 use polis_testkit::wait_for;
 use serde_json::json;
 use support::*;
+use testsupport::outbox;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -53,7 +54,8 @@ fn delivery(message: &Message) -> Delivery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subscriptions_follow_the_style() {
-    let (service, _guard) = sqlite(Config::default()).await;
+    let (store, _guard) = testsupport::sqlite(payment::SERVICE).await;
+    let service = open(store).await;
     let orchestration = format!("{:?}", service.consumer(SagaStyle::Orchestration, fast()));
     let choreography = format!("{:?}", service.consumer(SagaStyle::Choreography, fast()));
     for debug in [&orchestration, &choreography] {
@@ -74,7 +76,8 @@ async fn the_subscriptions_follow_the_style() {
 async fn authorization_through_the_bus(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::open(dir.path().join("bus.db")).await.unwrap());
-    let (service, _guard) = sqlite(Config::default()).await;
+    let (store, _guard) = testsupport::sqlite(payment::SERVICE).await;
+    let service = open(store).await;
     let options = ConsumerOptions { max_attempts: 100, ..fast() };
     let _running = Arc::new(service.consumer(style, options)).spawn(bus.clone()).await.unwrap();
 
@@ -113,7 +116,8 @@ async fn process(service: &Payment<SqliteEventStore>, style: SagaStyle, message:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_become_dead_letters_with_their_reason() {
-    let (service, _guard) = sqlite(Config::default()).await;
+    let (store, _guard) = testsupport::sqlite(payment::SERVICE).await;
+    let service = open(store).await;
     let style = SagaStyle::Orchestration;
 
     // Permanent: an unknown command is dead-lettered at once.

@@ -6,10 +6,17 @@
 
 mod support;
 
-macro_rules! suite {
-    ($($backend:ident => $open:path),* $(,)?) => {$(
-        mod $backend {
-            suite!(@styled $open;
+use cases::*;
+
+/// The cases that depend on the saga style, each run in `$style` (their
+/// second argument) on both backends.
+macro_rules! styled {
+    ($style:ident) => {
+        testsupport::suite! {
+            service: payment::SERVICE,
+            open: support::open,
+            with: contracts::SagaStyle::$style,
+            cases: [
                 an_authorization_within_the_limit_is_authorized,
                 an_authorization_over_the_limit_fails,
                 the_exposure_counts_only_authorized_and_captured_payments,
@@ -25,45 +32,31 @@ macro_rules! suite {
                 a_refund_of_an_uncaptured_payment,
                 concurrent_authorizations_of_one_customer_cannot_both_pass,
                 bad_messages_are_permanent_failures,
-            );
-            suite!(@plain $open;
-                customer_events_keep_the_replica_current,
-                orchestration_ignores_the_choreography_events,
-                choreography_runs_the_whole_flow_on_events,
-                an_invalid_config_is_refused,
-            );
-        }
-    )*};
-    (@styled $open:path; $($case:ident),* $(,)?) => {
-        mod orchestration {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let (service, _guard) = $open(payment::Config::default()).await;
-                    crate::cases::$case(service, contracts::SagaStyle::Orchestration).await;
-                }
-            )*
-        }
-        mod choreography {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let (service, _guard) = $open(payment::Config::default()).await;
-                    crate::cases::$case(service, contracts::SagaStyle::Choreography).await;
-                }
-            )*
+            ],
         }
     };
-    (@plain $open:path; $($case:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $case() {
-            let (service, _guard) = $open(payment::Config::default()).await;
-            crate::cases::$case(service).await;
-        }
-    )*};
 }
 
-suite!(sqlite => crate::support::sqlite, postgres => crate::support::postgres);
+mod orchestration {
+    use super::*;
+    styled!(Orchestration);
+}
+
+mod choreography {
+    use super::*;
+    styled!(Choreography);
+}
+
+testsupport::suite! {
+    service: payment::SERVICE,
+    open: support::open,
+    cases: [
+        customer_events_keep_the_replica_current,
+        orchestration_ignores_the_choreography_events,
+        choreography_runs_the_whole_flow_on_events,
+        an_invalid_config_is_refused,
+    ],
+}
 
 #[allow(unreachable_pub)]
 mod cases {
@@ -79,6 +72,7 @@ mod cases {
     use polis_core::{Message, MessageType, StoreError};
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::json;
+    use testsupport::outbox;
     use uuid::Uuid;
 
     use crate::support::*;

@@ -10,61 +10,42 @@
 
 mod support;
 
-macro_rules! suite {
-    ($($backend:ident => $open:path),* $(,)?) => {$(
-        mod $backend {
-            suite!(@cases $open;
-                a_payment_is_served_by_order_id,
-                every_payment_is_listed,
-                credit_shows_the_limit_and_the_open_exposure,
-                unknown_ids_are_not_found,
-                malformed_ids_are_validation_errors_naming_the_parameter,
-                only_get_is_allowed,
-            );
-        }
-    )*};
-    (@cases $open:path; $($case:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $case() {
-            let (service, _guard) = $open(payment::Config::default()).await;
-            crate::cases::$case(service).await;
-        }
-    )*};
-}
+use cases::*;
 
-suite!(sqlite => crate::support::sqlite, postgres => crate::support::postgres);
+testsupport::suite! {
+    service: payment::SERVICE,
+    open: support::open,
+    cases: [
+        a_payment_is_served_by_order_id,
+        every_payment_is_listed,
+        credit_shows_the_limit_and_the_open_exposure,
+        unknown_ids_are_not_found,
+        malformed_ids_are_validation_errors_naming_the_parameter,
+        only_get_is_allowed,
+    ],
+}
 
 #[allow(unreachable_pub)]
 mod cases {
-    use axum::body::Body;
-    use axum::http::{Method, Request, StatusCode, header};
+    use axum::http::{Method, StatusCode};
     use contracts::SagaStyle;
     use contracts::payment::{Credit, Payment as PaymentView, PaymentStatus};
-    use http_body_util::BodyExt;
     use payment::Payment;
-    use polis_runtime::{HttpOptions, with_standard_stack};
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::Value;
-    use tower::ServiceExt;
+    use testsupport::{Answer, PROBLEM, hosted};
     use uuid::Uuid;
 
     use crate::support::*;
 
     const STYLE: SagaStyle = SagaStyle::Orchestration;
 
-    async fn call<S>(service: &Payment<S>, method: Method, uri: &str) -> (StatusCode, Option<String>, Value)
+    async fn call<S>(service: &Payment<S>, method: Method, uri: &str) -> Answer
     where
         S: SqlStore,
         S::Tx: Sql,
     {
-        let app = with_standard_stack(service.router(), &HttpOptions::default());
-        let request = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
-        let response = app.oneshot(request).await.unwrap();
-        let status = response.status();
-        let content_type = response.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        (status, content_type, body)
+        testsupport::call(&hosted(service.router()), method, uri, None).await
     }
 
     async fn get<S>(service: &Payment<S>, uri: &str) -> (StatusCode, Value)
@@ -72,10 +53,10 @@ mod cases {
         S: SqlStore,
         S::Tx: Sql,
     {
-        let (status, content_type, body) = call(service, Method::GET, uri).await;
-        let expected = if status.is_success() { "application/json" } else { "application/problem+json" };
-        assert_eq!(content_type.as_deref(), Some(expected), "{uri}: {body}");
-        (status, body)
+        let answer = call(service, Method::GET, uri).await;
+        let expected = if answer.status.is_success() { "application/json" } else { PROBLEM };
+        assert_eq!(answer.content_type(), expected, "{uri}: {}", answer.body);
+        (answer.status, answer.body)
     }
 
     async fn new_customer<S>(service: &Payment<S>, limit: i64) -> Uuid
@@ -208,10 +189,10 @@ mod cases {
         S: SqlStore,
         S::Tx: Sql,
     {
-        let (status, content_type, _) = call(&service, Method::POST, "/payments").await;
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(content_type.as_deref(), Some("application/problem+json"));
-        let (status, _, _) = call(&service, Method::DELETE, &format!("/payments/{}", Uuid::now_v7())).await;
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        let post = call(&service, Method::POST, "/payments").await;
+        assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(post.is_problem());
+        let delete = call(&service, Method::DELETE, &format!("/payments/{}", Uuid::now_v7())).await;
+        assert_eq!(delete.status, StatusCode::METHOD_NOT_ALLOWED);
     }
 }

@@ -32,8 +32,7 @@ use contracts::SagaStyle;
 use polis_bus::{Consumer, ConsumerOptions};
 use polis_core::StoreError;
 use polis_core::bus::Topic;
-use polis_store::sql::{Dialect, Sql, SqlStore};
-use sqlx::migrate::Migrator;
+use polis_store::sql::{Sql, SqlStore};
 
 pub use error::ShippingError;
 pub use handler::ShippingHandler;
@@ -81,10 +80,11 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations to `store` (opened by the host with
-    /// source [`SERVICE`]) and returns the service.
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112250NN`) to `store` (opened by the host with source
+    /// [`SERVICE`]) and returns the service.
     pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
-        store.migrate(&migrator(store.dialect())).await?;
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
         Ok(Self { store, config })
     }
 
@@ -122,18 +122,6 @@ where
     pub fn config(&self) -> &Config {
         &self.config
     }
-}
-
-/// The service's migrations for `dialect`. Their versions (`2026112250NN`)
-/// share the history table with polis's own, so both sides ignore versions
-/// they don't know.
-pub fn migrator(dialect: Dialect) -> Migrator {
-    let mut migrator = match dialect {
-        Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-        Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
-    };
-    migrator.set_ignore_missing(true);
-    migrator
 }
 
 #[cfg(test)]

@@ -6,40 +6,32 @@
 
 mod support;
 
-macro_rules! suite {
-    ($($backend:ident),*) => {$(
-        mod $backend {
-            suite!(@cases $backend;
-                customer_events_feed_the_address_replica,
-                a_schedule_command_replies_with_the_shipment,
-                an_authorized_payment_schedules_and_announces,
-                a_blocked_country_is_undeliverable,
-                blocked_countries_come_from_the_config,
-                an_unreplicated_customer_is_retried,
-                a_repeated_schedule_resends_the_recorded_outcome,
-                a_cancellation_cancels_once,
-                a_cancellation_before_scheduling_leaves_a_tombstone,
-                choreography_cancels_on_rejection_and_cancel_request,
-                a_failed_shipment_cancels_without_effect,
-                unrelated_events_are_ignored,
-                bad_messages_fail_permanently,
-            );
-        }
-    )*};
-    (@cases $backend:ident; $($case:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $case() {
-            let (service, _guard) = crate::support::$backend().await;
-            crate::cases::$case(service).await;
-        }
-    )*};
-}
+use cases::*;
 
-suite!(sqlite, postgres);
+testsupport::suite! {
+    service: shipping::SERVICE,
+    open: support::open,
+    cases: [
+        customer_events_feed_the_address_replica,
+        a_schedule_command_replies_with_the_shipment,
+        an_authorized_payment_schedules_and_announces,
+        a_blocked_country_is_undeliverable,
+        blocked_countries_come_from_the_config,
+        an_unreplicated_customer_is_retried,
+        a_repeated_schedule_resends_the_recorded_outcome,
+        a_cancellation_cancels_once,
+        a_cancellation_before_scheduling_leaves_a_tombstone,
+        choreography_cancels_on_rejection_and_cancel_request,
+        a_failed_shipment_cancels_without_effect,
+        unrelated_events_are_ignored,
+        bad_messages_fail_permanently,
+    ],
+}
 
 #[tokio::test]
 async fn the_consumer_subscribes_per_saga_style() {
-    let (service, _guard) = support::sqlite().await;
+    let (store, _guard) = testsupport::sqlite(shipping::SERVICE).await;
+    let service = support::open(store).await;
     let consumer = |style| format!("{:?}", service.consumer(style, polis_bus::ConsumerOptions::default()));
     assert_eq!(
         consumer(contracts::SagaStyle::Orchestration),
@@ -65,13 +57,14 @@ mod cases {
     };
     use contracts::{Address, RejectionReason};
     use polis_bus::HandlerError;
-    use polis_core::{Message, MessageKind, MessageType};
+    use polis_core::{Message, MessageType};
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::json;
     use shipping::{Config, SERVICE, Shipping, shipments};
+    use testsupport::{sent, sole_outcome};
     use uuid::Uuid;
 
-    use crate::support::{handle, sent};
+    use crate::support::handle;
 
     fn address(country: &str) -> Address {
         Address {
@@ -134,24 +127,7 @@ mod cases {
     where
         S::Tx: Sql,
     {
-        let mut messages = sent(&**service.store()).await;
-        assert_eq!(messages.len(), 1, "{messages:#?}");
-        let message = messages.remove(0);
-        assert!(message.is::<T>(), "expected {}, got {}", T::TYPE, message.message_type);
-        assert_eq!(message.key, trigger.key, "outcomes are keyed by the order");
-        assert_eq!(message.source, SERVICE);
-        assert_eq!(message.metadata.causation_id, Some(trigger.id));
-        match trigger.kind {
-            MessageKind::Command => {
-                assert_eq!(message.kind, MessageKind::Reply);
-                assert_eq!(message.target, trigger.source, "a reply goes back to the command's sender");
-            }
-            _ => {
-                assert_eq!(message.kind, MessageKind::Event);
-                assert_eq!(message.target, SERVICE, "an event is published on the service's own stream");
-            }
-        }
-        message.decode().unwrap()
+        sole_outcome(&**service.store(), trigger, SERVICE).await
     }
 
     pub async fn customer_events_feed_the_address_replica<S: SqlStore>(service: Shipping<S>)

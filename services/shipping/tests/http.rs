@@ -5,26 +5,13 @@
 
 mod support;
 
-macro_rules! suite {
-    ($($backend:ident),*) => {$(
-        mod $backend {
-            suite!(@cases $backend;
-                shipments_are_served,
-                unknown_orders_are_404_and_bad_ids_422,
-                the_api_is_read_only,
-            );
-        }
-    )*};
-    (@cases $backend:ident; $($case:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $case() {
-            let (service, _guard) = crate::support::$backend().await;
-            crate::cases::$case(service).await;
-        }
-    )*};
-}
+use cases::*;
 
-suite!(sqlite, postgres);
+testsupport::suite! {
+    service: shipping::SERVICE,
+    open: support::open,
+    cases: [shipments_are_served, unknown_orders_are_404_and_bad_ids_422, the_api_is_read_only],
+}
 
 #[allow(unreachable_pub)]
 mod cases {
@@ -36,11 +23,10 @@ mod cases {
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::json;
     use shipping::{SERVICE, Shipping};
+    use testsupport::{PROBLEM, call, hosted};
     use uuid::Uuid;
 
-    use crate::support::{app, call, handle, invalid_field};
-
-    const PROBLEM: &str = "application/problem+json";
+    use crate::support::handle;
 
     async fn send<S: SqlStore, T: MessageType>(service: &Shipping<S>, order_id: Uuid, body: &T)
     where
@@ -71,9 +57,9 @@ mod cases {
     where
         S::Tx: Sql,
     {
-        let app = app(&service);
-        let (status, _, body) = call(&app, Method::GET, "/shipments", None).await;
-        assert_eq!((status, body), (StatusCode::OK, json!([])));
+        let app = hosted(service.router());
+        let empty = call(&app, Method::GET, "/shipments", None).await;
+        assert_eq!((empty.status, empty.body), (StatusCode::OK, json!([])));
 
         let (home, away) = (register(&service, "NL").await, register(&service, "AQ").await);
         let (scheduled, failed, tombstone) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
@@ -81,20 +67,20 @@ mod cases {
         send(&service, failed, &ScheduleShipment { order_id: failed, customer_id: away }).await;
         send(&service, tombstone, &CancelShipment { order_id: tombstone }).await;
 
-        let (status, content_type, body) = call(&app, Method::GET, &format!("/shipments/{scheduled}"), None).await;
-        assert_eq!((status, content_type.as_str()), (StatusCode::OK, "application/json"));
-        let shipment: Shipment = serde_json::from_value(body).unwrap();
+        let got = call(&app, Method::GET, &format!("/shipments/{scheduled}"), None).await;
+        assert_eq!((got.status, got.content_type()), (StatusCode::OK, "application/json"));
+        let shipment: Shipment = got.json();
         assert_eq!((shipment.order_id, shipment.status), (scheduled, ShipmentStatus::Scheduled));
         assert_eq!(shipment.address.unwrap().country, "NL");
 
-        let (status, _, body) = call(&app, Method::GET, &format!("/shipments/{failed}"), None).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["status"], "FAILED");
-        assert_eq!(body["reason"], RejectionReason::Undeliverable.as_str());
+        let got = call(&app, Method::GET, &format!("/shipments/{failed}"), None).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body["status"], "FAILED");
+        assert_eq!(got.body["reason"], RejectionReason::Undeliverable.as_str());
 
-        let (status, _, body) = call(&app, Method::GET, "/shipments", None).await;
-        assert_eq!(status, StatusCode::OK);
-        let all: Vec<Shipment> = serde_json::from_value(body).unwrap();
+        let listed = call(&app, Method::GET, "/shipments", None).await;
+        assert_eq!(listed.status, StatusCode::OK);
+        let all: Vec<Shipment> = listed.json();
         let listed: Vec<_> = all.iter().map(|s| (s.order_id, s.status)).collect();
         assert_eq!(
             listed,
@@ -111,15 +97,14 @@ mod cases {
     where
         S::Tx: Sql,
     {
-        let app = app(&service);
-        let (status, content_type, problem) =
-            call(&app, Method::GET, &format!("/shipments/{}", Uuid::now_v7()), None).await;
-        assert_eq!((status, content_type.as_str()), (StatusCode::NOT_FOUND, PROBLEM));
-        assert_eq!(problem["status"], 404);
+        let app = hosted(service.router());
+        let problem = call(&app, Method::GET, &format!("/shipments/{}", Uuid::now_v7()), None).await;
+        assert_eq!((problem.status, problem.content_type()), (StatusCode::NOT_FOUND, PROBLEM));
+        assert_eq!(problem.body["status"], 404);
 
-        let (status, content_type, problem) = call(&app, Method::GET, "/shipments/12345", None).await;
-        assert_eq!((status, content_type.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, PROBLEM));
-        assert_eq!(invalid_field(&problem), "order_id");
+        let problem = call(&app, Method::GET, "/shipments/12345", None).await;
+        assert_eq!((problem.status, problem.content_type()), (StatusCode::UNPROCESSABLE_ENTITY, PROBLEM));
+        assert_eq!(problem.fields(), ["order_id"]);
     }
 
     pub async fn the_api_is_read_only<S: SqlStore>(service: Shipping<S>)
@@ -127,8 +112,9 @@ mod cases {
         S::Tx: Sql,
     {
         // Shipments change only through messages.
-        let (status, content_type, _) =
-            call(&app(&service), Method::POST, "/shipments", Some(json!({ "order_id": Uuid::now_v7() }))).await;
-        assert_eq!((status, content_type.as_str()), (StatusCode::METHOD_NOT_ALLOWED, PROBLEM));
+        let post =
+            call(&hosted(service.router()), Method::POST, "/shipments", Some(json!({ "order_id": Uuid::now_v7() })))
+                .await;
+        assert_eq!((post.status, post.content_type()), (StatusCode::METHOD_NOT_ALLOWED, PROBLEM));
     }
 }

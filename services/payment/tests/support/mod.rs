@@ -1,5 +1,7 @@
-//! Shared test support: the service on both backends, hand-built messages as
-//! the other services would send them, and views of the tables and outbox.
+//! The payment service's part of the test harness (the rest is
+//! `testsupport`'s): the service opened on a store, its handler run in a
+//! transaction, hand-built messages as the other services would send them,
+//! and views of its tables and outcomes.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -12,45 +14,28 @@ use contracts::shipping::{ShipmentCancelled, ShipmentScheduled};
 use contracts::{Address, Money, RejectionReason, SagaStyle};
 use payment::{Config, Payment};
 use polis_bus::HandlerError;
-use polis_core::{Message, MessageKind, MessageType, TransactionalStore};
+use polis_core::{Message, MessageType};
 use polis_store::args;
 use polis_store::sql::{Sql, SqlStore};
-use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
 use uuid::Uuid;
 
-/// Keeps whatever backs a store (a temp dir, a database) alive for a test.
-pub type Guard = Box<dyn std::any::Any + Send>;
-
-pub async fn sqlite(config: Config) -> (Payment<SqliteEventStore>, Guard) {
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        SqliteEventStore::open(dir.path().join("payment.db"), SqliteOptions::new(payment::SERVICE)).await.unwrap();
-    let service = Payment::open(Arc::new(store), config).await.unwrap();
-    (service, Box::new(dir))
+/// The service, with its default settings, on `store`.
+pub async fn open<S>(store: Arc<S>) -> Payment<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Payment::open(store, Config::default()).await.unwrap()
 }
 
-pub async fn postgres(config: Config) -> (Payment<PgEventStore>, Guard) {
-    let db = polis_testkit::postgres().await;
-    let store = PgEventStore::connect(db.url(), PgOptions::new(payment::SERVICE)).await.unwrap();
-    let service = Payment::open(Arc::new(store), config).await.unwrap();
-    (service, Box::new(db))
-}
-
-/// Runs `message` through the service's handler in one transaction, as the
-/// consumer does (minus the inbox).
+/// Runs `message` through the service's handler for `style` in one
+/// transaction, as the consumer does (minus the inbox).
 pub async fn handle<S>(service: &Payment<S>, style: SagaStyle, message: &Message) -> Result<(), HandlerError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let handler = service.handler(style);
-    let message = message.clone();
-    service
-        .store()
-        .transaction::<_, HandlerError>(Box::new(move |tx| {
-            Box::pin(async move { handler.handle_message(tx, &message).await })
-        }))
-        .await
+    testsupport::handle(&**service.store(), service.handler(style), message).await
 }
 
 // ---- messages -----------------------------------------------------------------
@@ -129,32 +114,14 @@ pub fn refund(style: SagaStyle, order_id: Uuid) -> Message {
 
 // ---- what the service wrote -----------------------------------------------------
 
-/// Every message in the outbox, oldest first.
-pub async fn outbox<S: TransactionalStore>(store: &S) -> Vec<Message> {
-    store.unpublished(1000).await.unwrap().into_iter().map(|e| e.message).collect()
-}
-
 /// Asserts that `sent` is the outcome `body` of `trigger`: a reply to a
 /// command, an event caused by an event, keyed by the order either way.
 pub fn assert_outcome<T>(sent: &Message, trigger: &Message, order_id: Uuid, body: &T)
 where
     T: MessageType + PartialEq + std::fmt::Debug,
 {
-    assert_eq!(sent.message_type, T::TYPE, "outcome type of {}", trigger.message_type);
-    assert_eq!(&sent.decode::<T>().unwrap(), body);
+    assert_eq!(&testsupport::outcome::<T>(sent, trigger, payment::SERVICE), body);
     assert_eq!(sent.key, order_id.to_string());
-    assert_eq!(sent.source, payment::SERVICE);
-    assert_eq!(sent.metadata.causation_id, Some(trigger.id));
-    match trigger.kind {
-        MessageKind::Command => {
-            assert_eq!(sent.kind, MessageKind::Reply);
-            assert_eq!(sent.target, trigger.source, "a reply goes back to the sender");
-        }
-        _ => {
-            assert_eq!(sent.kind, MessageKind::Event);
-            assert_eq!(sent.target, payment::SERVICE, "an event travels on the payment stream");
-        }
-    }
 }
 
 /// A payment row as stored.
