@@ -2,16 +2,20 @@
 //!
 //! - `polis demo`: the reference shop under a concurrent order workload,
 //!   then a report with its invariant checks (the README's main command);
-//! - `polis up`: the shop, serving the gateway API until interrupted;
+//! - `polis up`: the shop, serving the gateway API until interrupted,
+//!   embedded in this process or as one process per service;
+//! - `polis serve <service>`: one process of the distributed shop;
 //! - `polis store-demo`: the event store alone — aggregates under concurrent
 //!   commands, a catch-up projection, invariant checks, on SQLite or PostgreSQL.
 
+mod serve;
 mod shop_demo;
 mod stock;
 mod store_demo;
 mod up;
 
 use clap::{Parser, Subcommand};
+use serde::Serialize;
 
 #[derive(Debug, Parser)]
 #[command(name = "polis", version, about = "Data management for microservices")]
@@ -26,15 +30,28 @@ enum Command {
     Demo(shop_demo::DemoArgs),
     /// Run the reference shop until ctrl-c (resumes an existing data directory).
     Up(up::UpArgs),
+    /// Run one process of the distributed shop until ctrl-c or SIGTERM.
+    Serve(serve::ServeArgs),
     /// Drive reservations concurrently through event-sourced stock items, then check every invariant.
     StoreDemo(store_demo::DemoArgs),
+}
+
+/// How the shop is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Mode {
+    /// One process: a SQLite file per service and the in-process bus.
+    Embedded,
+    /// A process per service: a PostgreSQL database per service and NATS JetStream.
+    Distributed,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,polis=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,polis=info,shop=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -47,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => up::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::StoreDemo(args) => {
             let report = store_demo::run(args).await?;
             if !report.all_invariants_hold() {

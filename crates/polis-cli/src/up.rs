@@ -1,34 +1,158 @@
-//! `polis up`: the shop, embedded, until ctrl-c or SIGTERM.
+//! `polis up`: the shop until ctrl-c or SIGTERM.
+//!
+//! - `--mode embedded` (default): every service in this process, SQLite
+//!   files and the in-process bus under the data directory.
+//! - `--mode distributed`: a supervisor. It starts local PostgreSQL and NATS
+//!   servers under `<data-dir>/servers/` unless `POLIS_POSTGRES_URL` /
+//!   `POLIS_NATS_URL` (or `--config`) name servers, then one `polis serve
+//!   <service>` process per service and the gateway, waits until they all
+//!   answer, and serves nothing itself. A process that exits is started
+//!   again after a back-off (1 s, doubling up to 30 s; reset once it has run
+//!   for a minute). Ctrl-c stops the processes, then the local servers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 use contracts::SagaStyle;
+use shop::distributed::Service;
+use shop::supervisor::{Supervisor, SupervisorOptions};
+
+use crate::Mode;
+
+/// First wait before restarting a process that exited; doubles per quick exit.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A process that ran this long before exiting starts over at the minimum back-off.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
-    /// How the create-order saga runs.
-    #[arg(long, default_value = "orchestration")]
-    saga: SagaStyle,
+    /// Deployment: embedded (one process) or distributed (a process per service).
+    #[arg(long, value_enum, default_value_t = Mode::Embedded)]
+    mode: Mode,
+    /// How the create-order saga runs: orchestration (the default) or
+    /// choreography. Distributed, it overrides the config file's `saga`.
+    #[arg(long)]
+    saga: Option<SagaStyle>,
     /// The shop's data (created if missing; an existing one is resumed).
     #[arg(long, default_value = "polis-data")]
     data_dir: PathBuf,
     /// Where the gateway listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Distributed mode: a TOML file with the deployment's settings, read by every process.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let config = shop::ShopConfig { saga: args.saga, ..shop::ShopConfig::default() };
+    match args.mode {
+        Mode::Embedded => embedded(args).await,
+        Mode::Distributed => distributed(args).await,
+    }
+}
+
+async fn embedded(args: UpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.config.is_none(),
+        "--config is for --mode distributed; the embedded shop has no settings file"
+    );
+    let saga = args.saga.unwrap_or_default();
+    let config = shop::ShopConfig { saga, ..shop::ShopConfig::default() };
     let shop = shop::Embedded::start(&args.data_dir, &config).await?;
     let http = polis_runtime::HttpOptions::default().with_listen(args.listen);
     let router = polis_runtime::with_standard_stack(shop.gateway(), &http);
     let listener = polis_runtime::serve::bind(args.listen).await.context("binding the gateway")?;
     let addr = listener.local_addr().context("reading the gateway's address")?;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), saga = args.saga.as_str(), "the shop is up");
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), saga = saga.as_str(), "the shop is up");
     eprintln!("polis: the shop is up at http://{addr}/api (data in {}); ctrl-c stops it", args.data_dir.display());
     polis_runtime::serve::serve(listener, router, polis_runtime::serve::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The supervisor's options for this binary and these arguments.
+pub(crate) fn supervisor_options(
+    data_dir: PathBuf,
+    saga: Option<SagaStyle>,
+    listen: SocketAddr,
+    config: Option<PathBuf>,
+) -> anyhow::Result<SupervisorOptions> {
+    let program = std::env::current_exe().context("finding the polis binary to start the services with")?;
+    let mut options = SupervisorOptions::new(program, data_dir).with_gateway_listen(listen);
+    if let Some(saga) = saga {
+        options = options.with_saga(saga);
+    }
+    if let Some(file) = config {
+        options = options.with_config_file(file);
+    }
+    Ok(options)
+}
+
+async fn distributed(args: UpArgs) -> anyhow::Result<()> {
+    let options = supervisor_options(args.data_dir.clone(), args.saga, args.listen, args.config)?;
+    let mut supervisor = Supervisor::start(options).await.context("starting the distributed shop")?;
+    tracing::info!(gateway = %supervisor.gateway_url(), data_dir = %args.data_dir.display(), "the shop is up");
+    eprintln!(
+        "polis: the shop is up at {}/api (distributed: a process per service; data and logs in {}); ctrl-c stops it",
+        supervisor.gateway_url(),
+        args.data_dir.display()
+    );
+
+    let shutdown = polis_runtime::serve::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut started: BTreeMap<Service, Instant> = Service::ALL.into_iter().map(|s| (s, Instant::now())).collect();
+    let mut backoff: BTreeMap<Service, Duration> = BTreeMap::new();
+    // Processes waiting for their restart, and when it is due.
+    let mut pending: BTreeMap<Service, Instant> = BTreeMap::new();
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    'watch: loop {
+        tokio::select! {
+            () = &mut shutdown => break 'watch,
+            _ = watch.tick() => {}
+        }
+        for (service, status) in supervisor.exited() {
+            let ran = started.get(&service).map_or(Duration::ZERO, Instant::elapsed);
+            let delay = next_backoff(&mut backoff, service, ran);
+            tracing::warn!(%service, %status, restart_in = ?delay, "a service process exited; restarting it");
+            eprintln!("polis: {service} exited ({status}); restarting it in {} s", delay.as_secs_f64());
+            pending.insert(service, Instant::now() + delay);
+        }
+        let due: Vec<Service> = pending.iter().filter(|(_, at)| **at <= Instant::now()).map(|(s, _)| *s).collect();
+        for service in due {
+            pending.remove(&service);
+            let restarted = tokio::select! {
+                () = &mut shutdown => break 'watch,
+                result = supervisor.restart(service) => result,
+            };
+            started.insert(service, Instant::now());
+            match restarted {
+                Ok(()) => eprintln!("polis: {service} is back at {}", supervisor.url(service)),
+                Err(err) => {
+                    let delay = next_backoff(&mut backoff, service, Duration::ZERO);
+                    tracing::error!(%service, error = %err, restart_in = ?delay, "restarting a service failed");
+                    eprintln!("polis: restarting {service} failed: {err}");
+                    pending.insert(service, Instant::now() + delay);
+                }
+            }
+        }
+    }
+    eprintln!("polis: stopping the shop");
+    supervisor.stop().await;
+    Ok(())
+}
+
+/// The wait before the next restart of `service`, which ran for `ran`.
+fn next_backoff(backoff: &mut BTreeMap<Service, Duration>, service: Service, ran: Duration) -> Duration {
+    let slot = backoff.entry(service).or_insert(RESTART_BACKOFF_MIN);
+    if ran >= STABLE_AFTER {
+        *slot = RESTART_BACKOFF_MIN;
+    }
+    let delay = *slot;
+    *slot = (*slot * 2).min(RESTART_BACKOFF_MAX);
+    delay
 }

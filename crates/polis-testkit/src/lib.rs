@@ -12,6 +12,10 @@
 //!   [`RedisServer::start`]): a server owned by one test, for fault tests
 //!   that stop, kill or restart it. Dropping the handle kills the server and
 //!   deletes its files.
+//! - **Kept** ([`PostgresServer::start_in`], [`NatsServer::start_in`]): the
+//!   same servers with their files in a directory of the caller's that
+//!   outlives them, so a later start resumes them. `polis up --mode
+//!   distributed` runs its local servers this way.
 //!
 //! Setting `POLIS_TEST_POSTGRES_URL`, `POLIS_TEST_NATS_URL` or
 //! `POLIS_TEST_REDIS_URL` points the shared helpers at an existing server
@@ -20,9 +24,14 @@
 //! A missing binary fails the test with a message naming `scripts/test`,
 //! which installs them; tests are never silently skipped.
 //!
+//! Every server is tied to the process that started it: if that process
+//! dies, however it dies, the kernel stops the server. [`process`] offers
+//! the same tether for other child processes (a supervisor's services).
+//!
 //! Layout: `server` runs one server process (readiness, stop, restart),
 //! `sys` holds the libc calls that tie servers' lives to the test process,
-//! and `postgres`, `nats` and `redis` configure each kind.
+//! `postgres`, `nats` and `redis` configure each kind, and [`process`]
+//! exposes the tether.
 
 use std::any::Any;
 use std::collections::BTreeSet;
@@ -36,6 +45,7 @@ use tokio::sync::OnceCell;
 
 mod nats;
 mod postgres;
+pub mod process;
 mod redis;
 mod server;
 mod sys;
@@ -62,6 +72,12 @@ pub enum TestkitError {
     Exited { kind: &'static str, status: ExitStatus, log: String },
     #[error("{kind} did not become ready within {timeout:?}; its log:\n{log}")]
     NotReady { kind: &'static str, timeout: Duration, log: String },
+    #[error(
+        "the postgres user cannot search {}: postgres refuses to run as root, so it runs as `postgres`, which needs the x permission on every directory above its data; run `chmod o+x {}` or choose a directory it can reach",
+        path.display(),
+        path.display()
+    )]
+    Unreachable { path: std::path::PathBuf },
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("{context}: {source}")]

@@ -1,31 +1,44 @@
 //! Throwaway NATS servers with JetStream.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::TcpStream;
 
 use crate::TestkitError;
-use crate::server::{Instance, Spec, find_binary, temp_dir};
+use crate::server::{Instance, ServerDir, Spec, find_binary, temp_dir};
 
-/// A `nats-server -js` of its own, storing JetStream data in a temp dir.
-/// Dropping it kills the server and deletes the store.
+/// A `nats-server -js` of its own, storing JetStream data in a temp dir
+/// ([`NatsServer::start`]) or in a directory that outlives it
+/// ([`NatsServer::start_in`]). Dropping it kills the server, and deletes a
+/// temp dir.
 #[derive(Debug)]
 pub struct NatsServer {
     // Declared before `dir` so the server stops before its files go.
     instance: Instance,
-    dir: TempDir,
+    dir: ServerDir,
 }
 
 impl NatsServer {
     /// Starts `nats-server -js` on a free port and waits until it greets
     /// clients.
     pub async fn start() -> Result<Self, TestkitError> {
+        Self::boot(ServerDir::Temp(temp_dir("nats")?)).await
+    }
+
+    /// Like [`NatsServer::start`], but keeps the JetStream store in
+    /// `dir/jetstream` (created if missing) and leaves it there when the
+    /// server stops, so the next start in `dir` resumes its streams and
+    /// consumers. The server log is `dir/server.log`. The port is a fresh
+    /// free one each time.
+    pub async fn start_in(dir: impl AsRef<Path>) -> Result<Self, TestkitError> {
+        Self::boot(ServerDir::kept(dir.as_ref())?).await
+    }
+
+    async fn boot(dir: ServerDir) -> Result<Self, TestkitError> {
         let program = find_binary("nats-server")?;
-        let dir = temp_dir("nats")?;
         let store = dir.path().join("jetstream");
         let args = move |port: u16| -> Vec<OsString> {
             let port = port.to_string();
@@ -44,7 +57,7 @@ impl NatsServer {
             ready: |port| Box::pin(greets(port)),
         };
         let instance = Instance::start(spec).await?;
-        tracing::info!(port = instance.port(), dir = %dir.path().display(), "started throwaway nats-server");
+        tracing::info!(port = instance.port(), dir = %dir.path().display(), "started nats-server");
         Ok(NatsServer { instance, dir })
     }
 

@@ -2,24 +2,26 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use sqlx::{Connection as _, Executor as _, PgConnection};
-use tempfile::TempDir;
 
 use crate::TestkitError;
-use crate::server::{Account, Instance, Spec, find_binary, temp_dir};
+use crate::server::{Account, Instance, ServerDir, Spec, find_binary, temp_dir};
 
-/// A PostgreSQL cluster of its own: `initdb` into a temp dir, `postgres` on a
-/// free port. Dropping it shuts the server down and deletes the cluster.
+/// A PostgreSQL cluster of its own: `initdb` into a temp dir
+/// ([`PostgresServer::start`]) or into a directory that outlives it
+/// ([`PostgresServer::start_in`]), `postgres` on a free port. Dropping it
+/// shuts the server down, and deletes a temp dir.
 #[derive(Debug)]
 pub struct PostgresServer {
     // Declared before `dir` so the server stops before its files go.
     instance: Instance,
-    dir: TempDir,
+    dir: ServerDir,
 }
 
 impl PostgresServer {
@@ -29,11 +31,33 @@ impl PostgresServer {
     /// PostgreSQL refuses to run as root, so under root both `initdb` and
     /// `postgres` run as the `postgres` system user.
     pub async fn start() -> Result<Self, TestkitError> {
-        let (spec, dir) = tokio::task::spawn_blocking(init_cluster)
+        Self::boot(|| Ok(ServerDir::Temp(temp_dir("postgres")?))).await
+    }
+
+    /// Like [`PostgresServer::start`], but the cluster lives in `dir/data`
+    /// (created with `initdb` only if it does not hold one yet) and stays
+    /// there when the server stops, so the next start in `dir` finds every
+    /// database again. The server log is `dir/server.log`. The port is a
+    /// fresh free one each time; the server listens on 127.0.0.1 only and
+    /// trusts local connections, as a development server.
+    ///
+    /// Under root, `dir` is handed to the `postgres` user, and every
+    /// directory above it must let others search it (`x`), or this fails
+    /// naming the one that does not.
+    pub async fn start_in(dir: impl AsRef<Path>) -> Result<Self, TestkitError> {
+        let dir = dir.as_ref().to_path_buf();
+        Self::boot(move || ServerDir::kept(&dir)).await
+    }
+
+    async fn boot<F>(dir: F) -> Result<Self, TestkitError>
+    where
+        F: FnOnce() -> Result<ServerDir, TestkitError> + Send + 'static,
+    {
+        let (spec, dir) = tokio::task::spawn_blocking(move || init_cluster(dir()?))
             .await
             .map_err(|err| TestkitError::Io { context: "initialising postgres".into(), source: err.into() })??;
         let instance = Instance::start(spec).await?;
-        tracing::info!(port = instance.port(), dir = %dir.path().display(), "started throwaway postgres");
+        tracing::info!(port = instance.port(), dir = %dir.path().display(), "started postgres");
         Ok(PostgresServer { instance, dir })
     }
 
@@ -126,42 +150,58 @@ fn admin_url(port: u16) -> String {
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
-/// Blocking: finds the binaries, makes the temp dir and runs `initdb`.
-fn init_cluster() -> Result<(Spec, TempDir), TestkitError> {
+/// Blocking: finds the binaries, prepares `dir` and runs `initdb` unless
+/// `dir` already holds a cluster.
+fn init_cluster(dir: ServerDir) -> Result<(Spec, ServerDir), TestkitError> {
     let bin = bindir()?;
     let run_as = if crate::sys::is_root() { Some(postgres_account()?) } else { None };
+    let kept = matches!(dir, ServerDir::Kept(_));
 
-    let dir = temp_dir("postgres")?;
     let data = dir.path().join("data");
-    let socket = dir.path().join("socket");
     let io_err = |context: &'static str| move |source| TestkitError::Io { context: context.into(), source };
-    fs::create_dir(&socket).map_err(io_err("creating the postgres socket dir"))?;
+    // A kept cluster listens on TCP only: a socket under a caller's directory
+    // may exceed the 107-byte limit of a Unix socket path.
+    let socket = if kept { None } else { Some(dir.path().join("socket")) };
+    if let Some(socket) = &socket {
+        fs::create_dir(socket).map_err(io_err("creating the postgres socket dir"))?;
+    }
     if let Some(Account { uid, gid }) = run_as {
-        for path in [dir.path(), &socket] {
+        if kept {
+            check_reachable(dir.path(), uid, gid)?;
+        }
+        for path in std::iter::once(dir.path()).chain(socket.as_deref()) {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(io_err("handing the postgres temp dir to the postgres user"))?;
+                .map_err(io_err("handing the postgres dir to the postgres user"))?;
         }
     }
 
-    let mut initdb = Command::new(bin.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["--no-sync", "-A", "trust", "-U", "postgres", "--encoding=UTF8", "--locale=C"])
-        // The caller's working directory may be unreadable to `postgres`.
-        .current_dir(dir.path());
-    if let Some(Account { uid, gid }) = run_as {
-        initdb.uid(uid).gid(gid);
-    }
-    let output = initdb.output().map_err(io_err("running initdb"))?;
-    if !output.status.success() {
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        return Err(TestkitError::Initdb { status: output.status, output: text });
+    if !data.join("PG_VERSION").is_file() {
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--encoding=UTF8", "--locale=C"])
+            // The caller's working directory may be unreadable to `postgres`.
+            .current_dir(dir.path());
+        if !kept {
+            // A throwaway cluster need not survive a power loss.
+            initdb.arg("--no-sync");
+        }
+        if let Some(Account { uid, gid }) = run_as {
+            initdb.uid(uid).gid(gid);
+        }
+        let output = initdb.output().map_err(io_err("running initdb"))?;
+        if !output.status.success() {
+            let text =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            return Err(TestkitError::Initdb { status: output.status, output: text });
+        }
     }
 
     let args = move |port: u16| -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["-D".into(), data.clone().into(), "-p".into(), port.to_string().into()];
-        args.extend(["-k".into(), socket.clone().into()]);
+        // An empty `-k` turns Unix sockets off.
+        args.extend(["-k".into(), socket.clone().map(OsString::from).unwrap_or_default()]);
         for setting in [
             "listen_addresses=127.0.0.1",
             // Benchmarks run against this server; their numbers must include
@@ -198,6 +238,31 @@ fn init_cluster() -> Result<(Spec, TempDir), TestkitError> {
         },
     };
     Ok((spec, dir))
+}
+
+/// Fails unless the `postgres` account (`uid`, `gid`) can search every
+/// directory above `dir`: running as root, we may create a cluster under a
+/// directory only root can enter, and postgres would then fail with a less
+/// helpful "permission denied".
+fn check_reachable(dir: &Path, uid: u32, gid: u32) -> Result<(), TestkitError> {
+    let absolute = std::path::absolute(dir)
+        .map_err(|source| TestkitError::Io { context: format!("resolving {}", dir.display()), source })?;
+    for ancestor in absolute.ancestors().skip(1) {
+        let meta = fs::metadata(ancestor)
+            .map_err(|source| TestkitError::Io { context: format!("reading {}", ancestor.display()), source })?;
+        let mode = meta.mode();
+        let searchable = if meta.uid() == uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable {
+            return Err(TestkitError::Unreachable { path: ancestor.to_path_buf() });
+        }
+    }
+    Ok(())
 }
 
 /// The highest `/usr/lib/postgresql/<N>/bin`, else `pg_config --bindir`,

@@ -1,5 +1,6 @@
-//! What the three server kinds share: finding binaries, temp dirs, and the
-//! lifecycle of one server process (boot, readiness, stop, restart, kill).
+//! What the three server kinds share: finding binaries, temp or kept
+//! directories, and the lifecycle of one server process (boot, readiness,
+//! stop, restart, kill).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -201,6 +202,30 @@ impl Drop for Instance {
             }
         }
         self.kill();
+    }
+}
+
+/// Where a server keeps its files: a temp dir deleted with the server, or a
+/// directory of the caller's that outlives it (a local deployment's data).
+#[derive(Debug)]
+pub(crate) enum ServerDir {
+    Temp(TempDir),
+    Kept(PathBuf),
+}
+
+impl ServerDir {
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            Self::Temp(dir) => dir.path(),
+            Self::Kept(path) => path,
+        }
+    }
+
+    /// Creates `path` (and its parents) if missing and keeps it.
+    pub(crate) fn kept(path: &Path) -> Result<Self, TestkitError> {
+        fs::create_dir_all(path)
+            .map_err(|source| TestkitError::Io { context: format!("creating {}", path.display()), source })?;
+        Ok(Self::Kept(path.to_path_buf()))
     }
 }
 

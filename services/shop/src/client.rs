@@ -1,6 +1,10 @@
-//! Calling the shop's HTTP APIs in-process: the gateway (as a user does)
-//! and each service's admin lists (to check invariants), from the CLI's
-//! demo and from tests.
+//! Calling the shop's HTTP APIs: the gateway (as a user does) and each
+//! service's admin lists (to check invariants), from the CLI's demo and
+//! from tests. An [`Endpoint`] is either a router in this process (the
+//! embedded deployment) or a base URL (the distributed one); callers cannot
+//! tell the two apart.
+
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -11,15 +15,33 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower::ServiceExt;
 
-/// An HTTP API reachable in-process (a router, no socket).
+/// How long a remote call may take, answer included. Generous: the admin
+/// lists the demo reads are unpaginated and grow with the workload.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An HTTP API, reachable in-process (a router, no socket) or over HTTP.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    router: Router,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Local(Router),
+    /// The gateway's own client: pooled HTTP/1 connections, plain http.
+    Remote(gateway::Upstream),
 }
 
 impl Endpoint {
     pub fn local(router: Router) -> Self {
-        Self { router }
+        Self { kind: Kind::Local(router) }
+    }
+
+    /// An API at `base_url` (`http://host:port`, optionally with a path
+    /// prefix). Fails if the URL is not plain http with a host.
+    pub fn remote(base_url: &str) -> anyhow::Result<Self> {
+        let upstream = gateway::Upstream::remote(base_url).with_context(|| format!("using {base_url}"))?;
+        Ok(Self { kind: Kind::Remote(upstream) })
     }
 
     /// Sends a request; returns the status and the raw body.
@@ -29,19 +51,29 @@ impl Endpoint {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
-        let mut request = Request::builder().method(method.clone()).uri(path);
-        let body = match body {
-            Some(body) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-                Body::from(serde_json::to_vec(body)?)
+        let body = body.map(serde_json::to_vec).transpose()?.map(bytes::Bytes::from);
+        match &self.kind {
+            Kind::Local(router) => {
+                let mut request = Request::builder().method(method.clone()).uri(path);
+                if body.is_some() {
+                    request = request.header(header::CONTENT_TYPE, "application/json");
+                }
+                let request = request
+                    .body(body.map_or_else(Body::empty, Body::from))
+                    .with_context(|| format!("building {method} {path}"))?;
+                let response = router.clone().oneshot(request).await.with_context(|| format!("{method} {path}"))?;
+                let status = response.status();
+                let bytes = response.into_body().collect().await.with_context(|| format!("reading {method} {path}"))?;
+                Ok((status, bytes.to_bytes()))
             }
-            None => Body::empty(),
-        };
-        let request = request.body(body).with_context(|| format!("building {method} {path}"))?;
-        let response = self.router.clone().oneshot(request).await.with_context(|| format!("{method} {path}"))?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await.with_context(|| format!("reading {method} {path}"))?;
-        Ok((status, bytes.to_bytes()))
+            Kind::Remote(upstream) => {
+                let response = upstream
+                    .call(method.clone(), path, body, None, REMOTE_TIMEOUT)
+                    .await
+                    .with_context(|| format!("{method} {path}"))?;
+                Ok((response.status, response.body))
+            }
+        }
     }
 
     /// Sends a request that must answer `expect`; decodes its JSON body.

@@ -10,11 +10,22 @@
 //!   Opening an existing data directory resumes where the last run stopped:
 //!   unpublished outbox messages, unacknowledged deliveries, sagas and their
 //!   deadlines are all in the files.
+//! - [`distributed`]: one service per OS process — [`distributed::Node`] is
+//!   what `polis serve <service>` runs: the service over its own PostgreSQL
+//!   database and NATS JetStream, or the gateway over the services' URLs.
+//! - [`supervisor`]: all seven processes on one machine (`polis up --mode
+//!   distributed`), with local PostgreSQL and NATS servers when none are
+//!   configured.
 //! - [`host`]: one service's background machinery, used by both deployments.
-//! - [`client`]: calls into the shop's routers without a socket.
+//! - [`client`]: calls into the shop's APIs, in-process or over HTTP.
+//! - [`workload`]: the demo's orders and the shop's invariants, for the CLI
+//!   and the fault tests.
 
 pub mod client;
+pub mod distributed;
 pub mod host;
+pub mod supervisor;
+pub mod workload;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,342 @@
+//! The distributed shop as real processes: `polis demo --mode distributed`,
+//! `polis up --mode distributed` (stop, resume, restart of a killed
+//! service), and a service process SIGKILLed while orders are in flight.
+//!
+//! PostgreSQL is the testkit's shared server where a test configures one
+//! (a database prefix per test); otherwise, and for NATS (whose stream names
+//! are fixed per service, so shops cannot share a server), the supervisor
+//! starts its own under the test's data directory, as a user's `polis up`
+//! does.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use contracts::catalog::Product;
+use contracts::customer::{Customer, RegisterCustomer};
+use contracts::inventory::{SetStock, StockLevel};
+use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
+use contracts::{Address, Quantity, SagaStyle};
+use shop::client::Endpoint;
+use shop::distributed::Service;
+use shop::supervisor::{Supervisor, SupervisorOptions};
+use shop::workload::{self, Apis};
+use uuid::Uuid;
+
+/// A data directory others may search (not list): under root the local
+/// PostgreSQL runs as `postgres` and must reach its files below it.
+fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("polis-cli-test-").permissions(Permissions::from_mode(0o711)).tempdir().unwrap()
+}
+
+/// `polis` without the caller's deployment settings (`POLIS_POSTGRES_URL`,
+/// `POLIS__…`); the testkit's `POLIS_TEST_*` are kept.
+fn polis() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_polis"));
+    for (name, _) in std::env::vars_os() {
+        let upper = name.to_string_lossy().to_ascii_uppercase();
+        if upper.starts_with("POLIS") && !upper.starts_with("POLIS_TEST_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_in_distributed_mode_keeps_every_invariant() {
+    let postgres = polis_testkit::postgres().await;
+    let dir = data_dir();
+    let mut command = polis();
+    command
+        .args(["demo", "--mode", "distributed", "--orders", "100", "--json", "--data-dir"])
+        .arg(dir.path())
+        .env("POLIS_POSTGRES_URL", postgres.url())
+        .env("POLIS__DATABASE_PREFIX", postgres.name());
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "polis demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("the --json report parses");
+
+    assert_eq!(report["mode"], "distributed");
+    assert_eq!(report["orders"], 100);
+    let decided: u64 = report["by_status"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(decided, 100, "{report:#}");
+    let checks = report["invariants"].as_array().unwrap();
+    assert!(checks.len() >= 7, "{checks:#?}");
+    assert!(checks.iter().all(|c| c["holds"] == true), "{checks:#?}");
+    // PostgreSQL was configured, NATS was not: only NATS ran under the data dir.
+    assert!(dir.path().join("servers/nats/jetstream").is_dir());
+    assert!(!dir.path().join("servers/postgres").exists());
+    for service in Service::ALL {
+        assert!(dir.path().join(format!("logs/{service}.log")).is_file(), "no log of {service}");
+        assert!(!dir.path().join(format!("run/{service}.pid")).exists(), "{service} was not stopped");
+    }
+}
+
+/// A minimal order through the gateway: one customer, one product, one order.
+async fn place_one(gateway: &Endpoint) -> Uuid {
+    let tag = Uuid::now_v7().simple().to_string();
+    let customer = RegisterCustomer {
+        name: "Up Test".into(),
+        email: format!("up-{tag}@example.com"),
+        address: Address {
+            line1: "1 Road".into(),
+            city: "Polis".into(),
+            postal_code: "10001".into(),
+            country: "DE".into(),
+        },
+        credit_limit: 1_000_000,
+    };
+    let customer: Customer =
+        gateway.json(Method::POST, "/api/customers", Some(&customer), StatusCode::CREATED).await.unwrap();
+    let sku = format!("SKU-{}", &tag[20..]);
+    let product = Product { sku: sku.clone(), name: "Thing".into(), price: 100 };
+    let _: Product = gateway.json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await.unwrap();
+    let _: StockLevel = gateway
+        .json(Method::PUT, &format!("/api/inventory/{sku}"), Some(&SetStock { available: 5 }), StatusCode::OK)
+        .await
+        .unwrap();
+    let order = CreateOrder { customer_id: customer.id, items: vec![Quantity { sku, quantity: 1 }] };
+    // Payment learns the customer from an event; an authorization that
+    // arrives first is retried until it has.
+    let accepted: Accepted =
+        gateway.json(Method::POST, "/api/orders", Some(&order), StatusCode::ACCEPTED).await.unwrap();
+    accepted.id
+}
+
+async fn wait_approved(gateway: &Endpoint, id: Uuid) {
+    let approved = polis_testkit::wait_for(Duration::from_secs(60), || async {
+        gateway.get::<OrderView>(&format!("/api/orders/{id}")).await.is_ok_and(|o| o.status == OrderStatus::Approved)
+    })
+    .await;
+    let order = gateway.get::<OrderView>(&format!("/api/orders/{id}")).await;
+    assert!(approved.is_ok(), "order {id} not approved: {order:?}");
+}
+
+async fn healthy(gateway: &Endpoint) -> bool {
+    gateway.call(Method::GET, "/healthz", None::<&()>).await.is_ok_and(|(status, _)| status == StatusCode::OK)
+}
+
+fn read_pid(dir: &Path, service: Service) -> Option<u32> {
+    std::fs::read_to_string(dir.join(format!("run/{service}.pid"))).ok()?.trim().parse().ok()
+}
+
+/// A `polis` process that is stopped (SIGTERM, then SIGKILL) if a failing
+/// test drops it, so it never outlives its test's data directory.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            polis_testkit::process::terminate(&child);
+            for _ in 0..500 {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+/// Starts `polis up --mode distributed` and waits until its gateway answers.
+async fn up(dir: &Path, port: u16) -> (Running, Endpoint) {
+    let mut command = polis();
+    command
+        .args(["up", "--mode", "distributed", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("up-{}.log", Uuid::now_v7()))).unwrap());
+    let child = Running(Some(polis_testkit::process::spawn_tethered(command).await.unwrap()));
+    let gateway = Endpoint::remote(&format!("http://127.0.0.1:{port}")).unwrap();
+    let ready = polis_testkit::wait_for(Duration::from_secs(90), || healthy(&gateway)).await;
+    assert!(ready.is_ok(), "polis up never answered; see {}", dir.display());
+    (child, gateway)
+}
+
+/// SIGTERMs a `polis` process and waits for it to exit; it must exit cleanly.
+async fn interrupt(mut running: Running) {
+    let mut child = running.0.take().unwrap();
+    polis_testkit::process::terminate(&child);
+    let mut status = None;
+    let exited = polis_testkit::wait_for(Duration::from_secs(60), || {
+        status = status.or_else(|| child.try_wait().unwrap());
+        std::future::ready(status.is_some())
+    })
+    .await;
+    assert!(exited.is_ok(), "polis up did not stop");
+    assert!(status.unwrap().success(), "polis up exited with {status:?}");
+}
+
+/// `polis up --mode distributed` with nothing configured: local servers
+/// under the data dir; a SIGKILLed service comes back by itself; SIGTERM
+/// stops everything; a second `up` on the same data dir resumes the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_in_distributed_mode_restarts_a_dead_service_stops_and_resumes() {
+    let dir = data_dir();
+    let port = polis_testkit::free_port();
+    let (child, gateway) = up(dir.path(), port).await;
+    assert!(dir.path().join("servers/postgres/data/PG_VERSION").is_file());
+    assert!(dir.path().join("servers/nats/jetstream").is_dir());
+    let first = place_one(&gateway).await;
+    wait_approved(&gateway, first).await;
+
+    // A crashed service is started again, and the shop works on.
+    let pid = read_pid(dir.path(), Service::Payment).unwrap();
+    let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let back = polis_testkit::wait_for(Duration::from_secs(60), || {
+        std::future::ready(read_pid(dir.path(), Service::Payment).is_some_and(|new| new != pid))
+    })
+    .await;
+    assert!(back.is_ok(), "payment was not restarted");
+    let second = place_one(&gateway).await;
+    wait_approved(&gateway, second).await;
+
+    interrupt(child).await;
+    assert!(!healthy(&gateway).await, "the gateway still answers after the stop");
+    for service in Service::ALL {
+        assert_eq!(read_pid(dir.path(), service), None, "{service} still has a pid file");
+    }
+
+    // Same data dir: the same databases and streams.
+    let (child, gateway) = up(dir.path(), port).await;
+    for id in [first, second] {
+        let order: OrderView = gateway.get(&format!("/api/orders/{id}")).await.unwrap();
+        assert_eq!(order.status, OrderStatus::Approved);
+    }
+    let third = place_one(&gateway).await;
+    wait_approved(&gateway, third).await;
+    interrupt(child).await;
+}
+
+/// A service process SIGKILLed while orders are in flight, started again
+/// later: every order ends terminal and every invariant holds.
+async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Service) {
+    let postgres = polis_testkit::postgres().await;
+    let dir = data_dir();
+    let options = SupervisorOptions::new(env!("CARGO_BIN_EXE_polis"), dir.path())
+        .with_saga(style)
+        .with_gateway_listen("127.0.0.1:0".parse().unwrap())
+        .with_env("POLIS_POSTGRES_URL", postgres.url())
+        .with_env("POLIS__DATABASE_PREFIX", postgres.name())
+        // What the victim had pulled but not finished comes back this soon.
+        .with_env("POLIS__NATS__ACK_WAIT_MS", "2000");
+    let mut supervisor = Supervisor::start(options).await.unwrap();
+    let endpoint = |service| Endpoint::remote(&supervisor.url(service)).unwrap();
+    let apis = Apis {
+        gateway: endpoint(Service::Gateway),
+        inventory: endpoint(Service::Inventory),
+        payment: endpoint(Service::Payment),
+        shipping: endpoint(Service::Shipping),
+        order: endpoint(Service::Order),
+    };
+
+    const ORDERS: usize = 150;
+    let mut rng = workload::rng(11);
+    let seeded = workload::seed(&apis, &workload::run_tag(), ORDERS, &mut rng).await.unwrap();
+    let plan = workload::plan(&seeded, ORDERS, &mut rng);
+    let placed_so_far = Arc::new(AtomicUsize::new(0));
+    let placing = tokio::spawn({
+        let (apis, placed_so_far) = (apis.clone(), placed_so_far.clone());
+        async move { workload::place_orders(&apis, &plan, 8, &|n| placed_so_far.store(n, Ordering::Relaxed)).await.unwrap() }
+    });
+
+    // Kill mid-stream; keep it down until plenty of orders wait on it (or
+    // on what it would have sent); bring it back.
+    let placed = placed_so_far.clone();
+    polis_testkit::wait_for(Duration::from_secs(60), || {
+        std::future::ready(placed.load(Ordering::Relaxed) >= ORDERS / 4)
+    })
+    .await
+    .unwrap();
+    supervisor.kill(victim).unwrap();
+    let waiting = polis_testkit::wait_for(Duration::from_secs(60), || async {
+        let orders: Vec<OrderView> = apis.order.get("/orders").await.unwrap();
+        orders.iter().filter(|o| o.status == OrderStatus::Pending).count() >= ORDERS / 3
+    })
+    .await;
+    assert!(waiting.is_ok(), "orders did not pile up behind the dead {victim}");
+    supervisor.restart(victim).await.unwrap();
+    let placed = placing.await.unwrap();
+    assert_eq!(placed.len(), ORDERS);
+
+    let orders = workload::wait_terminal(&apis, &placed, Duration::from_secs(120), &|_| {}).await.unwrap();
+    let stuck: Vec<_> = orders.values().filter(|o| !o.status.is_terminal()).collect();
+    assert!(stuck.is_empty() && orders.len() == ORDERS, "orders not terminal: {stuck:?}");
+    // Which reasons occur depends on when the victim was down (a step may
+    // time out instead): coverage is the demo's business, safety is this
+    // test's. Compensations may still be landing: wait for convergence.
+    let safe = |checks: &[workload::Check]| {
+        let safety: Vec<_> = checks.iter().filter(|c| !c.name.starts_with("the workload covers")).collect();
+        safety.len() >= 6 && safety.iter().all(|c| c.holds)
+    };
+    let converged = polis_testkit::wait_for(Duration::from_secs(60), || async {
+        safe(&workload::check(&apis, &seeded, &placed).await.unwrap())
+    })
+    .await;
+    let checks = workload::check(&apis, &seeded, &placed).await.unwrap();
+    assert!(converged.is_ok() && safe(&checks), "{checks:#?}");
+    supervisor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestration_survives_a_killed_payment_process() {
+    a_killed_service_process_loses_nothing(SagaStyle::Orchestration, Service::Payment).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn choreography_survives_a_killed_inventory_process() {
+    a_killed_service_process_loses_nothing(SagaStyle::Choreography, Service::Inventory).await;
+}
+
+/// `polis serve` refuses what cannot work, saying why, before touching anything.
+#[test]
+fn serve_names_what_is_wrong() {
+    for (args, env, expected) in [
+        (vec!["serve", "billing"], vec![], "unknown service \"billing\""),
+        (vec!["serve", "payment"], vec![], "no PostgreSQL server configured: set POLIS_POSTGRES_URL"),
+        (
+            vec!["serve", "payment"],
+            vec![("POLIS_POSTGRES_URL", "postgres://u:hunter2@127.0.0.1:1/postgres")],
+            "no NATS server configured: set POLIS_NATS_URL",
+        ),
+        (vec!["serve", "order"], vec![("POLIS__DATABASE_PREFIX", "Bad-Prefix")], "database_prefix"),
+        (vec!["serve", "order", "--config", "/nonexistent/polis.toml"], vec![], "polis.toml"),
+    ] {
+        let out = polis().args(&args).envs(env).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{args:?} printed a password: {stderr}");
+    }
+}
+
+/// The gateway alone, configured by a file, serves until SIGTERM and then
+/// exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reads_its_config_file_and_stops_on_sigterm() {
+    let dir = data_dir();
+    let port = polis_testkit::free_port();
+    let file = dir.path().join("polis.toml");
+    std::fs::write(&file, format!("[listen]\ngateway = \"127.0.0.1:{port}\"\n")).unwrap();
+    let mut command = polis();
+    command.args(["serve", "gateway", "--config"]).arg(&file).stdout(Stdio::null()).stderr(Stdio::null());
+    let child = Running(Some(polis_testkit::process::spawn_tethered(command).await.unwrap()));
+    let gateway = Endpoint::remote(&format!("http://127.0.0.1:{port}")).unwrap();
+    polis_testkit::wait_for(Duration::from_secs(30), || healthy(&gateway)).await.unwrap();
+    // No service behind it: the gateway says so as a problem, it does not hang.
+    let (status, _) = gateway.call(Method::GET, "/api/products", None::<&()>).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    interrupt(child).await;
+    assert!(!healthy(&gateway).await);
+}

@@ -1,0 +1,716 @@
+//! The distributed deployment: one service per OS process.
+//!
+//! A [`Node`] is what one `polis serve <service>` process runs:
+//!
+//! - a business service (customer, catalog, inventory, payment, shipping,
+//!   order) connects to **its own** PostgreSQL database,
+//!   `<database_prefix>_<service>` on the configured server (created through
+//!   a maintenance connection when missing), applies its migrations, connects
+//!   to NATS JetStream, hosts its relay, scheduler and consumer
+//!   ([`crate::host`]) and serves its own HTTP API;
+//! - the gateway owns no data: it serves the public API over
+//!   [`gateway::Upstream::remote`] URLs, one per service.
+//!
+//! Every process reads the same [`DistributedConfig`] (defaults → optional
+//! TOML file → `POLIS_POSTGRES_URL` / `POLIS_NATS_URL` → `POLIS__…`
+//! variables), so one file or one environment describes the whole
+//! deployment, and a supervisor can hand each process its addresses through
+//! `POLIS__LISTEN__<SERVICE>` and `POLIS__UPSTREAMS__<SERVICE>`.
+//!
+//! Isolation: a service's connection options carry only its own database,
+//! and its connections name themselves `polis-<service>` (PostgreSQL's
+//! `application_name`), so `pg_stat_activity` shows who is connected where.
+
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use contracts::SagaStyle;
+use polis_bus::nats::NatsOptions;
+use polis_bus::{ConsumerOptions, NatsBus};
+use polis_core::{Bus, BusError, StoreError};
+use polis_runtime::serve::RunningServer;
+use polis_runtime::{ConfigLoader, HttpOptions, Infra, RuntimeError};
+use polis_store::{PgEventStore, PgOptions};
+use serde::Deserialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _};
+
+use crate::host::{self, HostOptions, Hosted};
+
+/// PostgreSQL's limit on identifiers, database names included.
+const MAX_DATABASE_NAME: usize = 63;
+
+/// One process of the distributed shop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    Customer,
+    Catalog,
+    Inventory,
+    Payment,
+    Shipping,
+    Order,
+    Gateway,
+}
+
+impl Service {
+    /// Every process, business services first and the gateway last.
+    pub const ALL: [Service; 7] = [
+        Service::Customer,
+        Service::Catalog,
+        Service::Inventory,
+        Service::Payment,
+        Service::Shipping,
+        Service::Order,
+        Service::Gateway,
+    ];
+
+    /// The six business services, each with a database of its own.
+    pub const BUSINESS: [Service; 6] =
+        [Service::Customer, Service::Catalog, Service::Inventory, Service::Payment, Service::Shipping, Service::Order];
+
+    /// The name used in messages, database names, commands and variables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Customer => contracts::customer::SERVICE,
+            Self::Catalog => contracts::catalog::SERVICE,
+            Self::Inventory => contracts::inventory::SERVICE,
+            Self::Payment => contracts::payment::SERVICE,
+            Self::Shipping => contracts::shipping::SERVICE,
+            Self::Order => contracts::order::SERVICE,
+            Self::Gateway => "gateway",
+        }
+    }
+
+    /// Whether this process owns a database (every one but the gateway).
+    pub fn has_database(self) -> bool {
+        self != Self::Gateway
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Service {
+    type Err = DistributedError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|service| service.as_str() == name)
+            .ok_or_else(|| DistributedError::UnknownService(name.to_owned()))
+    }
+}
+
+/// What can go wrong configuring or starting a process of the distributed shop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DistributedError {
+    #[error("unknown service {0:?} (expected one of customer, catalog, inventory, payment, shipping, order, gateway)")]
+    UnknownService(String),
+    /// A setting is missing or unusable; the message names it, never a
+    /// secret's value.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("{context}")]
+    Database {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot open the {service} store")]
+    Store {
+        service: Service,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot connect the {service} service to nats")]
+    Bus {
+        service: Service,
+        #[source]
+        source: BusError,
+    },
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayError),
+}
+
+/// The configuration every process of the distributed shop reads (see the
+/// module docs for the layers). In TOML:
+///
+/// ```toml
+/// saga = "orchestration"
+/// database_prefix = "polis"     # databases polis_customer, polis_catalog, ...
+/// max_connections = 8           # per service
+///
+/// [infra]
+/// postgres_url = "postgres://polis:secret@db:5432/postgres"   # the server; any database to connect to
+/// nats_url = "nats://nats:4222"
+///
+/// [listen]                      # where each process listens
+/// gateway = "0.0.0.0:8080"
+/// payment = "0.0.0.0:8084"
+///
+/// [upstreams]                   # where the gateway finds each service (default: its listen address)
+/// payment = "http://payment:8084"
+///
+/// [nats]
+/// ack_wait_ms = 30000
+/// ```
+///
+/// plus the `order`, `payment`, `shipping` and `gateway` sections of each
+/// service's own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DistributedConfig {
+    /// `postgres_url` is the PostgreSQL *server* (the database in the URL is
+    /// used only to create the services' databases); `nats_url` the NATS
+    /// server. `redis_url` is accepted and not used yet.
+    pub infra: Infra,
+    /// Each service's database is `<database_prefix>_<service>`: lowercase
+    /// ASCII letters, digits and `_`, starting with a letter.
+    pub database_prefix: String,
+    /// Connections in each service's pool (at least 2).
+    pub max_connections: u32,
+    pub saga: SagaStyle,
+    pub listen: Addresses,
+    pub upstreams: UpstreamUrls,
+    pub nats: NatsSettings,
+    /// The order service's settings; its `saga` is replaced by the top-level `saga`.
+    pub order: order::Config,
+    pub payment: payment::Config,
+    pub shipping: shipping::Config,
+    pub gateway: gateway::GatewayConfig,
+    /// Consumer, relay and scheduler tuning: not read from files or the
+    /// environment (their defaults suit the shop); for tests and embedders.
+    #[serde(skip)]
+    pub consumer: ConsumerOptions,
+    #[serde(skip)]
+    pub host: HostOptions,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self {
+            infra: Infra::default(),
+            database_prefix: "polis".to_owned(),
+            max_connections: 8,
+            saga: SagaStyle::default(),
+            listen: Addresses::default(),
+            upstreams: UpstreamUrls::default(),
+            nats: NatsSettings::default(),
+            order: order::Config::default(),
+            payment: payment::Config::default(),
+            shipping: shipping::Config::default(),
+            gateway: gateway::GatewayConfig::default(),
+            consumer: ConsumerOptions::default(),
+            host: HostOptions::default(),
+        }
+    }
+}
+
+/// Where each process listens: `listen.<service>`, or
+/// `POLIS__LISTEN__<SERVICE>`. Defaults: the gateway on 127.0.0.1:8080,
+/// the services on 8081 to 8086 in the order of the fields.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Addresses {
+    pub customer: SocketAddr,
+    pub catalog: SocketAddr,
+    pub inventory: SocketAddr,
+    pub payment: SocketAddr,
+    pub shipping: SocketAddr,
+    pub order: SocketAddr,
+    pub gateway: SocketAddr,
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        let local = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        Self {
+            customer: local(8081),
+            catalog: local(8082),
+            inventory: local(8083),
+            payment: local(8084),
+            shipping: local(8085),
+            order: local(8086),
+            gateway: local(8080),
+        }
+    }
+}
+
+impl Addresses {
+    pub fn get(&self, service: Service) -> SocketAddr {
+        match service {
+            Service::Customer => self.customer,
+            Service::Catalog => self.catalog,
+            Service::Inventory => self.inventory,
+            Service::Payment => self.payment,
+            Service::Shipping => self.shipping,
+            Service::Order => self.order,
+            Service::Gateway => self.gateway,
+        }
+    }
+
+    pub fn set(&mut self, service: Service, addr: SocketAddr) {
+        let slot = match service {
+            Service::Customer => &mut self.customer,
+            Service::Catalog => &mut self.catalog,
+            Service::Inventory => &mut self.inventory,
+            Service::Payment => &mut self.payment,
+            Service::Shipping => &mut self.shipping,
+            Service::Order => &mut self.order,
+            Service::Gateway => &mut self.gateway,
+        };
+        *slot = addr;
+    }
+}
+
+/// Where the gateway reaches each service (`http://host:port`). Unset, it
+/// is the service's listen address (loopback when that is a wildcard).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamUrls {
+    pub customer: Option<String>,
+    pub catalog: Option<String>,
+    pub inventory: Option<String>,
+    pub payment: Option<String>,
+    pub shipping: Option<String>,
+    pub order: Option<String>,
+}
+
+impl UpstreamUrls {
+    pub fn get(&self, service: Service) -> Option<&str> {
+        match service {
+            Service::Customer => self.customer.as_deref(),
+            Service::Catalog => self.catalog.as_deref(),
+            Service::Inventory => self.inventory.as_deref(),
+            Service::Payment => self.payment.as_deref(),
+            Service::Shipping => self.shipping.as_deref(),
+            Service::Order => self.order.as_deref(),
+            Service::Gateway => None,
+        }
+    }
+
+    /// Sets a service's URL; the gateway has none.
+    pub fn set(&mut self, service: Service, url: impl Into<String>) {
+        let slot = match service {
+            Service::Customer => &mut self.customer,
+            Service::Catalog => &mut self.catalog,
+            Service::Inventory => &mut self.inventory,
+            Service::Payment => &mut self.payment,
+            Service::Shipping => &mut self.shipping,
+            Service::Order => &mut self.order,
+            Service::Gateway => return,
+        };
+        *slot = Some(url.into());
+    }
+}
+
+/// The `nats` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NatsSettings {
+    /// How long a delivery may stay unacknowledged before JetStream
+    /// delivers it again: after a service process dies, what it had pulled
+    /// but not finished comes back after this. Default 30 000.
+    pub ack_wait_ms: u64,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        Self { ack_wait_ms: NatsOptions::default().ack_wait.as_millis().try_into().unwrap_or(u64::MAX) }
+    }
+}
+
+impl DistributedConfig {
+    /// Loads the layers: defaults, `file` if given (it must exist), then the
+    /// process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, DistributedError> {
+        let loader = match file {
+            Some(path) => ConfigLoader::new().required_file(path),
+            None => ConfigLoader::new(),
+        };
+        Self::from_loader(&loader)
+    }
+
+    /// Loads and checks the configuration with `loader`.
+    pub fn from_loader(loader: &ConfigLoader) -> Result<Self, DistributedError> {
+        let config: Self = loader.load()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that cannot work, naming them.
+    pub fn validate(&self) -> Result<(), DistributedError> {
+        let prefix = &self.database_prefix;
+        let longest = Service::BUSINESS.iter().map(|s| s.as_str().len() + 1).max().unwrap_or(0);
+        let valid = prefix.starts_with(|c: char| c.is_ascii_lowercase())
+            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && prefix.len() + longest <= MAX_DATABASE_NAME;
+        if !valid {
+            return Err(DistributedError::Config(format!(
+                "database_prefix {prefix:?} must start with a lowercase ASCII letter, hold only lowercase letters, \
+                 digits and `_`, and be at most {} characters long",
+                MAX_DATABASE_NAME - longest
+            )));
+        }
+        if self.max_connections < 2 {
+            return Err(DistributedError::Config(format!(
+                "max_connections must be at least 2 (a service needs one for LISTEN and one for work), got {}",
+                self.max_connections
+            )));
+        }
+        if self.nats.ack_wait_ms == 0 {
+            return Err(DistributedError::Config("nats.ack_wait_ms must be above 0".into()));
+        }
+        self.payment.validate().map_err(|err| DistributedError::Config(err.to_string()))?;
+        Ok(())
+    }
+
+    /// The database of `service`: `<database_prefix>_<service>`; `None` for the gateway.
+    pub fn database(&self, service: Service) -> Option<String> {
+        service.has_database().then(|| format!("{}_{}", self.database_prefix, service.as_str()))
+    }
+
+    /// The base URL the gateway calls `service` at.
+    pub fn upstream_url(&self, service: Service) -> String {
+        match self.upstreams.get(service) {
+            Some(url) => url.to_owned(),
+            None => format!("http://{}", connectable(self.listen.get(service))),
+        }
+    }
+
+    fn order_config(&self) -> order::Config {
+        order::Config { saga: self.saga, ..self.order.clone() }
+    }
+
+    fn nats_options(&self) -> NatsOptions {
+        NatsOptions { ack_wait: Duration::from_millis(self.nats.ack_wait_ms), ..NatsOptions::default() }
+    }
+}
+
+/// The address to connect to for a listen address: a wildcard listens on
+/// loopback too.
+pub(crate) fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    }
+}
+
+/// One running process of the distributed shop (see the module docs).
+/// Dropping it stops the HTTP server and the background tasks; prefer
+/// [`Node::shutdown`], which lets in-flight requests finish.
+#[derive(Debug)]
+pub struct Node {
+    service: Service,
+    database: Option<String>,
+    server: RunningServer,
+    // Dropped after the server has stopped: the relay and consumer keep
+    // running while the last requests finish.
+    hosted: Option<Hosted>,
+}
+
+impl Node {
+    /// Starts `service`: for a business service, its database (created if
+    /// missing), migrations, NATS connection, relay, scheduler and consumer;
+    /// then its HTTP API on `config.listen`. Returns once it answers.
+    pub async fn start(service: Service, config: &DistributedConfig) -> Result<Self, DistributedError> {
+        config.validate()?;
+        let (router, hosted) = match service {
+            Service::Gateway => (gateway_router(config)?, None),
+            service => {
+                let (router, hosted) = start_service(service, config).await?;
+                (router, Some(hosted))
+            }
+        };
+        let listen = config.listen.get(service);
+        let http = HttpOptions::default().with_listen(listen);
+        let router = polis_runtime::with_standard_stack(router, &http);
+        let listener = polis_runtime::serve::bind(listen).await?;
+        let server = polis_runtime::serve::spawn(listener, router)?;
+        tracing::info!(%service, addr = %server.addr(), "service is up");
+        Ok(Self { service, database: config.database(service), server, hosted })
+    }
+
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
+    /// The address the HTTP API listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", connectable(self.addr()))
+    }
+
+    /// The database this process uses, if it has one.
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
+    /// Stops accepting requests, lets those in flight finish, then stops the
+    /// relay, scheduler and consumer. A message being handled at that moment
+    /// is rolled back and delivered again later; nothing is lost.
+    pub async fn shutdown(self) -> Result<(), DistributedError> {
+        let Self { service, server, hosted, .. } = self;
+        let result = server.shutdown().await;
+        drop(hosted);
+        tracing::info!(%service, "service stopped");
+        Ok(result?)
+    }
+}
+
+/// Runs `service` until `shutdown` resolves (`polis serve`), then stops it
+/// gracefully.
+pub async fn serve<F>(service: Service, config: &DistributedConfig, shutdown: F) -> Result<(), DistributedError>
+where
+    F: Future<Output = ()>,
+{
+    let node = Node::start(service, config).await?;
+    shutdown.await;
+    node.shutdown().await
+}
+
+fn gateway_router(config: &DistributedConfig) -> Result<Router, DistributedError> {
+    let remote = |service: Service| gateway::Upstream::remote(&config.upstream_url(service));
+    let upstreams = gateway::Upstreams {
+        customer: remote(Service::Customer)?,
+        catalog: remote(Service::Catalog)?,
+        inventory: remote(Service::Inventory)?,
+        payment: remote(Service::Payment)?,
+        shipping: remote(Service::Shipping)?,
+        order: remote(Service::Order)?,
+    };
+    Ok(gateway::router(upstreams, config.gateway.clone()))
+}
+
+/// The connection options of `service`'s own database.
+fn database_options(service: Service, config: &DistributedConfig) -> Result<PgConnectOptions, DistributedError> {
+    let server = server_options(config)?;
+    let database = config
+        .database(service)
+        .ok_or_else(|| DistributedError::Config(format!("the {service} process has no database of its own")))?;
+    Ok(server.database(&database).application_name(&format!("polis-{service}")))
+}
+
+/// The configured server, connecting to the URL's own database.
+fn server_options(config: &DistributedConfig) -> Result<PgConnectOptions, DistributedError> {
+    let url = config.infra.postgres_url.as_ref().ok_or_else(|| {
+        DistributedError::Config(
+            "no PostgreSQL server configured: set POLIS_POSTGRES_URL (or infra.postgres_url in the config file)".into(),
+        )
+    })?;
+    let invalid =
+        || DistributedError::Config("POLIS_POSTGRES_URL (infra.postgres_url) is not a postgres:// URL".into());
+    // The driver accepts any scheme, and its messages may quote the URL,
+    // password included: check the scheme here and name the setting instead.
+    let scheme = url.expose().split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+        return Err(invalid());
+    }
+    PgConnectOptions::from_str(url.expose()).map_err(|_| invalid())
+}
+
+/// Creates `service`'s database unless it exists, through a connection to
+/// the server URL's own database. Safe to race: a concurrent creation of the
+/// same database counts as success.
+pub async fn ensure_database(service: Service, config: &DistributedConfig) -> Result<(), DistributedError> {
+    let Some(database) = config.database(service) else {
+        return Ok(());
+    };
+    let context = |what: &str| format!("{what} (for the {service} database {database:?})");
+    let mut conn =
+        server_options(config)?.application_name(&format!("polis-{service}-setup")).connect().await.map_err(
+            |source| DistributedError::Database { context: context("cannot connect to PostgreSQL"), source },
+        )?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&database)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(|source| DistributedError::Database { context: context("cannot list databases"), source })?;
+    if exists.is_none() {
+        // The name was validated (lowercase letters, digits, `_`), so quoting it is enough.
+        let created = sqlx::query(&format!(r#"CREATE DATABASE "{database}""#)).execute(&mut conn).await;
+        match created {
+            Ok(_) => tracing::info!(%service, %database, "created the service's database"),
+            // 42P04 duplicate_database, 23505 unique_violation: another process won the race.
+            Err(sqlx::Error::Database(err)) if matches!(err.code().as_deref(), Some("42P04" | "23505")) => {}
+            Err(source) => {
+                return Err(DistributedError::Database { context: context("cannot create the database"), source });
+            }
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+async fn start_service(service: Service, config: &DistributedConfig) -> Result<(Router, Hosted), DistributedError> {
+    // Every setting is checked before anything is created.
+    let database = database_options(service, config)?;
+    let nats_url = config.infra.nats_url.as_ref().ok_or_else(|| {
+        DistributedError::Config(
+            "no NATS server configured: set POLIS_NATS_URL (or infra.nats_url in the config file)".into(),
+        )
+    })?;
+    ensure_database(service, config).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        // As `PgEventStore::connect`: every statement is one round trip; a
+        // ping before each would double them.
+        .test_before_acquire(false)
+        .connect_with(database)
+        .await
+        .map_err(|source| DistributedError::Database {
+            context: format!("cannot connect to the {service} database"),
+            source,
+        })?;
+    let store = Arc::new(
+        PgEventStore::from_pool(pool, PgOptions::new(service.as_str()))
+            .await
+            .map_err(|source| DistributedError::Store { service, source })?,
+    );
+    let bus: Arc<dyn Bus> = Arc::new(
+        NatsBus::connect(nats_url.expose(), config.nats_options())
+            .await
+            .map_err(|source| DistributedError::Bus { service, source })?,
+    );
+    let style = config.saga;
+    let store_error = |source| DistributedError::Store { service, source };
+    let bus_error = |source| DistributedError::Bus { service, source };
+
+    macro_rules! host_service {
+        ($open:expr) => {{
+            let opened = $open.await.map_err(store_error)?;
+            let consumer = opened.consumer(style, config.consumer.clone());
+            let hosted =
+                host::host(store.clone(), bus.clone(), Some(consumer), &config.host).await.map_err(bus_error)?;
+            (opened.router(), hosted)
+        }};
+    }
+
+    Ok(match service {
+        Service::Customer => host_service!(customer::Customer::open(store.clone(), customer::Config::default())),
+        Service::Catalog => host_service!(catalog::Catalog::open(store.clone(), catalog::Config::default())),
+        Service::Inventory => host_service!(inventory::Inventory::open(store.clone(), inventory::Config::default())),
+        Service::Payment => host_service!(payment::Payment::open(store.clone(), config.payment.clone())),
+        Service::Shipping => host_service!(shipping::Shipping::open(store.clone(), config.shipping.clone())),
+        Service::Order => host_service!(order::OrderService::open(store.clone(), config.order_config())),
+        Service::Gateway => {
+            return Err(DistributedError::Config("the gateway is not a business service".into()));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<DistributedConfig, DistributedError> {
+        DistributedConfig::from_loader(&ConfigLoader::new().env_vars(vars.iter().copied()))
+    }
+
+    #[test]
+    fn service_names_round_trip_and_unknown_ones_are_named() {
+        for service in Service::ALL {
+            assert_eq!(service.as_str().parse::<Service>().unwrap(), service);
+        }
+        let err = "billing".parse::<Service>().unwrap_err();
+        assert!(err.to_string().contains("\"billing\""), "{err}");
+    }
+
+    #[test]
+    fn defaults_give_every_service_its_own_database_and_port() {
+        let config = load(&[]).unwrap();
+        let databases: Vec<_> = Service::ALL.iter().filter_map(|s| config.database(*s)).collect();
+        assert_eq!(
+            databases,
+            ["polis_customer", "polis_catalog", "polis_inventory", "polis_payment", "polis_shipping", "polis_order"]
+        );
+        let mut ports: Vec<_> = Service::ALL.iter().map(|s| config.listen.get(*s).port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 7);
+        assert_eq!(config.upstream_url(Service::Payment), "http://127.0.0.1:8084");
+    }
+
+    #[test]
+    fn the_environment_sets_addresses_upstreams_and_infra() {
+        let config = load(&[
+            ("POLIS_POSTGRES_URL", "postgres://u:pw@db/postgres"),
+            ("POLIS__LISTEN__PAYMENT", "0.0.0.0:9004"),
+            ("POLIS__UPSTREAMS__ORDER", "http://order:9006"),
+            ("POLIS__SAGA", "choreography"),
+            ("POLIS__DATABASE_PREFIX", "shop1"),
+            ("POLIS__NATS__ACK_WAIT_MS", "2500"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen.payment, "0.0.0.0:9004".parse().unwrap());
+        // A wildcard listen address is reached on loopback.
+        assert_eq!(config.upstream_url(Service::Payment), "http://127.0.0.1:9004");
+        assert_eq!(config.upstream_url(Service::Order), "http://order:9006");
+        assert_eq!(config.saga, SagaStyle::Choreography);
+        assert_eq!(config.database(Service::Order).as_deref(), Some("shop1_order"));
+        assert_eq!(config.nats_options().ack_wait, Duration::from_millis(2500));
+        assert!(config.infra.postgres_url.is_some());
+        assert!(!format!("{config:?}").contains("pw"));
+    }
+
+    #[test]
+    fn unusable_settings_are_refused_by_name() {
+        for (vars, named) in [
+            (vec![("POLIS__DATABASE_PREFIX", "Shop")], "database_prefix"),
+            (vec![("POLIS__DATABASE_PREFIX", "a\"; DROP")], "database_prefix"),
+            (vec![("POLIS__DATABASE_PREFIX", "x".repeat(60).leak() as &str)], "database_prefix"),
+            (vec![("POLIS__MAX_CONNECTIONS", "1")], "max_connections"),
+            (vec![("POLIS__NATS__ACK_WAIT_MS", "0")], "ack_wait_ms"),
+            (vec![("POLIS__PAYMENT__DECLINE_RATE", "1.5")], "decline_rate"),
+            (vec![("POLIS__LISTEN__PAYMENT", "nowhere")], "payment"),
+            (vec![("POLIS__NOPE", "1")], "nope"),
+        ] {
+            let err = load(&vars).unwrap_err().to_string();
+            assert!(err.contains(named), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_postgres_url_is_named_without_its_value() {
+        for url in ["mysql://u:hunter2@db", "postgres://u:hunter2@db:port", "u:hunter2@db"] {
+            let config = load(&[("POLIS_POSTGRES_URL", url)]).unwrap();
+            let err = database_options(Service::Order, &config).unwrap_err().to_string();
+            assert!(err.contains("POLIS_POSTGRES_URL") && !err.contains("hunter2"), "{url}: {err}");
+        }
+        let err = database_options(Service::Order, &load(&[]).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("no PostgreSQL server configured"), "{err}");
+    }
+
+    #[test]
+    fn each_service_connects_to_its_own_database_only() {
+        let config = load(&[("POLIS_POSTGRES_URL", "postgres://u:pw@db:5432/postgres?sslmode=disable")]).unwrap();
+        for service in Service::BUSINESS {
+            let options = database_options(service, &config).unwrap();
+            assert_eq!(options.get_database(), Some(format!("polis_{service}").as_str()));
+            assert_eq!(options.get_application_name(), Some(format!("polis-{service}").as_str()));
+            assert_eq!(options.get_host(), "db");
+        }
+        assert!(database_options(Service::Gateway, &config).is_err());
+    }
+}

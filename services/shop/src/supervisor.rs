@@ -1,0 +1,484 @@
+//! Running the distributed shop on one machine: `polis up --mode
+//! distributed` and `polis demo --mode distributed`.
+//!
+//! The [`Supervisor`] starts each of the seven processes as a child
+//! (`<program> serve <service>`, the `polis` binary itself), each on a free
+//! port of 127.0.0.1 (the gateway on the address asked for), and waits until
+//! every one answers `GET /healthz`. The gateway starts last, so when it
+//! answers, every service behind it is ready. The servers come from the configuration
+//! (`POLIS_POSTGRES_URL`, `POLIS_NATS_URL` or a config file, see
+//! [`crate::distributed`]); those not configured are started from the
+//! installed binaries with their files under `<data-dir>/servers/`, so a
+//! later start on the same data directory resumes the same databases and the
+//! same JetStream streams.
+//!
+//! Children get their settings through the environment, which beats any
+//! config file: `POLIS__LISTEN__<SERVICE>`, `POLIS__UPSTREAMS__<SERVICE>`,
+//! `POLIS__SAGA`, and the URLs of the servers started here. Their output goes
+//! to `<data-dir>/logs/<service>.log`, their pids to
+//! `<data-dir>/run/<service>.pid` (removed when they stop). They are tied to the supervisor: if
+//! it dies, however it dies, the kernel sends them SIGTERM (and the local
+//! servers their shutdown signal).
+//!
+//! The supervisor never restarts anything by itself; [`Supervisor::exited`]
+//! reports children that ended and [`Supervisor::restart`] starts one again
+//! (`polis up` does so with a back-off).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use contracts::SagaStyle;
+use polis_runtime::{ConfigLoader, Infra};
+use polis_testkit::{NatsServer, PostgresServer, TestkitError};
+
+use crate::distributed::Service;
+
+/// How long a child may take to answer `/healthz` after it was spawned.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a child may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the stop when the supervisor is dropped without [`Supervisor::stop`].
+const DROP_TIMEOUT: Duration = Duration::from_secs(5);
+const HEALTH_POLL: Duration = Duration::from_millis(50);
+
+/// What can go wrong supervising the distributed shop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SupervisorError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] polis_runtime::RuntimeError),
+    #[error("cannot start the local {kind} server under {dir}")]
+    Server {
+        kind: &'static str,
+        dir: PathBuf,
+        #[source]
+        source: TestkitError,
+    },
+    #[error("`{program} serve {service}` exited before it was ready ({status}); the end of {log}:\n{tail}")]
+    Exited { program: String, service: Service, status: ExitStatus, log: PathBuf, tail: String },
+    #[error("`serve {service}` did not answer /healthz within {timeout:?}; the end of {log}:\n{tail}")]
+    NotReady { service: Service, timeout: Duration, log: PathBuf, tail: String },
+    #[error("no {0} process is running")]
+    NotRunning(Service),
+}
+
+/// How to start the distributed shop.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SupervisorOptions {
+    /// The `polis` binary: children run `<program> serve <service>`.
+    pub program: PathBuf,
+    /// Logs, and the local servers' files (created if missing).
+    pub data_dir: PathBuf,
+    /// A TOML config file every child reads (`serve --config`), and the
+    /// supervisor too, for the server URLs.
+    pub config_file: Option<PathBuf>,
+    /// Every process's saga style; `None` leaves it to the configuration
+    /// (default orchestration).
+    pub saga: Option<SagaStyle>,
+    /// Where the gateway listens; port 0 picks a free port.
+    pub gateway_listen: SocketAddr,
+    /// Extra variables for the children, over the supervisor's own
+    /// environment; `POLIS_POSTGRES_URL` and `POLIS_NATS_URL` here also
+    /// count as configured servers.
+    pub env: Vec<(String, String)>,
+    pub ready_timeout: Duration,
+}
+
+impl SupervisorOptions {
+    pub fn new(program: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            data_dir: data_dir.into(),
+            config_file: None,
+            saga: None,
+            gateway_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            env: Vec::new(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
+    }
+
+    pub fn with_config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+
+    pub fn with_saga(mut self, saga: SagaStyle) -> Self {
+        self.saga = Some(saga);
+        self
+    }
+
+    pub fn with_gateway_listen(mut self, addr: SocketAddr) -> Self {
+        self.gateway_listen = addr;
+        self
+    }
+
+    pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+}
+
+/// The distributed shop, running (see the module docs). Dropping it stops
+/// the children (SIGTERM, then SIGKILL after a few seconds) and the local
+/// servers; [`Supervisor::stop`] does so without a deadline on the children.
+#[derive(Debug)]
+pub struct Supervisor {
+    options: SupervisorOptions,
+    /// Every child's variables, computed once so that a restart gets the same.
+    env: Vec<(String, String)>,
+    addrs: BTreeMap<Service, SocketAddr>,
+    children: BTreeMap<Service, Child>,
+    // Declared after `children` so that, when dropped, services stop before their servers.
+    postgres: Option<PostgresServer>,
+    nats: Option<NatsServer>,
+}
+
+impl Supervisor {
+    /// Starts the servers that are not configured, then every process, and
+    /// waits until all of them answer.
+    pub async fn start(options: SupervisorOptions) -> Result<Self, SupervisorError> {
+        let data_dir = &options.data_dir;
+        for dir in ["logs", "run"] {
+            fs::create_dir_all(data_dir.join(dir)).map_err(io_err(format!("creating {}/{dir}", data_dir.display())))?;
+        }
+
+        let infra = load_infra(&options)?;
+        let mut env = Vec::new();
+        let postgres = match infra.postgres_url {
+            Some(_) => None,
+            None => {
+                let dir = data_dir.join("servers").join("postgres");
+                let server = PostgresServer::start_in(&dir).await.map_err(|source| SupervisorError::Server {
+                    kind: "postgres",
+                    dir,
+                    source,
+                })?;
+                env.push(("POLIS__INFRA__POSTGRES_URL".to_owned(), server.url()));
+                Some(server)
+            }
+        };
+        let nats = match infra.nats_url {
+            Some(_) => None,
+            None => {
+                let dir = data_dir.join("servers").join("nats");
+                let server = NatsServer::start_in(&dir).await.map_err(|source| SupervisorError::Server {
+                    kind: "nats-server",
+                    dir,
+                    source,
+                })?;
+                env.push(("POLIS__INFRA__NATS_URL".to_owned(), server.url()));
+                Some(server)
+            }
+        };
+
+        let addrs = assign_addresses(options.gateway_listen)?;
+        if let Some(saga) = options.saga {
+            env.push(("POLIS__SAGA".to_owned(), saga.as_str().to_owned()));
+        }
+        for (service, addr) in &addrs {
+            let upper = service.as_str().to_ascii_uppercase();
+            env.push((format!("POLIS__LISTEN__{upper}"), addr.to_string()));
+            if *service != Service::Gateway {
+                env.push((format!("POLIS__UPSTREAMS__{upper}"), format!("http://{addr}")));
+            }
+        }
+        // The caller's extras last: they win over everything above.
+        env.extend(options.env.iter().cloned());
+
+        let mut supervisor = Self { options, env, addrs, children: BTreeMap::new(), postgres, nats };
+        for service in Service::BUSINESS {
+            supervisor.spawn(service).await?;
+        }
+        for service in Service::BUSINESS {
+            supervisor.wait_ready(service).await?;
+        }
+        // The gateway last: once it answers, the whole shop does.
+        supervisor.spawn(Service::Gateway).await?;
+        supervisor.wait_ready(Service::Gateway).await?;
+        Ok(supervisor)
+    }
+
+    /// `http://<gateway address>`; the public API is under `/api`.
+    pub fn gateway_url(&self) -> String {
+        self.url(Service::Gateway)
+    }
+
+    /// `http://<address>` of a process.
+    pub fn url(&self, service: Service) -> String {
+        format!("http://{}", crate::distributed::connectable(self.addr(service)))
+    }
+
+    pub fn addr(&self, service: Service) -> SocketAddr {
+        // Every service gets an address in `start`.
+        self.addrs.get(&service).copied().unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+
+    /// The pid of a running process.
+    pub fn pid(&self, service: Service) -> Option<u32> {
+        self.children.get(&service).map(Child::id)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.options.data_dir
+    }
+
+    /// A process's log file.
+    pub fn log_path(&self, service: Service) -> PathBuf {
+        self.options.data_dir.join("logs").join(format!("{service}.log"))
+    }
+
+    /// A process's pid file, present while it runs.
+    pub fn pid_path(&self, service: Service) -> PathBuf {
+        self.options.data_dir.join("run").join(format!("{service}.pid"))
+    }
+
+    /// SIGKILLs a process, like a crash, and reaps it.
+    pub fn kill(&mut self, service: Service) -> Result<(), SupervisorError> {
+        let mut child = self.children.remove(&service).ok_or(SupervisorError::NotRunning(service))?;
+        let _ = child.kill();
+        child.wait().map_err(io_err(format!("reaping {service}")))?;
+        self.forget_pid(service);
+        tracing::warn!(%service, "killed");
+        Ok(())
+    }
+
+    /// Processes that ended since the last look, with their status; they are
+    /// forgotten (restart them with [`Supervisor::restart`]).
+    pub fn exited(&mut self) -> Vec<(Service, ExitStatus)> {
+        let mut ended = Vec::new();
+        self.children.retain(|service, child| match child.try_wait() {
+            Ok(Some(status)) => {
+                ended.push((*service, status));
+                false
+            }
+            _ => true,
+        });
+        for (service, _) in &ended {
+            self.forget_pid(*service);
+        }
+        ended
+    }
+
+    /// Starts a process that is not running (after [`Supervisor::kill`] or
+    /// [`Supervisor::exited`]) with the same settings and address, and waits
+    /// until it answers. A running one is stopped first.
+    pub async fn restart(&mut self, service: Service) -> Result<(), SupervisorError> {
+        if let Some(child) = self.children.remove(&service) {
+            stop_child(service, child, STOP_TIMEOUT).await;
+            self.forget_pid(service);
+        }
+        self.spawn(service).await?;
+        self.wait_ready(service).await
+    }
+
+    /// Stops every process (the gateway first, so no new work comes in),
+    /// letting each finish what it is doing, then the local servers.
+    pub async fn stop(mut self) {
+        for service in Service::ALL.into_iter().rev() {
+            if let Some(child) = self.children.remove(&service) {
+                stop_child(service, child, STOP_TIMEOUT).await;
+                self.forget_pid(service);
+            }
+        }
+        if let Some(server) = &mut self.nats {
+            server.stop().await;
+        }
+        if let Some(server) = &mut self.postgres {
+            server.stop().await;
+        }
+    }
+
+    async fn spawn(&mut self, service: Service) -> Result<(), SupervisorError> {
+        let log_path = self.log_path(service);
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(format!("opening {}", log_path.display())))?;
+        // Restarts append to the same log; mark where each run begins.
+        writeln!(log, "--- polis supervisor: starting {service} on {} ---", self.addr(service))
+            .map_err(io_err(format!("writing {}", log_path.display())))?;
+        let stderr = log.try_clone().map_err(io_err(format!("duplicating {}", log_path.display())))?;
+
+        let mut command = Command::new(&self.options.program);
+        command.arg("serve").arg(service.as_str());
+        if let Some(file) = &self.options.config_file {
+            command.arg("--config").arg(file);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(log).stderr(stderr);
+        let child = polis_testkit::process::spawn_tethered(command)
+            .await
+            .map_err(io_err(format!("starting `{} serve {service}`", self.options.program.display())))?;
+        tracing::info!(%service, pid = child.id(), addr = %self.addr(service), "started");
+        let pid_path = self.pid_path(service);
+        let written = fs::write(&pid_path, format!("{}\n", child.id()));
+        self.children.insert(service, child);
+        written.map_err(io_err(format!("writing {}", pid_path.display())))
+    }
+
+    fn forget_pid(&self, service: Service) {
+        let _ = fs::remove_file(self.pid_path(service));
+    }
+
+    async fn wait_ready(&mut self, service: Service) -> Result<(), SupervisorError> {
+        let url = self.url(service);
+        let upstream = gateway::Upstream::remote(&url).map_err(|err| SupervisorError::Io {
+            context: format!("checking {service} at {url}"),
+            source: std::io::Error::other(err),
+        })?;
+        let deadline = Instant::now() + self.options.ready_timeout;
+        loop {
+            let child = self.children.get_mut(&service).ok_or(SupervisorError::NotRunning(service))?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children.remove(&service);
+                self.forget_pid(service);
+                let log = self.log_path(service);
+                return Err(SupervisorError::Exited {
+                    program: self.options.program.display().to_string(),
+                    service,
+                    status,
+                    tail: tail(&log),
+                    log,
+                });
+            }
+            let answer = upstream.call(Method::GET, polis_runtime::layers::HEALTH_PATH, None, None, HEALTH_POLL * 4);
+            if answer.await.is_ok_and(|response| response.status == StatusCode::OK) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let log = self.log_path(service);
+                return Err(SupervisorError::NotReady {
+                    service,
+                    timeout: self.options.ready_timeout,
+                    tail: tail(&log),
+                    log,
+                });
+            }
+            tokio::time::sleep(HEALTH_POLL).await;
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Ask everyone at once, then wait for all within one deadline.
+        for child in self.children.values() {
+            polis_testkit::process::terminate(child);
+        }
+        let deadline = Instant::now() + DROP_TIMEOUT;
+        for (service, mut child) in std::mem::take(&mut self.children) {
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                if Instant::now() >= deadline {
+                    tracing::warn!(%service, "did not stop in time; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.forget_pid(service);
+        }
+    }
+}
+
+/// SIGTERM, then up to `timeout` for a graceful exit, then SIGKILL.
+async fn stop_child(service: Service, mut child: Child, timeout: Duration) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    polis_testkit::process::terminate(&child);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                tracing::info!(%service, %status, "stopped");
+                return;
+            }
+            Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => {
+                tracing::warn!(%service, "did not stop in time; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+        }
+    }
+}
+
+/// The servers the configuration names: the config file, then the process
+/// environment, then the caller's extra variables (as the children see them).
+fn load_infra(options: &SupervisorOptions) -> Result<Infra, SupervisorError> {
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, _)| name.to_ascii_uppercase().starts_with("POLIS"))
+        .collect();
+    vars.extend(options.env.iter().cloned());
+    let mut loader = ConfigLoader::new().env_vars(vars);
+    if let Some(file) = &options.config_file {
+        loader = loader.required_file(file);
+    }
+    Ok(loader.load_infra()?)
+}
+
+/// A free port on 127.0.0.1 for each service, and the gateway's address
+/// (a free port too if it asks for port 0). The probes are held together,
+/// so the ports differ; another process may still take one before its
+/// service binds it, which fails that service's start, named.
+fn assign_addresses(gateway: SocketAddr) -> Result<BTreeMap<Service, SocketAddr>, SupervisorError> {
+    let mut probes = Vec::new();
+    let mut addrs = BTreeMap::new();
+    for service in Service::ALL {
+        // A fixed gateway address is probed too: if something else holds it,
+        // say so now rather than after its health check answered for it.
+        let addr = match service {
+            Service::Gateway => probe(gateway, &mut probes)?,
+            _ => probe(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &mut probes)?,
+        };
+        addrs.insert(service, addr);
+    }
+    Ok(addrs)
+}
+
+fn probe(addr: SocketAddr, probes: &mut Vec<TcpListener>) -> Result<SocketAddr, SupervisorError> {
+    let listener = TcpListener::bind(addr).map_err(io_err(format!("binding {addr}")))?;
+    let found = listener.local_addr().map_err(io_err("reading a probe's address".to_owned()))?;
+    probes.push(listener);
+    Ok(found)
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> SupervisorError {
+    move |source| SupervisorError::Io { context, source }
+}
+
+/// The last few KiB of a log, for error messages.
+fn tail(path: &Path) -> String {
+    const TAIL: u64 = 8 * 1024;
+    let read = || -> std::io::Result<String> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    read().unwrap_or_else(|err| format!("(cannot read {}: {err})", path.display()))
+}

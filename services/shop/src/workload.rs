@@ -1,0 +1,423 @@
+//! The demo's workload and the shop's invariants, over [`Endpoint`]s, so
+//! the same code drives the embedded shop in-process and the distributed
+//! one over HTTP (`polis demo`, and the fault tests that check the
+//! invariants after a crash).
+//!
+//! 1. [`seed`] customers, products and stock through the gateway so that
+//!    every business rejection reason occurs: a customer with a tiny credit
+//!    limit (`CREDIT_LIMIT_EXCEEDED`), one whose provider declines
+//!    (`PAYMENT_DECLINED`, the `+decline` email rule), one living in a
+//!    blocked country (`UNDELIVERABLE`), and a scarce sku (`OUT_OF_STOCK`);
+//! 2. [`plan`] the orders, [`place_orders`] concurrently through the gateway;
+//! 3. [`wait_terminal`] until every order is decided (cancel some approved
+//!    ones with [`cancel_some`]);
+//! 4. [`check_until_converged`]: the invariants, waiting (bounded) for
+//!    compensations still in flight to land — the system is eventually
+//!    consistent, the invariants must converge.
+//!
+//! Every sku and email carries a run tag, so runs on one data directory
+//! don't see each other's data.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::http::{Method, StatusCode};
+use contracts::Address;
+use contracts::Quantity;
+use contracts::catalog::Product;
+use contracts::customer::{Customer, RegisterCustomer};
+use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
+use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
+use contracts::payment::{Payment, PaymentStatus};
+use contracts::shipping::{Shipment, ShipmentStatus};
+use futures::StreamExt as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::client::Endpoint;
+
+/// Share of orders whose customer is one of the failing ones, each.
+const FAILING_CUSTOMER_SHARE: f64 = 0.03;
+/// Share of orders that ask for the scarce sku.
+const SCARCE_SHARE: f64 = 0.05;
+/// Share of approved orders cancelled afterwards.
+const CANCEL_SHARE: f64 = 0.05;
+const REGULAR_CUSTOMERS: usize = 20;
+const SKUS: usize = 10;
+
+/// Reports how many items of a phase are done; called often, keep it cheap.
+pub type Progress<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// The shop's APIs as the workload uses them: the gateway, and the services
+/// whose admin lists the invariants read.
+#[derive(Debug, Clone)]
+pub struct Apis {
+    pub gateway: Endpoint,
+    pub inventory: Endpoint,
+    pub payment: Endpoint,
+    pub shipping: Endpoint,
+    pub order: Endpoint,
+}
+
+/// One order to place.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub customer: Uuid,
+    pub items: Vec<Quantity>,
+    pub cancel_if_approved: bool,
+}
+
+/// What [`seed`] created before any order.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    pub regular: Vec<Uuid>,
+    pub low_credit: Uuid,
+    pub declined: Uuid,
+    pub undeliverable: Uuid,
+    pub skus: Vec<String>,
+    pub scarce: String,
+    pub initial_stock: HashMap<String, i64>,
+}
+
+/// One invariant and whether it holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub holds: bool,
+    pub detail: String,
+}
+
+/// A fresh tag for a run's skus and emails.
+pub fn run_tag() -> String {
+    Uuid::now_v7().simple().to_string()[20..].to_owned()
+}
+
+/// Registers the customers and adds the products and their stock, sized for
+/// `orders`; waits until the payment service has replicated every customer.
+pub async fn seed(apis: &Apis, tag: &str, orders: usize, rng: &mut StdRng) -> anyhow::Result<Seeded> {
+    let register = |name: String, email: String, country: &str, credit_limit: i64| RegisterCustomer {
+        name,
+        email,
+        address: Address {
+            line1: "1 Market Street".into(),
+            city: "Polis".into(),
+            postal_code: "10001".into(),
+            country: country.into(),
+        },
+        credit_limit,
+    };
+    let countries = ["DE", "FR", "US", "JP", "BR"];
+    let mut customers = Vec::new();
+    for i in 0..REGULAR_CUSTOMERS {
+        let body = register(
+            format!("Customer {i}"),
+            format!("c{i}-{tag}@example.com"),
+            countries[i % countries.len()],
+            1_000_000_000_000,
+        );
+        customers.push(body);
+    }
+    customers.push(register("Low Credit".into(), format!("low-{tag}@example.com"), "DE", 1));
+    customers.push(register("Declined".into(), format!("ann-{tag}+decline@example.com"), "DE", 1_000_000_000_000));
+    customers.push(register("Penguin".into(), format!("penguin-{tag}@example.com"), "AQ", 1_000_000_000_000));
+    let mut ids = Vec::new();
+    for body in &customers {
+        let customer: Customer =
+            apis.gateway.json(Method::POST, "/api/customers", Some(body), StatusCode::CREATED).await?;
+        ids.push(customer.id);
+    }
+
+    let mut skus = Vec::new();
+    let mut initial_stock = HashMap::new();
+    for i in 0..=SKUS {
+        let sku = format!("SKU-{tag}-{i}");
+        let product = Product { sku: sku.clone(), name: format!("Product {i}"), price: rng.random_range(100..10_000) };
+        let _: Product = apis.gateway.json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await?;
+        // Regular skus have plenty; the last one is scarce.
+        let available = if i < SKUS { (orders as i64 * 10).max(100) } else { (orders as i64 / 100).max(2) };
+        let path = format!("/api/inventory/{sku}");
+        let _: StockLevel =
+            apis.gateway.json(Method::PUT, &path, Some(&SetStock { available }), StatusCode::OK).await?;
+        initial_stock.insert(sku.clone(), available);
+        skus.push(sku);
+    }
+    let scarce = skus.pop().context("no skus")?;
+
+    // Payment and shipping learn customers from customer events: wait until
+    // payment's replica has them all before placing orders.
+    for id in &ids {
+        let path = format!("/credit/{id}");
+        let found = poll_until(Duration::from_secs(30), || async {
+            apis.payment.call(Method::GET, &path, None::<&()>).await.map(|(s, _)| s == StatusCode::OK).unwrap_or(false)
+        })
+        .await;
+        anyhow::ensure!(found, "the payment service never replicated customer {id}");
+    }
+    let undeliverable = ids.pop().context("customers")?;
+    let declined = ids.pop().context("customers")?;
+    let low_credit = ids.pop().context("customers")?;
+    Ok(Seeded { regular: ids, low_credit, declined, undeliverable, skus, scarce, initial_stock })
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+async fn poll_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `orders` orders over the seeded customers and skus; the first few make
+/// sure each failure and a cancellation happen at least once.
+pub fn plan(seeded: &Seeded, orders: usize, rng: &mut StdRng) -> Vec<Planned> {
+    (0..orders)
+        .map(|i| {
+            let customer = match i {
+                0 => seeded.low_credit,
+                1 => seeded.declined,
+                2 => seeded.undeliverable,
+                _ => {
+                    let roll: f64 = rng.random();
+                    if roll < FAILING_CUSTOMER_SHARE {
+                        seeded.low_credit
+                    } else if roll < 2.0 * FAILING_CUSTOMER_SHARE {
+                        seeded.declined
+                    } else if roll < 3.0 * FAILING_CUSTOMER_SHARE {
+                        seeded.undeliverable
+                    } else {
+                        seeded.regular[rng.random_range(0..seeded.regular.len())]
+                    }
+                }
+            };
+            let mut items: Vec<Quantity> = Vec::new();
+            for _ in 0..rng.random_range(1..=3) {
+                let sku = seeded.skus[rng.random_range(0..seeded.skus.len())].clone();
+                if !items.iter().any(|q| q.sku == sku) {
+                    items.push(Quantity { sku, quantity: rng.random_range(1..=3) });
+                }
+            }
+            if i == 3 || rng.random::<f64>() < SCARCE_SHARE {
+                items.push(Quantity { sku: seeded.scarce.clone(), quantity: rng.random_range(1..=2) });
+            }
+            let cancel_if_approved = i == 4 || rng.random::<f64>() < CANCEL_SHARE;
+            Planned { customer, items, cancel_if_approved }
+        })
+        .collect()
+}
+
+/// A seeded random generator, for a repeatable workload.
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Places every planned order through the gateway, `concurrency` at a time.
+pub async fn place_orders(
+    apis: &Apis,
+    plan: &[Planned],
+    concurrency: usize,
+    progress: Progress<'_>,
+) -> anyhow::Result<Vec<(Uuid, Planned)>> {
+    let done = AtomicUsize::new(0);
+    let placed: Vec<anyhow::Result<(Uuid, Planned)>> = futures::stream::iter(plan.iter().cloned())
+        .map(|planned| {
+            let done = &done;
+            async move {
+                let body = CreateOrder { customer_id: planned.customer, items: planned.items.clone() };
+                let accepted: Accepted =
+                    apis.gateway.json(Method::POST, "/api/orders", Some(&body), StatusCode::ACCEPTED).await?;
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+                Ok((accepted.id, planned))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    placed.into_iter().collect()
+}
+
+/// Waits until every placed order is terminal (APPROVED, REJECTED or
+/// CANCELLED), for at most `patience`; returns what it saw last.
+pub async fn wait_terminal(
+    apis: &Apis,
+    placed: &[(Uuid, Planned)],
+    patience: Duration,
+    progress: Progress<'_>,
+) -> anyhow::Result<HashMap<Uuid, OrderView>> {
+    let wanted: HashSet<Uuid> = placed.iter().map(|(id, _)| *id).collect();
+    let deadline = Instant::now() + patience;
+    loop {
+        let all: Vec<OrderView> = apis.order.get("/orders").await?;
+        let mine: HashMap<Uuid, OrderView> =
+            all.into_iter().filter(|o| wanted.contains(&o.id)).map(|o| (o.id, o)).collect();
+        let terminal = mine.values().filter(|o| o.status.is_terminal()).count();
+        progress(terminal);
+        if terminal == wanted.len() || Instant::now() >= deadline {
+            return Ok(mine);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The default patience of [`wait_terminal`] for `orders` orders.
+pub fn patience(orders: usize) -> Duration {
+    Duration::from_secs(60 + orders as u64 / 50)
+}
+
+/// Cancels the approved orders the plan marked; returns how many.
+pub async fn cancel_some(
+    apis: &Apis,
+    placed: &[(Uuid, Planned)],
+    orders: &HashMap<Uuid, OrderView>,
+) -> anyhow::Result<usize> {
+    let mut cancel_requests = 0;
+    for (id, planned) in placed {
+        if planned.cancel_if_approved && orders.get(id).is_some_and(|o| o.status == OrderStatus::Approved) {
+            let path = format!("/api/orders/{id}/cancel");
+            let _: Accepted = apis.gateway.json(Method::POST, &path, None::<&()>, StatusCode::ACCEPTED).await?;
+            cancel_requests += 1;
+        }
+    }
+    Ok(cancel_requests)
+}
+
+/// Checks the invariants until they all hold or `patience` passes
+/// (compensations may still be in flight when the last order turns terminal).
+pub async fn check_until_converged(
+    apis: &Apis,
+    seeded: &Seeded,
+    placed: &[(Uuid, Planned)],
+    patience: Duration,
+) -> anyhow::Result<Vec<Check>> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let checks = check(apis, seeded, placed).await?;
+        if checks.iter().all(|c| c.holds) || Instant::now() >= deadline {
+            return Ok(checks);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The invariants, once. With 20 orders or more, the workload must also
+/// have produced every rejection reason and a cancellation.
+pub async fn check(apis: &Apis, seeded: &Seeded, placed: &[(Uuid, Planned)]) -> anyhow::Result<Vec<Check>> {
+    let wanted: HashSet<Uuid> = placed.iter().map(|(id, _)| *id).collect();
+    let all: Vec<OrderView> = apis.order.get("/orders").await?;
+    let mine: Vec<OrderView> = all.into_iter().filter(|o| wanted.contains(&o.id)).collect();
+    let levels: Vec<StockLevel> = apis.inventory.get("/inventory").await?;
+    let reservations: HashMap<Uuid, Reservation> =
+        apis.inventory.get::<Vec<Reservation>>("/reservations").await?.into_iter().map(|r| (r.order_id, r)).collect();
+    let payments: HashMap<Uuid, Payment> =
+        apis.payment.get::<Vec<Payment>>("/payments").await?.into_iter().map(|p| (p.order_id, p)).collect();
+    let shipments: HashMap<Uuid, Shipment> =
+        apis.shipping.get::<Vec<Shipment>>("/shipments").await?.into_iter().map(|s| (s.order_id, s)).collect();
+
+    let mut checks = Vec::new();
+    let mut check = |name: &'static str, failures: Vec<String>| {
+        let detail = if failures.is_empty() {
+            "ok".to_owned()
+        } else {
+            format!(
+                "{} violation(s), e.g. {}",
+                failures.len(),
+                failures.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            )
+        };
+        checks.push(Check { name, holds: failures.is_empty(), detail });
+    };
+
+    let levels: HashMap<&str, &StockLevel> =
+        levels.iter().filter(|l| seeded.initial_stock.contains_key(&l.sku)).map(|l| (l.sku.as_str(), l)).collect();
+    let mut approved_qty: HashMap<&str, i64> = HashMap::new();
+    for order in mine.iter().filter(|o| o.status == OrderStatus::Approved) {
+        for line in &order.items {
+            *approved_qty.entry(line.sku.as_str()).or_insert(0) += line.quantity;
+        }
+    }
+    let mut conserved = Vec::new();
+    let mut reserved_matches = Vec::new();
+    let mut non_negative = Vec::new();
+    for (sku, initial) in &seeded.initial_stock {
+        let Some(level) = levels.get(sku.as_str()) else {
+            conserved.push(format!("{sku} missing"));
+            continue;
+        };
+        if level.available + level.reserved != *initial {
+            conserved.push(format!("{sku}: {} + {} != {initial}", level.available, level.reserved));
+        }
+        let approved = approved_qty.get(sku.as_str()).copied().unwrap_or(0);
+        if level.reserved != approved {
+            reserved_matches.push(format!("{sku}: reserved {} but approved orders hold {approved}", level.reserved));
+        }
+        if level.available < 0 || level.reserved < 0 {
+            non_negative.push(format!("{sku}: {} / {}", level.available, level.reserved));
+        }
+    }
+    check("stock conserved per sku (initial = available + reserved)", conserved);
+    check("reserved stock = quantities of APPROVED orders", reserved_matches);
+    check("no negative stock", non_negative);
+
+    let mut approved_ok = Vec::new();
+    let mut undone_ok = Vec::new();
+    for order in &mine {
+        let payment = payments.get(&order.id).map(|p| p.status);
+        let shipment = shipments.get(&order.id).map(|s| s.status);
+        let reservation = reservations.get(&order.id).map(|r| r.status);
+        let approved_but_incomplete = order.status == OrderStatus::Approved
+            && (payment != Some(PaymentStatus::Captured) || shipment != Some(ShipmentStatus::Scheduled));
+        let undone_but_kept = matches!(order.status, OrderStatus::Rejected | OrderStatus::Cancelled)
+            && (payment == Some(PaymentStatus::Captured)
+                || shipment == Some(ShipmentStatus::Scheduled)
+                || reservation == Some(ReservationStatus::Reserved));
+        if approved_but_incomplete {
+            approved_ok.push(format!("{}: payment {payment:?}, shipment {shipment:?}", order.id));
+        }
+        if undone_but_kept {
+            undone_ok.push(format!(
+                "{} ({}): payment {payment:?}, shipment {shipment:?}, reservation {reservation:?}",
+                order.id,
+                order.status.as_str()
+            ));
+        }
+    }
+    check("every APPROVED order has a captured payment and a shipment", approved_ok);
+    check("no REJECTED or CANCELLED order keeps a captured payment, a reservation or a shipment", undone_ok);
+
+    let stuck: Vec<String> = placed
+        .iter()
+        .filter(|(id, _)| !mine.iter().any(|o| o.id == *id && o.status.is_terminal()))
+        .map(|(id, _)| {
+            let status = mine.iter().find(|o| o.id == *id).map_or("missing", |o| o.status.as_str());
+            format!("{id} is {status}")
+        })
+        .collect();
+    check("no order stuck (every order terminal)", stuck);
+
+    if placed.len() >= 20 {
+        let mut missing = Vec::new();
+        for reason in ["OUT_OF_STOCK", "CREDIT_LIMIT_EXCEEDED", "PAYMENT_DECLINED", "UNDELIVERABLE"] {
+            if !mine.iter().any(|o| o.reason.is_some_and(|r| r.as_str() == reason)) {
+                missing.push(format!("no order rejected with {reason}"));
+            }
+        }
+        if !mine.iter().any(|o| o.status == OrderStatus::Cancelled) {
+            missing.push("no order cancelled".into());
+        }
+        check("the workload covers every rejection reason and a cancellation", missing);
+    }
+    Ok(checks)
+}

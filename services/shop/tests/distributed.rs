@@ -1,0 +1,367 @@
+//! The distributed shop end to end, through the gateway over HTTP, in both
+//! saga styles: each process's pieces run as tasks of this test (a `Node`
+//! per service, each with its own PostgreSQL database, its own NATS
+//! connection and its own HTTP server), exactly as `polis serve` runs them.
+//! Real processes, and killing one, are in `crates/polis-cli/tests`.
+//!
+//! PostgreSQL is the testkit's shared server (a database prefix per test);
+//! NATS is a dedicated server per test, because the services' stream and
+//! consumer names are fixed (`POLIS_ORDER`, `order_commands`, ...) and two
+//! shops on one server would share them.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use contracts::catalog::Product;
+use contracts::customer::{Customer, RegisterCustomer};
+use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
+use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
+use contracts::payment::{Payment, PaymentStatus};
+use contracts::shipping::{Shipment, ShipmentStatus};
+use contracts::{Address, Quantity, RejectionReason, SagaStyle};
+use polis_runtime::Secret;
+use polis_testkit::{NatsServer, TestDatabase};
+use shop::client::Endpoint;
+use shop::distributed::{DistributedConfig, Node, Service};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
+use uuid::Uuid;
+
+struct Shop {
+    nodes: BTreeMap<Service, Node>,
+    gateway: Endpoint,
+    config: DistributedConfig,
+    server: TestDatabase,
+    _nats: NatsServer,
+}
+
+impl Shop {
+    async fn start(style: SagaStyle) -> Self {
+        let server = polis_testkit::postgres().await;
+        let nats = NatsServer::start().await.unwrap();
+        let mut config = DistributedConfig::default();
+        config.infra.postgres_url = Some(Secret::new(server.url().to_owned()));
+        config.infra.nats_url = Some(Secret::new(nats.url()));
+        // The test database's name is unique: `t_<hex>_order`, ... never collide.
+        config.database_prefix = server.name().to_owned();
+        config.saga = style;
+        config.order.step_timeout_ms = 3_000;
+        config.order.order_timeout_ms = 6_000;
+        for service in Service::ALL {
+            config.listen.set(service, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        }
+        let started =
+            futures::future::join_all(Service::BUSINESS.into_iter().map(|service| Node::start(service, &config))).await;
+        let mut nodes = BTreeMap::new();
+        for node in started {
+            let node = node.unwrap();
+            config.upstreams.set(node.service(), node.url());
+            nodes.insert(node.service(), node);
+        }
+        let gateway = Node::start(Service::Gateway, &config).await.unwrap();
+        let endpoint = Endpoint::remote(&gateway.url()).unwrap();
+        nodes.insert(Service::Gateway, gateway);
+        Self { nodes, gateway: endpoint, config, server, _nats: nats }
+    }
+
+    fn service(&self, service: Service) -> Endpoint {
+        Endpoint::remote(&self.nodes[&service].url()).unwrap()
+    }
+
+    async fn customer(&self, country: &str, credit_limit: i64, email_local: &str) -> Uuid {
+        let body = RegisterCustomer {
+            name: "Test Customer".into(),
+            email: format!("{email_local}@c{}.example.com", Uuid::now_v7().simple()),
+            address: Address {
+                line1: "1 Test Road".into(),
+                city: "Testville".into(),
+                postal_code: "12345".into(),
+                country: country.into(),
+            },
+            credit_limit,
+        };
+        let customer: Customer =
+            self.gateway.json(Method::POST, "/api/customers", Some(&body), StatusCode::CREATED).await.unwrap();
+        // Payment and shipping learn customers from events, over NATS.
+        let path = format!("/credit/{}", customer.id);
+        let payment = self.service(Service::Payment);
+        polis_testkit::wait_for(Duration::from_secs(20), || async {
+            payment.call(Method::GET, &path, None::<&()>).await.unwrap().0 == StatusCode::OK
+        })
+        .await
+        .unwrap();
+        customer.id
+    }
+
+    async fn product(&self, price: i64, stock: i64) -> String {
+        let sku = format!("SKU-{}", &Uuid::now_v7().simple().to_string()[20..]);
+        let product = Product { sku: sku.clone(), name: "Thing".into(), price };
+        let _: Product =
+            self.gateway.json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await.unwrap();
+        let path = format!("/api/inventory/{sku}");
+        let _: StockLevel =
+            self.gateway.json(Method::PUT, &path, Some(&SetStock { available: stock }), StatusCode::OK).await.unwrap();
+        sku
+    }
+
+    async fn order(&self, customer_id: Uuid, items: &[(&str, i64)]) -> Uuid {
+        let body = CreateOrder {
+            customer_id,
+            items: items.iter().map(|(sku, quantity)| Quantity { sku: (*sku).into(), quantity: *quantity }).collect(),
+        };
+        let accepted: Accepted =
+            self.gateway.json(Method::POST, "/api/orders", Some(&body), StatusCode::ACCEPTED).await.unwrap();
+        assert_eq!(accepted.status, OrderStatus::Pending);
+        accepted.id
+    }
+
+    async fn get_order(&self, id: Uuid) -> OrderView {
+        self.gateway.get(&format!("/api/orders/{id}")).await.unwrap()
+    }
+
+    async fn wait_status(&self, id: Uuid, status: OrderStatus) -> OrderView {
+        let result =
+            polis_testkit::wait_for(Duration::from_secs(30), || async { self.get_order(id).await.status == status })
+                .await;
+        let order = self.get_order(id).await;
+        assert!(result.is_ok(), "order {id} never became {status:?}; it is {order:?}");
+        order
+    }
+
+    async fn stock(&self, sku: &str) -> StockLevel {
+        self.gateway.get(&format!("/api/inventory/{sku}")).await.unwrap()
+    }
+
+    async fn find<T: serde::de::DeserializeOwned>(&self, service: Service, path: String) -> Option<T> {
+        let (status, body) = self.service(service).call(Method::GET, &path, None::<&()>).await.unwrap();
+        (status == StatusCode::OK).then(|| serde_json::from_slice(&body).unwrap())
+    }
+
+    async fn payment(&self, order: Uuid) -> Option<Payment> {
+        self.find(Service::Payment, format!("/payments/{order}")).await
+    }
+
+    async fn shipment(&self, order: Uuid) -> Option<Shipment> {
+        self.find(Service::Shipping, format!("/shipments/{order}")).await
+    }
+
+    async fn reservation(&self, order: Uuid) -> Option<Reservation> {
+        self.find(Service::Inventory, format!("/reservations/{order}")).await
+    }
+
+    /// Waits until the order's side effects are all undone.
+    async fn wait_undone(&self, order: Uuid, sku: &str, initial: i64) {
+        let result = polis_testkit::wait_for(Duration::from_secs(30), || async {
+            let stock = self.stock(sku).await;
+            let payment = self.payment(order).await.map(|p| p.status);
+            let shipment = self.shipment(order).await.map(|s| s.status);
+            let reservation = self.reservation(order).await.map(|r| r.status);
+            stock.available == initial
+                && stock.reserved == 0
+                && payment != Some(PaymentStatus::Captured)
+                && payment != Some(PaymentStatus::Authorized)
+                && shipment != Some(ShipmentStatus::Scheduled)
+                && reservation != Some(ReservationStatus::Reserved)
+        })
+        .await;
+        assert!(
+            result.is_ok(),
+            "order {order} was not compensated: stock {:?}, payment {:?}, shipment {:?}, reservation {:?}",
+            self.stock(sku).await,
+            self.payment(order).await,
+            self.shipment(order).await,
+            self.reservation(order).await
+        );
+    }
+
+    /// A connection to `database` on the test's server.
+    async fn connect(&self, database: &str) -> PgConnection {
+        PgConnectOptions::from_str(self.server.url()).unwrap().database(database).connect().await.unwrap()
+    }
+
+    async fn shutdown(self) {
+        for (_, node) in self.nodes.into_iter().rev() {
+            node.shutdown().await.unwrap();
+        }
+    }
+}
+
+async fn approved_order_captures_ships_and_reserves_then_cancels(style: SagaStyle) {
+    let shop = Shop::start(style).await;
+    let customer = shop.customer("DE", 1_000_000, "ok").await;
+    let sku = shop.product(250, 10).await;
+    let id = shop.order(customer, &[(&sku, 3)]).await;
+    let order = shop.wait_status(id, OrderStatus::Approved).await;
+    assert_eq!(order.total, 750);
+    assert_eq!(order.reason, None);
+    assert_eq!(shop.stock(&sku).await, StockLevel { sku: sku.clone(), available: 7, reserved: 3 });
+    assert_eq!(shop.payment(id).await.unwrap().status, PaymentStatus::Captured);
+    assert_eq!(shop.shipment(id).await.unwrap().status, ShipmentStatus::Scheduled);
+    // API composition across four processes.
+    let details: serde_json::Value = shop.gateway.get(&format!("/api/orders/{id}/details")).await.unwrap();
+    assert_eq!(details["order"]["id"], id.to_string(), "{details}");
+    assert_eq!(details["customer"]["id"], customer.to_string(), "{details}");
+
+    // Cancel: refund, release, cancel the shipment → CANCELLED.
+    let path = format!("/api/orders/{id}/cancel");
+    let accepted: Accepted = shop.gateway.json(Method::POST, &path, None::<&()>, StatusCode::ACCEPTED).await.unwrap();
+    assert_eq!(accepted.status, OrderStatus::CancelPending);
+    shop.wait_status(id, OrderStatus::Cancelled).await;
+    shop.wait_undone(id, &sku, 10).await;
+    assert_eq!(shop.payment(id).await.unwrap().status, PaymentStatus::Refunded);
+    assert_eq!(shop.shipment(id).await.unwrap().status, ShipmentStatus::Cancelled);
+    let (status, body) = shop.gateway.call(Method::POST, &path, None::<&()>).await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+    shop.shutdown().await;
+}
+
+async fn each_rejection_reason_compensates(style: SagaStyle) {
+    let shop = Shop::start(style).await;
+    let sku = shop.product(500, 100).await;
+    let scarce = shop.product(500, 1).await;
+
+    let rich = shop.customer("DE", 1_000_000, "rich").await;
+    let out_of_stock = shop.order(rich, &[(&sku, 1), (&scarce, 2)]).await;
+    let poor = shop.customer("DE", 100, "poor").await;
+    let over_limit = shop.order(poor, &[(&sku, 1)]).await;
+    let declined_customer = shop.customer("DE", 1_000_000, "ann+decline").await;
+    let declined = shop.order(declined_customer, &[(&sku, 1)]).await;
+    let penguin = shop.customer("AQ", 1_000_000, "penguin").await;
+    let undeliverable = shop.order(penguin, &[(&sku, 1)]).await;
+
+    for (id, reason) in [
+        (out_of_stock, RejectionReason::OutOfStock),
+        (over_limit, RejectionReason::CreditLimitExceeded),
+        (declined, RejectionReason::PaymentDeclined),
+        (undeliverable, RejectionReason::Undeliverable),
+    ] {
+        let order = shop.wait_status(id, OrderStatus::Rejected).await;
+        assert_eq!(order.reason, Some(reason), "{order:?}");
+    }
+    for id in [out_of_stock, over_limit, declined, undeliverable] {
+        shop.wait_undone(id, &sku, 100).await;
+    }
+    assert_eq!(shop.stock(&scarce).await.available, 1);
+    // Undeliverable got as far as an authorization, which was voided.
+    assert_eq!(shop.payment(undeliverable).await.unwrap().status, PaymentStatus::Voided);
+    let (status, _) =
+        shop.gateway.call(Method::POST, &format!("/api/orders/{declined}/cancel"), None::<&()>).await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT);
+    shop.shutdown().await;
+}
+
+macro_rules! both_styles {
+    ($($case:ident),* $(,)?) => {
+        mod orchestration {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(contracts::SagaStyle::Orchestration).await;
+                }
+            )*
+        }
+        mod choreography {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(contracts::SagaStyle::Choreography).await;
+                }
+            )*
+        }
+    };
+}
+
+both_styles!(approved_order_captures_ships_and_reserves_then_cancels, each_rejection_reason_compensates);
+
+/// The tables that the `CREATE TABLE` statements of the PostgreSQL
+/// migrations under `dir` create: an oracle independent of the code that runs them.
+fn declared_tables(dir: &Path) -> BTreeSet<String> {
+    let mut tables = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let sql = std::fs::read_to_string(entry.unwrap().path()).unwrap().to_lowercase();
+        for statement in sql.split("create table").skip(1) {
+            let name = statement.trim_start().trim_start_matches("if not exists").trim_start();
+            let name: String = name.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            tables.insert(name);
+        }
+    }
+    tables
+}
+
+/// Each service's database holds polis's tables and the service's own, and
+/// nothing of another service's; every connection to a service's database
+/// is that service's; no two services share a database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_has_a_database_of_its_own() {
+    let shop = Shop::start(SagaStyle::Orchestration).await;
+    // Let every service write: an approved order touches all of them.
+    let customer = shop.customer("DE", 1_000_000, "isolated").await;
+    let sku = shop.product(100, 5).await;
+    let id = shop.order(customer, &[(&sku, 1)]).await;
+    shop.wait_status(id, OrderStatus::Approved).await;
+
+    let databases: BTreeMap<Service, String> =
+        Service::BUSINESS.into_iter().map(|s| (s, shop.nodes[&s].database().unwrap().to_owned())).collect();
+    assert_eq!(databases.values().collect::<BTreeSet<_>>().len(), 6, "{databases:?}");
+    assert_eq!(shop.nodes[&Service::Gateway].database(), None);
+    for (service, database) in &databases {
+        assert_eq!(database, &format!("{}_{service}", shop.config.database_prefix));
+    }
+
+    // Who is connected to which database, by the connections' own names.
+    let mut admin = shop.connect(shop.server.name()).await;
+    let sessions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT datname::text, application_name FROM pg_stat_activity \
+         WHERE datname LIKE $1 || '\\_%' AND pid <> pg_backend_pid()",
+    )
+    .bind(&shop.config.database_prefix)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    for service in Service::BUSINESS {
+        assert!(sessions.iter().any(|(db, _)| db == &databases[&service]), "{service} has no connection: {sessions:?}");
+    }
+    for (database, application) in &sessions {
+        let owner = databases.iter().find(|(_, db)| *db == database).map(|(s, _)| *s).unwrap();
+        assert_eq!(application, &format!("polis-{owner}"), "a foreign connection to {database}");
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let polis = declared_tables(&root.join("crates/polis-store/migrations/postgres"));
+    assert!(polis.contains("polis_events") && polis.contains("polis_outbox"), "{polis:?}");
+    let mut seen_own: BTreeMap<Service, BTreeSet<String>> = BTreeMap::new();
+    for (service, database) in &databases {
+        let own = declared_tables(&root.join(format!("services/{service}/migrations/postgres")));
+        assert!(!own.is_empty(), "{service} declares no table");
+        let mut conn = shop.connect(database).await;
+        let tables: BTreeSet<String> =
+            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        conn.close().await.unwrap();
+        let foreign: Vec<_> =
+            tables.iter().filter(|t| !polis.contains(*t) && !own.contains(*t) && *t != "_sqlx_migrations").collect();
+        assert!(foreign.is_empty(), "{service}'s database holds tables not its own: {foreign:?}");
+        assert!(own.is_subset(&tables), "{service}'s database lacks its tables: has {tables:?}, declares {own:?}");
+        assert!(tables.contains("polis_outbox") && tables.contains("polis_inbox"), "{tables:?}");
+        seen_own.insert(*service, tables.into_iter().filter(|t| own.contains(t)).collect());
+    }
+    // No table of a service's own appears in another service's database.
+    for (a, tables_a) in &seen_own {
+        for (b, tables_b) in &seen_own {
+            if a < b {
+                assert!(tables_a.is_disjoint(tables_b), "{a} and {b} share {:?}", tables_a.intersection(tables_b));
+            }
+        }
+    }
+    shop.shutdown().await;
+}
