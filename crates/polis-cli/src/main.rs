@@ -4,10 +4,13 @@
 //!   then a report with its invariant checks (the README's main command);
 //! - `polis up`: the shop, serving the gateway API until interrupted,
 //!   embedded in this process or as one process per service;
+//! - `polis check`: finish the demo run recorded in a data directory (after
+//!   a crash, say) and check its invariants;
 //! - `polis serve <service>`: one process of the distributed shop;
 //! - `polis store-demo`: the event store alone — aggregates under concurrent
 //!   commands, a catch-up projection, invariant checks, on SQLite or PostgreSQL.
 
+mod check;
 mod serve;
 mod shop_demo;
 mod stock;
@@ -30,6 +33,8 @@ enum Command {
     Demo(shop_demo::DemoArgs),
     /// Run the reference shop until ctrl-c (resumes an existing data directory).
     Up(up::UpArgs),
+    /// Resume the shop on a demo's data directory, wait until every order of its run is decided, check every invariant.
+    Check(check::CheckArgs),
     /// Run one process of the distributed shop until ctrl-c or SIGTERM.
     Serve(serve::ServeArgs),
     /// Drive reservations concurrently through event-sourced stock items, then check every invariant.
@@ -44,6 +49,15 @@ pub(crate) enum Mode {
     Embedded,
     /// A process per service: a PostgreSQL database per service and NATS JetStream.
     Distributed,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Distributed => "distributed",
+        }
+    }
 }
 
 #[tokio::main]
@@ -64,6 +78,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => up::run(args).await,
+        Command::Check(args) => {
+            let report = check::run(args).await?;
+            if !report.all_invariants_hold() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Serve(args) => serve::run(args).await,
         Command::StoreDemo(args) => {
             let report = store_demo::run(args).await?;

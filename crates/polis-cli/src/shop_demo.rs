@@ -13,27 +13,34 @@
 //!    system is eventually consistent, the invariants must converge;
 //! 6. print the report and stop the shop.
 //!
+//! Between seeding and the first order, the run is recorded in the data
+//! directory (`shop::workload::RunRecord`), so that `polis check` can
+//! finish and check a run whose process died.
+//!
 //! Both modes run the same workload and checks over the same APIs: in
 //! process for the embedded shop, over HTTP for the distributed one.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::DateTime;
 use clap::Args;
 use contracts::SagaStyle;
-use contracts::order::OrderStatus;
+use contracts::order::{OrderStatus, OrderView};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use shop::client::Endpoint;
 use shop::distributed::Service;
 use shop::supervisor::Supervisor;
-use shop::workload::{self, Apis, Check};
+use shop::workload::{self, Apis, Check, Deployment, RunRecord, Scope};
 
 use crate::Mode;
+
+/// How long the invariants may take to converge once every order is terminal.
+pub(crate) const CONVERGENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -70,8 +77,8 @@ pub(crate) struct Report {
     saga: SagaStyle,
     orders: usize,
     concurrency: usize,
-    by_status: BTreeMap<String, usize>,
-    by_reason: BTreeMap<String, usize>,
+    #[serde(flatten)]
+    tally: Tally,
     cancel_requests: usize,
     seconds: f64,
     orders_per_second: f64,
@@ -89,7 +96,7 @@ impl Report {
 }
 
 /// The shop the demo runs against, kept alive until the report is printed.
-enum Running {
+pub(crate) enum Running {
     Embedded(shop::Embedded),
     Distributed(Box<Supervisor>),
 }
@@ -109,11 +116,17 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
             (temp.path().to_path_buf(), Some(temp))
         }
     };
-    let (apis, running) = start(&args, data_dir.clone()).await?;
+    let (apis, running) = start(args.mode, args.saga, &data_dir, args.config.clone(), args.json).await?;
 
     let tag = workload::run_tag();
     let mut rng = workload::rng(args.seed);
     let seeded = workload::seed(&apis, &tag, args.orders, &mut rng).await?;
+    let record =
+        RunRecord { tag, deployment: args.mode.into(), saga: args.saga, orders: args.orders, seeded: seeded.clone() };
+    // `polis check` needs the record if this process dies mid-run; saving
+    // it syncs the file, which blocks, so off the async threads.
+    let dir = data_dir.clone();
+    tokio::task::spawn_blocking(move || record.save(&dir)).await.context("recording the run")??;
     let plan = workload::plan(&seeded, args.orders, &mut rng);
 
     let started = Instant::now();
@@ -122,10 +135,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
     bar.finish();
     let patience = workload::patience(placed.len());
     let bar = progress(placed.len(), "deciding", args.json);
-    let orders = workload::wait_terminal(&apis, &placed, patience, &|n| bar.set_position(n as u64)).await?;
+    let scope = Scope::Placed(&placed);
+    let orders = workload::wait_terminal(&apis, scope, patience, &|n| bar.set_position(n as u64)).await?;
     bar.finish();
     let cancel_requests = workload::cancel_some(&apis, &placed, &orders).await?;
-    let orders = workload::wait_terminal(&apis, &placed, patience, &|_| {}).await?;
+    let orders = workload::wait_terminal(&apis, scope, patience, &|_| {}).await?;
     let seconds = started.elapsed().as_secs_f64();
 
     let mut latencies: Vec<f64> = orders
@@ -138,22 +152,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let mut by_status = BTreeMap::new();
-    let mut by_reason = BTreeMap::new();
-    for order in orders.values() {
-        *by_status.entry(order.status.as_str().to_owned()).or_insert(0) += 1;
-        if let Some(reason) = order.reason {
-            *by_reason.entry(reason.as_str().to_owned()).or_insert(0) += 1;
-        }
-    }
-    let invariants = workload::check_until_converged(&apis, &seeded, &placed, Duration::from_secs(30)).await?;
+    let tally = Tally::of(orders.values());
+    let invariants = workload::check_until_converged(&apis, &seeded, scope, CONVERGENCE).await?;
     let report = Report {
         mode: args.mode,
         saga: args.saga,
         orders: args.orders,
         concurrency: args.concurrency,
-        by_status,
-        by_reason,
+        tally,
         cancel_requests,
         seconds,
         orders_per_second: args.orders as f64 / seconds.max(1e-9),
@@ -163,20 +169,88 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
         data_dir: data_dir.display().to_string(),
     };
     print(&report, args.json)?;
-    match running {
-        Running::Embedded(shop) => drop(shop),
-        Running::Distributed(supervisor) => supervisor.stop().await,
-    }
+    running.stop().await;
     Ok(report)
 }
 
-/// Starts the shop in the chosen mode and returns its APIs.
-async fn start(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<(Apis, Running)> {
-    match args.mode {
+/// Orders counted by final status and by rejection reason.
+#[derive(Debug, Serialize)]
+pub(crate) struct Tally {
+    by_status: BTreeMap<String, usize>,
+    by_reason: BTreeMap<String, usize>,
+}
+
+impl Tally {
+    pub(crate) fn of<'a>(orders: impl Iterator<Item = &'a OrderView>) -> Self {
+        let mut tally = Self { by_status: BTreeMap::new(), by_reason: BTreeMap::new() };
+        for order in orders {
+            *tally.by_status.entry(order.status.as_str().to_owned()).or_insert(0) += 1;
+            if let Some(reason) = order.reason {
+                *tally.by_reason.entry(reason.as_str().to_owned()).or_insert(0) += 1;
+            }
+        }
+        tally
+    }
+
+    pub(crate) fn print(&self) {
+        println!("  final status");
+        for (status, n) in &self.by_status {
+            println!("    {status:<16} {n:>7}");
+        }
+        println!("  rejection reasons");
+        for (reason, n) in &self.by_reason {
+            println!("    {reason:<24} {n:>7}");
+        }
+    }
+}
+
+/// One line per invariant, as the human-readable reports show them.
+pub(crate) fn print_invariants(checks: &[Check]) {
+    for check in checks {
+        println!("    [{}] {} — {}", if check.holds { "ok" } else { "FAIL" }, check.name, check.detail);
+    }
+}
+
+impl Running {
+    pub(crate) async fn stop(self) {
+        match self {
+            Self::Embedded(shop) => drop(shop),
+            Self::Distributed(supervisor) => supervisor.stop().await,
+        }
+    }
+}
+
+impl From<Mode> for Deployment {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Embedded => Self::Embedded,
+            Mode::Distributed => Self::Distributed,
+        }
+    }
+}
+
+impl From<Deployment> for Mode {
+    fn from(deployment: Deployment) -> Self {
+        match deployment {
+            Deployment::Embedded => Self::Embedded,
+            Deployment::Distributed => Self::Distributed,
+        }
+    }
+}
+
+/// Starts the shop in `mode` on `data_dir` and returns its APIs.
+pub(crate) async fn start(
+    mode: Mode,
+    saga: SagaStyle,
+    data_dir: &Path,
+    config: Option<PathBuf>,
+    quiet: bool,
+) -> anyhow::Result<(Apis, Running)> {
+    match mode {
         Mode::Embedded => {
-            anyhow::ensure!(args.config.is_none(), "--config is for --mode distributed");
-            let config = shop::ShopConfig { saga: args.saga, ..shop::ShopConfig::default() };
-            let shop = shop::Embedded::start(&data_dir, &config).await?;
+            anyhow::ensure!(config.is_none(), "--config is for --mode distributed");
+            let config = shop::ShopConfig { saga, ..shop::ShopConfig::default() };
+            let shop = shop::Embedded::start(data_dir, &config).await?;
             let http = polis_runtime::HttpOptions::default();
             let apis = Apis {
                 gateway: Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http)),
@@ -189,8 +263,8 @@ async fn start(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<(Apis, Runn
         }
         Mode::Distributed => {
             let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-            let options = crate::up::supervisor_options(data_dir, Some(args.saga), listen, args.config.clone())?;
-            if !args.json {
+            let options = crate::up::supervisor_options(data_dir.to_path_buf(), Some(saga), listen, config)?;
+            if !quiet {
                 eprintln!("polis: starting the distributed shop (a process per service)…");
             }
             let supervisor = Supervisor::start(options).await.context("starting the distributed shop")?;
@@ -207,7 +281,7 @@ async fn start(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<(Apis, Runn
     }
 }
 
-fn progress(len: usize, message: &'static str, hidden: bool) -> ProgressBar {
+pub(crate) fn progress(len: usize, message: &'static str, hidden: bool) -> ProgressBar {
     if hidden {
         return ProgressBar::hidden();
     }
@@ -243,22 +317,13 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     );
     println!("  data: {}", report.data_dir);
     println!();
-    println!("  final status");
-    for (status, n) in &report.by_status {
-        println!("    {status:<16} {n:>7}");
-    }
-    println!("  rejection reasons");
-    for (reason, n) in &report.by_reason {
-        println!("    {reason:<24} {n:>7}");
-    }
+    report.tally.print();
     println!("  cancellations requested: {}", report.cancel_requests);
     println!();
     println!("  {:.1} orders/s ({:.2} s)", report.orders_per_second, report.seconds);
     println!("  order → decision latency: p50 {:.1} ms, p99 {:.1} ms", report.latency_ms_p50, report.latency_ms_p99);
     println!();
     println!("  invariants");
-    for check in &report.invariants {
-        println!("    [{}] {} — {}", if check.holds { "ok" } else { "FAIL" }, check.name, check.detail);
-    }
+    print_invariants(&report.invariants);
     Ok(())
 }

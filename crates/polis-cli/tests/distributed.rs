@@ -9,6 +9,8 @@
 //! does.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -26,26 +28,14 @@ use contracts::{Address, Quantity, SagaStyle};
 use shop::client::Endpoint;
 use shop::distributed::Service;
 use shop::supervisor::{Supervisor, SupervisorOptions};
-use shop::workload::{self, Apis};
+use shop::workload::{self, Apis, Scope};
+use support::polis;
 use uuid::Uuid;
 
 /// A data directory others may search (not list): under root the local
 /// PostgreSQL runs as `postgres` and must reach its files below it.
 fn data_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("polis-cli-test-").permissions(Permissions::from_mode(0o711)).tempdir().unwrap()
-}
-
-/// `polis` without the caller's deployment settings (`POLIS_POSTGRES_URL`,
-/// `POLIS__…`); the testkit's `POLIS_TEST_*` are kept.
-fn polis() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_polis"));
-    for (name, _) in std::env::vars_os() {
-        let upper = name.to_string_lossy().to_ascii_uppercase();
-        if upper.starts_with("POLIS") && !upper.starts_with("POLIS_TEST_") {
-            command.env_remove(name);
-        }
-    }
-    command
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +260,8 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
     let placed = placing.await.unwrap();
     assert_eq!(placed.len(), ORDERS);
 
-    let orders = workload::wait_terminal(&apis, &placed, Duration::from_secs(120), &|_| {}).await.unwrap();
+    let scope = Scope::Placed(&placed);
+    let orders = workload::wait_terminal(&apis, scope, Duration::from_secs(120), &|_| {}).await.unwrap();
     let stuck: Vec<_> = orders.values().filter(|o| !o.status.is_terminal()).collect();
     assert!(stuck.is_empty() && orders.len() == ORDERS, "orders not terminal: {stuck:?}");
     // Which reasons occur depends on when the victim was down (a step may
@@ -281,10 +272,10 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
         safety.len() >= 6 && safety.iter().all(|c| c.holds)
     };
     let converged = polis_testkit::wait_for(Duration::from_secs(60), || async {
-        safe(&workload::check(&apis, &seeded, &placed).await.unwrap())
+        safe(&workload::check(&apis, &seeded, scope).await.unwrap())
     })
     .await;
-    let checks = workload::check(&apis, &seeded, &placed).await.unwrap();
+    let checks = workload::check(&apis, &seeded, scope).await.unwrap();
     assert!(converged.is_ok() && safe(&checks), "{checks:#?}");
     supervisor.stop().await;
 }

@@ -16,26 +16,31 @@
 //!    consistent, the invariants must converge.
 //!
 //! Every sku and email carries a run tag, so runs on one data directory
-//! don't see each other's data.
+//! don't see each other's data. A run records what it seeded in its data
+//! directory ([`RunRecord`]) before it places any order, so that another
+//! process can check the run after this one died: that check covers every
+//! order of the run's customers ([`Scope::Run`]), because a killed client
+//! never learned the ids of the orders it had in flight.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::http::{Method, StatusCode};
-use contracts::Address;
-use contracts::Quantity;
 use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
 use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
+use contracts::{Address, Quantity, SagaStyle};
 use futures::StreamExt as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::client::Endpoint;
@@ -72,7 +77,7 @@ pub struct Planned {
 }
 
 /// What [`seed`] created before any order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Seeded {
     pub regular: Vec<Uuid>,
     pub low_credit: Uuid,
@@ -81,6 +86,113 @@ pub struct Seeded {
     pub skus: Vec<String>,
     pub scarce: String,
     pub initial_stock: HashMap<String, i64>,
+}
+
+impl Seeded {
+    /// Every customer of the run, failing ones included.
+    pub fn customers(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.regular.iter().copied().chain([self.low_credit, self.declined, self.undeliverable])
+    }
+}
+
+/// How the shop of a recorded run was deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Deployment {
+    Embedded,
+    Distributed,
+}
+
+/// A demo run as its data directory remembers it ([`RUN_FILE`]): how the
+/// shop ran and what was seeded, written before the first order is placed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub tag: String,
+    pub deployment: Deployment,
+    pub saga: SagaStyle,
+    /// Orders the run meant to place; a crash may have cut it short.
+    pub orders: usize,
+    pub seeded: Seeded,
+}
+
+/// The file under the data directory that holds the last run's [`RunRecord`].
+pub const RUN_FILE: &str = "demo-run.json";
+
+impl RunRecord {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(RUN_FILE)
+    }
+
+    /// Writes the record into `data_dir`, replacing an earlier run's. The
+    /// file appears whole or not at all (written aside, synced, renamed):
+    /// a crash right after seeding must not leave half a record behind.
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(data_dir);
+        let partial = data_dir.join(format!("{RUN_FILE}.partial"));
+        let json = serde_json::to_vec_pretty(self).context("encoding the run record")?;
+        let mut file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        file.write_all(&json)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, &path)
+            .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))
+    }
+
+    /// The run recorded in `data_dir`; fails, naming the file, if there is
+    /// none or it does not parse.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Self> {
+        let path = Self::path(data_dir);
+        let json = match std::fs::read(&path) {
+            Ok(json) => json,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+                "no demo run is recorded in {} ({RUN_FILE} is missing): run `polis demo --data-dir {}` first",
+                data_dir.display(),
+                data_dir.display()
+            ),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_slice(&json).with_context(|| format!("decoding the run record {}", path.display()))
+    }
+}
+
+/// Which orders a wait or a check covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// The orders this process placed: it knows their ids, so a placed order
+    /// the order service does not have counts as stuck. With 20 orders or
+    /// more, the workload must also have produced every rejection reason
+    /// and a cancellation.
+    Placed(&'a [(Uuid, Planned)]),
+    /// Every order of the run's customers that the order service holds,
+    /// whoever placed it: the check after a crash, when the client that
+    /// placed the orders is gone with the ids of those in flight. Coverage
+    /// is not checked: a run cut short never got to its cancellations.
+    Run(&'a Seeded),
+}
+
+impl Scope<'_> {
+    /// The scope's orders among `all`.
+    fn select(&self, all: Vec<OrderView>) -> Vec<OrderView> {
+        match self {
+            Self::Placed(placed) => {
+                let ids: HashSet<Uuid> = placed.iter().map(|(id, _)| *id).collect();
+                all.into_iter().filter(|o| ids.contains(&o.id)).collect()
+            }
+            Self::Run(seeded) => {
+                let customers: HashSet<Uuid> = seeded.customers().collect();
+                all.into_iter().filter(|o| customers.contains(&o.customer_id)).collect()
+            }
+        }
+    }
+
+    /// The ids that must all be terminal: the placed ones, or whatever the
+    /// order service holds of the run.
+    fn expected(&self, mine: &[OrderView]) -> Vec<Uuid> {
+        match self {
+            Self::Placed(placed) => placed.iter().map(|(id, _)| *id).collect(),
+            Self::Run(_) => mine.iter().map(|o| o.id).collect(),
+        }
+    }
 }
 
 /// One invariant and whether it holds.
@@ -249,23 +361,22 @@ pub async fn place_orders(
     placed.into_iter().collect()
 }
 
-/// Waits until every placed order is terminal (APPROVED, REJECTED or
+/// Waits until every order of `scope` is terminal (APPROVED, REJECTED or
 /// CANCELLED), for at most `patience`; returns what it saw last.
 pub async fn wait_terminal(
     apis: &Apis,
-    placed: &[(Uuid, Planned)],
+    scope: Scope<'_>,
     patience: Duration,
     progress: Progress<'_>,
 ) -> anyhow::Result<HashMap<Uuid, OrderView>> {
-    let wanted: HashSet<Uuid> = placed.iter().map(|(id, _)| *id).collect();
     let deadline = Instant::now() + patience;
     loop {
-        let all: Vec<OrderView> = apis.order.get("/orders").await?;
-        let mine: HashMap<Uuid, OrderView> =
-            all.into_iter().filter(|o| wanted.contains(&o.id)).map(|o| (o.id, o)).collect();
+        let mine = scope.select(apis.order.get("/orders").await?);
+        let expected = scope.expected(&mine);
+        let mine: HashMap<Uuid, OrderView> = mine.into_iter().map(|o| (o.id, o)).collect();
         let terminal = mine.values().filter(|o| o.status.is_terminal()).count();
         progress(terminal);
-        if terminal == wanted.len() || Instant::now() >= deadline {
+        if terminal == expected.len() || Instant::now() >= deadline {
             return Ok(mine);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -299,12 +410,12 @@ pub async fn cancel_some(
 pub async fn check_until_converged(
     apis: &Apis,
     seeded: &Seeded,
-    placed: &[(Uuid, Planned)],
+    scope: Scope<'_>,
     patience: Duration,
 ) -> anyhow::Result<Vec<Check>> {
     let deadline = Instant::now() + patience;
     loop {
-        let checks = check(apis, seeded, placed).await?;
+        let checks = check(apis, seeded, scope).await?;
         if checks.iter().all(|c| c.holds) || Instant::now() >= deadline {
             return Ok(checks);
         }
@@ -312,12 +423,9 @@ pub async fn check_until_converged(
     }
 }
 
-/// The invariants, once. With 20 orders or more, the workload must also
-/// have produced every rejection reason and a cancellation.
-pub async fn check(apis: &Apis, seeded: &Seeded, placed: &[(Uuid, Planned)]) -> anyhow::Result<Vec<Check>> {
-    let wanted: HashSet<Uuid> = placed.iter().map(|(id, _)| *id).collect();
-    let all: Vec<OrderView> = apis.order.get("/orders").await?;
-    let mine: Vec<OrderView> = all.into_iter().filter(|o| wanted.contains(&o.id)).collect();
+/// The invariants over the orders of `scope` and the run's skus, once.
+pub async fn check(apis: &Apis, seeded: &Seeded, scope: Scope<'_>) -> anyhow::Result<Vec<Check>> {
+    let mine = scope.select(apis.order.get("/orders").await?);
     let levels: Vec<StockLevel> = apis.inventory.get("/inventory").await?;
     let reservations: HashMap<Uuid, Reservation> =
         apis.inventory.get::<Vec<Reservation>>("/reservations").await?.into_iter().map(|r| (r.order_id, r)).collect();
@@ -397,17 +505,20 @@ pub async fn check(apis: &Apis, seeded: &Seeded, placed: &[(Uuid, Planned)]) -> 
     check("every APPROVED order has a captured payment and a shipment", approved_ok);
     check("no REJECTED or CANCELLED order keeps a captured payment, a reservation or a shipment", undone_ok);
 
-    let stuck: Vec<String> = placed
+    let stuck: Vec<String> = scope
+        .expected(&mine)
         .iter()
-        .filter(|(id, _)| !mine.iter().any(|o| o.id == *id && o.status.is_terminal()))
-        .map(|(id, _)| {
+        .filter(|id| !mine.iter().any(|o| o.id == **id && o.status.is_terminal()))
+        .map(|id| {
             let status = mine.iter().find(|o| o.id == *id).map_or("missing", |o| o.status.as_str());
             format!("{id} is {status}")
         })
         .collect();
     check("no order stuck (every order terminal)", stuck);
 
-    if placed.len() >= 20 {
+    if let Scope::Placed(placed) = scope
+        && placed.len() >= 20
+    {
         let mut missing = Vec::new();
         for reason in ["OUT_OF_STOCK", "CREDIT_LIMIT_EXCEEDED", "PAYMENT_DECLINED", "UNDELIVERABLE"] {
             if !mine.iter().any(|o| o.reason.is_some_and(|r| r.as_str() == reason)) {

@@ -10,31 +10,32 @@
 //! shops on one server would share them.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Deref;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use contracts::catalog::Product;
-use contracts::customer::{Customer, RegisterCustomer};
-use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
-use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
-use contracts::payment::{Payment, PaymentStatus};
-use contracts::shipping::{Shipment, ShipmentStatus};
-use contracts::{Address, Quantity, RejectionReason, SagaStyle};
+use contracts::inventory::StockLevel;
+use contracts::order::{Accepted, OrderStatus};
+use contracts::payment::PaymentStatus;
+use contracts::shipping::ShipmentStatus;
+use contracts::{RejectionReason, SagaStyle};
 use polis_runtime::Secret;
 use polis_testkit::{NatsServer, TestDatabase};
 use shop::client::Endpoint;
 use shop::distributed::{DistributedConfig, Node, Service};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
-use uuid::Uuid;
+use support::Client;
 
+/// The shop as a `Node` per process, reached over HTTP.
 struct Shop {
     nodes: BTreeMap<Service, Node>,
-    gateway: Endpoint,
+    client: Client,
     config: DistributedConfig,
     server: TestDatabase,
     _nats: NatsServer,
@@ -63,120 +64,15 @@ impl Shop {
             config.upstreams.set(node.service(), node.url());
             nodes.insert(node.service(), node);
         }
-        let gateway = Node::start(Service::Gateway, &config).await.unwrap();
-        let endpoint = Endpoint::remote(&gateway.url()).unwrap();
-        nodes.insert(Service::Gateway, gateway);
-        Self { nodes, gateway: endpoint, config, server, _nats: nats }
-    }
-
-    fn service(&self, service: Service) -> Endpoint {
-        Endpoint::remote(&self.nodes[&service].url()).unwrap()
-    }
-
-    async fn customer(&self, country: &str, credit_limit: i64, email_local: &str) -> Uuid {
-        let body = RegisterCustomer {
-            name: "Test Customer".into(),
-            email: format!("{email_local}@c{}.example.com", Uuid::now_v7().simple()),
-            address: Address {
-                line1: "1 Test Road".into(),
-                city: "Testville".into(),
-                postal_code: "12345".into(),
-                country: country.into(),
-            },
-            credit_limit,
-        };
-        let customer: Customer =
-            self.gateway.json(Method::POST, "/api/customers", Some(&body), StatusCode::CREATED).await.unwrap();
-        // Payment and shipping learn customers from events, over NATS.
-        let path = format!("/credit/{}", customer.id);
-        let payment = self.service(Service::Payment);
-        polis_testkit::wait_for(Duration::from_secs(20), || async {
-            payment.call(Method::GET, &path, None::<&()>).await.unwrap().0 == StatusCode::OK
-        })
-        .await
-        .unwrap();
-        customer.id
-    }
-
-    async fn product(&self, price: i64, stock: i64) -> String {
-        let sku = format!("SKU-{}", &Uuid::now_v7().simple().to_string()[20..]);
-        let product = Product { sku: sku.clone(), name: "Thing".into(), price };
-        let _: Product =
-            self.gateway.json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await.unwrap();
-        let path = format!("/api/inventory/{sku}");
-        let _: StockLevel =
-            self.gateway.json(Method::PUT, &path, Some(&SetStock { available: stock }), StatusCode::OK).await.unwrap();
-        sku
-    }
-
-    async fn order(&self, customer_id: Uuid, items: &[(&str, i64)]) -> Uuid {
-        let body = CreateOrder {
-            customer_id,
-            items: items.iter().map(|(sku, quantity)| Quantity { sku: (*sku).into(), quantity: *quantity }).collect(),
-        };
-        let accepted: Accepted =
-            self.gateway.json(Method::POST, "/api/orders", Some(&body), StatusCode::ACCEPTED).await.unwrap();
-        assert_eq!(accepted.status, OrderStatus::Pending);
-        accepted.id
-    }
-
-    async fn get_order(&self, id: Uuid) -> OrderView {
-        self.gateway.get(&format!("/api/orders/{id}")).await.unwrap()
-    }
-
-    async fn wait_status(&self, id: Uuid, status: OrderStatus) -> OrderView {
-        let result =
-            polis_testkit::wait_for(Duration::from_secs(30), || async { self.get_order(id).await.status == status })
-                .await;
-        let order = self.get_order(id).await;
-        assert!(result.is_ok(), "order {id} never became {status:?}; it is {order:?}");
-        order
-    }
-
-    async fn stock(&self, sku: &str) -> StockLevel {
-        self.gateway.get(&format!("/api/inventory/{sku}")).await.unwrap()
-    }
-
-    async fn find<T: serde::de::DeserializeOwned>(&self, service: Service, path: String) -> Option<T> {
-        let (status, body) = self.service(service).call(Method::GET, &path, None::<&()>).await.unwrap();
-        (status == StatusCode::OK).then(|| serde_json::from_slice(&body).unwrap())
-    }
-
-    async fn payment(&self, order: Uuid) -> Option<Payment> {
-        self.find(Service::Payment, format!("/payments/{order}")).await
-    }
-
-    async fn shipment(&self, order: Uuid) -> Option<Shipment> {
-        self.find(Service::Shipping, format!("/shipments/{order}")).await
-    }
-
-    async fn reservation(&self, order: Uuid) -> Option<Reservation> {
-        self.find(Service::Inventory, format!("/reservations/{order}")).await
-    }
-
-    /// Waits until the order's side effects are all undone.
-    async fn wait_undone(&self, order: Uuid, sku: &str, initial: i64) {
-        let result = polis_testkit::wait_for(Duration::from_secs(30), || async {
-            let stock = self.stock(sku).await;
-            let payment = self.payment(order).await.map(|p| p.status);
-            let shipment = self.shipment(order).await.map(|s| s.status);
-            let reservation = self.reservation(order).await.map(|r| r.status);
-            stock.available == initial
-                && stock.reserved == 0
-                && payment != Some(PaymentStatus::Captured)
-                && payment != Some(PaymentStatus::Authorized)
-                && shipment != Some(ShipmentStatus::Scheduled)
-                && reservation != Some(ReservationStatus::Reserved)
-        })
-        .await;
-        assert!(
-            result.is_ok(),
-            "order {order} was not compensated: stock {:?}, payment {:?}, shipment {:?}, reservation {:?}",
-            self.stock(sku).await,
-            self.payment(order).await,
-            self.shipment(order).await,
-            self.reservation(order).await
+        nodes.insert(Service::Gateway, Node::start(Service::Gateway, &config).await.unwrap());
+        let endpoint = |service: Service| Endpoint::remote(&nodes[&service].url()).unwrap();
+        let client = Client::new(
+            endpoint(Service::Gateway),
+            endpoint(Service::Inventory),
+            endpoint(Service::Payment),
+            endpoint(Service::Shipping),
         );
+        Self { nodes, client, config, server, _nats: nats }
     }
 
     /// A connection to `database` on the test's server.
@@ -188,6 +84,14 @@ impl Shop {
         for (_, node) in self.nodes.into_iter().rev() {
             node.shutdown().await.unwrap();
         }
+    }
+}
+
+impl Deref for Shop {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 

@@ -4,151 +4,49 @@
 //! restart), and the last units of a sku under concurrent orders.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
+use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use contracts::catalog::Product;
-use contracts::customer::{Customer, RegisterCustomer};
-use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
-use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
-use contracts::payment::{Payment, PaymentStatus};
-use contracts::shipping::{Shipment, ShipmentStatus};
-use contracts::{Address, Quantity, RejectionReason, SagaStyle};
+use contracts::inventory::StockLevel;
+use contracts::order::{Accepted, OrderStatus};
+use contracts::payment::PaymentStatus;
+use contracts::shipping::ShipmentStatus;
+use contracts::{RejectionReason, SagaStyle};
 use shop::client::Endpoint;
 use shop::{Embedded, ShopConfig};
+use support::Client;
 use uuid::Uuid;
 
+/// The shop in this process; its services' routers are called without a socket.
 struct Shop {
     shop: Embedded,
-    gateway: Endpoint,
+    client: Client,
 }
 
 impl Shop {
     async fn start(dir: &Path, config: &ShopConfig) -> Self {
         let shop = Embedded::start(dir, config).await.unwrap();
         let http = polis_runtime::HttpOptions::default();
-        let gateway = Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http));
-        Self { shop, gateway }
-    }
-
-    fn service(&self, name: &str) -> Endpoint {
-        let routers = self.shop.routers();
-        Endpoint::local(match name {
-            "inventory" => routers.inventory.clone(),
-            "payment" => routers.payment.clone(),
-            "shipping" => routers.shipping.clone(),
-            "order" => routers.order.clone(),
-            other => panic!("no service {other}"),
-        })
-    }
-
-    async fn customer(&self, country: &str, credit_limit: i64, email_local: &str) -> Uuid {
-        let body = RegisterCustomer {
-            name: "Test Customer".into(),
-            // Unique per customer, keeping the local part (the `+decline` rule reads it).
-            email: format!("{email_local}@c{}.example.com", Uuid::now_v7().simple()),
-            address: Address {
-                line1: "1 Test Road".into(),
-                city: "Testville".into(),
-                postal_code: "12345".into(),
-                country: country.into(),
-            },
-            credit_limit,
-        };
-        let customer: Customer =
-            self.gateway.json(Method::POST, "/api/customers", Some(&body), StatusCode::CREATED).await.unwrap();
-        // Payment and shipping learn customers from events.
-        let payment = self.service("payment");
-        let path = format!("/credit/{}", customer.id);
-        polis_testkit::wait_for(Duration::from_secs(20), || async {
-            payment.call(Method::GET, &path, None::<&()>).await.unwrap().0 == StatusCode::OK
-        })
-        .await
-        .unwrap();
-        customer.id
-    }
-
-    async fn product(&self, price: i64, stock: i64) -> String {
-        let sku = format!("SKU-{}", &Uuid::now_v7().simple().to_string()[20..]);
-        let product = Product { sku: sku.clone(), name: "Thing".into(), price };
-        let _: Product =
-            self.gateway.json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await.unwrap();
-        let path = format!("/api/inventory/{sku}");
-        let _: StockLevel =
-            self.gateway.json(Method::PUT, &path, Some(&SetStock { available: stock }), StatusCode::OK).await.unwrap();
-        sku
-    }
-
-    async fn order(&self, customer_id: Uuid, items: &[(&str, i64)]) -> Uuid {
-        let body = CreateOrder {
-            customer_id,
-            items: items.iter().map(|(sku, quantity)| Quantity { sku: (*sku).into(), quantity: *quantity }).collect(),
-        };
-        let accepted: Accepted =
-            self.gateway.json(Method::POST, "/api/orders", Some(&body), StatusCode::ACCEPTED).await.unwrap();
-        assert_eq!(accepted.status, OrderStatus::Pending);
-        accepted.id
-    }
-
-    async fn get_order(&self, id: Uuid) -> OrderView {
-        self.gateway.get(&format!("/api/orders/{id}")).await.unwrap()
-    }
-
-    async fn wait_status(&self, id: Uuid, status: OrderStatus) -> OrderView {
-        let result =
-            polis_testkit::wait_for(Duration::from_secs(30), || async { self.get_order(id).await.status == status })
-                .await;
-        let order = self.get_order(id).await;
-        assert!(result.is_ok(), "order {id} never became {status:?}; it is {order:?}");
-        order
-    }
-
-    async fn stock(&self, sku: &str) -> StockLevel {
-        self.gateway.get(&format!("/api/inventory/{sku}")).await.unwrap()
-    }
-
-    async fn payment(&self, order: Uuid) -> Option<Payment> {
-        let (status, body) =
-            self.service("payment").call(Method::GET, &format!("/payments/{order}"), None::<&()>).await.unwrap();
-        (status == StatusCode::OK).then(|| serde_json::from_slice(&body).unwrap())
-    }
-
-    async fn shipment(&self, order: Uuid) -> Option<Shipment> {
-        let (status, body) =
-            self.service("shipping").call(Method::GET, &format!("/shipments/{order}"), None::<&()>).await.unwrap();
-        (status == StatusCode::OK).then(|| serde_json::from_slice(&body).unwrap())
-    }
-
-    async fn reservation(&self, order: Uuid) -> Option<Reservation> {
-        let (status, body) =
-            self.service("inventory").call(Method::GET, &format!("/reservations/{order}"), None::<&()>).await.unwrap();
-        (status == StatusCode::OK).then(|| serde_json::from_slice(&body).unwrap())
-    }
-
-    /// Waits until the order's side effects are all undone.
-    async fn wait_undone(&self, order: Uuid, sku: &str, initial: i64) {
-        let result = polis_testkit::wait_for(Duration::from_secs(30), || async {
-            let stock = self.stock(sku).await;
-            let payment = self.payment(order).await.map(|p| p.status);
-            let shipment = self.shipment(order).await.map(|s| s.status);
-            let reservation = self.reservation(order).await.map(|r| r.status);
-            stock.available == initial
-                && stock.reserved == 0
-                && payment != Some(PaymentStatus::Captured)
-                && payment != Some(PaymentStatus::Authorized)
-                && shipment != Some(ShipmentStatus::Scheduled)
-                && reservation != Some(ReservationStatus::Reserved)
-        })
-        .await;
-        assert!(
-            result.is_ok(),
-            "order {order} was not compensated: stock {:?}, payment {:?}, shipment {:?}, reservation {:?}",
-            self.stock(sku).await,
-            self.payment(order).await,
-            self.shipment(order).await,
-            self.reservation(order).await
+        let routers = shop.routers();
+        let client = Client::new(
+            Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http)),
+            Endpoint::local(routers.inventory.clone()),
+            Endpoint::local(routers.payment.clone()),
+            Endpoint::local(routers.shipping.clone()),
         );
+        Self { shop, client }
+    }
+}
+
+impl Deref for Shop {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 
