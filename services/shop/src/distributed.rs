@@ -213,7 +213,7 @@ impl Default for DistributedConfig {
             payment: payment::Config::default(),
             shipping: shipping::Config::default(),
             gateway: gateway::GatewayConfig::default(),
-            consumer: ConsumerOptions::default(),
+            consumer: crate::consumer_options(),
             host: HostOptions::default(),
         }
     }

@@ -40,7 +40,7 @@ use polis_store::{Durability, SqliteEventStore, SqliteOptions};
 pub use host::{HostOptions, Hosted};
 
 /// The shop's settings, shared by both deployments.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ShopConfig {
     pub saga: SagaStyle,
     pub order: order::Config,
@@ -52,6 +52,31 @@ pub struct ShopConfig {
     /// Services whose consumer is not started: they never hear a command or
     /// an event (fault injection: "a service that never answers").
     pub silent: Vec<String>,
+}
+
+impl Default for ShopConfig {
+    fn default() -> Self {
+        Self {
+            saga: SagaStyle::default(),
+            order: order::Config::default(),
+            payment: payment::Config::default(),
+            shipping: shipping::Config::default(),
+            gateway: gateway::GatewayConfig::default(),
+            consumer: consumer_options(),
+            host: HostOptions::default(),
+            silent: Vec::new(),
+        }
+    }
+}
+
+/// The shop's consumers retry a transient failure for about 15 s before
+/// dead-lettering it. The library's default gives up after ~0.75 s, which
+/// is too short for the shop's one expected transient failure: a command
+/// about a customer whose registration has not reached the service's
+/// replica yet (replication is asynchronous). A dead letter would also park
+/// every later message of that order, its compensations included.
+pub fn consumer_options() -> ConsumerOptions {
+    ConsumerOptions { max_attempts: 10, ..ConsumerOptions::default() }
 }
 
 impl ShopConfig {
