@@ -311,7 +311,13 @@ impl<S: Saga> Sagas<S> {
         now: DateTime<Utc>,
     ) -> Result<Vec<S::Effect>, SagaError> {
         let Some(mut instance) = self.load(tx, id).await? else { return Ok(Vec::new()) };
+        let before = serde_json::to_value(&instance.state).ok();
         let step = instance.state.on_reply(reply, now);
+        // A late or duplicated reply changes nothing: don't write, so it
+        // can't conflict with a deadline or a request handled meanwhile.
+        if step.is_empty() && before.is_some() && serde_json::to_value(&instance.state).ok() == before {
+            return Ok(Vec::new());
+        }
         self.save(tx, &mut instance, &step).await?;
         Ok(step.effects)
     }

@@ -135,6 +135,20 @@ where
     // Saved at the start, on the reply and on the deadline; the stale deadline saved nothing.
     assert_eq!(loaded.version, 3);
 
+    // A late reply that changes nothing writes nothing.
+    let s = sagas.clone();
+    let late = Message::command("ponger", "pinger", "pong", "k1", serde_json::json!({}));
+    let version = in_tx(&store, move |tx| {
+        Box::pin(async move {
+            let effects = s.on_reply(tx, "k1", &late, Utc::now()).await?;
+            assert!(effects.is_empty());
+            Ok(s.load(tx, "k1").await?.unwrap().version)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(version, 3);
+
     // Two writers from one version: the second save is a conflict.
     let s = sagas.clone();
     let result = in_tx(&store, move |tx| {

@@ -33,7 +33,10 @@ impl From<OrderFailure> for ApiError {
     fn from(e: OrderFailure) -> Self {
         match e {
             OrderFailure::Order(e) => e.into(),
-            OrderFailure::Conflict => ApiError::conflict("the order changed concurrently; retry"),
+            OrderFailure::Conflict | OrderFailure::Saga(polis_saga::SagaError::Conflict { .. }) => {
+                ApiError::conflict("the order changed concurrently; retry")
+            }
+            OrderFailure::NoSaga(_) => ApiError::conflict(e.to_string()),
             OrderFailure::Store(e) => e.into(),
             other => ApiError::internal(other),
         }

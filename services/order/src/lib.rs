@@ -98,6 +98,8 @@ pub enum OrderFailure {
     Store(#[from] StoreError),
     #[error("corrupt order event: {0}")]
     Decode(String),
+    #[error("order {0} has no saga to run its cancellation (was it placed under choreography?)")]
+    NoSaga(Uuid),
 }
 
 impl From<CommandError<OrderError>> for OrderFailure {
@@ -130,6 +132,17 @@ where
     /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
     /// versions `2026112260NN`) and returns the service.
     pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        // Deadlines are added to the clock; an absurd timeout would overflow it.
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        for (name, value) in
+            [("step_timeout_ms", config.step_timeout_ms), ("order_timeout_ms", config.order_timeout_ms)]
+        {
+            if value == 0 || value > DAY_MS {
+                return Err(StoreError::InvalidRequest(format!(
+                    "order config `{name}` must be between 1 ms and one day, not {value}"
+                )));
+            }
+        }
         store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
         let orders = Arc::new(Repository::new(store.clone()));
         Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE) })
@@ -218,13 +231,16 @@ where
         self.store
             .transaction(Box::new(move |tx: &mut S::Tx| {
                 Box::pin(async move {
+                    lock_order(tx, order_id).await?;
                     service.execute(tx, order_id, &OrderCommand::RequestCancel, &Metadata::default()).await?;
                     if service.config.saga == SagaStyle::Orchestration {
                         let key = order_id.to_string();
-                        if let Some(mut instance) = service.sagas.load(tx, &key).await? {
-                            let step = instance.state.cancel();
-                            service.sagas.save(tx, &mut instance, &step).await?;
-                        }
+                        let Some(mut instance) = service.sagas.load(tx, &key).await? else {
+                            // An order placed under choreography has no saga to undo it.
+                            return Err(OrderFailure::NoSaga(order_id));
+                        };
+                        let step = instance.state.cancel();
+                        service.sagas.save(tx, &mut instance, &step).await?;
                     }
                     Ok::<_, OrderFailure>(())
                 })
@@ -274,15 +290,19 @@ where
 
     /// Choreography: decides the order on another service's outcome event.
     async fn decide(&self, tx: &mut S::Tx, message: &Message) -> Result<(), OrderFailure> {
+        // A failure whose body this version cannot read (say, a reason added
+        // by a newer participant) still rejects the order — keyed by the order
+        // id, with the step's usual reason — rather than dead-lettering the
+        // event, which would park the order's own deadline behind it.
+        let failure = |fallback: RejectionReason, reason: Option<RejectionReason>| -> Result<_, OrderFailure> {
+            Ok(Some((parse_key(message)?, OrderCommand::Reject(reason.unwrap_or(fallback)))))
+        };
         let command = if message.is::<StockReservationFailed>() {
-            let body: StockReservationFailed = decode(message)?;
-            Some((body.order_id, OrderCommand::Reject(body.reason)))
+            failure(RejectionReason::OutOfStock, message.decode::<StockReservationFailed>().ok().map(|b| b.reason))?
         } else if message.is::<PaymentFailed>() {
-            let body: PaymentFailed = decode(message)?;
-            Some((body.order_id, OrderCommand::Reject(body.reason)))
+            failure(RejectionReason::PaymentDeclined, message.decode::<PaymentFailed>().ok().map(|b| b.reason))?
         } else if message.is::<ShipmentFailed>() {
-            let body: ShipmentFailed = decode(message)?;
-            Some((body.order_id, OrderCommand::Reject(body.reason)))
+            failure(RejectionReason::Undeliverable, message.decode::<ShipmentFailed>().ok().map(|b| b.reason))?
         } else if message.is::<PaymentCaptured>() {
             let body: PaymentCaptured = decode(message)?;
             Some((body.order_id, OrderCommand::Approve))
@@ -295,6 +315,7 @@ where
             None
         };
         let Some((order_id, command)) = command else { return Ok(()) };
+        lock_order(tx, order_id).await?;
         let order = self.execute(tx, order_id, &command, &message.caused()).await;
         match order {
             // An outcome for an order this service never had is a bad message.
@@ -342,6 +363,17 @@ where
     pub(crate) fn store(&self) -> &Arc<S> {
         &self.store
     }
+}
+
+/// Takes the order's read-model row lock before anything else. Every
+/// transaction about an existing order starts here, so two of them (a
+/// deadline and a reply, handled on different topics at once) queue on one
+/// lock instead of taking the stream, saga and outbox-key locks in opposite
+/// orders and deadlocking on PostgreSQL. On SQLite's single writer it costs
+/// one no-op statement.
+async fn lock_order<Tx: Sql + ?Sized>(tx: &mut Tx, order_id: Uuid) -> Result<(), StoreError> {
+    tx.execute("UPDATE orders SET version = version WHERE order_id = $1", args![order_id]).await?;
+    Ok(())
 }
 
 fn ms(millis: u64) -> i64 {
@@ -412,11 +444,13 @@ where
         let now = Utc::now();
         match (self.style, message.kind) {
             (_, polis_core::MessageKind::Command) if message.message_type == polis_saga::DEADLINE_TYPE => {
-                let effects = service.sagas.fire_deadline(tx, message, now).await.map_err(OrderFailure::from)?;
                 let order_id = parse_key(message)?;
+                lock_order(tx, order_id).await?;
+                let effects = service.sagas.fire_deadline(tx, message, now).await.map_err(OrderFailure::from)?;
                 service.apply_effects(tx, order_id, effects, &message.caused()).await?;
             }
             (_, polis_core::MessageKind::Command) if message.message_type == ORDER_DEADLINE_TYPE => {
+                lock_order(tx, parse_key(message)?).await?;
                 service.order_deadline(tx, message).await?;
             }
             (_, polis_core::MessageKind::Command) => {
@@ -424,6 +458,7 @@ where
             }
             (SagaStyle::Orchestration, polis_core::MessageKind::Reply) => {
                 let order_id = parse_key(message)?;
+                lock_order(tx, order_id).await?;
                 let effects =
                     service.sagas.on_reply(tx, &message.key, message, now).await.map_err(OrderFailure::from)?;
                 service.apply_effects(tx, order_id, effects, &message.caused()).await?;
