@@ -17,7 +17,9 @@
 //!   scheduled message, see `Transaction::schedule`) and the inbox record of
 //!   the reply all commit together or not at all;
 //! - a deadline is a scheduled command the service sends itself
-//!   ([`DEADLINE_TYPE`]); it survives restarts like any scheduled message.
+//!   ([`DEADLINE_TYPE`], keyed by [`deadline_key`], never by the saga id, so
+//!   a dead letter of the saga's key cannot park it); it survives restarts
+//!   like any scheduled message.
 //!   Setting a new deadline unschedules the old one, and a deadline that
 //!   fires after its instance moved on is recognized as stale and ignored.
 
@@ -121,6 +123,13 @@ pub struct Instance<S> {
     pub deadline: Option<(Uuid, DateTime<Utc>)>,
 }
 
+/// The ordering key of an instance's deadlines: apart from the key of the
+/// saga's other messages (its id), so that a dead letter parked on that key —
+/// an unreadable reply, say — cannot hold back the deadline that bounds it.
+pub fn deadline_key(saga_type: &str, saga_id: &str) -> String {
+    format!("deadline:{saga_type}:{saga_id}")
+}
+
 /// The body of a deadline message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadlineNotice {
@@ -217,7 +226,8 @@ impl<S: Saga> Sagas<S> {
                 }
                 let notice = DeadlineNotice { saga_type: S::TYPE.to_owned(), saga_id: instance.id.clone() };
                 let data = serde_json::to_value(&notice).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
-                let message = Message::command(&self.service, &self.service, DEADLINE_TYPE, &instance.id, data);
+                let key = deadline_key(S::TYPE, &instance.id);
+                let message = Message::command(&self.service, &self.service, DEADLINE_TYPE, &key, data);
                 tx.schedule(&message, at).await?;
                 instance.deadline = Some((message.id, at));
             }

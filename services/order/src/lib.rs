@@ -202,7 +202,9 @@ where
                             service.sagas.save(tx, &mut instance, &step).await?;
                         }
                         SagaStyle::Choreography => {
-                            let key = order_id.to_string();
+                            // Keyed apart from the order's messages: a dead letter
+                            // of the order's key must not park its deadline.
+                            let key = format!("deadline:{order_id}");
                             let deadline = Message::command(
                                 SERVICE,
                                 SERVICE,
@@ -334,7 +336,7 @@ where
 
     /// Choreography: the order's deadline passed; reject it if still pending.
     async fn order_deadline(&self, tx: &mut S::Tx, message: &Message) -> Result<(), OrderFailure> {
-        let order_id = parse_key(message)?;
+        let order_id = deadline_order_id(message)?;
         let current = tx
             .fetch_optional("SELECT deadline_id FROM orders WHERE order_id = $1", args![order_id])
             .await?
@@ -382,6 +384,21 @@ fn ms(millis: u64) -> i64 {
 
 fn decode<T: MessageType>(message: &Message) -> Result<T, OrderFailure> {
     message.decode::<T>().map_err(|e| OrderFailure::Decode(format!("{}: {e}", message.message_type)))
+}
+
+/// The order a choreography deadline is for (its body; its key is the deadline's own).
+fn deadline_order_id(message: &Message) -> Result<Uuid, OrderFailure> {
+    #[derive(Deserialize)]
+    struct Body {
+        order_id: Uuid,
+    }
+    Body::deserialize(&message.data)
+        .map(|body| body.order_id)
+        .map_err(|e| OrderFailure::Decode(format!("an order deadline without a valid order id: {e}")))
+}
+
+fn parse_order_id(id: &str) -> Result<Uuid, OrderFailure> {
+    Uuid::parse_str(id).map_err(|e| OrderFailure::Decode(format!("`{id}` is not an order id: {e}")))
 }
 
 fn parse_key(message: &Message) -> Result<Uuid, OrderFailure> {
@@ -444,13 +461,16 @@ where
         let now = Utc::now();
         match (self.style, message.kind) {
             (_, polis_core::MessageKind::Command) if message.message_type == polis_saga::DEADLINE_TYPE => {
-                let order_id = parse_key(message)?;
+                let Some(saga_id) = service.sagas.deadline_target(message) else {
+                    return Err(HandlerError::Permanent("a saga deadline for an unknown saga type".into()));
+                };
+                let order_id = parse_order_id(&saga_id)?;
                 lock_order(tx, order_id).await?;
                 let effects = service.sagas.fire_deadline(tx, message, now).await.map_err(OrderFailure::from)?;
                 service.apply_effects(tx, order_id, effects, &message.caused()).await?;
             }
             (_, polis_core::MessageKind::Command) if message.message_type == ORDER_DEADLINE_TYPE => {
-                lock_order(tx, parse_key(message)?).await?;
+                lock_order(tx, deadline_order_id(message)?).await?;
                 service.order_deadline(tx, message).await?;
             }
             (_, polis_core::MessageKind::Command) => {
