@@ -197,6 +197,12 @@ pub struct DistributedConfig {
     pub consumer: ConsumerOptions,
     #[serde(skip)]
     pub host: HostOptions,
+    /// Services started without their consumer: they serve HTTP and send,
+    /// but never hear a command or an event (fault injection, "a service
+    /// that never answers", as `ShopConfig::silent`). Not read from files
+    /// or the environment: a deployment that sets it is broken on purpose.
+    #[serde(skip)]
+    pub silent: Vec<Service>,
 }
 
 impl Default for DistributedConfig {
@@ -215,6 +221,7 @@ impl Default for DistributedConfig {
             gateway: gateway::GatewayConfig::default(),
             consumer: crate::consumer_options(),
             host: HostOptions::default(),
+            silent: Vec::new(),
         }
     }
 }
@@ -594,15 +601,15 @@ async fn start_service(service: Service, config: &DistributedConfig) -> Result<(
             .map_err(|source| DistributedError::Bus { service, source })?,
     );
     let style = config.saga;
+    let silent = config.silent.contains(&service);
     let store_error = |source| DistributedError::Store { service, source };
     let bus_error = |source| DistributedError::Bus { service, source };
 
     macro_rules! host_service {
         ($open:expr) => {{
             let opened = $open.await.map_err(store_error)?;
-            let consumer = opened.consumer(style, config.consumer.clone());
-            let hosted =
-                host::host(store.clone(), bus.clone(), Some(consumer), &config.host).await.map_err(bus_error)?;
+            let consumer = (!silent).then(|| opened.consumer(style, config.consumer.clone()));
+            let hosted = host::host(store.clone(), bus.clone(), consumer, &config.host).await.map_err(bus_error)?;
             (opened.router(), hosted)
         }};
     }

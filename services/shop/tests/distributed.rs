@@ -1,6 +1,9 @@
 //! The distributed shop end to end, through the gateway over HTTP, in both
-//! saga styles: each process's pieces run as tasks of this test (a `Node`
-//! per service, each with its own PostgreSQL database, its own NATS
+//! saga styles: cancellation, every rejection reason with its
+//! compensations, a service that never answers (deadlines), API
+//! composition with a service stopped, and the last units of a sku under
+//! concurrent orders. Each process's pieces run as tasks of this test (a
+//! `Node` per service, each with its own PostgreSQL database, its own NATS
 //! connection and its own HTTP server), exactly as `polis serve` runs them.
 //! Real processes, and killing one, are in `crates/polis-cli/tests`.
 //!
@@ -43,6 +46,11 @@ struct Shop {
 
 impl Shop {
     async fn start(style: SagaStyle) -> Self {
+        Self::start_with(style, &[]).await
+    }
+
+    /// The shop with the `silent` services' consumers not running.
+    async fn start_with(style: SagaStyle, silent: &[Service]) -> Self {
         let server = polis_testkit::postgres().await;
         let nats = NatsServer::start().await.unwrap();
         let mut config = DistributedConfig::default();
@@ -53,6 +61,7 @@ impl Shop {
         config.saga = style;
         config.order.step_timeout_ms = 3_000;
         config.order.order_timeout_ms = 6_000;
+        config.silent = silent.to_vec();
         for service in Service::ALL {
             config.listen.set(service, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         }
@@ -159,6 +168,31 @@ async fn each_rejection_reason_compensates(style: SagaStyle) {
     shop.shutdown().await;
 }
 
+async fn a_service_that_never_answers_times_the_order_out(style: SagaStyle) {
+    let shop = Shop::start_with(style, &[Service::Shipping]).await;
+    shop.times_out().await;
+    shop.shutdown().await;
+}
+
+async fn order_details_compose_and_degrade_when_a_service_is_down(style: SagaStyle) {
+    let mut shop = Shop::start(style).await;
+    let Shop { nodes, client, .. } = &mut shop;
+    // Really stopped: its HTTP server closed, so the gateway's calls to it
+    // are refused.
+    let payment_down = async || {
+        nodes.remove(&Service::Payment).unwrap().shutdown().await.unwrap();
+        client.gateway.clone()
+    };
+    client.details_compose_and_degrade(payment_down).await;
+    shop.shutdown().await;
+}
+
+async fn the_last_units_go_to_exactly_as_many_orders(style: SagaStyle) {
+    let shop = Shop::start(style).await;
+    shop.last_units_race().await;
+    shop.shutdown().await;
+}
+
 macro_rules! both_styles {
     ($($case:ident),* $(,)?) => {
         mod orchestration {
@@ -180,7 +214,13 @@ macro_rules! both_styles {
     };
 }
 
-both_styles!(approved_order_captures_ships_and_reserves_then_cancels, each_rejection_reason_compensates);
+both_styles!(
+    approved_order_captures_ships_and_reserves_then_cancels,
+    each_rejection_reason_compensates,
+    a_service_that_never_answers_times_the_order_out,
+    order_details_compose_and_degrade_when_a_service_is_down,
+    the_last_units_go_to_exactly_as_many_orders,
+);
 
 /// The tables that the `CREATE TABLE` statements of the PostgreSQL
 /// migrations under `dir` create: an oracle independent of the code that runs them.

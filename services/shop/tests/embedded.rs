@@ -19,7 +19,6 @@ use contracts::{RejectionReason, SagaStyle};
 use shop::client::Endpoint;
 use shop::{Embedded, ShopConfig};
 use support::Client;
-use uuid::Uuid;
 
 /// The shop in this process; its services' routers are called without a socket.
 struct Shop {
@@ -125,15 +124,7 @@ async fn a_service_that_never_answers_times_the_order_out(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(style);
     config.silent = vec!["shipping".into()];
-    let shop = Shop::start(dir.path(), &config).await;
-    // Shipping is silent, so its replica never hears of customers: seed the
-    // customer through the gateway and wait only on payment's replica.
-    let customer = shop.customer("DE", 1_000_000, "patient").await;
-    let sku = shop.product(100, 5).await;
-    let id = shop.order(customer, &[(&sku, 2)]).await;
-    let order = shop.wait_status(id, OrderStatus::Rejected).await;
-    assert_eq!(order.reason, Some(RejectionReason::Timeout));
-    shop.wait_undone(id, &sku, 5).await;
+    Shop::start(dir.path(), &config).await.times_out().await;
 }
 
 async fn a_deadline_fires_after_a_restart(style: SagaStyle) {
@@ -159,75 +150,34 @@ async fn a_deadline_fires_after_a_restart(style: SagaStyle) {
 
 async fn the_last_units_go_to_exactly_as_many_orders(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::start(dir.path(), &config(style)).await;
-    let customer = shop.customer("DE", 1_000_000_000, "crowd").await;
-    let sku = shop.product(10, 10).await;
-    let items = [(sku.as_str(), 1)];
-    let ids: Vec<Uuid> = futures::future::join_all((0..50).map(|_| shop.order(customer, &items))).await;
-    let mut approved = 0;
-    let mut out_of_stock = 0;
-    for id in ids {
-        let result = polis_testkit::wait_for(Duration::from_secs(60), || async {
-            shop.get_order(id).await.status.is_terminal()
-        })
-        .await;
-        assert!(result.is_ok(), "order {id} stuck");
-        let order = shop.get_order(id).await;
-        match (order.status, order.reason) {
-            (OrderStatus::Approved, None) => approved += 1,
-            (OrderStatus::Rejected, Some(RejectionReason::OutOfStock)) => out_of_stock += 1,
-            other => panic!("unexpected outcome {other:?}"),
-        }
-    }
-    assert_eq!((approved, out_of_stock), (10, 40));
-    assert_eq!(shop.stock(&sku).await, StockLevel { sku, available: 0, reserved: 10 });
+    Shop::start(dir.path(), &config(style)).await.last_units_race().await;
 }
 
 async fn order_details_compose_and_degrade_when_a_service_is_down(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::start(dir.path(), &config(style)).await;
-    let customer = shop.customer("FR", 1_000_000, "composed").await;
-    let sku = shop.product(400, 10).await;
-    let id = shop.order(customer, &[(&sku, 2)]).await;
-    shop.wait_status(id, OrderStatus::Approved).await;
-
-    let details: serde_json::Value = shop.gateway.get(&format!("/api/orders/{id}/details")).await.unwrap();
-    assert_eq!(details["order"]["status"], "APPROVED");
-    assert_eq!(details["customer"]["id"], customer.to_string());
-    assert_eq!(details["products"][0]["sku"], sku);
-    assert_eq!(details["payment"]["status"], "CAPTURED");
-    assert_eq!(details["shipment"]["status"], "SCHEDULED");
-    assert_eq!(details["partial"], serde_json::json!([]));
-
-    // The same gateway, but the payment service is down (nothing listens at
-    // its address): the details still answer, without the payment.
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
+    // The same services behind a second gateway whose payment upstream is
+    // down (nothing listens at its address).
+    let payment_down = async || {
+        let dead = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let routers = shop.shop.routers();
+        let upstreams = gateway::Upstreams {
+            customer: gateway::Upstream::local(routers.customer.clone()),
+            catalog: gateway::Upstream::local(routers.catalog.clone()),
+            inventory: gateway::Upstream::local(routers.inventory.clone()),
+            payment: gateway::Upstream::remote(&dead).unwrap(),
+            shipping: gateway::Upstream::local(routers.shipping.clone()),
+            order: gateway::Upstream::local(routers.order.clone()),
+        };
+        Endpoint::local(polis_runtime::with_standard_stack(
+            gateway::router(upstreams, gateway::GatewayConfig::default()),
+            &polis_runtime::HttpOptions::default(),
+        ))
     };
-    let routers = shop.shop.routers();
-    let upstreams = gateway::Upstreams {
-        customer: gateway::Upstream::local(routers.customer.clone()),
-        catalog: gateway::Upstream::local(routers.catalog.clone()),
-        inventory: gateway::Upstream::local(routers.inventory.clone()),
-        payment: gateway::Upstream::remote(&dead).unwrap(),
-        shipping: gateway::Upstream::local(routers.shipping.clone()),
-        order: gateway::Upstream::local(routers.order.clone()),
-    };
-    let degraded = Endpoint::local(polis_runtime::with_standard_stack(
-        gateway::router(upstreams, gateway::GatewayConfig::default()),
-        &polis_runtime::HttpOptions::default(),
-    ));
-    let details: serde_json::Value = degraded.get(&format!("/api/orders/{id}/details")).await.unwrap();
-    assert_eq!(details["partial"], serde_json::json!(["payment"]));
-    assert!(details["payment"].is_null());
-    assert_eq!(details["shipment"]["status"], "SCHEDULED");
-    assert_eq!(details["order"]["id"], id.to_string());
-
-    // An unknown order is a 404 problem.
-    let (status, _) =
-        shop.gateway.call(Method::GET, &format!("/api/orders/{}/details", Uuid::now_v7()), None::<&()>).await.unwrap();
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    shop.details_compose_and_degrade(payment_down).await;
 }
 
 /// Database per service: each service's file holds polis's own tables and

@@ -2,8 +2,12 @@
 //! deployed: register customers, add products, place orders and wait for
 //! their status through the gateway, and read what each participant did
 //! about an order from its own API. The suites differ only in how they
-//! start the shop and reach its services ([`Client::new`]).
+//! start the shop and reach its services ([`Client::new`]), and in how they
+//! silence or stop a service; the cases that need that ([`Client::times_out`],
+//! [`Client::details_compose_and_degrade`]) and the race for the last units
+//! ([`Client::last_units_race`]) are written once here.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
@@ -13,7 +17,7 @@ use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel}
 use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
-use contracts::{Address, Quantity};
+use contracts::{Address, Quantity, RejectionReason};
 use serde::de::DeserializeOwned;
 use shop::client::Endpoint;
 use uuid::Uuid;
@@ -142,5 +146,83 @@ impl Client {
             self.shipment(order).await,
             self.reservation(order).await
         );
+    }
+
+    /// The deadline case, on a shop whose shipping service never hears
+    /// anything: an order waits for a shipment that never comes and is
+    /// rejected with TIMEOUT; the reservation and the authorization it got
+    /// before are released and voided.
+    pub(crate) async fn times_out(&self) {
+        // Shipping's replica never hears of customers either: `customer`
+        // waits only on payment's.
+        let customer = self.customer("DE", 1_000_000, "patient").await;
+        let sku = self.product(100, 5).await;
+        let id = self.order(customer, &[(&sku, 2)]).await;
+        let order = self.wait_status(id, OrderStatus::Rejected).await;
+        assert_eq!(order.reason, Some(RejectionReason::Timeout), "{order:?}");
+        self.wait_undone(id, &sku, 5).await;
+        // Voided — or never authorized at all, if a loaded machine let an
+        // earlier step's deadline pass first; never left authorized.
+        let payment = self.payment(id).await.map(|p| p.status);
+        assert!(matches!(payment, None | Some(PaymentStatus::Voided)), "payment {payment:?}");
+        assert_eq!(self.reservation(id).await.map(|r| r.status), Some(ReservationStatus::Released));
+        assert!(self.shipment(id).await.is_none(), "a silent shipping service scheduled a shipment");
+    }
+
+    /// API composition: an approved order's details hold every part; with
+    /// the payment service down (`payment_down` takes it down and returns
+    /// the gateway to ask then) they still answer, without the payment; an
+    /// unknown order is a 404 problem.
+    pub(crate) async fn details_compose_and_degrade(&self, payment_down: impl AsyncFnOnce() -> Endpoint) {
+        let customer = self.customer("FR", 1_000_000, "composed").await;
+        let sku = self.product(400, 10).await;
+        let id = self.order(customer, &[(&sku, 2)]).await;
+        self.wait_status(id, OrderStatus::Approved).await;
+        let path = format!("/api/orders/{id}/details");
+
+        let details: serde_json::Value = self.gateway.get(&path).await.unwrap();
+        assert_eq!(details["order"]["status"], "APPROVED", "{details}");
+        assert_eq!(details["customer"]["id"], customer.to_string(), "{details}");
+        assert_eq!(details["products"][0]["sku"], sku, "{details}");
+        assert_eq!(details["payment"]["status"], "CAPTURED", "{details}");
+        assert_eq!(details["shipment"]["status"], "SCHEDULED", "{details}");
+        assert_eq!(details["partial"], serde_json::json!([]), "{details}");
+
+        let gateway = payment_down().await;
+        let details: serde_json::Value = gateway.get(&path).await.unwrap();
+        assert_eq!(details["partial"], serde_json::json!(["payment"]), "{details}");
+        assert!(details["payment"].is_null(), "{details}");
+        assert_eq!(details["order"]["id"], id.to_string(), "{details}");
+        assert_eq!(details["customer"]["id"], customer.to_string(), "{details}");
+        assert_eq!(details["products"][0]["sku"], sku, "{details}");
+        assert_eq!(details["shipment"]["status"], "SCHEDULED", "{details}");
+
+        let unknown = format!("/api/orders/{}/details", Uuid::now_v7());
+        let (status, body) = gateway.call(Method::GET, &unknown, None::<&()>).await.unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&body));
+    }
+
+    /// Many concurrent orders for the last units of a sku: exactly as many
+    /// are approved as there are units, the rest are out of stock, and the
+    /// units end up reserved, none oversold.
+    pub(crate) async fn last_units_race(&self) {
+        let customer = self.customer("DE", 1_000_000_000, "crowd").await;
+        let sku = self.product(10, 10).await;
+        let items = [(sku.as_str(), 1)];
+        let ids: Vec<Uuid> = futures::future::join_all((0..50).map(|_| self.order(customer, &items))).await;
+        let mut outcomes = HashMap::new();
+        for id in ids {
+            let result =
+                polis_testkit::wait_for(PATIENCE * 2, || async { self.get_order(id).await.status.is_terminal() }).await;
+            let order = self.get_order(id).await;
+            assert!(result.is_ok(), "order {id} stuck: {order:?}");
+            *outcomes.entry((order.status, order.reason)).or_insert(0) += 1;
+        }
+        let expected = HashMap::from([
+            ((OrderStatus::Approved, None), 10),
+            ((OrderStatus::Rejected, Some(RejectionReason::OutOfStock)), 40),
+        ]);
+        assert_eq!(outcomes, expected);
+        assert_eq!(self.stock(&sku).await, StockLevel { sku, available: 0, reserved: 10 });
     }
 }
