@@ -21,12 +21,8 @@ use std::ops::Deref;
 use std::path::Path;
 use std::str::FromStr;
 
-use axum::http::{Method, StatusCode};
-use contracts::inventory::StockLevel;
-use contracts::order::{Accepted, OrderStatus};
-use contracts::payment::PaymentStatus;
-use contracts::shipping::ShipmentStatus;
-use contracts::{RejectionReason, SagaStyle};
+use contracts::SagaStyle;
+use contracts::order::OrderStatus;
 use polis_runtime::Secret;
 use polis_testkit::{NatsServer, TestDatabase};
 use shop::client::Endpoint;
@@ -106,65 +102,18 @@ impl Deref for Shop {
 
 async fn approved_order_captures_ships_and_reserves_then_cancels(style: SagaStyle) {
     let shop = Shop::start(style).await;
-    let customer = shop.customer("DE", 1_000_000, "ok").await;
-    let sku = shop.product(250, 10).await;
-    let id = shop.order(customer, &[(&sku, 3)]).await;
-    let order = shop.wait_status(id, OrderStatus::Approved).await;
-    assert_eq!(order.total, 750);
-    assert_eq!(order.reason, None);
-    assert_eq!(shop.stock(&sku).await, StockLevel { sku: sku.clone(), available: 7, reserved: 3 });
-    assert_eq!(shop.payment(id).await.unwrap().status, PaymentStatus::Captured);
-    assert_eq!(shop.shipment(id).await.unwrap().status, ShipmentStatus::Scheduled);
+    let (customer, id, sku) = shop.approved_order().await;
     // API composition across four processes.
     let details: serde_json::Value = shop.gateway.get(&format!("/api/orders/{id}/details")).await.unwrap();
     assert_eq!(details["order"]["id"], id.to_string(), "{details}");
     assert_eq!(details["customer"]["id"], customer.to_string(), "{details}");
-
-    // Cancel: refund, release, cancel the shipment → CANCELLED.
-    let path = format!("/api/orders/{id}/cancel");
-    let accepted: Accepted = shop.gateway.json(Method::POST, &path, None::<&()>, StatusCode::ACCEPTED).await.unwrap();
-    assert_eq!(accepted.status, OrderStatus::CancelPending);
-    shop.wait_status(id, OrderStatus::Cancelled).await;
-    shop.wait_undone(id, &sku, 10).await;
-    assert_eq!(shop.payment(id).await.unwrap().status, PaymentStatus::Refunded);
-    assert_eq!(shop.shipment(id).await.unwrap().status, ShipmentStatus::Cancelled);
-    let (status, body) = shop.gateway.call(Method::POST, &path, None::<&()>).await.unwrap();
-    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+    shop.cancel_approved(id, &sku).await;
     shop.shutdown().await;
 }
 
 async fn each_rejection_reason_compensates(style: SagaStyle) {
     let shop = Shop::start(style).await;
-    let sku = shop.product(500, 100).await;
-    let scarce = shop.product(500, 1).await;
-
-    let rich = shop.customer("DE", 1_000_000, "rich").await;
-    let out_of_stock = shop.order(rich, &[(&sku, 1), (&scarce, 2)]).await;
-    let poor = shop.customer("DE", 100, "poor").await;
-    let over_limit = shop.order(poor, &[(&sku, 1)]).await;
-    let declined_customer = shop.customer("DE", 1_000_000, "ann+decline").await;
-    let declined = shop.order(declined_customer, &[(&sku, 1)]).await;
-    let penguin = shop.customer("AQ", 1_000_000, "penguin").await;
-    let undeliverable = shop.order(penguin, &[(&sku, 1)]).await;
-
-    for (id, reason) in [
-        (out_of_stock, RejectionReason::OutOfStock),
-        (over_limit, RejectionReason::CreditLimitExceeded),
-        (declined, RejectionReason::PaymentDeclined),
-        (undeliverable, RejectionReason::Undeliverable),
-    ] {
-        let order = shop.wait_status(id, OrderStatus::Rejected).await;
-        assert_eq!(order.reason, Some(reason), "{order:?}");
-    }
-    for id in [out_of_stock, over_limit, declined, undeliverable] {
-        shop.wait_undone(id, &sku, 100).await;
-    }
-    assert_eq!(shop.stock(&scarce).await.available, 1);
-    // Undeliverable got as far as an authorization, which was voided.
-    assert_eq!(shop.payment(undeliverable).await.unwrap().status, PaymentStatus::Voided);
-    let (status, _) =
-        shop.gateway.call(Method::POST, &format!("/api/orders/{declined}/cancel"), None::<&()>).await.unwrap();
-    assert_eq!(status, StatusCode::CONFLICT);
+    shop.rejections_compensate().await;
     shop.shutdown().await;
 }
 

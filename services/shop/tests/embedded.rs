@@ -10,11 +10,7 @@ use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
-use axum::http::{Method, StatusCode};
-use contracts::inventory::StockLevel;
-use contracts::order::{Accepted, OrderStatus};
-use contracts::payment::PaymentStatus;
-use contracts::shipping::ShipmentStatus;
+use contracts::order::OrderStatus;
 use contracts::{RejectionReason, SagaStyle};
 use shop::client::Endpoint;
 use shop::{Embedded, ShopConfig};
@@ -59,65 +55,13 @@ fn config(style: SagaStyle) -> ShopConfig {
 async fn approved_order_captures_ships_and_reserves(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::start(dir.path(), &config(style)).await;
-    let customer = shop.customer("DE", 1_000_000, "ok").await;
-    let sku = shop.product(250, 10).await;
-    let id = shop.order(customer, &[(&sku, 3)]).await;
-    let order = shop.wait_status(id, OrderStatus::Approved).await;
-    assert_eq!(order.total, 750);
-    assert_eq!(order.reason, None);
-    assert_eq!(shop.stock(&sku).await, StockLevel { sku: sku.clone(), available: 7, reserved: 3 });
-    assert_eq!(shop.payment(id).await.unwrap().status, PaymentStatus::Captured);
-    assert_eq!(shop.shipment(id).await.unwrap().status, ShipmentStatus::Scheduled);
-
-    // Cancel: refund, release, cancel the shipment → CANCELLED.
-    let path = format!("/api/orders/{id}/cancel");
-    let accepted: Accepted = shop.gateway.json(Method::POST, &path, None::<&()>, StatusCode::ACCEPTED).await.unwrap();
-    assert_eq!(accepted.status, OrderStatus::CancelPending);
-    shop.wait_status(id, OrderStatus::Cancelled).await;
-    shop.wait_undone(id, &sku, 10).await;
-    assert_eq!(shop.payment(id).await.unwrap().status, PaymentStatus::Refunded);
-    assert_eq!(shop.shipment(id).await.unwrap().status, ShipmentStatus::Cancelled);
-    // Cancelling again is a conflict, with a problem body.
-    let (status, body) = shop.gateway.call(Method::POST, &path, None::<&()>).await.unwrap();
-    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+    let (_, id, sku) = shop.approved_order().await;
+    shop.cancel_approved(id, &sku).await;
 }
 
 async fn each_rejection_reason_compensates(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::start(dir.path(), &config(style)).await;
-    let sku = shop.product(500, 100).await;
-    let scarce = shop.product(500, 1).await;
-
-    let rich = shop.customer("DE", 1_000_000, "rich").await;
-    let out_of_stock = shop.order(rich, &[(&sku, 1), (&scarce, 2)]).await;
-    let poor = shop.customer("DE", 100, "poor").await;
-    let over_limit = shop.order(poor, &[(&sku, 1)]).await;
-    let declined_customer = shop.customer("DE", 1_000_000, "ann+decline").await;
-    let declined = shop.order(declined_customer, &[(&sku, 1)]).await;
-    let penguin = shop.customer("AQ", 1_000_000, "penguin").await;
-    let undeliverable = shop.order(penguin, &[(&sku, 1)]).await;
-
-    for (id, reason) in [
-        (out_of_stock, RejectionReason::OutOfStock),
-        (over_limit, RejectionReason::CreditLimitExceeded),
-        (declined, RejectionReason::PaymentDeclined),
-        (undeliverable, RejectionReason::Undeliverable),
-    ] {
-        let order = shop.wait_status(id, OrderStatus::Rejected).await;
-        assert_eq!(order.reason, Some(reason), "{order:?}");
-    }
-    // Every compensation ran: nothing reserved, nothing charged, nothing shipped.
-    for id in [out_of_stock, over_limit, declined, undeliverable] {
-        shop.wait_undone(id, &sku, 100).await;
-    }
-    assert_eq!(shop.stock(&scarce).await.available, 1);
-    // Undeliverable got as far as an authorization, which was voided.
-    assert_eq!(shop.payment(undeliverable).await.unwrap().status, PaymentStatus::Voided);
-
-    // A pending or rejected order cannot be cancelled.
-    let (status, _) =
-        shop.gateway.call(Method::POST, &format!("/api/orders/{declined}/cancel"), None::<&()>).await.unwrap();
-    assert_eq!(status, StatusCode::CONFLICT);
+    Shop::start(dir.path(), &config(style)).await.rejections_compensate().await;
 }
 
 async fn a_service_that_never_answers_times_the_order_out(style: SagaStyle) {

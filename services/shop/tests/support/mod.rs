@@ -148,6 +148,72 @@ impl Client {
         );
     }
 
+    /// An order that passes every step: stock reserved, payment captured,
+    /// shipment scheduled. Returns the customer, the order and its sku.
+    pub(crate) async fn approved_order(&self) -> (Uuid, Uuid, String) {
+        let customer = self.customer("DE", 1_000_000, "ok").await;
+        let sku = self.product(250, 10).await;
+        let id = self.order(customer, &[(&sku, 3)]).await;
+        let order = self.wait_status(id, OrderStatus::Approved).await;
+        assert_eq!(order.total, 750);
+        assert_eq!(order.reason, None);
+        assert_eq!(self.stock(&sku).await, StockLevel { sku: sku.clone(), available: 7, reserved: 3 });
+        assert_eq!(self.payment(id).await.unwrap().status, PaymentStatus::Captured);
+        assert_eq!(self.shipment(id).await.unwrap().status, ShipmentStatus::Scheduled);
+        (customer, id, sku)
+    }
+
+    /// Cancels an order from [`Client::approved_order`]: refund, release,
+    /// cancel the shipment → CANCELLED; cancelling again is a 409.
+    pub(crate) async fn cancel_approved(&self, id: Uuid, sku: &str) {
+        let path = format!("/api/orders/{id}/cancel");
+        let accepted: Accepted =
+            self.gateway.json(Method::POST, &path, None::<&()>, StatusCode::ACCEPTED).await.unwrap();
+        assert_eq!(accepted.status, OrderStatus::CancelPending);
+        self.wait_status(id, OrderStatus::Cancelled).await;
+        self.wait_undone(id, sku, 10).await;
+        assert_eq!(self.payment(id).await.unwrap().status, PaymentStatus::Refunded);
+        assert_eq!(self.shipment(id).await.unwrap().status, ShipmentStatus::Cancelled);
+        let (status, body) = self.gateway.call(Method::POST, &path, None::<&()>).await.unwrap();
+        assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+    }
+
+    /// Each business rejection reason, with every compensation run: nothing
+    /// reserved, nothing charged, nothing shipped; a rejected order cannot be
+    /// cancelled.
+    pub(crate) async fn rejections_compensate(&self) {
+        let sku = self.product(500, 100).await;
+        let scarce = self.product(500, 1).await;
+
+        let rich = self.customer("DE", 1_000_000, "rich").await;
+        let out_of_stock = self.order(rich, &[(&sku, 1), (&scarce, 2)]).await;
+        let poor = self.customer("DE", 100, "poor").await;
+        let over_limit = self.order(poor, &[(&sku, 1)]).await;
+        let declined_customer = self.customer("DE", 1_000_000, "ann+decline").await;
+        let declined = self.order(declined_customer, &[(&sku, 1)]).await;
+        let penguin = self.customer("AQ", 1_000_000, "penguin").await;
+        let undeliverable = self.order(penguin, &[(&sku, 1)]).await;
+
+        for (id, reason) in [
+            (out_of_stock, RejectionReason::OutOfStock),
+            (over_limit, RejectionReason::CreditLimitExceeded),
+            (declined, RejectionReason::PaymentDeclined),
+            (undeliverable, RejectionReason::Undeliverable),
+        ] {
+            let order = self.wait_status(id, OrderStatus::Rejected).await;
+            assert_eq!(order.reason, Some(reason), "{order:?}");
+        }
+        for id in [out_of_stock, over_limit, declined, undeliverable] {
+            self.wait_undone(id, &sku, 100).await;
+        }
+        assert_eq!(self.stock(&scarce).await.available, 1);
+        // Undeliverable got as far as an authorization, which was voided.
+        assert_eq!(self.payment(undeliverable).await.unwrap().status, PaymentStatus::Voided);
+        let (status, _) =
+            self.gateway.call(Method::POST, &format!("/api/orders/{declined}/cancel"), None::<&()>).await.unwrap();
+        assert_eq!(status, StatusCode::CONFLICT);
+    }
+
     /// The deadline case, on a shop whose shipping service never hears
     /// anything: an order waits for a shipment that never comes and is
     /// rejected with TIMEOUT; the reservation and the authorization it got
