@@ -51,8 +51,8 @@ use chrono::Utc;
 use polis_core::Message;
 use polis_core::bus::{Acker, Bus, BusError, Delivery, Malformed, Subscription, Topic};
 use polis_core::message::validate_message;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use polis_store::sqlite::engine::{self, BatchWriter, Durability, Readers};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -114,8 +114,11 @@ pub struct InProcessBus {
 
 #[derive(Debug)]
 struct Inner {
-    /// One connection: publishes and ack flushes are serialized (SQLite has one writer anyway).
-    pool: SqlitePool,
+    /// The only writing connection, on a thread of its own: publishes and ack
+    /// flushes queued together commit together.
+    writer: BatchWriter,
+    /// Deliveries and counts read here, beside the writer.
+    readers: Readers,
     published: watch::Sender<u64>,
     consumers: Mutex<HashMap<ConsumerKey, Arc<Mutex<ConsumerState>>>>,
     acks: mpsc::UnboundedSender<(ConsumerKey, i64)>,
@@ -185,21 +188,18 @@ impl InProcessBus {
         if options.cleanup_interval.is_zero() {
             return Err(BusError::backend("the in-process bus cleanup interval must be positive"));
         }
-        let connect = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
-        let pool =
-            SqlitePoolOptions::new().max_connections(1).connect_with(connect).await.map_err(BusError::backend)?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(BusError::backend)?;
+        let path = path.as_ref();
+        let conn = engine::open_writer(path, Durability::Full).map_err(BusError::backend)?;
+        conn.execute_batch(SCHEMA).map_err(BusError::backend)?;
+        let readers = Readers::open(path, 4).map_err(BusError::backend)?;
+        let writer = BatchWriter::spawn("polis-bus-writer".into(), conn).map_err(BusError::backend)?;
         let (published, _) = watch::channel(0);
         let (acks, pending) = mpsc::unbounded_channel();
-        tokio::spawn(ack_writer(pool.clone(), pending));
+        tokio::spawn(ack_writer(writer.clone(), pending));
         let (stop_cleanup, stopped) = oneshot::channel();
         let interval = options.cleanup_interval;
-        let inner = Inner { pool, published, consumers: Mutex::default(), acks, options, _stop_cleanup: stop_cleanup };
+        let consumers = Mutex::default();
+        let inner = Inner { writer, readers, published, consumers, acks, options, _stop_cleanup: stop_cleanup };
         let bus = Self { inner: Arc::new(inner) };
         tokio::spawn(cleanup_task(Arc::downgrade(&bus.inner), interval, stopped));
         Ok(bus)
@@ -215,19 +215,22 @@ impl InProcessBus {
         loop {
             // Per message: old enough, and at or below the stored ack floor of
             // every consumer of its topic (no consumer: nothing holds it).
-            let done = sqlx::query(
-                "DELETE FROM bus_messages WHERE seq IN ( \
-                     SELECT m.seq FROM bus_messages m WHERE m.stored_at_us < ?1 AND NOT EXISTS ( \
-                         SELECT 1 FROM bus_consumers c \
-                         WHERE c.service = m.service AND c.segment = m.segment AND c.ack_floor < m.seq) \
-                     LIMIT ?2)",
-            )
-            .bind(cutoff)
-            .bind(CLEANUP_CHUNK)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(BusError::backend)?
-            .rows_affected();
+            let done = self
+                .inner
+                .writer
+                .run(move |conn| {
+                    let deleted = conn.execute(
+                        "DELETE FROM bus_messages WHERE seq IN ( \
+                             SELECT m.seq FROM bus_messages m WHERE m.stored_at_us < ?1 AND NOT EXISTS ( \
+                                 SELECT 1 FROM bus_consumers c \
+                                 WHERE c.service = m.service AND c.segment = m.segment AND c.ack_floor < m.seq) \
+                             LIMIT ?2)",
+                        params![cutoff, CLEANUP_CHUNK],
+                    )?;
+                    Ok(deleted as u64)
+                })
+                .await
+                .map_err(BusError::backend)?;
             deleted += done;
             if done < CLEANUP_CHUNK as u64 {
                 return Ok(deleted);
@@ -245,17 +248,20 @@ impl InProcessBus {
             service: topic.service.clone(),
             segment: topic.kind.segment(),
         };
-        let mut tx = self.inner.pool.begin().await.map_err(BusError::backend)?;
-        for table in ["bus_consumers", "bus_acks"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE consumer = ? AND service = ? AND segment = ?"))
-                .bind(&key.consumer)
-                .bind(&key.service)
-                .bind(key.segment)
-                .execute(&mut *tx)
-                .await
-                .map_err(BusError::backend)?;
-        }
-        tx.commit().await.map_err(BusError::backend)?;
+        let forget = key.clone();
+        self.inner
+            .writer
+            .run(move |conn| {
+                for table in ["bus_consumers", "bus_acks"] {
+                    conn.execute(
+                        &format!("DELETE FROM {table} WHERE consumer = ?1 AND service = ?2 AND segment = ?3"),
+                        params![forget.consumer, forget.service, forget.segment],
+                    )?;
+                }
+                Ok(0)
+            })
+            .await
+            .map_err(BusError::backend)?;
         lock(&self.inner.consumers).remove(&key);
         Ok(())
     }
@@ -264,30 +270,30 @@ impl InProcessBus {
     /// as the stored acknowledgements tell (they trail the consumer by the
     /// moments it takes to write them): its backlog, for monitoring.
     pub async fn unacknowledged(&self, consumer: &str, topic: &Topic) -> Result<u64, BusError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM bus_messages m \
-             WHERE m.service = ?2 AND m.segment = ?3 \
-               AND m.seq > COALESCE((SELECT ack_floor FROM bus_consumers \
-                                     WHERE consumer = ?1 AND service = ?2 AND segment = ?3), 0) \
-               AND NOT EXISTS (SELECT 1 FROM bus_acks a \
-                               WHERE a.consumer = ?1 AND a.service = ?2 AND a.segment = ?3 AND a.seq = m.seq)",
-        )
-        .bind(consumer)
-        .bind(&topic.service)
-        .bind(topic.kind.segment())
-        .fetch_one(&self.inner.pool)
-        .await
-        .map_err(BusError::backend)?;
+        let n: i64 = self.read(|conn| {
+            conn.query_row(
+                "SELECT count(*) FROM bus_messages m \
+                 WHERE m.service = ?2 AND m.segment = ?3 \
+                   AND m.seq > COALESCE((SELECT ack_floor FROM bus_consumers \
+                                         WHERE consumer = ?1 AND service = ?2 AND segment = ?3), 0) \
+                   AND NOT EXISTS (SELECT 1 FROM bus_acks a \
+                                   WHERE a.consumer = ?1 AND a.service = ?2 AND a.segment = ?3 AND a.seq = m.seq)",
+                params![consumer, topic.service, topic.kind.segment()],
+                |r| r.get(0),
+            )
+        })?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// How many messages the log holds.
     pub async fn stored_messages(&self) -> Result<u64, BusError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_messages")
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(BusError::backend)?;
+        let n: i64 = self.read(|conn| conn.query_row("SELECT count(*) FROM bus_messages", [], |r| r.get(0)))?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Runs `read` on a reader connection, on this thread.
+    fn read<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, BusError> {
+        self.inner.readers.read(read).and_then(|r| r).map_err(BusError::backend)
     }
 
     fn state(&self, key: &ConsumerKey) -> Arc<Mutex<ConsumerState>> {
@@ -311,24 +317,26 @@ impl Bus for InProcessBus {
         if messages.is_empty() {
             return Ok(());
         }
-        let mut tx = self.inner.pool.begin().await.map_err(BusError::backend)?;
+        let rows = messages
+            .iter()
+            .map(|m| Ok((m.id, m.target.clone(), m.kind.segment(), serde_json::to_string(m)?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(BusError::backend)?;
         let now = Utc::now().timestamp_micros();
-        for m in messages {
-            let body = serde_json::to_string(m).map_err(BusError::backend)?;
-            sqlx::query(
-                "INSERT INTO bus_messages (message_id, service, segment, body, stored_at_us) VALUES (?, ?, ?, ?, ?) \
-                 ON CONFLICT (message_id) DO NOTHING",
-            )
-            .bind(m.id)
-            .bind(&m.target)
-            .bind(m.kind.segment())
-            .bind(body)
-            .bind(now)
-            .execute(&mut *tx)
+        self.inner
+            .writer
+            .run(move |conn| {
+                let mut insert = conn.prepare_cached(
+                    "INSERT INTO bus_messages (message_id, service, segment, body, stored_at_us) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (message_id) DO NOTHING",
+                )?;
+                for (id, service, segment, body) in &rows {
+                    insert.execute(params![id, service, segment, body, now])?;
+                }
+                Ok(0)
+            })
             .await
             .map_err(BusError::backend)?;
-        }
-        tx.commit().await.map_err(BusError::backend)?;
         self.inner.published.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
@@ -341,36 +349,36 @@ impl Bus for InProcessBus {
         };
         // Recorded before anything is read: from now on this consumer holds
         // back the retention of its topic, acknowledged anything or not.
-        sqlx::query(
-            "INSERT INTO bus_consumers (consumer, service, segment, ack_floor) VALUES (?, ?, ?, 0) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&key.consumer)
-        .bind(&key.service)
-        .bind(key.segment)
-        .execute(&self.inner.pool)
-        .await
-        .map_err(BusError::backend)?;
+        let record = key.clone();
+        self.inner
+            .writer
+            .run(move |conn| {
+                conn.execute(
+                    "INSERT INTO bus_consumers (consumer, service, segment, ack_floor) VALUES (?1, ?2, ?3, 0) \
+                     ON CONFLICT DO NOTHING",
+                    params![record.consumer, record.service, record.segment],
+                )?;
+                Ok(0)
+            })
+            .await
+            .map_err(BusError::backend)?;
         let state = self.state(&key);
         let needs_load = !lock(&state).loaded;
         if needs_load {
-            let floor: Option<i64> = sqlx::query_scalar(
-                "SELECT ack_floor FROM bus_consumers WHERE consumer = ? AND service = ? AND segment = ?",
-            )
-            .bind(&key.consumer)
-            .bind(&key.service)
-            .bind(key.segment)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(BusError::backend)?;
-            let acked: Vec<i64> =
-                sqlx::query_scalar("SELECT seq FROM bus_acks WHERE consumer = ? AND service = ? AND segment = ?")
-                    .bind(&key.consumer)
-                    .bind(&key.service)
-                    .bind(key.segment)
-                    .fetch_all(&self.inner.pool)
-                    .await
-                    .map_err(BusError::backend)?;
+            let (floor, acked) = self.read(|conn| {
+                let who = params![key.consumer, key.service, key.segment];
+                let floor: Option<i64> = conn
+                    .query_row(
+                        "SELECT ack_floor FROM bus_consumers WHERE consumer = ?1 AND service = ?2 AND segment = ?3",
+                        who,
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let mut statement =
+                    conn.prepare("SELECT seq FROM bus_acks WHERE consumer = ?1 AND service = ?2 AND segment = ?3")?;
+                let acked = statement.query_map(who, |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
+                Ok((floor, acked))
+            })?;
             let mut s = lock(&state);
             if !s.loaded {
                 s.loaded = true;
@@ -421,11 +429,12 @@ impl Subscription for InProcessSubscription {
                 }
             };
             if let Some(seq) = due {
-                let body: Option<String> = match sqlx::query_scalar("SELECT body FROM bus_messages WHERE seq = ?")
-                    .bind(seq)
-                    .fetch_optional(&self.bus.inner.pool)
-                    .await
-                {
+                let body = self.bus.read(|conn| {
+                    conn.prepare_cached("SELECT body FROM bus_messages WHERE seq = ?1")?
+                        .query_row([seq], |r| r.get::<_, String>(0))
+                        .optional()
+                });
+                let body = match body {
                     Ok(body) => body,
                     Err(e) => {
                         // Put it back, or the redelivery would be lost until a resubscribe.
@@ -448,23 +457,29 @@ impl Subscription for InProcessSubscription {
                 }
             }
             self.published.borrow_and_update();
-            let rows = sqlx::query(
-                "SELECT seq, body FROM bus_messages WHERE service = ? AND segment = ? AND seq > ? ORDER BY seq LIMIT ?",
-            )
-            .bind(&self.key.service)
-            .bind(self.key.segment)
-            .bind(self.cursor)
-            .bind(FETCH)
-            .fetch_all(&self.bus.inner.pool)
-            .await
-            .map_err(BusError::backend)?;
-            for row in &rows {
-                let seq: i64 = row.try_get("seq").map_err(BusError::backend)?;
-                self.cursor = seq;
-                lock(&self.state).read(seq);
-                self.buffer.push_back((seq, row.try_get("body").map_err(BusError::backend)?));
-            }
+            let rows = self.bus.read(|conn| {
+                let mut statement = conn.prepare_cached(
+                    "SELECT seq, body FROM bus_messages WHERE service = ?1 AND segment = ?2 AND seq > ?3 \
+                     ORDER BY seq LIMIT ?4",
+                )?;
+                let rows = statement
+                    .query_map(params![self.key.service, self.key.segment, self.cursor, FETCH], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })?;
             if !rows.is_empty() {
+                let mut s = lock(&self.state);
+                for &(seq, _) in &rows {
+                    s.read(seq);
+                }
+            }
+            if let Some(&(seq, _)) = rows.last() {
+                self.cursor = seq;
+            }
+            let fetched = !rows.is_empty();
+            self.buffer.extend(rows);
+            if fetched {
                 continue;
             }
             // Nothing new: wait for a publish, the next due redelivery, or a poll.
@@ -520,7 +535,9 @@ impl Acker for InProcessAcker {
 
 /// Runs [`InProcessBus::cleanup`] every `interval` until the bus is dropped.
 async fn cleanup_task(bus: Weak<Inner>, interval: Duration, mut stopped: oneshot::Receiver<()>) {
-    let mut ticks = tokio::time::interval(interval);
+    // The first run is one interval after opening, not at once: callers
+    // that clean up explicitly right after opening see their own count.
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -537,77 +554,69 @@ async fn cleanup_task(bus: Weak<Inner>, interval: Duration, mut stopped: oneshot
 }
 
 /// Persists acknowledgements in batches and advances ack floors.
-async fn ack_writer(pool: SqlitePool, mut pending: mpsc::UnboundedReceiver<(ConsumerKey, i64)>) {
+async fn ack_writer(writer: BatchWriter, mut pending: mpsc::UnboundedReceiver<(ConsumerKey, i64)>) {
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, 1024).await > 0 {
         // Keep the batch until it is written: the acks are already settled in
         // memory and would never be sent again, so the stored floor would stick.
+        let shared = Arc::new(std::mem::take(&mut batch));
         let mut pause = Duration::from_millis(50);
-        while let Err(e) = write_acks(&pool, &batch).await {
-            tracing::warn!(error = %e, retry_in = ?pause, "failed to persist bus acknowledgements");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+        loop {
+            let acks = shared.clone();
+            match writer.run(move |conn| write_acks(conn, &acks)).await {
+                Ok(_) => break,
+                Err(engine::WriteError::Stopped) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "failed to persist bus acknowledgements");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
         }
-        batch.clear();
     }
 }
 
-async fn write_acks(pool: &SqlitePool, batch: &[(ConsumerKey, i64)]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut touched = Vec::new();
-    for (key, seq) in batch {
-        sqlx::query(
-            "INSERT INTO bus_acks (consumer, service, segment, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(&key.consumer)
-        .bind(&key.service)
-        .bind(key.segment)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?;
-        if !touched.contains(key) {
-            touched.push(key.clone());
+fn write_acks(conn: &Connection, batch: &[(ConsumerKey, i64)]) -> rusqlite::Result<u64> {
+    let mut touched: Vec<&ConsumerKey> = Vec::new();
+    {
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO bus_acks (consumer, service, segment, seq) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )?;
+        for (key, seq) in batch {
+            insert.execute(params![key.consumer, key.service, key.segment, seq])?;
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
         }
     }
     // Advance each floor over contiguous acknowledgements and drop them.
     for key in touched {
-        sqlx::query(
+        let who = params![key.consumer, key.service, key.segment];
+        conn.prepare_cached(
             "INSERT INTO bus_consumers (consumer, service, segment, ack_floor) VALUES (?1, ?2, ?3, 0) \
              ON CONFLICT DO NOTHING",
-        )
-        .bind(&key.consumer)
-        .bind(&key.service)
-        .bind(key.segment)
-        .execute(&mut *tx)
-        .await?;
-        let floor: i64 = sqlx::query_scalar(
-            "SELECT ack_floor FROM bus_consumers WHERE consumer = ? AND service = ? AND segment = ?",
-        )
-        .bind(&key.consumer)
-        .bind(&key.service)
-        .bind(key.segment)
-        .fetch_one(&mut *tx)
-        .await?;
-        let acked: Vec<i64> = sqlx::query_scalar(
-            "SELECT seq FROM bus_acks WHERE consumer = ? AND service = ? AND segment = ? AND seq > ? ORDER BY seq",
-        )
-        .bind(&key.consumer)
-        .bind(&key.service)
-        .bind(key.segment)
-        .bind(floor)
-        .fetch_all(&mut *tx)
-        .await?;
+        )?
+        .execute(who)?;
+        let floor: i64 = conn
+            .prepare_cached(
+                "SELECT ack_floor FROM bus_consumers WHERE consumer = ?1 AND service = ?2 AND segment = ?3",
+            )?
+            .query_row(who, |r| r.get(0))?;
+        let acked: Vec<i64> = conn
+            .prepare_cached(
+                "SELECT seq FROM bus_acks WHERE consumer = ?1 AND service = ?2 AND segment = ?3 AND seq > ?4 \
+                 ORDER BY seq",
+            )?
+            .query_map(params![key.consumer, key.service, key.segment, floor], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         // Messages of other topics interleave in the log, so "contiguous" means
         // no unacknowledged message of this topic in between.
-        let unacked: Vec<i64> = sqlx::query_scalar(
-            "SELECT seq FROM bus_messages WHERE service = ? AND segment = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(&key.service)
-        .bind(key.segment)
-        .bind(floor)
-        .bind(acked.len() as i64 + 1)
-        .fetch_all(&mut *tx)
-        .await?;
+        let unacked: Vec<i64> = conn
+            .prepare_cached(
+                "SELECT seq FROM bus_messages WHERE service = ?1 AND segment = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+            )?
+            .query_map(params![key.service, key.segment, floor, acked.len() as i64 + 1], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         let mut new_floor = floor;
         for seq in unacked {
             if acked.binary_search(&seq).is_ok() {
@@ -617,21 +626,16 @@ async fn write_acks(pool: &SqlitePool, batch: &[(ConsumerKey, i64)]) -> Result<(
             }
         }
         if new_floor > floor {
-            sqlx::query("UPDATE bus_consumers SET ack_floor = ? WHERE consumer = ? AND service = ? AND segment = ?")
-                .bind(new_floor)
-                .bind(&key.consumer)
-                .bind(&key.service)
-                .bind(key.segment)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM bus_acks WHERE consumer = ? AND service = ? AND segment = ? AND seq <= ?")
-                .bind(&key.consumer)
-                .bind(&key.service)
-                .bind(key.segment)
-                .bind(new_floor)
-                .execute(&mut *tx)
-                .await?;
+            let at = params![new_floor, key.consumer, key.service, key.segment];
+            conn.prepare_cached(
+                "UPDATE bus_consumers SET ack_floor = ?1 WHERE consumer = ?2 AND service = ?3 AND segment = ?4",
+            )?
+            .execute(at)?;
+            conn.prepare_cached(
+                "DELETE FROM bus_acks WHERE seq <= ?1 AND consumer = ?2 AND service = ?3 AND segment = ?4",
+            )?
+            .execute(at)?;
         }
     }
-    tx.commit().await
+    Ok(0)
 }

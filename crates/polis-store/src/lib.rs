@@ -1,7 +1,7 @@
 //! polis-store: the event store backends.
 //!
 //! - [`sqlite`]: the embedded default, one SQLite file per service (WAL, one
-//!   writer task with group commit, a read pool).
+//!   writer thread with group commit, read connections used in place).
 //! - [`postgres`]: the distributed backend, one PostgreSQL database per
 //!   service, with a visibility horizon so catch-up readers never skip events
 //!   that commit out of position order.

@@ -21,14 +21,16 @@
 //! backend, applied with [`SqlStore::migrate`] and
 //! [`service_migrator!`](crate::service_migrator).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use polis_core::StoreError;
 use polis_core::outbox::TransactionalStore;
 use polis_core::store::EventStore;
+use rusqlite::types::Value as SqliteValue;
 use sqlx::Row as _;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
 use crate::{PgEventStore, PgTx, SqliteEventStore, SqliteTx, backend};
@@ -86,49 +88,92 @@ pub enum Row {
     Postgres(PgRow),
 }
 
+/// A row read from SQLite, owned (SQLite's own rows live only as long as
+/// their statement's step).
+#[derive(Debug)]
+pub struct SqliteRow {
+    columns: Arc<[String]>,
+    values: Vec<SqliteValue>,
+}
+
+impl SqliteRow {
+    fn value(&self, column: &str) -> Result<&SqliteValue, StoreError> {
+        self.columns
+            .iter()
+            .position(|c| c == column)
+            .and_then(|i| self.values.get(i))
+            .ok_or_else(|| StoreError::backend(format!("no column `{column}` in the row")))
+    }
+}
+
 impl std::fmt::Debug for Row {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let columns = match self {
-            Self::Sqlite(row) => row.columns().len(),
+            Self::Sqlite(row) => row.columns.len(),
             Self::Postgres(row) => row.columns().len(),
         };
         f.debug_struct("Row").field("columns", &columns).finish_non_exhaustive()
     }
 }
 
-impl Row {
-    fn get<T>(&self, column: &str) -> Result<T, StoreError>
-    where
-        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite>
-            + sqlx::Type<sqlx::Sqlite>
-            + for<'r> sqlx::Decode<'r, sqlx::Postgres>
-            + sqlx::Type<sqlx::Postgres>,
-    {
-        let result = match self {
-            Self::Sqlite(row) => row.try_get(column),
-            Self::Postgres(row) => row.try_get(column),
-        };
-        result.map_err(|e| StoreError::backend(format!("column `{column}`: {e}")))
-    }
+fn mismatch(column: &str, expected: &str, found: &SqliteValue) -> StoreError {
+    let found = match found {
+        SqliteValue::Null => "NULL",
+        SqliteValue::Integer(_) => "an integer",
+        SqliteValue::Real(_) => "a real",
+        SqliteValue::Text(_) => "text",
+        SqliteValue::Blob(_) => "a blob",
+    };
+    StoreError::backend(format!("column `{column}`: expected {expected}, found {found}"))
+}
 
+fn pg_get<T>(row: &PgRow, column: &str) -> Result<T, StoreError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(column).map_err(|e| StoreError::backend(format!("column `{column}`: {e}")))
+}
+
+impl Row {
     pub fn int(&self, column: &str) -> Result<i64, StoreError> {
-        self.get(column)
+        self.opt_int(column)?.ok_or_else(|| StoreError::backend(format!("column `{column}` is NULL")))
     }
 
     pub fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
-        self.get(column)
+        match self {
+            Self::Sqlite(row) => match row.value(column)? {
+                SqliteValue::Null => Ok(None),
+                SqliteValue::Integer(v) => Ok(Some(*v)),
+                other => Err(mismatch(column, "an integer", other)),
+            },
+            Self::Postgres(row) => pg_get(row, column),
+        }
     }
 
     pub fn text(&self, column: &str) -> Result<String, StoreError> {
-        self.get(column)
+        self.opt_text(column)?.ok_or_else(|| StoreError::backend(format!("column `{column}` is NULL")))
     }
 
     pub fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-        self.get(column)
+        match self {
+            Self::Sqlite(row) => match row.value(column)? {
+                SqliteValue::Null => Ok(None),
+                SqliteValue::Text(v) => Ok(Some(v.clone())),
+                other => Err(mismatch(column, "text", other)),
+            },
+            Self::Postgres(row) => pg_get(row, column),
+        }
     }
 
     pub fn bool(&self, column: &str) -> Result<bool, StoreError> {
-        self.get(column)
+        match self {
+            // SQLite keeps booleans as the integers 0 and 1.
+            Self::Sqlite(row) => match row.value(column)? {
+                SqliteValue::Integer(v) => Ok(*v != 0),
+                other => Err(mismatch(column, "a boolean", other)),
+            },
+            Self::Postgres(row) => pg_get(row, column),
+        }
     }
 
     /// A UUID stored as text.
@@ -239,21 +284,78 @@ fn driver_error(e: sqlx::Error) -> StoreError {
     backend(e)
 }
 
+fn sqlite_error(e: rusqlite::Error) -> StoreError {
+    if crate::sqlite::engine::is_unique_violation(&e) {
+        let what = crate::sqlite::engine::failure_message(&e).unwrap_or("unique constraint failed");
+        return StoreError::Unique(what.to_owned());
+    }
+    backend(e)
+}
+
+/// Binds `args` to a statement's `$n` (or `?n`) parameters; anonymous `?`
+/// parameters take the arguments in order.
+fn bind_sqlite(statement: &mut rusqlite::Statement<'_>, args: &[Value]) -> Result<(), StoreError> {
+    for index in 1..=statement.parameter_count() {
+        let numbered = statement
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$').or_else(|| name.strip_prefix('?')))
+            .and_then(|n| n.parse::<usize>().ok());
+        let position = numbered.map_or(Some(index - 1), |n| n.checked_sub(1));
+        let Some(value) = position.and_then(|p| args.get(p)) else {
+            return Err(StoreError::InvalidRequest(format!(
+                "parameter {} of the statement has no argument ({} given)",
+                statement.parameter_name(index).unwrap_or("?"),
+                args.len()
+            )));
+        };
+        match value {
+            Value::Int(v) => statement.raw_bind_parameter(index, v),
+            Value::Text(v) => statement.raw_bind_parameter(index, v.as_deref()),
+            Value::Bool(v) => statement.raw_bind_parameter(index, v),
+        }
+        .map_err(sqlite_error)?;
+    }
+    Ok(())
+}
+
+/// Runs a statement on SQLite; returns the rows it changed.
+fn sqlite_execute(conn: &rusqlite::Connection, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
+    let mut statement = conn.prepare_cached(sql).map_err(sqlite_error)?;
+    bind_sqlite(&mut statement, args)?;
+    let mut rows = statement.raw_query();
+    // Step to the end, whatever the statement returns (`RETURNING` rows included).
+    while rows.next().map_err(sqlite_error)?.is_some() {}
+    Ok(conn.changes())
+}
+
+/// Runs a query on SQLite; returns at most `limit` rows.
+fn sqlite_fetch(conn: &rusqlite::Connection, sql: &str, args: &[Value], limit: usize) -> Result<Vec<Row>, StoreError> {
+    let mut statement = conn.prepare_cached(sql).map_err(sqlite_error)?;
+    bind_sqlite(&mut statement, args)?;
+    let columns: Arc<[String]> = statement.column_names().into_iter().map(str::to_owned).collect();
+    let mut rows = statement.raw_query();
+    let mut out = Vec::new();
+    while out.len() < limit
+        && let Some(row) = rows.next().map_err(sqlite_error)?
+    {
+        let values = (0..columns.len()).map(|i| row.get::<_, SqliteValue>(i)).collect::<Result<_, _>>();
+        out.push(Row::Sqlite(SqliteRow { columns: columns.clone(), values: values.map_err(sqlite_error)? }));
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Sql for SqliteTx {
     async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
-        let query = bind_all!(sqlx::query(sql), args);
-        Ok(query.execute(self.conn()).await.map_err(driver_error)?.rows_affected())
+        sqlite_execute(self.connection(), sql, args)
     }
 
     async fn fetch_all(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let query = bind_all!(sqlx::query(sql), args);
-        Ok(query.fetch_all(self.conn()).await.map_err(driver_error)?.into_iter().map(Row::Sqlite).collect())
+        sqlite_fetch(self.connection(), sql, args, usize::MAX)
     }
 
     async fn fetch_optional(&mut self, sql: &str, args: &[Value]) -> Result<Option<Row>, StoreError> {
-        let query = bind_all!(sqlx::query(sql), args);
-        Ok(query.fetch_optional(self.conn()).await.map_err(driver_error)?.map(Row::Sqlite))
+        Ok(sqlite_fetch(self.connection(), sql, args, 1)?.pop())
     }
 }
 
@@ -282,25 +384,15 @@ impl SqlStore for SqliteEventStore {
     }
 
     async fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let query = bind_all!(sqlx::query(sql), args);
-        Ok(query.fetch_all(self.read_pool()).await.map_err(driver_error)?.into_iter().map(Row::Sqlite).collect())
+        self.readers().read(|conn| sqlite_fetch(conn, sql, args, usize::MAX)).map_err(backend)?
     }
 
     async fn query_optional(&self, sql: &str, args: &[Value]) -> Result<Option<Row>, StoreError> {
-        let query = bind_all!(sqlx::query(sql), args);
-        Ok(query.fetch_optional(self.read_pool()).await.map_err(driver_error)?.map(Row::Sqlite))
+        Ok(self.readers().read(|conn| sqlite_fetch(conn, sql, args, 1)).map_err(backend)??.pop())
     }
 
     async fn migrate(&self, migrator: &Migrator) -> Result<(), StoreError> {
-        // The writer task owns the store's write connection and may be inside
-        // a group transaction; migrations run their own transactions, so they
-        // get a connection of their own (SQLite's busy timeout orders the two).
-        let options = (*self.read_pool().connect_options()).clone().read_only(false);
-        let pool =
-            sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(backend)?;
-        let result = migrator.run(&pool).await.map_err(backend);
-        pool.close().await;
-        result
+        crate::sqlite::run_migrations(self.path(), migrator).await
     }
 }
 
@@ -327,7 +419,40 @@ impl SqlStore for PgEventStore {
 
 #[cfg(test)]
 mod tests {
-    use super::Dialect;
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Dialect, Sql, SqlStore, Value};
+    use crate::{SqliteEventStore, SqliteOptions, SqliteTx};
+    use polis_core::StoreError;
+    use polis_core::outbox::TransactionalStore;
+
+    /// `$n` names the argument, wherever it stands in the statement; a unique
+    /// violation is `Unique`; a missing argument is refused, not bound NULL.
+    #[tokio::test]
+    async fn sqlite_binds_numbered_parameters_by_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteEventStore::open(dir.path().join("t.db"), SqliteOptions::new("t")).await.unwrap();
+        store
+            .transaction::<_, StoreError>(Box::new(|tx: &mut SqliteTx| {
+                Box::pin(async move {
+                    tx.execute("CREATE TABLE t (a TEXT PRIMARY KEY, b INTEGER, c BOOLEAN)", &[]).await?;
+                    let args = crate::args!["x", 7_i64, true];
+                    assert_eq!(tx.execute("INSERT INTO t (c, b, a) VALUES ($3, $2, $1)", args).await?, 1);
+                    let again = tx.execute("INSERT INTO t (a, b, c) VALUES ($1, $2, $3)", args).await;
+                    assert!(matches!(again, Err(StoreError::Unique(_))), "{again:?}");
+                    let missing = tx.execute("INSERT INTO t (a, b) VALUES ($1, $4)", args).await;
+                    assert!(matches!(missing, Err(StoreError::InvalidRequest(_))), "{missing:?}");
+                    Ok(())
+                })
+            }))
+            .await
+            .unwrap();
+        let row = store.query_optional("SELECT a, b, c FROM t WHERE b = $1", &[Value::Int(Some(7))]).await.unwrap();
+        let row = row.unwrap();
+        assert_eq!((row.text("a").unwrap(), row.int("b").unwrap(), row.bool("c").unwrap()), ("x".into(), 7, true));
+        assert!(row.opt_text("b").is_err(), "an integer is not text");
+        assert!(store.query("SELECT a FROM t WHERE a = $1", &[Value::Text(None)]).await.unwrap().is_empty());
+    }
 
     fn versions(migrator: &sqlx::migrate::Migrator) -> Vec<i64> {
         migrator.iter().map(|m| m.version).collect()

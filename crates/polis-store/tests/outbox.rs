@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, TransactionalStore};
 use polis_core::{EventStore, ExpectedVersion, Message, StoreError};
+use polis_store::args;
+use polis_store::sql::{Sql, SqlStore};
 use polis_store::{PgEventStore, PgTx, SqliteEventStore, SqliteTx};
 use serde_json::json;
 use support::event;
@@ -30,7 +32,7 @@ impl Orders for SqliteEventStore {
     async fn create_table(&self) {
         self.transaction::<_, StoreError>(Box::new(|tx: &mut SqliteTx| {
             Box::pin(async move {
-                sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)").execute(tx.conn()).await.unwrap();
+                tx.execute("CREATE TABLE orders (id TEXT PRIMARY KEY)", &[]).await.unwrap();
                 Ok(())
             })
         }))
@@ -38,11 +40,11 @@ impl Orders for SqliteEventStore {
         .unwrap();
     }
     async fn insert_in(tx: &mut SqliteTx, id: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO orders (id) VALUES (?)").bind(id).execute(tx.conn()).await.unwrap();
+        tx.execute("INSERT INTO orders (id) VALUES ($1)", args![id]).await.unwrap();
         Ok(())
     }
     async fn count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(self.read_pool()).await.unwrap()
+        self.query("SELECT count(*) AS n FROM orders", &[]).await.unwrap()[0].int("n").unwrap()
     }
 }
 

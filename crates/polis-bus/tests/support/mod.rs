@@ -11,6 +11,8 @@ use polis_bus::{Handler, HandlerError};
 use polis_core::Message;
 use polis_core::bus::Bus;
 use polis_core::outbox::TransactionalStore;
+use polis_store::args;
+use polis_store::sql::{Sql, SqlStore};
 use polis_store::{PgEventStore, PgOptions, PgTx, SqliteEventStore, SqliteOptions, SqliteTx};
 use uuid::Uuid;
 
@@ -61,12 +63,9 @@ impl Applied for SqliteEventStore {
     async fn create_applied(&self) {
         self.transaction::<_, polis_core::StoreError>(Box::new(|tx: &mut SqliteTx| {
             Box::pin(async move {
-                sqlx::query(
-                    "CREATE TABLE applied (n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, seq INTEGER, id BLOB)",
-                )
-                .execute(tx.conn())
-                .await
-                .unwrap();
+                let create =
+                    "CREATE TABLE applied (n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, seq INTEGER, id TEXT)";
+                tx.execute(create, &[]).await.unwrap();
                 Ok(())
             })
         }))
@@ -74,17 +73,15 @@ impl Applied for SqliteEventStore {
         .unwrap();
     }
     async fn record_in(tx: &mut SqliteTx, m: &Message) -> Result<(), HandlerError> {
-        sqlx::query("INSERT INTO applied (key, seq, id) VALUES (?, ?, ?)")
-            .bind(&m.key)
-            .bind(m.data["seq"].as_i64().unwrap_or(-1))
-            .bind(m.id)
-            .execute(tx.conn())
+        let seq = m.data["seq"].as_i64().unwrap_or(-1);
+        tx.execute("INSERT INTO applied (key, seq, id) VALUES ($1, $2, $3)", args![&m.key, seq, m.id])
             .await
             .map_err(|e| HandlerError::Transient(e.to_string()))?;
         Ok(())
     }
     async fn applied(&self) -> Vec<(String, i64, Uuid)> {
-        sqlx::query_as("SELECT key, seq, id FROM applied ORDER BY n").fetch_all(self.read_pool()).await.unwrap()
+        let rows = self.query("SELECT key, seq, id FROM applied ORDER BY n", &[]).await.unwrap();
+        rows.iter().map(|r| (r.text("key").unwrap(), r.int("seq").unwrap(), r.uuid("id").unwrap())).collect()
     }
 }
 

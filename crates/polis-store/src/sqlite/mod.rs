@@ -1,17 +1,19 @@
 //! The embedded event store: one SQLite file per service, in WAL mode.
 //!
 //! SQLite allows one writer at a time, so the store owns exactly one writing
-//! connection, driven by a writer task. Appends queue up on a channel and the
-//! writer commits everything queued in one transaction (group commit): with
-//! many concurrent writers, one fsync covers many appends. Each append keeps
-//! its own expected-version check, so one conflict fails only its own append.
-//! Reads use a separate pool; WAL lets them run beside the writer.
+//! connection, on a thread of its own (the writer). Appends and transactions
+//! queue up on a channel and the writer commits everything queued in one
+//! transaction (group commit): with many concurrent writers, one fsync covers
+//! many of them. Each append keeps its own expected-version check, so one
+//! conflict fails only its own append. Reads run on the caller's thread
+//! through a small pool of read-only connections; WAL lets them run beside
+//! the writer. Statements run synchronously through rusqlite, without a
+//! thread hop each (see [`engine`] and ADR 0006).
 //!
 //! Because commits are serialized, positions (the rowid) are handed out in
 //! commit order and a reader of the global log can never skip an event.
 
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,17 +26,19 @@ use polis_core::store::validate_append;
 use polis_core::{
     AppendResult, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StoreError, StreamInfo,
 };
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Connection, Executor, Row, SqliteConnection, SqlitePool};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
-use uuid::Uuid;
 
 use crate::{backend, migrations};
 
+pub mod engine;
 mod outbox;
 mod schedule;
 
+pub use engine::Durability;
 pub use outbox::SqliteTx;
+
+use engine::{Readers, failure_message, is_unique_violation};
 
 /// Appends committed together at most (bounded so one batch can't grow without limit).
 const MAX_GROUP: usize = 256;
@@ -44,22 +48,13 @@ const ROWS_PER_INSERT: usize = 256;
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, schema_version, \
      time_us, data, correlation_id, causation_id, traceparent";
 
-/// How durable a commit is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// fsync on every commit: a committed append survives power loss (the default).
-    Full,
-    /// fsync at checkpoints only: survives a process crash, not power loss.
-    Normal,
-}
-
 /// Options for [`SqliteEventStore::open`].
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
     /// CloudEvents `source` stamped on events: the owning service's name.
     pub source: String,
     pub durability: Durability,
-    /// Connections for reads.
+    /// Idle read connections kept open.
     pub readers: u32,
 }
 
@@ -78,7 +73,8 @@ pub struct SqliteEventStore {
 #[derive(Debug)]
 struct Inner {
     source: String,
-    readers: SqlitePool,
+    path: PathBuf,
+    readers: Readers,
     writer: mpsc::Sender<WriteRequest>,
     head: watch::Sender<u64>,
     outbox: watch::Sender<u64>,
@@ -143,52 +139,38 @@ enum WriteRequest {
 impl SqliteEventStore {
     /// Opens (creating if needed) the database file at `path` and applies migrations.
     pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
-        let connect = SqliteConnectOptions::new().filename(path).create_if_missing(true);
-        Self::open_with(connect, options).await
-    }
-
-    /// Opens a database given as a `sqlite:` URL.
-    pub async fn open_url(url: &str, options: SqliteOptions) -> Result<Self, StoreError> {
-        let connect = SqliteConnectOptions::from_str(url).map_err(backend)?.create_if_missing(true);
-        Self::open_with(connect, options).await
-    }
-
-    async fn open_with(connect: SqliteConnectOptions, options: SqliteOptions) -> Result<Self, StoreError> {
-        let connect = connect
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match options.durability {
-                Durability::Full => SqliteSynchronous::Full,
-                Durability::Normal => SqliteSynchronous::Normal,
-            })
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let mut writer = SqliteConnection::connect_with(&connect).await.map_err(backend)?;
-        migrations::sqlite().run(&mut writer).await.map_err(backend)?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(options.readers.max(1))
-            .connect_with(connect.clone().read_only(true))
-            .await
-            .map_err(backend)?;
-
-        let head_position = current_head(&readers).await?;
+        let path = path.as_ref().to_owned();
+        run_migrations(&path, &migrations::sqlite()).await?;
+        let writer = engine::open_writer(&path, options.durability).map_err(backend)?;
+        let readers = Readers::open(&path, options.readers as usize).map_err(backend)?;
+        let head_position = readers.read(current_head).map_err(backend)??;
         let (head, _) = watch::channel(head_position);
         let (outbox, _) = watch::channel(0);
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
-        let state = SqliteTx {
-            conn: writer,
-            source: options.source.clone(),
-            appended: None,
-            sent: false,
-            work_rolled_back: false,
-        };
+        let state = SqliteTx::new(writer, options.source.clone());
         let signals = Signals { head: head.clone(), outbox: outbox.clone() };
-        tokio::spawn(writer_loop(state, connect.clone(), rx, signals, options.source.clone()));
-        Ok(Self { inner: Arc::new(Inner { source: options.source, readers, writer: tx, head, outbox }) })
+        let (source, reopen) = (options.source.clone(), (path.clone(), options.durability));
+        engine::spawn_writer_thread(format!("polis-sqlite-{}", options.source), move || {
+            writer_loop(state, reopen, rx, signals, source)
+        })
+        .map_err(backend)?;
+        let inner = Inner { source: options.source, path, readers, writer: tx, head, outbox };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
-    /// The read pool, for queries the trait does not cover.
-    pub fn read_pool(&self) -> &SqlitePool {
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The read pool, for reads the traits do not cover.
+    pub fn readers(&self) -> &Readers {
         &self.inner.readers
+    }
+
+    /// Runs `read` on a reader connection, on this thread.
+    fn read<T>(&self, read: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.inner.readers.read(read).map_err(backend)?
     }
 
     async fn submit<T>(
@@ -202,8 +184,29 @@ impl SqliteEventStore {
     }
 }
 
+/// Applies `migrator` on a connection of its own: the writer may be inside a
+/// group transaction, and migrations run their own transactions (SQLite's busy
+/// timeout orders the two). Migrations are sqlx's, so their history table is
+/// the one sqlx-based tools expect.
+pub(crate) async fn run_migrations(path: &Path, migrator: &sqlx::migrate::Migrator) -> Result<(), StoreError> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    // A pool of one, not a bare connection: `Migrator::run` on `&mut
+    // SqliteConnection` trips rustc's higher-ranked `Send` check inside
+    // async-trait methods (rust#100013).
+    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(backend)?;
+    let result = migrator.run(&pool).await.map_err(backend);
+    pool.close().await;
+    result
+}
+
 fn writer_gone() -> StoreError {
-    StoreError::backend("the sqlite writer task has stopped")
+    StoreError::backend("the sqlite writer has stopped")
 }
 
 #[async_trait]
@@ -225,36 +228,27 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut conn = self.inner.readers.acquire().await.map_err(backend)?;
-        let mut events = read_stream_on(&mut conn, stream, from_version, max).await?;
-        for event in &mut events {
-            event.source.clone_from(&self.inner.source);
-        }
-        Ok(events)
+        self.read(|conn| read_stream_on(conn, stream, from_version, max, &self.inner.source))
     }
 
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM polis_events WHERE position > ? ORDER BY position LIMIT ?");
-        let rows = sqlx::query(&sql)
-            .bind(to_i64(after))
-            .bind(to_i64(max as u64))
-            .fetch_all(&self.inner.readers)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(|r| decode_row(r, &self.inner.source)).collect()
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!("SELECT {EVENT_COLUMNS} FROM polis_events WHERE position > ?1 ORDER BY position LIMIT ?2")
+        });
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(&SQL).map_err(backend)?;
+            let rows = statement.query(params![to_i64(after), to_i64(max as u64)]).map_err(backend)?;
+            decode_events(rows, &self.inner.source)
+        })
     }
 
     async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>, StoreError> {
-        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM polis_streams WHERE stream_id = ?")
-            .bind(stream)
-            .fetch_optional(&self.inner.readers)
-            .await
-            .map_err(backend)?;
+        let version = self.read(|conn| current_version_opt(conn, stream))?;
         Ok(version.map(|v| StreamInfo { version: v as u64 }))
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {
-        current_head(&self.inner.readers).await
+        self.read(current_head)
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
@@ -262,20 +256,25 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
-        let row =
-            sqlx::query("SELECT version, schema_version, state, taken_at_us FROM polis_snapshots WHERE stream_id = ?")
-                .bind(stream)
-                .fetch_optional(&self.inner.readers)
-                .await
-                .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let state: String = row.try_get("state").map_err(backend)?;
+        let row = self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT version, schema_version, state, taken_at_us FROM polis_snapshots WHERE stream_id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([stream], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                })
+                .optional()
+            })
+            .map_err(backend)
+        })?;
+        let Some((version, schema_version, state, taken_at_us)) = row else { return Ok(None) };
         Ok(Some(Snapshot {
             stream_id: stream.to_owned(),
-            version: row.try_get::<i64, _>("version").map_err(backend)? as u64,
-            schema_version: row.try_get::<i64, _>("schema_version").map_err(backend)? as u16,
+            version: version as u64,
+            schema_version: u16::try_from(schema_version).map_err(backend)?,
             state: serde_json::from_str(&state).map_err(backend)?,
-            taken_at: from_micros(row.try_get("taken_at_us").map_err(backend)?),
+            taken_at: from_micros(taken_at_us),
         }))
     }
 
@@ -316,17 +315,17 @@ impl TransactionalStore for SqliteEventStore {
     }
 
     async fn unpublished(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        outbox::unpublished(&self.inner.readers, max, &[]).await
+        self.read(|conn| outbox::unpublished(conn, max, &[]))
     }
 
     async fn unpublished_excluding(&self, max: usize, in_flight: &[u64]) -> Result<Vec<OutboxEntry>, StoreError> {
-        outbox::unpublished(&self.inner.readers, max, in_flight).await
+        self.read(|conn| outbox::unpublished(conn, max, in_flight))
     }
 
     async fn mark_published(&self, positions: &[u64]) -> Result<(), StoreError> {
         let positions = positions.to_vec();
         self.transaction::<_, StoreError>(Box::new(move |tx| {
-            Box::pin(async move { outbox::mark_published(&mut tx.conn, &positions).await })
+            Box::pin(async move { outbox::mark_published(&tx.conn, &positions) })
         }))
         .await
     }
@@ -336,27 +335,31 @@ impl TransactionalStore for SqliteEventStore {
     }
 
     async fn outbox_backlog(&self) -> Result<Backlog, StoreError> {
-        outbox::backlog(&self.inner.readers).await
+        self.read(outbox::backlog)
     }
 
     async fn purge(&self, before: DateTime<Utc>) -> Result<Purged, StoreError> {
-        self.transaction::<_, StoreError>(Box::new(move |tx| Box::pin(outbox::purge(&mut tx.conn, before)))).await
+        self.transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { outbox::purge(&tx.conn, before) })))
+            .await
     }
 
     async fn release_due(&self, now: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
-        self.transaction::<_, StoreError>(Box::new(move |tx| Box::pin(schedule::release_due(tx, now, max)))).await
+        self.transaction::<_, StoreError>(Box::new(move |tx| {
+            Box::pin(async move { schedule::release_due(tx, now, max) })
+        }))
+        .await
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        schedule::next_due(&self.inner.readers).await
+        self.read(schedule::next_due)
     }
 
     async fn scheduled_count(&self) -> Result<u64, StoreError> {
-        schedule::count(&self.inner.readers).await
+        self.read(schedule::count)
     }
 
     async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        outbox::dead_letters(&self.inner.readers, consumer).await
+        self.read(|conn| outbox::dead_letters(conn, consumer))
     }
 }
 
@@ -368,10 +371,10 @@ where
     f
 }
 
-async fn current_head(pool: &SqlitePool) -> Result<u64, StoreError> {
-    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM polis_events")
-        .fetch_one(pool)
-        .await
+fn current_head(conn: &Connection) -> Result<u64, StoreError> {
+    let head: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM polis_events")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(backend)?;
     Ok(head as u64)
 }
@@ -386,7 +389,7 @@ struct Signals {
 /// Commits queued writes in groups until every handle to the store is dropped.
 async fn writer_loop(
     mut tx: SqliteTx,
-    connect: SqliteConnectOptions,
+    reopen: (PathBuf, Durability),
     mut rx: mpsc::Receiver<WriteRequest>,
     signals: Signals,
     source: String,
@@ -412,7 +415,7 @@ async fn writer_loop(
                     tx.appended = None;
                     tx.sent = false;
                     if !rolled_back {
-                        tx.conn = reconnect(tx.conn, &connect).await;
+                        reconnect(&mut tx, &reopen).await;
                     }
                 }
                 Err(GroupFailure::Transaction { error, rolled_back }) => {
@@ -425,7 +428,7 @@ async fn writer_loop(
                     tx.appended = None;
                     tx.sent = false;
                     if !rolled_back {
-                        tx.conn = reconnect(tx.conn, &connect).await;
+                        reconnect(&mut tx, &reopen).await;
                     }
                 }
             }
@@ -438,17 +441,19 @@ async fn writer_loop(
         }
     }
     tracing::debug!(source, "sqlite writer stopped");
-    let _ = tx.conn.close().await;
 }
 
 /// Replaces a connection whose transaction state is unknown (a failed
 /// ROLLBACK): SQLite rolls back whatever it left open when it closes.
-async fn reconnect(old: SqliteConnection, connect: &SqliteConnectOptions) -> SqliteConnection {
-    let _ = old.close().await;
+async fn reconnect(tx: &mut SqliteTx, (path, durability): &(PathBuf, Durability)) {
     let mut pause = Duration::from_millis(50);
     loop {
-        match SqliteConnection::connect_with(connect).await {
-            Ok(conn) => return conn,
+        match engine::open_writer(path, *durability) {
+            Ok(conn) => {
+                // Dropping the old connection closes it.
+                tx.conn = conn;
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reopen the sqlite writer connection; retrying");
                 tokio::time::sleep(pause).await;
@@ -477,62 +482,44 @@ enum GroupFailure {
     Transaction { error: StoreError, rolled_back: bool },
 }
 
-// Boxed: sqlx's `Executor for &mut Connection` trips rustc's higher-ranked
-// `Send` check when these futures run inside `tokio::spawn` (rust#100013).
-fn commit_group<'a>(
-    tx: &'a mut SqliteTx,
-    group: &'a mut [WriteRequest],
-) -> BoxFuture<'a, Result<Vec<Outcome>, GroupFailure>> {
-    Box::pin(commit_group_inner(tx, group))
-}
-
 /// Runs `group` in one IMMEDIATE transaction. Per-request expected-version
 /// conflicts are outcomes; any other failure aborts the whole transaction,
 /// unless the group holds transactions: then every request runs under its own
 /// savepoint and only its own writes are undone.
-async fn commit_group_inner(tx: &mut SqliteTx, group: &mut [WriteRequest]) -> Result<Vec<Outcome>, GroupFailure> {
+async fn commit_group(tx: &mut SqliteTx, group: &mut [WriteRequest]) -> Result<Vec<Outcome>, GroupFailure> {
     // A lone append that fits one statement needs no explicit transaction:
     // the statement is one (and the writer is the database's only writer).
     if let [WriteRequest::Append { stream, expected, events, data, .. }] = group
         && events.len() <= ROWS_PER_INSERT
     {
-        return match append_in_tx(&mut tx.conn, stream, *expected, events, data).boxed().await {
+        return match append_in_tx(&tx.conn, stream, *expected, events, data) {
             Ok(outcome) => Ok(vec![outcome.map(Committed::Append)]),
             Err(error) => Err(GroupFailure::Request { index: 0, error, rolled_back: true }),
         };
     }
     let isolate = group.iter().any(|r| matches!(r, WriteRequest::Work(_)));
-    if let Err(e) = tx.conn.execute("BEGIN IMMEDIATE").await {
+    if let Err(e) = tx.conn.execute_batch("BEGIN IMMEDIATE") {
         return Err(GroupFailure::Transaction { error: backend(e), rolled_back: true });
     }
     // Optimistically write every append of the group with one statement; if
     // any of them is refused, the statement aborts as a whole and each append
     // runs on its own below, so only the refused ones fail.
-    match append_all_at_once(&mut tx.conn, group).boxed().await {
-        Ok(Some(outcomes)) => {
-            if let Err(e) = tx.conn.execute("COMMIT").await {
-                let rolled_back = tx.conn.execute("ROLLBACK").await.is_ok();
-                return Err(GroupFailure::Transaction { error: backend(e), rolled_back });
-            }
-            return Ok(outcomes);
-        }
+    match append_all_at_once(&tx.conn, group) {
+        Ok(Some(outcomes)) => return commit(tx).map(|()| outcomes),
         Ok(None) => {}
-        Err(error) => return Err(abort(tx, error).await),
+        Err(error) => return Err(abort(tx, error)),
     }
     let mut outcomes = Vec::with_capacity(group.len());
     for (index, request) in group.iter_mut().enumerate() {
-        if isolate && let Err(e) = tx.conn.execute("SAVEPOINT polis_request").await {
-            return Err(abort(tx, backend(e)).await);
+        if isolate && let Err(e) = tx.conn.execute_batch("SAVEPOINT polis_request") {
+            return Err(abort(tx, backend(e)));
         }
         let result = match request {
             WriteRequest::Append { stream, expected, events, data, .. } => {
-                append_in_tx(&mut tx.conn, stream, *expected, events, data)
-                    .boxed()
-                    .await
-                    .map(|r| r.map(Committed::Append))
+                append_in_tx(&tx.conn, stream, *expected, events, data).map(|r| r.map(Committed::Append))
             }
             WriteRequest::Snapshot { snapshot, .. } => {
-                save_snapshot_in_tx(&mut tx.conn, snapshot).boxed().await.map(|()| Ok(Committed::Snapshot))
+                save_snapshot_in_tx(&tx.conn, snapshot).map(|()| Ok(Committed::Snapshot))
             }
             WriteRequest::Work(work) => {
                 let run = work.run.take();
@@ -545,40 +532,41 @@ async fn commit_group_inner(tx: &mut SqliteTx, group: &mut [WriteRequest]) -> Re
             Ok(outcome) if isolate => {
                 let statement =
                     if keep { "RELEASE polis_request" } else { "ROLLBACK TO polis_request; RELEASE polis_request" };
-                if let Err(e) = tx.conn.execute(statement).await {
-                    return Err(abort(tx, backend(e)).await);
+                if let Err(e) = tx.conn.execute_batch(statement) {
+                    return Err(abort(tx, backend(e)));
                 }
                 outcomes.push(outcome);
             }
             Ok(outcome) => outcomes.push(outcome),
             Err(error) if isolate => {
-                if let Err(e) = tx.conn.execute("ROLLBACK TO polis_request; RELEASE polis_request").await {
-                    return Err(abort(tx, backend(e)).await);
+                if let Err(e) = tx.conn.execute_batch("ROLLBACK TO polis_request; RELEASE polis_request") {
+                    return Err(abort(tx, backend(e)));
                 }
                 outcomes.push(Err(error));
             }
             Err(error) => {
-                let rolled_back = tx.conn.execute("ROLLBACK").await.is_ok();
+                let rolled_back = tx.conn.execute_batch("ROLLBACK").is_ok();
                 return Err(GroupFailure::Request { index, error, rolled_back });
             }
         }
     }
-    if let Err(e) = tx.conn.execute("COMMIT").await {
-        let rolled_back = tx.conn.execute("ROLLBACK").await.is_ok();
-        return Err(GroupFailure::Transaction { error: backend(e), rolled_back });
+    commit(tx).map(|()| outcomes)
+}
+
+fn commit(tx: &mut SqliteTx) -> Result<(), GroupFailure> {
+    match tx.conn.execute_batch("COMMIT") {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let rolled_back = tx.conn.execute_batch("ROLLBACK").is_ok();
+            Err(GroupFailure::Transaction { error: backend(e), rolled_back })
+        }
     }
-    Ok(outcomes)
 }
 
 /// Writes all appends of `group` with one INSERT, if the group holds only
 /// appends that fit one. `Ok(None)`: not applicable, or refused (the
 /// statement was aborted and wrote nothing).
-async fn append_all_at_once(
-    conn: &mut SqliteConnection,
-    // `&mut`, not `&`: a transaction's work is `Send` but not `Sync`.
-    group: &mut [WriteRequest],
-) -> Result<Option<Vec<Outcome>>, StoreError> {
-    // Borrow the fields, not the requests: a request is not `Sync`, its fields are.
+fn append_all_at_once(conn: &Connection, group: &[WriteRequest]) -> Result<Option<Vec<Outcome>>, StoreError> {
     let Some(appends) = group
         .iter()
         .map(|r| match r {
@@ -603,7 +591,7 @@ async fn append_all_at_once(
         let base = match expected {
             ExpectedVersion::Any => match latest.get(stream) {
                 Some(v) => *v,
-                None => current_version(conn, stream).await?,
+                None => current_version(conn, stream)?,
             },
             ExpectedVersion::NoStream => 0,
             ExpectedVersion::Exact(v) => to_i64(v),
@@ -614,8 +602,8 @@ async fn append_all_at_once(
         }
         latest.insert(stream, base + events.len() as i64);
     }
-    let last = match insert_events(rows).build().execute(&mut *conn).await {
-        Ok(done) => done.last_insert_rowid(),
+    let last = match insert_events(conn, &rows) {
+        Ok(last) => last,
         Err(e) if is_version_conflict(&e) || is_unique_violation(&e) => return Ok(None),
         Err(e) => return Err(backend(e)),
     };
@@ -637,8 +625,8 @@ async fn append_all_at_once(
 }
 
 /// Rolls the whole group back after a savepoint statement failed.
-async fn abort(tx: &mut SqliteTx, error: StoreError) -> GroupFailure {
-    let rolled_back = tx.conn.execute("ROLLBACK").await.is_ok();
+fn abort(tx: &mut SqliteTx, error: StoreError) -> GroupFailure {
+    let rolled_back = tx.conn.execute_batch("ROLLBACK").is_ok();
     GroupFailure::Transaction { error, rolled_back }
 }
 
@@ -691,8 +679,8 @@ fn reply_all(group: Vec<WriteRequest>, outcomes: Vec<Outcome>) -> Option<u64> {
 /// triggers check and bump the version row by row (migration 0003).
 /// `Ok(Err(_))` means the append was refused (conflict, duplicate id) and
 /// wrote nothing; `Err(_)` means the surrounding transaction is in doubt.
-async fn append_in_tx(
-    conn: &mut SqliteConnection,
+fn append_in_tx(
+    conn: &Connection,
     stream: &str,
     expected: ExpectedVersion,
     events: &[NewEvent],
@@ -700,7 +688,7 @@ async fn append_in_tx(
 ) -> Result<Result<AppendResult, StoreError>, StoreError> {
     let count = events.len() as i64;
     let base = match expected {
-        ExpectedVersion::Any => current_version(conn, stream).await?,
+        ExpectedVersion::Any => current_version(conn, stream)?,
         ExpectedVersion::NoStream => 0,
         ExpectedVersion::Exact(v) => to_i64(v),
     };
@@ -708,17 +696,18 @@ async fn append_in_tx(
     for (chunk_index, (chunk, chunk_data)) in
         events.chunks(ROWS_PER_INSERT).zip(data.chunks(ROWS_PER_INSERT)).enumerate()
     {
-        let rows = chunk
+        let rows: Vec<EventRow<'_>> = chunk
             .iter()
             .zip(chunk_data)
             .enumerate()
-            .map(|(i, (e, json))| (stream, base + 1 + (chunk_index * ROWS_PER_INSERT + i) as i64, e, json));
-        match insert_events(rows).build().execute(&mut *conn).await {
-            Ok(done) => last_position = done.last_insert_rowid(),
+            .map(|(i, (e, json))| (stream, base + 1 + (chunk_index * ROWS_PER_INSERT + i) as i64, e, json))
+            .collect();
+        match insert_events(conn, &rows) {
+            Ok(last) => last_position = last,
             // A constraint aborts only its own statement: if nothing of this
             // append was written yet, it is refused and the group goes on.
             Err(e) if chunk_index == 0 && is_version_conflict(&e) => {
-                let actual = current_version(conn, stream).await?;
+                let actual = current_version(conn, stream)?;
                 return Ok(Err(StoreError::Conflict { stream: stream.to_owned(), expected, actual: actual as u64 }));
             }
             Err(e) if chunk_index == 0 && is_unique_violation(&e) => return Ok(Err(duplicate_or_backend(e, chunk))),
@@ -734,19 +723,22 @@ async fn append_in_tx(
     }))
 }
 
-async fn save_snapshot_in_tx(conn: &mut SqliteConnection, s: &Snapshot) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO polis_snapshots (stream_id, version, schema_version, state, taken_at_us) VALUES (?, ?, ?, ?, ?) \
+fn save_snapshot_in_tx(conn: &Connection, s: &Snapshot) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO polis_snapshots (stream_id, version, schema_version, state, taken_at_us) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, schema_version = excluded.schema_version, \
          state = excluded.state, taken_at_us = excluded.taken_at_us WHERE excluded.version >= polis_snapshots.version",
     )
-    .bind(&s.stream_id)
-    .bind(to_i64(s.version))
-    .bind(i64::from(s.schema_version))
-    .bind(s.state.to_string())
-    .bind(s.taken_at.timestamp_micros())
-    .execute(&mut *conn)
-    .await
+    .and_then(|mut statement| {
+        statement.execute(params![
+            s.stream_id,
+            to_i64(s.version),
+            i64::from(s.schema_version),
+            s.state.to_string(),
+            s.taken_at.timestamp_micros()
+        ])
+    })
     .map_err(backend)?;
     Ok(())
 }
@@ -754,47 +746,53 @@ async fn save_snapshot_in_tx(conn: &mut SqliteConnection, s: &Snapshot) -> Resul
 /// One event row to insert: stream, the version it takes, the event, its JSON data.
 type EventRow<'a> = (&'a str, i64, &'a NewEvent, &'a String);
 
-/// The multi-row INSERT of `rows` into the event log.
-fn insert_events<'a>(rows: impl IntoIterator<Item = EventRow<'a>>) -> sqlx::QueryBuilder<'a, sqlx::Sqlite> {
-    let mut insert = sqlx::QueryBuilder::new(
+/// Columns bound per event row.
+const EVENT_PARAMS: usize = 10;
+
+/// Inserts `rows` into the event log with one statement; returns the last rowid.
+fn insert_events(conn: &Connection, rows: &[EventRow<'_>]) -> rusqlite::Result<i64> {
+    let mut sql = String::with_capacity(160 + rows.len() * 24);
+    sql.push_str(
         "INSERT INTO polis_events (event_id, stream_id, stream_version, event_type, schema_version, time_us, \
-         data, correlation_id, causation_id, traceparent) ",
+         data, correlation_id, causation_id, traceparent) VALUES ",
     );
-    insert.push_values(rows, |mut row, (stream, version, e, json)| {
-        row.push_bind(e.id)
-            .push_bind(stream)
-            .push_bind(version)
-            .push_bind(e.event_type.as_str())
-            .push_bind(i64::from(e.schema_version))
-            .push_bind(e.time.timestamp_micros())
-            .push_bind(json.as_str())
-            .push_bind(e.metadata.correlation_id)
-            .push_bind(e.metadata.causation_id)
-            .push_bind(e.metadata.traceparent.as_deref());
-    });
-    insert
+    for i in 0..rows.len() {
+        sql.push_str(if i == 0 { "(?,?,?,?,?,?,?,?,?,?)" } else { ",(?,?,?,?,?,?,?,?,?,?)" });
+    }
+    let mut statement = conn.prepare_cached(&sql)?;
+    for (i, (stream, version, e, json)) in rows.iter().enumerate() {
+        let at = i * EVENT_PARAMS;
+        statement.raw_bind_parameter(at + 1, e.id)?;
+        statement.raw_bind_parameter(at + 2, stream)?;
+        statement.raw_bind_parameter(at + 3, version)?;
+        statement.raw_bind_parameter(at + 4, e.event_type.as_str())?;
+        statement.raw_bind_parameter(at + 5, i64::from(e.schema_version))?;
+        statement.raw_bind_parameter(at + 6, e.time.timestamp_micros())?;
+        statement.raw_bind_parameter(at + 7, json.as_str())?;
+        statement.raw_bind_parameter(at + 8, e.metadata.correlation_id)?;
+        statement.raw_bind_parameter(at + 9, e.metadata.causation_id)?;
+        statement.raw_bind_parameter(at + 10, e.metadata.traceparent.as_deref())?;
+    }
+    statement.raw_execute()?;
+    Ok(conn.last_insert_rowid())
 }
 
-async fn current_version(conn: &mut SqliteConnection, stream: &str) -> Result<i64, StoreError> {
-    let version: Option<i64> = sqlx::query_scalar("SELECT version FROM polis_streams WHERE stream_id = ?")
-        .bind(stream)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    Ok(version.unwrap_or(0))
+fn current_version_opt(conn: &Connection, stream: &str) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT version FROM polis_streams WHERE stream_id = ?1")
+        .and_then(|mut s| s.query_row([stream], |r| r.get(0)).optional())
+        .map_err(backend)
 }
 
-fn is_version_conflict(e: &sqlx::Error) -> bool {
-    e.as_database_error().is_some_and(|d| d.message().contains("polis: stream version conflict"))
+fn current_version(conn: &Connection, stream: &str) -> Result<i64, StoreError> {
+    Ok(current_version_opt(conn, stream)?.unwrap_or(0))
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error().is_some_and(|d| d.is_unique_violation())
+fn is_version_conflict(e: &rusqlite::Error) -> bool {
+    failure_message(e).is_some_and(|m| m.contains("polis: stream version conflict"))
 }
 
-fn duplicate_or_backend(e: sqlx::Error, events: &[NewEvent]) -> StoreError {
-    let is_duplicate_id =
-        e.as_database_error().is_some_and(|d| d.is_unique_violation() && d.message().contains("event_id"));
+fn duplicate_or_backend(e: rusqlite::Error, events: &[NewEvent]) -> StoreError {
+    let is_duplicate_id = is_unique_violation(&e) && failure_message(&e).is_some_and(|m| m.contains("event_id"));
     match (is_duplicate_id, events) {
         // The statement does not say which id; a one-event append can.
         (true, [only]) => StoreError::DuplicateEventId(only.id),
@@ -804,49 +802,52 @@ fn duplicate_or_backend(e: sqlx::Error, events: &[NewEvent]) -> StoreError {
 }
 
 /// One stream's events from `from_version` on, through any connection (a
-/// reader, or the writer inside a transaction). The source is filled in by
-/// the caller that knows it; the writer's transactions stamp the store's.
-pub(super) async fn read_stream_on(
-    conn: &mut SqliteConnection,
+/// reader, or the writer inside a transaction), stamped with `source`.
+pub(super) fn read_stream_on(
+    conn: &Connection,
     stream: &str,
     from_version: u64,
     max: usize,
+    source: &str,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "SELECT {EVENT_COLUMNS} FROM polis_events WHERE stream_id = ? AND stream_version >= ? \
-             ORDER BY stream_version LIMIT ?"
+            "SELECT {EVENT_COLUMNS} FROM polis_events WHERE stream_id = ?1 AND stream_version >= ?2 \
+             ORDER BY stream_version LIMIT ?3"
         )
     });
-    let rows = sqlx::query(&SQL)
-        .bind(stream)
-        .bind(to_i64(from_version))
-        .bind(to_i64(max as u64))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(backend)?;
-    rows.iter().map(|r| decode_row(r, "")).collect()
+    let mut statement = conn.prepare_cached(&SQL).map_err(backend)?;
+    let rows = statement.query(params![stream, to_i64(from_version), to_i64(max as u64)]).map_err(backend)?;
+    decode_events(rows, source)
 }
 
-fn decode_row(row: &SqliteRow, source: &str) -> Result<RecordedEvent, StoreError> {
-    let position: i64 = row.try_get("position").map_err(backend)?;
+fn decode_events(mut rows: rusqlite::Rows<'_>, source: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut events = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        events.push(decode_event(row, source)?);
+    }
+    Ok(events)
+}
+
+/// Decodes a row of [`EVENT_COLUMNS`], in that order.
+fn decode_event(row: &rusqlite::Row<'_>, source: &str) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.get(0).map_err(backend)?;
     let corrupt = |reason: String| StoreError::Corrupt { position: position as u64, reason };
-    let data: String = row.try_get("data").map_err(backend)?;
+    let data = row.get_ref(7).map_err(backend)?.as_str().map_err(|e| corrupt(e.to_string()))?;
     Ok(RecordedEvent {
-        id: row.try_get::<Uuid, _>("event_id").map_err(backend)?,
+        id: row.get(1).map_err(backend)?,
         source: source.to_owned(),
-        event_type: row.try_get("event_type").map_err(backend)?,
-        stream_id: row.try_get("stream_id").map_err(backend)?,
-        stream_version: row.try_get::<i64, _>("stream_version").map_err(backend)? as u64,
+        stream_id: row.get(2).map_err(backend)?,
+        stream_version: row.get::<_, i64>(3).map_err(backend)? as u64,
+        event_type: row.get(4).map_err(backend)?,
+        schema_version: u16::try_from(row.get::<_, i64>(5).map_err(backend)?).map_err(|e| corrupt(e.to_string()))?,
+        time: from_micros(row.get(6).map_err(backend)?),
+        data: serde_json::from_str(data).map_err(|e| corrupt(e.to_string()))?,
         global_position: position as u64,
-        schema_version: u16::try_from(row.try_get::<i64, _>("schema_version").map_err(backend)?)
-            .map_err(|e| corrupt(e.to_string()))?,
-        time: from_micros(row.try_get("time_us").map_err(backend)?),
-        data: serde_json::from_str(&data).map_err(|e| corrupt(e.to_string()))?,
         metadata: polis_core::Metadata {
-            correlation_id: row.try_get("correlation_id").map_err(backend)?,
-            causation_id: row.try_get("causation_id").map_err(backend)?,
-            traceparent: row.try_get("traceparent").map_err(backend)?,
+            correlation_id: row.get(8).map_err(backend)?,
+            causation_id: row.get(9).map_err(backend)?,
+            traceparent: row.get(10).map_err(backend)?,
         },
     })
 }

@@ -9,17 +9,20 @@ use chrono::{DateTime, Utc};
 use polis_core::outbox::{Backlog, DeadLetter, DeadLetterStatus, OutboxEntry, Purged, Transaction};
 use polis_core::store::validate_append;
 use polis_core::{AppendResult, ExpectedVersion, Message, MessageKind, Metadata, NewEvent, RecordedEvent, StoreError};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use rusqlite::{Connection, params};
 use uuid::Uuid;
 
+use super::engine::is_unique_violation;
 use super::{append_in_tx, from_micros, to_i64};
 use crate::backend;
 
 /// A transaction on a service's SQLite database.
+///
+/// Its statements run on the store's writer thread, synchronously: the
+/// methods are `async` for the [`Transaction`] trait, but never wait.
 #[derive(Debug)]
 pub struct SqliteTx {
-    pub(super) conn: SqliteConnection,
+    pub(super) conn: Connection,
     /// The owning service, stamped on events read back.
     pub(super) source: String,
     /// Highest event position appended in the current group, if any.
@@ -31,10 +34,15 @@ pub struct SqliteTx {
 }
 
 impl SqliteTx {
-    /// The connection, for the service's own tables. Everything written
-    /// through it commits or rolls back with the transaction.
-    pub fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self.conn
+    pub(super) fn new(conn: Connection, source: String) -> Self {
+        Self { conn, source, appended: None, sent: false, work_rolled_back: false }
+    }
+
+    /// The connection, for statements [`Sql`](crate::sql::Sql) does not
+    /// cover. Everything written through it commits or rolls back with the
+    /// transaction; do not open or end transactions on it.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 }
 
@@ -48,7 +56,7 @@ impl Transaction for SqliteTx {
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream, events)?;
         let data: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
-        let result = append_in_tx(&mut self.conn, stream, expected.normalized(), events, &data).await??;
+        let result = append_in_tx(&self.conn, stream, expected.normalized(), events, &data)??;
         self.appended = Some(self.appended.unwrap_or(0).max(result.last_position));
         Ok(result)
     }
@@ -59,11 +67,7 @@ impl Transaction for SqliteTx {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut events = super::read_stream_on(&mut self.conn, stream, from_version, max).await?;
-        for event in &mut events {
-            event.source.clone_from(&self.source);
-        }
-        Ok(events)
+        super::read_stream_on(&self.conn, stream, from_version, max, &self.source)
     }
 
     async fn send(&mut self, message: &Message) -> Result<(), StoreError> {
@@ -71,141 +75,145 @@ impl Transaction for SqliteTx {
         if polis_core::store::json_has_nul(&message.data) {
             return Err(StoreError::InvalidRequest(format!("message {} contains a NUL character", message.id)));
         }
-        sqlx::query(
-            "INSERT INTO polis_outbox (message_id, kind, source, target, message_type, key, time_us, data, \
-             correlation_id, causation_id, traceparent, created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(message.id)
-        .bind(message.kind.as_str())
-        .bind(&message.source)
-        .bind(&message.target)
-        .bind(&message.message_type)
-        .bind(&message.key)
-        .bind(message.time.timestamp_micros())
-        .bind(message.data.to_string())
-        .bind(message.metadata.correlation_id)
-        .bind(message.metadata.causation_id)
-        .bind(message.metadata.traceparent.as_deref())
-        .bind(Utc::now().timestamp_micros())
-        .execute(&mut self.conn)
-        .await
-        .map_err(|e| duplicate_message(e, message.id))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO polis_outbox (message_id, kind, source, target, message_type, key, time_us, data, \
+                 correlation_id, causation_id, traceparent, created_at_us) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .and_then(|mut statement| execute_for_message(&mut statement, message, &[]))
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::InvalidRequest(format!("message {} is already in the outbox", message.id))
+                } else {
+                    backend(e)
+                }
+            })?;
         self.sent = true;
         Ok(())
     }
 
     async fn schedule(&mut self, message: &Message, due_at: DateTime<Utc>) -> Result<(), StoreError> {
-        super::schedule::schedule(&mut self.conn, message, due_at).await
+        super::schedule::schedule(&self.conn, message, due_at)
     }
 
     async fn unschedule(&mut self, message_id: Uuid) -> Result<bool, StoreError> {
-        super::schedule::unschedule(&mut self.conn, message_id).await
+        super::schedule::unschedule(&self.conn, message_id)
     }
 
     async fn record_processed(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO polis_inbox (consumer, message_id, processed_at_us) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(consumer)
-        .bind(message_id)
-        .bind(Utc::now().timestamp_micros())
-        .execute(&mut self.conn)
-        .await
-        .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO polis_inbox (consumer, message_id, processed_at_us) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![consumer, message_id, Utc::now().timestamp_micros()]))
+            .map_err(backend)?;
+        Ok(inserted == 1)
     }
 
     async fn key_blocked(&mut self, consumer: &str, key: &str) -> Result<bool, StoreError> {
-        let blocked: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM polis_dead_letters WHERE consumer = ? AND key = ? LIMIT 1")
-                .bind(consumer)
-                .bind(key)
-                .fetch_optional(&mut self.conn)
-                .await
-                .map_err(backend)?;
-        Ok(blocked.is_some())
+        self.conn
+            .prepare_cached("SELECT 1 FROM polis_dead_letters WHERE consumer = ?1 AND key = ?2 LIMIT 1")
+            .and_then(|mut s| s.exists(params![consumer, key]))
+            .map_err(backend)
     }
 
     async fn dead_letter(&mut self, letter: &DeadLetter) -> Result<(), StoreError> {
         let message = letter.message.as_ref().map(serde_json::to_string).transpose().map_err(backend)?;
-        sqlx::query(
-            "INSERT INTO polis_dead_letters (id, consumer, status, message, message_id, key, raw, error, attempts, \
-             failed_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error, \
-             attempts = excluded.attempts, failed_at_us = excluded.failed_at_us",
-        )
-        .bind(letter.id)
-        .bind(&letter.consumer)
-        .bind(letter.status.as_str())
-        .bind(message)
-        .bind(letter.message_id)
-        .bind(letter.key.as_deref())
-        .bind(letter.raw.as_deref())
-        .bind(&letter.error)
-        .bind(i64::from(letter.attempts))
-        .bind(letter.failed_at.timestamp_micros())
-        .execute(&mut self.conn)
-        .await
-        .map_err(backend)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO polis_dead_letters (id, consumer, status, message, message_id, key, raw, error, \
+                 attempts, failed_at_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error, \
+                 attempts = excluded.attempts, failed_at_us = excluded.failed_at_us",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    letter.id,
+                    letter.consumer,
+                    letter.status.as_str(),
+                    message,
+                    letter.message_id,
+                    letter.key,
+                    letter.raw,
+                    letter.error,
+                    i64::from(letter.attempts),
+                    letter.failed_at.timestamp_micros(),
+                ])
+            })
+            .map_err(backend)?;
         Ok(())
     }
 
     async fn remove_dead_letter(&mut self, id: Uuid) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM polis_dead_letters WHERE id = ?")
-            .bind(id)
-            .execute(&mut self.conn)
-            .await
+        let deleted = self
+            .conn
+            .prepare_cached("DELETE FROM polis_dead_letters WHERE id = ?1")
+            .and_then(|mut s| s.execute([id]))
             .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
+        Ok(deleted == 1)
     }
 }
 
-fn duplicate_message(e: sqlx::Error, id: Uuid) -> StoreError {
-    if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
-        StoreError::InvalidRequest(format!("message {id} is already in the outbox"))
-    } else {
-        backend(e)
+/// Runs `statement` with `message`'s outbox columns bound to `?1`..`?12`, in
+/// the order of `polis_outbox`'s INSERT (`created_at_us`, now, last), and
+/// `extra` from `?13` on.
+pub(super) fn execute_for_message(
+    statement: &mut rusqlite::Statement<'_>,
+    message: &Message,
+    extra: &[i64],
+) -> rusqlite::Result<usize> {
+    statement.raw_bind_parameter(1, message.id)?;
+    statement.raw_bind_parameter(2, message.kind.as_str())?;
+    statement.raw_bind_parameter(3, &message.source)?;
+    statement.raw_bind_parameter(4, &message.target)?;
+    statement.raw_bind_parameter(5, &message.message_type)?;
+    statement.raw_bind_parameter(6, &message.key)?;
+    statement.raw_bind_parameter(7, message.time.timestamp_micros())?;
+    statement.raw_bind_parameter(8, message.data.to_string())?;
+    statement.raw_bind_parameter(9, message.metadata.correlation_id)?;
+    statement.raw_bind_parameter(10, message.metadata.causation_id)?;
+    statement.raw_bind_parameter(11, message.metadata.traceparent.as_deref())?;
+    statement.raw_bind_parameter(12, Utc::now().timestamp_micros())?;
+    for (i, value) in extra.iter().enumerate() {
+        statement.raw_bind_parameter(13 + i, value)?;
     }
+    statement.raw_execute()
 }
 
-pub(super) async fn unpublished(
-    pool: &SqlitePool,
-    max: usize,
-    in_flight: &[u64],
-) -> Result<Vec<OutboxEntry>, StoreError> {
+pub(super) fn unpublished(conn: &Connection, max: usize, in_flight: &[u64]) -> Result<Vec<OutboxEntry>, StoreError> {
     // Every row of polis_outbox is unpublished (publishing deletes it). The
     // positions in flight travel as one JSON array, whatever their number.
-    let rows = sqlx::query(
-        "SELECT position, message_id, kind, source, target, message_type, key, time_us, data, correlation_id, \
-         causation_id, traceparent, created_at_us FROM polis_outbox \
-         WHERE position NOT IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?",
-    )
-    .bind(json_list(in_flight))
-    .bind(to_i64(max as u64))
-    .fetch_all(pool)
-    .await
-    .map_err(backend)?;
-    rows.iter().map(decode_entry).collect()
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT position, message_id, kind, source, target, message_type, key, time_us, data, correlation_id, \
+             causation_id, traceparent, created_at_us FROM polis_outbox \
+             WHERE position NOT IN (SELECT value FROM json_each(?1)) ORDER BY position LIMIT ?2",
+        )
+        .map_err(backend)?;
+    let mut rows = statement.query(params![json_list(in_flight), to_i64(max as u64)]).map_err(backend)?;
+    let mut entries = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        entries.push(decode_entry(row)?);
+    }
+    Ok(entries)
 }
 
-pub(super) async fn mark_published(conn: &mut SqliteConnection, positions: &[u64]) -> Result<(), StoreError> {
+pub(super) fn mark_published(conn: &Connection, positions: &[u64]) -> Result<(), StoreError> {
     // Moves the rows out of the outbox, keeping a narrow record for the
     // retention period; marking twice finds nothing left to move.
     let positions = json_list(positions);
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO polis_outbox_published (message_id, position, created_at_us, published_at_us) \
-         SELECT message_id, position, created_at_us, ? FROM polis_outbox \
-         WHERE position IN (SELECT value FROM json_each(?)) ORDER BY position",
+         SELECT message_id, position, created_at_us, ?1 FROM polis_outbox \
+         WHERE position IN (SELECT value FROM json_each(?2)) ORDER BY position",
     )
-    .bind(Utc::now().timestamp_micros())
-    .bind(&positions)
-    .execute(&mut *conn)
-    .await
+    .and_then(|mut s| s.execute(params![Utc::now().timestamp_micros(), positions]))
     .map_err(backend)?;
-    sqlx::query("DELETE FROM polis_outbox WHERE position IN (SELECT value FROM json_each(?))")
-        .bind(&positions)
-        .execute(&mut *conn)
-        .await
+    conn.prepare_cached("DELETE FROM polis_outbox WHERE position IN (SELECT value FROM json_each(?1))")
+        .and_then(|mut s| s.execute([&positions]))
         .map_err(backend)?;
     Ok(())
 }
@@ -224,84 +232,73 @@ fn json_list(positions: &[u64]) -> String {
     list
 }
 
-pub(super) async fn purge(conn: &mut SqliteConnection, before: DateTime<Utc>) -> Result<Purged, StoreError> {
+pub(super) fn purge(conn: &Connection, before: DateTime<Utc>) -> Result<Purged, StoreError> {
     let before = before.timestamp_micros();
-    let outbox = sqlx::query("DELETE FROM polis_outbox_published WHERE published_at_us < ?")
-        .bind(before)
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?
-        .rows_affected();
-    let inbox = sqlx::query("DELETE FROM polis_inbox WHERE processed_at_us < ?")
-        .bind(before)
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?
-        .rows_affected();
+    let outbox = conn.execute("DELETE FROM polis_outbox_published WHERE published_at_us < ?1", [before]);
+    let outbox = outbox.map_err(backend)? as u64;
+    let inbox = conn.execute("DELETE FROM polis_inbox WHERE processed_at_us < ?1", [before]).map_err(backend)? as u64;
     Ok(Purged { outbox, inbox })
 }
 
-pub(super) async fn backlog(pool: &SqlitePool) -> Result<Backlog, StoreError> {
-    let row = sqlx::query("SELECT count(*) AS n, min(created_at_us) AS oldest FROM polis_outbox")
-        .fetch_one(pool)
-        .await
+pub(super) fn backlog(conn: &Connection) -> Result<Backlog, StoreError> {
+    let (unpublished, oldest): (i64, Option<i64>) = conn
+        .prepare_cached("SELECT count(*), min(created_at_us) FROM polis_outbox")
+        .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(backend)?;
-    let unpublished: i64 = row.try_get("n").map_err(backend)?;
-    let oldest: Option<i64> = row.try_get("oldest").map_err(backend)?;
     Ok(Backlog { unpublished: unpublished as u64, oldest: oldest.map(from_micros) })
 }
 
-pub(super) async fn dead_letters(pool: &SqlitePool, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, consumer, status, message, message_id, key, raw, error, attempts, failed_at_us \
-         FROM polis_dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY rowid",
-    )
-    .bind(consumer)
-    .fetch_all(pool)
-    .await
-    .map_err(backend)?;
-    rows.iter()
-        .map(|row| {
-            let message: Option<String> = row.try_get("message").map_err(backend)?;
-            let status: String = row.try_get("status").map_err(backend)?;
-            Ok(DeadLetter {
-                id: row.try_get("id").map_err(backend)?,
-                consumer: row.try_get("consumer").map_err(backend)?,
-                status: DeadLetterStatus::parse(&status).unwrap_or(DeadLetterStatus::Dead),
-                message: message.map(|m| serde_json::from_str(&m)).transpose().map_err(backend)?,
-                message_id: row.try_get("message_id").map_err(backend)?,
-                key: row.try_get("key").map_err(backend)?,
-                raw: row.try_get("raw").map_err(backend)?,
-                error: row.try_get("error").map_err(backend)?,
-                attempts: row.try_get::<i64, _>("attempts").map_err(backend)? as u32,
-                failed_at: from_micros(row.try_get("failed_at_us").map_err(backend)?),
-            })
-        })
-        .collect()
+pub(super) fn dead_letters(conn: &Connection, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT id, consumer, status, message, message_id, key, raw, error, attempts, failed_at_us \
+             FROM polis_dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY rowid",
+        )
+        .map_err(backend)?;
+    let mut rows = statement.query([consumer]).map_err(backend)?;
+    let mut letters = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        let message: Option<String> = row.get(3).map_err(backend)?;
+        let status: String = row.get(2).map_err(backend)?;
+        letters.push(DeadLetter {
+            id: row.get(0).map_err(backend)?,
+            consumer: row.get(1).map_err(backend)?,
+            status: DeadLetterStatus::parse(&status).unwrap_or(DeadLetterStatus::Dead),
+            message: message.map(|m| serde_json::from_str(&m)).transpose().map_err(backend)?,
+            message_id: row.get(4).map_err(backend)?,
+            key: row.get(5).map_err(backend)?,
+            raw: row.get(6).map_err(backend)?,
+            error: row.get(7).map_err(backend)?,
+            attempts: u32::try_from(row.get::<_, i64>(8).map_err(backend)?).unwrap_or(u32::MAX),
+            failed_at: from_micros(row.get(9).map_err(backend)?),
+        });
+    }
+    Ok(letters)
 }
 
-fn decode_entry(row: &SqliteRow) -> Result<OutboxEntry, StoreError> {
-    let position: i64 = row.try_get("position").map_err(backend)?;
+/// Decodes an outbox row, columns in the order `unpublished` selects them.
+fn decode_entry(row: &rusqlite::Row<'_>) -> Result<OutboxEntry, StoreError> {
+    let position: i64 = row.get(0).map_err(backend)?;
     let corrupt = |reason: String| StoreError::Corrupt { position: position as u64, reason };
-    let kind: String = row.try_get("kind").map_err(backend)?;
-    let data: String = row.try_get("data").map_err(backend)?;
+    let kind = row.get_ref(2).map_err(backend)?.as_str().map_err(|e| corrupt(e.to_string()))?;
+    let data = row.get_ref(8).map_err(backend)?.as_str().map_err(|e| corrupt(e.to_string()))?;
     Ok(OutboxEntry {
         position: position as u64,
         message: Message {
-            id: row.try_get("message_id").map_err(backend)?,
+            id: row.get(1).map_err(backend)?,
             kind: kind.parse::<MessageKind>().map_err(corrupt)?,
-            source: row.try_get("source").map_err(backend)?,
-            target: row.try_get("target").map_err(backend)?,
-            message_type: row.try_get("message_type").map_err(backend)?,
-            key: row.try_get("key").map_err(backend)?,
-            time: from_micros(row.try_get("time_us").map_err(backend)?),
-            data: serde_json::from_str(&data).map_err(|e| corrupt(e.to_string()))?,
+            source: row.get(3).map_err(backend)?,
+            target: row.get(4).map_err(backend)?,
+            message_type: row.get(5).map_err(backend)?,
+            key: row.get(6).map_err(backend)?,
+            time: from_micros(row.get(7).map_err(backend)?),
+            data: serde_json::from_str(data).map_err(|e| corrupt(e.to_string()))?,
             metadata: Metadata {
-                correlation_id: row.try_get("correlation_id").map_err(backend)?,
-                causation_id: row.try_get("causation_id").map_err(backend)?,
-                traceparent: row.try_get("traceparent").map_err(backend)?,
+                correlation_id: row.get(9).map_err(backend)?,
+                causation_id: row.get(10).map_err(backend)?,
+                traceparent: row.get(11).map_err(backend)?,
             },
         },
-        created_at: from_micros(row.try_get("created_at_us").map_err(backend)?),
+        created_at: from_micros(row.get(12).map_err(backend)?),
     })
 }

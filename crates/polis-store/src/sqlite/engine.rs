@@ -1,0 +1,242 @@
+//! SQLite connections without a thread hop per statement.
+//!
+//! An async driver has to keep SQLite's blocking calls off the async
+//! runtime's threads, so it runs each connection on a worker thread of its
+//! own and sends every statement there and back. For the small statements a
+//! service runs (a few rows each, often from the page cache) those two
+//! context switches cost more than the statement. polis calls SQLite
+//! synchronously (through rusqlite) instead, from two kinds of place:
+//!
+//! - **writes** run on one dedicated thread per database, which owns the only
+//!   writing connection and runs a whole group of queued work per wake-up
+//!   (the event store's writer and the in-process bus's writer);
+//! - **reads** run on the calling thread through [`Readers`], a small pool of
+//!   read-only connections. WAL mode means a reader never waits for the
+//!   writer, and a point read takes microseconds, less than a hand-off to
+//!   another thread would. Long scans belong on a blocking thread of their own.
+//!
+//! See ADR 0006.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// How durable a commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on every commit: a committed write survives power loss (the default).
+    Full,
+    /// fsync at checkpoints only: survives a process crash, not power loss.
+    Normal,
+}
+
+/// Prepared statements kept per connection: every statement polis and a
+/// service run more than once stays parsed.
+const STATEMENT_CACHE: usize = 256;
+
+/// Opens the writing connection to `path` (created if missing), in WAL mode.
+pub fn open_writer(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection to `path`.
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+/// A pool of read-only connections, used on the calling thread.
+///
+/// A connection is taken for one closure and put back after it; the pool
+/// opens another when all are busy and keeps at most `idle` of them.
+#[derive(Debug)]
+pub struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl Readers {
+    /// A pool over the database at `path`, which must exist already.
+    pub fn open(path: &Path, max_idle: usize) -> rusqlite::Result<Self> {
+        let first = open_reader(path)?;
+        Ok(Self { path: path.to_owned(), idle: Mutex::new(vec![first]), max_idle: max_idle.max(1) })
+    }
+
+    /// Runs `read` on a reader connection; fails only if no connection could
+    /// be opened. Several statements in one `read` see one snapshot only if
+    /// `read` opens a transaction itself.
+    pub fn read<T>(&self, read: impl FnOnce(&Connection) -> T) -> rusqlite::Result<T> {
+        let taken = lock(&self.idle).pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        let result = read(&conn);
+        // A connection left inside a transaction (a panic-free early return
+        // of `read`) must not leak its snapshot to the next user.
+        if conn.is_autocommit() {
+            let mut idle = lock(&self.idle);
+            if idle.len() < self.max_idle {
+                idle.push(conn);
+            }
+        }
+        Ok(result)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The idle list is a plain stack; a panic elsewhere cannot corrupt it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether `e` is a UNIQUE or PRIMARY KEY constraint violation.
+pub fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+/// The message SQLite gave with a failure, if any.
+pub fn failure_message(e: &rusqlite::Error) -> Option<&str> {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => Some(message),
+        _ => None,
+    }
+}
+
+/// Spawns a named thread that runs the future `make` returns to completion,
+/// on a runtime of its own (current-thread, with time and I/O): futures run
+/// there may await timers and channels, and its blocking SQLite calls hold
+/// only that thread. The future itself never leaves the thread.
+pub fn spawn_writer_thread<M, F>(name: String, make: M) -> std::io::Result<()>
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: std::future::Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name(name).spawn(move || runtime.block_on(make()))?;
+    Ok(())
+}
+
+/// Statements one [`BatchWriter::run`] call applies; returns a count of its choosing.
+type Job = Box<dyn FnOnce(&Connection) -> rusqlite::Result<u64> + Send>;
+
+/// Why a [`BatchWriter`] job did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The job's own statements failed; nothing of it was written.
+    #[error(transparent)]
+    Statement(#[from] rusqlite::Error),
+    /// The transaction the job was part of could not begin or commit.
+    #[error("sqlite transaction failed: {0}")]
+    Transaction(String),
+    /// The writer thread is gone.
+    #[error("the sqlite writer has stopped")]
+    Stopped,
+}
+
+/// A dedicated thread that owns a database's writing connection and applies
+/// jobs of synchronous statements, all jobs queued together in one
+/// transaction (group commit: one fsync for the lot). Each job runs under a
+/// savepoint of its own, so a failing job undoes only its own writes. A
+/// job's caller hears back once its transaction committed.
+#[derive(Debug, Clone)]
+pub struct BatchWriter {
+    jobs: tokio::sync::mpsc::Sender<(Job, tokio::sync::oneshot::Sender<Result<u64, WriteError>>)>,
+}
+
+/// Jobs committed together at most.
+const MAX_BATCH: usize = 256;
+
+impl BatchWriter {
+    /// Starts the writer thread, named `name`, on `conn`. It stops once
+    /// every clone of the writer is dropped.
+    pub fn spawn(name: String, conn: Connection) -> std::io::Result<Self> {
+        let (jobs, mut queue) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
+        std::thread::Builder::new().name(name).spawn(move || {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+                apply_batch(&conn, std::mem::take(&mut batch));
+            }
+        })?;
+        Ok(Self { jobs })
+    }
+
+    /// Applies `job` in the writer's next transaction; returns its count once committed.
+    pub async fn run(
+        &self,
+        job: impl FnOnce(&Connection) -> rusqlite::Result<u64> + Send + 'static,
+    ) -> Result<u64, WriteError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs.send((Box::new(job), reply)).await.map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+}
+
+type Replies = Vec<(tokio::sync::oneshot::Sender<Result<u64, WriteError>>, Result<u64, WriteError>)>;
+
+fn apply_batch(conn: &Connection, batch: Vec<(Job, tokio::sync::oneshot::Sender<Result<u64, WriteError>>)>) {
+    let fail_all = |replies: Replies, error: &rusqlite::Error| {
+        for (reply, _) in replies {
+            let _ = reply.send(Err(WriteError::Transaction(error.to_string())));
+        }
+    };
+    let mut replies: Replies = Vec::with_capacity(batch.len());
+    if !conn.is_autocommit() {
+        // A ROLLBACK after an earlier failure failed too; try again.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let replies = batch.into_iter().map(|(_, reply)| (reply, Ok(0))).collect();
+        return fail_all(replies, &e);
+    }
+    let mut jobs = batch.into_iter();
+    while let Some((job, reply)) = jobs.next() {
+        let outcome = conn.execute_batch("SAVEPOINT polis_job").and_then(|()| match job(conn) {
+            Ok(n) => conn.execute_batch("RELEASE polis_job").map(|()| Ok(n)),
+            Err(e) => conn.execute_batch("ROLLBACK TO polis_job; RELEASE polis_job").map(|()| Err(e)),
+        });
+        match outcome {
+            Ok(result) => replies.push((reply, result.map_err(WriteError::Statement))),
+            Err(e) => {
+                // The savepoint machinery itself failed: the transaction is in doubt.
+                let _ = conn.execute_batch("ROLLBACK");
+                replies.push((reply, Ok(0)));
+                replies.extend(jobs.map(|(_, reply)| (reply, Ok(0))));
+                return fail_all(replies, &e);
+            }
+        }
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        return fail_all(replies, &e);
+    }
+    for (reply, result) in replies {
+        let _ = reply.send(result);
+    }
+}
