@@ -35,7 +35,7 @@ use serde::Serialize;
 use shop::client::Endpoint;
 use shop::distributed::Service;
 use shop::supervisor::Supervisor;
-use shop::workload::{self, Apis, Check, Deployment, RunRecord, Scope};
+use shop::workload::{self, Apis, Check, Deployment, Pacing, RunRecord, Scope};
 
 use crate::Mode;
 
@@ -131,7 +131,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
 
     let started = Instant::now();
     let bar = progress(plan.len(), "placing", args.json);
-    let placed = workload::place_orders(&apis, &plan, args.concurrency, &|n| bar.set_position(n as u64)).await?;
+    let placed =
+        workload::place_orders(&apis, &plan, args.concurrency, Pacing::Decided, &|n| bar.set_position(n as u64))
+            .await?;
     bar.finish();
     let patience = workload::patience(placed.len());
     let bar = progress(placed.len(), "deciding", args.json);

@@ -238,7 +238,13 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
     let placed_so_far = Arc::new(AtomicUsize::new(0));
     let placing = tokio::spawn({
         let (apis, placed_so_far) = (apis.clone(), placed_so_far.clone());
-        async move { workload::place_orders(&apis, &plan, 8, &|n| placed_so_far.store(n, Ordering::Relaxed)).await.unwrap() }
+        async move {
+            workload::place_orders(&apis, &plan, 8, workload::Pacing::Accepted, &|n| {
+                placed_so_far.store(n, Ordering::Relaxed)
+            })
+            .await
+            .unwrap()
+        }
     });
 
     // Kill mid-stream; keep it down until plenty of orders wait on it (or

@@ -220,7 +220,11 @@ pub(crate) async fn get_stock(
 
 #[utoipa::path(
     get, path = "/api/orders/{id}", tag = "orders",
-    params(("id" = uuid::Uuid, Path, description = "The order's id.")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The order's id."),
+        ("wait_ms" = Option<u64>, Query, description = "Wait up to this many milliseconds (at most 30000) for an \
+            order not decided yet to be APPROVED, REJECTED or CANCELLED, then answer as it is."),
+    ),
     responses(
         (status = 200, description = "The order; `reason` only when it is REJECTED.", body = OrderView),
         (status = 404, description = "No such order.", body = Problem, content_type = "application/problem+json"),
@@ -231,8 +235,25 @@ pub(crate) async fn get_order(
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
-    forward(&gateway, Service::Order, Method::GET, &uri, None, request_id(&id)).await
+    // A read that waits for the decision may take that long on top of the call.
+    let wait = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("wait_ms="))
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.min(MAX_ORDER_WAIT_MS)));
+    let path = upstream_path(&uri)?;
+    let answer = gateway
+        .upstream(Service::Order)
+        .call(Method::GET, &path, None, request_id(&id), gateway.call_timeout() + wait)
+        .await
+        .map_err(|err| call_failed(Service::Order, err))?;
+    Ok(pass_through(answer))
 }
+
+/// The order service's longest `wait_ms`; a larger one is its 400 to give.
+const MAX_ORDER_WAIT_MS: u64 = 30_000;
 
 #[utoipa::path(
     post, path = "/api/orders/{id}/cancel", tag = "orders",

@@ -1,7 +1,7 @@
 //! The order service's HTTP API (behind the gateway).
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use polis_store::sql::{Row, Sql, SqlStore};
 use uuid::Uuid;
 
 use crate::aggregate::OrderError;
+use crate::decisions;
 use crate::{OrderFailure, OrderService};
 
 pub(crate) fn router<S>(service: OrderService<S>) -> Router
@@ -87,15 +88,36 @@ where
 
 const COLUMNS: &str = "order_id, customer_id, status, reason, lines, total, created_at_us, updated_at_us";
 
-async fn get_one<S>(State(service): State<OrderService<S>>, Path(id): Path<String>) -> Result<Json<OrderView>, ApiError>
+/// One order. With `?wait_ms=N`, an order not decided yet is answered once
+/// it is decided, or after `N` ms as it is then (see [`crate::decisions`]).
+async fn get_one<S>(
+    State(service): State<OrderService<S>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<OrderView>, ApiError>
 where
-    S: SqlStore,
+    S: SqlStore + 'static,
     S::Tx: Sql,
 {
     let id = parse_id(&id)?;
+    let wait = decisions::wait_param(query.as_deref()).map_err(|e| ApiError::validation("wait_ms", e))?;
     let sql = format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1");
-    let row = service.store().query_optional(&sql, args![id]).await?;
-    let row = row.ok_or_else(|| ApiError::not_found("no such order"))?;
+    let read = || async {
+        let row = service.store().query_optional(&sql, args![id]).await?;
+        row.ok_or_else(|| ApiError::not_found("no such order"))
+    };
+    let mut row = read().await?;
+    if let Some(wait) = wait.filter(|w| !w.is_zero())
+        && !decisions::is_decided(&row.text("status")?)
+    {
+        let decided = service.decisions().register(service.store(), id);
+        // Read again: the decision may have committed before the wait was registered.
+        row = read().await?;
+        if !decisions::is_decided(&row.text("status")?) {
+            let _ = tokio::time::timeout(wait, decided).await;
+            row = read().await?;
+        }
+    }
     Ok(Json(view(&row)?))
 }
 

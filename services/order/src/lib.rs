@@ -15,6 +15,7 @@
 //! deadline rejects with `TIMEOUT` whatever is still pending).
 
 pub mod aggregate;
+mod decisions;
 mod http;
 pub mod saga;
 
@@ -66,6 +67,7 @@ pub struct OrderService<S> {
     config: Config,
     orders: Arc<Repository<Order, S>>,
     sagas: Sagas<CreateOrderSaga>,
+    decisions: Arc<decisions::Decisions>,
 }
 
 impl<S> Clone for OrderService<S> {
@@ -75,6 +77,7 @@ impl<S> Clone for OrderService<S> {
             config: self.config.clone(),
             orders: self.orders.clone(),
             sagas: self.sagas.clone(),
+            decisions: self.decisions.clone(),
         }
     }
 }
@@ -145,7 +148,7 @@ where
         }
         store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
         let orders = Arc::new(Repository::new(store.clone()));
-        Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE) })
+        Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE), decisions: Arc::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -360,6 +363,10 @@ where
             tx.execute("UPDATE orders SET deadline_id = NULL WHERE order_id = $1", args![order_id]).await?;
         }
         Ok(())
+    }
+
+    pub(crate) fn decisions(&self) -> &Arc<decisions::Decisions> {
+        &self.decisions
     }
 
     pub(crate) fn store(&self) -> &Arc<S> {

@@ -336,11 +336,26 @@ pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
-/// Places every planned order through the gateway, `concurrency` at a time.
+/// When a client of [`place_orders`] places its next order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// Once its last order is decided (`GET /api/orders/{id}?wait_ms=…`):
+    /// `concurrency` is the number of orders in flight, and latency measures
+    /// the shop, not a queue in front of it. An order whose decision cannot
+    /// be read (a service down) is left to [`wait_terminal`].
+    Decided,
+    /// As soon as its last order is accepted: orders pile up undecided
+    /// whenever placing is faster than deciding (for fault tests).
+    Accepted,
+}
+
+/// Places every planned order through the gateway, `concurrency` clients at
+/// a time, each paced by `pacing`.
 pub async fn place_orders(
     apis: &Apis,
     plan: &[Planned],
     concurrency: usize,
+    pacing: Pacing,
     progress: Progress<'_>,
 ) -> anyhow::Result<Vec<(Uuid, Planned)>> {
     let done = AtomicUsize::new(0);
@@ -352,6 +367,14 @@ pub async fn place_orders(
                 let accepted: Accepted =
                     apis.gateway.json(Method::POST, "/api/orders", Some(&body), StatusCode::ACCEPTED).await?;
                 progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+                let path = format!("/api/orders/{}?wait_ms={}", accepted.id, DECISION_WAIT.as_millis());
+                let give_up = Instant::now() + DECISION_PATIENCE;
+                while pacing == Pacing::Decided && Instant::now() < give_up {
+                    match apis.gateway.get::<OrderView>(&path).await {
+                        Ok(order) if !order.status.is_terminal() => {}
+                        _ => break,
+                    }
+                }
                 Ok((accepted.id, planned))
             }
         })
@@ -360,6 +383,11 @@ pub async fn place_orders(
         .await;
     placed.into_iter().collect()
 }
+
+/// How long one read of an order waits for its decision.
+const DECISION_WAIT: Duration = Duration::from_secs(5);
+/// How long a client waits for one order's decision before placing the next.
+const DECISION_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Waits until every order of `scope` is terminal (APPROVED, REJECTED or
 /// CANCELLED), for at most `patience`; returns what it saw last.

@@ -154,6 +154,11 @@ impl Client {
         let customer = self.customer("DE", 1_000_000, "ok").await;
         let sku = self.product(250, 10).await;
         let id = self.order(customer, &[(&sku, 3)]).await;
+        // A read that waits answers with the decision, as soon as it is made.
+        let started = std::time::Instant::now();
+        let decided: OrderView = self.gateway.get(&format!("/api/orders/{id}?wait_ms=20000")).await.unwrap();
+        assert_eq!(decided.status, OrderStatus::Approved, "{decided:?}");
+        assert!(started.elapsed() < Duration::from_secs(15), "the wait ran to its end: {:?}", started.elapsed());
         let order = self.wait_status(id, OrderStatus::Approved).await;
         assert_eq!(order.total, 750);
         assert_eq!(order.reason, None);
@@ -224,6 +229,18 @@ impl Client {
         let customer = self.customer("DE", 1_000_000, "patient").await;
         let sku = self.product(100, 5).await;
         let id = self.order(customer, &[(&sku, 2)]).await;
+        // Nothing decides it for seconds: a short wait answers PENDING when it ends.
+        let started = std::time::Instant::now();
+        let pending: OrderView = self.gateway.get(&format!("/api/orders/{id}?wait_ms=300")).await.unwrap();
+        assert_eq!(pending.status, OrderStatus::Pending, "{pending:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300), "answered before the wait ended");
+        for bad in ["abc", "30001", "-1"] {
+            let (status, body) =
+                self.gateway.call(Method::GET, &format!("/api/orders/{id}?wait_ms={bad}"), None::<&()>).await.unwrap();
+            let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "wait_ms={bad}: {problem}");
+            assert_eq!(problem["errors"][0]["field"], "wait_ms", "{problem}");
+        }
         let order = self.wait_status(id, OrderStatus::Rejected).await;
         assert_eq!(order.reason, Some(RejectionReason::Timeout), "{order:?}");
         self.wait_undone(id, &sku, 5).await;
