@@ -243,13 +243,8 @@ pub(crate) async fn get_order(
         .find_map(|pair| pair.strip_prefix("wait_ms="))
         .and_then(|ms| ms.parse::<u64>().ok())
         .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.min(MAX_ORDER_WAIT_MS)));
-    let path = upstream_path(&uri)?;
-    let answer = gateway
-        .upstream(Service::Order)
-        .call(Method::GET, &path, None, request_id(&id), gateway.call_timeout() + wait)
-        .await
-        .map_err(|err| call_failed(Service::Order, err))?;
-    Ok(pass_through(answer))
+    let timeout = gateway.call_timeout() + wait;
+    forward_within(&gateway, Service::Order, Method::GET, &uri, None, request_id(&id), timeout).await
 }
 
 /// The order service's longest `wait_ms`; a larger one is its 400 to give.
@@ -301,10 +296,23 @@ async fn forward(
     body: Option<Bytes>,
     request_id: Option<&RequestId>,
 ) -> Result<Response, ApiError> {
+    forward_within(gateway, service, method, uri, body, request_id, gateway.call_timeout()).await
+}
+
+/// [`forward`], the call bounded by `timeout`.
+async fn forward_within(
+    gateway: &Gateway,
+    service: Service,
+    method: Method,
+    uri: &Uri,
+    body: Option<Bytes>,
+    request_id: Option<&RequestId>,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
     let path = upstream_path(uri)?;
     let answer = gateway
         .upstream(service)
-        .call(method, &path, body, request_id, gateway.call_timeout())
+        .call(method, &path, body, request_id, timeout)
         .await
         .map_err(|err| call_failed(service, err))?;
     Ok(pass_through(answer))
