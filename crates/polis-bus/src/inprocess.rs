@@ -4,14 +4,34 @@
 //! that only lived in memory would lose every message relayed but not yet
 //! handled when the process dies. So this bus keeps what JetStream keeps:
 //!
-//! - a log of messages per service (`bus_messages`), appended by `publish`
-//!   with `synchronous=FULL`, de-duplicated by message id;
-//! - per durable consumer and topic, an *ack floor* (every message at or
-//!   below it is acknowledged) plus the acknowledgements above it.
+//! - a log of messages per service (`bus_messages`), appended by `publish`,
+//!   de-duplicated by message id;
+//! - per durable consumer and topic, an *ack floor*: every message at or
+//!   below it is acknowledged.
 //!
-//! Acknowledgements are written in the background, batched: losing the last
-//! few in a crash only means those messages are delivered again, which the
-//! consumer's inbox absorbs. Delivery counts live in memory: they survive a
+//! # Delivery before the fsync
+//!
+//! A message is delivered as soon as its insert commits, before that commit
+//! is on disk: the log is written with `synchronous=NORMAL`, and a thread of
+//! its own syncs the WAL right after (coalescing every commit made while an
+//! fsync runs; `polis_store::sqlite::engine::WalSync`). `publish` returns
+//! only once the sync covers its messages, so a relay marks them published
+//! only then. A power loss can take the unsynced tail of the log, but every
+//! message in it is still unpublished in its sender's outbox and is
+//! published again; a consumer that handled it already recognizes it in its
+//! inbox. So the fsync leaves each hop's path without weakening "nothing
+//! lost". (A process crash loses nothing at all: the commit is in the OS.)
+//!
+//! Fresh messages are also kept in memory, the last [`TAIL`] per topic: a
+//! consumer that keeps up is handed them from there, without reading and
+//! parsing the log again; one that lags reads the log.
+//!
+//! Acknowledgements are kept in memory. What is written, in the background
+//! and batched, is each consumer's floor, which moves over acknowledged
+//! messages with no gap. Acknowledgements above the floor (messages of
+//! different keys are handled at once and finish out of order) and the last
+//! floor not yet written are lost in a crash: those messages are delivered
+//! again after the restart, which the consumer's inbox absorbs. Delivery counts live in memory: they survive a
 //! re-subscription, not a process restart (after one, redeliveries start
 //! counting at 1 again).
 //!
@@ -43,6 +63,7 @@
 
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -51,13 +72,15 @@ use chrono::Utc;
 use polis_core::Message;
 use polis_core::bus::{Acker, Bus, BusError, Delivery, Malformed, Subscription, Topic};
 use polis_core::message::validate_message;
-use polis_store::sqlite::engine::{self, BatchWriter, Durability, Readers};
+use polis_store::sqlite::engine::{self, BatchWriter, Durability, Readers, WalSync, WriterOptions};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// Messages read per query while delivering.
 const FETCH: i64 = 256;
+/// Fresh messages kept in memory per topic (see the module docs).
+const TAIL: usize = 1024;
 /// Messages deleted per statement by a cleanup, so that publishes and ack
 /// writes get the single connection in between.
 const CLEANUP_CHUNK: i64 = 5_000;
@@ -81,13 +104,9 @@ CREATE TABLE IF NOT EXISTS bus_consumers (
     ack_floor INTEGER NOT NULL,
     PRIMARY KEY (consumer, service, segment)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS bus_acks (
-    consumer TEXT    NOT NULL,
-    service  TEXT    NOT NULL,
-    segment  TEXT    NOT NULL,
-    seq      INTEGER NOT NULL,
-    PRIMARY KEY (consumer, service, segment, seq)
-) WITHOUT ROWID;
+-- Acknowledgements above the floor were stored here before; they are kept
+-- in memory now (see the module docs).
+DROP TABLE IF EXISTS bus_acks;
 ";
 
 /// Options for [`InProcessBus::open_with`].
@@ -119,8 +138,11 @@ struct Inner {
     writer: BatchWriter,
     /// Deliveries and counts read here, beside the writer.
     readers: Readers,
-    published: watch::Sender<u64>,
+    /// Bumped after each commit of published messages.
+    published: Arc<watch::Sender<u64>>,
+    tails: Arc<Tails>,
     consumers: Mutex<HashMap<ConsumerKey, Arc<Mutex<ConsumerState>>>>,
+    /// Ack floors to write, per consumer and topic.
     acks: mpsc::UnboundedSender<(ConsumerKey, i64)>,
     options: InProcessOptions,
     /// Dropped with the bus, which stops the cleanup task.
@@ -189,17 +211,32 @@ impl InProcessBus {
             return Err(BusError::backend("the in-process bus cleanup interval must be positive"));
         }
         let path = path.as_ref();
-        let conn = engine::open_writer(path, Durability::Full).map_err(BusError::backend)?;
+        let conn = engine::open_writer(path, Durability::Normal).map_err(BusError::backend)?;
         conn.execute_batch(SCHEMA).map_err(BusError::backend)?;
+        let last: i64 = conn
+            .query_row("SELECT COALESCE(max(seq), 0) FROM bus_messages", [], |r| r.get(0))
+            .map_err(BusError::backend)?;
         let readers = Readers::open(path, 4).map_err(BusError::backend)?;
-        let writer = BatchWriter::spawn("polis-bus-writer".into(), conn).map_err(BusError::backend)?;
-        let (published, _) = watch::channel(0);
+        let tails = Arc::new(Tails::new(last));
+        let published = Arc::new(watch::Sender::new(0u64));
+        let after_commit = {
+            let (tails, published) = (tails.clone(), published.clone());
+            Box::new(move |committed: bool| {
+                if tails.commit(committed) {
+                    published.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            })
+        };
+        let options_for_writer =
+            WriterOptions { after_commit: Some(after_commit), wal_sync: Some(WalSync::new(path, Duration::ZERO)) };
+        let writer =
+            BatchWriter::spawn_with("polis-bus-writer".into(), conn, options_for_writer).map_err(BusError::backend)?;
         let (acks, pending) = mpsc::unbounded_channel();
         tokio::spawn(ack_writer(writer.clone(), pending));
         let (stop_cleanup, stopped) = oneshot::channel();
         let interval = options.cleanup_interval;
         let consumers = Mutex::default();
-        let inner = Inner { writer, readers, published, consumers, acks, options, _stop_cleanup: stop_cleanup };
+        let inner = Inner { writer, readers, published, tails, consumers, acks, options, _stop_cleanup: stop_cleanup };
         let bus = Self { inner: Arc::new(inner) };
         tokio::spawn(cleanup_task(Arc::downgrade(&bus.inner), interval, stopped));
         Ok(bus)
@@ -252,12 +289,10 @@ impl InProcessBus {
         self.inner
             .writer
             .run(move |conn| {
-                for table in ["bus_consumers", "bus_acks"] {
-                    conn.execute(
-                        &format!("DELETE FROM {table} WHERE consumer = ?1 AND service = ?2 AND segment = ?3"),
-                        params![forget.consumer, forget.service, forget.segment],
-                    )?;
-                }
+                conn.execute(
+                    "DELETE FROM bus_consumers WHERE consumer = ?1 AND service = ?2 AND segment = ?3",
+                    params![forget.consumer, forget.service, forget.segment],
+                )?;
                 Ok(0)
             })
             .await
@@ -266,21 +301,37 @@ impl InProcessBus {
         Ok(())
     }
 
-    /// How many messages of `topic` `consumer` has not acknowledged, as far
-    /// as the stored acknowledgements tell (they trail the consumer by the
-    /// moments it takes to write them): its backlog, for monitoring.
+    /// How many messages of `topic` `consumer` has not acknowledged: its
+    /// backlog, for monitoring. For a consumer subscribed in this process
+    /// the count is exact; for another one, it is what its stored floor
+    /// tells (acknowledgements above the floor are not stored).
     pub async fn unacknowledged(&self, consumer: &str, topic: &Topic) -> Result<u64, BusError> {
-        let n: i64 = self.read(|conn| {
-            conn.query_row(
+        let key = ConsumerKey {
+            consumer: consumer.to_owned(),
+            service: topic.service.clone(),
+            segment: topic.kind.segment(),
+        };
+        let known = lock(&self.inner.consumers).get(&key).cloned();
+        let in_memory = known.and_then(|state| {
+            let s = lock(&state);
+            s.loaded.then(|| (s.floor, s.acked.len() as i64))
+        });
+        let n: i64 = self.read(|conn| match in_memory {
+            Some((floor, acked_above)) => conn
+                .query_row(
+                    "SELECT count(*) FROM bus_messages WHERE service = ?1 AND segment = ?2 AND seq > ?3",
+                    params![key.service, key.segment, floor],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n - acked_above),
+            None => conn.query_row(
                 "SELECT count(*) FROM bus_messages m \
                  WHERE m.service = ?2 AND m.segment = ?3 \
                    AND m.seq > COALESCE((SELECT ack_floor FROM bus_consumers \
-                                         WHERE consumer = ?1 AND service = ?2 AND segment = ?3), 0) \
-                   AND NOT EXISTS (SELECT 1 FROM bus_acks a \
-                                   WHERE a.consumer = ?1 AND a.service = ?2 AND a.segment = ?3 AND a.seq = m.seq)",
-                params![consumer, topic.service, topic.kind.segment()],
+                                         WHERE consumer = ?1 AND service = ?2 AND segment = ?3), 0)",
+                params![key.consumer, key.service, key.segment],
                 |r| r.get(0),
-            )
+            ),
         })?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -319,25 +370,36 @@ impl Bus for InProcessBus {
         }
         let rows = messages
             .iter()
-            .map(|m| Ok((m.id, m.target.clone(), m.kind.segment(), serde_json::to_string(m)?)))
+            .map(|m| Ok((serde_json::to_string(m)?, Arc::new(m.clone()))))
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .map_err(BusError::backend)?;
         let now = Utc::now().timestamp_micros();
+        let tails = self.inner.tails.clone();
+        // Delivered once committed, returned once synced (see the module docs).
         self.inner
             .writer
-            .run(move |conn| {
+            .run_durable(move |conn| {
                 let mut insert = conn.prepare_cached(
                     "INSERT INTO bus_messages (message_id, service, segment, body, stored_at_us) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (message_id) DO NOTHING",
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (message_id) DO NOTHING RETURNING seq",
                 )?;
-                for (id, service, segment, body) in &rows {
-                    insert.execute(params![id, service, segment, body, now])?;
+                let mut fresh = Vec::with_capacity(rows.len());
+                for (body, message) in rows {
+                    let seq = insert
+                        .query_row(params![message.id, message.target, message.kind.segment(), body, now], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .optional()?;
+                    // None: a duplicate, stored and delivered before.
+                    if let Some(seq) = seq {
+                        fresh.push((seq, message));
+                    }
                 }
+                tails.stage(fresh);
                 Ok(0)
             })
             .await
             .map_err(BusError::backend)?;
-        self.inner.published.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 
@@ -365,26 +427,18 @@ impl Bus for InProcessBus {
         let state = self.state(&key);
         let needs_load = !lock(&state).loaded;
         if needs_load {
-            let (floor, acked) = self.read(|conn| {
-                let who = params![key.consumer, key.service, key.segment];
-                let floor: Option<i64> = conn
-                    .query_row(
-                        "SELECT ack_floor FROM bus_consumers WHERE consumer = ?1 AND service = ?2 AND segment = ?3",
-                        who,
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let mut statement =
-                    conn.prepare("SELECT seq FROM bus_acks WHERE consumer = ?1 AND service = ?2 AND segment = ?3")?;
-                let acked = statement.query_map(who, |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
-                Ok((floor, acked))
+            let floor = self.read(|conn| {
+                conn.query_row(
+                    "SELECT ack_floor FROM bus_consumers WHERE consumer = ?1 AND service = ?2 AND segment = ?3",
+                    params![key.consumer, key.service, key.segment],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
             })?;
             let mut s = lock(&state);
             if !s.loaded {
                 s.loaded = true;
-                let floor = floor.unwrap_or(0);
-                s.floor = floor;
-                s.acked.extend(acked.into_iter().filter(|&seq| seq > floor));
+                s.floor = floor.unwrap_or(0);
             }
         }
         let cursor = {
@@ -412,8 +466,14 @@ struct InProcessSubscription {
     state: Arc<Mutex<ConsumerState>>,
     /// Highest seq read from the log by this subscription.
     cursor: i64,
-    buffer: VecDeque<(i64, String)>,
+    buffer: VecDeque<(i64, Body)>,
     published: watch::Receiver<u64>,
+}
+
+/// A message as the log or the in-memory tail holds it.
+enum Body {
+    Stored(String),
+    Fresh(Arc<Message>),
 }
 
 #[async_trait]
@@ -443,7 +503,7 @@ impl Subscription for InProcessSubscription {
                     }
                 };
                 if let Some(body) = body {
-                    return Ok(self.deliver(seq, body));
+                    return Ok(self.deliver(seq, Body::Stored(body)));
                 }
                 continue;
             }
@@ -457,30 +517,41 @@ impl Subscription for InProcessSubscription {
                 }
             }
             self.published.borrow_and_update();
-            let rows = self.bus.read(|conn| {
-                let mut statement = conn.prepare_cached(
-                    "SELECT seq, body FROM bus_messages WHERE service = ?1 AND segment = ?2 AND seq > ?3 \
-                     ORDER BY seq LIMIT ?4",
-                )?;
-                let rows = statement
-                    .query_map(params![self.key.service, self.key.segment, self.cursor, FETCH], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                    })?;
-                rows.collect::<Result<Vec<_>, _>>()
-            })?;
-            if !rows.is_empty() {
-                let mut s = lock(&self.state);
-                for &(seq, _) in &rows {
-                    s.read(seq);
+            if let Some(fresh) = self.bus.inner.tails.after(&self.key, self.cursor) {
+                if let Some(&(seq, _)) = fresh.last() {
+                    let mut s = lock(&self.state);
+                    for &(seq, _) in &fresh {
+                        s.read(seq);
+                    }
+                    drop(s);
+                    self.cursor = seq;
+                    self.buffer.extend(fresh.into_iter().map(|(seq, m)| (seq, Body::Fresh(m))));
+                    continue;
                 }
-            }
-            if let Some(&(seq, _)) = rows.last() {
-                self.cursor = seq;
-            }
-            let fetched = !rows.is_empty();
-            self.buffer.extend(rows);
-            if fetched {
-                continue;
+            } else {
+                // Everything of this topic committed up to here is in the read
+                // below: if it is not cut by the limit, the cursor may move up
+                // to here, and meet the in-memory tail.
+                let horizon = self.bus.inner.tails.last();
+                let rows = self.fetch()?;
+                let complete = rows.len() < FETCH as usize;
+                if !rows.is_empty() {
+                    let mut s = lock(&self.state);
+                    for &(seq, _) in &rows {
+                        s.read(seq);
+                    }
+                }
+                if let Some(&(seq, _)) = rows.last() {
+                    self.cursor = seq;
+                }
+                if complete {
+                    self.cursor = self.cursor.max(horizon);
+                }
+                let fetched = !rows.is_empty();
+                self.buffer.extend(rows.into_iter().map(|(seq, body)| (seq, Body::Stored(body))));
+                if fetched {
+                    continue;
+                }
             }
             // Nothing new: wait for a publish, the next due redelivery, or a poll.
             let next_retry = lock(&self.state).retry.peek().map(|r| r.0.0);
@@ -494,21 +565,113 @@ impl Subscription for InProcessSubscription {
 }
 
 impl InProcessSubscription {
-    fn deliver(&mut self, seq: i64, body: String) -> Delivery {
+    /// The next messages of the topic after the cursor, from the log.
+    fn fetch(&self) -> Result<Vec<(i64, String)>, BusError> {
+        self.bus.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT seq, body FROM bus_messages WHERE service = ?1 AND segment = ?2 AND seq > ?3 \
+                 ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = statement.query_map(params![self.key.service, self.key.segment, self.cursor, FETCH], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()
+        })
+    }
+
+    fn deliver(&mut self, seq: i64, body: Body) -> Delivery {
         let attempt = {
             let mut s = lock(&self.state);
             let n = s.attempts.entry(seq).or_insert(0);
             *n += 1;
             *n
         };
-        let message = serde_json::from_str::<Message>(&body).map_err(|e| Malformed {
-            id: None,
-            raw: body.clone(),
-            reason: format!("not a polis message: {e}"),
-        });
+        let message = match body {
+            Body::Fresh(message) => Ok(Message::clone(&message)),
+            Body::Stored(body) => serde_json::from_str::<Message>(&body).map_err(|e| Malformed {
+                id: None,
+                raw: body.clone(),
+                reason: format!("not a polis message: {e}"),
+            }),
+        };
         let acker =
             InProcessAcker { key: self.key.clone(), seq, state: self.state.clone(), acks: self.bus.inner.acks.clone() };
         Delivery::new(message, attempt, Box::new(acker))
+    }
+}
+
+/// The newest messages per topic, in memory (see the module docs).
+#[derive(Debug)]
+struct Tails {
+    /// Staged by publishes in the writer's current transaction, in order;
+    /// made visible when it commits.
+    staged: Mutex<Vec<(i64, Arc<Message>)>>,
+    topics: Mutex<HashMap<(String, &'static str), Tail>>,
+    /// The highest seq committed so far.
+    last: AtomicI64,
+    /// The highest seq when the bus opened: every message of a topic
+    /// published since is in its tail unless trimmed.
+    opened_at: i64,
+}
+
+#[derive(Debug)]
+struct Tail {
+    /// Every message of the topic with a higher seq is in `entries`.
+    complete_after: i64,
+    entries: VecDeque<(i64, Arc<Message>)>,
+}
+
+impl Tails {
+    fn new(last: i64) -> Self {
+        Self { staged: Mutex::default(), topics: Mutex::default(), last: AtomicI64::new(last), opened_at: last }
+    }
+
+    fn stage(&self, fresh: Vec<(i64, Arc<Message>)>) {
+        lock(&self.staged).extend(fresh);
+    }
+
+    /// After the writer's transaction: its staged messages join their
+    /// tails if it committed, else are forgotten. Whether any joined.
+    fn commit(&self, committed: bool) -> bool {
+        let staged = std::mem::take(&mut *lock(&self.staged));
+        if !committed || staged.is_empty() {
+            return false;
+        }
+        let mut topics = lock(&self.topics);
+        let mut last = self.last.load(Ordering::Acquire);
+        for (seq, message) in staged {
+            let tail = topics
+                .entry((message.target.clone(), message.kind.segment()))
+                .or_insert_with(|| Tail { complete_after: self.opened_at, entries: VecDeque::new() });
+            tail.entries.push_back((seq, message));
+            if tail.entries.len() > TAIL
+                && let Some((dropped, _)) = tail.entries.pop_front()
+            {
+                tail.complete_after = dropped;
+            }
+            last = last.max(seq);
+        }
+        self.last.store(last, Ordering::Release);
+        true
+    }
+
+    fn last(&self) -> i64 {
+        self.last.load(Ordering::Acquire)
+    }
+
+    /// The messages of `key`'s topic after `cursor`, at most [`FETCH`], if
+    /// the tail holds every one of them; `None` if the log must be read.
+    fn after(&self, key: &ConsumerKey, cursor: i64) -> Option<Vec<(i64, Arc<Message>)>> {
+        let topics = lock(&self.topics);
+        let Some(tail) = topics.get(&(key.service.clone(), key.segment)) else {
+            // Nothing published to it since opening: the log has all there is.
+            return (cursor >= self.last()).then(Vec::new);
+        };
+        if cursor < tail.complete_after {
+            return None;
+        }
+        let from = tail.entries.partition_point(|(seq, _)| *seq <= cursor);
+        Some(tail.entries.range(from..).take(FETCH as usize).cloned().collect())
     }
 }
 
@@ -523,8 +686,16 @@ struct InProcessAcker {
 #[async_trait]
 impl Acker for InProcessAcker {
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
-        lock(&self.state).ack(self.seq);
-        self.acks.send((self.key, self.seq)).map_err(|_| BusError::Closed)
+        let moved = {
+            let mut s = lock(&self.state);
+            let before = s.floor;
+            s.ack(self.seq);
+            (s.floor > before).then_some(s.floor)
+        };
+        match moved {
+            Some(floor) => self.acks.send((self.key, floor)).map_err(|_| BusError::Closed),
+            None => Ok(()),
+        }
     }
 
     async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BusError> {
@@ -553,21 +724,26 @@ async fn cleanup_task(bus: Weak<Inner>, interval: Duration, mut stopped: oneshot
     }
 }
 
-/// Persists acknowledgements in batches and advances ack floors.
+/// Writes ack floors in batches: the highest of each consumer's in a batch.
 async fn ack_writer(writer: BatchWriter, mut pending: mpsc::UnboundedReceiver<(ConsumerKey, i64)>) {
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, 1024).await > 0 {
-        // Keep the batch until it is written: the acks are already settled in
-        // memory and would never be sent again, so the stored floor would stick.
-        let shared = Arc::new(std::mem::take(&mut batch));
+        let mut floors: HashMap<ConsumerKey, i64> = HashMap::new();
+        for (key, floor) in batch.drain(..) {
+            let highest = floors.entry(key).or_insert(floor);
+            *highest = (*highest).max(floor);
+        }
+        // Keep the floors until they are written: they are settled in memory
+        // and would not be sent again until the next acknowledgement.
+        let floors = Arc::new(floors);
         let mut pause = Duration::from_millis(50);
         loop {
-            let acks = shared.clone();
-            match writer.run(move |conn| write_acks(conn, &acks)).await {
+            let write = floors.clone();
+            match writer.run(move |conn| write_floors(conn, &write)).await {
                 Ok(_) => break,
                 Err(engine::WriteError::Stopped) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?pause, "failed to persist bus acknowledgements");
+                    tracing::warn!(error = %e, retry_in = ?pause, "failed to persist bus ack floors");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
@@ -576,66 +752,14 @@ async fn ack_writer(writer: BatchWriter, mut pending: mpsc::UnboundedReceiver<(C
     }
 }
 
-fn write_acks(conn: &Connection, batch: &[(ConsumerKey, i64)]) -> rusqlite::Result<u64> {
-    let mut touched: Vec<&ConsumerKey> = Vec::new();
-    {
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO bus_acks (consumer, service, segment, seq) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-        )?;
-        for (key, seq) in batch {
-            insert.execute(params![key.consumer, key.service, key.segment, seq])?;
-            if !touched.contains(&key) {
-                touched.push(key);
-            }
-        }
-    }
-    // Advance each floor over contiguous acknowledgements and drop them.
-    for key in touched {
-        let who = params![key.consumer, key.service, key.segment];
-        conn.prepare_cached(
-            "INSERT INTO bus_consumers (consumer, service, segment, ack_floor) VALUES (?1, ?2, ?3, 0) \
-             ON CONFLICT DO NOTHING",
-        )?
-        .execute(who)?;
-        let floor: i64 = conn
-            .prepare_cached(
-                "SELECT ack_floor FROM bus_consumers WHERE consumer = ?1 AND service = ?2 AND segment = ?3",
-            )?
-            .query_row(who, |r| r.get(0))?;
-        let acked: Vec<i64> = conn
-            .prepare_cached(
-                "SELECT seq FROM bus_acks WHERE consumer = ?1 AND service = ?2 AND segment = ?3 AND seq > ?4 \
-                 ORDER BY seq",
-            )?
-            .query_map(params![key.consumer, key.service, key.segment, floor], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        // Messages of other topics interleave in the log, so "contiguous" means
-        // no unacknowledged message of this topic in between.
-        let unacked: Vec<i64> = conn
-            .prepare_cached(
-                "SELECT seq FROM bus_messages WHERE service = ?1 AND segment = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
-            )?
-            .query_map(params![key.service, key.segment, floor, acked.len() as i64 + 1], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let mut new_floor = floor;
-        for seq in unacked {
-            if acked.binary_search(&seq).is_ok() {
-                new_floor = seq;
-            } else {
-                break;
-            }
-        }
-        if new_floor > floor {
-            let at = params![new_floor, key.consumer, key.service, key.segment];
-            conn.prepare_cached(
-                "UPDATE bus_consumers SET ack_floor = ?1 WHERE consumer = ?2 AND service = ?3 AND segment = ?4",
-            )?
-            .execute(at)?;
-            conn.prepare_cached(
-                "DELETE FROM bus_acks WHERE seq <= ?1 AND consumer = ?2 AND service = ?3 AND segment = ?4",
-            )?
-            .execute(at)?;
-        }
+fn write_floors(conn: &Connection, floors: &HashMap<ConsumerKey, i64>) -> rusqlite::Result<u64> {
+    // An update only: a consumer removed meanwhile stays removed.
+    let mut update = conn.prepare_cached(
+        "UPDATE bus_consumers SET ack_floor = ?1 \
+         WHERE consumer = ?2 AND service = ?3 AND segment = ?4 AND ack_floor < ?1",
+    )?;
+    for (key, floor) in floors {
+        update.execute(params![floor, key.consumer, key.service, key.segment])?;
     }
     Ok(0)
 }

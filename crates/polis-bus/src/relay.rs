@@ -9,7 +9,7 @@
 //! **Pipelining.** The three calls of a batch (read, publish, mark) would
 //! leave the database, this process and the broker idle two thirds of the
 //! time each, so they overlap: while batch *k* publishes, batch *k+1* is read
-//! and batch *k−1* is marked. Batches are still *published* one after
+//! (when batch *k* was full: a backlog is draining) and batch *k−1* is marked. Batches are still *published* one after
 //! another, each only once the previous one is stored. The read of batch
 //! *k+1* asks for the oldest unpublished entries *other than* those of
 //! batches *k* and *k−1*, never for "entries after the last position read":
@@ -179,13 +179,19 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
             .collect();
         positions.sort_unstable();
 
-        // Read ahead, leaving out this batch and the one still being marked.
-        let mut in_flight = positions.clone();
-        if let Some((marking, _)) = &pipeline.marking {
-            in_flight.extend_from_slice(marking);
-            in_flight.sort_unstable();
+        // Read ahead, leaving out this batch and the one still being marked,
+        // while draining a backlog: after a batch that was not full the outbox
+        // is (nearly) empty, and a read started now would miss what commits
+        // during the publish, holding it back a whole step. The next step
+        // reads afresh instead.
+        if count >= self.options.batch_size.max(1) {
+            let mut in_flight = positions.clone();
+            if let Some((marking, _)) = &pipeline.marking {
+                in_flight.extend_from_slice(marking);
+                in_flight.sort_unstable();
+            }
+            pipeline.next = Some(self.read(pipeline, in_flight));
         }
-        pipeline.next = Some(self.read(pipeline, in_flight));
 
         // On failure nothing of this batch is marked: it is published again,
         // and the bus drops what it already stored (de-duplication by message

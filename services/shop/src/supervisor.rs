@@ -46,6 +46,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the stop when the supervisor is dropped without [`Supervisor::stop`].
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_POLL: Duration = Duration::from_millis(50);
+/// How long a crashed local PostgreSQL's processes may keep a new one from starting.
+const CRASH_LEFTOVERS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What can go wrong supervising the distributed shop.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +168,7 @@ impl Supervisor {
             Some(_) => None,
             None => {
                 let dir = data_dir.join("servers").join("postgres");
-                let server = PostgresServer::start_in(&dir).await.map_err(|source| SupervisorError::Server {
+                let server = start_local_postgres(&dir).await.map_err(|source| SupervisorError::Server {
                     kind: "postgres",
                     dir,
                     source,
@@ -400,6 +402,43 @@ impl Drop for Supervisor {
     }
 }
 
+/// Starts the local PostgreSQL kept in `dir`. After a crash that SIGKILLed
+/// its postmaster (the whole process group killed, say), PostgreSQL refuses
+/// to start while the dead postmaster is a zombie its new parent has not
+/// reaped yet (the lock file's pid still exists) or while its orphaned
+/// backends still hold its shared memory; both go by themselves within
+/// moments, so then the start is retried for a while.
+async fn start_local_postgres(dir: &Path) -> Result<PostgresServer, TestkitError> {
+    let crashed = crashed_postmaster(&dir.join("data"));
+    let deadline = Instant::now() + CRASH_LEFTOVERS_TIMEOUT;
+    let mut waiting = false;
+    loop {
+        match (PostgresServer::start_in(dir).await, crashed) {
+            (Err(TestkitError::Exited { .. }), Some(pid)) if Instant::now() < deadline => {
+                if !waiting {
+                    tracing::info!(pid, "waiting for the processes of the crashed local postgres to be gone");
+                    waiting = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            (result, _) => return result,
+        }
+    }
+}
+
+/// The pid in a cluster's `postmaster.pid` if that postmaster is dead: gone,
+/// or a zombie (which PostgreSQL takes for a running postmaster). `None`
+/// without a lock file (a clean stop removes it) or if the process runs.
+fn crashed_postmaster(data: &Path) -> Option<u32> {
+    let lock = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: u32 = lock.lines().next()?.trim().parse().ok()?;
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `<pid> (<comm>) <state> ...`; the command name may hold spaces and parentheses.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')).then_some(pid),
+        Err(_) => Some(pid),
+    }
+}
+
 /// SIGTERM, then up to `timeout` for a graceful exit, then SIGKILL.
 async fn stop_child(service: Service, mut child: Child, timeout: Duration) {
     if matches!(child.try_wait(), Ok(Some(_))) {
@@ -481,4 +520,35 @@ fn tail(path: &Path) -> String {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     };
     read().unwrap_or_else(|err| format!("(cannot read {}: {err})", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::process::Command;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_postmaster_is_crashed_when_gone_or_a_zombie_not_while_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = |pid: u32| fs::write(dir.path().join("postmaster.pid"), format!("{pid}\n/data\n")).unwrap();
+        assert_eq!(crashed_postmaster(dir.path()), None, "no lock file: a clean stop");
+
+        lock(std::process::id());
+        assert_eq!(crashed_postmaster(dir.path()), None, "a running process");
+
+        // Exited, not reaped yet: a zombie.
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        lock(pid);
+        let zombie =
+            polis_testkit::wait_for(Duration::from_secs(10), || async { crashed_postmaster(dir.path()).is_some() });
+        zombie.await.unwrap();
+        assert_eq!(crashed_postmaster(dir.path()), Some(pid), "a zombie");
+
+        child.wait().unwrap();
+        assert_eq!(crashed_postmaster(dir.path()), Some(pid), "gone");
+    }
 }

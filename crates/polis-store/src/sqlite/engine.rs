@@ -62,6 +62,11 @@ pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Temporary files in memory, the savepoints' sub-journals above all:
+    // every job of a group commit runs under a savepoint, and its journal of
+    // the pages it changes otherwise spills past 64 KiB into a temporary
+    // file, written page by page (measured: as many writes as the WAL's).
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
 }
@@ -146,6 +151,15 @@ where
 /// Statements one [`BatchWriter::run`] call applies; returns a count of its choosing.
 type Job = Box<dyn FnOnce(&Connection) -> rusqlite::Result<u64> + Send>;
 
+/// Called on the writer thread after each transaction: `true` once it
+/// committed, `false` once it was rolled back. Runs before any job of the
+/// transaction hears back and before the next transaction begins, so it sees
+/// commits in their order.
+pub type AfterCommit = Box<dyn FnMut(bool) + Send>;
+
+/// A job's count and the commit it was part of (see [`WalSync`]).
+type Reply = tokio::sync::oneshot::Sender<Result<(u64, u64), WriteError>>;
+
 /// Why a [`BatchWriter`] job did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -155,9 +169,24 @@ pub enum WriteError {
     /// The transaction the job was part of could not begin or commit.
     #[error("sqlite transaction failed: {0}")]
     Transaction(String),
+    /// The commit happened, but syncing the WAL to disk failed: whether it
+    /// survives a power loss is unknown.
+    #[error("syncing the sqlite WAL failed: {0}")]
+    Sync(String),
     /// The writer thread is gone.
     #[error("the sqlite writer has stopped")]
     Stopped,
+}
+
+/// Options for [`BatchWriter::spawn_with`].
+#[derive(Default)]
+#[allow(missing_debug_implementations)] // holds a closure
+pub struct WriterOptions {
+    /// Runs after each transaction, on the writer thread.
+    pub after_commit: Option<AfterCommit>,
+    /// For a connection opened with [`Durability::Normal`]: makes commits
+    /// durable in the background, for [`BatchWriter::run_durable`].
+    pub wal_sync: Option<std::sync::Arc<WalSync>>,
 }
 
 /// A dedicated thread that owns a database's writing connection and applies
@@ -167,7 +196,8 @@ pub enum WriteError {
 /// job's caller hears back once its transaction committed.
 #[derive(Debug, Clone)]
 pub struct BatchWriter {
-    jobs: tokio::sync::mpsc::Sender<(Job, tokio::sync::oneshot::Sender<Result<u64, WriteError>>)>,
+    jobs: tokio::sync::mpsc::Sender<(Job, Reply)>,
+    wal_sync: Option<std::sync::Arc<WalSync>>,
 }
 
 /// Jobs committed together at most.
@@ -177,31 +207,73 @@ impl BatchWriter {
     /// Starts the writer thread, named `name`, on `conn`. It stops once
     /// every clone of the writer is dropped.
     pub fn spawn(name: String, conn: Connection) -> std::io::Result<Self> {
+        Self::spawn_with(name, conn, WriterOptions::default())
+    }
+
+    /// [`BatchWriter::spawn`] with a hook after each commit and, for a
+    /// `synchronous=NORMAL` connection, background WAL syncs.
+    pub fn spawn_with(name: String, conn: Connection, options: WriterOptions) -> std::io::Result<Self> {
         let (jobs, mut queue) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
+        let WriterOptions { mut after_commit, wal_sync } = options;
+        let commits = wal_sync.clone();
+        if let Some(sync) = &wal_sync {
+            let sync = sync.clone();
+            std::thread::Builder::new().name(format!("{name}-sync")).spawn(move || sync.run())?;
+        }
         std::thread::Builder::new().name(name).spawn(move || {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
-                apply_batch(&conn, std::mem::take(&mut batch));
+                apply_batch(&conn, std::mem::take(&mut batch), &mut after_commit, commits.as_deref());
+            }
+            if let Some(sync) = commits {
+                sync.stop();
             }
         })?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, wal_sync })
     }
 
-    /// Applies `job` in the writer's next transaction; returns its count once committed.
+    /// Applies `job` in the writer's next transaction; returns its count once
+    /// committed (visible to readers; durable too unless the connection is
+    /// `synchronous=NORMAL`, see [`BatchWriter::run_durable`]).
     pub async fn run(
         &self,
         job: impl FnOnce(&Connection) -> rusqlite::Result<u64> + Send + 'static,
     ) -> Result<u64, WriteError> {
+        self.submit(Box::new(job)).await.map(|(count, _)| count)
+    }
+
+    /// [`BatchWriter::run`], then waits until the commit is on disk: for a
+    /// writer with a [`WalSync`], until a WAL sync covers it.
+    pub async fn run_durable(
+        &self,
+        job: impl FnOnce(&Connection) -> rusqlite::Result<u64> + Send + 'static,
+    ) -> Result<u64, WriteError> {
+        let (count, commit) = self.submit(Box::new(job)).await?;
+        if let Some(sync) = &self.wal_sync {
+            sync.durable(commit).await?;
+        }
+        Ok(count)
+    }
+
+    async fn submit(&self, job: Job) -> Result<(u64, u64), WriteError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.jobs.send((Box::new(job), reply)).await.map_err(|_| WriteError::Stopped)?;
+        self.jobs.send((job, reply)).await.map_err(|_| WriteError::Stopped)?;
         answer.await.map_err(|_| WriteError::Stopped)?
     }
 }
 
-type Replies = Vec<(tokio::sync::oneshot::Sender<Result<u64, WriteError>>, Result<u64, WriteError>)>;
+type Replies = Vec<(Reply, Result<u64, WriteError>)>;
 
-fn apply_batch(conn: &Connection, batch: Vec<(Job, tokio::sync::oneshot::Sender<Result<u64, WriteError>>)>) {
-    let fail_all = |replies: Replies, error: &rusqlite::Error| {
+fn apply_batch(
+    conn: &Connection,
+    batch: Vec<(Job, Reply)>,
+    after_commit: &mut Option<AfterCommit>,
+    commits: Option<&WalSync>,
+) {
+    let mut fail_all = |replies: Replies, error: &rusqlite::Error| {
+        if let Some(hook) = after_commit.as_mut() {
+            hook(false);
+        }
         for (reply, _) in replies {
             let _ = reply.send(Err(WriteError::Transaction(error.to_string())));
         }
@@ -236,7 +308,133 @@ fn apply_batch(conn: &Connection, batch: Vec<(Job, tokio::sync::oneshot::Sender<
         let _ = conn.execute_batch("ROLLBACK");
         return fail_all(replies, &e);
     }
+    if let Some(hook) = after_commit.as_mut() {
+        hook(true);
+    }
+    let commit = commits.map_or(0, WalSync::committed);
     for (reply, result) in replies {
-        let _ = reply.send(result);
+        let _ = reply.send(result.map(|count| (count, commit)));
+    }
+}
+
+/// Durability in the background for a WAL database written with
+/// `synchronous=NORMAL`: a commit is visible at once, and made durable by a
+/// later fsync of the WAL file, on a thread of its own, at most once per
+/// interval, however many commits it covers. What lies in the WAL up to an
+/// fsync survives a power loss: recovery keeps every commit whose frames
+/// are intact, in order. (SQLite itself syncs the WAL before each
+/// checkpoint, so a checkpoint never loses what it copies.)
+///
+/// For data that may be lost in a power loss as long as whoever hands it
+/// over hears back only once it is durable: the in-process bus, whose
+/// messages stay in their senders' outboxes until then.
+#[derive(Debug)]
+pub struct WalSync {
+    wal: PathBuf,
+    interval: Duration,
+    state: Mutex<SyncState>,
+    wake: std::sync::Condvar,
+    synced: tokio::sync::watch::Sender<SyncPoint>,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Commits so far.
+    committed: u64,
+    stopped: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SyncPoint {
+    /// Commits on disk.
+    synced: u64,
+    /// Set for good by a failed fsync: after one, the kernel may have
+    /// dropped the dirty pages, and no later fsync vouches for them.
+    failed: Option<std::sync::Arc<str>>,
+}
+
+impl WalSync {
+    /// Syncs the WAL of the database at `path`, at most every `interval`.
+    pub fn new(path: &Path, interval: Duration) -> std::sync::Arc<Self> {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::sync::Arc::new(Self {
+            wal: wal.into(),
+            interval,
+            state: Mutex::default(),
+            wake: std::sync::Condvar::new(),
+            synced: tokio::sync::watch::Sender::new(SyncPoint::default()),
+        })
+    }
+
+    /// Counts a commit; returns its number.
+    fn committed(&self) -> u64 {
+        let mut state = lock(&self.state);
+        state.committed += 1;
+        self.wake.notify_one();
+        state.committed
+    }
+
+    fn stop(&self) {
+        lock(&self.state).stopped = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits until commit number `commit` is on disk.
+    async fn durable(&self, commit: u64) -> Result<(), WriteError> {
+        let mut synced = self.synced.subscribe();
+        let point =
+            synced.wait_for(|p| p.synced >= commit || p.failed.is_some()).await.map_err(|_| WriteError::Stopped)?;
+        match &point.failed {
+            Some(reason) => Err(WriteError::Sync(reason.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// The sync thread: waits for commits, then syncs, no sooner than an
+    /// interval after the previous sync. Ends after syncing the last commit
+    /// once the writer stopped.
+    fn run(&self) {
+        let mut synced = 0;
+        let mut last: Option<std::time::Instant> = None;
+        loop {
+            {
+                let mut state = lock(&self.state);
+                while state.committed == synced && !state.stopped {
+                    state = self.wake.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if state.committed == synced {
+                    return;
+                }
+            }
+            if let Some(pause) = last.map(|at| self.interval.saturating_sub(at.elapsed())) {
+                std::thread::sleep(pause);
+            }
+            let target = lock(&self.state).committed;
+            let result = self.sync_wal();
+            last = Some(std::time::Instant::now());
+            match result {
+                Ok(()) => {
+                    synced = target;
+                    self.synced.send_modify(|p| p.synced = target);
+                }
+                Err(e) => {
+                    tracing::error!(wal = %self.wal.display(), error = %e, "fsync of the sqlite WAL failed");
+                    self.synced.send_modify(|p| p.failed = Some(format!("fsync {}: {e}", self.wal.display()).into()));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn sync_wal(&self) -> std::io::Result<()> {
+        // Opened afresh each time: the WAL is recreated if the database was
+        // ever closed by every connection. A missing WAL holds nothing: its
+        // last checkpoint synced the database file.
+        match std::fs::File::open(&self.wal) {
+            Ok(file) => file.sync_data(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
