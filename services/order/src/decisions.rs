@@ -5,19 +5,27 @@
 //!
 //! Every change of an order's status is written together with the events it
 //! sends, so each one ends with an outbox commit, which the store signals
-//! ([`outbox_wakeups`](polis_core::outbox::TransactionalStore::outbox_wakeups)). One watcher task per service
-//! wakes on those signals and reads the status of every order someone waits
-//! for in one query, so the cost is one read per commit whatever the number
-//! of waiters.
+//! ([`outbox_wakeups`](polis_core::outbox::TransactionalStore::outbox_wakeups)). A transaction that decides
+//! an order also notes its id as a *candidate*, before it commits. One
+//! watcher task per service wakes on those signals and reads, in one query,
+//! the status of the candidates someone waits for: no read at all for the
+//! commits that decide nothing waited for. A candidate read before its
+//! transaction committed stays a candidate for the next signal, which that
+//! commit sends. One nobody waits for is dropped after [`CANDIDATE_TTL`], long
+//! after its commit: a wait may be registered while its transaction is still
+//! running.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use contracts::order::OrderStatus;
 use polis_store::sql::{Sql, SqlStore, Value};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
+
+/// How long a candidate nobody waits for is kept.
+const CANDIDATE_TTL: Duration = Duration::from_secs(10);
 
 /// The longest wait a request may ask for.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -26,6 +34,8 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub(crate) struct Decisions {
     waiting: Mutex<HashMap<Uuid, Vec<oneshot::Sender<()>>>>,
+    /// Orders a transaction decided (committed or about to), and when.
+    candidates: Mutex<HashMap<Uuid, Instant>>,
     watcher: OnceLock<()>,
 }
 
@@ -47,19 +57,29 @@ impl Decisions {
         receiver
     }
 
-    /// The orders still waited for, forgetting waits whose request is gone.
-    fn waited_for(&self) -> Vec<Uuid> {
+    /// Notes that a transaction is deciding `order_id`.
+    pub(crate) fn touched(&self, order_id: Uuid) {
+        lock(&self.candidates).insert(order_id, Instant::now());
+    }
+
+    /// The candidates still waited for, forgetting waits whose request is
+    /// gone and candidates nobody waits for.
+    fn to_check(&self) -> Vec<Uuid> {
         let mut waiting = lock(&self.waiting);
         waiting.retain(|_, waits| {
             waits.retain(|w| !w.is_closed());
             !waits.is_empty()
         });
-        waiting.keys().copied().collect()
+        let mut candidates = lock(&self.candidates);
+        candidates.retain(|id, at| waiting.contains_key(id) || at.elapsed() < CANDIDATE_TTL);
+        candidates.keys().filter(|id| waiting.contains_key(id)).copied().collect()
     }
 
     fn wake(&self, decided: &[Uuid]) {
         let mut waiting = lock(&self.waiting);
+        let mut candidates = lock(&self.candidates);
         for id in decided {
+            candidates.remove(id);
             for wait in waiting.remove(id).unwrap_or_default() {
                 let _ = wait.send(());
             }
@@ -93,7 +113,7 @@ where
 {
     while wakeups.changed().await.is_ok() {
         let Some(decisions) = decisions.upgrade() else { return };
-        let ids = decisions.waited_for();
+        let ids = decisions.to_check();
         if ids.is_empty() {
             continue;
         }

@@ -271,6 +271,9 @@ where
             tx.send(&Message::from_new_event(SERVICE, &id, event)).await?;
         }
         write_read_model(tx, &executed.state, executed.version, &appended).await?;
+        if executed.state.status.is_some_and(|s| decisions::is_decided(s.as_str())) {
+            self.decisions.touched(order_id);
+        }
         Ok(executed.state)
     }
 
