@@ -277,12 +277,13 @@ impl<S: TransactionalStore> Consumer<S> {
                 Box::pin(async move {
                     // The inbox first: a redelivery of a message that is already
                     // a dead letter (or parked) is a duplicate, not a new letter.
-                    if !tx.record_processed(&name, message.id).await? {
+                    let handling = tx.begin_handling(&name, message.id, &message.key).await?;
+                    if !handling.first {
                         return Ok(Outcome::Duplicate);
                     }
                     // Blocked? Check again under the key's lock before parking, so a
                     // release finishing at the same time cannot miss this message.
-                    if tx.key_blocked(&name, &message.key).await? && {
+                    if handling.blocked && {
                         tx.lock_key(&name, &message.key).await?;
                         tx.key_blocked(&name, &message.key).await?
                     } {

@@ -26,6 +26,16 @@ use crate::error::StoreError;
 use crate::message::Message;
 use crate::store::{AppendResult, ExpectedVersion};
 
+/// What [`Transaction::begin_handling`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handling {
+    /// The message was not in the inbox; it is recorded now.
+    pub first: bool,
+    /// The consumer has a dead letter with the message's key (asked only
+    /// for a first delivery).
+    pub blocked: bool,
+}
+
 /// One unit of work on a service's own database.
 ///
 /// Backends add access to the raw connection for the service's own tables.
@@ -73,6 +83,15 @@ pub trait Transaction: Send {
     /// Whether `consumer` has a dead letter with ordering key `key`: later
     /// messages with that key must park behind it.
     async fn key_blocked(&mut self, consumer: &str, key: &str) -> Result<bool, StoreError>;
+
+    /// [`Transaction::record_processed`], then [`Transaction::key_blocked`]
+    /// for `key`: how a consumer starts on a message. Backends that pay a
+    /// round trip per statement answer both in one.
+    async fn begin_handling(&mut self, consumer: &str, message_id: Uuid, key: &str) -> Result<Handling, StoreError> {
+        let first = self.record_processed(consumer, message_id).await?;
+        let blocked = if first { self.key_blocked(consumer, key).await? } else { false };
+        Ok(Handling { first, blocked })
+    }
 
     /// Serializes, until the end of the transaction, every transaction that
     /// parks or releases messages of `consumer`'s `key`. Backends with a single

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use polis_core::outbox::{Backlog, DeadLetter, DeadLetterStatus, OutboxEntry, Purged, Transaction};
+use polis_core::outbox::{Backlog, DeadLetter, DeadLetterStatus, Handling, OutboxEntry, Purged, Transaction};
 use polis_core::{AppendResult, ExpectedVersion, Message, MessageKind, Metadata, NewEvent, RecordedEvent, StoreError};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
@@ -103,6 +103,26 @@ impl Transaction for PgTx {
             .await
             .map_err(backend)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn begin_handling(&mut self, consumer: &str, message_id: Uuid, key: &str) -> Result<Handling, StoreError> {
+        // One round trip instead of two. The dead-letter check sees the same
+        // snapshot the insert does; parking re-checks under the key's lock.
+        let row = sqlx::query(
+            "WITH recorded AS (INSERT INTO polis_inbox (consumer, message_id) VALUES ($1, $2) \
+                               ON CONFLICT DO NOTHING RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM recorded) AS first, \
+                    EXISTS (SELECT 1 FROM polis_dead_letters WHERE consumer = $1 AND key = $3) AS blocked",
+        )
+        .bind(consumer)
+        .bind(message_id)
+        .bind(key)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        let first: bool = row.try_get("first").map_err(backend)?;
+        let blocked: bool = row.try_get("blocked").map_err(backend)?;
+        Ok(Handling { first, blocked: first && blocked })
     }
 
     async fn key_blocked(&mut self, consumer: &str, key: &str) -> Result<bool, StoreError> {
