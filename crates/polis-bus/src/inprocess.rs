@@ -26,6 +26,10 @@
 //! consumer that keeps up is handed them from there, without reading and
 //! parsing the log again; one that lags reads the log.
 //!
+//! A consumer has one live subscription per topic: subscribing again
+//! replaces the previous subscription, whose `next` then reports
+//! [`BusError::Closed`], and delivers again from the ack floor.
+//!
 //! Acknowledgements are kept in memory. What is written, in the background
 //! and batched, is each consumer's floor, which moves over acknowledged
 //! messages with no gap. Acknowledgements above the floor (messages of
@@ -172,6 +176,11 @@ struct ConsumerState {
     attempts: HashMap<i64, u32>,
     /// Negatively acknowledged: (due, seq), redelivered when due.
     retry: BinaryHeap<std::cmp::Reverse<(Instant, i64)>>,
+    /// Bumped by each subscription: only the newest one reads (see
+    /// [`Bus::subscribe`] for [`InProcessBus`]).
+    generation: u64,
+    /// Set by [`InProcessBus::remove_consumer`]: its floor is no longer written.
+    removed: bool,
 }
 
 impl ConsumerState {
@@ -227,8 +236,8 @@ impl InProcessBus {
                 }
             })
         };
-        let options_for_writer =
-            WriterOptions { after_commit: Some(after_commit), wal_sync: Some(WalSync::new(path, Duration::ZERO)) };
+        let wal_sync = WalSync::new(&conn, Duration::ZERO).map_err(BusError::backend)?;
+        let options_for_writer = WriterOptions { after_commit: Some(after_commit), wal_sync: Some(wal_sync) };
         let writer =
             BatchWriter::spawn_with("polis-bus-writer".into(), conn, options_for_writer).map_err(BusError::backend)?;
         let (acks, pending) = mpsc::unbounded_channel();
@@ -252,19 +261,29 @@ impl InProcessBus {
         loop {
             // Per message: old enough, and at or below the stored ack floor of
             // every consumer of its topic (no consumer: nothing holds it).
+            let tails = self.inner.tails.clone();
             let done = self
                 .inner
                 .writer
                 .run(move |conn| {
-                    let deleted = conn.execute(
+                    let mut delete = conn.prepare_cached(
                         "DELETE FROM bus_messages WHERE seq IN ( \
                              SELECT m.seq FROM bus_messages m WHERE m.stored_at_us < ?1 AND NOT EXISTS ( \
                                  SELECT 1 FROM bus_consumers c \
                                  WHERE c.service = m.service AND c.segment = m.segment AND c.ack_floor < m.seq) \
-                             LIMIT ?2)",
-                        params![cutoff, CLEANUP_CHUNK],
+                             LIMIT ?2) \
+                         RETURNING service, segment, seq",
                     )?;
-                    Ok(deleted as u64)
+                    let gone = delete
+                        .query_map(params![cutoff, CLEANUP_CHUNK], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    // A consumer subscribing later starts from what is left,
+                    // in the tail too (forgotten even if this rolls back: the
+                    // log still serves those).
+                    tails.forget(&gone);
+                    Ok(gone.len() as u64)
                 })
                 .await
                 .map_err(BusError::backend)?;
@@ -297,7 +316,9 @@ impl InProcessBus {
             })
             .await
             .map_err(BusError::backend)?;
-        lock(&self.inner.consumers).remove(&key);
+        if let Some(state) = lock(&self.inner.consumers).remove(&key) {
+            lock(&state).removed = true;
+        }
         Ok(())
     }
 
@@ -441,17 +462,22 @@ impl Bus for InProcessBus {
                 s.floor = floor.unwrap_or(0);
             }
         }
-        let cursor = {
+        let (cursor, generation) = {
             let mut s = lock(&state);
-            // Whatever was delivered and not acknowledged is redelivered, from the floor on.
+            // Whatever was delivered and not acknowledged is redelivered, from
+            // the floor on, by this subscription alone: an earlier one of the
+            // same consumer and topic stops (its next() reports Closed), or
+            // its reads would push the floor past messages it never saw.
             s.retry.clear();
             s.window.clear();
-            s.floor
+            s.generation += 1;
+            (s.floor, s.generation)
         };
         Ok(Box::new(InProcessSubscription {
             bus: self.clone(),
             key,
             state,
+            generation,
             cursor,
             buffer: VecDeque::new(),
             published: self.inner.published.subscribe(),
@@ -464,6 +490,8 @@ struct InProcessSubscription {
     bus: InProcessBus,
     key: ConsumerKey,
     state: Arc<Mutex<ConsumerState>>,
+    /// This subscription's generation in `state`.
+    generation: u64,
     /// Highest seq read from the log by this subscription.
     cursor: i64,
     buffer: VecDeque<(i64, Body)>,
@@ -483,6 +511,10 @@ impl Subscription for InProcessSubscription {
             // Redeliveries that are due come first.
             let due = {
                 let mut s = lock(&self.state);
+                if s.generation != self.generation {
+                    // Replaced by a newer subscription (see the module docs).
+                    return Err(BusError::Closed);
+                }
                 match s.retry.peek() {
                     Some(std::cmp::Reverse((at, _))) if *at <= Instant::now() => s.retry.pop().map(|r| r.0.1),
                     _ => None,
@@ -519,11 +551,7 @@ impl Subscription for InProcessSubscription {
             self.published.borrow_and_update();
             if let Some(fresh) = self.bus.inner.tails.after(&self.key, self.cursor) {
                 if let Some(&(seq, _)) = fresh.last() {
-                    let mut s = lock(&self.state);
-                    for &(seq, _) in &fresh {
-                        s.read(seq);
-                    }
-                    drop(s);
+                    self.record_reads(fresh.iter().map(|(seq, _)| *seq))?;
                     self.cursor = seq;
                     self.buffer.extend(fresh.into_iter().map(|(seq, m)| (seq, Body::Fresh(m))));
                     continue;
@@ -535,12 +563,7 @@ impl Subscription for InProcessSubscription {
                 let horizon = self.bus.inner.tails.last();
                 let rows = self.fetch()?;
                 let complete = rows.len() < FETCH as usize;
-                if !rows.is_empty() {
-                    let mut s = lock(&self.state);
-                    for &(seq, _) in &rows {
-                        s.read(seq);
-                    }
-                }
+                self.record_reads(rows.iter().map(|(seq, _)| *seq))?;
                 if let Some(&(seq, _)) = rows.last() {
                     self.cursor = seq;
                 }
@@ -565,6 +588,18 @@ impl Subscription for InProcessSubscription {
 }
 
 impl InProcessSubscription {
+    /// Notes seqs read, unless a newer subscription replaced this one.
+    fn record_reads(&self, seqs: impl Iterator<Item = i64>) -> Result<(), BusError> {
+        let mut s = lock(&self.state);
+        if s.generation != self.generation {
+            return Err(BusError::Closed);
+        }
+        for seq in seqs {
+            s.read(seq);
+        }
+        Ok(())
+    }
+
     /// The next messages of the topic after the cursor, from the log.
     fn fetch(&self) -> Result<Vec<(i64, String)>, BusError> {
         self.bus.read(|conn| {
@@ -659,6 +694,27 @@ impl Tails {
         self.last.load(Ordering::Acquire)
     }
 
+    /// Drops deleted messages `(service, segment, seq)` from the tails: each
+    /// topic's tail then starts above the highest deleted one.
+    fn forget(&self, deleted: &[(String, String, i64)]) {
+        let mut highest: HashMap<(&str, &str), i64> = HashMap::new();
+        for (service, segment, seq) in deleted {
+            let top = highest.entry((service, segment)).or_insert(*seq);
+            *top = (*top).max(*seq);
+        }
+        let mut topics = lock(&self.topics);
+        for ((service, segment), tail) in topics.iter_mut() {
+            if let Some(&seq) = highest.get(&(service.as_str(), *segment))
+                && seq > tail.complete_after
+            {
+                tail.complete_after = seq;
+                while tail.entries.front().is_some_and(|(front, _)| *front <= seq) {
+                    tail.entries.pop_front();
+                }
+            }
+        }
+    }
+
     /// The messages of `key`'s topic after `cursor`, at most [`FETCH`], if
     /// the tail holds every one of them; `None` if the log must be read.
     fn after(&self, key: &ConsumerKey, cursor: i64) -> Option<Vec<(i64, Arc<Message>)>> {
@@ -690,7 +746,7 @@ impl Acker for InProcessAcker {
             let mut s = lock(&self.state);
             let before = s.floor;
             s.ack(self.seq);
-            (s.floor > before).then_some(s.floor)
+            (s.floor > before && !s.removed).then_some(s.floor)
         };
         match moved {
             Some(floor) => self.acks.send((self.key, floor)).map_err(|_| BusError::Closed),

@@ -123,3 +123,47 @@ async fn acknowledgements_above_the_floor_are_redelivered_after_a_restart_only()
     assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err());
     wait_for(WAIT, || async { stored_floor(&path, "billing") == Some(10) }).await.unwrap();
 }
+
+/// A new subscription of the same consumer and topic replaces the previous
+/// one, which stops, and delivers again from the floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_again_replaces_the_previous_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = InProcessBus::open(dir.path().join("bus.db")).await.unwrap();
+    let topic = Topic::events_of("shop");
+    let mut first = bus.subscribe("billing", &topic).await.unwrap();
+    let sent = events(0, 4);
+    bus.publish(&sent).await.unwrap();
+    next(&mut first).await.ack().await.unwrap();
+    let _held = next(&mut first).await;
+
+    let mut second = bus.subscribe("billing", &topic).await.unwrap();
+    bus.publish(&events(4, 1)).await.unwrap();
+    let stopped = tokio::time::timeout(WAIT, first.next()).await.expect("the old subscription answers");
+    assert!(matches!(stopped, Err(polis_core::bus::BusError::Closed)), "{:?}", stopped.map(|d| d.message));
+    for expected in &sent[1..] {
+        assert_eq!(next(&mut second).await.message.as_ref().unwrap().id, expected.id);
+    }
+}
+
+/// Messages the retention deleted are gone for a consumer subscribing later,
+/// in memory as in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_consumer_starts_from_what_the_retention_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let options =
+        polis_bus::InProcessOptions { retention: Duration::ZERO, cleanup_interval: Duration::from_secs(3600) };
+    let bus = InProcessBus::open_with(dir.path().join("bus.db"), options).await.unwrap();
+    let topic = Topic::events_of("shop");
+    bus.publish(&events(0, 5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(bus.cleanup().await.unwrap(), 5, "no consumer holds them");
+    let kept = events(5, 2);
+    bus.publish(&kept).await.unwrap();
+
+    let mut sub = bus.subscribe("audit", &topic).await.unwrap();
+    for expected in &kept {
+        assert_eq!(next(&mut sub).await.message.as_ref().unwrap().id, expected.id);
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err());
+}

@@ -354,17 +354,21 @@ struct SyncPoint {
 }
 
 impl WalSync {
-    /// Syncs the WAL of the database at `path`, at most every `interval`.
-    pub fn new(path: &Path, interval: Duration) -> std::sync::Arc<Self> {
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        std::sync::Arc::new(Self {
-            wal: wal.into(),
+    /// Syncs the WAL of the database `conn` writes, at most every `interval`.
+    pub fn new(conn: &Connection, interval: Duration) -> rusqlite::Result<std::sync::Arc<Self>> {
+        // The WAL is named after the path SQLite resolved, not the one given
+        // to it (a relative path, a symbolic link).
+        let Some(path) = conn.path().filter(|p| !p.is_empty()) else {
+            return Err(rusqlite::Error::InvalidPath("an in-memory database has no WAL".into()));
+        };
+        let wal = PathBuf::from(format!("{path}-wal"));
+        Ok(std::sync::Arc::new(Self {
+            wal,
             interval,
             state: Mutex::default(),
             wake: std::sync::Condvar::new(),
             synced: tokio::sync::watch::Sender::new(SyncPoint::default()),
-        })
+        }))
     }
 
     /// Counts a commit; returns its number.
@@ -397,6 +401,9 @@ impl WalSync {
     fn run(&self) {
         let mut synced = 0;
         let mut last: Option<std::time::Instant> = None;
+        // The directory entry of a WAL created since opening must be durable
+        // too: its directory is synced once, with the first sync.
+        let mut directory_synced = false;
         loop {
             {
                 let mut state = lock(&self.state);
@@ -411,7 +418,13 @@ impl WalSync {
                 std::thread::sleep(pause);
             }
             let target = lock(&self.state).committed;
-            let result = self.sync_wal();
+            let result = self.sync_wal().and_then(|()| {
+                if !directory_synced {
+                    self.sync_directory()?;
+                    directory_synced = true;
+                }
+                Ok(())
+            });
             last = Some(std::time::Instant::now());
             match result {
                 Ok(()) => {
@@ -428,13 +441,16 @@ impl WalSync {
     }
 
     fn sync_wal(&self) -> std::io::Result<()> {
-        // Opened afresh each time: the WAL is recreated if the database was
-        // ever closed by every connection. A missing WAL holds nothing: its
-        // last checkpoint synced the database file.
-        match std::fs::File::open(&self.wal) {
-            Ok(file) => file.sync_data(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+        // Opened afresh each time, so a WAL recreated meanwhile is the one
+        // synced. It exists while the writer holds its connection: a missing
+        // one is an error, never "nothing to sync".
+        std::fs::File::open(&self.wal)?.sync_data()
+    }
+
+    fn sync_directory(&self) -> std::io::Result<()> {
+        match self.wal.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
         }
     }
 }
