@@ -36,6 +36,34 @@ impl OrderStatus {
     }
 }
 
+/// The request header that makes `POST /api/orders` (and the order
+/// service's `POST /orders`) safe to retry: a request repeating an earlier
+/// one with the same key answers with the order placed then instead of
+/// placing another (draft-ietf-httpapi-idempotency-key-header).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The response header that marks an answer as a repeat of an earlier one.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The idempotency key of a request, from its `Idempotency-Key` header
+/// values: none, or one value of 1 to 255 visible ASCII characters.
+pub fn idempotency_key<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<Option<&'a str>, String> {
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err("must be sent once".to_owned());
+    }
+    if value.is_empty() || value.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters long"));
+    }
+    match std::str::from_utf8(value) {
+        Ok(key) if value.iter().all(u8::is_ascii_graphic) => Ok(Some(key)),
+        _ => Err("must be visible ASCII characters only".to_owned()),
+    }
+}
+
 /// `order.order-created.v1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCreated {

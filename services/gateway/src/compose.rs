@@ -19,12 +19,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use contracts::OrderLine;
 use contracts::catalog::Product;
 use contracts::customer::Customer;
-use contracts::order::{Accepted, CreateOrder, OrderView, PlaceOrder};
+use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderView, PlaceOrder, idempotency_key};
 use contracts::payment::Payment;
 use contracts::shipping::Shipment;
 use futures::{StreamExt, stream};
@@ -225,20 +225,29 @@ fn lines(request: &CreateOrder) -> Result<Vec<Line>, ApiError> {
 
 #[utoipa::path(
     post, path = "/api/orders", tag = "orders",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry: a request \
+        with the key of an earlier one (same customer, skus and quantities) places nothing and answers with the \
+        order placed then. 1 to 255 visible ASCII characters; a new key per order.")),
     request_body(content = CreateOrder, description = "Who orders what. Items of the same sku are merged into one \
         line (quantities added); each line is priced at the catalog's current price."),
     responses(
-        (status = 202, description = "The order is placed and PENDING; its saga runs in the background.",
-            body = Accepted, headers(("location" = String, description = "`/api/orders/{id}`"))),
+        (status = 202, description = "The order is placed and PENDING; its saga runs in the background. A repeated \
+            request answers with the earlier order and its current status.",
+            body = Accepted, headers(("location" = String, description = "`/api/orders/{id}`"),
+                ("idempotent-replayed" = String, description = "`true` when the answer repeats an earlier request's"))),
         (status = 422, description = "A field is invalid, or names an unknown customer (`customer_id`) or product \
-            (`items[i].sku`); `errors` lists every field.", body = Problem, content_type = "application/problem+json"),
+            (`items[i].sku`); `errors` lists every field. Also: the `Idempotency-Key` was first used with a \
+            different request.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn create_order(
     State(gateway): State<Gateway>,
     id: MaybeRequestId,
+    headers: HeaderMap,
     Json(request): Json<CreateOrder>,
 ) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(headers.get_all(IDEMPOTENCY_KEY).iter().map(HeaderValue::as_bytes))
+        .map_err(|e| ApiError::validation("Idempotency-Key", e))?;
     let lines = lines(&request)?;
     let request_id = request_id(&id);
     let timeout = gateway.call_timeout();
@@ -277,9 +286,10 @@ pub(crate) async fn create_order(
 
     let place = PlaceOrder { customer_id: request.customer_id, lines: priced };
     let body = serde_json::to_vec(&place).map_err(ApiError::internal)?;
+    let forwarded: Vec<_> = idempotency_key.iter().map(|key| (IDEMPOTENCY_KEY, *key)).collect();
     let answer = gateway
         .upstream(Service::Order)
-        .call(Method::POST, "/orders", Some(Bytes::from(body)), request_id, timeout)
+        .call_with(Method::POST, "/orders", Some(Bytes::from(body)), request_id, &forwarded, timeout)
         .await
         .map_err(|err| call_failed(Service::Order, err))?;
     if answer.status != StatusCode::ACCEPTED {

@@ -22,7 +22,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{SetStock, StockLevel};
-use contracts::order::{Accepted, OrderView};
+use contracts::order::{Accepted, IDEMPOTENT_REPLAYED, OrderView};
 use polis_runtime::{ApiError, Json, RequestId};
 use serde_json::value::RawValue;
 
@@ -347,6 +347,9 @@ pub(crate) fn pass_through(answer: UpstreamResponse) -> Response {
     }
     if let Some(location) = answer.location.as_ref().and_then(public_location) {
         headers.insert(header::LOCATION, location);
+    }
+    if answer.replayed {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     response
 }

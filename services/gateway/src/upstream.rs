@@ -20,6 +20,7 @@ use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use contracts::order::IDEMPOTENT_REPLAYED;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -79,6 +80,8 @@ pub struct UpstreamResponse {
     pub content_type: Option<HeaderValue>,
     /// The `location` header of a 201 or 202, in the service's own paths.
     pub location: Option<HeaderValue>,
+    /// `idempotent-replayed: true`: the answer repeats an earlier request's.
+    pub replayed: bool,
     pub body: Bytes,
 }
 
@@ -151,6 +154,19 @@ impl Upstream {
         request_id: Option<&RequestId>,
         timeout: Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        self.call_with(method, path_and_query, body, request_id, &[], timeout).await
+    }
+
+    /// [`Upstream::call`] with more request headers (`name` in lowercase).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Bytes>,
+        request_id: Option<&RequestId>,
+        headers: &[(&'static str, &str)],
+        timeout: Duration,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let path: PathAndQuery = path_and_query
             .parse()
             .map_err(|err| UpstreamError::InvalidRequest(format!("path {path_and_query:?}: {err}")))?;
@@ -160,7 +176,7 @@ impl Upstream {
         let exchange = async {
             match &self.kind {
                 Kind::Local(router) => {
-                    let request = build(method, path.as_str(), body.map(Body::from), request_id)?;
+                    let request = build(method, path.as_str(), body.map(Body::from), request_id, headers)?;
                     let response = match router.clone().oneshot(request).await {
                         Ok(response) => response,
                         Err(never) => match never {},
@@ -169,7 +185,7 @@ impl Upstream {
                 }
                 Kind::Remote(remote) => {
                     let uri = format!("{}{}", remote.base, path.as_str());
-                    let request = build(method, &uri, Some(Full::new(body.unwrap_or_default())), request_id)?;
+                    let request = build(method, &uri, Some(Full::new(body.unwrap_or_default())), request_id, headers)?;
                     let response =
                         remote.client.request(request).await.map_err(|err| UpstreamError::Unavailable(err.into()))?;
                     read(response).await
@@ -188,6 +204,7 @@ fn build<B>(
     uri: &str,
     body: Option<B>,
     request_id: Option<&RequestId>,
+    headers: &[(&'static str, &str)],
 ) -> Result<Request<B>, UpstreamError>
 where
     B: HttpBody + Default,
@@ -202,6 +219,11 @@ where
         let value = HeaderValue::from_str(id.as_str())
             .map_err(|err| UpstreamError::InvalidRequest(format!("request id {:?}: {err}", id.as_str())))?;
         request = request.header(REQUEST_ID_HEADER, value);
+    }
+    for (name, value) in headers {
+        let value = HeaderValue::from_str(value)
+            .map_err(|err| UpstreamError::InvalidRequest(format!("header {name}: {err}")))?;
+        request = request.header(*name, value);
     }
     request.body(body.unwrap_or_default()).map_err(|err| UpstreamError::InvalidRequest(err.to_string()))
 }
@@ -223,6 +245,7 @@ where
         status: parts.status,
         content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
         location: parts.headers.get(header::LOCATION).cloned(),
+        replayed: parts.headers.get(IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true"),
         body: body.to_bytes(),
     })
 }

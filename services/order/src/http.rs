@@ -2,11 +2,13 @@
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::DateTime;
-use contracts::order::{Accepted, OrderStatus, OrderView, PlaceOrder};
+use contracts::order::{
+    Accepted, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, OrderStatus, OrderView, PlaceOrder, idempotency_key,
+};
 use contracts::{OrderLine, RejectionReason};
 use polis_runtime::{ApiError, Json};
 use polis_store::args;
@@ -15,7 +17,7 @@ use uuid::Uuid;
 
 use crate::aggregate::OrderError;
 use crate::decisions;
-use crate::{OrderFailure, OrderService};
+use crate::{OrderFailure, OrderService, Placed};
 
 pub(crate) fn router<S>(service: OrderService<S>) -> Router
 where
@@ -38,6 +40,12 @@ impl From<OrderFailure> for ApiError {
                 ApiError::conflict("the order changed concurrently; retry")
             }
             OrderFailure::NoSaga(_) => ApiError::conflict(e.to_string()),
+            OrderFailure::KeyReused(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency key reused")
+                    .with_detail(
+                        "this Idempotency-Key was first used with a different request; use a new key per order",
+                    )
+            }
             OrderFailure::Store(e) => e.into(),
             other => ApiError::internal(other),
         }
@@ -60,17 +68,37 @@ impl From<OrderError> for ApiError {
     }
 }
 
+/// Places an order; with an `Idempotency-Key`, a repeated request answers
+/// with the order placed the first time (its current status, and
+/// `idempotent-replayed: true`).
 async fn place<S>(
     State(service): State<OrderService<S>>,
+    headers: HeaderMap,
     Json(body): Json<PlaceOrder>,
-) -> Result<impl IntoResponse, ApiError>
+) -> Result<Response, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let id = service.place(body.customer_id, body.lines).await?;
+    let key = idempotency_key(headers.get_all(IDEMPOTENCY_KEY).iter().map(HeaderValue::as_bytes))
+        .map_err(|e| ApiError::validation("Idempotency-Key", e))?
+        .map(str::to_owned);
+    let placed = service.place(body.customer_id, body.lines, key).await?;
+    let id = placed.id();
     let location = format!("/orders/{id}");
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Accepted { id, status: OrderStatus::Pending })))
+    let mut response = match placed {
+        Placed::New(_) => Json(Accepted { id, status: OrderStatus::Pending }).into_response(),
+        Placed::Replayed(_) => {
+            let row =
+                service.store().query_optional("SELECT status FROM orders WHERE order_id = $1", args![id]).await?;
+            let row = row.ok_or_else(|| ApiError::internal(format!("order {id} has a key but no read model row")))?;
+            let status = parse_status(&row.text("status")?)?;
+            ([(IDEMPOTENT_REPLAYED, "true")], Json(Accepted { id, status })).into_response()
+        }
+    };
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).map_err(ApiError::internal)?);
+    Ok(response)
 }
 
 async fn cancel<S>(

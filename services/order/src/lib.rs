@@ -103,6 +103,33 @@ pub enum OrderFailure {
     Decode(String),
     #[error("order {0} has no saga to run its cancellation (was it placed under choreography?)")]
     NoSaga(Uuid),
+    #[error("idempotency key {0:?} was first used with a different request")]
+    KeyReused(String),
+}
+
+/// What [`OrderService::place`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Placed a new order.
+    New(Uuid),
+    /// Placed nothing: the idempotency key's earlier request placed this order.
+    Replayed(Uuid),
+}
+
+impl Placed {
+    pub fn id(self) -> Uuid {
+        match self {
+            Self::New(id) | Self::Replayed(id) => id,
+        }
+    }
+}
+
+/// The part of a placing request an idempotency key is bound to: who orders
+/// which quantities. Prices are the gateway's lookup, not the client's
+/// request, and may change between a request and its retry.
+fn canonical_request(customer_id: Uuid, lines: &[OrderLine]) -> String {
+    let lines: Vec<_> = lines.iter().map(|l| serde_json::json!([l.sku, l.quantity])).collect();
+    serde_json::json!({ "customer_id": customer_id, "lines": lines }).to_string()
 }
 
 impl From<CommandError<OrderError>> for OrderFailure {
@@ -177,12 +204,46 @@ where
 
     /// Places an order: appends `OrderCreated`, announces it, and starts the
     /// saga (orchestration) or the order's deadline (choreography) — one transaction.
-    pub async fn place(&self, customer_id: Uuid, lines: Vec<OrderLine>) -> Result<Uuid, OrderFailure> {
+    ///
+    /// With an idempotency key, a request that repeats an earlier one (same
+    /// key, same customer and sku/quantity lines) places nothing and answers
+    /// with the earlier order; the same key with another request is
+    /// [`OrderFailure::KeyReused`]. Two such requests at once place one order:
+    /// the key is recorded in the placing transaction, and the second waits
+    /// for the first to commit.
+    pub async fn place(
+        &self,
+        customer_id: Uuid,
+        lines: Vec<OrderLine>,
+        idempotency_key: Option<String>,
+    ) -> Result<Placed, OrderFailure> {
         let service = self.clone();
         let order_id = Uuid::now_v7();
         self.store
             .transaction(Box::new(move |tx: &mut S::Tx| {
                 Box::pin(async move {
+                    if let Some(key) = idempotency_key {
+                        let request = canonical_request(customer_id, &lines);
+                        let recorded = tx
+                            .execute(
+                                "INSERT INTO order_requests (idempotency_key, order_id, request, created_at_us) \
+                                 VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
+                                args![key.as_str(), order_id, request.as_str(), Utc::now().timestamp_micros()],
+                            )
+                            .await?;
+                        if recorded == 0 {
+                            let earlier = tx
+                                .fetch_one(
+                                    "SELECT order_id, request FROM order_requests WHERE idempotency_key = $1",
+                                    args![key.as_str()],
+                                )
+                                .await?;
+                            if earlier.text("request")? != request {
+                                return Err(OrderFailure::KeyReused(key));
+                            }
+                            return Ok(Placed::Replayed(earlier.uuid("order_id")?));
+                        }
+                    }
                     let command = OrderCommand::Place { order_id, customer_id, lines };
                     let order = service.execute(tx, order_id, &command, &Metadata::default()).await?;
                     let now = Utc::now();
@@ -224,7 +285,7 @@ where
                             .await?;
                         }
                     }
-                    Ok::<_, OrderFailure>(order_id)
+                    Ok::<_, OrderFailure>(Placed::New(order_id))
                 })
             }))
             .await

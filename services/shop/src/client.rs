@@ -51,10 +51,24 @@ impl Endpoint {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
+        self.call_with(method, path, &[], body).await
+    }
+
+    /// [`Endpoint::call`] with more request headers (`name` in lowercase).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &str)],
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
         let body = body.map(serde_json::to_vec).transpose()?.map(bytes::Bytes::from);
         match &self.kind {
             Kind::Local(router) => {
                 let mut request = Request::builder().method(method.clone()).uri(path);
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
                 if body.is_some() {
                     request = request.header(header::CONTENT_TYPE, "application/json");
                 }
@@ -68,7 +82,7 @@ impl Endpoint {
             }
             Kind::Remote(upstream) => {
                 let response = upstream
-                    .call(method.clone(), path, body, None, REMOTE_TIMEOUT)
+                    .call_with(method.clone(), path, body, None, headers, REMOTE_TIMEOUT)
                     .await
                     .with_context(|| format!("{method} {path}"))?;
                 Ok((response.status, response.body))

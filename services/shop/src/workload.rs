@@ -33,7 +33,7 @@ use axum::http::{Method, StatusCode};
 use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
-use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
+use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderStatus, OrderView};
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
 use contracts::{Address, Quantity, SagaStyle};
@@ -364,8 +364,7 @@ pub async fn place_orders(
             let done = &done;
             async move {
                 let body = CreateOrder { customer_id: planned.customer, items: planned.items.clone() };
-                let accepted: Accepted =
-                    apis.gateway.json(Method::POST, "/api/orders", Some(&body), StatusCode::ACCEPTED).await?;
+                let accepted = place_order(&apis.gateway, &body).await?;
                 progress(done.fetch_add(1, Ordering::Relaxed) + 1);
                 let path = format!("/api/orders/{}?wait_ms={}", accepted.id, DECISION_WAIT.as_millis());
                 let give_up = Instant::now() + DECISION_PATIENCE;
@@ -383,6 +382,58 @@ pub async fn place_orders(
         .await;
     placed.into_iter().collect()
 }
+
+/// Places one order. The request carries an idempotency key, so sending it
+/// again after a lost answer cannot place the order twice.
+async fn place_order(gateway: &Endpoint, body: &CreateOrder) -> anyhow::Result<Accepted> {
+    let key = Uuid::now_v7().to_string();
+    let (status, bytes, _) =
+        send_retrying(gateway, Method::POST, "/api/orders", &[(IDEMPOTENCY_KEY, &key)], Some(body)).await?;
+    if status != StatusCode::ACCEPTED {
+        anyhow::bail!("POST /api/orders answered {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    serde_json::from_slice(&bytes).context("decoding the answer of POST /api/orders")
+}
+
+/// Sends a request again while it fails transiently (no answer, or 502, 503
+/// or 504: the shop was briefly unavailable or slow), at most
+/// [`ATTEMPTS`] times; returns the last answer and the attempts it took.
+/// Only for requests that are safe to repeat.
+async fn send_retrying(
+    gateway: &Endpoint,
+    method: Method,
+    path: &str,
+    headers: &[(&'static str, &str)],
+    body: Option<&impl serde::Serialize>,
+) -> anyhow::Result<(StatusCode, bytes::Bytes, u32)> {
+    let mut pause = RETRY_MIN;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let answer = gateway.call_with(method.clone(), path, headers, body).await;
+        let failure = match &answer {
+            Ok((status, _)) if is_transient(*status) => status.to_string(),
+            Ok(_) => String::new(),
+            Err(e) => format!("{e:#}"),
+        };
+        if failure.is_empty() || attempt == ATTEMPTS {
+            let (status, bytes) = answer?;
+            return Ok((status, bytes, attempt));
+        }
+        tracing::warn!(%method, path, attempt, %failure, retry_in = ?pause, "request failed; sending it again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+fn is_transient(status: StatusCode) -> bool {
+    matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+}
+
+/// Attempts at one request before the demo gives up (about 8 s in all).
+const ATTEMPTS: u32 = 8;
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How long one read of an order waits for its decision.
 const DECISION_WAIT: Duration = Duration::from_secs(5);
@@ -426,7 +477,16 @@ pub async fn cancel_some(
     for (id, planned) in placed {
         if planned.cancel_if_approved && orders.get(id).is_some_and(|o| o.status == OrderStatus::Approved) {
             let path = format!("/api/orders/{id}/cancel");
-            let _: Accepted = apis.gateway.json(Method::POST, &path, None::<&()>, StatusCode::ACCEPTED).await?;
+            let (status, bytes, attempts) = send_retrying(&apis.gateway, Method::POST, &path, &[], None::<&()>).await?;
+            // A 409 after a lost answer: the earlier attempt requested it.
+            let requested_before = || {
+                let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                matches!(problem["current_status"].as_str(), Some("CANCEL_PENDING" | "CANCELLED"))
+            };
+            if status != StatusCode::ACCEPTED && !(status == StatusCode::CONFLICT && attempts > 1 && requested_before())
+            {
+                anyhow::bail!("POST {path} answered {status}: {}", String::from_utf8_lossy(&bytes));
+            }
             cancel_requests += 1;
         }
     }

@@ -142,6 +142,15 @@ async fn the_last_units_go_to_exactly_as_many_orders(style: SagaStyle) {
     shop.shutdown().await;
 }
 
+/// On PostgreSQL, concurrent repeats of one key wait for the first
+/// request's transaction; the saga style plays no part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_order_is_placed_once() {
+    let shop = Shop::start(SagaStyle::Orchestration).await;
+    shop.retries_place_once().await;
+    shop.shutdown().await;
+}
+
 macro_rules! both_styles {
     ($($case:ident),* $(,)?) => {
         mod orchestration {

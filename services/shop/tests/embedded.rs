@@ -97,6 +97,11 @@ async fn the_last_units_go_to_exactly_as_many_orders(style: SagaStyle) {
     Shop::start(dir.path(), &config(style)).await.last_units_race().await;
 }
 
+async fn a_retried_order_is_placed_once(style: SagaStyle) {
+    let dir = tempfile::tempdir().unwrap();
+    Shop::start(dir.path(), &config(style)).await.retries_place_once().await;
+}
+
 async fn order_details_compose_and_degrade_when_a_service_is_down(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
     let shop = Shop::start(dir.path(), &config(style)).await;
@@ -136,7 +141,7 @@ async fn each_service_database_holds_only_its_own_tables() {
         ("inventory", vec!["reservations", "stock"]),
         ("payment", vec!["payment_customers", "payments"]),
         ("shipping", vec!["customer_addresses", "shipments"]),
-        ("order", vec!["orders"]),
+        ("order", vec!["order_requests", "orders"]),
     ];
     let mut seen = std::collections::HashSet::new();
     for (service, own) in expected {
@@ -184,5 +189,6 @@ both_styles!(
     a_service_that_never_answers_times_the_order_out,
     a_deadline_fires_after_a_restart,
     the_last_units_go_to_exactly_as_many_orders,
+    a_retried_order_is_placed_once,
     order_details_compose_and_degrade_when_a_service_is_down,
 );

@@ -14,7 +14,7 @@ use axum::http::{Method, StatusCode};
 use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
-use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
+use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderStatus, OrderView};
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
 use contracts::{Address, Quantity, RejectionReason};
@@ -307,5 +307,53 @@ impl Client {
         ]);
         assert_eq!(outcomes, expected);
         assert_eq!(self.stock(&sku).await, StockLevel { sku, available: 0, reserved: 10 });
+    }
+
+    /// Placing is safe to retry: repeats of a request with its idempotency
+    /// key, also many at once, answer with the one order placed (and its
+    /// current status); the key with another request, and a malformed key,
+    /// are refused.
+    pub(crate) async fn retries_place_once(&self) {
+        let customer = self.customer("DE", 1_000_000, "retry").await;
+        let sku = self.product(100, 50).await;
+        let request =
+            |quantity| CreateOrder { customer_id: customer, items: vec![Quantity { sku: sku.clone(), quantity }] };
+        let place = async |key: &str, body: &CreateOrder| {
+            let (status, bytes) = self
+                .gateway
+                .call_with(Method::POST, "/api/orders", &[(IDEMPOTENCY_KEY, key)], Some(body))
+                .await
+                .unwrap();
+            (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap())
+        };
+        let key = Uuid::now_v7().to_string();
+        let body = request(2);
+        let answers = futures::future::join_all((0..20).map(|_| place(&key, &body))).await;
+        let mut ids = std::collections::HashSet::new();
+        for (status, body) in &answers {
+            assert_eq!(*status, StatusCode::ACCEPTED, "{body}");
+            ids.insert(body["id"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(ids.len(), 1, "one key, one order: {answers:?}");
+        let id: Uuid = ids.into_iter().next().unwrap().parse().unwrap();
+        self.wait_status(id, OrderStatus::Approved).await;
+
+        let (status, body) = place(&key, &request(2)).await;
+        assert_eq!((status, body["id"].as_str()), (StatusCode::ACCEPTED, Some(id.to_string().as_str())), "{body}");
+        assert_eq!(body["status"], "APPROVED", "a repeat answers with the current status: {body}");
+        let orders: Vec<OrderView> = self.gateway.get(&format!("/api/customers/{customer}/orders")).await.unwrap();
+        assert_eq!(orders.iter().map(|o| o.id).collect::<Vec<_>>(), [id]);
+        assert_eq!(self.stock(&sku).await, StockLevel { sku: sku.clone(), available: 48, reserved: 2 });
+
+        let (status, body) = place(&key, &request(3)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["type"], "https://polis.dev/problems/idempotency-key-reused", "{body}");
+        for bad in [String::new(), "k".repeat(256), "two words".to_owned()] {
+            let (status, body) = place(&bad, &request(1)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {body}");
+            assert_eq!(body["errors"][0]["field"], "Idempotency-Key", "{body}");
+        }
+        let orders: Vec<OrderView> = self.gateway.get(&format!("/api/customers/{customer}/orders")).await.unwrap();
+        assert_eq!(orders.len(), 1, "refused requests place nothing: {orders:?}");
     }
 }
