@@ -44,3 +44,37 @@ async fn polling_catches_up_without_any_hint() {
     let got = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("found by polling");
     assert_eq!(got.unwrap().unwrap().data["n"], 7);
 }
+
+/// A store's outbox hint wakes another store's relay, but not, a second
+/// time, its own: the local relay was woken directly when the hint was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_skips_its_own_outbox_hint() {
+    use polis_core::outbox::TransactionalStore;
+
+    let db = polis_testkit::postgres().await;
+    let sender = PgEventStore::connect(db.url(), PgOptions::new("a")).await.unwrap();
+    let other = PgEventStore::connect(db.url(), PgOptions::new("b")).await.unwrap();
+    let mut own = sender.outbox_wakeups();
+    let mut elsewhere = other.outbox_wakeups();
+    // Both listeners connected: each wakes everyone once when it starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    own.borrow_and_update();
+    elsewhere.borrow_and_update();
+    let wakes = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = tokio::spawn({
+        let wakes = wakes.clone();
+        async move {
+            while own.changed().await.is_ok() {
+                wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    sender.signal_outbox();
+    tokio::time::timeout(Duration::from_secs(10), elsewhere.changed()).await.expect("woken by NOTIFY").unwrap();
+    // The NOTIFY reached the other store; this store's listener got it too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    counter.abort();
+    assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1, "woken directly, and not again by its own hint");
+}

@@ -96,6 +96,8 @@ struct Inner {
     /// Coalesces local appends into one NOTIFY each, sent off the append path.
     notify: Arc<Notify>,
     notifier: JoinHandle<()>,
+    /// The payload of this store's NOTIFYs.
+    sender: String,
     listener: OnceLock<JoinHandle<()>>,
 }
 
@@ -142,7 +144,11 @@ impl PgEventStore {
         }
         let notify = Arc::new(Notify::new());
         let notify_outbox = Arc::new(Notify::new());
-        let notifier = tokio::spawn(notifier_loop(pool.clone(), notify.clone(), notify_outbox.clone()));
+        // Signs this store's hints, so that its own listener can tell them
+        // from other processes' and skip them: local readers were woken
+        // directly already.
+        let sender = Uuid::now_v7().simple().to_string();
+        let notifier = tokio::spawn(notifier_loop(pool.clone(), notify.clone(), notify_outbox.clone(), sender.clone()));
         let (wakeups, _) = watch::channel(0);
         let (outbox, _) = watch::channel(0);
         Ok(Self {
@@ -157,6 +163,7 @@ impl PgEventStore {
                 notify_outbox,
                 notify,
                 notifier,
+                sender,
                 listener: OnceLock::new(),
             }),
         })
@@ -307,7 +314,7 @@ impl PgEventStore {
             let pool = self.inner.pool.clone();
             let wakeups = self.inner.wakeups.clone();
             let outbox = self.inner.outbox.clone();
-            tokio::spawn(listener_loop(pool, wakeups, outbox))
+            tokio::spawn(listener_loop(pool, wakeups, outbox, self.inner.sender.clone()))
         });
     }
 }
@@ -595,13 +602,13 @@ impl Horizon {
     }
 }
 
-async fn notifier_loop(pool: PgPool, events: Arc<Notify>, outbox: Arc<Notify>) {
+async fn notifier_loop(pool: PgPool, events: Arc<Notify>, outbox: Arc<Notify>, sender: String) {
     loop {
         let channel = tokio::select! {
             () = events.notified() => NOTIFY_CHANNEL,
             () = outbox.notified() => OUTBOX_CHANNEL,
         };
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&pool).await {
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(&sender).execute(&pool).await {
             // Only a hint: listeners fall back to polling.
             tracing::debug!(error = %e, channel, "failed to send a wake-up hint");
         }
@@ -611,7 +618,7 @@ async fn notifier_loop(pool: PgPool, events: Arc<Notify>, outbox: Arc<Notify>) {
     }
 }
 
-async fn listener_loop(pool: PgPool, events: watch::Sender<u64>, outbox: watch::Sender<u64>) {
+async fn listener_loop(pool: PgPool, events: watch::Sender<u64>, outbox: watch::Sender<u64>, sender: String) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -631,6 +638,8 @@ async fn listener_loop(pool: PgPool, events: watch::Sender<u64>, outbox: watch::
         outbox.send_modify(|_| {});
         loop {
             match listener.try_recv().await {
+                // This store's own hint: its readers were woken when it was sent.
+                Ok(Some(n)) if n.payload() == sender => {}
                 Ok(Some(n)) if n.channel() == OUTBOX_CHANNEL => outbox.send_modify(|_| {}),
                 Ok(Some(_)) => events.send_modify(|_| {}),
                 // The connection dropped and will be re-established: hints may be lost.
