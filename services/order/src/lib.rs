@@ -32,7 +32,7 @@ use polis_bus::{Consumer, ConsumerOptions, Handler, HandlerError};
 use polis_core::{CommandError, Message, MessageType, Metadata, NewEvent, Repository, StoreError, Topic, Transaction};
 use polis_saga::{SagaError, Sagas};
 use polis_store::args;
-use polis_store::sql::{Sql, SqlStore};
+use polis_store::sql::{Dialect, Sql, SqlStore};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -297,7 +297,7 @@ where
         self.store
             .transaction(Box::new(move |tx: &mut S::Tx| {
                 Box::pin(async move {
-                    lock_order(tx, order_id).await?;
+                    service.lock_order(tx, order_id).await?;
                     service.execute(tx, order_id, &OrderCommand::RequestCancel, &Metadata::default()).await?;
                     if service.config.saga == SagaStyle::Orchestration {
                         let key = order_id.to_string();
@@ -312,6 +312,19 @@ where
                 })
             }))
             .await
+    }
+
+    /// Takes the order's read-model row lock before anything else. Every
+    /// transaction about an existing order starts here, so two of them (a
+    /// deadline and a reply, handled on different topics at once) queue on
+    /// one lock instead of taking the stream, saga and outbox-key locks in
+    /// opposite orders and deadlocking on PostgreSQL. SQLite runs one write
+    /// transaction at a time, so there is nothing to take.
+    async fn lock_order(&self, tx: &mut S::Tx, order_id: Uuid) -> Result<(), StoreError> {
+        if self.store.dialect() == Dialect::Postgres {
+            tx.execute("UPDATE orders SET version = version WHERE order_id = $1", args![order_id]).await?;
+        }
+        Ok(())
     }
 
     /// Executes an order command in `tx`: appends its events, sends each as
@@ -384,7 +397,7 @@ where
             None
         };
         let Some((order_id, command)) = command else { return Ok(()) };
-        lock_order(tx, order_id).await?;
+        self.lock_order(tx, order_id).await?;
         let order = self.execute(tx, order_id, &command, &message.caused()).await;
         match order {
             // An outcome for an order this service never had is a bad message.
@@ -436,17 +449,6 @@ where
     pub(crate) fn store(&self) -> &Arc<S> {
         &self.store
     }
-}
-
-/// Takes the order's read-model row lock before anything else. Every
-/// transaction about an existing order starts here, so two of them (a
-/// deadline and a reply, handled on different topics at once) queue on one
-/// lock instead of taking the stream, saga and outbox-key locks in opposite
-/// orders and deadlocking on PostgreSQL. On SQLite's single writer it costs
-/// one no-op statement.
-async fn lock_order<Tx: Sql + ?Sized>(tx: &mut Tx, order_id: Uuid) -> Result<(), StoreError> {
-    tx.execute("UPDATE orders SET version = version WHERE order_id = $1", args![order_id]).await?;
-    Ok(())
 }
 
 fn ms(millis: u64) -> i64 {
@@ -536,12 +538,12 @@ where
                     return Err(HandlerError::Permanent("a saga deadline for an unknown saga type".into()));
                 };
                 let order_id = parse_order_id(&saga_id)?;
-                lock_order(tx, order_id).await?;
+                service.lock_order(tx, order_id).await?;
                 let effects = service.sagas.fire_deadline(tx, message, now).await.map_err(OrderFailure::from)?;
                 service.apply_effects(tx, order_id, effects, &message.caused()).await?;
             }
             (_, polis_core::MessageKind::Command) if message.message_type == ORDER_DEADLINE_TYPE => {
-                lock_order(tx, deadline_order_id(message)?).await?;
+                service.lock_order(tx, deadline_order_id(message)?).await?;
                 service.order_deadline(tx, message).await?;
             }
             (_, polis_core::MessageKind::Command) => {
@@ -549,7 +551,7 @@ where
             }
             (SagaStyle::Orchestration, polis_core::MessageKind::Reply) => {
                 let order_id = parse_key(message)?;
-                lock_order(tx, order_id).await?;
+                service.lock_order(tx, order_id).await?;
                 let effects =
                     service.sagas.on_reply(tx, &message.key, message, now).await.map_err(OrderFailure::from)?;
                 service.apply_effects(tx, order_id, effects, &message.caused()).await?;
