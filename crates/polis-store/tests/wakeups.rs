@@ -56,10 +56,11 @@ async fn a_store_skips_its_own_outbox_hint() {
     let other = PgEventStore::connect(db.url(), PgOptions::new("b")).await.unwrap();
     let mut own = sender.outbox_wakeups();
     let mut elsewhere = other.outbox_wakeups();
-    // Both listeners connected: each wakes everyone once when it starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    own.borrow_and_update();
-    elsewhere.borrow_and_update();
+    // Each listener wakes its store once when it has connected.
+    for rx in [&mut own, &mut elsewhere] {
+        tokio::time::timeout(Duration::from_secs(10), rx.changed()).await.expect("listening").unwrap();
+        rx.borrow_and_update();
+    }
     let wakes = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = tokio::spawn({
         let wakes = wakes.clone();

@@ -142,3 +142,25 @@ pub struct OrderView {
     pub created_at: String,
     pub updated_at: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(values: &[&[u8]]) -> Result<Option<String>, String> {
+        idempotency_key(values.iter().copied()).map(|k| k.map(str::to_owned))
+    }
+
+    #[test]
+    fn an_idempotency_key_is_one_value_of_1_to_255_visible_ascii_characters() {
+        assert_eq!(key(&[]), Ok(None));
+        assert_eq!(key(&[b"order-1"]), Ok(Some("order-1".to_owned())));
+        let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_LEN);
+        assert_eq!(key(&[longest.as_bytes()]), Ok(Some(longest.clone())));
+        let too_long = "k".repeat(MAX_IDEMPOTENCY_KEY_LEN + 1);
+        for bad in [&b""[..], too_long.as_bytes(), b"two words", b"tab\there", "caf\u{e9}".as_bytes(), b"\xff\xfe"] {
+            assert!(key(&[bad]).is_err(), "{bad:?}");
+        }
+        assert_eq!(key(&[b"a", b"a"]), Err("must be sent once".to_owned()));
+    }
+}

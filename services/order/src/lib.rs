@@ -206,9 +206,9 @@ where
     /// saga (orchestration) or the order's deadline (choreography) — one transaction.
     ///
     /// With an idempotency key, a request that repeats an earlier one (same
-    /// key, same customer and sku/quantity lines) places nothing and answers
-    /// with the earlier order; the same key with another request is
-    /// [`OrderFailure::KeyReused`]. Two such requests at once place one order:
+    /// customer and key, same sku/quantity lines) places nothing and answers
+    /// with the earlier order; the customer's key with other lines is
+    /// [`OrderFailure::KeyReused`]. Keys are per customer. Two such requests at once place one order:
     /// the key is recorded in the placing transaction, and the second waits
     /// for the first to commit.
     pub async fn place(
@@ -226,16 +226,24 @@ where
                         let request = canonical_request(customer_id, &lines);
                         let recorded = tx
                             .execute(
-                                "INSERT INTO order_requests (idempotency_key, order_id, request, created_at_us) \
-                                 VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
-                                args![key.as_str(), order_id, request.as_str(), Utc::now().timestamp_micros()],
+                                "INSERT INTO order_requests \
+                                 (customer_id, idempotency_key, order_id, request, created_at_us) \
+                                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (customer_id, idempotency_key) DO NOTHING",
+                                args![
+                                    customer_id,
+                                    key.as_str(),
+                                    order_id,
+                                    request.as_str(),
+                                    Utc::now().timestamp_micros()
+                                ],
                             )
                             .await?;
                         if recorded == 0 {
                             let earlier = tx
                                 .fetch_one(
-                                    "SELECT order_id, request FROM order_requests WHERE idempotency_key = $1",
-                                    args![key.as_str()],
+                                    "SELECT order_id, request FROM order_requests \
+                                     WHERE customer_id = $1 AND idempotency_key = $2",
+                                    args![customer_id, key.as_str()],
                                 )
                                 .await?;
                             if earlier.text("request")? != request {

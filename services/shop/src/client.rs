@@ -10,6 +10,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use contracts::order::IDEMPOTENT_REPLAYED;
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,6 +19,16 @@ use tower::ServiceExt;
 /// How long a remote call may take, answer included. Generous: the admin
 /// lists the demo reads are unpaginated and grow with the workload.
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An answer: its status, body, and the headers the shop's clients read.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub location: Option<String>,
+    /// `idempotent-replayed: true`: the answer repeats an earlier request's.
+    pub replayed: bool,
+    pub body: bytes::Bytes,
+}
 
 /// An HTTP API, reachable in-process (a router, no socket) or over HTTP.
 #[derive(Debug, Clone)]
@@ -51,17 +62,19 @@ impl Endpoint {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
-        self.call_with(method, path, &[], body).await
+        let answer = self.call_with(method, path, &[], body).await?;
+        Ok((answer.status, answer.body))
     }
 
-    /// [`Endpoint::call`] with more request headers (`name` in lowercase).
+    /// [`Endpoint::call`] with more request headers (`name` in lowercase),
+    /// answering with the headers the shop's clients look at.
     pub async fn call_with(
         &self,
         method: Method,
         path: &str,
         headers: &[(&'static str, &str)],
         body: Option<&impl Serialize>,
-    ) -> anyhow::Result<(StatusCode, bytes::Bytes)> {
+    ) -> anyhow::Result<Answer> {
         let body = body.map(serde_json::to_vec).transpose()?.map(bytes::Bytes::from);
         match &self.kind {
             Kind::Local(router) => {
@@ -76,16 +89,26 @@ impl Endpoint {
                     .body(body.map_or_else(Body::empty, Body::from))
                     .with_context(|| format!("building {method} {path}"))?;
                 let response = router.clone().oneshot(request).await.with_context(|| format!("{method} {path}"))?;
-                let status = response.status();
-                let bytes = response.into_body().collect().await.with_context(|| format!("reading {method} {path}"))?;
-                Ok((status, bytes.to_bytes()))
+                let (parts, body) = response.into_parts();
+                let bytes = body.collect().await.with_context(|| format!("reading {method} {path}"))?;
+                Ok(Answer {
+                    status: parts.status,
+                    location: parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned),
+                    replayed: parts.headers.get(IDEMPOTENT_REPLAYED).is_some_and(|v| v.as_bytes() == b"true"),
+                    body: bytes.to_bytes(),
+                })
             }
             Kind::Remote(upstream) => {
                 let response = upstream
                     .call_with(method.clone(), path, body, None, headers, REMOTE_TIMEOUT)
                     .await
                     .with_context(|| format!("{method} {path}"))?;
-                Ok((response.status, response.body))
+                Ok(Answer {
+                    status: response.status,
+                    location: response.location.and_then(|v| v.to_str().ok().map(str::to_owned)),
+                    replayed: response.replayed,
+                    body: response.body,
+                })
             }
         }
     }

@@ -412,13 +412,13 @@ async fn send_retrying(
         attempt += 1;
         let answer = gateway.call_with(method.clone(), path, headers, body).await;
         let failure = match &answer {
-            Ok((status, _)) if is_transient(*status) => status.to_string(),
+            Ok(answer) if is_transient(answer.status) => answer.status.to_string(),
             Ok(_) => String::new(),
             Err(e) => format!("{e:#}"),
         };
         if failure.is_empty() || attempt == ATTEMPTS {
-            let (status, bytes) = answer?;
-            return Ok((status, bytes, attempt));
+            let answer = answer?;
+            return Ok((answer.status, answer.body, attempt));
         }
         tracing::warn!(%method, path, attempt, %failure, retry_in = ?pause, "request failed; sending it again");
         tokio::time::sleep(pause).await;

@@ -311,47 +311,62 @@ impl Client {
 
     /// Placing is safe to retry: repeats of a request with its idempotency
     /// key, also many at once, answer with the one order placed (and its
-    /// current status); the key with another request, and a malformed key,
-    /// are refused.
+    /// current status), marked as replays; keys are per customer; the key
+    /// with another request, and a malformed key, are refused.
     pub(crate) async fn retries_place_once(&self) {
         let customer = self.customer("DE", 1_000_000, "retry").await;
         let sku = self.product(100, 50).await;
         let request =
-            |quantity| CreateOrder { customer_id: customer, items: vec![Quantity { sku: sku.clone(), quantity }] };
-        let place = async |key: &str, body: &CreateOrder| {
-            let (status, bytes) = self
+            |customer_id, quantity| CreateOrder { customer_id, items: vec![Quantity { sku: sku.clone(), quantity }] };
+        let send = async |key: &str, body: &CreateOrder| {
+            let answer = self
                 .gateway
                 .call_with(Method::POST, "/api/orders", &[(IDEMPOTENCY_KEY, key)], Some(body))
                 .await
                 .unwrap();
-            (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap())
+            let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+            (answer, json)
         };
         let key = Uuid::now_v7().to_string();
-        let body = request(2);
-        let answers = futures::future::join_all((0..20).map(|_| place(&key, &body))).await;
+        let body = request(customer, 2);
+        let answers = futures::future::join_all((0..20).map(|_| send(&key, &body))).await;
         let mut ids = std::collections::HashSet::new();
-        for (status, body) in &answers {
-            assert_eq!(*status, StatusCode::ACCEPTED, "{body}");
-            ids.insert(body["id"].as_str().unwrap().to_owned());
+        for (answer, json) in &answers {
+            assert_eq!(answer.status, StatusCode::ACCEPTED, "{json}");
+            let id = json["id"].as_str().unwrap();
+            assert_eq!(answer.location.as_deref(), Some(format!("/api/orders/{id}").as_str()), "{answer:?}");
+            ids.insert(id.to_owned());
         }
         assert_eq!(ids.len(), 1, "one key, one order: {answers:?}");
+        let replays = answers.iter().filter(|(answer, _)| answer.replayed).count();
+        assert_eq!(replays, 19, "every answer but the first is marked a replay: {answers:?}");
         let id: Uuid = ids.into_iter().next().unwrap().parse().unwrap();
         self.wait_status(id, OrderStatus::Approved).await;
 
-        let (status, body) = place(&key, &request(2)).await;
-        assert_eq!((status, body["id"].as_str()), (StatusCode::ACCEPTED, Some(id.to_string().as_str())), "{body}");
-        assert_eq!(body["status"], "APPROVED", "a repeat answers with the current status: {body}");
+        let (again, json) = send(&key, &body).await;
+        assert_eq!((again.status, json["id"].as_str()), (StatusCode::ACCEPTED, Some(id.to_string().as_str())));
+        assert!(again.replayed, "{again:?}");
+        assert_eq!(json["status"], "APPROVED", "a repeat answers with the current status: {json}");
         let orders: Vec<OrderView> = self.gateway.get(&format!("/api/customers/{customer}/orders")).await.unwrap();
         assert_eq!(orders.iter().map(|o| o.id).collect::<Vec<_>>(), [id]);
-        assert_eq!(self.stock(&sku).await, StockLevel { sku: sku.clone(), available: 48, reserved: 2 });
 
-        let (status, body) = place(&key, &request(3)).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-        assert_eq!(body["type"], "https://polis.dev/problems/idempotency-key-reused", "{body}");
+        // Keys are per customer: another customer's same key places an order of its own.
+        let other = self.customer("DE", 1_000_000, "retry-other").await;
+        let (theirs, json) = send(&key, &request(other, 2)).await;
+        assert_eq!(theirs.status, StatusCode::ACCEPTED, "{json}");
+        assert!(!theirs.replayed, "{theirs:?}");
+        let their_id: Uuid = json["id"].as_str().unwrap().parse().unwrap();
+        assert_ne!(their_id, id);
+        self.wait_status(their_id, OrderStatus::Approved).await;
+        assert_eq!(self.stock(&sku).await, StockLevel { sku: sku.clone(), available: 46, reserved: 4 });
+
+        let (answer, json) = send(&key, &request(customer, 3)).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+        assert_eq!(json["type"], "https://polis.dev/problems/idempotency-key-reused", "{json}");
         for bad in [String::new(), "k".repeat(256), "two words".to_owned()] {
-            let (status, body) = place(&bad, &request(1)).await;
-            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {body}");
-            assert_eq!(body["errors"][0]["field"], "Idempotency-Key", "{body}");
+            let (answer, json) = send(&bad, &request(customer, 1)).await;
+            assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {json}");
+            assert_eq!(json["errors"][0]["field"], "Idempotency-Key", "{json}");
         }
         let orders: Vec<OrderView> = self.gateway.get(&format!("/api/customers/{customer}/orders")).await.unwrap();
         assert_eq!(orders.len(), 1, "refused requests place nothing: {orders:?}");

@@ -1,0 +1,101 @@
+//! Idempotency keys on PostgreSQL: a repeat that arrives while the first
+//! request's transaction still holds the key waits for it, then answers
+//! with the first request's order if it committed, or places the order
+//! itself if it rolled back.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use contracts::OrderLine;
+use order::{Config, OrderService, Placed};
+use polis_store::PgEventStore;
+use uuid::Uuid;
+
+/// A transaction holding `key` for `customer` the way `place` records it,
+/// not yet committed, and the order id it names.
+async fn first_request_in_flight(
+    store: &PgEventStore,
+    service: &OrderService<PgEventStore>,
+    customer: Uuid,
+    lines: &[OrderLine],
+    key: &str,
+) -> (sqlx::Transaction<'static, sqlx::Postgres>, Uuid) {
+    // The canonical request text, as `place` wrote it for an earlier key.
+    let earlier = service.place(customer, lines.to_vec(), Some(format!("{key}-earlier"))).await.unwrap();
+    assert!(matches!(earlier, Placed::New(_)));
+    let request: String =
+        sqlx::query_scalar("SELECT request FROM order_requests WHERE customer_id = $1 AND idempotency_key = $2")
+            .bind(customer.to_string())
+            .bind(format!("{key}-earlier"))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    let order_id = Uuid::now_v7();
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO order_requests (customer_id, idempotency_key, order_id, request, created_at_us) \
+         VALUES ($1, $2, $3, $4, 0)",
+    )
+    .bind(customer.to_string())
+    .bind(key)
+    .bind(order_id.to_string())
+    .bind(request)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    (tx, order_id)
+}
+
+async fn open() -> (std::sync::Arc<PgEventStore>, OrderService<PgEventStore>, testsupport::Guard) {
+    let (store, guard) = testsupport::postgres(contracts::order::SERVICE).await;
+    let service = OrderService::open(store.clone(), Config::default()).await.unwrap();
+    (store, service, guard)
+}
+
+fn lines() -> Vec<OrderLine> {
+    vec![OrderLine { sku: "A-1".into(), quantity: 2, unit_price: 150 }]
+}
+
+/// A repeat of `key` sent while the first request's transaction holds the
+/// key; the first then commits or rolls back. Returns what the repeat did,
+/// with the first request's order id.
+async fn repeat_while_held(
+    service: &OrderService<PgEventStore>,
+    store: &PgEventStore,
+    customer: Uuid,
+    commit: bool,
+) -> (Placed, Uuid) {
+    let (first, first_order) = first_request_in_flight(store, service, customer, &lines(), "k").await;
+    let repeat = tokio::spawn({
+        let service = service.clone();
+        async move { service.place(customer, lines(), Some("k".into())).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!repeat.is_finished(), "the repeat must wait for the transaction holding its key");
+    if commit {
+        first.commit().await.unwrap();
+    } else {
+        first.rollback().await.unwrap();
+    }
+    let placed = tokio::time::timeout(Duration::from_secs(10), repeat).await.unwrap().unwrap().unwrap();
+    (placed, first_order)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_waits_for_the_first_request_and_answers_with_its_order() {
+    let (store, service, _guard) = open().await;
+    let (placed, first_order) = repeat_while_held(&service, &store, Uuid::now_v7(), true).await;
+    assert_eq!(placed, Placed::Replayed(first_order));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_places_the_order_when_the_first_request_rolled_back() {
+    let (store, service, _guard) = open().await;
+    let customer = Uuid::now_v7();
+    let (placed, first_order) = repeat_while_held(&service, &store, customer, false).await;
+    let Placed::New(id) = placed else { panic!("expected a new order, got {placed:?}") };
+    assert_ne!(id, first_order);
+    let again = service.place(customer, lines(), Some("k".into())).await.unwrap();
+    assert_eq!(again, Placed::Replayed(id));
+}
