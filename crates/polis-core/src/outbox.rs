@@ -76,6 +76,16 @@ pub trait Transaction: Send {
     /// or already released.
     async fn unschedule(&mut self, message_id: Uuid) -> Result<bool, StoreError>;
 
+    /// Replaces a deadline: [`unschedule`](Self::unschedule)s `old`, then
+    /// [`schedule`](Self::schedule)s `message`, due at `due_at`. Returns
+    /// whether `old` was still pending. A backend may do both in one
+    /// statement (PostgreSQL does: a round trip fewer per saga step).
+    async fn reschedule(&mut self, old: Uuid, message: &Message, due_at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let removed = self.unschedule(old).await?;
+        self.schedule(message, due_at).await?;
+        Ok(removed)
+    }
+
     /// Records that `consumer` processed `message_id`. Returns `false` if it
     /// had already been recorded: the message is a duplicate.
     async fn record_processed(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError>;

@@ -221,14 +221,16 @@ impl<S: Saga> Sagas<S> {
                 }
             }
             Deadline::At(at) => {
-                if let Some((old, _)) = instance.deadline.take() {
-                    tx.unschedule(old).await?;
-                }
                 let notice = DeadlineNotice { saga_type: S::TYPE.to_owned(), saga_id: instance.id.clone() };
                 let data = serde_json::to_value(&notice).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
                 let key = deadline_key(S::TYPE, &instance.id);
                 let message = Message::command(&self.service, &self.service, DEADLINE_TYPE, &key, data);
-                tx.schedule(&message, at).await?;
+                match instance.deadline.take() {
+                    Some((old, _)) => {
+                        tx.reschedule(old, &message, at).await?;
+                    }
+                    None => tx.schedule(&message, at).await?,
+                }
                 instance.deadline = Some((message.id, at));
             }
         }

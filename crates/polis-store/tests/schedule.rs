@@ -22,6 +22,7 @@ macro_rules! suite {
                 a_message_waits_until_it_is_due,
                 equal_due_times_release_in_scheduling_order,
                 unscheduled_messages_are_never_released,
+                a_reschedule_replaces_the_pending_message,
                 a_rolled_back_transaction_schedules_nothing,
                 bad_schedules_are_refused,
             );
@@ -152,6 +153,38 @@ mod cases {
             .await;
         assert!(result.is_err());
         assert_eq!(store.scheduled_count().await.unwrap(), 1);
+    }
+
+    pub async fn a_reschedule_replaces_the_pending_message<S: TransactionalStore>(store: Arc<S>) {
+        let t = base();
+        let reschedule = |old: Uuid, message: Message, due_at: DateTime<Utc>| {
+            let store = store.clone();
+            async move {
+                store
+                    .transaction::<_, StoreError>(Box::new(move |tx| {
+                        Box::pin(async move { tx.reschedule(old, &message, due_at).await })
+                    }))
+                    .await
+            }
+        };
+        let (first, second, third) = (timeout("o-1"), timeout("o-1"), timeout("o-1"));
+        schedule_one(&*store, &first, t + secs(1)).await;
+        assert!(reschedule(first.id, second.clone(), t + secs(2)).await.unwrap(), "the first was pending");
+        assert_eq!(store.scheduled_count().await.unwrap(), 1);
+        assert_eq!(store.next_due().await.unwrap(), Some(t + secs(2)));
+        // An old id no longer pending still schedules the new message.
+        assert!(!reschedule(first.id, third.clone(), t + secs(3)).await.unwrap(), "the first is gone");
+        assert_eq!(store.scheduled_count().await.unwrap(), 2);
+        // Rescheduling an id as itself moves its due time.
+        assert!(reschedule(third.id, third.clone(), t + secs(4)).await.unwrap());
+        assert_eq!(store.release_due(t + secs(3), 10).await.unwrap(), 1);
+        assert_eq!(outbox_ids(&*store).await, [second.id]);
+        // A refused new message leaves the old one scheduled: the transaction rolls back.
+        let refused = reschedule(third.id, second.clone(), t + secs(5)).await;
+        assert!(matches!(refused, Err(StoreError::InvalidRequest(_))), "{refused:?}");
+        assert_eq!(store.scheduled_count().await.unwrap(), 1);
+        assert_eq!(store.release_due(t + secs(10), 10).await.unwrap(), 1);
+        assert_eq!(outbox_ids(&*store).await, [second.id, third.id]);
     }
 
     pub async fn a_rolled_back_transaction_schedules_nothing<S: TransactionalStore>(store: Arc<S>) {

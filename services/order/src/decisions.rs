@@ -13,7 +13,8 @@
 //! transaction committed stays a candidate for the next signal, which that
 //! commit sends. One nobody waits for is dropped after [`CANDIDATE_TTL`], long
 //! after its commit: a wait may be registered while its transaction is still
-//! running.
+//! running. A read that fails is tried again after a short pause, not only at
+//! the next commit, which may never come.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -26,6 +27,11 @@ use uuid::Uuid;
 
 /// How long a candidate nobody waits for is kept.
 const CANDIDATE_TTL: Duration = Duration::from_secs(10);
+
+/// The first pause before a failed read of the waited-for orders is tried
+/// again (it doubles, up to [`RETRY_MAX`]).
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The longest wait a request may ask for.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -111,10 +117,24 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    while wakeups.changed().await.is_ok() {
+    // After a failed read the watcher tries again on its own, sooner than
+    // the waits time out, instead of waiting for a commit that may not come.
+    let mut retry: Option<Duration> = None;
+    loop {
+        let woken = match retry {
+            None => wakeups.changed().await,
+            Some(pause) => tokio::select! {
+                changed = wakeups.changed() => changed,
+                () = tokio::time::sleep(pause) => Ok(()),
+            },
+        };
+        if woken.is_err() {
+            return;
+        }
         let Some(decisions) = decisions.upgrade() else { return };
         let ids = decisions.to_check();
         if ids.is_empty() {
+            retry = None;
             continue;
         }
         let Some(store) = store.upgrade() else { return };
@@ -123,6 +143,7 @@ where
         let args: Vec<Value> = ids.iter().map(|id| Value::from(*id)).collect();
         match store.query(&sql, &args).await {
             Ok(rows) => {
+                retry = None;
                 let decided: Vec<Uuid> = rows
                     .iter()
                     .filter(|row| row.text("status").is_ok_and(|s| is_decided(&s)))
@@ -130,12 +151,70 @@ where
                     .collect();
                 decisions.wake(&decided);
             }
-            // The waits time out on their own; the next commit tries again.
-            Err(e) => tracing::warn!(error = %e, "cannot read the orders waited for"),
+            Err(e) => {
+                let pause = retry.map_or(RETRY_MIN, |p| (p * 2).min(RETRY_MAX));
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot read the orders waited for");
+                retry = Some(pause);
+            }
         }
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use polis_core::outbox::{Transaction, TransactionalStore};
+    use polis_core::{Message, StoreError};
+    use polis_store::{SqliteEventStore, SqliteTx};
+
+    /// Runs `sql` in a transaction, which also sends a message if `send`.
+    async fn run(store: &SqliteEventStore, sql: String, send: bool) {
+        store
+            .transaction::<_, StoreError>(Box::new(move |tx: &mut SqliteTx| {
+                Box::pin(async move {
+                    tx.execute(&sql, &[]).await?;
+                    if send {
+                        tx.send(&Message::command("order", "order", "Nudge", "k", serde_json::json!({}))).await?;
+                    }
+                    Ok(())
+                })
+            }))
+            .await
+            .unwrap();
+    }
+
+    /// A read of the waited-for orders that fails is tried again on its
+    /// own: the wait is answered without another commit.
+    #[tokio::test]
+    async fn a_failed_read_is_tried_again_without_a_commit() {
+        let (store, _guard) = testsupport::sqlite(contracts::order::SERVICE).await;
+        crate::OrderService::open(store.clone(), crate::Config::default()).await.unwrap();
+        let id = Uuid::now_v7();
+        let insert = format!(
+            "INSERT INTO orders (order_id, customer_id, status, lines, total, version, created_at_us, updated_at_us) \
+             VALUES ('{id}', '{}', 'APPROVED', '[]', 0, 1, 0, 0)",
+            Uuid::now_v7()
+        );
+        run(&store, insert, false).await;
+
+        let decisions = Arc::new(Decisions::default());
+        let decided = decisions.register(&store, id);
+        decisions.touched(id);
+        // The watcher's read fails while the table is away; the commit that
+        // moves it sends a message, so the watcher reads (and fails) at once.
+        run(&store, "ALTER TABLE orders RENAME TO orders_away".into(), true).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Putting it back sends nothing: no commit wakes the watcher again.
+        run(&store, "ALTER TABLE orders_away RENAME TO orders".into(), false).await;
+        tokio::time::timeout(Duration::from_secs(5), decided)
+            .await
+            .expect("the wait is answered after the failed read")
+            .unwrap();
+    }
 }

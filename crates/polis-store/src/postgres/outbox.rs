@@ -95,6 +95,10 @@ impl Transaction for PgTx {
         super::schedule::unschedule(&mut self.tx, message_id).await
     }
 
+    async fn reschedule(&mut self, old: Uuid, message: &Message, due_at: DateTime<Utc>) -> Result<bool, StoreError> {
+        super::schedule::reschedule(&mut self.tx, old, message, due_at).await
+    }
+
     async fn record_processed(&mut self, consumer: &str, message_id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query("INSERT INTO polis_inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(consumer)

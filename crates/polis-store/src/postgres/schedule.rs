@@ -29,14 +29,44 @@ pub(super) async fn schedule(
     message: &Message,
     due_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    insert(conn, None, message, due_at).await.map(|_| ())
+}
+
+/// Deletes `old` from the schedule and stores `message`, in one statement;
+/// `true` if `old` was pending.
+pub(super) async fn reschedule(
+    conn: &mut PgConnection,
+    old: Uuid,
+    message: &Message,
+    due_at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    if old == message.id {
+        // The statement's delete and insert would meet on one row.
+        let removed = unschedule(conn, old).await?;
+        insert(conn, None, message, due_at).await?;
+        return Ok(removed);
+    }
+    insert(conn, Some(old), message, due_at).await
+}
+
+/// Inserts `message` into the schedule, deleting `old` first if given, and
+/// returns whether `old` was deleted.
+async fn insert(
+    conn: &mut PgConnection,
+    old: Option<Uuid>,
+    message: &Message,
+    due_at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
     validate_scheduled(message, due_at)?;
     // An id already in the outbox would be dropped as a duplicate on release
     // (and by the bus); refusing it now tells the caller while it can still act.
-    let done = sqlx::query(
-        "INSERT INTO polis_scheduled (message_id, due_at, kind, source, target, message_type, key, time, data, \
+    let row = sqlx::query(
+        "WITH gone AS (DELETE FROM polis_scheduled WHERE message_id = $13 RETURNING 1) \
+         INSERT INTO polis_scheduled (message_id, due_at, kind, source, target, message_type, key, time, data, \
          correlation_id, causation_id, traceparent) \
          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
-         WHERE NOT EXISTS (SELECT 1 FROM polis_outbox WHERE message_id = $1)",
+         WHERE NOT EXISTS (SELECT 1 FROM polis_outbox WHERE message_id = $1) \
+         RETURNING (SELECT count(*) FROM gone) AS removed",
     )
     .bind(message.id)
     .bind(due_at)
@@ -50,7 +80,8 @@ pub(super) async fn schedule(
     .bind(message.metadata.correlation_id)
     .bind(message.metadata.causation_id)
     .bind(message.metadata.traceparent.as_deref())
-    .execute(conn)
+    .bind(old)
+    .fetch_optional(conn)
     .await
     .map_err(|e| {
         if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
@@ -59,10 +90,11 @@ pub(super) async fn schedule(
             backend(e)
         }
     })?;
-    if done.rows_affected() == 0 {
+    let Some(row) = row else {
         return Err(StoreError::InvalidRequest(format!("message {} is already in the outbox", message.id)));
-    }
-    Ok(())
+    };
+    let removed: i64 = row.try_get("removed").map_err(backend)?;
+    Ok(removed > 0)
 }
 
 /// Deletes a pending scheduled message; `false` if there was none. If a
