@@ -34,6 +34,7 @@
 //!   problems, and [`Validate`] / [`ValidJson`] for domain validation;
 //! - [`layers`]: [`with_standard_stack`] (request id, trace, panics, body
 //!   limit, 404 / 405 problems, `GET /healthz`) and [`HttpOptions`];
+//! - [`page`]: [`Page`], keyset pagination (`?limit=N&after=KEY`) for lists;
 //! - [`serve`]: binding, serving with graceful shutdown on ctrl-c / SIGTERM,
 //!   and background servers for tests and embedded hosting;
 //! - [`config`]: defaults → TOML file → environment, [`Secret`], [`Infra`];
@@ -44,6 +45,7 @@ use std::net::SocketAddr;
 pub mod config;
 pub mod json;
 pub mod layers;
+pub mod page;
 pub mod problem;
 pub mod serve;
 pub mod telemetry;
@@ -51,6 +53,7 @@ pub mod telemetry;
 pub use config::{ConfigLoader, Infra, Secret};
 pub use json::{Json, ValidJson, Validate, Violations};
 pub use layers::{HttpOptions, RequestId, with_standard_stack};
+pub use page::Page;
 pub use problem::{ApiError, FieldError};
 pub use telemetry::init_tracing;
 

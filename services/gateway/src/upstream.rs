@@ -34,8 +34,8 @@ use crate::GatewayError;
 /// A boxed error, the cause of an [`UpstreamError::Unavailable`].
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-/// The largest answer read from a service. The services' list endpoints are
-/// unpaginated, so this is generous; it exists so that a faulty upstream
+/// The largest answer read from a service. A customer's orders and the
+/// catalog are unpaginated lists, so this is generous; it exists so that a faulty upstream
 /// cannot make the gateway buffer without bound.
 pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 

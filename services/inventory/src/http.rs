@@ -7,7 +7,7 @@
 //! | `GET /inventory/{sku}` | 200 `StockLevel` / 404 |
 //! | `GET /inventory` | 200 every `StockLevel` (admin list) |
 //! | `GET /reservations/{order_id}` | 200 `Reservation` / 404 |
-//! | `GET /reservations` | 200 every `Reservation` (admin list) |
+//! | `GET /reservations?limit=N&after=ID` | 200 a page of `Reservation`s by order id (admin list, see `polis_runtime::Page`) |
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use contracts::inventory::{Reservation, SetStock, StockAdjusted, StockLevel};
 use polis_core::{Message, Transaction};
-use polis_runtime::{ApiError, Json};
+use polis_runtime::{ApiError, Json, Page};
 use polis_store::sql::{Sql, SqlStore};
 use uuid::Uuid;
 
@@ -103,12 +103,12 @@ where
     }
 }
 
-async fn list_reservations<S>(State(store): State<Arc<S>>) -> Result<Json<Vec<Reservation>>, ApiError>
+async fn list_reservations<S>(State(store): State<Arc<S>>, page: Page) -> Result<Json<Vec<Reservation>>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(stock::reservations(&*store).await?))
+    Ok(Json(stock::reservations(&*store, page).await?))
 }
 
 /// A path segment, or a problem instead of axum's plain-text rejection.

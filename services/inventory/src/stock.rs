@@ -25,6 +25,7 @@ use contracts::inventory::{
     Reservation, ReservationStatus, StockLevel, StockReleased, StockReservationFailed, StockReserved,
 };
 use contracts::{Money, Quantity, RejectionReason};
+use polis_runtime::Page;
 use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore};
 use uuid::Uuid;
@@ -295,12 +296,13 @@ where
 }
 
 /// Every reservation, oldest order first (order ids are UUIDv7).
-pub async fn reservations<S>(store: &S) -> Result<Vec<Reservation>, InventoryError>
+pub async fn reservations<S>(store: &S, page: Page) -> Result<Vec<Reservation>, InventoryError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let rows = store.query(&format!("{SELECT_RESERVATION} ORDER BY order_id"), args![]).await?;
+    let sql = format!("{SELECT_RESERVATION} WHERE order_id > $1 ORDER BY order_id LIMIT $2");
+    let rows = store.query(&sql, args![page.after_key(), page.sql_limit()]).await?;
     rows.iter().map(reservation_view).collect()
 }
 

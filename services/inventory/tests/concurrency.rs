@@ -102,7 +102,7 @@ where
     assert_eq!((scarce.available, scarce.reserved), (0, LAST_UNITS));
     let plenty = stock::stock_level_of(&**service.store(), "a-plenty").await.unwrap().unwrap();
     assert_eq!((plenty.available, plenty.reserved), (PLENTY - LAST_UNITS, LAST_UNITS));
-    let reservations = stock::reservations(&**service.store()).await.unwrap();
+    let reservations = stock::reservations(&**service.store(), polis_runtime::Page::first(100)).await.unwrap();
     assert_eq!(reservations.len(), ORDERS);
     for reservation in reservations {
         let expected = if winners.contains(&reservation.order_id) {

@@ -11,6 +11,7 @@ use chrono::Utc;
 use contracts::payment::{Credit, Payment as PaymentView, PaymentStatus};
 use contracts::{Money, RejectionReason};
 use polis_core::StoreError;
+use polis_runtime::Page;
 use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore};
 use uuid::Uuid;
@@ -196,13 +197,14 @@ where
 }
 
 /// Every payment, oldest first.
-pub(crate) async fn all<S>(store: &S) -> Result<Vec<Stored>, StoreError>
+/// A page of the payments, in order id order.
+pub(crate) async fn page<S>(store: &S, page: Page) -> Result<Vec<Stored>, StoreError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments ORDER BY created_at_us, order_id");
-    store.query(&sql, args![]).await?.iter().map(stored).collect()
+    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id > $1 ORDER BY order_id LIMIT $2");
+    store.query(&sql, args![page.after_key(), page.sql_limit()]).await?.iter().map(stored).collect()
 }
 
 pub(crate) async fn credit<S>(store: &S, customer_id: Uuid) -> Result<Option<Credit>, StoreError>

@@ -41,7 +41,8 @@
 //! # HTTP
 //!
 //! `GET /payments/{order_id}` ([`contracts::payment::Payment`]),
-//! `GET /payments` (every payment, for the demo's invariant checks) and
+//! `GET /payments?limit=N&after=ID` (every payment, a page at a time by
+//! order id, for the demo's invariant checks) and
 //! `GET /credit/{customer_id}` ([`contracts::payment::Credit`]).
 //!
 //! Layout: `provider` (the simulated provider), `ledger` (the SQL on the

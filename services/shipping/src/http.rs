@@ -4,7 +4,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /shipments/{order_id}` | 200 `Shipment` / 404 |
-//! | `GET /shipments` | 200 every `Shipment` (admin list) |
+//! | `GET /shipments?limit=N&after=ID` | 200 a page of `Shipment`s by order id (admin list, see `polis_runtime::Page`) |
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use contracts::shipping::Shipment;
-use polis_runtime::{ApiError, Json};
+use polis_runtime::{ApiError, Json, Page};
 use polis_store::sql::{Sql, SqlStore};
 use uuid::Uuid;
 
@@ -46,10 +46,10 @@ where
     }
 }
 
-async fn list_shipments<S>(State(store): State<Arc<S>>) -> Result<Json<Vec<Shipment>>, ApiError>
+async fn list_shipments<S>(State(store): State<Arc<S>>, page: Page) -> Result<Json<Vec<Shipment>>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(shipments::shipments(&*store).await?))
+    Ok(Json(shipments::shipments(&*store, page).await?))
 }

@@ -9,7 +9,8 @@
 //! messages or HTTP requests:
 //!
 //! - [`Shipping::router`]: `GET /shipments/{order_id}` and `GET /shipments`
-//!   (an unpaginated admin list, used to check invariants across orders);
+//!   (an admin list by order id, a page at a time with `?limit=N&after=ID`,
+//!   used to check invariants across orders);
 //! - [`Shipping::consumer`]: customer events in both saga styles;
 //!   `ScheduleShipment` / `CancelShipment` commands in an orchestrated saga;
 //!   `PaymentAuthorized`, `OrderRejected` and `OrderCancelRequested` events in

@@ -18,6 +18,7 @@
 use contracts::customer::Customer;
 use contracts::shipping::{Shipment, ShipmentCancelled, ShipmentFailed, ShipmentScheduled, ShipmentStatus};
 use contracts::{Address, RejectionReason};
+use polis_runtime::Page;
 use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore};
 use uuid::Uuid;
@@ -195,12 +196,13 @@ where
 }
 
 /// Every shipment, oldest order first (order ids are UUIDv7).
-pub async fn shipments<S>(store: &S) -> Result<Vec<Shipment>, ShippingError>
+pub async fn shipments<S>(store: &S, page: Page) -> Result<Vec<Shipment>, ShippingError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let rows = store.query(&format!("{SELECT_SHIPMENT} ORDER BY order_id"), args![]).await?;
+    let sql = format!("{SELECT_SHIPMENT} WHERE order_id > $1 ORDER BY order_id LIMIT $2");
+    let rows = store.query(&sql, args![page.after_key(), page.sql_limit()]).await?;
     rows.iter().map(shipment_view).collect()
 }
 

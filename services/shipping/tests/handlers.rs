@@ -275,7 +275,7 @@ mod cases {
             handle(&service, &again).await.unwrap();
             assert_eq!(outcome::<_, ShipmentScheduled>(&service, &again).await, scheduled, "the same shipment");
         }
-        assert_eq!(shipments::shipments(&**service.store()).await.unwrap().len(), 1);
+        assert_eq!(shipments::shipments(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().len(), 1);
 
         // A failure is recorded too: the customer moving away later does not change it.
         let antarctic = register(&service, "AQ").await;
@@ -405,7 +405,7 @@ mod cases {
         let captured = PaymentCaptured { order_id, amount: 10 };
         handle(&service, &Message::typed_event("payment", &order_id.to_string(), &captured).unwrap()).await.unwrap();
         assert!(sent(&**service.store()).await.is_empty());
-        assert!(shipments::shipments(&**service.store()).await.unwrap().is_empty());
+        assert!(shipments::shipments(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().is_empty());
     }
 
     pub async fn bad_messages_fail_permanently<S: SqlStore>(service: Shipping<S>)
@@ -438,7 +438,7 @@ mod cases {
         permanent(handle(&service, &reply).await, "a reply");
 
         assert!(sent(&**service.store()).await.is_empty());
-        assert!(shipments::shipments(&**service.store()).await.unwrap().is_empty());
+        assert!(shipments::shipments(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().is_empty());
         assert!(shipments::address(&**service.store(), id).await.unwrap().is_none());
     }
 }

@@ -91,6 +91,21 @@ mod cases {
             ]
         );
         assert_eq!(all[2].address, None, "a tombstone has no address");
+
+        // A page at a time: `limit` items after the key `after`.
+        let ids = |answer: &testsupport::Answer| {
+            answer.json::<Vec<Shipment>>().iter().map(|s| s.order_id).collect::<Vec<_>>()
+        };
+        let first = call(&app, Method::GET, "/shipments?limit=2", None).await;
+        assert_eq!(ids(&first), [scheduled, failed]);
+        let rest = call(&app, Method::GET, &format!("/shipments?limit=2&after={failed}"), None).await;
+        assert_eq!(ids(&rest), [tombstone]);
+        let past = call(&app, Method::GET, &format!("/shipments?after={tombstone}"), None).await;
+        assert_eq!(ids(&past), Vec::<Uuid>::new());
+        for (query, field) in [("limit=0", "limit"), ("limit=10001", "limit"), ("after=nope", "after")] {
+            let refused = call(&app, Method::GET, &format!("/shipments?{query}"), None).await;
+            assert_eq!(refused.fields(), [field], "{query}");
+        }
     }
 
     pub async fn unknown_orders_are_404_and_bad_ids_422<S: SqlStore>(service: Shipping<S>)

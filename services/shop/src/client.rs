@@ -12,12 +12,14 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use contracts::order::IDEMPOTENT_REPLAYED;
 use http_body_util::BodyExt;
+use polis_runtime::Page;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower::ServiceExt;
+use uuid::Uuid;
 
-/// How long a remote call may take, answer included. Generous: the admin
-/// lists the demo reads are unpaginated and grow with the workload.
+/// How long a remote call may take, answer included. Generous: a page of an
+/// admin list is up to a thousand items.
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An answer: its status, body, and the headers the shop's clients read.
@@ -130,5 +132,47 @@ impl Endpoint {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.json(Method::GET, path, None::<&()>, StatusCode::OK).await
+    }
+
+    /// Every item of a paginated list (`?limit=N&after=KEY`, see
+    /// [`polis_runtime::Page`]), page by page; `key` is an item's key.
+    pub async fn get_all<T: DeserializeOwned>(&self, path: &str, key: impl Fn(&T) -> Uuid) -> anyhow::Result<Vec<T>> {
+        let mut all = Vec::new();
+        let mut page = Some(Page::first(Page::DEFAULT_LIMIT));
+        while let Some(current) = page {
+            let items: Vec<T> = self.get(&format!("{path}?{}", current.query())).await?;
+            page = current.next(items.len(), items.last().map(&key));
+            all.extend(items);
+        }
+        Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::State;
+    use axum::routing::get;
+
+    use super::*;
+
+    /// `get_all` follows the pages to the end, asking after each page's last key.
+    #[tokio::test]
+    async fn get_all_reads_every_page() {
+        let keys: Arc<Vec<Uuid>> = Arc::new((0..2_500).map(|_| Uuid::now_v7()).collect());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let list = |State((keys, requests)): State<(Arc<Vec<Uuid>>, Arc<AtomicUsize>)>, page: Page| async move {
+            requests.fetch_add(1, Ordering::SeqCst);
+            let page: Vec<Uuid> = keys.iter().filter(|k| **k > page.after_key()).take(page.limit).copied().collect();
+            polis_runtime::Json(page)
+        };
+        let router = Router::new().route("/items", get(list)).with_state((keys.clone(), requests.clone()));
+        let all = Endpoint::local(router).get_all("/items", |k: &Uuid| *k).await.unwrap();
+        assert_eq!(all, *keys);
+        assert_eq!(requests.load(Ordering::SeqCst), 3, "pages of 1,000, 1,000 and 500");
     }
 }

@@ -450,7 +450,7 @@ pub async fn wait_terminal(
 ) -> anyhow::Result<HashMap<Uuid, OrderView>> {
     let deadline = Instant::now() + patience;
     loop {
-        let mine = scope.select(apis.order.get("/orders").await?);
+        let mine = scope.select(apis.order.get_all("/orders", |o: &OrderView| o.id).await?);
         let expected = scope.expected(&mine);
         let mine: HashMap<Uuid, OrderView> = mine.into_iter().map(|o| (o.id, o)).collect();
         let terminal = mine.values().filter(|o| o.status.is_terminal()).count();
@@ -513,14 +513,14 @@ pub async fn check_until_converged(
 
 /// The invariants over the orders of `scope` and the run's skus, once.
 pub async fn check(apis: &Apis, seeded: &Seeded, scope: Scope<'_>) -> anyhow::Result<Vec<Check>> {
-    let mine = scope.select(apis.order.get("/orders").await?);
+    let mine = scope.select(apis.order.get_all("/orders", |o: &OrderView| o.id).await?);
     let levels: Vec<StockLevel> = apis.inventory.get("/inventory").await?;
-    let reservations: HashMap<Uuid, Reservation> =
-        apis.inventory.get::<Vec<Reservation>>("/reservations").await?.into_iter().map(|r| (r.order_id, r)).collect();
-    let payments: HashMap<Uuid, Payment> =
-        apis.payment.get::<Vec<Payment>>("/payments").await?.into_iter().map(|p| (p.order_id, p)).collect();
-    let shipments: HashMap<Uuid, Shipment> =
-        apis.shipping.get::<Vec<Shipment>>("/shipments").await?.into_iter().map(|s| (s.order_id, s)).collect();
+    let reservations = apis.inventory.get_all("/reservations", |r: &Reservation| r.order_id).await?;
+    let reservations: HashMap<Uuid, Reservation> = reservations.into_iter().map(|r| (r.order_id, r)).collect();
+    let payments = apis.payment.get_all("/payments", |p: &Payment| p.order_id).await?;
+    let payments: HashMap<Uuid, Payment> = payments.into_iter().map(|p| (p.order_id, p)).collect();
+    let shipments = apis.shipping.get_all("/shipments", |s: &Shipment| s.order_id).await?;
+    let shipments: HashMap<Uuid, Shipment> = shipments.into_iter().map(|s| (s.order_id, s)).collect();
 
     let mut checks = Vec::new();
     let mut check = |name: &'static str, failures: Vec<String>| {
