@@ -4,8 +4,10 @@
 //! most [`Page::MAX_LIMIT`]) in key order, starting after `after` when given.
 //! A client reads everything by asking again after the last key it got,
 //! until a page comes back shorter than its limit. A page's memory stays
-//! bounded however large the table grows, and a key after which rows are
-//! inserted or deleted still lands the next page in the right place.
+//! bounded however large the table grows. Pages are read one after another,
+//! not from one snapshot: a row written meanwhile with a key below the
+//! cursor is not seen by that pass (the demo's checks read again until their
+//! invariants converge on a quiet system).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

@@ -295,7 +295,7 @@ where
     row.as_ref().map(reservation_view).transpose()
 }
 
-/// Every reservation, oldest order first (order ids are UUIDv7).
+/// A page of the reservations, oldest order first (order ids are UUIDv7).
 pub async fn reservations<S>(store: &S, page: Page) -> Result<Vec<Reservation>, InventoryError>
 where
     S: SqlStore,

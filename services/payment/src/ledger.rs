@@ -196,8 +196,8 @@ where
     store.query_optional(&sql, args![order_id]).await?.as_ref().map(stored).transpose()
 }
 
-/// Every payment, oldest first.
-/// A page of the payments, in order id order.
+/// A page of the payments, in order id order (oldest order first: the ids
+/// are UUIDv7).
 pub(crate) async fn page<S>(store: &S, page: Page) -> Result<Vec<Stored>, StoreError>
 where
     S: SqlStore,

@@ -195,7 +195,7 @@ where
     row.as_ref().map(shipment_view).transpose()
 }
 
-/// Every shipment, oldest order first (order ids are UUIDv7).
+/// A page of the shipments, oldest order first (order ids are UUIDv7).
 pub async fn shipments<S>(store: &S, page: Page) -> Result<Vec<Shipment>, ShippingError>
 where
     S: SqlStore,

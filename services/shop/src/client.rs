@@ -139,9 +139,15 @@ impl Endpoint {
     pub async fn get_all<T: DeserializeOwned>(&self, path: &str, key: impl Fn(&T) -> Uuid) -> anyhow::Result<Vec<T>> {
         let mut all = Vec::new();
         let mut page = Some(Page::first(Page::DEFAULT_LIMIT));
+        let separator = if path.contains('?') { '&' } else { '?' };
         while let Some(current) = page {
-            let items: Vec<T> = self.get(&format!("{path}?{}", current.query())).await?;
+            let items: Vec<T> = self.get(&format!("{path}{separator}{}", current.query())).await?;
             page = current.next(items.len(), items.last().map(&key));
+            if let Some(next) = page
+                && next.after <= current.after
+            {
+                anyhow::bail!("GET {path} does not page by key: a full page ended at {:?}", next.after);
+            }
             all.extend(items);
         }
         Ok(all)
@@ -174,5 +180,15 @@ mod tests {
         let all = Endpoint::local(router).get_all("/items", |k: &Uuid| *k).await.unwrap();
         assert_eq!(all, *keys);
         assert_eq!(requests.load(Ordering::SeqCst), 3, "pages of 1,000, 1,000 and 500");
+    }
+
+    /// A list that ignores `after` would hand back the same full page for
+    /// ever: `get_all` stops with an error instead.
+    #[tokio::test]
+    async fn get_all_refuses_a_list_that_does_not_page() {
+        let keys: Vec<Uuid> = (0..Page::DEFAULT_LIMIT).map(|_| Uuid::now_v7()).collect();
+        let router = Router::new().route("/items", get(move || async move { polis_runtime::Json(keys.clone()) }));
+        let error = Endpoint::local(router).get_all("/items", |k: &Uuid| *k).await.unwrap_err();
+        assert!(error.to_string().contains("does not page by key"), "{error}");
     }
 }

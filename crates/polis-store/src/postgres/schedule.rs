@@ -32,8 +32,8 @@ pub(super) async fn schedule(
     insert(conn, None, message, due_at).await.map(|_| ())
 }
 
-/// Deletes `old` from the schedule and stores `message`, in one statement;
-/// `true` if `old` was pending.
+/// Deletes `old` from the schedule and stores `message`, in one statement
+/// (two if they are the same id); `true` if `old` was pending.
 pub(super) async fn reschedule(
     conn: &mut PgConnection,
     old: Uuid,
@@ -49,8 +49,9 @@ pub(super) async fn reschedule(
     insert(conn, Some(old), message, due_at).await
 }
 
-/// Inserts `message` into the schedule, deleting `old` first if given, and
-/// returns whether `old` was deleted.
+/// Inserts `message` into the schedule and deletes `old` if given, in one
+/// statement (`old` must be another id), and returns whether `old` was
+/// deleted.
 async fn insert(
     conn: &mut PgConnection,
     old: Option<Uuid>,
