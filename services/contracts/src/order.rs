@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Money, OrderLine, Quantity, RejectionReason, message_types};
+use crate::{Money, OrderLine, Quantity, RejectionReason, SagaStyle, message_types};
 
 pub const SERVICE: &str = "order";
 
@@ -71,6 +71,9 @@ pub struct OrderCreated {
     pub customer_id: Uuid,
     pub lines: Vec<OrderLine>,
     pub total: Money,
+    /// How this order's flow runs, fixed when it is placed (see [`FlowStyle`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<SagaStyle>,
 }
 
 /// `order.order-approved.v1`.
@@ -84,12 +87,60 @@ pub struct OrderApproved {
 pub struct OrderRejected {
     pub order_id: Uuid,
     pub reason: RejectionReason,
+    /// How this order's flow runs (see [`FlowStyle`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<SagaStyle>,
 }
 
 /// `order.order-cancel-requested.v1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCancelRequested {
     pub order_id: Uuid,
+    /// How this order's flow runs (see [`FlowStyle`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<SagaStyle>,
+}
+
+/// Which style an order's own flow runs in: the one recorded in its events
+/// (`saga`), which the order service fixes when the order is placed, or —
+/// for an order placed before orders recorded it — the style the reader is
+/// configured with, as then.
+///
+/// Every service subscribes to the inputs of both styles (commands and
+/// replies, and each other's events), whatever style it is configured with,
+/// so that changing the deployment's style across a restart leaves no order
+/// in flight without the messages it waits for: an order placed under one
+/// style finishes in it. A participant acts on an order event only for an
+/// order that runs choreographed; an orchestrated order's saga sends it
+/// commands instead, and for such orders the participants' outcomes are
+/// replies, so their events only ever exist for choreographed orders.
+pub trait FlowStyle {
+    /// The style recorded in the event, if any.
+    fn recorded_saga(&self) -> Option<SagaStyle>;
+
+    /// Whether the order runs choreographed; `configured` stands in for a
+    /// style not recorded.
+    fn is_choreographed(&self, configured: SagaStyle) -> bool {
+        self.recorded_saga().unwrap_or(configured) == SagaStyle::Choreography
+    }
+}
+
+impl FlowStyle for OrderCreated {
+    fn recorded_saga(&self) -> Option<SagaStyle> {
+        self.saga
+    }
+}
+
+impl FlowStyle for OrderRejected {
+    fn recorded_saga(&self) -> Option<SagaStyle> {
+        self.saga
+    }
+}
+
+impl FlowStyle for OrderCancelRequested {
+    fn recorded_saga(&self) -> Option<SagaStyle> {
+        self.saga
+    }
 }
 
 /// `order.order-cancelled.v1`.

@@ -20,8 +20,9 @@
 
 use async_trait::async_trait;
 use contracts::Quantity;
+use contracts::SagaStyle;
 use contracts::inventory::{ReleaseStock, ReserveStock};
-use contracts::order::{OrderCreated, OrderRejected};
+use contracts::order::{FlowStyle as _, OrderCreated, OrderRejected};
 use contracts::payment::PaymentRefunded;
 use polis_bus::{Handler, HandlerError};
 use polis_core::{Message, MessageKind, Transaction};
@@ -32,14 +33,17 @@ use crate::SERVICE;
 use crate::stock::{self, ReserveOutcome, ReserveRequest};
 
 /// The inventory service's message handler (see the module docs).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct InventoryHandler {
-    _private: (),
+    /// The style of an order whose events do not record it.
+    configured: SagaStyle,
 }
 
 impl InventoryHandler {
-    pub fn new() -> Self {
-        Self::default()
+    /// A handler; `configured` stands in for the style of an order whose
+    /// events do not record it ([`contracts::order::FlowStyle`]).
+    pub fn new(configured: SagaStyle) -> Self {
+        Self { configured }
     }
 }
 
@@ -51,7 +55,7 @@ where
     async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
         match message.kind {
             MessageKind::Command => on_command(tx, message).await,
-            MessageKind::Event => on_event(tx, message).await,
+            MessageKind::Event => self.on_event(tx, message).await,
             MessageKind::Reply => Err(HandlerError::Permanent(format!(
                 "the inventory service takes no replies, got `{}`",
                 message.message_type
@@ -77,22 +81,32 @@ async fn on_command<Tx: Transaction + Sql>(tx: &mut Tx, message: &Message) -> Re
     }
 }
 
-async fn on_event<Tx: Transaction + Sql>(tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
-    if message.is::<OrderCreated>() {
-        let created: OrderCreated = message.decode()?;
-        let request = ReserveRequest {
-            order_id: created.order_id,
-            customer_id: created.customer_id,
-            items: created.lines.into_iter().map(|l| Quantity { sku: l.sku, quantity: l.quantity }).collect(),
-            total: created.total,
-        };
-        reserve(tx, message, &request).await
-    } else if message.is::<OrderRejected>() {
-        release(tx, message, message.decode::<OrderRejected>()?.order_id).await
-    } else if message.is::<PaymentRefunded>() {
-        release(tx, message, message.decode::<PaymentRefunded>()?.order_id).await
-    } else {
-        Ok(()) // not ours to act on
+impl InventoryHandler {
+    async fn on_event<Tx: Transaction + Sql>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+        if message.is::<OrderCreated>() {
+            let created: OrderCreated = message.decode()?;
+            if !created.is_choreographed(self.configured) {
+                return Ok(()); // its saga sends ReserveStock
+            }
+            let request = ReserveRequest {
+                order_id: created.order_id,
+                customer_id: created.customer_id,
+                items: created.lines.into_iter().map(|l| Quantity { sku: l.sku, quantity: l.quantity }).collect(),
+                total: created.total,
+            };
+            reserve(tx, message, &request).await
+        } else if message.is::<OrderRejected>() {
+            let rejected: OrderRejected = message.decode()?;
+            if !rejected.is_choreographed(self.configured) {
+                return Ok(()); // its saga sends ReleaseStock
+            }
+            release(tx, message, rejected.order_id).await
+        } else if message.is::<PaymentRefunded>() {
+            // Only a choreographed cancellation refunds by event.
+            release(tx, message, message.decode::<PaymentRefunded>()?.order_id).await
+        } else {
+            Ok(()) // not ours to act on
+        }
     }
 }
 

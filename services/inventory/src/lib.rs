@@ -86,19 +86,17 @@ where
     /// `style` needs: its command topic in orchestration; order and payment
     /// events in choreography.
     pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        let consumer = Consumer::new(SERVICE, self.store.clone(), options);
-        match style {
-            SagaStyle::Orchestration => consumer.route(Topic::commands_to(SERVICE), self.handler()),
-            SagaStyle::Choreography => consumer
-                .route(Topic::events_of(contracts::order::SERVICE), self.handler())
-                .route(Topic::events_of(contracts::payment::SERVICE), self.handler()),
-        }
+        Consumer::new(SERVICE, self.store.clone(), options)
+            .route(Topic::commands_to(SERVICE), self.handler(style))
+            .route(Topic::events_of(contracts::order::SERVICE), self.handler(style))
+            .route(Topic::events_of(contracts::payment::SERVICE), self.handler(style))
     }
 
     /// The message handler the consumer routes to; handy to drive the service
-    /// by hand (inside `store.transaction`) in tests and tools.
-    pub fn handler(&self) -> InventoryHandler {
-        InventoryHandler::new()
+    /// by hand (inside `store.transaction`) in tests and tools. `style`
+    /// stands in for the style of an order whose events do not record it.
+    pub fn handler(&self, style: SagaStyle) -> InventoryHandler {
+        InventoryHandler::new(style)
     }
 
     pub fn store(&self) -> &Arc<S> {

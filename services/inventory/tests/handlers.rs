@@ -20,6 +20,7 @@ testsupport::suite! {
         a_release_gives_the_stock_back_once,
         a_release_before_the_reservation_leaves_a_tombstone,
         choreography_releases_on_rejection_and_refund,
+        an_orchestrated_orders_events_are_left_to_its_saga,
         a_failed_reservation_releases_without_effect,
         repeated_skus_are_reserved_together,
         unrelated_events_are_ignored,
@@ -27,19 +28,19 @@ testsupport::suite! {
     ],
 }
 
+/// Both styles' inputs whatever the style: an order placed under the other
+/// style before a restart still gets its commands or events handled.
 #[tokio::test]
-async fn the_consumer_subscribes_per_saga_style() {
+async fn the_consumer_subscribes_to_both_styles_inputs() {
     let (store, _guard) = testsupport::sqlite(inventory::SERVICE).await;
     let service = support::open(store).await;
     let consumer = |style| format!("{:?}", service.consumer(style, polis_bus::ConsumerOptions::default()));
-    assert_eq!(
-        consumer(contracts::SagaStyle::Orchestration),
-        r#"Consumer { name: "inventory", topics: ["polis.inventory.commands.>"] }"#
-    );
-    assert_eq!(
-        consumer(contracts::SagaStyle::Choreography),
-        r#"Consumer { name: "inventory", topics: ["polis.order.events.>", "polis.payment.events.>"] }"#
-    );
+    for style in [contracts::SagaStyle::Orchestration, contracts::SagaStyle::Choreography] {
+        assert_eq!(
+            consumer(style),
+            r#"Consumer { name: "inventory", topics: ["polis.inventory.commands.>", "polis.order.events.>", "polis.payment.events.>"] }"#
+        );
+    }
 }
 
 #[allow(unreachable_pub)]
@@ -49,7 +50,7 @@ mod cases {
     };
     use contracts::order::{OrderApproved, OrderCreated, OrderRejected};
     use contracts::payment::PaymentRefunded;
-    use contracts::{OrderLine, Quantity, RejectionReason};
+    use contracts::{OrderLine, Quantity, RejectionReason, SagaStyle};
     use inventory::{Inventory, InventoryError, SERVICE, stock};
     use polis_bus::HandlerError;
     use polis_core::{Message, MessageType};
@@ -84,7 +85,13 @@ mod cases {
             .iter()
             .map(|(sku, quantity)| OrderLine { sku: (*sku).to_owned(), quantity: *quantity, unit_price: 100 })
             .collect();
-        let body = OrderCreated { order_id, customer_id: customer(), lines, total: TOTAL };
+        let body = OrderCreated {
+            order_id,
+            customer_id: customer(),
+            lines,
+            total: TOTAL,
+            saga: Some(SagaStyle::Choreography),
+        };
         Message::typed_event("order", &order_id.to_string(), &body).unwrap()
     }
 
@@ -294,13 +301,40 @@ mod cases {
 
         // The same in choreography: the rejection overtook the creation.
         let order_id = Uuid::now_v7();
-        let rejected = order_event(order_id, &OrderRejected { order_id, reason: RejectionReason::Timeout });
+        let rejected = order_event(
+            order_id,
+            &OrderRejected { order_id, reason: RejectionReason::Timeout, saga: Some(SagaStyle::Choreography) },
+        );
         handle(&service, &rejected).await.unwrap();
         assert_eq!(outcome::<_, StockReleased>(&service, &rejected).await, StockReleased { order_id });
         let created = order_created(order_id, &[("apple", 1)]);
         handle(&service, &created).await.unwrap();
         assert_eq!(outcome::<_, StockReservationFailed>(&service, &created).await.reason, RejectionReason::Timeout);
         assert_eq!(level(&service, "apple").await, (5, 0));
+    }
+
+    /// The order events of an orchestrated order (recorded in them, or, for
+    /// events that do not record it, the handler's configured style) change
+    /// nothing here: its saga sends the commands. Inventory subscribes to
+    /// order events in both styles, so this is what keeps an orchestrated
+    /// order from being reserved twice.
+    pub async fn an_orchestrated_orders_events_are_left_to_its_saga<S: SqlStore>(service: Inventory<S>)
+    where
+        S::Tx: Sql,
+    {
+        set(&service, "apple", 5).await;
+        sent(&**service.store()).await;
+        let order_id = Uuid::now_v7();
+        let lines = vec![OrderLine { sku: "apple".into(), quantity: 2, unit_price: 100 }];
+        let recorded = Some(SagaStyle::Orchestration);
+        for saga in [recorded, None] {
+            let body = OrderCreated { order_id, customer_id: customer(), lines: lines.clone(), total: TOTAL, saga };
+            handle(&service, &order_event(order_id, &body)).await.unwrap();
+        }
+        let body = OrderRejected { order_id, reason: RejectionReason::Timeout, saga: recorded };
+        handle(&service, &order_event(order_id, &body)).await.unwrap();
+        assert_eq!(level(&service, "apple").await, (5, 0), "nothing reserved or released");
+        assert!(sent(&**service.store()).await.is_empty(), "no outcome for an orchestrated order's events");
     }
 
     pub async fn choreography_releases_on_rejection_and_refund<S: SqlStore>(service: Inventory<S>)
@@ -316,7 +350,11 @@ mod cases {
         assert_eq!(level(&service, "apple").await, (3, 2));
         let rejected = order_event(
             rejected_order,
-            &OrderRejected { order_id: rejected_order, reason: RejectionReason::PaymentDeclined },
+            &OrderRejected {
+                order_id: rejected_order,
+                reason: RejectionReason::PaymentDeclined,
+                saga: Some(SagaStyle::Choreography),
+            },
         );
         handle(&service, &rejected).await.unwrap();
         let released: StockReleased = outcome(&service, &rejected).await;

@@ -4,7 +4,7 @@
 //! so an appended event is announced as-is through the outbox.
 
 use contracts::order::{OrderApproved, OrderCancelRequested, OrderCancelled, OrderCreated, OrderRejected, OrderStatus};
-use contracts::{Money, OrderLine, RejectionReason};
+use contracts::{Money, OrderLine, RejectionReason, SagaStyle};
 use polis_core::{Aggregate, DomainEvent, MessageType};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -18,11 +18,15 @@ pub struct Order {
     pub total: Money,
     pub status: Option<OrderStatus>,
     pub reason: Option<RejectionReason>,
+    /// How the order's flow runs, fixed when it is placed; `None` for an
+    /// order placed before orders recorded it.
+    #[serde(default)]
+    pub saga: Option<SagaStyle>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderCommand {
-    Place { order_id: Uuid, customer_id: Uuid, lines: Vec<OrderLine> },
+    Place { order_id: Uuid, customer_id: Uuid, lines: Vec<OrderLine>, saga: SagaStyle },
     Approve,
     Reject(RejectionReason),
     RequestCancel,
@@ -89,7 +93,7 @@ impl Aggregate for Order {
 
     fn handle(&self, command: &OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
         let Some(order_id) = self.id else {
-            let OrderCommand::Place { order_id, customer_id, lines } = command else {
+            let OrderCommand::Place { order_id, customer_id, lines, saga } = command else {
                 return Err(OrderError::NotFound);
             };
             if lines.is_empty() {
@@ -109,6 +113,7 @@ impl Aggregate for Order {
                 customer_id: *customer_id,
                 lines: lines.clone(),
                 total,
+                saga: Some(*saga),
             })]);
         };
         let status = self.status.unwrap_or(OrderStatus::Pending);
@@ -118,10 +123,10 @@ impl Aggregate for Order {
             (OrderCommand::Place { .. }, _) => return Err(OrderError::AlreadyExists),
             (OrderCommand::Approve, OrderStatus::Pending) => vec![OrderEvent::Approved(OrderApproved { order_id })],
             (OrderCommand::Reject(reason), OrderStatus::Pending) => {
-                vec![OrderEvent::Rejected(OrderRejected { order_id, reason: *reason })]
+                vec![OrderEvent::Rejected(OrderRejected { order_id, reason: *reason, saga: self.saga })]
             }
             (OrderCommand::RequestCancel, OrderStatus::Approved) => {
-                vec![OrderEvent::CancelRequested(OrderCancelRequested { order_id })]
+                vec![OrderEvent::CancelRequested(OrderCancelRequested { order_id, saga: self.saga })]
             }
             (OrderCommand::RequestCancel, status) => return Err(OrderError::NotCancellable { status }),
             (OrderCommand::CompleteCancel, OrderStatus::CancelPending) => {
@@ -139,6 +144,7 @@ impl Aggregate for Order {
                 self.lines.clone_from(&created.lines);
                 self.total = created.total;
                 self.status = Some(OrderStatus::Pending);
+                self.saga = created.saga;
             }
             OrderEvent::Approved(_) => self.status = Some(OrderStatus::Approved),
             OrderEvent::Rejected(rejected) => {
@@ -163,14 +169,25 @@ mod tests {
     }
 
     fn created(order_id: Uuid, customer_id: Uuid) -> OrderEvent {
-        OrderEvent::Created(OrderCreated { order_id, customer_id, lines: vec![line("A", 2, 150)], total: 300 })
+        OrderEvent::Created(OrderCreated {
+            order_id,
+            customer_id,
+            lines: vec![line("A", 2, 150)],
+            total: 300,
+            saga: Some(SagaStyle::Choreography),
+        })
     }
 
     #[test]
     fn placing_an_order_totals_its_lines() {
         let (order_id, customer_id) = (Uuid::now_v7(), Uuid::now_v7());
         AggregateFixture::<Order>::given_no_history()
-            .when(OrderCommand::Place { order_id, customer_id, lines: vec![line("A", 2, 150)] })
+            .when(OrderCommand::Place {
+                order_id,
+                customer_id,
+                lines: vec![line("A", 2, 150)],
+                saga: SagaStyle::Choreography,
+            })
             .then_expect_events(vec![created(order_id, customer_id)]);
     }
 
@@ -178,20 +195,34 @@ mod tests {
     fn invalid_orders_are_refused() {
         let (order_id, customer_id) = (Uuid::now_v7(), Uuid::now_v7());
         AggregateFixture::<Order>::given_no_history()
-            .when(OrderCommand::Place { order_id, customer_id, lines: vec![] })
+            .when(OrderCommand::Place { order_id, customer_id, lines: vec![], saga: SagaStyle::Choreography })
             .then_expect_error(|e| *e == OrderError::NoLines);
         AggregateFixture::<Order>::given_no_history()
-            .when(OrderCommand::Place { order_id, customer_id, lines: vec![line("A", 0, 1)] })
+            .when(OrderCommand::Place {
+                order_id,
+                customer_id,
+                lines: vec![line("A", 0, 1)],
+                saga: SagaStyle::Choreography,
+            })
             .then_expect_error(|e| matches!(e, OrderError::InvalidLine { index: 0, .. }));
         AggregateFixture::<Order>::given_no_history()
-            .when(OrderCommand::Place { order_id, customer_id, lines: vec![line("A", 2, i64::MAX)] })
+            .when(OrderCommand::Place {
+                order_id,
+                customer_id,
+                lines: vec![line("A", 2, i64::MAX)],
+                saga: SagaStyle::Choreography,
+            })
             .then_expect_error(|e| *e == OrderError::TotalOverflow);
     }
 
     #[test]
     fn only_a_pending_order_is_decided_once() {
         let (order_id, customer_id) = (Uuid::now_v7(), Uuid::now_v7());
-        let rejected = OrderEvent::Rejected(OrderRejected { order_id, reason: RejectionReason::Timeout });
+        let rejected = OrderEvent::Rejected(OrderRejected {
+            order_id,
+            reason: RejectionReason::Timeout,
+            saga: Some(SagaStyle::Choreography),
+        });
         AggregateFixture::<Order>::given([created(order_id, customer_id)])
             .when(OrderCommand::Reject(RejectionReason::Timeout))
             .then_expect_events(vec![rejected.clone()]);
@@ -210,7 +241,10 @@ mod tests {
         let approved = OrderEvent::Approved(OrderApproved { order_id });
         let state = AggregateFixture::<Order>::given([created(order_id, customer_id), approved])
             .when(OrderCommand::RequestCancel)
-            .then_expect_events(vec![OrderEvent::CancelRequested(OrderCancelRequested { order_id })]);
+            .then_expect_events(vec![OrderEvent::CancelRequested(OrderCancelRequested {
+                order_id,
+                saga: Some(SagaStyle::Choreography),
+            })]);
         assert_eq!(state.status, Some(OrderStatus::CancelPending));
     }
 }

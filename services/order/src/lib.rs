@@ -190,16 +190,18 @@ where
     /// The service's consumer: saga replies and its own deadlines in
     /// orchestration; the other services' outcome events in choreography.
     pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        let handler = OrderHandler { service: self.clone(), style };
-        let consumer =
-            Consumer::new(SERVICE, self.store.clone(), options).route(Topic::commands_to(SERVICE), handler.clone());
-        match style {
-            SagaStyle::Orchestration => consumer.route(Topic::replies_to(SERVICE), handler),
-            SagaStyle::Choreography => consumer
-                .route(Topic::events_of(contracts::inventory::SERVICE), handler.clone())
-                .route(Topic::events_of(contracts::payment::SERVICE), handler.clone())
-                .route(Topic::events_of(contracts::shipping::SERVICE), handler),
-        }
+        // Both styles' inputs, whatever `style` new orders run in: an order
+        // placed under the other style before a restart finishes in it
+        // (`contracts::order::FlowStyle`). Participants' events only exist
+        // for choreographed orders, replies only for orchestrated ones.
+        let _ = style; // new orders take their style from `Config::saga`
+        let handler = OrderHandler { service: self.clone() };
+        Consumer::new(SERVICE, self.store.clone(), options)
+            .route(Topic::commands_to(SERVICE), handler.clone())
+            .route(Topic::replies_to(SERVICE), handler.clone())
+            .route(Topic::events_of(contracts::inventory::SERVICE), handler.clone())
+            .route(Topic::events_of(contracts::payment::SERVICE), handler.clone())
+            .route(Topic::events_of(contracts::shipping::SERVICE), handler)
     }
 
     /// Places an order: appends `OrderCreated`, announces it, and starts the
@@ -252,10 +254,11 @@ where
                             return Ok(Placed::Replayed(earlier.uuid("order_id")?));
                         }
                     }
-                    let command = OrderCommand::Place { order_id, customer_id, lines };
+                    let saga = service.config.saga;
+                    let command = OrderCommand::Place { order_id, customer_id, lines, saga };
                     let order = service.execute(tx, order_id, &command, &Metadata::default()).await?;
                     let now = Utc::now();
-                    match service.config.saga {
+                    match saga {
                         SagaStyle::Orchestration => {
                             let (saga, step) = CreateOrderSaga::start(
                                 order_id,
@@ -306,8 +309,10 @@ where
             .transaction(Box::new(move |tx: &mut S::Tx| {
                 Box::pin(async move {
                     service.lock_order(tx, order_id).await?;
-                    service.execute(tx, order_id, &OrderCommand::RequestCancel, &Metadata::default()).await?;
-                    if service.config.saga == SagaStyle::Orchestration {
+                    let order =
+                        service.execute(tx, order_id, &OrderCommand::RequestCancel, &Metadata::default()).await?;
+                    // The order's own style, whatever the service runs new orders in.
+                    if order.saga.unwrap_or(service.config.saga) == SagaStyle::Orchestration {
                         let key = order_id.to_string();
                         let Some(mut instance) = service.sagas.load(tx, &key).await? else {
                             // An order placed under choreography has no saga to undo it.
@@ -522,12 +527,11 @@ async fn write_read_model<Tx: Sql + ?Sized>(
 /// The order service's message handler (all its topics).
 struct OrderHandler<S> {
     service: OrderService<S>,
-    style: SagaStyle,
 }
 
 impl<S> Clone for OrderHandler<S> {
     fn clone(&self) -> Self {
-        Self { service: self.service.clone(), style: self.style }
+        Self { service: self.service.clone() }
     }
 }
 
@@ -540,8 +544,8 @@ where
     async fn handle(&self, tx: &mut S::Tx, message: &Message) -> Result<(), HandlerError> {
         let service = &self.service;
         let now = Utc::now();
-        match (self.style, message.kind) {
-            (_, polis_core::MessageKind::Command) if message.message_type == polis_saga::DEADLINE_TYPE => {
+        match message.kind {
+            polis_core::MessageKind::Command if message.message_type == polis_saga::DEADLINE_TYPE => {
                 let Some(saga_id) = service.sagas.deadline_target(message) else {
                     return Err(HandlerError::Permanent("a saga deadline for an unknown saga type".into()));
                 };
@@ -550,23 +554,21 @@ where
                 let effects = service.sagas.fire_deadline(tx, message, now).await.map_err(OrderFailure::from)?;
                 service.apply_effects(tx, order_id, effects, &message.caused()).await?;
             }
-            (_, polis_core::MessageKind::Command) if message.message_type == ORDER_DEADLINE_TYPE => {
+            polis_core::MessageKind::Command if message.message_type == ORDER_DEADLINE_TYPE => {
                 service.lock_order(tx, deadline_order_id(message)?).await?;
                 service.order_deadline(tx, message).await?;
             }
-            (_, polis_core::MessageKind::Command) => {
+            polis_core::MessageKind::Command => {
                 return Err(HandlerError::Permanent(format!("unknown command {}", message.message_type)));
             }
-            (SagaStyle::Orchestration, polis_core::MessageKind::Reply) => {
+            polis_core::MessageKind::Reply => {
                 let order_id = parse_key(message)?;
                 service.lock_order(tx, order_id).await?;
                 let effects =
                     service.sagas.on_reply(tx, &message.key, message, now).await.map_err(OrderFailure::from)?;
                 service.apply_effects(tx, order_id, effects, &message.caused()).await?;
             }
-            (SagaStyle::Choreography, polis_core::MessageKind::Event) => service.decide(tx, message).await?,
-            // Nothing else is routed here.
-            _ => {}
+            polis_core::MessageKind::Event => service.decide(tx, message).await?,
         }
         Ok(())
     }

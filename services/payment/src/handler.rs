@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use contracts::customer::{Customer, CustomerRegistered, CustomerUpdated};
 use contracts::inventory::StockReserved;
-use contracts::order::OrderRejected;
+use contracts::order::{FlowStyle as _, OrderRejected};
 use contracts::payment::{
     AuthorizePayment, CapturePayment, PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded,
     PaymentStatus, PaymentVoided, RefundPayment, VoidPayment,
@@ -32,9 +32,12 @@ use crate::{Config, SERVICE};
 /// - customer events update the replica, in both styles;
 /// - commands are carried out whatever the style (an unknown command type
 ///   is a permanent failure);
-/// - in choreography, `StockReserved`, `ShipmentScheduled`,
-///   `ShipmentCancelled` and `OrderRejected` trigger the saga steps; every
-///   other event is ignored.
+/// - `StockReserved`, `ShipmentScheduled` and `ShipmentCancelled` trigger
+///   the choreographed steps (those events only exist for choreographed
+///   orders: for orchestrated ones the participants reply instead), and
+///   `OrderRejected` does for an order that runs choreographed
+///   ([`contracts::order::FlowStyle`]; the handler's style stands in for an
+///   order that does not record its own); every other event is ignored.
 #[derive(Debug, Clone)]
 pub struct PaymentHandler {
     style: SagaStyle,
@@ -119,9 +122,6 @@ impl PaymentHandler {
             let event: CustomerUpdated = message.decode()?;
             return replicate(tx, &event.customer).await;
         }
-        if self.style != SagaStyle::Choreography {
-            return Ok(());
-        }
         if message.is::<StockReserved>() {
             let event: StockReserved = message.decode()?;
             self.authorize(tx, message, event.order_id, event.customer_id, event.total).await
@@ -133,6 +133,9 @@ impl PaymentHandler {
             refund(tx, message, event.order_id, RefundTrigger::ShipmentCancelled).await
         } else if message.is::<OrderRejected>() {
             let event: OrderRejected = message.decode()?;
+            if !event.is_choreographed(self.style) {
+                return Ok(()); // its saga sends VoidPayment
+            }
             void(tx, message, event.order_id).await
         } else {
             Ok(())

@@ -159,14 +159,11 @@ where
     /// (orchestration) or the inventory, shipping and order events it reacts
     /// to (choreography).
     pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        let consumer = Consumer::new(SERVICE, self.store.clone(), options)
-            .route(Topic::events_of(contracts::customer::SERVICE), self.handler(style));
-        match style {
-            SagaStyle::Orchestration => consumer.route(Topic::commands_to(SERVICE), self.handler(style)),
-            SagaStyle::Choreography => consumer
-                .route(Topic::events_of(contracts::inventory::SERVICE), self.handler(style))
-                .route(Topic::events_of(contracts::shipping::SERVICE), self.handler(style))
-                .route(Topic::events_of(contracts::order::SERVICE), self.handler(style)),
-        }
+        Consumer::new(SERVICE, self.store.clone(), options)
+            .route(Topic::events_of(contracts::customer::SERVICE), self.handler(style))
+            .route(Topic::commands_to(SERVICE), self.handler(style))
+            .route(Topic::events_of(contracts::inventory::SERVICE), self.handler(style))
+            .route(Topic::events_of(contracts::shipping::SERVICE), self.handler(style))
+            .route(Topic::events_of(contracts::order::SERVICE), self.handler(style))
     }
 }

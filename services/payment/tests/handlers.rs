@@ -52,7 +52,7 @@ testsupport::suite! {
     open: support::open,
     cases: [
         customer_events_keep_the_replica_current,
-        orchestration_ignores_the_choreography_events,
+        the_configured_style_does_not_decide_an_orders_flow,
         choreography_runs_the_whole_flow_on_events,
         an_invalid_config_is_refused,
     ],
@@ -64,6 +64,7 @@ mod cases {
 
     use contracts::customer::CustomerRegistered;
     use contracts::inventory::StockReserved;
+    use contracts::order::OrderRejected;
     use contracts::payment::{PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded, PaymentVoided};
     use contracts::shipping::ShipmentCancelled;
     use contracts::{RejectionReason, SagaStyle};
@@ -544,28 +545,44 @@ mod cases {
         assert_eq!(sent.len(), 6);
     }
 
-    pub async fn orchestration_ignores_the_choreography_events<S>(service: Payment<S>)
+    /// An order's flow runs in the style it was placed in, whatever style
+    /// the service is configured with now: the choreographed steps' events
+    /// (which only exist for choreographed orders) are acted on, and an
+    /// orchestrated order's rejection event is left to its saga, which
+    /// sends `VoidPayment`. This is what lets the deployment's style change
+    /// across a restart with orders in flight.
+    pub async fn the_configured_style_does_not_decide_an_orders_flow<S>(service: Payment<S>)
     where
         S: SqlStore,
         S::Tx: Sql,
     {
         let store = service.store().clone();
-        let style = SagaStyle::Orchestration;
         let customer_id = customer_with(&service, 1_000).await;
-        let order_id = order();
-        for event in [
-            authorize(SagaStyle::Choreography, order_id, customer_id, 100),
-            capture(SagaStyle::Choreography, order_id),
-            refund(SagaStyle::Choreography, order_id),
-            void(SagaStyle::Choreography, order_id),
-        ] {
-            handle(&service, style, &event).await.unwrap();
-        }
-        assert_eq!(payment_count(&*store).await, 0, "not even a tombstone");
-        assert!(outbox(&*store).await.is_empty());
-        // But commands are carried out in either style.
-        handle(&service, SagaStyle::Choreography, &authorize(style, order_id, customer_id, 100)).await.unwrap();
-        assert_eq!(status_of(&*store, order_id).await.as_deref(), Some("AUTHORIZED"));
+
+        // Configured for orchestration, a choreographed order goes on.
+        let configured = SagaStyle::Orchestration;
+        let choreographed = order();
+        handle(&service, configured, &authorize(SagaStyle::Choreography, choreographed, customer_id, 100))
+            .await
+            .unwrap();
+        assert_eq!(status_of(&*store, choreographed).await.as_deref(), Some("AUTHORIZED"));
+        handle(&service, configured, &void(SagaStyle::Choreography, choreographed)).await.unwrap();
+        assert_eq!(status_of(&*store, choreographed).await.as_deref(), Some("VOIDED"));
+
+        // Configured for choreography, an orchestrated order's rejection is its saga's to undo.
+        let configured = SagaStyle::Choreography;
+        let orchestrated = order();
+        handle(&service, configured, &authorize(SagaStyle::Orchestration, orchestrated, customer_id, 100))
+            .await
+            .unwrap();
+        let rejected = OrderRejected {
+            order_id: orchestrated,
+            reason: RejectionReason::Timeout,
+            saga: Some(SagaStyle::Orchestration),
+        };
+        let rejected = Message::typed_event("order", &orchestrated.to_string(), &rejected).unwrap();
+        handle(&service, configured, &rejected).await.unwrap();
+        assert_eq!(status_of(&*store, orchestrated).await.as_deref(), Some("AUTHORIZED"), "left to the saga");
     }
 
     /// Choreography end to end as far as payment sees it: reserved stock →

@@ -22,8 +22,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use contracts::SagaStyle;
 use contracts::customer::{CustomerRegistered, CustomerUpdated};
-use contracts::order::{OrderCancelRequested, OrderRejected};
+use contracts::order::{FlowStyle as _, OrderCancelRequested, OrderRejected};
 use contracts::payment::PaymentAuthorized;
 use contracts::shipping::{CancelShipment, ScheduleShipment};
 use polis_bus::{Handler, HandlerError};
@@ -38,11 +39,15 @@ use crate::{Config, SERVICE};
 #[derive(Debug, Clone)]
 pub struct ShippingHandler {
     blocked_countries: Arc<[String]>,
+    /// The style of an order whose events do not record it.
+    configured: SagaStyle,
 }
 
 impl ShippingHandler {
-    pub fn new(config: &Config) -> Self {
-        Self { blocked_countries: config.blocked_countries.iter().cloned().collect() }
+    /// A handler; `configured` stands in for the style of an order whose
+    /// events do not record it ([`contracts::order::FlowStyle`]).
+    pub fn new(config: &Config, configured: SagaStyle) -> Self {
+        Self { blocked_countries: config.blocked_countries.iter().cloned().collect(), configured }
     }
 }
 
@@ -84,9 +89,17 @@ impl ShippingHandler {
             let authorized: PaymentAuthorized = message.decode()?;
             self.schedule(tx, message, authorized.order_id, authorized.customer_id).await
         } else if message.is::<OrderRejected>() {
-            cancel(tx, message, message.decode::<OrderRejected>()?.order_id).await
+            let rejected: OrderRejected = message.decode()?;
+            if !rejected.is_choreographed(self.configured) {
+                return Ok(()); // its saga sends CancelShipment
+            }
+            cancel(tx, message, rejected.order_id).await
         } else if message.is::<OrderCancelRequested>() {
-            cancel(tx, message, message.decode::<OrderCancelRequested>()?.order_id).await
+            let requested: OrderCancelRequested = message.decode()?;
+            if !requested.is_choreographed(self.configured) {
+                return Ok(()); // its saga sends CancelShipment
+            }
+            cancel(tx, message, requested.order_id).await
         } else {
             Ok(()) // not ours to act on
         }

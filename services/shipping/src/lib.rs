@@ -100,20 +100,18 @@ where
     /// command topic in orchestration, or payment and order events in
     /// choreography.
     pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        let consumer = Consumer::new(SERVICE, self.store.clone(), options)
-            .route(Topic::events_of(contracts::customer::SERVICE), self.handler());
-        match style {
-            SagaStyle::Orchestration => consumer.route(Topic::commands_to(SERVICE), self.handler()),
-            SagaStyle::Choreography => consumer
-                .route(Topic::events_of(contracts::payment::SERVICE), self.handler())
-                .route(Topic::events_of(contracts::order::SERVICE), self.handler()),
-        }
+        Consumer::new(SERVICE, self.store.clone(), options)
+            .route(Topic::events_of(contracts::customer::SERVICE), self.handler(style))
+            .route(Topic::commands_to(SERVICE), self.handler(style))
+            .route(Topic::events_of(contracts::payment::SERVICE), self.handler(style))
+            .route(Topic::events_of(contracts::order::SERVICE), self.handler(style))
     }
 
     /// The message handler the consumer routes to; handy to drive the service
-    /// by hand (inside `store.transaction`) in tests and tools.
-    pub fn handler(&self) -> ShippingHandler {
-        ShippingHandler::new(&self.config)
+    /// by hand (inside `store.transaction`) in tests and tools. `style`
+    /// stands in for the style of an order whose events do not record it.
+    pub fn handler(&self, style: SagaStyle) -> ShippingHandler {
+        ShippingHandler::new(&self.config, style)
     }
 
     pub fn store(&self) -> &Arc<S> {

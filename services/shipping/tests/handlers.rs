@@ -28,19 +28,19 @@ testsupport::suite! {
     ],
 }
 
+/// Both styles' inputs whatever the style: an order placed under the other
+/// style before a restart still gets its commands or events handled.
 #[tokio::test]
-async fn the_consumer_subscribes_per_saga_style() {
+async fn the_consumer_subscribes_to_both_styles_inputs() {
     let (store, _guard) = testsupport::sqlite(shipping::SERVICE).await;
     let service = support::open(store).await;
     let consumer = |style| format!("{:?}", service.consumer(style, polis_bus::ConsumerOptions::default()));
-    assert_eq!(
-        consumer(contracts::SagaStyle::Orchestration),
-        r#"Consumer { name: "shipping", topics: ["polis.customer.events.>", "polis.shipping.commands.>"] }"#
-    );
-    assert_eq!(
-        consumer(contracts::SagaStyle::Choreography),
-        r#"Consumer { name: "shipping", topics: ["polis.customer.events.>", "polis.payment.events.>", "polis.order.events.>"] }"#
-    );
+    for style in [contracts::SagaStyle::Orchestration, contracts::SagaStyle::Choreography] {
+        assert_eq!(
+            consumer(style),
+            r#"Consumer { name: "shipping", topics: ["polis.customer.events.>", "polis.shipping.commands.>", "polis.payment.events.>", "polis.order.events.>"] }"#
+        );
+    }
 }
 
 #[allow(unreachable_pub)]
@@ -55,7 +55,7 @@ mod cases {
         CancelShipment, ScheduleShipment, Shipment, ShipmentCancelled, ShipmentFailed, ShipmentScheduled,
         ShipmentStatus,
     };
-    use contracts::{Address, RejectionReason};
+    use contracts::{Address, RejectionReason, SagaStyle};
     use polis_bus::HandlerError;
     use polis_core::{Message, MessageType};
     use polis_store::sql::{Sql, SqlStore};
@@ -355,7 +355,11 @@ mod cases {
         sent(&**service.store()).await;
         let rejected = order_event(
             rejected_order,
-            &OrderRejected { order_id: rejected_order, reason: RejectionReason::PaymentDeclined },
+            &OrderRejected {
+                order_id: rejected_order,
+                reason: RejectionReason::PaymentDeclined,
+                saga: Some(SagaStyle::Choreography),
+            },
         );
         handle(&service, &rejected).await.unwrap();
         assert_eq!(outcome::<_, ShipmentCancelled>(&service, &rejected).await.order_id, rejected_order);
@@ -364,15 +368,24 @@ mod cases {
         let cancelled_order = Uuid::now_v7();
         handle(&service, &payment_authorized(cancelled_order, customer_id)).await.unwrap();
         sent(&**service.store()).await;
-        let request = order_event(cancelled_order, &OrderCancelRequested { order_id: cancelled_order });
+        let request = order_event(
+            cancelled_order,
+            &OrderCancelRequested { order_id: cancelled_order, saga: Some(SagaStyle::Choreography) },
+        );
         handle(&service, &request).await.unwrap();
         assert_eq!(outcome::<_, ShipmentCancelled>(&service, &request).await.order_id, cancelled_order);
         assert_eq!(shipment(&service, cancelled_order).await.unwrap().status, ShipmentStatus::Cancelled);
 
         // A rejection that overtook the payment leaves a tombstone here too.
         let early_order = Uuid::now_v7();
-        let early =
-            order_event(early_order, &OrderRejected { order_id: early_order, reason: RejectionReason::Timeout });
+        let early = order_event(
+            early_order,
+            &OrderRejected {
+                order_id: early_order,
+                reason: RejectionReason::Timeout,
+                saga: Some(SagaStyle::Choreography),
+            },
+        );
         handle(&service, &early).await.unwrap();
         outcome::<_, ShipmentCancelled>(&service, &early).await;
         let late = payment_authorized(early_order, customer_id);

@@ -203,6 +203,27 @@ pub struct Check {
     pub detail: String,
 }
 
+impl Check {
+    /// Whether this check is about the workload's coverage (every rejection
+    /// reason occurred, ...) rather than the shop's safety. Coverage depends
+    /// on timing when faults are injected; safety never does.
+    pub fn is_coverage(&self) -> bool {
+        self.name.starts_with(COVERAGE_PREFIX)
+    }
+}
+
+/// Whether every safety invariant among `checks` holds (coverage aside),
+/// and there are as many of them as the checks make.
+pub fn safe(checks: &[Check]) -> bool {
+    let safety: Vec<&Check> = checks.iter().filter(|c| !c.is_coverage()).collect();
+    safety.len() >= SAFETY_CHECKS && safety.iter().all(|c| c.holds)
+}
+
+/// The names of coverage checks start so.
+const COVERAGE_PREFIX: &str = "the workload covers";
+/// How many safety invariants [`check`] reports at least.
+const SAFETY_CHECKS: usize = 6;
+
 /// A fresh tag for a run's skus and emails.
 pub fn run_tag() -> String {
     Uuid::now_v7().simple().to_string()[20..].to_owned()

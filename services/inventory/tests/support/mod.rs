@@ -25,5 +25,5 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    testsupport::handle(&**service.store(), service.handler(), message).await
+    testsupport::handle(&**service.store(), service.handler(contracts::SagaStyle::Orchestration), message).await
 }

@@ -98,9 +98,11 @@ pub fn capture(style: SagaStyle, order_id: Uuid) -> Message {
 pub fn void(style: SagaStyle, order_id: Uuid) -> Message {
     match style {
         SagaStyle::Orchestration => command(order_id, &VoidPayment { order_id }),
-        SagaStyle::Choreography => {
-            event("order", order_id, &OrderRejected { order_id, reason: RejectionReason::Undeliverable })
-        }
+        SagaStyle::Choreography => event(
+            "order",
+            order_id,
+            &OrderRejected { order_id, reason: RejectionReason::Undeliverable, saga: Some(SagaStyle::Choreography) },
+        ),
     }
 }
 
