@@ -55,7 +55,7 @@ impl From<StoreError> for HandlerError {
         match e {
             StoreError::InvalidRequest(reason) => Self::Permanent(reason),
             StoreError::Unique(what) => Self::Permanent(format!("unique constraint violated: {what}")),
-            other => Self::Transient(error_chain(&other)),
+            other => Self::Transient(polis_core::error::chain(&other).to_string()),
         }
     }
 }
@@ -64,17 +64,6 @@ impl From<serde_json::Error> for HandlerError {
     fn from(e: serde_json::Error) -> Self {
         Self::Permanent(format!("invalid message data: {e}"))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Handles messages of one topic inside the consumer's transaction.
@@ -200,7 +189,7 @@ impl<S: TransactionalStore> Consumer<S> {
                         Ok(delivery) => lanes.dispatch(&consumer, &handler, delivery, permit),
                         Err(BusError::Closed) => return,
                         Err(e) => {
-                            tracing::warn!(consumer = consumer.name, topic = %topic, error = %e, "subscription failed");
+                            tracing::warn!(consumer = consumer.name, topic = %topic, error = %polis_core::error::chain(&e), "subscription failed");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                     }
@@ -228,7 +217,7 @@ impl<S: TransactionalStore> Consumer<S> {
             match settled {
                 Ok(outcome) => break outcome,
                 Err(e) => {
-                    tracing::error!(consumer = self.name, error = %e, retry_in = ?pause, "cannot settle a message");
+                    tracing::error!(consumer = self.name, error = %polis_core::error::chain(&e), retry_in = ?pause, "cannot settle a message");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(self.options.retry_max);
                 }
@@ -236,7 +225,7 @@ impl<S: TransactionalStore> Consumer<S> {
         };
         if let Err(e) = delivery.ack().await {
             // The message will come again; the inbox recognizes it.
-            tracing::warn!(consumer = self.name, error = %e, "acknowledgement failed");
+            tracing::warn!(consumer = self.name, error = %polis_core::error::chain(&e), "acknowledgement failed");
         }
         outcome
     }

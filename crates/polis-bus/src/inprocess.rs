@@ -121,11 +121,18 @@ pub struct InProcessOptions {
     pub retention: Duration,
     /// How often the background cleanup runs.
     pub cleanup_interval: Duration,
+    /// How long the integrity check of the bus file at open may take
+    /// (default 10 s; `None` skips it). A damaged file fails the open.
+    pub integrity_check: Option<Duration>,
 }
 
 impl Default for InProcessOptions {
     fn default() -> Self {
-        Self { retention: Duration::from_secs(24 * 3600), cleanup_interval: Duration::from_secs(60) }
+        Self {
+            retention: Duration::from_secs(24 * 3600),
+            cleanup_interval: Duration::from_secs(60),
+            integrity_check: Some(polis_store::sqlite::INTEGRITY_CHECK_BUDGET),
+        }
     }
 }
 
@@ -220,6 +227,10 @@ impl InProcessBus {
             return Err(BusError::backend("the in-process bus cleanup interval must be positive"));
         }
         let path = path.as_ref();
+        let existing = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        if let (Some(budget), true) = (options.integrity_check, existing) {
+            polis_store::sqlite::check_integrity(path, budget).await.map_err(BusError::backend)?;
+        }
         let conn = engine::open_writer(path, Durability::Normal).map_err(BusError::backend)?;
         conn.execute_batch(SCHEMA).map_err(BusError::backend)?;
         let last: i64 = conn
@@ -775,7 +786,7 @@ async fn cleanup_task(bus: Weak<Inner>, interval: Duration, mut stopped: oneshot
         match (InProcessBus { inner }).cleanup().await {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "deleted acknowledged bus messages past their retention"),
-            Err(e) => tracing::warn!(error = %e, "bus retention cleanup failed"),
+            Err(e) => tracing::warn!(error = %polis_core::error::chain(&e), "bus retention cleanup failed"),
         }
     }
 }
@@ -799,7 +810,7 @@ async fn ack_writer(writer: BatchWriter, mut pending: mpsc::UnboundedReceiver<(C
                 Ok(_) => break,
                 Err(engine::WriteError::Stopped) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?pause, "failed to persist bus ack floors");
+                    tracing::warn!(error = %polis_core::error::chain(&e), retry_in = ?pause, "failed to persist bus ack floors");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }

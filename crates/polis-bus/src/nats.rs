@@ -718,7 +718,7 @@ impl Subscription for NatsSubscription {
                     return Ok(delivery(message));
                 }
                 Some(Err(error)) => {
-                    tracing::warn!(consumer = %self.durable, stream = %self.stream, %error, "pull stream failed; reopening");
+                    tracing::warn!(consumer = %self.durable, stream = %self.stream, error = %polis_core::error::chain(&error), "pull stream failed; reopening");
                     self.messages = None;
                     self.failures = self.failures.saturating_add(1);
                 }

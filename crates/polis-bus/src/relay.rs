@@ -252,7 +252,7 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                 Err(e) => {
                     metrics::counter!("polis_relay_failures_total", "service" => self.store.service().to_owned())
                         .increment(1);
-                    tracing::warn!(service = self.store.service(), error = %e, retry_in = ?backoff, "relay step failed");
+                    tracing::warn!(service = self.store.service(), error = %polis_core::error::chain(&e), retry_in = ?backoff, "relay step failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.options.retry_max);
                     continue;
@@ -288,7 +288,7 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                 tracing::debug!(service, outbox = p.outbox, inbox = p.inbox, "purged old outbox and inbox rows");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(service, error = %e, "purge failed"),
+            Err(e) => tracing::warn!(service, error = %polis_core::error::chain(&e), "purge failed"),
         }
         match self.store.outbox_backlog().await {
             Ok(backlog) => {
@@ -296,7 +296,9 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                 metrics::gauge!("polis_outbox_backlog", "service" => service.clone()).set(backlog.unpublished as f64);
                 metrics::gauge!("polis_outbox_oldest_age_seconds", "service" => service).set(age.as_secs_f64());
             }
-            Err(e) => tracing::warn!(service, error = %e, "reading the outbox backlog failed"),
+            Err(e) => {
+                tracing::warn!(service, error = %polis_core::error::chain(&e), "reading the outbox backlog failed")
+            }
         }
     }
 }

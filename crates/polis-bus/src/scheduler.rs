@@ -141,14 +141,16 @@ impl<S: TransactionalStore> Scheduler<S> {
     fn failed(&self, error: &StoreError, retry_in: Duration, what: &'static str) {
         let service = self.store.service();
         metrics::counter!("polis_scheduler_failures_total", "service" => service.to_owned()).increment(1);
-        tracing::warn!(service, error = %error, ?retry_in, "{what}");
+        tracing::warn!(service, error = %polis_core::error::chain(&error), ?retry_in, "{what}");
     }
 
     async fn refresh_gauge(&self) {
         let service = self.store.service().to_owned();
         match self.store.scheduled_count().await {
             Ok(n) => metrics::gauge!("polis_scheduled_pending", "service" => service).set(n as f64),
-            Err(e) => tracing::warn!(service, error = %e, "counting scheduled messages failed"),
+            Err(e) => {
+                tracing::warn!(service, error = %polis_core::error::chain(&e), "counting scheduled messages failed")
+            }
         }
     }
 }

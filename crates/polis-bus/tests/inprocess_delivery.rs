@@ -151,8 +151,11 @@ async fn subscribing_again_replaces_the_previous_subscription() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_consumer_starts_from_what_the_retention_left() {
     let dir = tempfile::tempdir().unwrap();
-    let options =
-        polis_bus::InProcessOptions { retention: Duration::ZERO, cleanup_interval: Duration::from_secs(3600) };
+    let options = polis_bus::InProcessOptions {
+        retention: Duration::ZERO,
+        cleanup_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
     let bus = InProcessBus::open_with(dir.path().join("bus.db"), options).await.unwrap();
     let topic = Topic::events_of("shop");
     bus.publish(&events(0, 5)).await.unwrap();

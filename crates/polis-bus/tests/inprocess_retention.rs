@@ -16,7 +16,12 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn open(dir: &tempfile::TempDir, retention: Duration, cleanup_interval: Duration) -> InProcessBus {
-    InProcessBus::open_with(dir.path().join("bus.db"), InProcessOptions { retention, cleanup_interval }).await.unwrap()
+    InProcessBus::open_with(
+        dir.path().join("bus.db"),
+        InProcessOptions { retention, cleanup_interval, ..Default::default() },
+    )
+    .await
+    .unwrap()
 }
 
 fn events(n: usize) -> Vec<Message> {

@@ -6,9 +6,13 @@
 //!   servers under `<data-dir>/servers/` unless `POLIS_POSTGRES_URL` /
 //!   `POLIS_NATS_URL` (or `--config`) name servers, then one `polis serve
 //!   <service>` process per service and the gateway, waits until they all
-//!   answer, and serves nothing itself. A process that exits is started
-//!   again after a back-off (1 s, doubling up to 30 s; reset once it has run
-//!   for a minute). Ctrl-c stops the processes, then the local servers.
+//!   answer, and serves nothing itself. A process that exits, a service or
+//!   a local server, is started again after a back-off (1 s, doubling up to
+//!   30 s; reset once it has run for a minute). Ctrl-c stops the processes,
+//!   then the local servers.
+//!
+//! Either way the data directory is this process's alone while it runs, and
+//! must hold the mode asked for (`shop::data_dir`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,8 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use contracts::SagaStyle;
-use shop::distributed::Service;
-use shop::supervisor::{Supervisor, SupervisorOptions};
+use shop::supervisor::{Process, Supervisor, SupervisorOptions};
 
 use crate::Mode;
 
@@ -105,38 +108,43 @@ async fn distributed(args: UpArgs) -> anyhow::Result<()> {
 
     let shutdown = polis_runtime::serve::shutdown_signal();
     tokio::pin!(shutdown);
-    let mut started: BTreeMap<Service, Instant> = Service::ALL.into_iter().map(|s| (s, Instant::now())).collect();
-    let mut backoff: BTreeMap<Service, Duration> = BTreeMap::new();
+    let mut started: BTreeMap<Process, Instant> = BTreeMap::new();
+    let mut backoff: BTreeMap<Process, Duration> = BTreeMap::new();
     // Processes waiting for their restart, and when it is due.
-    let mut pending: BTreeMap<Service, Instant> = BTreeMap::new();
+    let mut pending: BTreeMap<Process, Instant> = BTreeMap::new();
+    let up_since = Instant::now();
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
     'watch: loop {
         tokio::select! {
             () = &mut shutdown => break 'watch,
             _ = watch.tick() => {}
         }
-        for (service, status) in supervisor.exited() {
-            let ran = started.get(&service).map_or(Duration::ZERO, Instant::elapsed);
-            let delay = next_backoff(&mut backoff, service, ran);
-            tracing::warn!(%service, %status, restart_in = ?delay, "a service process exited; restarting it");
-            eprintln!("polis: {service} exited ({status}); restarting it in {} s", delay.as_secs_f64());
-            pending.insert(service, Instant::now() + delay);
+        for (process, status) in supervisor.exited() {
+            let ran = started.get(&process).unwrap_or(&up_since).elapsed();
+            let delay = next_backoff(&mut backoff, process, ran);
+            tracing::warn!(%process, %status, restart_in = ?delay, "a process exited; restarting it");
+            eprintln!("polis: {process} exited ({status}); restarting it in {} s", delay.as_secs_f64());
+            pending.insert(process, Instant::now() + delay);
         }
-        let due: Vec<Service> = pending.iter().filter(|(_, at)| **at <= Instant::now()).map(|(s, _)| *s).collect();
-        for service in due {
-            pending.remove(&service);
+        let due: Vec<Process> = pending.iter().filter(|(_, at)| **at <= Instant::now()).map(|(p, _)| *p).collect();
+        for process in due {
+            pending.remove(&process);
             let restarted = tokio::select! {
                 () = &mut shutdown => break 'watch,
-                result = supervisor.restart(service) => result,
+                result = supervisor.restart(process) => result,
             };
-            started.insert(service, Instant::now());
+            started.insert(process, Instant::now());
             match restarted {
-                Ok(()) => eprintln!("polis: {service} is back at {}", supervisor.url(service)),
+                Ok(()) => match process {
+                    Process::Service(service) => eprintln!("polis: {service} is back at {}", supervisor.url(service)),
+                    _ => eprintln!("polis: {process} is back"),
+                },
                 Err(err) => {
-                    let delay = next_backoff(&mut backoff, service, Duration::ZERO);
-                    tracing::error!(%service, error = %err, restart_in = ?delay, "restarting a service failed");
-                    eprintln!("polis: restarting {service} failed: {err}");
-                    pending.insert(service, Instant::now() + delay);
+                    let delay = next_backoff(&mut backoff, process, Duration::ZERO);
+                    let error = polis_core::error::chain(&err);
+                    tracing::error!(%process, %error, restart_in = ?delay, "restarting a process failed");
+                    eprintln!("polis: restarting {process} failed: {error}");
+                    pending.insert(process, Instant::now() + delay);
                 }
             }
         }
@@ -147,8 +155,8 @@ async fn distributed(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// The wait before the next restart of `service`, which ran for `ran`.
-fn next_backoff(backoff: &mut BTreeMap<Service, Duration>, service: Service, ran: Duration) -> Duration {
-    let slot = backoff.entry(service).or_insert(RESTART_BACKOFF_MIN);
+fn next_backoff(backoff: &mut BTreeMap<Process, Duration>, process: Process, ran: Duration) -> Duration {
+    let slot = backoff.entry(process).or_insert(RESTART_BACKOFF_MIN);
     if ran >= STABLE_AFTER {
         *slot = RESTART_BACKOFF_MIN;
     }

@@ -38,6 +38,15 @@ pub enum StoreError {
     /// The backend failed (connection lost, disk full, ...).
     #[error("event store backend failure")]
     Backend(#[source] BoxError),
+    /// The database file failed its integrity check at open: it is
+    /// damaged (truncated, overwritten) and is not used.
+    #[error("{file} is damaged ({detail}); restore it from a backup, or move it away to start that service empty")]
+    Damaged {
+        /// The database file.
+        file: String,
+        /// What the check reported.
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -85,5 +94,43 @@ impl<E> CommandError<E> {
             Self::Rejected(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+/// Formats an error with its whole cause chain: `err: its source: its
+/// source's source ...`. Logs use it so that the root reason (the OS error,
+/// the server's message) is never lost behind a generic one such as "bus
+/// backend failure": `tracing::warn!(error = %chain(&err), "...")`.
+pub fn chain<'a>(err: &'a (dyn std::error::Error + 'a)) -> Chain<'a> {
+    Chain(err)
+}
+
+/// An error and its causes, displayed on one line; see [`chain`].
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(&'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(source) = next {
+            write!(f, ": {source}")?;
+            next = source.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_shows_every_cause_in_order() {
+        let root = std::io::Error::other("connection refused");
+        let err = crate::BusError::backend(root);
+        assert_eq!(chain(&err).to_string(), "bus backend failure: connection refused");
+        let plain = std::io::Error::other("plain");
+        assert_eq!(chain(&plain).to_string(), "plain");
     }
 }

@@ -80,6 +80,18 @@ impl PostgresServer {
         create_database_at(&self.url()).await
     }
 
+    /// The server process's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.instance.pid()
+    }
+
+    /// Whether the server process has ended by itself (crashed, killed):
+    /// its exit status, reported once. [`Self::restart`] starts it again on
+    /// the same port, with the same files.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.instance.exited()
+    }
+
     /// Shuts down ("fast" shutdown: rolls back open transactions, then
     /// checkpoints) and waits for the server to exit.
     pub async fn stop(&mut self) {

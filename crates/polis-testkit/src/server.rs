@@ -86,6 +86,18 @@ impl Instance {
         self.port
     }
 
+    /// The server's pid while it runs (or has exited without being reaped).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status if the server has exited since it was started, once:
+    /// the process is reaped and forgotten, [`Instance::restart`] boots it
+    /// again.
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        self.reap()
+    }
+
     /// Stops the server if it runs, then boots it again on the same port.
     pub(crate) async fn restart(&mut self) -> Result<(), TestkitError> {
         self.stop().await;

@@ -153,7 +153,7 @@ where
             }
             Err(e) => {
                 let pause = retry.map_or(RETRY_MIN, |p| (p * 2).min(RETRY_MAX));
-                tracing::warn!(error = %e, retry_in = ?pause, "cannot read the orders waited for");
+                tracing::warn!(error = %polis_core::error::chain(&e), retry_in = ?pause, "cannot read the orders waited for");
                 retry = Some(pause);
             }
         }

@@ -16,12 +16,15 @@
 //! - [`supervisor`]: all seven processes on one machine (`polis up --mode
 //!   distributed`), with local PostgreSQL and NATS servers when none are
 //!   configured.
+//! - [`data_dir`]: the data directory both deployments keep their state
+//!   in, locked by its one owner and recording what it holds.
 //! - [`host`]: one service's background machinery, used by both deployments.
 //! - [`client`]: calls into the shop's APIs, in-process or over HTTP.
 //! - [`workload`]: the demo's orders and the shop's invariants, for the CLI
 //!   and the fault tests.
 
 pub mod client;
+pub mod data_dir;
 pub mod distributed;
 pub mod host;
 pub mod supervisor;
@@ -38,6 +41,8 @@ use polis_core::Bus;
 use polis_store::{Durability, SqliteEventStore, SqliteOptions};
 
 pub use host::{HostOptions, Hosted};
+
+use crate::data_dir::{DataDir, Wanted};
 
 /// The shop's settings, shared by both deployments.
 #[derive(Debug, Clone)]
@@ -103,6 +108,8 @@ pub struct Embedded {
     routers: ServiceRouters,
     gateway: Router,
     hosted: Vec<Hosted>,
+    /// Owned while the shop runs; declared last so that it is let go last.
+    data_dir: DataDir,
 }
 
 async fn sqlite(dir: &Path, service: &str) -> anyhow::Result<Arc<SqliteEventStore>> {
@@ -115,9 +122,11 @@ async fn sqlite(dir: &Path, service: &str) -> anyhow::Result<Arc<SqliteEventStor
 }
 
 impl Embedded {
-    /// Opens (or creates) the shop's files under `data_dir` and starts every service.
+    /// Opens (or creates) the shop's files under `data_dir` and starts every
+    /// service. Fails at once, saying why, if another process owns the
+    /// directory or it holds a distributed shop ([`data_dir`]).
     pub async fn start(data_dir: &Path, config: &ShopConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let owned = DataDir::open(data_dir, &Wanted::embedded())?;
         let bus_path = data_dir.join("bus.db");
         let bus: Arc<dyn Bus> = Arc::new(
             InProcessBus::open(&bus_path)
@@ -159,7 +168,7 @@ impl Embedded {
             order: gateway::Upstream::local(routers.order.clone()),
         };
         let gateway = gateway::router(upstreams, config.gateway.clone());
-        Ok(Self { routers, gateway, hosted })
+        Ok(Self { routers, gateway, hosted, data_dir: owned })
     }
 
     /// The gateway's router (bare; the caller adds the standard stack).
@@ -169,6 +178,11 @@ impl Embedded {
 
     pub fn routers(&self) -> &ServiceRouters {
         &self.routers
+    }
+
+    /// The data directory, owned by this shop while it runs.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
     }
 
     /// The services running, by name.

@@ -20,9 +20,19 @@
 //! it dies, however it dies, the kernel sends them SIGTERM (and the local
 //! servers their shutdown signal).
 //!
+//! The supervisor owns its data directory while it runs ([`DataDir`]: an OS
+//! lock, so a second supervisor on it fails at once naming the first one's
+//! pid; and the directory's manifest, so a distributed start on an embedded
+//! shop's directory, or with its servers moved, is refused instead of
+//! starting an empty shop beside the data).
+//!
 //! The supervisor never restarts anything by itself; [`Supervisor::exited`]
-//! reports children that ended and [`Supervisor::restart`] starts one again
-//! (`polis up` does so with a back-off).
+//! reports the [`Process`]es that ended, service processes and local
+//! servers alike, and [`Supervisor::restart`] starts one again (`polis up`
+//! does so with a back-off). A local server comes back on the same port and
+//! files, so the services, which reconnect by themselves, carry on. The
+//! local servers' pids are in `<data-dir>/run/postgres.pid` and
+//! `run/nats-server.pid` while they run.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -37,6 +47,7 @@ use contracts::SagaStyle;
 use polis_runtime::{ConfigLoader, Infra};
 use polis_testkit::{NatsServer, PostgresServer, TestkitError};
 
+use crate::data_dir::{DataDir, DataDirError, ServerPlace, Wanted};
 use crate::distributed::Service;
 
 /// How long a child may take to answer `/healthz` after it was spawned.
@@ -73,7 +84,51 @@ pub enum SupervisorError {
     #[error("`serve {service}` did not answer /healthz within {timeout:?}; the end of {log}:\n{tail}")]
     NotReady { service: Service, timeout: Duration, log: PathBuf, tail: String },
     #[error("no {0} process is running")]
-    NotRunning(Service),
+    NotRunning(Process),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("restarting the local {kind} server on port {port}")]
+    Restart {
+        kind: &'static str,
+        port: u16,
+        #[source]
+        source: TestkitError,
+    },
+}
+
+/// Something the supervisor runs and watches: a process of the shop, or a
+/// server it started because none was configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Process {
+    /// `polis serve <service>`.
+    Service(Service),
+    /// The local PostgreSQL under `<data-dir>/servers/postgres`.
+    Postgres,
+    /// The local NATS server under `<data-dir>/servers/nats`.
+    Nats,
+}
+
+impl Process {
+    /// The name in logs and pid files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Service(service) => service.as_str(),
+            Self::Postgres => "postgres",
+            Self::Nats => "nats-server",
+        }
+    }
+}
+
+impl From<Service> for Process {
+    fn from(service: Service) -> Self {
+        Self::Service(service)
+    }
+}
+
+impl std::fmt::Display for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How to start the distributed shop.
@@ -151,18 +206,26 @@ pub struct Supervisor {
     // Declared after `children` so that, when dropped, services stop before their servers.
     postgres: Option<PostgresServer>,
     nats: Option<NatsServer>,
+    /// Owned while the shop runs; declared last so that it is let go last.
+    data_dir: DataDir,
 }
 
 impl Supervisor {
     /// Starts the servers that are not configured, then every process, and
     /// waits until all of them answer.
     pub async fn start(options: SupervisorOptions) -> Result<Self, SupervisorError> {
+        let infra = load_infra(&options)?;
+        let place = |url: &Option<polis_runtime::Secret<String>>| match url {
+            Some(url) => ServerPlace::of_url(url.expose()),
+            None => ServerPlace::Local,
+        };
+        let wanted = Wanted::distributed(place(&infra.postgres_url), place(&infra.nats_url));
+        let owned = DataDir::open(&options.data_dir, &wanted)?;
         let data_dir = &options.data_dir;
         for dir in ["logs", "run"] {
             fs::create_dir_all(data_dir.join(dir)).map_err(io_err(format!("creating {}/{dir}", data_dir.display())))?;
         }
 
-        let infra = load_infra(&options)?;
         let mut env = Vec::new();
         let postgres = match infra.postgres_url {
             Some(_) => None,
@@ -205,7 +268,10 @@ impl Supervisor {
         // The caller's extras last: they win over everything above.
         env.extend(options.env.iter().cloned());
 
-        let mut supervisor = Self { options, env, addrs, children: BTreeMap::new(), postgres, nats };
+        let mut supervisor = Self { options, env, addrs, children: BTreeMap::new(), postgres, nats, data_dir: owned };
+        for process in [Process::Postgres, Process::Nats] {
+            supervisor.write_server_pid(process);
+        }
         for service in Service::BUSINESS {
             supervisor.spawn(service).await?;
         }
@@ -248,48 +314,90 @@ impl Supervisor {
         self.options.data_dir.join("logs").join(format!("{service}.log"))
     }
 
-    /// A process's pid file, present while it runs.
-    pub fn pid_path(&self, service: Service) -> PathBuf {
-        self.options.data_dir.join("run").join(format!("{service}.pid"))
+    /// A process's pid file, present while it runs: a service's, or a
+    /// local server's (`postgres`, `nats-server`).
+    pub fn pid_path(&self, process: impl Into<Process>) -> PathBuf {
+        self.options.data_dir.join("run").join(format!("{}.pid", process.into()))
+    }
+
+    /// The data directory's owner lock and manifest.
+    pub fn owned_data_dir(&self) -> &DataDir {
+        &self.data_dir
     }
 
     /// SIGKILLs a process, like a crash, and reaps it.
     pub fn kill(&mut self, service: Service) -> Result<(), SupervisorError> {
-        let mut child = self.children.remove(&service).ok_or(SupervisorError::NotRunning(service))?;
+        let mut child = self.children.remove(&service).ok_or(SupervisorError::NotRunning(service.into()))?;
         let _ = child.kill();
         child.wait().map_err(io_err(format!("reaping {service}")))?;
-        self.forget_pid(service);
+        self.forget_pid(service.into());
         tracing::warn!(%service, "killed");
         Ok(())
     }
 
-    /// Processes that ended since the last look, with their status; they are
-    /// forgotten (restart them with [`Supervisor::restart`]).
-    pub fn exited(&mut self) -> Vec<(Service, ExitStatus)> {
+    /// Processes that ended since the last look, with their status: service
+    /// processes and local servers. They are forgotten until restarted with
+    /// [`Supervisor::restart`].
+    pub fn exited(&mut self) -> Vec<(Process, ExitStatus)> {
         let mut ended = Vec::new();
         self.children.retain(|service, child| match child.try_wait() {
             Ok(Some(status)) => {
-                ended.push((*service, status));
+                ended.push((Process::Service(*service), status));
                 false
             }
             _ => true,
         });
-        for (service, _) in &ended {
-            self.forget_pid(*service);
+        if let Some(status) = self.postgres.as_mut().and_then(PostgresServer::exited) {
+            ended.push((Process::Postgres, status));
+        }
+        if let Some(status) = self.nats.as_mut().and_then(NatsServer::exited) {
+            ended.push((Process::Nats, status));
+        }
+        for (process, _) in &ended {
+            self.forget_pid(*process);
         }
         ended
     }
 
     /// Starts a process that is not running (after [`Supervisor::kill`] or
     /// [`Supervisor::exited`]) with the same settings and address, and waits
-    /// until it answers. A running one is stopped first.
-    pub async fn restart(&mut self, service: Service) -> Result<(), SupervisorError> {
-        if let Some(child) = self.children.remove(&service) {
-            stop_child(service, child, STOP_TIMEOUT).await;
-            self.forget_pid(service);
+    /// until it answers. A running one is stopped first. A local server
+    /// comes back on its port and files; after a crash, PostgreSQL runs its
+    /// recovery first.
+    pub async fn restart(&mut self, process: impl Into<Process>) -> Result<(), SupervisorError> {
+        let process = process.into();
+        match process {
+            Process::Service(service) => {
+                if let Some(child) = self.children.remove(&service) {
+                    stop_child(service, child, STOP_TIMEOUT).await;
+                    self.forget_pid(process);
+                }
+                self.spawn(service).await?;
+                self.wait_ready(service).await
+            }
+            Process::Postgres => {
+                let server = self.postgres.as_mut().ok_or(SupervisorError::NotRunning(process))?;
+                let port = server.port();
+                restart_local_postgres(server).await.map_err(|source| SupervisorError::Restart {
+                    kind: "postgres",
+                    port,
+                    source,
+                })?;
+                self.write_server_pid(process);
+                Ok(())
+            }
+            Process::Nats => {
+                let server = self.nats.as_mut().ok_or(SupervisorError::NotRunning(process))?;
+                let port = server.port();
+                server.restart().await.map_err(|source| SupervisorError::Restart {
+                    kind: "nats-server",
+                    port,
+                    source,
+                })?;
+                self.write_server_pid(process);
+                Ok(())
+            }
         }
-        self.spawn(service).await?;
-        self.wait_ready(service).await
     }
 
     /// Stops every process (the gateway first, so no new work comes in),
@@ -298,7 +406,7 @@ impl Supervisor {
         for service in Service::ALL.into_iter().rev() {
             if let Some(child) = self.children.remove(&service) {
                 stop_child(service, child, STOP_TIMEOUT).await;
-                self.forget_pid(service);
+                self.forget_pid(service.into());
             }
         }
         if let Some(server) = &mut self.nats {
@@ -306,6 +414,9 @@ impl Supervisor {
         }
         if let Some(server) = &mut self.postgres {
             server.stop().await;
+        }
+        for process in [Process::Nats, Process::Postgres] {
+            self.forget_pid(process);
         }
     }
 
@@ -332,13 +443,29 @@ impl Supervisor {
             .map_err(io_err(format!("starting `{} serve {service}`", self.options.program.display())))?;
         tracing::info!(%service, pid = child.id(), addr = %self.addr(service), "started");
         let pid_path = self.pid_path(service);
-        let written = fs::write(&pid_path, format!("{}\n", child.id()));
+        let written = write_pid(&pid_path, child.id());
         self.children.insert(service, child);
         written.map_err(io_err(format!("writing {}", pid_path.display())))
     }
 
-    fn forget_pid(&self, service: Service) {
-        let _ = fs::remove_file(self.pid_path(service));
+    fn forget_pid(&self, process: Process) {
+        let _ = fs::remove_file(self.pid_path(process));
+    }
+
+    /// Records a local server's pid, if it is local and running; a failure
+    /// is logged, the pid file being for people and tests.
+    fn write_server_pid(&self, process: Process) {
+        let pid = match process {
+            Process::Postgres => self.postgres.as_ref().and_then(PostgresServer::pid),
+            Process::Nats => self.nats.as_ref().and_then(NatsServer::pid),
+            Process::Service(_) => None,
+        };
+        if let Some(pid) = pid {
+            let path = self.pid_path(process);
+            if let Err(err) = write_pid(&path, pid) {
+                tracing::warn!(path = %path.display(), error = %err, "cannot write a pid file");
+            }
+        }
     }
 
     async fn wait_ready(&mut self, service: Service) -> Result<(), SupervisorError> {
@@ -349,10 +476,10 @@ impl Supervisor {
         })?;
         let deadline = Instant::now() + self.options.ready_timeout;
         loop {
-            let child = self.children.get_mut(&service).ok_or(SupervisorError::NotRunning(service))?;
+            let child = self.children.get_mut(&service).ok_or(SupervisorError::NotRunning(service.into()))?;
             if let Ok(Some(status)) = child.try_wait() {
                 self.children.remove(&service);
-                self.forget_pid(service);
+                self.forget_pid(service.into());
                 let log = self.log_path(service);
                 return Err(SupervisorError::Exited {
                     program: self.options.program.display().to_string(),
@@ -397,7 +524,29 @@ impl Drop for Supervisor {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.forget_pid(service);
+            self.forget_pid(service.into());
+        }
+        for process in [Process::Nats, Process::Postgres] {
+            self.forget_pid(process);
+        }
+    }
+}
+
+fn write_pid(path: &Path, pid: u32) -> std::io::Result<()> {
+    fs::write(path, format!("{pid}\n"))
+}
+
+/// Starts a local PostgreSQL that stopped or crashed again, on its port.
+/// A postmaster that was SIGKILLed leaves backends behind that hold its
+/// shared memory until they notice; the start is retried while they go.
+async fn restart_local_postgres(server: &mut PostgresServer) -> Result<(), TestkitError> {
+    let deadline = Instant::now() + CRASH_LEFTOVERS_TIMEOUT;
+    loop {
+        match server.restart().await {
+            Err(TestkitError::Exited { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            result => return result,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use contracts::order::OrderStatus;
 use contracts::{RejectionReason, SagaStyle};
 use shop::client::Endpoint;
+use shop::workload::{self, Apis, Pacing, Scope};
 use shop::{Embedded, ShopConfig};
 use support::Client;
 
@@ -127,6 +128,93 @@ async fn order_details_compose_and_degrade_when_a_service_is_down(style: SagaSty
         ))
     };
     shop.details_compose_and_degrade(payment_down).await;
+}
+
+/// The shop's APIs as the demo reaches them, in process.
+fn apis(shop: &Embedded) -> Apis {
+    let http = polis_runtime::HttpOptions::default();
+    let routers = shop.routers();
+    Apis {
+        gateway: Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http)),
+        inventory: Endpoint::local(routers.inventory.clone()),
+        payment: Endpoint::local(routers.payment.clone()),
+        shipping: Endpoint::local(routers.shipping.clone()),
+        order: Endpoint::local(routers.order.clone()),
+    }
+}
+
+/// The saga style may change across a restart while orders are in flight,
+/// in both directions: orchestration → choreography → orchestration, a
+/// third of the orders placed (and left undecided) under each. Every order
+/// ends terminal and every safety invariant holds: stock conserved, no
+/// money, stock or shipment held by a failed order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_style_can_change_across_restarts_under_load() {
+    const ORDERS: usize = 90;
+    let dir = tempfile::tempdir().unwrap();
+    let styles = [SagaStyle::Orchestration, SagaStyle::Choreography, SagaStyle::Orchestration];
+    let mut rng = workload::rng(5);
+    let mut run = None;
+    let mut placed = Vec::new();
+    for (round, style) in styles.into_iter().enumerate() {
+        let shop = Embedded::start(dir.path(), &ShopConfig { saga: style, ..ShopConfig::default() }).await.unwrap();
+        let apis = apis(&shop);
+        let (seeded, plan) = match &run {
+            Some(run) => run,
+            None => {
+                let seeded = workload::seed(&apis, &workload::run_tag(), ORDERS, &mut rng).await.unwrap();
+                let plan = workload::plan(&seeded, ORDERS, &mut rng);
+                run.insert((seeded, plan))
+            }
+        };
+        let third = &plan[round * ORDERS / 3..(round + 1) * ORDERS / 3];
+        placed.extend(workload::place_orders(&apis, third, 8, Pacing::Accepted, &|_| {}).await.unwrap());
+        if round + 1 < styles.len() {
+            // Stopped with orders in flight; the next style resumes them.
+            continue;
+        }
+        let scope = Scope::Placed(&placed);
+        let orders = workload::wait_terminal(&apis, scope, Duration::from_secs(120), &|_| {}).await.unwrap();
+        assert_eq!(orders.len(), ORDERS);
+        assert!(orders.values().all(|o| o.status.is_terminal()), "{orders:#?}");
+        let converged = polis_testkit::wait_for(Duration::from_secs(60), || async {
+            workload::safe(&workload::check(&apis, seeded, scope).await.unwrap())
+        })
+        .await;
+        let checks = workload::check(&apis, seeded, scope).await.unwrap();
+        assert!(converged.is_ok(), "{checks:#?}");
+    }
+}
+
+/// A damaged database file is found when the shop starts, not by the first
+/// order that touches a bad page: the start fails naming the file.
+#[tokio::test]
+async fn a_damaged_database_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let shop = Shop::start(dir.path(), &config(SagaStyle::Orchestration)).await;
+        let customer = shop.customer("DE", 1_000_000, "damage").await;
+        let sku = shop.product(100, 50).await;
+        for _ in 0..20 {
+            shop.order(customer, &[(&sku, 1)]).await;
+        }
+    }
+    let order_db = dir.path().join("order.db");
+    // Everything in the main file, as after a clean stop, then a third cut off.
+    let checkpoint = polis_testkit::wait_for(Duration::from_secs(10), || async {
+        let url = format!("sqlite://{}", order_db.display());
+        let Ok(pool) = sqlx::SqlitePool::connect(&url).await else { return false };
+        let done: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&pool).await;
+        pool.close().await;
+        matches!(done, Ok((0, _, _)))
+    });
+    checkpoint.await.unwrap();
+    let len = std::fs::metadata(&order_db).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&order_db).unwrap().set_len(len * 2 / 3).unwrap();
+
+    let err = Embedded::start(dir.path(), &config(SagaStyle::Orchestration)).await.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains(&order_db.display().to_string()) && message.contains("is damaged"), "{message}");
 }
 
 /// Database per service: each service's file holds polis's own tables and

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -50,6 +50,47 @@ pub fn open_writer(path: &Path, durability: Durability) -> rusqlite::Result<Conn
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     Ok(conn)
+}
+
+/// What [`check_integrity`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Integrity {
+    /// `quick_check` passed.
+    Ok,
+    /// The file is damaged: what SQLite reported (the first few problems).
+    Damaged(String),
+    /// The check did not finish within its time budget; nothing is known.
+    Unfinished,
+}
+
+/// Runs SQLite's `PRAGMA quick_check` on the database at `path` (which
+/// must exist) for at most `budget`: it reads every page and checks the
+/// b-tree structure, so a truncated or overwritten file is found at start
+/// rather than by the first request that touches a bad page. Blocking.
+pub fn check_integrity(path: &Path, budget: Duration) -> rusqlite::Result<Integrity> {
+    /// Problems reported at most; one is enough to refuse the file.
+    const MAX_PROBLEMS: usize = 5;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let deadline = Instant::now() + budget;
+    // Called every 10,000 virtual machine steps; `true` interrupts the check.
+    conn.progress_handler(10_000, Some(move || Instant::now() >= deadline));
+    let checked = conn.prepare(&format!("PRAGMA quick_check({MAX_PROBLEMS})")).and_then(|mut statement| {
+        statement.query_map([], |row| row.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()
+    });
+    match checked {
+        Ok(lines) if lines.len() == 1 && lines[0] == "ok" => Ok(Integrity::Ok),
+        Ok(lines) => Ok(Integrity::Damaged(lines.join("; "))),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::OperationInterrupted => {
+            Ok(Integrity::Unfinished)
+        }
+        Err(rusqlite::Error::SqliteFailure(e, message))
+            if matches!(e.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) =>
+        {
+            Ok(Integrity::Damaged(message.unwrap_or_else(|| e.to_string())))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Opens a read-only connection to `path`.
@@ -432,7 +473,7 @@ impl WalSync {
                     self.synced.send_modify(|p| p.synced = target);
                 }
                 Err(e) => {
-                    tracing::error!(wal = %self.wal.display(), error = %e, "fsync of the sqlite WAL failed");
+                    tracing::error!(wal = %self.wal.display(), error = %polis_core::error::chain(&e), "fsync of the sqlite WAL failed");
                     self.synced.send_modify(|p| p.failed = Some(format!("fsync {}: {e}", self.wal.display()).into()));
                     return;
                 }

@@ -56,11 +56,23 @@ pub struct SqliteOptions {
     pub durability: Durability,
     /// Idle read connections kept open.
     pub readers: u32,
+    /// How long the integrity check at open (`PRAGMA quick_check`) may take
+    /// before the store opens without its verdict (default 10 s); `None`
+    /// skips it. A damaged file fails the open with [`StoreError::Damaged`].
+    pub integrity_check: Option<Duration>,
 }
+
+/// The default bound on the integrity check at open.
+pub const INTEGRITY_CHECK_BUDGET: Duration = Duration::from_secs(10);
 
 impl SqliteOptions {
     pub fn new(source: impl Into<String>) -> Self {
-        Self { source: source.into(), durability: Durability::Full, readers: 4 }
+        Self {
+            source: source.into(),
+            durability: Durability::Full,
+            readers: 4,
+            integrity_check: Some(INTEGRITY_CHECK_BUDGET),
+        }
     }
 }
 
@@ -140,6 +152,12 @@ impl SqliteEventStore {
     /// Opens (creating if needed) the database file at `path` and applies migrations.
     pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_owned();
+        // Before the migrations, which would otherwise trip over a damaged
+        // file first and report it less plainly. A new file has nothing to check.
+        let existing = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        if let (Some(budget), true) = (options.integrity_check, existing) {
+            check_integrity(&path, budget).await?;
+        }
         run_migrations(&path, &migrations::sqlite()).await?;
         let writer = engine::open_writer(&path, options.durability).map_err(backend)?;
         let readers = Readers::open(&path, options.readers as usize).map_err(backend)?;
@@ -181,6 +199,25 @@ impl SqliteEventStore {
         let (reply, answer) = oneshot::channel();
         self.inner.writer.send(make(reply)).await.map_err(|_| writer_gone())?;
         answer.await.map_err(|_| writer_gone())?
+    }
+}
+
+/// Refuses a damaged database file: SQLite's `quick_check`, bounded by
+/// `budget` (off the async threads). A check that runs out of time is
+/// logged and the file used, as before the check existed.
+pub async fn check_integrity(path: &Path, budget: Duration) -> Result<(), StoreError> {
+    let file = path.to_owned();
+    let checked = tokio::task::spawn_blocking(move || engine::check_integrity(&file, budget))
+        .await
+        .map_err(backend)?
+        .map_err(backend)?;
+    match checked {
+        engine::Integrity::Ok => Ok(()),
+        engine::Integrity::Damaged(detail) => Err(StoreError::Damaged { file: path.display().to_string(), detail }),
+        engine::Integrity::Unfinished => {
+            tracing::warn!(file = %path.display(), ?budget, "the integrity check did not finish in time; opening without it");
+            Ok(())
+        }
     }
 }
 
@@ -421,7 +458,7 @@ async fn writer_loop(
                 Err(GroupFailure::Transaction { error, rolled_back }) => {
                     // BEGIN or COMMIT failed (busy, disk full, I/O): nothing in the group
                     // is to blame alone, so all of it fails at once.
-                    tracing::warn!(error = %error, size = group.len(), "sqlite group commit failed");
+                    tracing::warn!(error = %polis_core::error::chain(&error), size = group.len(), "sqlite group commit failed");
                     let message = error.to_string();
                     let failures = group.iter().map(|_| Err(StoreError::backend(message.clone()))).collect();
                     reply_all(std::mem::take(&mut group), failures);
@@ -455,7 +492,7 @@ async fn reconnect(tx: &mut SqliteTx, (path, durability): &(PathBuf, Durability)
                 return;
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot reopen the sqlite writer connection; retrying");
+                tracing::error!(error = %polis_core::error::chain(&e), "cannot reopen the sqlite writer connection; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
