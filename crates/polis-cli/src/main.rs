@@ -66,6 +66,26 @@ impl Mode {
     }
 }
 
+/// Parses a count that must be at least 1.
+pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Parses a listen address: `IP:PORT`, or `HOST:PORT` with a host name
+/// that resolves (`localhost:8080`); the first address it resolves to.
+pub(crate) fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut resolved = text.to_socket_addrs().map_err(|err| format!("expected HOST:PORT or IP:PORT ({err})"))?;
+    resolved.next().ok_or_else(|| format!("{text} resolves to no address"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -77,7 +97,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Demo(args) => {
-            let report = shop_demo::run(args).await?;
+            let report = match shop_demo::run(args).await {
+                Ok(report) => report,
+                Err(err) => match err.downcast_ref::<shop_demo::Interrupted>() {
+                    Some(interrupted) => {
+                        eprintln!("polis: {interrupted}");
+                        std::process::exit(130);
+                    }
+                    None => return Err(err),
+                },
+            };
             if !report.all_invariants_hold() {
                 std::process::exit(1);
             }

@@ -17,6 +17,12 @@
 //! directory (`shop::workload::RunRecord`), so that `polis check` can
 //! finish and check a run whose process died.
 //!
+//! Without `--data-dir` the data lives in a temporary directory that is
+//! removed when the demo ends, however it ends short of SIGKILL: after the
+//! report, on an error, and on ctrl-c or SIGTERM (the shop is stopped
+//! first; the exit status is then 130). With `--data-dir` the data is kept,
+//! and an interrupted run says how to finish it.
+//!
 //! Both modes run the same workload and checks over the same APIs: in
 //! process for the embedded shop, over HTTP for the distributed one.
 
@@ -44,11 +50,11 @@ pub(crate) const CONVERGENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Orders to place.
-    #[arg(long, default_value_t = 1000)]
+    /// Orders to place (at least 1).
+    #[arg(long, default_value_t = 1000, value_parser = crate::at_least_one)]
     orders: usize,
-    /// Orders in flight at once.
-    #[arg(long, default_value_t = 32)]
+    /// Orders in flight at once (at least 1).
+    #[arg(long, default_value_t = 32, value_parser = crate::at_least_one)]
     concurrency: usize,
     /// Deployment: embedded (one process, SQLite files, in-process bus) or
     /// distributed (a process per service, PostgreSQL and NATS JetStream).
@@ -60,7 +66,8 @@ pub(crate) struct DemoArgs {
     /// Random seed, for a repeatable workload.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Keep the shop's data here (default: a temporary directory).
+    /// Keep the shop's data here (default: a temporary directory, removed
+    /// when the demo ends).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Distributed mode: a TOML file with the deployment's settings, read by every process.
@@ -86,7 +93,9 @@ pub(crate) struct Report {
     latency_ms_p50: f64,
     latency_ms_p99: f64,
     invariants: Vec<Check>,
-    data_dir: String,
+    /// Where the data is kept; `None` for a temporary directory, which is
+    /// removed when the demo ends.
+    data_dir: Option<String>,
 }
 
 impl Report {
@@ -101,8 +110,14 @@ pub(crate) enum Running {
     Distributed(Box<Supervisor>),
 }
 
+/// The demo was stopped by ctrl-c or SIGTERM; the shop is stopped and a
+/// temporary data directory removed. `main` exits with status 130.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Interrupted(pub(crate) String);
+
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
-    let (data_dir, _temp) = match &args.data_dir {
+    let (data_dir, temp) = match &args.data_dir {
         Some(dir) => (dir.clone(), None),
         None => {
             // Searchable by others (not listable): under root, the local
@@ -116,6 +131,31 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
             (temp.path().to_path_buf(), Some(temp))
         }
     };
+    // The run's future owns the shop: dropping it on a signal stops the shop
+    // (the supervisor's drop stops its processes) before the directory goes.
+    let outcome = tokio::select! {
+        report = demo(&args, &data_dir, temp.is_none()) => report,
+        () = polis_runtime::serve::shutdown_signal() => {
+            let what = match &temp {
+                Some(_) => format!("interrupted; removed the temporary data directory {}", data_dir.display()),
+                None => format!(
+                    "interrupted; the data is kept in {}; `polis check --data-dir {}` finishes the run",
+                    data_dir.display(),
+                    data_dir.display()
+                ),
+            };
+            Err(Interrupted(what).into())
+        }
+    };
+    if let Some(temp) = temp {
+        let path = temp.path().to_path_buf();
+        temp.close().with_context(|| format!("removing the temporary data directory {}", path.display()))?;
+    }
+    outcome
+}
+
+async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Report> {
+    let data_dir = data_dir.to_path_buf();
     let (apis, running) = start(args.mode, args.saga, &data_dir, args.config.clone(), args.json).await?;
 
     let tag = workload::run_tag();
@@ -168,7 +208,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
         latency_ms_p50: percentile(&latencies, 0.50),
         latency_ms_p99: percentile(&latencies, 0.99),
         invariants,
-        data_dir: data_dir.display().to_string(),
+        data_dir: keep.then(|| data_dir.display().to_string()),
     };
     print(&report, args.json)?;
     running.stop().await;
@@ -317,7 +357,10 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         report.mode,
         report.saga.as_str()
     );
-    println!("  data: {}", report.data_dir);
+    match &report.data_dir {
+        Some(dir) => println!("  data: {dir}"),
+        None => println!("  data: a temporary directory, removed at exit (--data-dir keeps it)"),
+    }
     println!();
     report.tally.print();
     println!("  cancellations requested: {}", report.cancel_requests);

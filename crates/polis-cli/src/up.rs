@@ -45,8 +45,9 @@ pub(crate) struct UpArgs {
     /// The shop's data (created if missing; an existing one is resumed).
     #[arg(long, default_value = "polis-data")]
     data_dir: PathBuf,
-    /// Where the gateway listens.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Where the gateway listens: IP:PORT, or HOST:PORT with a host name
+    /// that resolves (`localhost:8080`).
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = crate::listen_address)]
     listen: SocketAddr,
     /// Distributed mode: a TOML file with the deployment's settings, read by every process.
     #[arg(long)]

@@ -180,6 +180,14 @@ async fn up_in_distributed_mode_restarts_a_dead_service_stops_and_resumes() {
     let first = place_one(&gateway).await;
     wait_approved(&gateway, first).await;
 
+    // The data directory has one owner: a second supervisor exits at once.
+    let mut second = polis();
+    second.args(["up", "--mode", "distributed", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    let out = tokio::task::spawn_blocking(move || second.output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let owner = child.0.as_ref().unwrap().id();
+    assert!(!out.status.success() && stderr.contains(&format!("is in use by pid {owner}")), "{stderr}");
+
     // A crashed service is started again, and the shop works on.
     let pid = read_pid(dir.path(), Service::Payment).unwrap();
     let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
@@ -198,6 +206,14 @@ async fn up_in_distributed_mode_restarts_a_dead_service_stops_and_resumes() {
         assert_eq!(read_pid(dir.path(), service), None, "{service} still has a pid file");
     }
 
+    // Not as an embedded shop, which would start empty beside the data.
+    let mut embedded = polis();
+    embedded.args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    let out = tokio::task::spawn_blocking(move || embedded.output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("holds a distributed shop, not --mode embedded"), "{stderr}");
+    assert!(!dir.path().join("order.db").exists(), "a refused start wrote files");
+
     // Same data dir: the same databases and streams.
     let (child, gateway) = up(dir.path(), port).await;
     for id in [first, second] {
@@ -207,6 +223,56 @@ async fn up_in_distributed_mode_restarts_a_dead_service_stops_and_resumes() {
     let third = place_one(&gateway).await;
     wait_approved(&gateway, third).await;
     interrupt(child).await;
+}
+
+fn read_server_pid(dir: &Path, server: &str) -> Option<u32> {
+    std::fs::read_to_string(dir.join(format!("run/{server}.pid"))).ok()?.trim().parse().ok()
+}
+
+/// The local servers are watched like the services: a SIGKILLed NATS server
+/// comes back by itself, an order accepted while it was down is then
+/// decided (it used to stay PENDING for ever) and new orders are approved;
+/// the same for a SIGKILLed postmaster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_restarts_its_local_servers_when_they_die() {
+    let dir = data_dir();
+    let port = polis_testkit::free_port();
+    let (child, gateway) = up(dir.path(), port).await;
+    let first = place_one(&gateway).await;
+    wait_approved(&gateway, first).await;
+
+    let kill = |pid: u32| assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let restarted = |server: &'static str, pid: u32| {
+        let dir = dir.path().to_owned();
+        polis_testkit::wait_for(Duration::from_secs(60), move || {
+            std::future::ready(read_server_pid(&dir, server).is_some_and(|new| new != pid))
+        })
+    };
+
+    let nats = read_server_pid(dir.path(), "nats-server").expect("a pid file for the local nats-server");
+    kill(nats);
+    let during = place_one(&gateway).await;
+    assert!(restarted("nats-server", nats).await.is_ok(), "nats-server was not restarted");
+    // Approved, or rejected if a step's deadline passed while NATS was away:
+    // decided either way, where it used to stay PENDING for ever.
+    let decided = polis_testkit::wait_for(Duration::from_secs(60), || async {
+        gateway.get::<OrderView>(&format!("/api/orders/{during}")).await.is_ok_and(|o| o.status.is_terminal())
+    })
+    .await;
+    assert!(decided.is_ok(), "the order placed while NATS was down was never decided");
+    let again = place_one(&gateway).await;
+    wait_approved(&gateway, again).await;
+
+    let postgres = read_server_pid(dir.path(), "postgres").expect("a pid file for the local postgres");
+    kill(postgres);
+    assert!(restarted("postgres", postgres).await.is_ok(), "postgres was not restarted");
+    let after = place_one(&gateway).await;
+    wait_approved(&gateway, after).await;
+
+    interrupt(child).await;
+    for server in ["nats-server", "postgres"] {
+        assert_eq!(read_server_pid(dir.path(), server), None, "{server} still has a pid file");
+    }
 }
 
 /// A service process SIGKILLed while orders are in flight, started again

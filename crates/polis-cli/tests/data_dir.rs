@@ -1,0 +1,180 @@
+//! What a user gets who points polis at the wrong data directory, or at one
+//! already in use, and what happens to the demo's data when it is
+//! interrupted: real `polis` processes, real signals.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use shop::client::Endpoint;
+use support::polis;
+
+/// A `polis` process that is stopped (SIGTERM, then SIGKILL) if a failing
+/// test drops it.
+struct Running(Option<Child>);
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    async fn signal_and_wait(mut self, signal: &str) -> std::process::ExitStatus {
+        let mut child = self.0.take().unwrap();
+        let sent = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let mut status = None;
+        let exited = polis_testkit::wait_for(Duration::from_secs(60), || {
+            status = status.or_else(|| child.try_wait().unwrap());
+            std::future::ready(status.is_some())
+        })
+        .await;
+        assert!(exited.is_ok(), "polis did not stop on {signal}");
+        status.unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            polis_testkit::process::terminate(&child);
+            for _ in 0..500 {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+async fn spawn(args: &[&str], dir: &Path, log: &str) -> Running {
+    let mut command = polis();
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(dir.join(log)).unwrap());
+    Running(Some(polis_testkit::process::spawn_tethered(command).await.unwrap()))
+}
+
+/// Runs `polis` to its end: it must fail, and say `expected` on stderr.
+async fn fails_saying(args: &[&str], expected: &str) -> Output {
+    let mut command = polis();
+    command.args(args);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+    assert!(stderr.contains(expected), "{args:?} did not say {expected:?}: {stderr}");
+    out
+}
+
+async fn healthy(gateway: &Endpoint) -> bool {
+    gateway.call(Method::GET, "/healthz", None::<&()>).await.is_ok_and(|(status, _)| status == StatusCode::OK)
+}
+
+/// One process owns a data directory: a second `up` (either mode) or a
+/// `demo` on it exits at once naming the owner's pid; after the owner
+/// stopped, a distributed `up` on the embedded shop's directory is refused
+/// before it starts anything. `--listen` takes a host name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_has_one_owner_and_keeps_its_mode() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("shop");
+    let dir_arg = dir.to_str().unwrap();
+    let port = polis_testkit::free_port();
+    let listen = format!("localhost:{port}");
+    let first = spawn(&["up", "--data-dir", dir_arg, "--listen", &listen], root.path(), "first.log").await;
+    let gateway = Endpoint::remote(&format!("http://localhost:{port}")).unwrap();
+    let up = polis_testkit::wait_for(Duration::from_secs(60), || healthy(&gateway)).await;
+    assert!(up.is_ok(), "polis up never answered: {}", std::fs::read_to_string(root.path().join("first.log")).unwrap());
+
+    let in_use = format!("{dir_arg} is in use by pid {}", first.pid());
+    let other = format!("127.0.0.1:{}", polis_testkit::free_port());
+    fails_saying(&["up", "--data-dir", dir_arg, "--listen", &other], &in_use).await;
+    fails_saying(&["up", "--mode", "distributed", "--data-dir", dir_arg, "--listen", &other], &in_use).await;
+    fails_saying(&["demo", "--orders", "1", "--data-dir", dir_arg], &in_use).await;
+    assert!(healthy(&gateway).await, "the owner still serves");
+
+    assert!(first.signal_and_wait("-TERM").await.success());
+    let manifest = std::fs::read_to_string(dir.join("polis-data.json")).unwrap();
+    assert!(manifest.contains(r#""deployment": "embedded""#), "{manifest}");
+    fails_saying(
+        &["up", "--mode", "distributed", "--data-dir", dir_arg, "--listen", &other],
+        "holds an embedded shop, not --mode distributed; run it with --mode embedded",
+    )
+    .await;
+    assert!(!dir.join("servers").exists(), "a refused start started servers");
+}
+
+/// Bad arguments are refused, saying why, before anything starts.
+#[tokio::test]
+async fn bad_arguments_are_named() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    fails_saying(&["demo", "--data-dir", file.to_str().unwrap()], "is not a directory").await;
+    fails_saying(&["up", "--data-dir", file.to_str().unwrap(), "--listen", "127.0.0.1:0"], "is not a directory").await;
+    fails_saying(&["demo", "--concurrency", "0"], "must be at least 1").await;
+    fails_saying(&["demo", "--orders", "0"], "must be at least 1").await;
+    fails_saying(&["up", "--listen", "nowhere"], "expected HOST:PORT or IP:PORT").await;
+}
+
+/// Waits until a demo under `temp` has recorded its run (it is seeded and
+/// placing orders) and returns its data directory.
+async fn demo_dir_under(temp: &Path) -> std::path::PathBuf {
+    let mut found = None;
+    let recorded = polis_testkit::wait_for(Duration::from_secs(60), || {
+        found = std::fs::read_dir(temp).unwrap().flatten().map(|e| e.path()).find(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with("polis-demo-") && p.join("demo-run.json").is_file()
+        });
+        std::future::ready(found.is_some())
+    })
+    .await;
+    assert!(recorded.is_ok(), "no demo directory with a recorded run under {}", temp.display());
+    found.unwrap()
+}
+
+/// An interrupted demo removes its temporary data directory (it used to
+/// leave it behind, up to 198 MB, saying nothing) and exits with 130; with
+/// `--data-dir` the data is kept and named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_demo_removes_its_temporary_data_or_names_the_kept_one() {
+    let root = tempfile::tempdir().unwrap();
+    let temp = root.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
+    let mut command = polis();
+    command
+        .args(["demo", "--orders", "1000000", "--json"])
+        .env("TMPDIR", &temp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.path().join("demo.log")).unwrap());
+    let demo = Running(Some(polis_testkit::process::spawn_tethered(command).await.unwrap()));
+    let data = demo_dir_under(&temp).await;
+    let status = demo.signal_and_wait("-INT").await;
+    let log = std::fs::read_to_string(root.path().join("demo.log")).unwrap();
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(!data.exists(), "{} was left behind: {log}", data.display());
+    assert!(log.contains("removed the temporary data directory"), "{log}");
+
+    let kept = root.path().join("kept");
+    let mut command = polis();
+    command
+        .args(["demo", "--orders", "1000000", "--json", "--data-dir", kept.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.path().join("kept.log")).unwrap());
+    let demo = Running(Some(polis_testkit::process::spawn_tethered(command).await.unwrap()));
+    let recorded =
+        polis_testkit::wait_for(Duration::from_secs(60), || std::future::ready(kept.join("demo-run.json").is_file()))
+            .await;
+    assert!(recorded.is_ok(), "the demo never recorded its run");
+    let status = demo.signal_and_wait("-TERM").await;
+    let log = std::fs::read_to_string(root.path().join("kept.log")).unwrap();
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(kept.join("order.db").is_file(), "the kept data is gone");
+    assert!(log.contains(&format!("the data is kept in {}", kept.display())), "{log}");
+}
