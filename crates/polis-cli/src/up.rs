@@ -75,7 +75,7 @@ async fn embedded(args: UpArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the gateway's address")?;
     tracing::info!(%addr, data_dir = %args.data_dir.display(), saga = saga.as_str(), "the shop is up");
     eprintln!("polis: the shop is up at http://{addr}/api (data in {}); ctrl-c stops it", args.data_dir.display());
-    polis_runtime::serve::serve(listener, router, polis_runtime::serve::shutdown_signal()).await?;
+    polis_runtime::serve::serve(listener, router, &http, polis_runtime::serve::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! |-------------------------------------------|--------|--------------------------|
 //! | content type missing or not JSON          | 415    | `unsupported-media-type` |
 //! | body over the limit                       | 413    | `payload-too-large`      |
+//! | body not arrived by its deadline          | 408    | `request-timeout`        |
 //! | not JSON (syntax error, truncated, empty) | 400    | `bad-request`            |
 //! | JSON of the wrong shape                   | 422    | `validation`, field named|
 //!
@@ -18,6 +19,7 @@
 //! non-empty list) go in a [`Validate`] impl; [`ValidJson<T>`] extracts and
 //! then validates, answering 422 with every violation listed.
 
+use std::error::Error as StdError;
 use std::ops::{Deref, DerefMut};
 
 use axum::body::Bytes;
@@ -26,8 +28,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tower_http::timeout::TimeoutError;
 
-use crate::layers::BodyLimit;
+use crate::layers::{BodyDeadline, BodyLimit};
 use crate::problem::{ApiError, FieldError};
 
 /// A JSON request body or response.
@@ -50,9 +53,12 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         check_content_type(req.headers())?;
         let limit = req.extensions().get::<BodyLimit>().copied();
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 payload_too_large(limit)
+            } else if caused_by::<TimeoutError>(&rejection) {
+                request_timeout(deadline)
             } else {
                 // The connection broke or the body stream failed mid-way.
                 ApiError::bad_request("the request body could not be read").with_cause(rejection)
@@ -135,6 +141,30 @@ fn payload_too_large(limit: Option<BodyLimit>) -> ApiError {
         }
         None => ApiError::payload_too_large("the request body is larger than this endpoint accepts"),
     }
+}
+
+fn request_timeout(deadline: Option<BodyDeadline>) -> ApiError {
+    match deadline {
+        Some(BodyDeadline(timeout)) => {
+            let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            ApiError::request_timeout(format!("the request body did not arrive within {millis} ms"))
+                .with_extension("timeout_ms", millis)
+        }
+        None => ApiError::request_timeout("the request body did not arrive in time"),
+    }
+}
+
+/// Whether `err` or any error in its `source()` chain is an `E` (the body
+/// errors come wrapped in axum's and http-body-util's boxes).
+fn caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if err.is::<E>() {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 fn reject(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {

@@ -18,16 +18,21 @@
 //!    the same status and headers; a short plain-text 4xx body becomes the
 //!    `detail`, any other body is dropped (a handler that wants to say more
 //!    returns an [`ApiError`]). So clients meet exactly one error shape.
-//! 5. **body limit** ([`HttpOptions::max_body_bytes`], default 64 KiB): a
-//!    declared `content-length` over it is answered 413 before the handler
-//!    runs; a body that turns out larger while streaming fails to read, which
-//!    [`Json`] answers with the same 413.
+//! 5. **body limit and deadline** ([`HttpOptions::max_body_bytes`], default
+//!    64 KiB; [`HttpOptions::body_read_timeout_ms`], default 30 s): a
+//!    declared `content-length` over the limit is answered 413 before the
+//!    handler runs; a body that turns out larger while streaming fails to
+//!    read, which [`Json`] answers with the same 413; a body that has not
+//!    fully arrived by the deadline (counted from when the request reached
+//!    the stack) fails to read too, which [`Json`] answers 408.
 //!
 //! plus `GET /healthz`, a 404 problem for unknown paths and a 405 problem
 //! (keeping axum's `allow` header) for known paths with the wrong method.
 
 use std::any::Any;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU64;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
@@ -39,6 +44,7 @@ use axum::routing::get;
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::DeadlineBody;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span};
 
@@ -59,6 +65,12 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 const MAX_DETAIL_BYTES: usize = 1024;
 
 /// The `http` section of a service's configuration.
+///
+/// The four timeouts bound how long a client can hold a connection without
+/// making progress (slowloris); [`crate::serve`] applies the head, idle and
+/// shutdown ones, [`with_standard_stack`] the body one. Each is in
+/// milliseconds, so that a TOML file and a `POLIS__HTTP__…` variable
+/// write it the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -68,11 +80,38 @@ pub struct HttpOptions {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes (default 64 KiB).
     pub max_body_bytes: usize,
+    /// How long a client has to send a request's head (request line and
+    /// headers), in milliseconds (default 10 000): from the connection's
+    /// accept for its first request, from the head's first byte for later
+    /// ones. Past it the connection is closed without an answer, as there
+    /// is no request to answer.
+    pub header_read_timeout_ms: NonZeroU64,
+    /// How long a request's whole body may take to arrive once the request
+    /// reached the service, in milliseconds (default 30 000, ample for 64
+    /// KiB at modem speed). Past it the read fails and [`Json`] answers
+    /// 408.
+    pub body_read_timeout_ms: NonZeroU64,
+    /// How long a keep-alive connection may wait for its next request, in
+    /// milliseconds (default 75 000: longer than the gateway's 60 s pool
+    /// idle timeout, so that the client side closes an idle connection
+    /// first and never sends on one the server is closing).
+    pub idle_timeout_ms: NonZeroU64,
+    /// On shutdown, how long requests in flight get to finish, in
+    /// milliseconds (default 10 000); then the remaining connections are
+    /// closed and `serve` returns. 0 closes them at once.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self { listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)), max_body_bytes: 64 * 1024 }
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            max_body_bytes: 64 * 1024,
+            header_read_timeout_ms: millis(10_000),
+            body_read_timeout_ms: millis(30_000),
+            idle_timeout_ms: millis(75_000),
+            shutdown_grace_ms: 10_000,
+        }
     }
 }
 
@@ -86,6 +125,58 @@ impl HttpOptions {
         self.max_body_bytes = bytes;
         self
     }
+
+    /// Sets [`HttpOptions::header_read_timeout_ms`] (at least 1 ms).
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout_ms = positive_millis(timeout);
+        self
+    }
+
+    /// Sets [`HttpOptions::body_read_timeout_ms`] (at least 1 ms).
+    pub fn with_body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout_ms = positive_millis(timeout);
+        self
+    }
+
+    /// Sets [`HttpOptions::idle_timeout_ms`] (at least 1 ms).
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout_ms = positive_millis(timeout);
+        self
+    }
+
+    /// Sets [`HttpOptions::shutdown_grace_ms`].
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace_ms = grace.as_millis().try_into().unwrap_or(u64::MAX);
+        self
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms.get())
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms.get())
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.get())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+const fn millis(millis: u64) -> NonZeroU64 {
+    match NonZeroU64::new(millis) {
+        Some(millis) => millis,
+        None => NonZeroU64::MIN,
+    }
+}
+
+fn positive_millis(duration: Duration) -> NonZeroU64 {
+    let millis = duration.as_millis().try_into().unwrap_or(u64::MAX);
+    NonZeroU64::new(millis).unwrap_or(NonZeroU64::MIN)
 }
 
 /// Wraps a service's router in the standard stack (see the module docs).
@@ -103,6 +194,7 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let limit = options.max_body_bytes;
+    let guard = BodyGuard { limit, deadline: options.body_read_timeout() };
     // `Router::layer` wraps routes and fallbacks alike; the last layer added
     // is the outermost.
     router
@@ -112,7 +204,7 @@ where
         // axum's own extractors (Bytes, String, ...) apply their default 2 MiB
         // limit on top of ours unless told the same number.
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(limit, limit_body))
+        .layer(middleware::from_fn_with_state(guard, guard_body))
         .layer(middleware::from_fn(problems_everywhere))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
@@ -212,7 +304,19 @@ fn request_span(req: &Request) -> Span {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BodyLimit(pub(crate) usize);
 
-async fn limit_body(State(limit): State<usize>, mut req: Request, next: Next) -> Response {
+/// The configured body read timeout, for rejections that want to name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyDeadline(pub(crate) Duration);
+
+/// What [`guard_body`] enforces on every request body.
+#[derive(Debug, Clone, Copy)]
+struct BodyGuard {
+    limit: usize,
+    deadline: Duration,
+}
+
+async fn guard_body(State(guard): State<BodyGuard>, mut req: Request, next: Next) -> Response {
+    let BodyGuard { limit, deadline } = guard;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -223,9 +327,12 @@ async fn limit_body(State(limit): State<usize>, mut req: Request, next: Next) ->
             .with_extension("limit_bytes", limit)
             .into_response();
     }
-    // Chunked or lying bodies are cut off while they stream.
+    // Chunked or lying bodies are cut off while they stream. The deadline
+    // is for the whole body, not between chunks: a client trickling a byte
+    // now and then must not hold the request open either.
     req.extensions_mut().insert(BodyLimit(limit));
-    let req = req.map(|body| axum::body::Body::new(Limited::new(body, limit)));
+    req.extensions_mut().insert(BodyDeadline(deadline));
+    let req = req.map(|body| axum::body::Body::new(DeadlineBody::new(deadline, Limited::new(body, limit))));
     next.run(req).await
 }
 
@@ -317,5 +424,16 @@ mod tests {
     #[test]
     fn default_options_limit_bodies_to_64_kib() {
         assert_eq!(HttpOptions::default().max_body_bytes, 65_536);
+    }
+
+    #[test]
+    fn default_timeouts_are_the_documented_ones() {
+        let options = HttpOptions::default();
+        assert_eq!(options.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(options.body_read_timeout(), Duration::from_secs(30));
+        assert_eq!(options.idle_timeout(), Duration::from_secs(75));
+        assert_eq!(options.shutdown_grace(), Duration::from_secs(10));
+        // A zero read timeout would close every connection at once.
+        assert_eq!(options.with_idle_timeout(Duration::ZERO).idle_timeout(), Duration::from_millis(1));
     }
 }

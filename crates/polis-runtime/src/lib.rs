@@ -22,7 +22,7 @@
 //! let routes = Router::new().route("/orders", post(place_order));
 //! let router = polis_runtime::with_standard_stack(routes, &config.http);
 //! let listener = serve::bind(config.http.listen).await?;
-//! serve::serve(listener, router, serve::shutdown_signal()).await
+//! serve::serve(listener, router, &config.http, serve::shutdown_signal()).await
 //! # }
 //! ```
 //!
@@ -33,10 +33,12 @@
 //! - [`json`]: the [`Json`] extractor and response whose rejections are
 //!   problems, and [`Validate`] / [`ValidJson`] for domain validation;
 //! - [`layers`]: [`with_standard_stack`] (request id, trace, panics, body
-//!   limit, 404 / 405 problems, `GET /healthz`) and [`HttpOptions`];
+//!   limit and deadline, 404 / 405 problems, `GET /healthz`) and
+//!   [`HttpOptions`];
 //! - [`page`]: [`Page`], keyset pagination (`?limit=N&after=KEY`) for lists;
-//! - [`serve`]: binding, serving with graceful shutdown on ctrl-c / SIGTERM,
-//!   and background servers for tests and embedded hosting;
+//! - [`serve`]: binding, serving with head, idle and shutdown deadlines
+//!   (graceful shutdown on ctrl-c / SIGTERM), problem+json for requests that
+//!   do not parse, and background servers for tests and embedded hosting;
 //! - [`config`]: defaults → TOML file → environment, [`Secret`], [`Infra`];
 //! - [`telemetry`]: [`init_tracing`], the log subscriber.
 

@@ -179,6 +179,11 @@ impl ApiError {
         Self::polis(StatusCode::PAYLOAD_TOO_LARGE, types::PAYLOAD_TOO_LARGE, "Payload too large").with_detail(detail)
     }
 
+    /// 408: the client did not send the request (its body) in time.
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self::polis(StatusCode::REQUEST_TIMEOUT, types::REQUEST_TIMEOUT, "Request timeout").with_detail(detail)
+    }
+
     /// 503: a dependency is down; the client may retry later. Attach the
     /// cause with [`ApiError::with_cause`] so that it is logged.
     pub fn service_unavailable(detail: impl Into<String>) -> Self {
@@ -299,6 +304,7 @@ pub mod types {
     pub const BAD_REQUEST: &str = "https://polis.dev/problems/bad-request";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "https://polis.dev/problems/unsupported-media-type";
     pub const PAYLOAD_TOO_LARGE: &str = "https://polis.dev/problems/payload-too-large";
+    pub const REQUEST_TIMEOUT: &str = "https://polis.dev/problems/request-timeout";
     pub const SERVICE_UNAVAILABLE: &str = "https://polis.dev/problems/service-unavailable";
     pub const GATEWAY_TIMEOUT: &str = "https://polis.dev/problems/gateway-timeout";
     pub const INTERNAL: &str = "https://polis.dev/problems/internal";
@@ -458,6 +464,7 @@ mod tests {
             types::BAD_REQUEST,
             types::UNSUPPORTED_MEDIA_TYPE,
             types::PAYLOAD_TOO_LARGE,
+            types::REQUEST_TIMEOUT,
             types::SERVICE_UNAVAILABLE,
             types::GATEWAY_TIMEOUT,
             types::INTERNAL,

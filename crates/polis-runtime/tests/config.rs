@@ -79,6 +79,7 @@ fn the_file_overrides_defaults_field_by_field() {
         r#"
         [http]
         listen = "0.0.0.0:9000"
+        idle_timeout_ms = 5000
 
         [orders]
         currency = "CHF"
@@ -86,9 +87,11 @@ fn the_file_overrides_defaults_field_by_field() {
     );
     let config: OrdersConfig = ConfigLoader::new().file(&file.path).env_vars(NO_ENV).load().unwrap();
     assert_eq!(config.http.listen, "0.0.0.0:9000".parse::<SocketAddr>().unwrap());
+    assert_eq!(config.http.idle_timeout(), std::time::Duration::from_secs(5));
     assert_eq!(config.orders.currency, "CHF");
     // What the file leaves out keeps its default.
     assert_eq!(config.http.max_body_bytes, 64 * 1024);
+    assert_eq!(config.http.header_read_timeout(), HttpOptions::default().header_read_timeout());
     assert_eq!(config.orders.max_lines, 50);
 }
 

@@ -321,6 +321,28 @@ async fn a_streamed_body_over_the_limit_is_413() {
 }
 
 #[tokio::test]
+async fn a_body_that_stops_arriving_is_a_408_problem_at_the_deadline() {
+    // Four bytes of a declared hundred, then nothing: a slowloris body.
+    let stalled = || {
+        let start = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"{\"a\""))]);
+        Body::from_stream(futures::StreamExt::chain(start, futures::stream::pending()))
+    };
+    let deadline = std::time::Duration::from_millis(200);
+    let app = with_standard_stack(
+        Router::new().route("/echo", post(echo)),
+        &HttpOptions::default().with_body_read_timeout(deadline),
+    );
+    let request = Request::post("/echo")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, "100")
+        .body(stalled())
+        .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), send_to(app, request)).await.unwrap();
+    let problem = answer.problem(StatusCode::REQUEST_TIMEOUT, types::REQUEST_TIMEOUT);
+    assert_eq!(problem["timeout_ms"], 200);
+}
+
+#[tokio::test]
 async fn a_request_id_is_generated_as_uuid_v7() {
     let answer = send(get_request("/whoami")).await;
     assert_eq!(answer.status, StatusCode::OK);

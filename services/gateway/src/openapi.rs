@@ -2,7 +2,7 @@
 //!
 //! Each route's own answers are declared on its handler (`#[utoipa::path]`);
 //! the error answers every route shares are added here, once, by
-//! `SharedErrors`: the gateway's own (413, 415 and 400 on a body, 502,
+//! `SharedErrors`: the gateway's own (408, 413, 415 and 400 on a body, 502,
 //! 503 and 504 on upstream trouble, 500) and the services' 422 on bodies.
 //! The schemas of the bodies are the contracts' types themselves.
 
@@ -118,8 +118,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 struct SharedErrors;
 
 /// `(status, component name, description, for operations with a body only)`.
-const SHARED: [(&str, &str, &str, bool); 8] = [
+const SHARED: [(&str, &str, &str, bool); 9] = [
     ("400", "BadRequest", "The body is not JSON.", true),
+    ("408", "RequestTimeout", "The body did not arrive in time (30 s by default).", true),
     ("413", "PayloadTooLarge", "The body is larger than the gateway accepts.", true),
     ("415", "UnsupportedMediaType", "The body is not sent as `application/json`.", true),
     ("422", "ValidationFailed", "A field of the body is invalid; `errors` names each one.", true),

@@ -16,7 +16,7 @@ use support::*;
 
 async fn listen(router: Router) -> RunningServer {
     let listener = serve::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
-    serve::spawn(listener, router).unwrap()
+    serve::spawn(listener, router, &polis_runtime::HttpOptions::default()).unwrap()
 }
 
 /// The six fakes, each on its own server; the customer service behind a

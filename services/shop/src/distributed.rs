@@ -165,6 +165,13 @@ pub enum DistributedError {
 ///
 /// [nats]
 /// ack_wait_ms = 30000
+///
+/// [http]                        # every process's HTTP server (its listen address is in [listen])
+/// max_body_bytes = 65536
+/// header_read_timeout_ms = 10000
+/// body_read_timeout_ms = 30000
+/// idle_timeout_ms = 75000
+/// shutdown_grace_ms = 10000
 /// ```
 ///
 /// plus the `order`, `payment`, `shipping` and `gateway` sections of each
@@ -191,6 +198,9 @@ pub struct DistributedConfig {
     pub payment: payment::Config,
     pub shipping: shipping::Config,
     pub gateway: gateway::GatewayConfig,
+    /// Every process's HTTP server: body limit and timeouts; its `listen`
+    /// is replaced by the process's address in `listen`.
+    pub http: HttpOptions,
     /// Consumer, relay and scheduler tuning: not read from files or the
     /// environment (their defaults suit the shop); for tests and embedders.
     #[serde(skip)]
@@ -219,6 +229,7 @@ impl Default for DistributedConfig {
             payment: payment::Config::default(),
             shipping: shipping::Config::default(),
             gateway: gateway::GatewayConfig::default(),
+            http: HttpOptions::default(),
             consumer: crate::consumer_options(),
             host: HostOptions::default(),
             silent: Vec::new(),
@@ -447,10 +458,10 @@ impl Node {
             }
         };
         let listen = config.listen.get(service);
-        let http = HttpOptions::default().with_listen(listen);
+        let http = config.http.clone().with_listen(listen);
         let router = polis_runtime::with_standard_stack(router, &http);
         let listener = polis_runtime::serve::bind(listen).await?;
-        let server = polis_runtime::serve::spawn(listener, router)?;
+        let server = polis_runtime::serve::spawn(listener, router, &http)?;
         tracing::info!(%service, addr = %server.addr(), "service is up");
         Ok(Self { service, database: config.database(service), server, hosted })
     }
@@ -668,6 +679,7 @@ mod tests {
             ("POLIS__SAGA", "choreography"),
             ("POLIS__DATABASE_PREFIX", "shop1"),
             ("POLIS__NATS__ACK_WAIT_MS", "2500"),
+            ("POLIS__HTTP__IDLE_TIMEOUT_MS", "5000"),
         ])
         .unwrap();
         assert_eq!(config.listen.payment, "0.0.0.0:9004".parse().unwrap());
@@ -677,6 +689,7 @@ mod tests {
         assert_eq!(config.saga, SagaStyle::Choreography);
         assert_eq!(config.database(Service::Order).as_deref(), Some("shop1_order"));
         assert_eq!(config.nats_options().ack_wait, Duration::from_millis(2500));
+        assert_eq!(config.http.idle_timeout(), Duration::from_secs(5));
         assert!(config.infra.postgres_url.is_some());
         assert!(!format!("{config:?}").contains("pw"));
     }
@@ -689,6 +702,7 @@ mod tests {
             (vec![("POLIS__DATABASE_PREFIX", "x".repeat(60).leak() as &str)], "database_prefix"),
             (vec![("POLIS__MAX_CONNECTIONS", "1")], "max_connections"),
             (vec![("POLIS__NATS__ACK_WAIT_MS", "0")], "ack_wait_ms"),
+            (vec![("POLIS__HTTP__HEADER_READ_TIMEOUT_MS", "0")], "header_read_timeout_ms"),
             (vec![("POLIS__PAYMENT__DECLINE_RATE", "1.5")], "decline_rate"),
             (vec![("POLIS__LISTEN__PAYMENT", "nowhere")], "payment"),
             (vec![("POLIS__NOPE", "1")], "nope"),
