@@ -35,6 +35,8 @@
 //! - [`layers`]: [`with_standard_stack`] (request id, trace, panics, body
 //!   limit, 404 / 405 problems, `GET /healthz`) and [`HttpOptions`];
 //! - [`page`]: [`Page`], keyset pagination (`?limit=N&after=KEY`) for lists;
+//! - [`id`]: the one accepted form of a UUID in a request, and [`PathId`],
+//!   the extractor of a route's id (400 naming the parameter otherwise);
 //! - [`serve`]: binding, serving with graceful shutdown on ctrl-c / SIGTERM,
 //!   and background servers for tests and embedded hosting;
 //! - [`config`]: defaults → TOML file → environment, [`Secret`], [`Infra`];
@@ -43,6 +45,7 @@
 use std::net::SocketAddr;
 
 pub mod config;
+pub mod id;
 pub mod json;
 pub mod layers;
 pub mod page;
@@ -51,9 +54,10 @@ pub mod serve;
 pub mod telemetry;
 
 pub use config::{ConfigLoader, Infra, Secret};
+pub use id::PathId;
 pub use json::{Json, ValidJson, Validate, Violations};
 pub use layers::{HttpOptions, RequestId, with_standard_stack};
-pub use page::Page;
+pub use page::{Page, PageKey};
 pub use problem::{ApiError, FieldError};
 pub use telemetry::init_tracing;
 

@@ -129,6 +129,13 @@ async fn order_details_compose_and_degrade_when_a_service_is_down(style: SagaSty
     shop.details_compose_and_degrade(payment_down).await;
 }
 
+/// A customer's orders are read through the gateway a page at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_orders_are_read_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    Shop::start(dir.path(), &config(SagaStyle::Orchestration)).await.customer_orders_are_paged().await;
+}
+
 /// Database per service: each service's file holds polis's own tables and
 /// that service's tables, nothing of another service's.
 #[tokio::test]
