@@ -36,6 +36,8 @@
 //!   limit and deadline, 404 / 405 problems, `GET /healthz`) and
 //!   [`HttpOptions`];
 //! - [`page`]: [`Page`], keyset pagination (`?limit=N&after=KEY`) for lists;
+//! - [`id`]: the one accepted form of a UUID in a request, and [`PathId`],
+//!   the extractor of a route's id (400 naming the parameter otherwise);
 //! - [`serve`]: binding, serving with head, idle and shutdown deadlines
 //!   (graceful shutdown on ctrl-c / SIGTERM), problem+json for requests that
 //!   do not parse, and background servers for tests and embedded hosting;
@@ -45,6 +47,7 @@
 use std::net::SocketAddr;
 
 pub mod config;
+pub mod id;
 pub mod json;
 pub mod layers;
 pub mod page;
@@ -53,9 +56,10 @@ pub mod serve;
 pub mod telemetry;
 
 pub use config::{ConfigLoader, Infra, Secret};
+pub use id::PathId;
 pub use json::{Json, ValidJson, Validate, Violations};
 pub use layers::{HttpOptions, RequestId, with_standard_stack};
-pub use page::Page;
+pub use page::{Page, PageKey};
 pub use problem::{ApiError, FieldError};
 pub use telemetry::init_tracing;
 

@@ -4,6 +4,7 @@
 use chrono::Utc;
 use contracts::catalog::Product;
 use polis_core::StoreError;
+use polis_runtime::Page;
 use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore};
 
@@ -60,12 +61,17 @@ where
     row.as_ref().map(product).transpose()
 }
 
-/// Ordered by sku byte for byte: SQLite's default, and the `"C"` collation
-/// the PostgreSQL migration gives the column.
-pub(crate) async fn list<S: SqlStore>(store: &S) -> Result<Vec<Product>, StoreError>
+/// A page of products, ordered by sku byte for byte: SQLite's default, and
+/// the `"C"` collation the PostgreSQL migration gives the column.
+pub(crate) async fn list<S: SqlStore>(store: &S, page: &Page<String>) -> Result<Vec<Product>, StoreError>
 where
     S::Tx: Sql,
 {
-    let rows = store.query("SELECT sku, name, price FROM products ORDER BY sku", args![]).await?;
+    let rows = store
+        .query(
+            "SELECT sku, name, price FROM products WHERE sku > $1 ORDER BY sku LIMIT $2",
+            args![page.after_key(), page.sql_limit()],
+        )
+        .await?;
     rows.iter().map(product).collect()
 }

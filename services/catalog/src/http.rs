@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use contracts::catalog::{ChangePrice, Product};
-use polis_runtime::{ApiError, Json};
+use polis_runtime::{ApiError, Json, Page};
 use polis_store::sql::{Sql, SqlStore};
 
 use crate::Catalog;
@@ -36,12 +36,12 @@ where
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(product)).into_response())
 }
 
-async fn list<S>(State(service): State<Catalog<S>>) -> Result<Json<Vec<Product>>, ApiError>
+async fn list<S>(State(service): State<Catalog<S>>, page: Page<String>) -> Result<Json<Vec<Product>>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(service.list().await?))
+    Ok(Json(service.list(&page).await?))
 }
 
 async fn fetch<S>(

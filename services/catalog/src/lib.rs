@@ -14,11 +14,13 @@
 //! | request                      | answer                                   |
 //! |------------------------------|------------------------------------------|
 //! | `POST /products`             | 201 `Product` + `Location`; 422; 409 sku |
-//! | `GET /products`              | 200, every product ordered by sku        |
+//! | `GET /products?limit&after`  | 200, a page of products ordered by sku   |
 //! | `GET /products/{sku}`        | 200 `Product`; 404                       |
 //! | `PUT /products/{sku}/price`  | 200 `Product`; 422; 404                  |
 //!
 //! Skus are case-sensitive and compared byte for byte, on both backends.
+//! The list is paged by sku with `polis_runtime::Page` (`?limit=N&after=SKU`,
+//! 1,000 by default, at most 10,000).
 
 mod db;
 mod http;
@@ -30,7 +32,7 @@ use contracts::SagaStyle;
 use contracts::catalog::{ChangePrice, PriceChanged, Product, ProductAdded};
 use polis_bus::{Consumer, ConsumerOptions};
 use polis_core::{Message, StoreError, Transaction};
-use polis_runtime::{ApiError, FieldError};
+use polis_runtime::{ApiError, FieldError, Page};
 use polis_store::sql::{Sql, SqlStore};
 
 pub const SERVICE: &str = contracts::catalog::SERVICE;
@@ -151,9 +153,9 @@ where
         db::get(self.store.as_ref(), sku).await?.ok_or_else(|| Error::NotFound(sku.to_owned()))
     }
 
-    /// Every product, ordered by sku. Unpaginated: an admin and demo tool.
-    pub async fn list(&self) -> Result<Vec<Product>, Error> {
-        Ok(db::list(self.store.as_ref()).await?)
+    /// A page of products, ordered by sku.
+    pub async fn list(&self, page: &Page<String>) -> Result<Vec<Product>, Error> {
+        Ok(db::list(self.store.as_ref(), page).await?)
     }
 
     /// Sets a product's price and announces it with `PriceChanged`; setting

@@ -1,26 +1,23 @@
 //! What a valid product is. Every broken rule is reported with its field:
 //!
 //! - `sku`: 1 to [`MAX_SKU_CHARS`] characters of `A-Z a-z 0-9 - _`; it is an
-//!   identifier (in paths, in message keys), so nothing is trimmed or folded;
-//! - `name`: 1 to [`MAX_NAME_CHARS`] characters without control characters,
-//!   surrounding whitespace dropped;
+//!   identifier (in paths, in message keys), so nothing is trimmed or folded.
+//!   The rule is the contracts' ([`contracts::catalog::is_sku`]), which the
+//!   inventory and the gateway check too;
+//! - `name`: 1 to [`MAX_NAME_CHARS`] characters, surrounding whitespace
+//!   dropped, without control, bidirectional or zero-width characters
+//!   ([`contracts::text`], the rule of every text people read);
 //! - `price`: not negative (minor units).
 
-use contracts::catalog::Product;
+use contracts::catalog::{Product, SKU_FORM};
 use polis_runtime::Violations;
 
 use crate::Error;
 
-/// Longest sku, in characters.
-pub const MAX_SKU_CHARS: usize = 64;
+pub use contracts::catalog::{MAX_SKU_CHARS, is_sku};
 
 /// Longest product name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
-
-/// Whether `sku` is a well-formed sku.
-pub fn is_sku(sku: &str) -> bool {
-    (1..=MAX_SKU_CHARS).contains(&sku.len()) && sku.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
 
 /// The product, normalized, if it breaks no rule.
 pub fn product(mut product: Product) -> Result<Product, Error> {
@@ -29,18 +26,14 @@ pub fn product(mut product: Product) -> Result<Product, Error> {
         product.name = trimmed.to_owned();
     }
     let mut report = Violations::new();
-    report.check(
-        is_sku(&product.sku),
-        "sku",
-        format!("must be 1 to {MAX_SKU_CHARS} characters of A-Z, a-z, 0-9, '-' and '_'"),
-    );
+    report.check(is_sku(&product.sku), "sku", SKU_FORM);
     let name = &product.name;
     if name.is_empty() {
         report.add("name", "must not be empty");
     } else if name.chars().count() > MAX_NAME_CHARS {
         report.add("name", format!("must be at most {MAX_NAME_CHARS} characters"));
-    } else if name.chars().any(char::is_control) {
-        report.add("name", "must not contain control characters");
+    } else if let Err(message) = contracts::text::check_visible(name) {
+        report.add("name", message);
     }
     check_price(&mut report, product.price);
     finish(report, product)
@@ -73,21 +66,13 @@ mod tests {
     }
 
     #[test]
-    fn skus_are_1_to_64_safe_ascii_characters() {
-        for good in ["A", "sku-1_B", &"x".repeat(64)] {
-            assert!(is_sku(good), "{good}");
-        }
-        for bad in ["", " A", "A B", "a/b", "a.b", "é", "sku\0", &"x".repeat(65)] {
-            assert!(!is_sku(bad), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn every_broken_rule_is_reported() {
         let bad = Product { sku: "no spaces".into(), name: "  ".into(), price: -1 };
         assert_eq!(fields(product(bad)), ["sku", "name", "price"]);
-        let bad = Product { sku: "A".into(), name: "tab\there".into(), price: 0 };
-        assert_eq!(fields(product(bad)), ["name"]);
+        for hidden in ["tab\there", "Mug\u{202E}gnp.exe", "Mu\u{200B}g", "\u{FEFF}Mug"] {
+            let bad = Product { sku: "A".into(), name: hidden.into(), price: 0 };
+            assert_eq!(fields(product(bad)), ["name"], "{hidden:?}");
+        }
         assert_eq!(fields(price(-1)), ["price"]);
     }
 

@@ -12,6 +12,7 @@ use contracts::SagaStyle;
 use contracts::catalog::{PriceChanged, Product, ProductAdded};
 use polis_bus::ConsumerOptions;
 use polis_core::Message;
+use polis_runtime::Page;
 use polis_store::sql::{Sql, SqlStore};
 use serde_json::{Value, json};
 use testsupport::{Answer, hosted, outbox};
@@ -90,7 +91,44 @@ where
     let listed: Vec<Product> = serde_json::from_value(app.call(Method::GET, "/products", None).await.body).unwrap();
     let skus: Vec<_> = listed.iter().map(|p| p.sku.as_str()).collect();
     assert_eq!(skus, ["-y", "0", "A-10", "A-2", "B-1", "Z", "_x", "a_1", "b-2"]);
-    assert_eq!(app.service.list().await.unwrap(), listed);
+    assert_eq!(app.service.list(&Page::first(100)).await.unwrap(), listed);
+}
+
+/// `?limit=1` answers one product, and asking after its sku the next: the
+/// list is read page by page in sku order, never all at once.
+async fn the_list_is_paged_by_sku<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    for sku in ["C", "A", "B"] {
+        assert_eq!(app.add(sku, 100).await.status, StatusCode::CREATED, "{sku}");
+    }
+    let skus = |answer: Answer| -> Vec<String> {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.json::<Vec<Product>>().into_iter().map(|p| p.sku).collect()
+    };
+    assert_eq!(skus(app.call(Method::GET, "/products?limit=1", None).await), ["A"]);
+    assert_eq!(skus(app.call(Method::GET, "/products?limit=1&after=A", None).await), ["B"]);
+    assert_eq!(skus(app.call(Method::GET, "/products?after=A&limit=5", None).await), ["B", "C"]);
+    assert_eq!(skus(app.call(Method::GET, "/products?limit=2&after=C", None).await), Vec::<String>::new());
+    // A cursor need not be a product's sku: the page starts after it.
+    assert_eq!(skus(app.call(Method::GET, "/products?after=A-", None).await), ["B", "C"]);
+    // Unknown parameters are ignored, as on every route.
+    assert_eq!(skus(app.call(Method::GET, "/products?limit=1&sort=desc", None).await), ["A"]);
+
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=10001", "limit"),
+        ("limit", "limit"),
+        ("after=a%20b", "after"),
+        ("after=", "after"),
+    ] {
+        let answer = app.call(Method::GET, &format!("/products?{query}"), None).await;
+        assert!(answer.is_problem(), "{query}");
+        assert_eq!(answer.fields(), [field], "{query}");
+    }
 }
 
 async fn every_invalid_field_is_named<S: SqlStore>(app: App<S>)
@@ -113,6 +151,10 @@ where
         (with("name", json!("x".repeat(201))), vec!["name"]),
         // PostgreSQL refuses NUL in text: it must be a 422, not a failed insert.
         (with("name", json!("Mug\u{0}")), vec!["name"]),
+        // Text people read hides nothing: no bidi overrides, no zero-width characters.
+        (with("name", json!("Mug\u{202E}gpj.exe")), vec!["name"]),
+        (with("name", json!("M\u{200B}ug")), vec!["name"]),
+        (with("name", json!("Mug\u{2066}")), vec!["name"]),
         (with("price", json!(-1)), vec!["price"]),
         (with("price", json!("12.50")), vec!["price"]),
         (json!({ "sku": "MUG-1", "name": "Mug" }), vec!["price"]),
@@ -277,6 +319,7 @@ testsupport::suite! {
     cases: [
         adding_publishes_the_product,
         the_list_is_ordered_by_sku_byte_for_byte,
+        the_list_is_paged_by_sku,
         every_invalid_field_is_named,
         a_taken_sku_is_a_conflict,
         concurrent_adds_of_one_sku_admit_one,

@@ -6,6 +6,20 @@ use crate::{Money, message_types};
 
 pub const SERVICE: &str = "catalog";
 
+/// Longest sku, in characters.
+pub const MAX_SKU_CHARS: usize = 64;
+
+/// What a valid sku is, as a problem's message says it.
+pub const SKU_FORM: &str = "must be 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'";
+
+/// Whether `sku` is a well-formed sku: 1 to [`MAX_SKU_CHARS`] characters of
+/// `A-Z a-z 0-9 - _`. A sku is an identifier (in paths, in message keys, in
+/// every service that keeps something per sku), so nothing is trimmed or
+/// folded, and this is the one rule every service checks it with.
+pub fn is_sku(sku: &str) -> bool {
+    (1..=MAX_SKU_CHARS).contains(&sku.len()) && sku.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
     pub sku: String,
@@ -37,4 +51,19 @@ message_types! {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangePrice {
     pub price: Money,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skus_are_1_to_64_safe_ascii_characters() {
+        for good in ["A", "sku-1_B", &"x".repeat(64)] {
+            assert!(is_sku(good), "{good}");
+        }
+        for bad in ["", " A", "A B", "a b", "a/b", "a.b", "é", "sku\0", &"x".repeat(65)] {
+            assert!(!is_sku(bad), "{bad:?}");
+        }
+    }
 }

@@ -13,7 +13,9 @@
 //! - a participant's *outcome* (e.g. [`inventory::StockReserved`]) travels
 //!   as a reply to the orchestrator when a command asked for it
 //!   (orchestration), and as an event when another service's event
-//!   triggered it (choreography): one message type, two kinds.
+//!   triggered it (choreography): one message type, two kinds;
+//! - the rules more than one service checks live here, once: what a sku is
+//!   ([`catalog::is_sku`]) and what text people read may hold ([`text`]).
 
 pub mod catalog;
 pub mod customer;
@@ -21,6 +23,7 @@ pub mod inventory;
 pub mod order;
 pub mod payment;
 pub mod shipping;
+pub mod text;
 
 use serde::{Deserialize, Serialize};
 

@@ -5,6 +5,7 @@ use chrono::Utc;
 use contracts::Address;
 use contracts::customer::Customer;
 use polis_core::StoreError;
+use polis_runtime::Page;
 use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore, Value};
 use uuid::Uuid;
@@ -106,10 +107,11 @@ where
     row.as_ref().map(customer).transpose()
 }
 
-pub(crate) async fn list<S: SqlStore>(store: &S) -> Result<Vec<Customer>, StoreError>
+pub(crate) async fn list<S: SqlStore>(store: &S, page: &Page) -> Result<Vec<Customer>, StoreError>
 where
     S::Tx: Sql,
 {
-    let rows = store.query(&format!("SELECT {COLUMNS} FROM customers ORDER BY id"), args![]).await?;
+    let sql = format!("SELECT {COLUMNS} FROM customers WHERE id > $1 ORDER BY id LIMIT $2");
+    let rows = store.query(&sql, args![page.after_key(), page.sql_limit()]).await?;
     rows.iter().map(customer).collect()
 }

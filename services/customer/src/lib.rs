@@ -17,9 +17,12 @@
 //! | request                | answer                                     |
 //! |------------------------|--------------------------------------------|
 //! | `POST /customers`      | 201 `Customer` + `Location`; 422; 409 email |
-//! | `GET /customers`       | 200, every customer (admin list)           |
-//! | `GET /customers/{id}`  | 200 `Customer`; 404                        |
-//! | `PUT /customers/{id}`  | 200 `Customer` (partial update); 422; 404; 409 |
+//! | `GET /customers?limit&after` | 200, a page of customers by id (admin list) |
+//! | `GET /customers/{id}`  | 200 `Customer`; 400 not an id; 404         |
+//! | `PUT /customers/{id}`  | 200 `Customer` (partial update); 422; 400; 404; 409 |
+//!
+//! The list is paged with `polis_runtime::Page`; `{id}` is a UUID in its
+//! canonical form (`polis_runtime::PathId`), anything else a 400.
 //!
 //! Emails are unique whatever their case: the table keeps a lower-cased copy
 //! under a unique constraint, so the database (not a racy read-then-write)
@@ -35,7 +38,7 @@ use contracts::SagaStyle;
 use contracts::customer::{self as api, CustomerRegistered, CustomerUpdated, RegisterCustomer, UpdateCustomer};
 use polis_bus::{Consumer, ConsumerOptions};
 use polis_core::{Message, StoreError, Transaction};
-use polis_runtime::{ApiError, FieldError};
+use polis_runtime::{ApiError, FieldError, Page};
 use polis_store::sql::{Sql, SqlStore};
 use uuid::Uuid;
 
@@ -54,7 +57,7 @@ pub enum Error {
     /// The request breaks the rules in [`rules`]; every broken rule is listed.
     #[error("the request has {} invalid field(s)", .0.len())]
     Invalid(Vec<FieldError>),
-    /// No customer has this id (or the id is not a UUID at all).
+    /// No customer has this id.
     #[error("no customer with id {0}")]
     NotFound(String),
     /// Another customer already has this email (compared case-insensitively).
@@ -163,10 +166,10 @@ where
         db::get(self.store.as_ref(), id).await?.ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
-    /// Every customer, oldest first (ids are UUIDv7, so id order is
-    /// registration order). Unpaginated: an admin and demo tool.
-    pub async fn list(&self) -> Result<Vec<api::Customer>, Error> {
-        Ok(db::list(self.store.as_ref()).await?)
+    /// A page of customers, oldest first (ids are UUIDv7, so id order is
+    /// registration order).
+    pub async fn list(&self, page: &Page) -> Result<Vec<api::Customer>, Error> {
+        Ok(db::list(self.store.as_ref(), page).await?)
     }
 
     /// Changes the fields present in `change` and announces the new state

@@ -13,8 +13,10 @@
 //! - `address.country`: an ISO 3166-1 alpha-2 code, two ASCII upper-case letters;
 //! - `credit_limit`: not negative (minor units).
 //!
-//! No text may contain control characters: they have no place in a name or
-//! an address, and PostgreSQL refuses NUL in text outright.
+//! No text may contain control, bidirectional or zero-width characters
+//! ([`contracts::text`], the one rule of every text people read): they have
+//! no place in a name or an address, they make one name display as another,
+//! and PostgreSQL refuses NUL in text outright.
 
 use contracts::Address;
 use contracts::customer::{RegisterCustomer, UpdateCustomer};
@@ -111,8 +113,8 @@ fn check_text(report: &mut Violations, field: &str, value: &str) {
         report.add(field, "must not be empty");
     } else if value.chars().count() > MAX_TEXT_CHARS {
         report.add(field, format!("must be at most {MAX_TEXT_CHARS} characters"));
-    } else if value.chars().any(char::is_control) {
-        report.add(field, "must not contain control characters");
+    } else if let Err(message) = contracts::text::check_visible(value) {
+        report.add(field, message);
     }
 }
 
@@ -121,6 +123,8 @@ fn check_email(report: &mut Violations, email: &str) {
         report.add("email", "must not be empty");
     } else if email.chars().count() > MAX_EMAIL_CHARS {
         report.add("email", format!("must be at most {MAX_EMAIL_CHARS} characters"));
+    } else if let Err(message) = contracts::text::check_visible(email) {
+        report.add("email", message);
     } else if !looks_like_email(email) {
         report.add("email", "must be an email address such as name@example.com");
     }

@@ -12,6 +12,7 @@ use contracts::customer::{Customer as CustomerBody, CustomerRegistered, Customer
 use customer::{Config, Customer, SERVICE};
 use polis_bus::ConsumerOptions;
 use polis_core::Message;
+use polis_runtime::Page;
 use polis_store::sql::{Sql, SqlStore};
 use serde_json::{Value, json};
 use testsupport::{Answer, hosted, outbox};
@@ -108,7 +109,24 @@ where
     let listed = app.call(Method::GET, "/customers", None).await;
     let listed: Vec<CustomerBody> = serde_json::from_value(listed.body).unwrap();
     assert_eq!(listed.iter().map(|c| c.id).collect::<Vec<_>>(), ids);
-    assert_eq!(app.service.list().await.unwrap(), listed);
+    assert_eq!(app.service.list(&Page::first(100)).await.unwrap(), listed);
+
+    // Page by page: two, two, then the last one.
+    let app = &app;
+    let page = |query: String| async move {
+        let answer = app.call(Method::GET, &format!("/customers?{query}"), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.json::<Vec<CustomerBody>>().into_iter().map(|c| c.id).collect::<Vec<_>>()
+    };
+    assert_eq!(page("limit=2".into()).await, ids[..2]);
+    assert_eq!(page(format!("limit=2&after={}", ids[1])).await, ids[2..4]);
+    assert_eq!(page(format!("limit=2&after={}", ids[3])).await, ids[4..]);
+    for (query, field) in [("limit=0", "limit"), ("limit=-1", "limit"), ("limit=abc", "limit"), ("after=nope", "after")]
+    {
+        let answer = app.call(Method::GET, &format!("/customers?{query}"), None).await;
+        assert!(answer.is_problem(), "{query}");
+        assert_eq!(answer.fields(), [field], "{query}");
+    }
 }
 
 async fn every_invalid_field_is_named<S: SqlStore>(app: App<S>)
@@ -121,6 +139,15 @@ where
         (with(ada(), "/name", json!("x".repeat(201))), vec!["name"]),
         // PostgreSQL refuses NUL in text: it must be a 422, not a failed insert.
         (with(ada(), "/name", json!("Ada\u{0}")), vec!["name"]),
+        // Text people read hides nothing: no bidi controls, no zero-width characters.
+        (with(ada(), "/name", json!("Ada\u{202E}ecalevoL")), vec!["name"]),
+        (with(ada(), "/name", json!("A\u{200B}da")), vec!["name"]),
+        (with(ada(), "/name", json!("\u{FEFF}Ada")), vec!["name"]),
+        (with(ada(), "/name", json!("Ada\u{061C}")), vec!["name"]),
+        (with(ada(), "/address/line1", json!("1 Main St\u{2066}")), vec!["address.line1"]),
+        (with(ada(), "/address/city", json!("Lon\u{200D}don")), vec!["address.city"]),
+        (with(ada(), "/address/postal_code", json!("SW1Y\u{200E}")), vec!["address.postal_code"]),
+        (with(ada(), "/email", json!("ada\u{202D}@example.com")), vec!["email"]),
         (with(ada(), "/email", json!("ada.example.com")), vec!["email"]),
         (with(ada(), "/email", json!("ada@localhost")), vec!["email"]),
         (with(ada(), "/address/country", json!("gb")), vec!["address.country"]),
@@ -177,22 +204,37 @@ where
     assert_eq!(app.outbox().await.len(), 1);
 }
 
-async fn unknown_and_malformed_ids_are_not_found<S: SqlStore>(app: App<S>)
+/// An unknown id is a 404; a path that is no id at all (not a UUID, or one
+/// in another spelling than the canonical hyphenated form) a 400 naming
+/// the parameter: nothing was looked up.
+async fn unknown_ids_are_not_found_and_malformed_ones_bad_requests<S: SqlStore>(app: App<S>)
 where
     S::Tx: Sql,
 {
-    let unknown = format!("/customers/{}", Uuid::now_v7());
-    for uri in [unknown.as_str(), "/customers/not-a-uuid", "/customers/%FF"] {
-        let got = app.call(Method::GET, uri, None).await;
-        assert!(got.status == StatusCode::NOT_FOUND || got.status == StatusCode::BAD_REQUEST, "{uri}: {}", got.status);
-        assert!(got.is_problem(), "{uri}");
-        let put = app.call(Method::PUT, uri, Some(json!({ "credit_limit": 1 }))).await;
-        assert!(put.status == StatusCode::NOT_FOUND || put.status == StatusCode::BAD_REQUEST, "{uri}: {}", put.status);
-        assert!(put.is_problem(), "{uri}");
+    let id = Uuid::now_v7();
+    let unknown = format!("/customers/{id}");
+    for method in [Method::GET, Method::PUT] {
+        let body = (method == Method::PUT).then(|| json!({ "credit_limit": 1 }));
+        let got = app.call(method.clone(), &unknown, body.clone()).await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "{method}");
+        assert!(got.is_problem());
+        for malformed in
+            ["not-a-uuid".to_owned(), format!("urn:uuid:{id}"), format!("%7B{id}%7D"), id.simple().to_string()]
+        {
+            let got = app.call(method.clone(), &format!("/customers/{malformed}"), body.clone()).await;
+            assert_eq!(got.status, StatusCode::BAD_REQUEST, "{method} {malformed}: {}", got.body);
+            assert!(got.is_problem(), "{malformed}");
+            assert_eq!(got.body["errors"][0]["field"], "id", "{}", got.body);
+        }
+        let garbled = app.call(method.clone(), "/customers/%FF", body).await;
+        assert_eq!(garbled.status, StatusCode::BAD_REQUEST);
+        assert!(garbled.is_problem());
     }
-    assert_eq!(app.call(Method::GET, &unknown, None).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.call(Method::GET, "/customers/not-a-uuid", None).await.status, StatusCode::NOT_FOUND);
-    assert!(app.outbox().await.is_empty());
+    // Hex digits in either case name the same customer.
+    let ada = app.register(ada()).await.json::<CustomerBody>();
+    let upper = app.call(Method::GET, &format!("/customers/{}", ada.id.to_string().to_uppercase()), None).await;
+    assert_eq!(upper.json::<CustomerBody>(), ada);
+    assert_eq!(app.outbox().await.len(), 1);
 }
 
 async fn an_update_changes_what_it_names_and_publishes_the_new_state<S: SqlStore>(app: App<S>)
@@ -327,7 +369,7 @@ testsupport::suite! {
         every_invalid_field_is_named,
         a_taken_email_is_a_conflict_whatever_its_case,
         concurrent_registrations_of_one_email_admit_one,
-        unknown_and_malformed_ids_are_not_found,
+        unknown_ids_are_not_found_and_malformed_ones_bad_requests,
         an_update_changes_what_it_names_and_publishes_the_new_state,
         an_update_cannot_take_another_customers_email,
         concurrent_partial_updates_keep_every_change,

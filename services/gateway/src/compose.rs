@@ -17,8 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use contracts::OrderLine;
@@ -28,13 +27,15 @@ use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderView, PlaceO
 use contracts::payment::Payment;
 use contracts::shipping::Shipment;
 use futures::{StreamExt, stream};
-use polis_runtime::{ApiError, Json, RequestId, Violations};
+use polis_runtime::{ApiError, Json, Page, PathId, RequestId, Violations};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::openapi::Problem;
-use crate::routes::{Gateway, MaybeRequestId, bad_gateway, call_failed, pass_through, request_id, service_failed};
+use crate::routes::{
+    Gateway, LIMIT_DOC, MaybeRequestId, PAGE_422, bad_gateway, call_failed, pass_through, request_id, service_failed,
+};
 use crate::upstream::{Service, encode_segment};
 
 /// Most items one order may have.
@@ -140,32 +141,31 @@ async fn optional<T: DeserializeOwned>(
     }
 }
 
-/// The `{id}` segment, decoded. One that does not decode is a 400 problem
-/// (the standard stack would rewrite axum's plain text anyway; this keeps
-/// the detail).
-fn path_id(segment: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    segment.map(|Path(id)| id).map_err(|rejection| ApiError::bad_request(rejection.body_text()))
-}
-
 #[utoipa::path(
     get, path = "/api/customers/{id}/orders", tag = "customers",
-    params(("id" = uuid::Uuid, Path, description = "The customer's id.")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The customer's id."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000, description = LIMIT_DOC),
+        ("after" = Option<uuid::Uuid>, Query, description = "Only orders whose id comes after this one; the id of \
+            the last order of the previous page."),
+    ),
     responses(
-        (status = 200, description = "The customer's orders, oldest first.", body = Vec<OrderView>),
+        (status = 200, description = "A page of the customer's orders in id order, which is the order they were \
+            placed in (ids are UUIDv7). A page shorter than `limit` is the last one.", body = Vec<OrderView>),
         (status = 404, description = "No such customer.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = PAGE_422, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn customer_orders(
     State(gateway): State<Gateway>,
     id: MaybeRequestId,
-    customer_id: Result<Path<String>, PathRejection>,
+    PathId(customer_id): PathId,
+    page: Page,
 ) -> Result<Response, ApiError> {
-    let customer_id = path_id(customer_id)?;
-    let segment = encode_segment(&customer_id);
     let request_id = request_id(&id);
     let timeout = gateway.call_timeout();
-    let customer_path = format!("/customers/{segment}");
-    let orders_path = format!("/customers/{segment}/orders");
+    let customer_path = format!("/customers/{customer_id}");
+    let orders_path = format!("/customers/{customer_id}/orders?{}", page.query());
     // Both at once: the list is wasted only for an unknown customer.
     let (customer, orders) = tokio::join!(
         essential::<Customer>(&gateway, Service::Customer, &customer_path, request_id, timeout),
@@ -318,11 +318,10 @@ pub(crate) async fn create_order(
 pub(crate) async fn order_details(
     State(gateway): State<Gateway>,
     id: MaybeRequestId,
-    order_id: Result<Path<String>, PathRejection>,
+    PathId(order_id): PathId,
 ) -> Result<Response, ApiError> {
-    let order_id = path_id(order_id)?;
     let request_id = request_id(&id);
-    let order_path = format!("/orders/{}", encode_segment(&order_id));
+    let order_path = format!("/orders/{order_id}");
     let order =
         essential::<OrderView>(&gateway, Service::Order, &order_path, request_id, gateway.call_timeout()).await?;
     let Some(order) = order else {

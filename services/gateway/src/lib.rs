@@ -12,7 +12,8 @@
 //!   its customer, products, payment and shipment in parallel, each within
 //!   its own timeout; missing parts are `null` and named in `partial`;
 //! - **`GET /api/customers/{id}/orders`** checks the customer, then lists
-//!   its orders;
+//!   a page of its orders (`?limit=N&after=ID`, like `GET /api/products`:
+//!   `polis_runtime::Page`'s rules, checked here and forwarded);
 //! - **`GET /api/openapi.json`** describes all of it.
 //!
 //! A service that does not answer in time is a 504 problem, one that cannot

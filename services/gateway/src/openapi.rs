@@ -2,8 +2,9 @@
 //!
 //! Each route's own answers are declared on its handler (`#[utoipa::path]`);
 //! the error answers every route shares are added here, once, by
-//! `SharedErrors`: the gateway's own (408, 413, 415 and 400 on a body, 502,
-//! 503 and 504 on upstream trouble, 500) and the services' 422 on bodies.
+//! `SharedErrors`: the gateway's own (408, 413, 415 and 400 on a body, 400
+//! on an `{id}` that is not a UUID in its canonical form, 502, 503 and 504
+//! on upstream trouble, 500) and the services' 422 on bodies.
 //! The schemas of the bodies are the contracts' types themselves.
 
 use contracts::catalog::Product;
@@ -46,7 +47,8 @@ pub struct Problem {
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProblemField {
-    /// The field's path in the body, e.g. `items[0].quantity`.
+    /// The field's path in the body, e.g. `items[0].quantity`, or the name
+    /// of the path or query parameter, e.g. `id`, `limit`.
     pub field: String,
     pub message: String,
 }
@@ -71,8 +73,11 @@ fn healthz() {}
     info(
         title = "polis shop",
         description = "The public API of the polis reference shop, served by its gateway. Money is integer minor \
-            units; ids are UUIDv7. Errors are RFC 9457 problems (`application/problem+json`); every request and \
-            answer carries an `x-request-id`."
+            units; ids are UUIDv7, written in the hyphenated form (8-4-4-4-12 hex digits, either case in requests, \
+            lower case in answers; `urn:uuid:` and braced forms are refused with 400). Lists are paged by key: \
+            `?limit=N` (1 to 10000, default 1000) and `after=` the key of the last item of the previous page; a \
+            page shorter than `limit` is the last one. Errors are RFC 9457 problems (`application/problem+json`); \
+            every request and answer carries an `x-request-id`."
     ),
     paths(
         healthz,
@@ -117,17 +122,38 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// a route declares itself.
 struct SharedErrors;
 
-/// `(status, component name, description, for operations with a body only)`.
-const SHARED: [(&str, &str, &str, bool); 9] = [
-    ("400", "BadRequest", "The body is not JSON.", true),
-    ("408", "RequestTimeout", "The body did not arrive in time (30 s by default).", true),
-    ("413", "PayloadTooLarge", "The body is larger than the gateway accepts.", true),
-    ("415", "UnsupportedMediaType", "The body is not sent as `application/json`.", true),
-    ("422", "ValidationFailed", "A field of the body is invalid; `errors` names each one.", true),
-    ("500", "InternalError", "A fault of the gateway or the service; it has been logged.", false),
-    ("502", "BadGateway", "A service gave an answer that breaks its contract.", false),
-    ("503", "ServiceUnavailable", "A service is unreachable or failing; retry later.", false),
-    ("504", "GatewayTimeout", "A service did not answer in time; the request may or may not have taken effect.", false),
+/// Which operations a shared answer applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Applies {
+    Always,
+    /// Operations with a request body.
+    WithBody,
+    /// Operations on a path with an `{id}`.
+    WithId,
+}
+
+/// `(status, component name, description, which operations)`.
+const SHARED: [(&str, &str, &str, Applies); 10] = [
+    ("400", "BadRequest", "The body is not JSON.", Applies::WithBody),
+    (
+        "400",
+        "MalformedId",
+        "The `{id}` is not a UUID in its hyphenated form (8-4-4-4-12 hex digits); `errors` names the parameter.",
+        Applies::WithId,
+    ),
+    ("408", "RequestTimeout", "The body did not arrive in time (30 s by default).", Applies::WithBody),
+    ("413", "PayloadTooLarge", "The body is larger than the gateway accepts.", Applies::WithBody),
+    ("415", "UnsupportedMediaType", "The body is not sent as `application/json`.", Applies::WithBody),
+    ("422", "ValidationFailed", "A field of the body is invalid; `errors` names each one.", Applies::WithBody),
+    ("500", "InternalError", "A fault of the gateway or the service; it has been logged.", Applies::Always),
+    ("502", "BadGateway", "A service gave an answer that breaks its contract.", Applies::Always),
+    ("503", "ServiceUnavailable", "A service is unreachable or failing; retry later.", Applies::Always),
+    (
+        "504",
+        "GatewayTimeout",
+        "A service did not answer in time; the request may or may not have taken effect.",
+        Applies::Always,
+    ),
 ];
 
 impl Modify for SharedErrors {
@@ -145,18 +171,24 @@ impl Modify for SharedErrors {
             if !path.starts_with("/api/") {
                 continue;
             }
+            let has_id = path.contains("{id}");
             let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
             for operation in operations.into_iter().flatten() {
-                add_shared(operation);
+                add_shared(operation, has_id);
             }
         }
     }
 }
 
-fn add_shared(operation: &mut Operation) {
+fn add_shared(operation: &mut Operation, has_id: bool) {
     let has_body = operation.request_body.is_some();
-    for (status, name, _, body_only) in SHARED {
-        if body_only && !has_body {
+    for (status, name, _, applies) in SHARED {
+        let applies = match applies {
+            Applies::Always => true,
+            Applies::WithBody => has_body,
+            Applies::WithId => has_id,
+        };
+        if !applies {
             continue;
         }
         operation
@@ -187,5 +219,28 @@ mod tests {
         assert_eq!(create["504"]["$ref"], "#/components/responses/GatewayTimeout");
         let get = &document["paths"]["/api/orders/{id}"]["get"]["responses"];
         assert!(get.get("415").is_none(), "{get}");
+        assert_eq!(get["400"]["$ref"], "#/components/responses/MalformedId");
+        let products = &document["paths"]["/api/products"]["get"]["responses"];
+        assert!(products.get("400").is_none(), "{products}");
+    }
+
+    #[test]
+    fn lists_document_their_page_parameters_and_refusals() {
+        let document = serde_json::to_value(openapi()).unwrap();
+        for path in ["/api/products", "/api/customers/{id}/orders"] {
+            let list = &document["paths"][path]["get"];
+            let params = list["parameters"].as_array().unwrap();
+            let param =
+                |name: &str| params.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("{path}: {name}"));
+            let (limit, after) = (param("limit"), param("after"));
+            assert_eq!((limit["in"].as_str(), limit["required"].as_bool()), (Some("query"), Some(false)), "{limit}");
+            assert_eq!(
+                (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+                (&1.into(), &10_000.into()),
+                "{limit}"
+            );
+            assert_eq!(after["in"], "query", "{after}");
+            assert!(list["responses"]["422"]["description"].as_str().unwrap().contains("limit"), "{path}");
+        }
     }
 }

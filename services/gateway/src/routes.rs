@@ -9,21 +9,29 @@
 //! answers with the service's status, content type and body. A body is
 //! checked to be JSON first (415, 400 and 413 come from the gateway), then
 //! sent byte for byte: its shape is the service's to judge.
+//!
+//! What every route shares is checked before any call, with the services'
+//! own rules: an `{id}` is a UUID in its canonical form
+//! (`polis_runtime::PathId`, else 400), a list's `limit` and `after` follow
+//! `polis_runtime::Page` (else 422; the page is forwarded as
+//! `?limit=N&after=KEY`, other parameters dropped), a sku being stocked
+//! follows the catalog's rule (else 422).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use contracts::catalog::Product;
+use contracts::catalog::{Product, SKU_FORM, is_sku};
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{SetStock, StockLevel};
 use contracts::order::{Accepted, IDEMPOTENT_REPLAYED, OrderView};
-use polis_runtime::{ApiError, Json, RequestId};
+use polis_runtime::{ApiError, Json, Page, PathId, RequestId};
 use serde_json::value::RawValue;
 
 use crate::compose;
@@ -135,6 +143,7 @@ pub(crate) async fn register_customer(
 )]
 pub(crate) async fn get_customer(
     State(gateway): State<Gateway>,
+    _: PathId,
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
@@ -161,15 +170,36 @@ pub(crate) async fn add_product(
 
 #[utoipa::path(
     get, path = "/api/products", tag = "catalog",
-    responses((status = 200, description = "Every product, by sku.", body = Vec<Product>))
+    params(
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000, description = LIMIT_DOC),
+        ("after" = Option<String>, Query, description = "Only products whose sku comes after this one (byte order); \
+            the sku of the last product of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "A page of products, by sku (byte order). A page shorter than `limit` is the \
+            last one.", body = Vec<Product>),
+        (status = 422, description = PAGE_422, body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub(crate) async fn list_products(
     State(gateway): State<Gateway>,
-    uri: Uri,
     id: MaybeRequestId,
+    page: Page<String>,
 ) -> Result<Response, ApiError> {
-    forward(&gateway, Service::Catalog, Method::GET, &uri, None, request_id(&id)).await
+    let path = format!("/products?{}", page.query());
+    let answer = gateway
+        .upstream(Service::Catalog)
+        .call(Method::GET, &path, None, request_id(&id), gateway.call_timeout())
+        .await
+        .map_err(|err| call_failed(Service::Catalog, err))?;
+    Ok(pass_through(answer))
 }
+
+/// How a list's `limit` is described.
+pub(crate) const LIMIT_DOC: &str = "At most this many items, from 1 to 10000; 1000 when absent.";
+
+/// How a list's 422 is described.
+pub(crate) const PAGE_422: &str = "`limit` or `after` is invalid; `errors` names the parameter.";
 
 #[utoipa::path(
     get, path = "/api/products/{sku}", tag = "catalog",
@@ -189,16 +219,28 @@ pub(crate) async fn get_product(
 
 #[utoipa::path(
     put, path = "/api/inventory/{sku}", tag = "inventory",
-    params(("sku" = String, Path, description = "The sku.")),
+    params(("sku" = String, Path, description = "The sku: 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_', the \
+        catalog's rule.")),
     request_body(content = SetStock, description = "The quantity available for sale; reservations are kept."),
-    responses((status = 200, description = "The sku's stock level.", body = StockLevel))
+    responses(
+        (status = 200, description = "The sku's stock level.", body = StockLevel),
+        (status = 422, description = "The sku (`sku`) or a field of the body is invalid; `errors` names each one.",
+            body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub(crate) async fn set_stock(
     State(gateway): State<Gateway>,
     uri: Uri,
     id: MaybeRequestId,
+    sku: Result<Path<String>, PathRejection>,
     Json(body): RawJson,
 ) -> Result<Response, ApiError> {
+    // The catalog's rule, checked before the call: stock for what can never
+    // be a product is refused here as the inventory would refuse it.
+    let Path(sku) = sku.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    if !is_sku(&sku) {
+        return Err(ApiError::validation("sku", SKU_FORM));
+    }
     forward(&gateway, Service::Inventory, Method::PUT, &uri, Some(raw_bytes(&body)), request_id(&id)).await
 }
 
@@ -232,6 +274,7 @@ pub(crate) async fn get_stock(
 )]
 pub(crate) async fn get_order(
     State(gateway): State<Gateway>,
+    _: PathId,
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
@@ -262,6 +305,7 @@ const MAX_ORDER_WAIT_MS: u64 = 30_000;
 )]
 pub(crate) async fn cancel_order(
     State(gateway): State<Gateway>,
+    _: PathId,
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {

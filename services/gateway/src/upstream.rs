@@ -34,9 +34,12 @@ use crate::GatewayError;
 /// A boxed error, the cause of an [`UpstreamError::Unavailable`].
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-/// The largest answer read from a service. A customer's orders and the
-/// catalog are unpaginated lists, so this is generous; it exists so that a faulty upstream
-/// cannot make the gateway buffer without bound.
+/// The largest answer read from a service, so that a faulty upstream cannot
+/// make the gateway buffer without bound. Lists are paged, so a list's
+/// answer is bounded by its page: a default page (1,000) of the largest
+/// orders (100 lines, about 13 KB each) stays well under it, while a page at
+/// the largest limit (10,000) of such orders would not (a 502; the client
+/// asks for smaller pages).
 pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
 /// How long a pooled connection to a remote service may stay idle.

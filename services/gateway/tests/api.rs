@@ -79,15 +79,15 @@ async fn every_plain_route_passes_the_service_answer_through() {
     assert_eq!(
         fakes.recorder.calls(),
         [
-            "catalog GET /products".to_owned(),
             "catalog GET /products/B-2".to_owned(),
+            "catalog GET /products?limit=1000".to_owned(),
             "catalog POST /products".to_owned(),
             format!("customer GET /customers/{CUSTOMER}"),
             format!("customer GET /customers/{CUSTOMER}"),
             "customer POST /customers".to_owned(),
             "inventory GET /inventory/A-1".to_owned(),
             "inventory PUT /inventory/A-1".to_owned(),
-            format!("order GET /customers/{CUSTOMER}/orders"),
+            format!("order GET /customers/{CUSTOMER}/orders?limit=1000"),
             format!("order GET /orders/{ORDER}"),
             format!("order POST /orders/{ORDER}/cancel"),
         ]
@@ -98,14 +98,14 @@ async fn every_plain_route_passes_the_service_answer_through() {
 async fn bodies_are_forwarded_as_sent_and_paths_keep_their_encoding() {
     let (fakes, app) = shop();
     let body = "{\"available\":  3 }";
-    let request = axum::http::Request::put("/api/inventory/A%2F1?dry_run=true")
+    let request = axum::http::Request::put("/api/inventory/A%2D1?dry_run=true")
         .header("content-type", "application/json")
         .body(axum::body::Body::from(body))
         .unwrap();
     let response = tower::ServiceExt::oneshot(app.clone(), request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let seen = fakes.recorder.seen();
-    assert_eq!(seen[0].target, "/inventory/A%2F1?dry_run=true");
+    assert_eq!(seen[0].target, "/inventory/A%2D1?dry_run=true");
     assert_eq!(seen[0].body, body);
     assert_eq!(seen[0].content_type.as_deref(), Some("application/json"));
 
@@ -407,13 +407,119 @@ async fn failing_unreachable_and_silent_parts_are_each_partial() {
 #[tokio::test]
 async fn details_of_an_unknown_order_are_a_404() {
     let (fakes, app) = shop();
-    for id in ["0190a4b2-7d5e-7c3a-9f1e-00000000dead", "not-an-id"] {
-        let answer = get(&app, &format!("/api/orders/{id}/details")).await;
-        assert_eq!(answer.status, StatusCode::NOT_FOUND);
-        assert_eq!(answer.problem_type(), types::NOT_FOUND);
-        assert_eq!(answer.body["detail"], format!("no order with id {id}"));
+    let id = "0190a4b2-7d5e-7c3a-9f1e-00000000dead";
+    let answer = get(&app, &format!("/api/orders/{id}/details")).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.problem_type(), types::NOT_FOUND);
+    assert_eq!(answer.body["detail"], format!("no order with id {id}"));
+    assert_eq!(fakes.recorder.calls(), [format!("order GET /orders/{id}")]);
+}
+
+/// Every `{id}` is a UUID in its hyphenated form (hex digits in either
+/// case); anything else, the `urn:uuid:` and braced spellings included, is
+/// a 400 naming the parameter, answered before any service is called.
+#[tokio::test]
+async fn ids_that_are_not_canonical_uuids_are_400_before_any_call() {
+    let (fakes, app) = shop();
+    let routes = [
+        (Method::GET, "/api/customers/{id}"),
+        (Method::GET, "/api/customers/{id}/orders"),
+        (Method::GET, "/api/orders/{id}"),
+        (Method::POST, "/api/orders/{id}/cancel"),
+        (Method::GET, "/api/orders/{id}/details"),
+    ];
+    let malformed = [
+        "not-an-id".to_owned(),
+        format!("urn:uuid:{ORDER}"),
+        format!("%7B{ORDER}%7D"),
+        ORDER.replace('-', ""),
+        "%FF".to_owned(),
+    ];
+    for (method, route) in &routes {
+        for id in &malformed {
+            let uri = route.replace("{id}", id);
+            let answer = send(&app, method.clone(), &uri, None, &[]).await;
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{method} {uri}: {}", answer.body);
+            assert_eq!(answer.problem_type(), types::BAD_REQUEST, "{method} {uri}");
+            if id != "%FF" {
+                assert_eq!(answer.body["errors"][0]["field"], "id", "{method} {uri}: {}", answer.body);
+            }
+        }
     }
-    assert!(fakes.recorder.calls().iter().all(|c| c.starts_with("order GET /orders/")), "{:?}", fakes.recorder.calls());
+    assert!(fakes.recorder.seen().is_empty(), "{:?}", fakes.recorder.calls());
+
+    // Upper-case hex digits are an id: forwarded as sent, for the service to find.
+    let upper = get(&app, &format!("/api/orders/{}", ORDER.to_uppercase())).await;
+    assert_eq!(upper.status, StatusCode::NOT_FOUND, "the fake knows only the lower-case spelling");
+    assert_eq!(fakes.recorder.calls(), [format!("order GET /orders/{}", ORDER.to_uppercase())]);
+}
+
+/// Lists are paged with the services' rules: checked here, forwarded as
+/// `?limit=N&after=KEY`, a page shorter than its limit being the last.
+#[tokio::test]
+async fn lists_are_paged_and_bad_page_parameters_are_422_before_any_call() {
+    let (fakes, app) = shop();
+    let skus = |answer: Answer| -> Vec<String> {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.body.as_array().unwrap().iter().map(|p| p["sku"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(skus(get(&app, "/api/products?limit=1").await), ["A-1"]);
+    assert_eq!(skus(get(&app, "/api/products?limit=1&after=A-1").await), ["B-2"]);
+    // Unknown parameters are dropped, as the services ignore them.
+    assert_eq!(skus(get(&app, "/api/products?after=A-1&sort=price").await), ["B-2", "X/1 é"]);
+
+    let ids = |answer: Answer| -> Vec<String> {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.body.as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let orders = format!("/api/customers/{CUSTOMER}/orders");
+    assert_eq!(ids(get(&app, &format!("{orders}?limit=1")).await), [ORDER]);
+    assert_eq!(ids(get(&app, &format!("{orders}?limit=1&after={ORDER}")).await), [NEW_ORDER]);
+    assert_eq!(ids(get(&app, &format!("{orders}?limit=1&after={NEW_ORDER}")).await), Vec::<String>::new());
+    assert_eq!(
+        fakes.recorder.calls().into_iter().filter(|c| !c.starts_with("customer")).collect::<Vec<_>>(),
+        [
+            "catalog GET /products?limit=1".to_owned(),
+            "catalog GET /products?limit=1&after=A-1".to_owned(),
+            "catalog GET /products?limit=1000&after=A-1".to_owned(),
+            format!("order GET /customers/{CUSTOMER}/orders?limit=1"),
+            format!("order GET /customers/{CUSTOMER}/orders?limit=1&after={ORDER}"),
+            format!("order GET /customers/{CUSTOMER}/orders?limit=1&after={NEW_ORDER}"),
+        ]
+    );
+
+    fakes.recorder.clear();
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=10001", "limit"),
+        ("limit", "limit"),
+        ("after=", "after"),
+        ("after=a%20b", "after"),
+    ] {
+        let answer = get(&app, &format!("/api/products?{query}")).await;
+        assert_eq!(answer.problem_type(), types::VALIDATION, "{query}");
+        assert_eq!(answer.fields(), [field], "{query}");
+        let answer = get(&app, &format!("{orders}?{query}")).await;
+        assert_eq!(answer.fields(), [field], "{query}");
+    }
+    let answer = get(&app, &format!("{orders}?after=nope")).await;
+    assert_eq!(answer.fields(), ["after"]);
+    assert!(fakes.recorder.seen().is_empty(), "{:?}", fakes.recorder.calls());
+}
+
+/// Stock is set only for skus the catalog's rule allows.
+#[tokio::test]
+async fn stock_for_a_sku_the_catalog_refuses_is_422_before_any_call() {
+    let (fakes, app) = shop();
+    for sku in ["a%20b", "a%2Fb", "caf%C3%A9", "a.b", &"x".repeat(65)] {
+        let answer =
+            send(&app, Method::PUT, &format!("/api/inventory/{sku}"), Some(&json!({ "available": 1 })), &[]).await;
+        assert_eq!(answer.problem_type(), types::VALIDATION, "{sku}");
+        assert_eq!(answer.fields(), ["sku"], "{sku}");
+    }
+    assert!(fakes.recorder.seen().is_empty(), "{:?}", fakes.recorder.calls());
 }
 
 #[tokio::test]

@@ -3,11 +3,11 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `PUT /inventory/{sku}` `{available}` | 200 `StockLevel`; publishes `StockAdjusted` |
+//! | `PUT /inventory/{sku}` `{available}` | 200 `StockLevel`; publishes `StockAdjusted`; 422 a sku the catalog's rule refuses |
 //! | `GET /inventory/{sku}` | 200 `StockLevel` / 404 |
-//! | `GET /inventory` | 200 every `StockLevel` (admin list) |
-//! | `GET /reservations/{order_id}` | 200 `Reservation` / 404 |
-//! | `GET /reservations?limit=N&after=ID` | 200 a page of `Reservation`s by order id (admin list, see `polis_runtime::Page`) |
+//! | `GET /inventory?limit=N&after=SKU` | 200 a page of `StockLevel`s by sku (admin list, see `polis_runtime::Page`) |
+//! | `GET /reservations/{order_id}` | 200 `Reservation` / 404; 400 not an id |
+//! | `GET /reservations?limit=N&after=ID` | 200 a page of `Reservation`s by order id (admin list) |
 
 use std::sync::Arc;
 
@@ -17,9 +17,8 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use contracts::inventory::{Reservation, SetStock, StockAdjusted, StockLevel};
 use polis_core::{Message, Transaction};
-use polis_runtime::{ApiError, Json, Page};
+use polis_runtime::{ApiError, Json, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
-use uuid::Uuid;
 
 use crate::error::InventoryError;
 use crate::{SERVICE, stock};
@@ -79,24 +78,22 @@ where
     }
 }
 
-async fn list_stock<S>(State(store): State<Arc<S>>) -> Result<Json<Vec<StockLevel>>, ApiError>
+async fn list_stock<S>(State(store): State<Arc<S>>, page: Page<String>) -> Result<Json<Vec<StockLevel>>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(stock::stock_levels(&*store).await?))
+    Ok(Json(stock::stock_levels(&*store, &page).await?))
 }
 
 async fn get_reservation<S>(
     State(store): State<Arc<S>>,
-    order_id: Result<Path<String>, PathRejection>,
+    PathId(order_id): PathId,
 ) -> Result<Json<Reservation>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let order_id = path(order_id)?;
-    let order_id = Uuid::parse_str(&order_id).map_err(|_| ApiError::validation("order_id", "must be a UUID"))?;
     match stock::reservation(&*store, order_id).await? {
         Some(reservation) => Ok(Json(reservation)),
         None => Err(ApiError::not_found(format!("order {order_id} has no reservation"))),

@@ -82,10 +82,6 @@ mod cases {
             [StockAdjusted { sku: "SKU-1".into(), available: 12 }, StockAdjusted { sku: "SKU-1".into(), available: 0 }]
         );
         assert!(messages.iter().all(|m| m.is::<StockAdjusted>() && m.kind == MessageKind::Event && m.key == "SKU-1"));
-
-        // A sku with characters that need escaping in a path.
-        let spaced: StockLevel = serde_json::from_value(put(&service, "big%20box", 1).await).unwrap();
-        assert_eq!(spaced.sku, "big box");
     }
 
     pub async fn setting_stock_leaves_reserved_untouched<S: SqlStore>(service: Inventory<S>)
@@ -113,6 +109,18 @@ mod cases {
         let levels: Vec<StockLevel> = listed.json();
         let listed: Vec<_> = levels.iter().map(|l| (l.sku.as_str(), l.available, l.reserved)).collect();
         assert_eq!(listed, [("a", 1, 0), ("b", 2, 0), ("c", 3, 0)]);
+
+        // Page by page, by sku.
+        let skus = |answer: Answer| -> Vec<String> {
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+            answer.json::<Vec<StockLevel>>().into_iter().map(|l| l.sku).collect()
+        };
+        assert_eq!(skus(call(&app, Method::GET, "/inventory?limit=2", None).await), ["a", "b"]);
+        assert_eq!(skus(call(&app, Method::GET, "/inventory?limit=2&after=b", None).await), ["c"]);
+        for (query, field) in [("limit=0", "limit"), ("limit=abc", "limit"), ("after=a%20b", "after")] {
+            let answer = call(&app, Method::GET, &format!("/inventory?{query}"), None).await;
+            assert_eq!(answer.fields(), [field], "{query}");
+        }
     }
 
     pub async fn invalid_stock_requests_name_the_field<S: SqlStore>(service: Inventory<S>)
@@ -120,7 +128,7 @@ mod cases {
         S::Tx: Sql,
     {
         let app = hosted(service.router());
-        let long_sku = "x".repeat(101);
+        let long_sku = "x".repeat(65);
         let cases = [
             ("/inventory/SKU-1", json!({ "available": -1 }), "available"),
             ("/inventory/SKU-1", json!({ "available": 1_000_000_000_001_i64 }), "available"),
@@ -130,6 +138,11 @@ mod cases {
             (&*format!("/inventory/{long_sku}"), json!({ "available": 1 }), "sku"),
             ("/inventory/%20padded", json!({ "available": 1 }), "sku"),
             ("/inventory/tab%09", json!({ "available": 1 }), "sku"),
+            // The catalog's rule, no other: no product could ever have these skus.
+            ("/inventory/a%20b", json!({ "available": 1 }), "sku"),
+            ("/inventory/big.box", json!({ "available": 1 }), "sku"),
+            ("/inventory/caf%C3%A9", json!({ "available": 1 }), "sku"),
+            ("/inventory/a%2Fb", json!({ "available": 1 }), "sku"),
         ];
         for (uri, body, field) in cases {
             let answer = call(&app, Method::PUT, uri, Some(body.clone())).await;
@@ -168,8 +181,13 @@ mod cases {
             assert_eq!((problem.status, problem.content_type()), (StatusCode::NOT_FOUND, PROBLEM), "{uri}");
             assert_eq!(problem.body["status"], 404);
         }
-        let problem = call(&app, Method::GET, "/reservations/not-a-uuid", None).await;
-        assert_eq!(problem.fields(), ["order_id"]);
+        // Not an id at all, or one in another spelling: 400 naming the parameter.
+        let id = Uuid::now_v7();
+        for malformed in ["not-a-uuid".to_owned(), format!("urn:uuid:{id}"), format!("%7B{id}%7D")] {
+            let problem = call(&app, Method::GET, &format!("/reservations/{malformed}"), None).await;
+            assert_eq!((problem.status, problem.content_type()), (StatusCode::BAD_REQUEST, PROBLEM), "{malformed}");
+            assert_eq!(problem.body["errors"][0]["field"], "order_id", "{}", problem.body);
+        }
     }
 
     pub async fn reservations_are_served<S: SqlStore>(service: Inventory<S>)

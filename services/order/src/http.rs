@@ -1,7 +1,18 @@
 //! The order service's HTTP API (behind the gateway).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /orders` | 202 `Accepted` (`Idempotency-Key` optional); 422 |
+//! | `GET /orders?limit=N&after=ID` | 200 a page of every order, by id (admin list) |
+//! | `GET /orders/{id}?wait_ms=N` | 200 `OrderView`, once decided or after `N` ms; 404 |
+//! | `POST /orders/{id}/cancel` | 202 `Accepted`; 404; 409 not APPROVED |
+//! | `GET /customers/{id}/orders?limit=N&after=ID` | 200 a page of the customer's orders, by id |
+//!
+//! Lists are paged with `polis_runtime::Page`; every `{id}` is a UUID in its
+//! canonical form (`polis_runtime::PathId`), anything else a 400.
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,10 +21,9 @@ use contracts::order::{
     Accepted, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, OrderStatus, OrderView, PlaceOrder, idempotency_key,
 };
 use contracts::{OrderLine, RejectionReason};
-use polis_runtime::{ApiError, Json, Page};
+use polis_runtime::{ApiError, Json, Page, PathId};
 use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore};
-use uuid::Uuid;
 
 use crate::aggregate::OrderError;
 use crate::decisions;
@@ -101,15 +111,11 @@ where
     Ok(response)
 }
 
-async fn cancel<S>(
-    State(service): State<OrderService<S>>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError>
+async fn cancel<S>(State(service): State<OrderService<S>>, PathId(id): PathId) -> Result<impl IntoResponse, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let id = parse_id(&id)?;
     service.cancel(id).await?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { id, status: OrderStatus::CancelPending })))
 }
@@ -120,14 +126,13 @@ const COLUMNS: &str = "order_id, customer_id, status, reason, lines, total, crea
 /// it is decided, or after `N` ms as it is then (see [`crate::decisions`]).
 async fn get_one<S>(
     State(service): State<OrderService<S>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(query): RawQuery,
 ) -> Result<Json<OrderView>, ApiError>
 where
     S: SqlStore + 'static,
     S::Tx: Sql,
 {
-    let id = parse_id(&id)?;
     let wait = decisions::wait_param(query.as_deref()).map_err(|e| ApiError::validation("wait_ms", e))?;
     let sql = format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1");
     let read = || async {
@@ -161,22 +166,23 @@ where
     Ok(Json(rows.iter().map(view).collect::<Result<_, _>>()?))
 }
 
+/// A page of a customer's orders in id order: UUIDv7, so the order they
+/// were placed in (to the millisecond). A customer without orders (or
+/// unknown here) has an empty list; the gateway answers 404 for a
+/// customer the customer service does not know.
 async fn list_for_customer<S>(
     State(service): State<OrderService<S>>,
-    Path(id): Path<String>,
+    PathId(customer_id): PathId,
+    page: Page,
 ) -> Result<Json<Vec<OrderView>>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("no such customer"))?;
-    let sql = format!("SELECT {COLUMNS} FROM orders WHERE customer_id = $1 ORDER BY created_at_us, order_id");
-    let rows = service.store().query(&sql, args![id]).await?;
+    let sql =
+        format!("SELECT {COLUMNS} FROM orders WHERE customer_id = $1 AND order_id > $2 ORDER BY order_id LIMIT $3");
+    let rows = service.store().query(&sql, args![customer_id, page.after_key(), page.sql_limit()]).await?;
     Ok(Json(rows.iter().map(view).collect::<Result<_, _>>()?))
-}
-
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::not_found("no such order"))
 }
 
 fn view(row: &Row) -> Result<OrderView, ApiError> {

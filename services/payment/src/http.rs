@@ -4,13 +4,11 @@
 //! write endpoint. The host adds the standard layers; this is the bare router.
 
 use axum::Router;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use contracts::payment::{Credit, Payment as PaymentView};
-use polis_runtime::{ApiError, Json, Page};
+use polis_runtime::{ApiError, Json, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
-use uuid::Uuid;
 
 use crate::{Payment, ledger};
 
@@ -26,21 +24,16 @@ where
         .with_state(service)
 }
 
-/// The id in the path, or a 422 naming the path parameter.
-fn id_param(field: &str, path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(raw) = path.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
-    Uuid::parse_str(&raw).map_err(|_| ApiError::validation(field, format!("must be a UUID, got `{raw}`")))
-}
-
+/// `{order_id}` and `{customer_id}` are UUIDs in their canonical form
+/// (`PathId`): anything else is a 400 naming the parameter.
 async fn get_payment<S>(
     State(service): State<Payment<S>>,
-    path: Result<Path<String>, PathRejection>,
+    PathId(order_id): PathId,
 ) -> Result<Json<PaymentView>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let order_id = id_param("order_id", path)?;
     match ledger::find(&*service.store, order_id).await? {
         Some(payment) => Ok(Json(payment.view())),
         None => Err(ApiError::not_found(format!("no payment for order {order_id}"))),
@@ -58,15 +51,11 @@ where
     Ok(Json(payments.iter().map(ledger::Stored::view).collect()))
 }
 
-async fn get_credit<S>(
-    State(service): State<Payment<S>>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Credit>, ApiError>
+async fn get_credit<S>(State(service): State<Payment<S>>, PathId(customer_id): PathId) -> Result<Json<Credit>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let customer_id = id_param("customer_id", path)?;
     match ledger::credit(&*service.store, customer_id).await? {
         Some(credit) => Ok(Json(credit)),
         None => Err(ApiError::not_found(format!("customer {customer_id} is not known to the payment service"))),

@@ -20,7 +20,7 @@ testsupport::suite! {
         every_payment_is_listed,
         credit_shows_the_limit_and_the_open_exposure,
         unknown_ids_are_not_found,
-        malformed_ids_are_validation_errors_naming_the_parameter,
+        malformed_ids_are_bad_requests_naming_the_parameter,
         only_get_is_allowed,
     ],
 }
@@ -171,14 +171,17 @@ mod cases {
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
-    pub async fn malformed_ids_are_validation_errors_naming_the_parameter<S>(service: Payment<S>)
+    pub async fn malformed_ids_are_bad_requests_naming_the_parameter<S>(service: Payment<S>)
     where
         S: SqlStore,
         S::Tx: Sql,
     {
-        for (uri, field) in [("/payments/not-a-uuid", "order_id"), ("/credit/42", "customer_id")] {
+        let braced = format!("/credit/%7B{}%7D", Uuid::now_v7());
+        for (uri, field) in
+            [("/payments/not-a-uuid", "order_id"), ("/credit/42", "customer_id"), (&braced, "customer_id")]
+        {
             let (status, body) = get(&service, uri).await;
-            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}");
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
             assert_eq!(body["errors"][0]["field"], field, "{body}");
             assert!(body["errors"][0]["message"].as_str().unwrap().contains("UUID"), "{body}");
         }

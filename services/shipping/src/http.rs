@@ -3,19 +3,17 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /shipments/{order_id}` | 200 `Shipment` / 404 |
+//! | `GET /shipments/{order_id}` | 200 `Shipment` / 404; 400 not an id (`polis_runtime::PathId`) |
 //! | `GET /shipments?limit=N&after=ID` | 200 a page of `Shipment`s by order id (admin list, see `polis_runtime::Page`) |
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use contracts::shipping::Shipment;
-use polis_runtime::{ApiError, Json, Page};
+use polis_runtime::{ApiError, Json, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
-use uuid::Uuid;
 
 use crate::shipments;
 
@@ -30,16 +28,11 @@ where
         .with_state(store)
 }
 
-async fn get_shipment<S>(
-    State(store): State<Arc<S>>,
-    order_id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Shipment>, ApiError>
+async fn get_shipment<S>(State(store): State<Arc<S>>, PathId(order_id): PathId) -> Result<Json<Shipment>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let Path(order_id) = order_id.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
-    let order_id = Uuid::parse_str(&order_id).map_err(|_| ApiError::validation("order_id", "must be a UUID"))?;
     match shipments::shipment(&*store, order_id).await? {
         Some(shipment) => Ok(Json(shipment)),
         None => Err(ApiError::not_found(format!("order {order_id} has no shipment"))),

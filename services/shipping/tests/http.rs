@@ -10,7 +10,7 @@ use cases::*;
 testsupport::suite! {
     service: shipping::SERVICE,
     open: support::open,
-    cases: [shipments_are_served, unknown_orders_are_404_and_bad_ids_422, the_api_is_read_only],
+    cases: [shipments_are_served, unknown_orders_are_404_and_bad_ids_400, the_api_is_read_only],
 }
 
 #[allow(unreachable_pub)]
@@ -108,7 +108,7 @@ mod cases {
         }
     }
 
-    pub async fn unknown_orders_are_404_and_bad_ids_422<S: SqlStore>(service: Shipping<S>)
+    pub async fn unknown_orders_are_404_and_bad_ids_400<S: SqlStore>(service: Shipping<S>)
     where
         S::Tx: Sql,
     {
@@ -117,9 +117,11 @@ mod cases {
         assert_eq!((problem.status, problem.content_type()), (StatusCode::NOT_FOUND, PROBLEM));
         assert_eq!(problem.body["status"], 404);
 
-        let problem = call(&app, Method::GET, "/shipments/12345", None).await;
-        assert_eq!((problem.status, problem.content_type()), (StatusCode::UNPROCESSABLE_ENTITY, PROBLEM));
-        assert_eq!(problem.fields(), ["order_id"]);
+        for malformed in ["12345".to_owned(), format!("urn:uuid:{}", Uuid::now_v7())] {
+            let problem = call(&app, Method::GET, &format!("/shipments/{malformed}"), None).await;
+            assert_eq!((problem.status, problem.content_type()), (StatusCode::BAD_REQUEST, PROBLEM), "{malformed}");
+            assert_eq!(problem.body["errors"][0]["field"], "order_id", "{}", problem.body);
+        }
     }
 
     pub async fn the_api_is_read_only<S: SqlStore>(service: Shipping<S>)

@@ -12,11 +12,11 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use contracts::order::IDEMPOTENT_REPLAYED;
 use http_body_util::BodyExt;
-use polis_runtime::Page;
+use polis_runtime::PageKey;
+use polis_runtime::page::{DEFAULT_LIMIT, Page};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower::ServiceExt;
-use uuid::Uuid;
 
 /// How long a remote call may take, answer included. Generous: a page of an
 /// admin list is up to a thousand items.
@@ -135,15 +135,29 @@ impl Endpoint {
     }
 
     /// Every item of a paginated list (`?limit=N&after=KEY`, see
-    /// [`polis_runtime::Page`]), page by page; `key` is an item's key.
-    pub async fn get_all<T: DeserializeOwned>(&self, path: &str, key: impl Fn(&T) -> Uuid) -> anyhow::Result<Vec<T>> {
+    /// [`polis_runtime::Page`]), page by page; `key` is an item's key (an id,
+    /// or a text key such as a sku).
+    pub async fn get_all<T, K>(&self, path: &str, key: impl Fn(&T) -> K) -> anyhow::Result<Vec<T>>
+    where
+        T: DeserializeOwned,
+        K: PageKey + std::fmt::Debug,
+    {
+        self.get_all_by(path, DEFAULT_LIMIT, key).await
+    }
+
+    /// [`Endpoint::get_all`] in pages of `limit` items.
+    pub async fn get_all_by<T, K>(&self, path: &str, limit: usize, key: impl Fn(&T) -> K) -> anyhow::Result<Vec<T>>
+    where
+        T: DeserializeOwned,
+        K: PageKey + std::fmt::Debug,
+    {
         let mut all = Vec::new();
-        let mut page = Some(Page::first(Page::DEFAULT_LIMIT));
+        let mut page = Some(Page::first(limit));
         let separator = if path.contains('?') { '&' } else { '?' };
         while let Some(current) = page {
             let items: Vec<T> = self.get(&format!("{path}{separator}{}", current.query())).await?;
             page = current.next(items.len(), items.last().map(&key));
-            if let Some(next) = page
+            if let Some(next) = &page
                 && next.after <= current.after
             {
                 anyhow::bail!("GET {path} does not page by key: a full page ended at {:?}", next.after);
@@ -163,6 +177,7 @@ mod tests {
 
     use axum::extract::State;
     use axum::routing::get;
+    use uuid::Uuid;
 
     use super::*;
 
@@ -186,7 +201,7 @@ mod tests {
     /// ever: `get_all` stops with an error instead.
     #[tokio::test]
     async fn get_all_refuses_a_list_that_does_not_page() {
-        let keys: Vec<Uuid> = (0..Page::DEFAULT_LIMIT).map(|_| Uuid::now_v7()).collect();
+        let keys: Vec<Uuid> = (0..DEFAULT_LIMIT).map(|_| Uuid::now_v7()).collect();
         let router = Router::new().route("/items", get(move || async move { polis_runtime::Json(keys.clone()) }));
         let error = Endpoint::local(router).get_all("/items", |k: &Uuid| *k).await.unwrap_err();
         assert!(error.to_string().contains("does not page by key"), "{error}");

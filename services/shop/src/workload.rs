@@ -535,7 +535,7 @@ pub async fn check_until_converged(
 /// The invariants over the orders of `scope` and the run's skus, once.
 pub async fn check(apis: &Apis, seeded: &Seeded, scope: Scope<'_>) -> anyhow::Result<Vec<Check>> {
     let mine = scope.select(apis.order.get_all("/orders", |o: &OrderView| o.id).await?);
-    let levels: Vec<StockLevel> = apis.inventory.get("/inventory").await?;
+    let levels = apis.inventory.get_all("/inventory", |l: &StockLevel| l.sku.clone()).await?;
     let reservations = apis.inventory.get_all("/reservations", |r: &Reservation| r.order_id).await?;
     let reservations: HashMap<Uuid, Reservation> = reservations.into_iter().map(|r| (r.order_id, r)).collect();
     let payments = apis.payment.get_all("/payments", |p: &Payment| p.order_id).await?;

@@ -151,6 +151,15 @@ async fn a_retried_order_is_placed_once() {
     shop.shutdown().await;
 }
 
+/// A customer's orders are read through the gateway a page at a time, over
+/// HTTP and PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_orders_are_read_page_by_page() {
+    let shop = Shop::start(SagaStyle::Orchestration).await;
+    shop.customer_orders_are_paged().await;
+    shop.shutdown().await;
+}
+
 macro_rules! both_styles {
     ($($case:ident),* $(,)?) => {
         mod orchestration {

@@ -217,6 +217,13 @@ async fn a_damaged_database_stops_the_start_naming_the_file() {
     assert!(message.contains(&order_db.display().to_string()) && message.contains("is damaged"), "{message}");
 }
 
+/// A customer's orders are read through the gateway a page at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_orders_are_read_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    Shop::start(dir.path(), &config(SagaStyle::Orchestration)).await.customer_orders_are_paged().await;
+}
+
 /// Database per service: each service's file holds polis's own tables and
 /// that service's tables, nothing of another service's.
 #[tokio::test]

@@ -27,7 +27,7 @@ use contracts::shipping::{Shipment, ShipmentStatus};
 use contracts::{Address, OrderLine};
 use gateway::{GatewayConfig, Upstream, Upstreams};
 use http_body_util::BodyExt;
-use polis_runtime::{ApiError, HttpOptions, Json, with_standard_stack};
+use polis_runtime::{ApiError, HttpOptions, Json, Page, with_standard_stack};
 use serde_json::Value;
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -203,9 +203,11 @@ fn catalog_service() -> Router {
             .map(Json)
             .ok_or_else(|| ApiError::not_found(format!("no product with sku `{sku}`")))
     }
-    Router::new()
-        .route("/products", routing::post(add).get(|| async { Json(products()) }))
-        .route("/products/{sku}", routing::get(fetch))
+    /// A page by sku, as the catalog lists.
+    async fn list(page: Page<String>) -> Json<Vec<Product>> {
+        Json(products().into_iter().filter(|p| p.sku > page.after_key()).take(page.limit).collect())
+    }
+    Router::new().route("/products", routing::post(add).get(list)).route("/products/{sku}", routing::get(fetch))
 }
 
 fn inventory_service() -> Router {
@@ -258,10 +260,13 @@ fn order_service() -> Router {
             None => Err(ApiError::not_found("no such order")),
         }
     }
-    async fn for_customer(Path(customer_id): Path<String>) -> Json<Vec<OrderView>> {
-        let orders =
-            [ORDER, NEW_ORDER].iter().filter_map(|o| order(o)).filter(|o| o.customer_id.to_string() == customer_id);
-        Json(orders.collect())
+    /// A page by order id, as the order service lists.
+    async fn for_customer(Path(customer_id): Path<String>, page: Page) -> Json<Vec<OrderView>> {
+        let orders = [ORDER, NEW_ORDER]
+            .iter()
+            .filter_map(|o| order(o))
+            .filter(|o| o.customer_id.to_string() == customer_id && o.id > page.after_key());
+        Json(orders.take(page.limit).collect())
     }
     Router::new()
         .route("/orders", routing::post(place))

@@ -347,7 +347,7 @@ impl Client {
         assert_eq!((again.status, json["id"].as_str()), (StatusCode::ACCEPTED, Some(id.to_string().as_str())));
         assert!(again.replayed, "{again:?}");
         assert_eq!(json["status"], "APPROVED", "a repeat answers with the current status: {json}");
-        let orders: Vec<OrderView> = self.gateway.get(&format!("/api/customers/{customer}/orders")).await.unwrap();
+        let orders = self.customer_orders(customer).await;
         assert_eq!(orders.iter().map(|o| o.id).collect::<Vec<_>>(), [id]);
 
         // Keys are per customer: another customer's same key places an order of its own.
@@ -368,7 +368,52 @@ impl Client {
             assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {json}");
             assert_eq!(json["errors"][0]["field"], "Idempotency-Key", "{json}");
         }
-        let orders: Vec<OrderView> = self.gateway.get(&format!("/api/customers/{customer}/orders")).await.unwrap();
+        let orders = self.customer_orders(customer).await;
         assert_eq!(orders.len(), 1, "refused requests place nothing: {orders:?}");
+    }
+
+    /// Every order of `customer`, read page by page through the gateway.
+    pub(crate) async fn customer_orders(&self, customer: Uuid) -> Vec<OrderView> {
+        let path = format!("/api/customers/{customer}/orders");
+        self.gateway.get_all(&path, |o: &OrderView| o.id).await.unwrap()
+    }
+
+    /// A customer's orders through the gateway a page at a time, in the
+    /// order they were placed; bad page parameters are 422s naming them.
+    pub(crate) async fn customer_orders_are_paged(&self) {
+        let customer = self.customer("DE", 1_000_000, "pages").await;
+        let sku = self.product(100, 50).await;
+        let mut placed = Vec::new();
+        for _ in 0..5 {
+            placed.push(self.order(customer, &[(&sku, 1)]).await);
+        }
+        // Another customer's orders are not listed.
+        let other = self.customer("DE", 1_000_000, "pages-other").await;
+        self.order(other, &[(&sku, 1)]).await;
+
+        let path = format!("/api/customers/{customer}/orders");
+        let page = async |query: String| -> Vec<Uuid> {
+            let orders: Vec<OrderView> = self.gateway.get(&format!("{path}?{query}")).await.unwrap();
+            orders.iter().map(|o| o.id).collect()
+        };
+        assert_eq!(page("limit=2".into()).await, placed[..2]);
+        assert_eq!(page(format!("limit=2&after={}", placed[1])).await, placed[2..4]);
+        assert_eq!(page(format!("limit=2&after={}", placed[3])).await, placed[4..]);
+        let all = self.gateway.get_all_by(&path, 2, |o: &OrderView| o.id).await.unwrap();
+        assert_eq!(all.iter().map(|o| o.id).collect::<Vec<_>>(), placed, "three pages, read to the end");
+        assert!(all.iter().all(|o| o.customer_id == customer));
+
+        for (query, field) in [
+            ("limit=0", "limit"),
+            ("limit=-1", "limit"),
+            ("limit=abc", "limit"),
+            ("limit=10001", "limit"),
+            ("after=nope", "after"),
+        ] {
+            let (status, body) = self.gateway.call(Method::GET, &format!("{path}?{query}"), None::<&()>).await.unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+            assert_eq!(body["errors"][0]["field"], field, "{query}: {body}");
+        }
     }
 }

@@ -1,0 +1,126 @@
+//! The order service's HTTP API behind polis-runtime's standard layers, on
+//! SQLite and PostgreSQL: a customer's orders are read a page at a time,
+//! and every id in a path is a UUID in its canonical form or a 400.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{Method, StatusCode};
+use contracts::OrderLine;
+use contracts::order::OrderView;
+use order::{Config, OrderService, Placed};
+use polis_store::sql::{Sql, SqlStore};
+use testsupport::{Answer, PROBLEM, call, hosted};
+use uuid::Uuid;
+
+struct App<S> {
+    service: OrderService<S>,
+    router: Router,
+}
+
+impl<S> App<S>
+where
+    S: SqlStore + 'static,
+    S::Tx: Sql,
+{
+    async fn new(store: Arc<S>) -> Self {
+        let service = OrderService::open(store, Config::default()).await.unwrap();
+        let router = hosted(service.router());
+        Self { service, router }
+    }
+
+    async fn get(&self, uri: &str) -> Answer {
+        call(&self.router, Method::GET, uri, None).await
+    }
+
+    async fn place(&self, customer: Uuid) -> Uuid {
+        let lines = vec![OrderLine { sku: "A-1".into(), quantity: 1, unit_price: 100 }];
+        match self.service.place(customer, lines, None).await.unwrap() {
+            Placed::New(id) => id,
+            other => panic!("expected a new order, got {other:?}"),
+        }
+    }
+
+    /// The ids of one page of `customer`'s orders.
+    async fn page(&self, customer: Uuid, query: &str) -> Vec<Uuid> {
+        let answer = self.get(&format!("/customers/{customer}/orders?{query}")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{query}: {}", answer.body);
+        answer.json::<Vec<OrderView>>().into_iter().map(|o| o.id).collect()
+    }
+}
+
+async fn a_customers_orders_are_read_page_by_page<S>(app: App<S>)
+where
+    S: SqlStore + 'static,
+    S::Tx: Sql,
+{
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut mine = Vec::new();
+    for _ in 0..5 {
+        mine.push(app.place(ada).await);
+        app.place(bob).await;
+    }
+    // Placed one after another: id order is the order they were placed in.
+    assert!(mine.is_sorted());
+
+    assert_eq!(app.page(ada, "").await, mine, "the default page holds them all");
+    assert_eq!(app.page(ada, "limit=2").await, mine[..2]);
+    assert_eq!(app.page(ada, &format!("limit=2&after={}", mine[1])).await, mine[2..4]);
+    assert_eq!(app.page(ada, &format!("limit=2&after={}", mine[3])).await, mine[4..]);
+    assert_eq!(app.page(ada, &format!("limit=2&after={}", mine[4])).await, Vec::<Uuid>::new());
+    assert_eq!(app.page(Uuid::now_v7(), "limit=2").await, Vec::<Uuid>::new(), "no orders, no error");
+
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=10001", "limit"),
+        ("after=nope", "after"),
+        ("after=%7B0190a4b2-7d5e-7c3a-9f1e-2b3c4d5e6f70%7D", "after"),
+    ] {
+        let answer = app.get(&format!("/customers/{ada}/orders?{query}")).await;
+        assert_eq!(answer.content_type(), PROBLEM, "{query}");
+        assert_eq!(answer.fields(), [field], "{query}");
+    }
+}
+
+async fn ids_in_paths_are_canonical_uuids_or_a_400<S>(app: App<S>)
+where
+    S: SqlStore + 'static,
+    S::Tx: Sql,
+{
+    let customer = Uuid::now_v7();
+    let id = app.place(customer).await;
+    let upper = app.get(&format!("/orders/{}", id.to_string().to_uppercase())).await;
+    assert_eq!((upper.status, upper.json::<OrderView>().id), (StatusCode::OK, id), "either case of hex digits");
+    assert_eq!(app.get(&format!("/orders/{}", Uuid::now_v7())).await.status, StatusCode::NOT_FOUND);
+
+    for malformed in [
+        "not-a-uuid".to_owned(),
+        format!("urn:uuid:{id}"),
+        format!("%7B{id}%7D"),
+        id.simple().to_string(),
+        "%FF".to_owned(),
+    ] {
+        for (method, uri) in [
+            (Method::GET, format!("/orders/{malformed}")),
+            (Method::GET, format!("/orders/{malformed}?wait_ms=10")),
+            (Method::POST, format!("/orders/{malformed}/cancel")),
+            (Method::GET, format!("/customers/{malformed}/orders")),
+        ] {
+            let answer = call(&app.router, method.clone(), &uri, None).await;
+            assert_eq!((answer.status, answer.content_type()), (StatusCode::BAD_REQUEST, PROBLEM), "{method} {uri}");
+            if malformed != "%FF" {
+                assert_eq!(answer.body["errors"][0]["field"], "id", "{method} {uri}: {}", answer.body);
+            }
+        }
+    }
+}
+
+testsupport::suite! {
+    service: contracts::order::SERVICE,
+    open: App::new,
+    cases: [a_customers_orders_are_read_page_by_page, ids_in_paths_are_canonical_uuids_or_a_400],
+}
