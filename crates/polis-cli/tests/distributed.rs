@@ -339,10 +339,7 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
     // Which reasons occur depends on when the victim was down (a step may
     // time out instead): coverage is the demo's business, safety is this
     // test's. Compensations may still be landing: wait for convergence.
-    let safe = |checks: &[workload::Check]| {
-        let safety: Vec<_> = checks.iter().filter(|c| !c.name.starts_with("the workload covers")).collect();
-        safety.len() >= 6 && safety.iter().all(|c| c.holds)
-    };
+    let safe = workload::safe;
     let converged = polis_testkit::wait_for(Duration::from_secs(60), || async {
         safe(&workload::check(&apis, &seeded, scope).await.unwrap())
     })
@@ -350,6 +347,63 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
     let checks = workload::check(&apis, &seeded, scope).await.unwrap();
     assert!(converged.is_ok() && safe(&checks), "{checks:#?}");
     supervisor.stop().await;
+}
+
+/// The saga style may change across a restart while orders are in flight,
+/// in both directions (orchestration → choreography → orchestration, a
+/// third of the orders placed and left undecided under each): every order
+/// ends terminal and every safety invariant holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_style_can_change_across_restarts_under_load() {
+    const ORDERS: usize = 60;
+    let postgres = polis_testkit::postgres().await;
+    let dir = data_dir();
+    let styles = [SagaStyle::Orchestration, SagaStyle::Choreography, SagaStyle::Orchestration];
+    let mut rng = workload::rng(13);
+    let mut run = None;
+    let mut placed = Vec::new();
+    for (round, style) in styles.into_iter().enumerate() {
+        let options = SupervisorOptions::new(env!("CARGO_BIN_EXE_polis"), dir.path())
+            .with_saga(style)
+            .with_gateway_listen("127.0.0.1:0".parse().unwrap())
+            .with_env("POLIS_POSTGRES_URL", postgres.url())
+            .with_env("POLIS__DATABASE_PREFIX", postgres.name());
+        let supervisor = Supervisor::start(options).await.unwrap();
+        let endpoint = |service| Endpoint::remote(&supervisor.url(service)).unwrap();
+        let apis = Apis {
+            gateway: endpoint(Service::Gateway),
+            inventory: endpoint(Service::Inventory),
+            payment: endpoint(Service::Payment),
+            shipping: endpoint(Service::Shipping),
+            order: endpoint(Service::Order),
+        };
+        let (seeded, plan) = match &run {
+            Some(run) => run,
+            None => {
+                let seeded = workload::seed(&apis, &workload::run_tag(), ORDERS, &mut rng).await.unwrap();
+                let plan = workload::plan(&seeded, ORDERS, &mut rng);
+                run.insert((seeded, plan))
+            }
+        };
+        let third = &plan[round * ORDERS / 3..(round + 1) * ORDERS / 3];
+        placed.extend(workload::place_orders(&apis, third, 8, workload::Pacing::Accepted, &|_| {}).await.unwrap());
+        if round + 1 < styles.len() {
+            // Stopped with orders in flight; the next style resumes them.
+            supervisor.stop().await;
+            continue;
+        }
+        let scope = Scope::Placed(&placed);
+        let orders = workload::wait_terminal(&apis, scope, Duration::from_secs(120), &|_| {}).await.unwrap();
+        assert_eq!(orders.len(), ORDERS);
+        assert!(orders.values().all(|o| o.status.is_terminal()), "{orders:#?}");
+        let converged = polis_testkit::wait_for(Duration::from_secs(60), || async {
+            workload::safe(&workload::check(&apis, seeded, scope).await.unwrap())
+        })
+        .await;
+        let checks = workload::check(&apis, seeded, scope).await.unwrap();
+        assert!(converged.is_ok(), "{checks:#?}");
+        supervisor.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
