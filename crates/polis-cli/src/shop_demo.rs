@@ -39,7 +39,6 @@ use contracts::order::{OrderStatus, OrderView};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use shop::client::Endpoint;
-use shop::distributed::Service;
 use shop::supervisor::Supervisor;
 use shop::workload::{self, Apis, Check, Deployment, Pacing, RunRecord, Scope};
 
@@ -310,15 +309,7 @@ pub(crate) async fn start(
                 eprintln!("polis: starting the distributed shop (a process per service)…");
             }
             let supervisor = Supervisor::start(options).await.context("starting the distributed shop")?;
-            let endpoint = |service: Service| Endpoint::remote(&supervisor.url(service));
-            let apis = Apis {
-                gateway: endpoint(Service::Gateway)?,
-                inventory: endpoint(Service::Inventory)?,
-                payment: endpoint(Service::Payment)?,
-                shipping: endpoint(Service::Shipping)?,
-                order: endpoint(Service::Order)?,
-            };
-            Ok((apis, Running::Distributed(Box::new(supervisor))))
+            Ok((supervisor.apis()?, Running::Distributed(Box::new(supervisor))))
         }
     }
 }

@@ -6,53 +6,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use shop::client::Endpoint;
-use support::polis;
-
-/// A `polis` process that is stopped (SIGTERM, then SIGKILL) if a failing
-/// test drops it.
-struct Running(Option<Child>);
-
-impl Running {
-    fn pid(&self) -> u32 {
-        self.0.as_ref().unwrap().id()
-    }
-
-    /// Sends `signal` and waits for the exit status.
-    async fn signal_and_wait(mut self, signal: &str) -> std::process::ExitStatus {
-        let mut child = self.0.take().unwrap();
-        let sent = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
-        assert!(sent.success());
-        let mut status = None;
-        let exited = polis_testkit::wait_for(Duration::from_secs(60), || {
-            status = status.or_else(|| child.try_wait().unwrap());
-            std::future::ready(status.is_some())
-        })
-        .await;
-        assert!(exited.is_ok(), "polis did not stop on {signal}");
-        status.unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            polis_testkit::process::terminate(&child);
-            for _ in 0..500 {
-                if child.try_wait().unwrap().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
+use support::{Running, polis};
 
 async fn spawn(args: &[&str], dir: &Path, log: &str) -> Running {
     let mut command = polis();

@@ -14,7 +14,7 @@ mod support;
 use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,8 +28,8 @@ use contracts::{Address, Quantity, SagaStyle};
 use shop::client::Endpoint;
 use shop::distributed::Service;
 use shop::supervisor::{Supervisor, SupervisorOptions};
-use shop::workload::{self, Apis, Scope};
-use support::polis;
+use shop::workload;
+use support::{Running, polis};
 use uuid::Uuid;
 
 /// A data directory others may search (not list): under root the local
@@ -117,26 +117,6 @@ fn read_pid(dir: &Path, service: Service) -> Option<u32> {
     std::fs::read_to_string(dir.join(format!("run/{service}.pid"))).ok()?.trim().parse().ok()
 }
 
-/// A `polis` process that is stopped (SIGTERM, then SIGKILL) if a failing
-/// test drops it, so it never outlives its test's data directory.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            polis_testkit::process::terminate(&child);
-            for _ in 0..500 {
-                if child.try_wait().unwrap().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
 /// Starts `polis up --mode distributed` and waits until its gateway answers.
 async fn up(dir: &Path, port: u16) -> (Running, Endpoint) {
     let mut command = polis();
@@ -154,17 +134,9 @@ async fn up(dir: &Path, port: u16) -> (Running, Endpoint) {
 }
 
 /// SIGTERMs a `polis` process and waits for it to exit; it must exit cleanly.
-async fn interrupt(mut running: Running) {
-    let mut child = running.0.take().unwrap();
-    polis_testkit::process::terminate(&child);
-    let mut status = None;
-    let exited = polis_testkit::wait_for(Duration::from_secs(60), || {
-        status = status.or_else(|| child.try_wait().unwrap());
-        std::future::ready(status.is_some())
-    })
-    .await;
-    assert!(exited.is_ok(), "polis up did not stop");
-    assert!(status.unwrap().success(), "polis up exited with {status:?}");
+async fn interrupt(running: Running) {
+    let status = running.signal_and_wait("-TERM").await;
+    assert!(status.success(), "polis up exited with {status:?}");
 }
 
 /// `polis up --mode distributed` with nothing configured: local servers
@@ -288,14 +260,7 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
         // What the victim had pulled but not finished comes back this soon.
         .with_env("POLIS__NATS__ACK_WAIT_MS", "2000");
     let mut supervisor = Supervisor::start(options).await.unwrap();
-    let endpoint = |service| Endpoint::remote(&supervisor.url(service)).unwrap();
-    let apis = Apis {
-        gateway: endpoint(Service::Gateway),
-        inventory: endpoint(Service::Inventory),
-        payment: endpoint(Service::Payment),
-        shipping: endpoint(Service::Shipping),
-        order: endpoint(Service::Order),
-    };
+    let apis = supervisor.apis().unwrap();
 
     const ORDERS: usize = 150;
     let mut rng = workload::rng(11);
@@ -332,20 +297,10 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
     let placed = placing.await.unwrap();
     assert_eq!(placed.len(), ORDERS);
 
-    let scope = Scope::Placed(&placed);
-    let orders = workload::wait_terminal(&apis, scope, Duration::from_secs(120), &|_| {}).await.unwrap();
-    let stuck: Vec<_> = orders.values().filter(|o| !o.status.is_terminal()).collect();
-    assert!(stuck.is_empty() && orders.len() == ORDERS, "orders not terminal: {stuck:?}");
     // Which reasons occur depends on when the victim was down (a step may
     // time out instead): coverage is the demo's business, safety is this
     // test's. Compensations may still be landing: wait for convergence.
-    let safe = workload::safe;
-    let converged = polis_testkit::wait_for(Duration::from_secs(60), || async {
-        safe(&workload::check(&apis, &seeded, scope).await.unwrap())
-    })
-    .await;
-    let checks = workload::check(&apis, &seeded, scope).await.unwrap();
-    assert!(converged.is_ok() && safe(&checks), "{checks:#?}");
+    workload::wait_safe(&apis, &seeded, &placed, Duration::from_secs(120)).await.unwrap();
     supervisor.stop().await;
 }
 
@@ -369,14 +324,7 @@ async fn the_saga_style_can_change_across_restarts_under_load() {
             .with_env("POLIS_POSTGRES_URL", postgres.url())
             .with_env("POLIS__DATABASE_PREFIX", postgres.name());
         let supervisor = Supervisor::start(options).await.unwrap();
-        let endpoint = |service| Endpoint::remote(&supervisor.url(service)).unwrap();
-        let apis = Apis {
-            gateway: endpoint(Service::Gateway),
-            inventory: endpoint(Service::Inventory),
-            payment: endpoint(Service::Payment),
-            shipping: endpoint(Service::Shipping),
-            order: endpoint(Service::Order),
-        };
+        let apis = supervisor.apis().unwrap();
         let (seeded, plan) = match &run {
             Some(run) => run,
             None => {
@@ -392,16 +340,8 @@ async fn the_saga_style_can_change_across_restarts_under_load() {
             supervisor.stop().await;
             continue;
         }
-        let scope = Scope::Placed(&placed);
-        let orders = workload::wait_terminal(&apis, scope, Duration::from_secs(120), &|_| {}).await.unwrap();
-        assert_eq!(orders.len(), ORDERS);
-        assert!(orders.values().all(|o| o.status.is_terminal()), "{orders:#?}");
-        let converged = polis_testkit::wait_for(Duration::from_secs(60), || async {
-            workload::safe(&workload::check(&apis, seeded, scope).await.unwrap())
-        })
-        .await;
-        let checks = workload::check(&apis, seeded, scope).await.unwrap();
-        assert!(converged.is_ok(), "{checks:#?}");
+        assert_eq!(placed.len(), ORDERS);
+        workload::wait_safe(&apis, seeded, &placed, Duration::from_secs(120)).await.unwrap();
         supervisor.stop().await;
     }
 }

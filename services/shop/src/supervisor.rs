@@ -284,6 +284,18 @@ impl Supervisor {
         Ok(supervisor)
     }
 
+    /// The shop's APIs over HTTP, as the demo's workload and checks use them.
+    pub fn apis(&self) -> anyhow::Result<crate::workload::Apis> {
+        let endpoint = |service: Service| crate::client::Endpoint::remote(&self.url(service));
+        Ok(crate::workload::Apis {
+            gateway: endpoint(Service::Gateway)?,
+            inventory: endpoint(Service::Inventory)?,
+            payment: endpoint(Service::Payment)?,
+            shipping: endpoint(Service::Shipping)?,
+            order: endpoint(Service::Order)?,
+        })
+    }
+
     /// `http://<gateway address>`; the public API is under `/api`.
     pub fn gateway_url(&self) -> String {
         self.url(Service::Gateway)

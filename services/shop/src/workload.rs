@@ -483,6 +483,40 @@ pub async fn wait_terminal(
     }
 }
 
+/// How long the safety invariants may take to converge once every order is
+/// terminal (compensations may still be landing) in [`wait_safe`].
+const SAFETY_CONVERGENCE: Duration = Duration::from_secs(60);
+
+/// The fault tests' verdict: every order in `placed` ends terminal within
+/// `patience`, and then every safety invariant holds (coverage aside, see
+/// [`safe`]) within a minute. The error says which orders or invariants
+/// did not.
+pub async fn wait_safe(
+    apis: &Apis,
+    seeded: &Seeded,
+    placed: &[(Uuid, Planned)],
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let scope = Scope::Placed(placed);
+    let orders = wait_terminal(apis, scope, patience, &|_| {}).await?;
+    let stuck: Vec<&OrderView> = orders.values().filter(|o| !o.status.is_terminal()).collect();
+    anyhow::ensure!(
+        stuck.is_empty() && orders.len() == placed.len(),
+        "{} of {} orders found, not terminal: {stuck:#?}",
+        orders.len(),
+        placed.len()
+    );
+    let deadline = Instant::now() + SAFETY_CONVERGENCE;
+    loop {
+        let checks = check(apis, seeded, scope).await?;
+        if safe(&checks) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the safety invariants do not hold: {checks:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The default patience of [`wait_terminal`] for `orders` orders.
 pub fn patience(orders: usize) -> Duration {
     Duration::from_secs(60 + orders as u64 / 50)
