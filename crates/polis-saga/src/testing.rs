@@ -20,6 +20,7 @@ pub struct SagaFixture<S> {
 }
 
 impl<S: Saga> SagaFixture<S> {
+    /// A fixture starting from `state`, with the clock at the current time.
     pub fn given(state: S) -> Self {
         Self { state, now: Utc::now() }
     }
@@ -30,11 +31,15 @@ impl<S: Saga> SagaFixture<S> {
         self
     }
 
+    /// Feeds `reply` to the saga at the fixture's time; returns the new state
+    /// and the step it produced.
     pub fn when_reply(mut self, reply: &Message) -> (S, Step<S::Effect>) {
         let step = self.state.on_reply(reply, self.now);
         (self.state, step)
     }
 
+    /// Lets the saga's deadline pass at the fixture's time; returns the new
+    /// state and the step it produced.
     pub fn when_deadline(mut self) -> (S, Step<S::Effect>) {
         let step = self.state.on_deadline(self.now);
         (self.state, step)
