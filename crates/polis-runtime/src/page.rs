@@ -26,7 +26,9 @@ pub struct Page {
 }
 
 impl Page {
+    /// The page size when the query has no `limit`.
     pub const DEFAULT_LIMIT: usize = 1_000;
+    /// The largest `limit` accepted; above it (or below 1) is a 422.
     pub const MAX_LIMIT: usize = 10_000;
 
     /// The first page of `limit` items.
