@@ -240,7 +240,8 @@ impl ApiError {
         self.0.status
     }
 
-    /// The problem type URI.
+    /// The problem type URI: `https://polis.dev/problems/<slug>`, or
+    /// `about:blank` for a problem made with [`ApiError::from_status`].
     pub fn problem_type(&self) -> &str {
         &self.0.problem_type
     }

@@ -210,7 +210,9 @@ impl<S: Saga> Sagas<S> {
         Self { service: service.into(), _saga: PhantomData }
     }
 
-    /// A new, unsaved instance.
+    /// A new instance of `state` under `id`, not stored yet (version 0, no
+    /// deadline): [`save`](Self::save) inserts it, or fails with
+    /// [`SagaError::AlreadyStarted`] if `id` is taken.
     pub fn begin(&self, id: impl Into<String>, state: S) -> Instance<S> {
         Instance { id: id.into(), state, version: 0, deadline: None }
     }

@@ -25,7 +25,7 @@ impl<S: Saga> SagaFixture<S> {
         Self { state, now: Utc::now() }
     }
 
-    /// Sets the clock.
+    /// Sets the time the saga is told it is (`now`) in the `when_*` calls.
     pub fn at(mut self, now: DateTime<Utc>) -> Self {
         self.now = now;
         self
