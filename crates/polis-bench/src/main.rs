@@ -20,6 +20,8 @@
 //! server on port 5432 is never used implicitly. The relay scenario starts a
 //! throwaway nats-server of its own, likewise.
 
+#![warn(missing_docs)]
+
 mod delay;
 mod load;
 mod machine;

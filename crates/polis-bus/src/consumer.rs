@@ -69,6 +69,14 @@ impl From<serde_json::Error> for HandlerError {
 /// Handles messages of one topic inside the consumer's transaction.
 #[async_trait]
 pub trait Handler<Tx: Send>: Send + Sync + 'static {
+    /// Applies `message`'s effects through `tx`: its writes, and the messages
+    /// it sends, commit together with the inbox record, or not at all.
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError::Transient`] to have the message retried (with back-off,
+    /// up to [`ConsumerOptions::max_attempts`]), [`HandlerError::Permanent`] to
+    /// dead-letter it at once. Either way the transaction is rolled back.
     async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError>;
 }
 
@@ -77,7 +85,9 @@ pub trait Handler<Tx: Send>: Send + Sync + 'static {
 pub struct ConsumerOptions {
     /// Attempts per delivery before the message becomes a dead letter.
     pub max_attempts: u32,
+    /// Wait before the first retry of a transient failure; doubles per retry.
     pub retry_min: Duration,
+    /// Longest wait between two retries.
     pub retry_max: Duration,
     /// Deliveries being handled at once (across keys).
     pub max_in_flight: usize,
@@ -98,16 +108,26 @@ impl Default for ConsumerOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeadLetterError {
+    /// This consumer has no dead letter with that id (never had, or it was
+    /// already replayed or discarded).
     #[error("no dead letter {0} for this consumer")]
     NotFound(Uuid),
+    /// The dead letter is a payload that never decoded into a message; it can
+    /// only be discarded.
     #[error("dead letter {0} holds a malformed message; there is nothing to replay")]
     NotReplayable(Uuid),
+    /// The message's topic has no route on this consumer (the subject filter
+    /// is named).
     #[error("no handler for {0}")]
     NoHandler(String),
+    /// The dead letter is parked behind an earlier one of its key: replaying
+    /// it first would break the key's order.
     #[error("dead letter {0} is parked behind an earlier one of its key; resolve that first")]
     Blocked(Uuid),
+    /// The handler failed again; the dead letter stays, with the new error.
     #[error("replay failed: {0}")]
     ReplayFailed(HandlerError),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -115,9 +135,13 @@ pub enum DeadLetterError {
 /// What happened to one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// The handler ran and its effects committed.
     Handled,
+    /// The inbox already had the message id: acknowledged without effects.
     Duplicate,
+    /// Stored as a parked dead letter behind an unresolved one of its key.
     Parked,
+    /// Stored as a dead letter: malformed, permanently failed, or out of retries.
     DeadLettered,
 }
 
@@ -168,6 +192,8 @@ impl<S: TransactionalStore> Consumer<S> {
         self
     }
 
+    /// The consumer's name: its durable subscriptions, inbox records and dead
+    /// letters are kept under it.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -22,7 +22,7 @@
 //! inbox. So the fsync leaves each hop's path without weakening "nothing
 //! lost". (A process crash loses nothing at all: the commit is in the OS.)
 //!
-//! Fresh messages are also kept in memory, the last [`TAIL`] per topic: a
+//! Fresh messages are also kept in memory, the last 1,024 per topic: a
 //! consumer that keeps up is handed them from there, without reading and
 //! parsing the log again; one that lags reads the log.
 //!

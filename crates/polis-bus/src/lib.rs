@@ -14,6 +14,8 @@
 //! Both buses implement [`polis_core::Bus`] and pass one contract suite
 //! (`tests/bus_contract.rs`).
 
+#![warn(missing_docs)]
+
 pub mod consumer;
 pub mod inprocess;
 pub mod nats;

@@ -91,15 +91,25 @@ use uuid::Uuid;
 
 /// Header names of the NATS mapping (see the module docs).
 pub mod headers {
+    /// The CloudEvents spec version, always `1.0`.
     pub const SPEC_VERSION: &str = "ce-specversion";
+    /// The message id ([`Message::id`](polis_core::Message::id)).
     pub const ID: &str = "ce-id";
+    /// The message type ([`Message::message_type`](polis_core::Message::message_type)).
     pub const TYPE: &str = "ce-type";
+    /// The sending service ([`Message::source`](polis_core::Message::source)).
     pub const SOURCE: &str = "ce-source";
+    /// The ordering key ([`Message::key`](polis_core::Message::key)).
     pub const SUBJECT: &str = "ce-subject";
+    /// The creation time, RFC 3339 with microseconds.
     pub const TIME: &str = "ce-time";
+    /// The correlation id; absent when the message has none.
     pub const CORRELATION_ID: &str = "ce-correlationid";
+    /// The causation id; absent when the message has none.
     pub const CAUSATION_ID: &str = "ce-causationid";
+    /// W3C trace context; absent when the message has none.
     pub const TRACEPARENT: &str = "traceparent";
+    /// The body's media type, always `application/json`.
     pub const CONTENT_TYPE: &str = "content-type";
     /// Set by async-nats from the message id; read by the broker.
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
@@ -155,20 +165,78 @@ impl Default for NatsOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NatsError {
+    /// The first connection failed (unreachable server, bad URL).
     #[error("cannot connect to nats at {url}")]
-    Connect { url: String, source: BoxError },
+    Connect {
+        /// The server URL as given.
+        url: String,
+        /// async-nats's error.
+        source: BoxError,
+    },
+    /// A JetStream API request to create or look up a stream failed
+    /// (JetStream disabled, no storage, server away).
     #[error("cannot create or look up jetstream stream {stream}")]
-    Stream { stream: String, source: BoxError },
+    Stream {
+        /// The stream's name, `POLIS_<SERVICE>`.
+        stream: String,
+        /// async-nats's error.
+        source: BoxError,
+    },
+    /// A stream of the expected name exists with other subjects: someone
+    /// else's stream, or another shop sharing the server. polis does not
+    /// change it.
     #[error("jetstream stream {stream} holds subjects {subjects:?}, not the expected {expected}")]
-    StreamMismatch { stream: String, subjects: Vec<String>, expected: String },
+    StreamMismatch {
+        /// The stream's name.
+        stream: String,
+        /// The subjects it holds.
+        subjects: Vec<String>,
+        /// The one subject filter polis expects, `polis.<service>.>`.
+        expected: String,
+    },
+    /// A message was not stored: the publish or its acknowledgement failed or
+    /// timed out ([`NatsOptions::publish_timeout`]).
     #[error("cannot publish message {id} to {subject}")]
-    Publish { id: Uuid, subject: String, source: BoxError },
+    Publish {
+        /// The message's id.
+        id: Uuid,
+        /// The subject it was published to.
+        subject: String,
+        /// async-nats's error.
+        source: BoxError,
+    },
+    /// Creating (or looking up) a durable pull consumer failed.
     #[error("cannot create durable consumer {durable} on jetstream stream {stream}")]
-    Consumer { stream: String, durable: String, source: BoxError },
+    Consumer {
+        /// The stream it reads.
+        stream: String,
+        /// The durable consumer's name, see [`durable_name`].
+        durable: String,
+        /// async-nats's error.
+        source: BoxError,
+    },
+    /// Opening a pull stream on the durable consumer failed (the subscription
+    /// retries on the next `next`).
     #[error("cannot pull from durable consumer {durable}")]
-    Pull { durable: String, source: BoxError },
+    Pull {
+        /// The durable consumer's name.
+        durable: String,
+        /// async-nats's error.
+        source: BoxError,
+    },
+    /// An ack or nack was not confirmed by the server in time: the delivery
+    /// may come again.
     #[error("the server did not confirm the {what} of stream sequence {sequence}")]
-    Ack { what: &'static str, sequence: u64, source: BoxError },
+    Ack {
+        /// `ack` or `nack`.
+        what: &'static str,
+        /// The message's sequence number in its stream.
+        sequence: u64,
+        /// async-nats's error.
+        source: BoxError,
+    },
+    /// The consumer name or topic cannot name a durable consumer (empty,
+    /// NUL, a service that is not a subject token).
     #[error("invalid subscription: {0}")]
     InvalidSubscription(String),
 }

@@ -49,6 +49,7 @@ pub struct RelayOptions {
     pub poll_interval: Duration,
     /// Back-off after a failure grows from `retry_min` to `retry_max`.
     pub retry_min: Duration,
+    /// Longest back-off after repeated failures.
     pub retry_max: Duration,
     /// Published outbox entries and inbox records older than this are deleted.
     /// Keep it longer than any redelivery can take, or a very late duplicate
@@ -75,8 +76,10 @@ impl Default for RelayOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
+    /// Reading unpublished entries or marking published ones failed.
     #[error("reading or updating the outbox failed")]
     Store(#[from] StoreError),
+    /// The bus did not store the batch; it is published again on the next step.
     #[error("publishing to the bus failed")]
     Bus(#[from] BusError),
     /// A read or mark running beside a publish panicked or was cancelled.
@@ -131,6 +134,8 @@ impl Drop for RelayHandle {
 }
 
 impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
+    /// A relay from `store`'s outbox to `bus`; it does nothing until
+    /// [`step`](Self::step)ped or spawned.
     pub fn new(store: Arc<S>, bus: Arc<B>, options: RelayOptions) -> Self {
         Self { store, bus, options, pipeline: Mutex::default() }
     }

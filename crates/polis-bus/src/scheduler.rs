@@ -40,6 +40,7 @@ pub struct SchedulerOptions {
     pub poll_interval: Duration,
     /// Back-off after a failure grows from `retry_min` to `retry_max`.
     pub retry_min: Duration,
+    /// Longest back-off after repeated failures.
     pub retry_max: Duration,
     /// How often to refresh the pending gauge (a count over the schedule).
     pub gauge_interval: Duration,
@@ -75,6 +76,8 @@ impl Drop for SchedulerHandle {
 }
 
 impl<S: TransactionalStore> Scheduler<S> {
+    /// A scheduler for `store`'s schedule; it does nothing until
+    /// [`step`](Self::step)ped or spawned.
     pub fn new(store: Arc<S>, options: SchedulerOptions) -> Self {
         Self { store, options }
     }

@@ -10,6 +10,8 @@
 //! - `polis store-demo`: the event store alone — aggregates under concurrent
 //!   commands, a catch-up projection, invariant checks, on SQLite or PostgreSQL.
 
+#![warn(missing_docs)]
+
 mod check;
 mod serve;
 mod shop_demo;

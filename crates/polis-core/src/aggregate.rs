@@ -14,8 +14,12 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
     /// Bump when the serialized state's shape changes: older snapshots are then ignored.
     const SNAPSHOT_VERSION: u16 = 1;
 
+    /// What callers ask of the aggregate (usually an enum).
     type Command: Send + Sync;
+    /// What the aggregate records about itself; its history is a sequence of these.
     type Event: DomainEvent;
+    /// Why [`handle`](Self::handle) rejects a command: a business outcome for
+    /// the caller, reported as [`CommandError::Rejected`](crate::CommandError::Rejected).
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Decides the events `command` produces from this state, or rejects it.

@@ -26,7 +26,12 @@ use crate::message::{Message, MessageKind};
 pub enum BusError {
     /// The message cannot be carried (bad names, too large, ...).
     #[error("invalid message {id}: {reason}")]
-    InvalidMessage { id: uuid::Uuid, reason: String },
+    InvalidMessage {
+        /// The rejected message's id.
+        id: uuid::Uuid,
+        /// Which rule it breaks, e.g. ``invalid source `a.b` ``.
+        reason: String,
+    },
     /// The broker or its storage failed; retry later.
     #[error("bus backend failure")]
     Backend(#[source] BoxError),
@@ -36,6 +41,7 @@ pub enum BusError {
 }
 
 impl BusError {
+    /// Wraps a driver error as [`BusError::Backend`]: a failure worth retrying.
     pub fn backend(e: impl Into<BoxError>) -> Self {
         Self::Backend(e.into())
     }
@@ -47,18 +53,23 @@ pub struct Topic {
     /// The service whose stream carries the messages (the publisher for events,
     /// the receiver for commands and replies).
     pub service: String,
+    /// Which of the service's messages: its events, or the commands or
+    /// replies addressed to it.
     pub kind: MessageKind,
 }
 
 impl Topic {
+    /// The events `service` publishes about its own data.
     pub fn events_of(service: &str) -> Self {
         Self { service: service.to_owned(), kind: MessageKind::Event }
     }
 
+    /// The commands other services send to `service`.
     pub fn commands_to(service: &str) -> Self {
         Self { service: service.to_owned(), kind: MessageKind::Command }
     }
 
+    /// The replies to the commands `service` sent.
     pub fn replies_to(service: &str) -> Self {
         Self { service: service.to_owned(), kind: MessageKind::Reply }
     }
@@ -93,10 +104,13 @@ pub struct Malformed {
     pub id: Option<uuid::Uuid>,
     /// The raw payload (headers and body), for the dead-letter record.
     pub raw: String,
+    /// Why it is not a message (missing header, invalid JSON, bad name, ...).
     pub reason: String,
 }
 
 impl Delivery {
+    /// A delivery for a bus implementation to hand out: the (decoded) message,
+    /// its 1-based attempt number, and the bus's handle that settles it.
     pub fn new(message: Result<Message, Malformed>, attempt: u32, acker: Box<dyn Acker>) -> Self {
         Self { message, attempt, acker }
     }
@@ -112,10 +126,15 @@ impl Delivery {
     }
 }
 
-/// The bus-specific half of a delivery.
+/// The bus-specific half of a delivery: settles it with the broker. Each
+/// delivery is settled at most once (both methods consume the acker); one
+/// never settled is delivered again once the bus's redelivery time passes.
 #[async_trait]
 pub trait Acker: Send + Sync + fmt::Debug {
+    /// Marks the delivery done for this consumer; it is not delivered again.
     async fn ack(self: Box<Self>) -> Result<(), BusError>;
+    /// Hands the delivery back, to be delivered again no sooner than `delay`
+    /// from now, with its attempt count increased.
     async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BusError>;
 }
 

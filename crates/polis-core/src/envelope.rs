@@ -46,9 +46,11 @@ pub struct NewEvent {
     pub event_type: String,
     /// Version of the `data` schema for this `event_type`, starting at 1.
     pub schema_version: u16,
-    /// When the event happened (CloudEvents `time`).
+    /// When the event happened (CloudEvents `time`); stores keep microseconds.
     pub time: DateTime<Utc>,
+    /// The event's JSON body, in the shape of `event_type` at `schema_version`.
     pub data: serde_json::Value,
+    /// Correlation, causation and trace context.
     pub metadata: Metadata,
 }
 
@@ -66,11 +68,15 @@ impl NewEvent {
         }
     }
 
+    /// This event with its `data` declared to be at schema `version` (default 1);
+    /// upcasters registered for lower versions are skipped on read.
     pub fn with_schema_version(mut self, version: u16) -> Self {
         self.schema_version = version;
         self
     }
 
+    /// This event with `metadata` (for instance [`Metadata::caused_by`] the
+    /// event or message that led to it) in place of the empty default.
     pub fn with_metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
         self
@@ -95,9 +101,12 @@ pub struct RecordedEvent {
     pub global_position: u64,
     /// Version of the `data` schema as stored (before upcasting).
     pub schema_version: u16,
-    /// CloudEvents `time`.
+    /// CloudEvents `time`, to the microsecond.
     pub time: DateTime<Utc>,
+    /// The JSON body as stored, at `schema_version` (repositories upcast it
+    /// before decoding).
     pub data: serde_json::Value,
+    /// Correlation, causation and trace context, as appended.
     pub metadata: Metadata,
 }
 

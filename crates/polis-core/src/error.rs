@@ -17,7 +17,9 @@ pub enum StoreError {
     /// The stream's version did not match the expected version.
     #[error("concurrency conflict on stream {stream}: expected {expected}, found version {actual}")]
     Conflict {
+        /// The stream appended to.
         stream: String,
+        /// What the append expected the stream to be.
         expected: ExpectedVersion,
         /// The stream's version when the conflict was detected (0 = no stream).
         actual: u64,
@@ -34,7 +36,12 @@ pub enum StoreError {
     InvalidRequest(String),
     /// A stored row could not be turned back into an envelope.
     #[error("corrupt stored event at position {position}: {reason}")]
-    Corrupt { position: u64, reason: String },
+    Corrupt {
+        /// The event's global position (for an outbox row, its outbox position).
+        position: u64,
+        /// What could not be read, e.g. invalid JSON or an unknown kind.
+        reason: String,
+    },
     /// The backend failed (connection lost, disk full, ...).
     #[error("event store backend failure")]
     Backend(#[source] BoxError),
@@ -50,10 +57,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Wraps a driver error as [`StoreError::Backend`]: an infrastructure
+    /// failure, worth retrying later.
     pub fn backend(err: impl Into<BoxError>) -> Self {
         Self::Backend(err.into())
     }
 
+    /// Whether this is a [`StoreError::Conflict`]: reload and retry, the store is healthy.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })
     }
@@ -63,9 +73,13 @@ impl StoreError {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode event {event_id} of type {event_type} v{schema_version}: {reason}")]
 pub struct DecodeError {
+    /// The id of the event (or snapshot) that could not be decoded.
     pub event_id: uuid::Uuid,
+    /// Its envelope `type`.
     pub event_type: String,
+    /// Its schema version as stored, before upcasting.
     pub schema_version: u16,
+    /// serde's message, or the upcaster that failed.
     pub reason: String,
 }
 
@@ -78,7 +92,12 @@ pub enum CommandError<E> {
     Rejected(#[source] E),
     /// Every attempt lost a race with a concurrent writer.
     #[error("concurrency conflict on stream {stream} after {attempts} attempts")]
-    Conflict { stream: String, attempts: u32 },
+    Conflict {
+        /// The aggregate's stream.
+        stream: String,
+        /// How many times the command was tried (load, decide, append).
+        attempts: u32,
+    },
     /// A stored event (or snapshot) could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),

@@ -25,6 +25,8 @@
 //! - [`error`]: typed errors that keep domain rejection, concurrency conflict
 //!   and infrastructure failure apart.
 
+#![warn(missing_docs)]
+
 pub mod aggregate;
 pub mod bus;
 pub mod envelope;

@@ -28,6 +28,8 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
+    /// The kind's name in stores and headers: `event`, `command` or `reply`
+    /// (what [`str::parse`] reads back).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Event => "event",
@@ -70,6 +72,7 @@ impl std::str::FromStr for MessageKind {
 pub struct Message {
     /// CloudEvents `id` (UUIDv7); the de-duplication key everywhere.
     pub id: Uuid,
+    /// Event, command or reply; with `target`, decides the stream and subject.
     pub kind: MessageKind,
     /// CloudEvents `source`: the sending service.
     pub source: String,
@@ -81,9 +84,11 @@ pub struct Message {
     /// CloudEvents `subject`: the ordering key (stream or aggregate id).
     /// Messages with the same key are delivered in commit order.
     pub key: String,
-    /// CloudEvents `time`.
+    /// CloudEvents `time`: when the message was created, to the microsecond.
     pub time: DateTime<Utc>,
+    /// CloudEvents `data`: the JSON body, in the shape of `message_type`.
     pub data: serde_json::Value,
+    /// Correlation, causation and trace context.
     pub metadata: Metadata,
 }
 
@@ -160,6 +165,8 @@ impl Message {
         }
     }
 
+    /// This message with `metadata` in place of its own (usually
+    /// [`Message::caused`] of the message being handled).
     pub fn with_metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
         self

@@ -124,6 +124,7 @@ pub type Work<Tx, T, E> = Box<dyn for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, Re
 /// A store that runs [`Transaction`]s and keeps an outbox, an inbox and dead letters.
 #[async_trait]
 pub trait TransactionalStore: Send + Sync + 'static {
+    /// The backend's transaction, handed to the work of [`TransactionalStore::transaction`].
     type Tx: Transaction;
 
     /// The service that owns this database (the `source` of its messages).
@@ -208,21 +209,30 @@ pub fn validate_scheduled(message: &Message, due_at: DateTime<Utc>) -> Result<()
 pub struct OutboxEntry {
     /// Position in the outbox: commit order per key.
     pub position: u64,
+    /// The message as sent.
     pub message: Message,
+    /// When the sending transaction wrote it (for a scheduled message: when it
+    /// was released into the outbox).
     pub created_at: DateTime<Utc>,
 }
 
 /// Size of the unpublished part of an outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Backlog {
+    /// How many outbox entries wait to be published.
     pub unpublished: u64,
+    /// When the oldest of them was written; `None` when nothing waits. Its
+    /// age is how far the relay is behind.
     pub oldest: Option<DateTime<Utc>>,
 }
 
-/// What a purge removed.
+/// What a [`TransactionalStore::purge`] removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Purged {
+    /// Rows of already published outbox entries deleted.
     pub outbox: u64,
+    /// Inbox records (processed message ids) deleted; a message redelivered
+    /// after its record is purged would be handled again.
     pub inbox: u64,
 }
 
@@ -238,6 +248,7 @@ pub enum DeadLetterStatus {
 }
 
 impl DeadLetterStatus {
+    /// The status as stores keep it: `dead` or `parked` (what [`DeadLetterStatus::parse`] reads).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Dead => "dead",
@@ -245,6 +256,7 @@ impl DeadLetterStatus {
         }
     }
 
+    /// The status named by [`DeadLetterStatus::as_str`]; `None` for any other string.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "dead" => Some(Self::Dead),
@@ -257,8 +269,12 @@ impl DeadLetterStatus {
 /// A message a consumer could not handle.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
+    /// The dead letter's own id (UUIDv7), by which it is replayed or
+    /// discarded; not the message's id.
     pub id: Uuid,
+    /// The consumer that could not handle the message.
     pub consumer: String,
+    /// Failed itself, or parked behind an earlier failure of its key.
     pub status: DeadLetterStatus,
     /// The message, when it could be decoded.
     pub message: Option<Message>,
@@ -268,7 +284,12 @@ pub struct DeadLetter {
     pub key: Option<String>,
     /// The raw payload of a malformed message.
     pub raw: Option<String>,
+    /// Why it is here: the handler's last error, the decoding error of a
+    /// malformed message, or the dead letter it is parked behind.
     pub error: String,
+    /// How many times handling was tried before it was given up on (1 for a
+    /// malformed message, 0 for a parked one, which was never handled).
     pub attempts: u32,
+    /// When it was given up on.
     pub failed_at: DateTime<Utc>,
 }

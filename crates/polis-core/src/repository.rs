@@ -24,6 +24,7 @@ const LOAD_BATCH: usize = 512;
 /// When to take a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotPolicy {
+    /// No snapshots: every load replays the whole stream, and none is looked up.
     Never,
     /// After an append that reaches or crosses a multiple of N events.
     EveryNEvents(u64),
@@ -32,6 +33,7 @@ pub enum SnapshotPolicy {
 /// An aggregate's state at a stream version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded<A> {
+    /// The aggregate after folding its events (`A::default()` for a new one).
     pub state: A,
     /// Number of events folded into `state` (0 = the aggregate does not exist).
     pub version: u64,
@@ -75,6 +77,8 @@ impl<A, S: ?Sized> Clone for Repository<A, S> {
 }
 
 impl<A: Aggregate, S: EventStore + ?Sized> Repository<A, S> {
+    /// A repository over `store`: no upcasters, no snapshots, up to 5 attempts
+    /// per command.
     pub fn new(store: Arc<S>) -> Self {
         Self {
             store,
@@ -85,11 +89,18 @@ impl<A: Aggregate, S: EventStore + ?Sized> Repository<A, S> {
         }
     }
 
+    /// Upcasts every event read (loads, [`Repository::decode`]) through `upcasters`
+    /// before decoding it.
     pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
         self.upcasters = upcasters;
         self
     }
 
+    /// Takes snapshots after appends as `policy` says, and starts loads from
+    /// the latest usable one (same [`Aggregate::SNAPSHOT_VERSION`], not past
+    /// the version asked for; never for [`Repository::load_as_of`]). A
+    /// snapshot is a cache: one that fails to save or to decode is logged and
+    /// the stream is replayed instead.
     pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> Self {
         self.snapshots = policy;
         self
@@ -101,11 +112,25 @@ impl<A: Aggregate, S: EventStore + ?Sized> Repository<A, S> {
         self
     }
 
+    /// The event store this repository reads and appends to.
     pub fn store(&self) -> &Arc<S> {
         &self.store
     }
 
     /// Executes `command` on aggregate `id`, retrying on concurrency conflicts.
+    ///
+    /// Loads the aggregate, lets it decide, and appends the events tagged
+    /// with `metadata`, expecting the version it loaded; if another writer
+    /// appended first it reloads and decides again, up to the configured
+    /// number of attempts. A command that decides no events appends nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Rejected`] with the aggregate's error,
+    /// [`CommandError::Conflict`] once every attempt lost its race,
+    /// [`CommandError::Decode`] for a stored event that no longer decodes,
+    /// [`CommandError::Store`] for a store failure (or an event that cannot
+    /// be serialized, as [`StoreError::InvalidRequest`]).
     pub async fn execute(
         &self,
         id: &str,

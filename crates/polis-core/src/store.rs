@@ -86,12 +86,15 @@ pub struct StreamInfo {
 /// A serialized aggregate state at a stream version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
+    /// The stream whose state this is.
     pub stream_id: String,
     /// Stream version the state reflects (all events up to and including it).
     pub version: u64,
     /// Version of the state's schema; a mismatch makes loading ignore the snapshot.
     pub schema_version: u16,
+    /// The aggregate's state, serialized as JSON.
     pub state: serde_json::Value,
+    /// When the snapshot was taken (wall clock; not the time of its last event).
     pub taken_at: DateTime<Utc>,
 }
 

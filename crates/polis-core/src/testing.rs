@@ -36,6 +36,8 @@ impl<A: Aggregate> AggregateFixture<A> {
         Self { state: A::default() }
     }
 
+    /// Lets the aggregate handle `command`; check the result with the
+    /// returned [`Outcome`]'s `then_expect_*` methods.
     pub fn when(self, command: A::Command) -> Outcome<A> {
         let result = self.state.handle(&command);
         Outcome { result, state: self.state }

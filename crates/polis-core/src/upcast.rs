@@ -28,6 +28,7 @@ impl fmt::Debug for Upcasters {
 }
 
 impl Upcasters {
+    /// An empty registry: every event is read as stored.
     pub fn new() -> Self {
         Self::default()
     }
@@ -57,6 +58,7 @@ impl Upcasters {
         Ok((version, data))
     }
 
+    /// Whether no step is registered: every event is then read as stored.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }

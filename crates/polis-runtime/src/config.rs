@@ -234,6 +234,7 @@ impl Infra {
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
+    /// Wraps `value` so that it prints as `[redacted]`.
     pub fn new(value: T) -> Self {
         Self(value)
     }
@@ -243,6 +244,7 @@ impl<T> Secret<T> {
         &self.0
     }
 
+    /// Unwraps the secret, for a driver that takes it by value.
     pub fn into_inner(self) -> T {
         self.0
     }

@@ -258,6 +258,7 @@ pub struct Violations {
 }
 
 impl Violations {
+    /// No violations yet; fields are named from the root of the request body.
     pub fn new() -> Self {
         Self::default()
     }
@@ -285,10 +286,12 @@ impl Violations {
         self.prefix = outer;
     }
 
+    /// Whether nothing was recorded: the value is valid.
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
     }
 
+    /// The violations recorded so far, in the order found, with their full paths.
     pub fn errors(&self) -> &[FieldError] {
         &self.errors
     }

@@ -116,11 +116,14 @@ impl Default for HttpOptions {
 }
 
 impl HttpOptions {
+    /// These options listening on `listen` (port 0 picks a free port).
     pub fn with_listen(mut self, listen: SocketAddr) -> Self {
         self.listen = listen;
         self
     }
 
+    /// These options accepting request bodies of at most `bytes` bytes; a
+    /// larger one is answered 413.
     pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
         self
@@ -255,6 +258,7 @@ impl RequestId {
         Some(Self { id, header: value.clone() })
     }
 
+    /// The id as text, for logs and for passing on to upstream requests.
     pub fn as_str(&self) -> &str {
         &self.id
     }

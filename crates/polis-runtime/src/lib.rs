@@ -44,6 +44,8 @@
 //! - [`config`]: defaults → TOML file → environment, [`Secret`], [`Infra`];
 //! - [`telemetry`]: [`init_tracing`], the log subscriber.
 
+#![warn(missing_docs)]
+
 use std::net::SocketAddr;
 
 pub mod config;
@@ -67,16 +69,30 @@ pub use telemetry::init_tracing;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
+    /// The listen address cannot be bound (in use, not local, no permission).
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The server stopped on an I/O error of its listener.
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// A background server's task panicked or was cancelled.
     #[error("the HTTP server task ended abnormally: {0}")]
     ServerTask(#[source] tokio::task::JoinError),
     /// A file, variable or value of the configuration is unusable; the
     /// message names which, never a secret's value.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// `RUST_LOG` is not a valid filter directive.
     #[error("invalid log filter in RUST_LOG {value:?}: {reason}")]
-    LogFilter { value: String, reason: String },
+    LogFilter {
+        /// The variable's value (empty if it is not UTF-8).
+        value: String,
+        /// What the filter parser says is wrong with it.
+        reason: String,
+    },
 }

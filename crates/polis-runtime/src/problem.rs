@@ -65,6 +65,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// The violation `message` of the field at path `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
     }
@@ -239,27 +240,33 @@ impl ApiError {
         self
     }
 
+    /// The HTTP status answered (also the problem's `status` member).
     pub fn status(&self) -> StatusCode {
         self.0.status
     }
 
-    /// The problem type URI.
+    /// The problem type URI: `https://polis.dev/problems/<slug>`, or
+    /// `about:blank` for a problem made with [`ApiError::from_status`].
     pub fn problem_type(&self) -> &str {
         &self.0.problem_type
     }
 
+    /// The problem type's fixed, human-readable summary.
     pub fn title(&self) -> &str {
         &self.0.title
     }
 
+    /// The explanation of this occurrence, if one was set.
     pub fn detail(&self) -> Option<&str> {
         self.0.detail.as_deref()
     }
 
+    /// The invalid fields (sent as `errors`; empty for most problems).
     pub fn errors(&self) -> &[FieldError] {
         &self.0.errors
     }
 
+    /// The extension member `name`, if one was added.
     pub fn extension(&self, name: &str) -> Option<&Value> {
         self.0.extensions.get(name)
     }
@@ -296,17 +303,32 @@ impl ApiError {
 
 /// Problem type URIs of the constructors above.
 pub mod types {
+    /// 404, [`ApiError::not_found`](super::ApiError::not_found).
     pub const NOT_FOUND: &str = "https://polis.dev/problems/not-found";
+    /// 405, [`ApiError::method_not_allowed`](super::ApiError::method_not_allowed).
     pub const METHOD_NOT_ALLOWED: &str = "https://polis.dev/problems/method-not-allowed";
+    /// 409, [`ApiError::conflict`](super::ApiError::conflict), and store
+    /// conflicts and duplicates.
     pub const CONFLICT: &str = "https://polis.dev/problems/conflict";
+    /// 422 naming invalid fields, [`ApiError::validation`](super::ApiError::validation).
     pub const VALIDATION: &str = "https://polis.dev/problems/validation";
+    /// 422 for a request the store refused as invalid
+    /// ([`StoreError::InvalidRequest`](polis_core::StoreError::InvalidRequest)).
     pub const INVALID_REQUEST: &str = "https://polis.dev/problems/invalid-request";
+    /// 400, [`ApiError::bad_request`](super::ApiError::bad_request).
     pub const BAD_REQUEST: &str = "https://polis.dev/problems/bad-request";
+    /// 415, [`ApiError::unsupported_media_type`](super::ApiError::unsupported_media_type).
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "https://polis.dev/problems/unsupported-media-type";
+    /// 413, [`ApiError::payload_too_large`](super::ApiError::payload_too_large).
     pub const PAYLOAD_TOO_LARGE: &str = "https://polis.dev/problems/payload-too-large";
+    /// 408, [`ApiError::request_timeout`](super::ApiError::request_timeout).
     pub const REQUEST_TIMEOUT: &str = "https://polis.dev/problems/request-timeout";
+    /// 503, [`ApiError::service_unavailable`](super::ApiError::service_unavailable),
+    /// and store backend failures.
     pub const SERVICE_UNAVAILABLE: &str = "https://polis.dev/problems/service-unavailable";
+    /// 504, [`ApiError::gateway_timeout`](super::ApiError::gateway_timeout).
     pub const GATEWAY_TIMEOUT: &str = "https://polis.dev/problems/gateway-timeout";
+    /// 500, [`ApiError::internal`](super::ApiError::internal).
     pub const INTERNAL: &str = "https://polis.dev/problems/internal";
 }
 

@@ -23,6 +23,8 @@
 //!   Setting a new deadline unschedules the old one, and a deadline that
 //!   fires after its instance moved on is recognized as stale and ignored.
 
+#![warn(missing_docs)]
+
 pub mod testing;
 
 use std::marker::PhantomData;
@@ -76,7 +78,10 @@ pub enum Deadline {
 pub struct Step<E> {
     /// Commands to send (through the outbox).
     pub send: Vec<Message>,
+    /// What becomes of the instance's deadline.
     pub deadline: Deadline,
+    /// Changes for the owning service to make to its own data, in order, in
+    /// the same transaction.
     pub effects: Vec<E>,
 }
 
@@ -92,21 +97,25 @@ impl<E> Step<E> {
         Self::default()
     }
 
+    /// Adds a command to send (after those already added).
     pub fn send(mut self, message: Message) -> Self {
         self.send.push(message);
         self
     }
 
+    /// Sets what becomes of the deadline (the last call wins).
     pub fn deadline(mut self, deadline: Deadline) -> Self {
         self.deadline = deadline;
         self
     }
 
+    /// Adds an effect for the owning service (after those already added).
     pub fn effect(mut self, effect: E) -> Self {
         self.effects.push(effect);
         self
     }
 
+    /// Whether the step sends nothing, keeps the deadline and has no effects.
     pub fn is_empty(&self) -> bool {
         self.send.is_empty() && self.deadline == Deadline::Keep && self.effects.is_empty()
     }
@@ -115,9 +124,12 @@ impl<E> Step<E> {
 /// A saga instance as stored.
 #[derive(Debug, Clone)]
 pub struct Instance<S> {
+    /// The instance's id within its saga type (the shop uses the order id);
+    /// also the key of the replies it receives.
     pub id: String,
+    /// The saga's state machine.
     pub state: S,
-    /// 0 until first saved.
+    /// Optimistic-concurrency version: 0 until first saved, then +1 per save.
     pub version: i64,
     /// The scheduled message that fires the current deadline, and when.
     pub deadline: Option<(Uuid, DateTime<Utc>)>,
@@ -133,7 +145,9 @@ pub fn deadline_key(saga_type: &str, saga_id: &str) -> String {
 /// The body of a deadline message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadlineNotice {
+    /// The [`Saga::TYPE`] of the instance the deadline is for.
     pub saga_type: String,
+    /// The instance's id.
     pub saga_id: String,
 }
 
@@ -143,11 +157,35 @@ pub struct DeadlineNotice {
 pub enum SagaError {
     /// Another transaction changed the instance first; retry with fresh state.
     #[error("saga {saga_type}/{saga_id} was changed concurrently")]
-    Conflict { saga_type: &'static str, saga_id: String },
+    Conflict {
+        /// The saga's [`Saga::TYPE`].
+        saga_type: &'static str,
+        /// The instance's id.
+        saga_id: String,
+    },
+    /// A new instance (from [`Sagas::begin`]) was saved under an id that is
+    /// already taken: the saga was started before (a redelivered request, say).
     #[error("saga {saga_type}/{saga_id} already exists")]
-    AlreadyStarted { saga_type: &'static str, saga_id: String },
+    AlreadyStarted {
+        /// The saga's [`Saga::TYPE`].
+        saga_type: &'static str,
+        /// The instance's id.
+        saga_id: String,
+    },
+    /// The stored state no longer deserializes into the saga's type (or the
+    /// state, or its deadline, cannot be serialized): a bug or an
+    /// incompatible change of the state's shape, not something a retry fixes.
     #[error("saga state of {saga_type}/{saga_id} cannot be (de)serialized: {reason}")]
-    Corrupt { saga_type: &'static str, saga_id: String, reason: String },
+    Corrupt {
+        /// The saga's [`Saga::TYPE`].
+        saga_type: &'static str,
+        /// The instance's id.
+        saga_id: String,
+        /// serde's message, or the stored value that is invalid.
+        reason: String,
+    },
+    /// The store failed while loading or saving the instance, sending its
+    /// commands or scheduling its deadline.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -172,12 +210,19 @@ impl<S: Saga> Sagas<S> {
         Self { service: service.into(), _saga: PhantomData }
     }
 
-    /// A new, unsaved instance.
+    /// A new instance of `state` under `id`, not stored yet (version 0, no
+    /// deadline): [`save`](Self::save) inserts it, or fails with
+    /// [`SagaError::AlreadyStarted`] if `id` is taken.
     pub fn begin(&self, id: impl Into<String>, state: S) -> Instance<S> {
         Instance { id: id.into(), state, version: 0, deadline: None }
     }
 
-    /// The instance `id`, if it exists.
+    /// The instance `id`, if it exists, as `tx` sees it.
+    ///
+    /// # Errors
+    ///
+    /// [`SagaError::Corrupt`] if its stored state or deadline cannot be read,
+    /// [`SagaError::Store`] if the query fails.
     pub async fn load<Tx: Transaction + Sql>(&self, tx: &mut Tx, id: &str) -> Result<Option<Instance<S>>, SagaError> {
         let row = tx
             .fetch_optional(
@@ -204,6 +249,14 @@ impl<S: Saga> Sagas<S> {
     /// sends the step's commands, replaces or clears the deadline, and writes
     /// the instance with an optimistic version check. The caller applies the
     /// step's effects in the same transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`SagaError::AlreadyStarted`] for a new instance whose id is taken,
+    /// [`SagaError::Conflict`] if the stored version is no longer
+    /// `instance.version` (roll back and retry the transaction), and
+    /// [`SagaError::Corrupt`] / [`SagaError::Store`]. On error, `tx` must be
+    /// rolled back: commands may already be in its outbox.
     pub async fn save<Tx: Transaction + Sql, E>(
         &self,
         tx: &mut Tx,

@@ -20,21 +20,26 @@ pub struct SagaFixture<S> {
 }
 
 impl<S: Saga> SagaFixture<S> {
+    /// A fixture starting from `state`, with the clock at the current time.
     pub fn given(state: S) -> Self {
         Self { state, now: Utc::now() }
     }
 
-    /// Sets the clock.
+    /// Sets the time the saga is told it is (`now`) in the `when_*` calls.
     pub fn at(mut self, now: DateTime<Utc>) -> Self {
         self.now = now;
         self
     }
 
+    /// Feeds `reply` to the saga at the fixture's time; returns the new state
+    /// and the step it produced.
     pub fn when_reply(mut self, reply: &Message) -> (S, Step<S::Effect>) {
         let step = self.state.on_reply(reply, self.now);
         (self.state, step)
     }
 
+    /// Lets the saga's deadline pass at the fixture's time; returns the new
+    /// state and the step it produced.
     pub fn when_deadline(mut self) -> (S, Step<S::Effect>) {
         let step = self.state.on_deadline(self.now);
         (self.state, step)

@@ -16,6 +16,8 @@
 //! Both implement [`polis_core::EventStore`] and pass the same contract suite
 //! (`tests/contract.rs`).
 
+#![warn(missing_docs)]
+
 pub mod migrations;
 pub mod postgres;
 pub mod sql;

@@ -39,8 +39,12 @@ use crate::{PgEventStore, PgTx, SqliteEventStore, SqliteTx, backend};
 /// PostgreSQL will not put a NULL of type text into a BIGINT column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
+    /// A `BIGINT` (SQLite `INTEGER`); also counts, times in microseconds,
+    /// and `u32`/`i32` widened.
     Int(Option<i64>),
+    /// A `TEXT`; also UUIDs, in their hyphenated lowercase form.
     Text(Option<String>),
+    /// A `BOOLEAN` (SQLite keeps 0 or 1).
     Bool(Option<bool>),
 }
 
@@ -83,8 +87,15 @@ macro_rules! args {
 }
 
 /// A row returned by either backend; columns are read by name.
+///
+/// Every getter fails with [`StoreError::Backend`] naming the column when
+/// the column is missing, or holds NULL or a value of another type where the
+/// getter wants a value: a mismatch between the SQL and the code, not bad
+/// input.
 pub enum Row {
+    /// A row from [`SqliteEventStore`] (or its transaction).
     Sqlite(SqliteRow),
+    /// A row from [`PgEventStore`] (or its transaction).
     Postgres(PgRow),
 }
 
@@ -135,10 +146,13 @@ where
 }
 
 impl Row {
+    /// A non-NULL `BIGINT` column (on PostgreSQL an `INTEGER` column does not
+    /// decode as one: cast it).
     pub fn int(&self, column: &str) -> Result<i64, StoreError> {
         self.opt_int(column)?.ok_or_else(|| StoreError::backend(format!("column `{column}` is NULL")))
     }
 
+    /// A `BIGINT` column that may be NULL (`None`).
     pub fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
         match self {
             Self::Sqlite(row) => match row.value(column)? {
@@ -150,10 +164,12 @@ impl Row {
         }
     }
 
+    /// A non-NULL `TEXT` column.
     pub fn text(&self, column: &str) -> Result<String, StoreError> {
         self.opt_text(column)?.ok_or_else(|| StoreError::backend(format!("column `{column}` is NULL")))
     }
 
+    /// A `TEXT` column that may be NULL (`None`).
     pub fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
         match self {
             Self::Sqlite(row) => match row.value(column)? {
@@ -165,6 +181,7 @@ impl Row {
         }
     }
 
+    /// A non-NULL `BOOLEAN` column (on SQLite, any non-zero integer is `true`).
     pub fn bool(&self, column: &str) -> Result<bool, StoreError> {
         match self {
             // SQLite keeps booleans as the integers 0 and 1.
@@ -176,13 +193,14 @@ impl Row {
         }
     }
 
-    /// A UUID stored as text.
+    /// A non-NULL UUID stored as text; text that is not a UUID is an error too.
     pub fn uuid(&self, column: &str) -> Result<Uuid, StoreError> {
         let text = self.text(column)?;
         Uuid::parse_str(&text).map_err(|e| StoreError::backend(format!("column `{column}` is not a uuid: {e}")))
     }
 
-    /// A JSON document stored as text.
+    /// A non-NULL JSON document stored as text, deserialized as `T`; JSON
+    /// that does not fit `T` is an error too.
     pub fn json<T: serde::de::DeserializeOwned>(&self, column: &str) -> Result<T, StoreError> {
         let text = self.text(column)?;
         serde_json::from_str(&text)
@@ -194,8 +212,16 @@ impl Row {
 #[async_trait]
 pub trait Sql: Send {
     /// Runs a statement; returns the number of rows it changed.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unique`] if it violates a unique constraint, otherwise
+    /// [`StoreError::Backend`]. Either way, let the transaction fail: on
+    /// PostgreSQL a failed statement aborts it.
     async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, StoreError>;
+    /// Runs a query; returns every row, as this transaction sees them.
     async fn fetch_all(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError>;
+    /// Runs a query; returns its first row, or `None` if it returned none.
     async fn fetch_optional(&mut self, sql: &str, args: &[Value]) -> Result<Option<Row>, StoreError>;
 
     /// Exactly one row, or a backend error naming the statement.
@@ -207,7 +233,9 @@ pub trait Sql: Send {
 /// Which database a store runs on, for the rare statement the dialects don't share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
+    /// SQLite, the embedded deployment ([`SqliteEventStore`]).
     Sqlite,
+    /// PostgreSQL, the distributed deployment ([`PgEventStore`]).
     Postgres,
 }
 
@@ -218,11 +246,13 @@ pub trait SqlStore: TransactionalStore + EventStore
 where
     Self::Tx: Sql,
 {
+    /// The database this store runs on.
     fn dialect(&self) -> Dialect;
 
     /// A read outside any transaction (from a reader connection; on SQLite it
     /// does not wait for the writer).
     async fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError>;
+    /// Like [`query`](Self::query), returning only the first row, or `None`.
     async fn query_optional(&self, sql: &str, args: &[Value]) -> Result<Option<Row>, StoreError>;
 
     /// Applies the service's own embedded migrations (built with

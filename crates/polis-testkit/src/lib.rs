@@ -33,6 +33,8 @@
 //! `postgres`, `nats` and `redis` configure each kind, and [`process`]
 //! exposes the tether.
 
+#![warn(missing_docs)]
+
 use std::any::Any;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -58,30 +60,77 @@ pub use redis::RedisServer;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TestkitError {
+    /// A server binary is not installed; `scripts/test` installs them.
     #[error(
         "`{binary}` not found (searched {searched}); run `scripts/test` to install postgresql, nats-server and redis-server"
     )]
-    MissingBinary { binary: &'static str, searched: &'static str },
+    MissingBinary {
+        /// The binary looked for, e.g. `initdb`.
+        binary: &'static str,
+        /// Where it was looked for, e.g. `PATH, /usr/local/sbin, /usr/sbin, /sbin`.
+        searched: &'static str,
+    },
+    /// Running as root without a `postgres` user: PostgreSQL refuses to run
+    /// as root and there is no one else to run it as.
     #[error(
         "running as root, but there is no `postgres` user to run postgres as; run `scripts/test` to install postgresql, which creates it"
     )]
     NoPostgresUser,
+    /// `initdb` could not create the cluster.
     #[error("initdb failed ({status}):\n{output}")]
-    Initdb { status: ExitStatus, output: String },
+    Initdb {
+        /// Its exit status.
+        status: ExitStatus,
+        /// Its standard output and error.
+        output: String,
+    },
+    /// The server process exited before it accepted connections.
     #[error("{kind} exited during startup ({status}); its log:\n{log}")]
-    Exited { kind: &'static str, status: ExitStatus, log: String },
+    Exited {
+        /// Which server: `postgres`, `nats-server` or `redis-server`.
+        kind: &'static str,
+        /// Its exit status.
+        status: ExitStatus,
+        /// Its log so far, which usually says why.
+        log: String,
+    },
+    /// The server kept running but did not accept connections in time.
     #[error("{kind} did not become ready within {timeout:?}; its log:\n{log}")]
-    NotReady { kind: &'static str, timeout: Duration, log: String },
+    NotReady {
+        /// Which server: `postgres`, `nats-server` or `redis-server`.
+        kind: &'static str,
+        /// How long it was given.
+        timeout: Duration,
+        /// Its log so far.
+        log: String,
+    },
+    /// A kept server's directory is not reachable by the `postgres` user
+    /// PostgreSQL runs as under root.
     #[error(
         "the postgres user cannot search {}: postgres refuses to run as root, so it runs as `postgres`, which needs the x permission on every directory above its data; run `chmod o+x {}` or choose a directory it can reach",
         path.display(),
         path.display()
     )]
-    Unreachable { path: std::path::PathBuf },
+    Unreachable {
+        /// The first directory above the data that `postgres` cannot search.
+        path: std::path::PathBuf,
+    },
+    /// A file-system or process operation failed.
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        /// What was being done, e.g. `initialising postgres`.
+        context: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// Connecting to PostgreSQL, or creating a test database, failed.
     #[error("{context}: {source}")]
-    Database { context: &'static str, source: sqlx::Error },
+    Database {
+        /// What was being done, e.g. `creating a test database`.
+        context: &'static str,
+        /// sqlx's error.
+        source: sqlx::Error,
+    },
 }
 
 /// A fresh namespace on the shared NATS server.
@@ -92,6 +141,7 @@ pub struct TestNats {
 }
 
 impl TestNats {
+    /// The shared server's URL (`nats://127.0.0.1:<port>` or `POLIS_TEST_NATS_URL`).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -111,6 +161,7 @@ pub struct TestRedis {
 }
 
 impl TestRedis {
+    /// The shared server's URL (`redis://127.0.0.1:<port>` or `POLIS_TEST_REDIS_URL`).
     pub fn url(&self) -> &str {
         &self.url
     }

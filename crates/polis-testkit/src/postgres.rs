@@ -66,6 +66,8 @@ impl PostgresServer {
         admin_url(self.port())
     }
 
+    /// The TCP port on 127.0.0.1 the server listens on; it keeps it across
+    /// `stop()` and `restart()`.
     pub fn port(&self) -> u16 {
         self.instance.port()
     }
@@ -120,10 +122,13 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// The database's connection URL (`postgres://postgres@127.0.0.1:<port>/<name>`,
+    /// or `POLIS_TEST_POSTGRES_URL` with the database replaced): connect with it.
     pub fn url(&self) -> &str {
         &self.url
     }
 
+    /// The database's name, unique on its server (`t<32 hex digits>`).
     pub fn name(&self) -> &str {
         &self.name
     }

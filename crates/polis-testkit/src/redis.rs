@@ -54,6 +54,8 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port())
     }
 
+    /// The TCP port on 127.0.0.1 the server listens on; it keeps it across
+    /// `stop()` and `restart()`.
     pub fn port(&self) -> u16 {
         self.instance.port()
     }

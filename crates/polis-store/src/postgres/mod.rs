@@ -64,6 +64,8 @@ const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, even
 pub struct PgOptions {
     /// CloudEvents `source` stamped on events: the owning service's name.
     pub source: String,
+    /// Most connections the pool opens (default 16); appends, reads and
+    /// transactions wait for one when all are busy.
     pub max_connections: u32,
     /// How long `read_all` waits for in-flight appends below the head before
     /// it returns only what is final so far (and logs a warning).
@@ -71,6 +73,7 @@ pub struct PgOptions {
 }
 
 impl PgOptions {
+    /// Options for the service `source`: 16 connections, a 10 s horizon wait.
     pub fn new(source: impl Into<String>) -> Self {
         Self { source: source.into(), max_connections: 16, horizon_wait: Duration::from_secs(10) }
     }
@@ -169,6 +172,8 @@ impl PgEventStore {
         })
     }
 
+    /// The connection pool, for a service's own queries outside polis's API
+    /// (the service's database is the store's).
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
     }

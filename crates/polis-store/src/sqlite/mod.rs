@@ -53,6 +53,7 @@ const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, even
 pub struct SqliteOptions {
     /// CloudEvents `source` stamped on events: the owning service's name.
     pub source: String,
+    /// Whether a commit waits for its fsync (default [`Durability::Full`]).
     pub durability: Durability,
     /// Idle read connections kept open.
     pub readers: u32,
@@ -66,6 +67,7 @@ pub struct SqliteOptions {
 pub const INTEGRITY_CHECK_BUDGET: Duration = Duration::from_secs(10);
 
 impl SqliteOptions {
+    /// Options for the service `source`: full durability, 4 idle readers.
     pub fn new(source: impl Into<String>) -> Self {
         Self {
             source: source.into(),
