@@ -105,7 +105,7 @@ impl Report {
 
 /// The shop the demo runs against, kept alive until the report is printed.
 pub(crate) enum Running {
-    Embedded(shop::Embedded),
+    Embedded(Box<shop::Embedded>),
     Distributed(Box<Supervisor>),
 }
 
@@ -300,7 +300,7 @@ pub(crate) async fn start(
                 shipping: Endpoint::local(shop.routers().shipping.clone()),
                 order: Endpoint::local(shop.routers().order.clone()),
             };
-            Ok((apis, Running::Embedded(shop)))
+            Ok((apis, Running::Embedded(Box::new(shop))))
         }
         Mode::Distributed => {
             let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));

@@ -153,18 +153,25 @@ impl HttpOptions {
         self
     }
 
+    /// How long a client may take to send a request head ([`HttpOptions::header_read_timeout_ms`]).
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms.get())
     }
 
+    /// How long a client may take to send a request body before the read fails
+    /// with 408 ([`HttpOptions::body_read_timeout_ms`]).
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_millis(self.body_read_timeout_ms.get())
     }
 
+    /// How long a keep-alive connection may wait for its next request
+    /// ([`HttpOptions::idle_timeout_ms`]).
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms.get())
     }
 
+    /// How long requests in flight get to finish at shutdown before their
+    /// connections are closed ([`HttpOptions::shutdown_grace_ms`]).
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
