@@ -147,10 +147,24 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
         }
     };
     if let Some(temp) = temp {
-        let path = temp.path().to_path_buf();
-        temp.close().with_context(|| format!("removing the temporary data directory {}", path.display()))?;
+        remove_temporary(temp).await;
     }
     outcome
+}
+
+/// Removes the demo's temporary data directory. The stopped shop's last
+/// writes may still be landing (its tasks are told to stop, not awaited), so
+/// a failed removal is tried once more after a moment; a second failure is
+/// reported, naming the directory, without hiding how the demo ended.
+async fn remove_temporary(temp: tempfile::TempDir) {
+    let path = temp.path().to_path_buf();
+    if temp.close().is_ok() {
+        return;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(err) = std::fs::remove_dir_all(&path) {
+        eprintln!("polis: could not remove the temporary data directory {}: {err}", path.display());
+    }
 }
 
 async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Report> {

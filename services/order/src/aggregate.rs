@@ -26,10 +26,27 @@ pub struct Order {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderCommand {
-    Place { order_id: Uuid, customer_id: Uuid, lines: Vec<OrderLine>, saga: SagaStyle },
+    Place {
+        order_id: Uuid,
+        customer_id: Uuid,
+        lines: Vec<OrderLine>,
+        saga: SagaStyle,
+    },
     Approve,
-    Reject(RejectionReason),
-    RequestCancel,
+    /// Reject a pending order. `flow` is the style of the decision's
+    /// source (a saga: orchestration; an outcome event or the order's own
+    /// deadline: choreography); it is recorded for an order placed before
+    /// orders recorded their style, so that participants know who
+    /// compensates.
+    Reject {
+        reason: RejectionReason,
+        flow: SagaStyle,
+    },
+    /// Ask to cancel an approved order; `flow` as for `Reject` (a saga
+    /// instance exists: orchestration; none: choreography).
+    RequestCancel {
+        flow: SagaStyle,
+    },
     CompleteCancel,
 }
 
@@ -122,13 +139,15 @@ impl Aggregate for Order {
         Ok(match (command, status) {
             (OrderCommand::Place { .. }, _) => return Err(OrderError::AlreadyExists),
             (OrderCommand::Approve, OrderStatus::Pending) => vec![OrderEvent::Approved(OrderApproved { order_id })],
-            (OrderCommand::Reject(reason), OrderStatus::Pending) => {
-                vec![OrderEvent::Rejected(OrderRejected { order_id, reason: *reason, saga: self.saga })]
+            (OrderCommand::Reject { reason, flow }, OrderStatus::Pending) => {
+                let saga = Some(self.saga.unwrap_or(*flow));
+                vec![OrderEvent::Rejected(OrderRejected { order_id, reason: *reason, saga })]
             }
-            (OrderCommand::RequestCancel, OrderStatus::Approved) => {
-                vec![OrderEvent::CancelRequested(OrderCancelRequested { order_id, saga: self.saga })]
+            (OrderCommand::RequestCancel { flow }, OrderStatus::Approved) => {
+                let saga = Some(self.saga.unwrap_or(*flow));
+                vec![OrderEvent::CancelRequested(OrderCancelRequested { order_id, saga })]
             }
-            (OrderCommand::RequestCancel, status) => return Err(OrderError::NotCancellable { status }),
+            (OrderCommand::RequestCancel { .. }, status) => return Err(OrderError::NotCancellable { status }),
             (OrderCommand::CompleteCancel, OrderStatus::CancelPending) => {
                 vec![OrderEvent::Cancelled(OrderCancelled { order_id })]
             }
@@ -215,6 +234,43 @@ mod tests {
             .then_expect_error(|e| *e == OrderError::TotalOverflow);
     }
 
+    /// Participants act on a rejection or a cancellation by the style it
+    /// records: an order's own, or for an order placed before orders
+    /// recorded it, the style of the decision's source.
+    #[test]
+    fn decisions_record_the_orders_style_or_their_sources() {
+        let (order_id, customer_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let legacy = OrderEvent::Created(OrderCreated {
+            order_id,
+            customer_id,
+            lines: vec![line("A", 1, 100)],
+            total: 100,
+            saga: None,
+        });
+        let reason = RejectionReason::PaymentDeclined;
+        AggregateFixture::<Order>::given([legacy.clone()])
+            .when(OrderCommand::Reject { reason, flow: SagaStyle::Choreography })
+            .then_expect_events(vec![OrderEvent::Rejected(OrderRejected {
+                order_id,
+                reason,
+                saga: Some(SagaStyle::Choreography),
+            })]);
+        AggregateFixture::<Order>::given([legacy, OrderEvent::Approved(OrderApproved { order_id })])
+            .when(OrderCommand::RequestCancel { flow: SagaStyle::Orchestration })
+            .then_expect_events(vec![OrderEvent::CancelRequested(OrderCancelRequested {
+                order_id,
+                saga: Some(SagaStyle::Orchestration),
+            })]);
+        // A recorded style wins over the source's.
+        AggregateFixture::<Order>::given([created(order_id, customer_id)])
+            .when(OrderCommand::Reject { reason, flow: SagaStyle::Orchestration })
+            .then_expect_events(vec![OrderEvent::Rejected(OrderRejected {
+                order_id,
+                reason,
+                saga: Some(SagaStyle::Choreography),
+            })]);
+    }
+
     #[test]
     fn only_a_pending_order_is_decided_once() {
         let (order_id, customer_id) = (Uuid::now_v7(), Uuid::now_v7());
@@ -224,7 +280,7 @@ mod tests {
             saga: Some(SagaStyle::Choreography),
         });
         AggregateFixture::<Order>::given([created(order_id, customer_id)])
-            .when(OrderCommand::Reject(RejectionReason::Timeout))
+            .when(OrderCommand::Reject { reason: RejectionReason::Timeout, flow: SagaStyle::Choreography })
             .then_expect_events(vec![rejected.clone()]);
         // A late approval after the rejection changes nothing.
         AggregateFixture::<Order>::given([created(order_id, customer_id), rejected])
@@ -236,11 +292,11 @@ mod tests {
     fn only_an_approved_order_can_be_cancelled() {
         let (order_id, customer_id) = (Uuid::now_v7(), Uuid::now_v7());
         AggregateFixture::<Order>::given([created(order_id, customer_id)])
-            .when(OrderCommand::RequestCancel)
+            .when(OrderCommand::RequestCancel { flow: SagaStyle::Choreography })
             .then_expect_error(|e| *e == OrderError::NotCancellable { status: OrderStatus::Pending });
         let approved = OrderEvent::Approved(OrderApproved { order_id });
         let state = AggregateFixture::<Order>::given([created(order_id, customer_id), approved])
-            .when(OrderCommand::RequestCancel)
+            .when(OrderCommand::RequestCancel { flow: SagaStyle::Choreography })
             .then_expect_events(vec![OrderEvent::CancelRequested(OrderCancelRequested {
                 order_id,
                 saga: Some(SagaStyle::Choreography),

@@ -309,13 +309,15 @@ where
             .transaction(Box::new(move |tx: &mut S::Tx| {
                 Box::pin(async move {
                     service.lock_order(tx, order_id).await?;
-                    let order =
-                        service.execute(tx, order_id, &OrderCommand::RequestCancel, &Metadata::default()).await?;
-                    // The order's own style, whatever the service runs new orders in.
-                    if order.saga.unwrap_or(service.config.saga) == SagaStyle::Orchestration {
-                        let key = order_id.to_string();
-                        let Some(mut instance) = service.sagas.load(tx, &key).await? else {
-                            // An order placed under choreography has no saga to undo it.
+                    // The order's own style, whatever the service runs new
+                    // orders in; an order from before orders recorded it is
+                    // orchestrated if and only if it has a saga.
+                    let instance = service.sagas.load(tx, &order_id.to_string()).await?;
+                    let flow = if instance.is_some() { SagaStyle::Orchestration } else { SagaStyle::Choreography };
+                    let command = OrderCommand::RequestCancel { flow };
+                    let order = service.execute(tx, order_id, &command, &Metadata::default()).await?;
+                    if order.saga.unwrap_or(flow) == SagaStyle::Orchestration {
+                        let Some(mut instance) = instance else {
                             return Err(OrderFailure::NoSaga(order_id));
                         };
                         let step = instance.state.cancel();
@@ -375,7 +377,7 @@ where
         for effect in effects {
             let command = match effect {
                 SagaEffect::Approve => OrderCommand::Approve,
-                SagaEffect::Reject(reason) => OrderCommand::Reject(reason),
+                SagaEffect::Reject(reason) => OrderCommand::Reject { reason, flow: SagaStyle::Orchestration },
                 SagaEffect::CompleteCancel => OrderCommand::CompleteCancel,
             };
             self.execute(tx, order_id, &command, metadata).await?;
@@ -390,7 +392,8 @@ where
         // id, with the step's usual reason — rather than dead-lettering the
         // event, which would park the order's own deadline behind it.
         let failure = |fallback: RejectionReason, reason: Option<RejectionReason>| -> Result<_, OrderFailure> {
-            Ok(Some((parse_key(message)?, OrderCommand::Reject(reason.unwrap_or(fallback)))))
+            let reason = reason.unwrap_or(fallback);
+            Ok(Some((parse_key(message)?, OrderCommand::Reject { reason, flow: SagaStyle::Choreography })))
         };
         let command = if message.is::<StockReservationFailed>() {
             failure(RejectionReason::OutOfStock, message.decode::<StockReservationFailed>().ok().map(|b| b.reason))?
@@ -440,7 +443,8 @@ where
             return Ok(());
         }
         tx.execute("UPDATE orders SET deadline_id = NULL WHERE order_id = $1", args![order_id]).await?;
-        self.execute(tx, order_id, &OrderCommand::Reject(RejectionReason::Timeout), &message.caused()).await?;
+        let reject = OrderCommand::Reject { reason: RejectionReason::Timeout, flow: SagaStyle::Choreography };
+        self.execute(tx, order_id, &reject, &message.caused()).await?;
         Ok(())
     }
 

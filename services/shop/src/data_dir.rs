@@ -11,7 +11,8 @@
 //!   [`DataDirError::InUse`], naming that pid. The kernel drops the lock when
 //!   its process dies, however it dies, so a crash never leaves a stale lock.
 //! - **a restart that would silently start another shop beside the data.**
-//!   At creation the directory records a [`Manifest`] ([`MANIFEST_FILE`]):
+//!   Once its first start has succeeded ([`DataDir::record`]), the
+//!   directory holds a [`Manifest`] ([`MANIFEST_FILE`]):
 //!   the deployment, and for the distributed one where its PostgreSQL and
 //!   NATS are (the local servers under `servers/`, or the address of the
 //!   configured ones). An open that asks for something else fails with
@@ -21,9 +22,12 @@
 //! What may change stays allowed: the saga style, the listen address,
 //! ports of the local servers, every service's own settings.
 //!
-//! A directory written before manifests existed is recognized by its files
-//! (`order.db`: embedded; `servers/` or `logs/`: distributed) and gets its
-//! manifest at the first open.
+//! A first start that fails records nothing, so a mistyped server URL does
+//! not tie the directory to it. A directory without a manifest (new, or
+//! written before manifests existed) is recognized by its files (`order.db`
+//! or `bus.db`: embedded; `servers/` or `logs/`: distributed, with local
+//! servers where `servers/postgres` or `servers/nats` exist) and checked
+//! against them.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -180,45 +184,38 @@ impl Wanted {
 pub struct DataDir {
     path: PathBuf,
     manifest: Manifest,
+    /// The manifest is not on disk yet: [`DataDir::record`] writes it.
+    pending: bool,
     /// Holds the OS lock while open.
     _lock: File,
 }
 
 impl DataDir {
-    /// Creates the directory if missing, takes its lock, and checks (or, on
-    /// a new directory, writes) its manifest against `wanted`.
+    /// Creates the directory if missing, takes its lock, and checks its
+    /// manifest, or without one what its files say, against `wanted`.
     pub fn open(path: &Path, wanted: &Wanted) -> Result<Self, DataDirError> {
         if path.exists() && !path.is_dir() {
             return Err(DataDirError::NotADirectory { path: path.to_path_buf() });
         }
         std::fs::create_dir_all(path).map_err(io_err(format!("creating {}", path.display())))?;
         let lock = lock(path)?;
-        let manifest = match read_manifest(path)? {
-            Some(manifest) => manifest,
-            None => {
-                let deployment = legacy_deployment(path).unwrap_or(wanted.deployment);
-                let (postgres, nats) = match deployment {
-                    // A legacy distributed directory: its servers were wherever this start says.
-                    Deployment::Distributed => (
-                        wanted.postgres.clone().or(Some(ServerPlace::Local)),
-                        wanted.nats.clone().or(Some(ServerPlace::Local)),
-                    ),
-                    Deployment::Embedded => (None, None),
-                };
-                let manifest = Manifest {
-                    format: FORMAT,
-                    deployment,
-                    postgres,
-                    nats,
-                    created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    created_by: format!("polis {}", env!("CARGO_PKG_VERSION")),
-                };
-                write_manifest(path, &manifest)?;
-                manifest
-            }
+        let (manifest, pending) = match read_manifest(path)? {
+            Some(manifest) => (manifest, false),
+            None => (from_files(path, wanted), true),
         };
         check(path, &manifest, wanted)?;
-        Ok(Self { path: path.to_path_buf(), manifest, _lock: lock })
+        Ok(Self { path: path.to_path_buf(), manifest, pending, _lock: lock })
+    }
+
+    /// Writes the manifest if the directory has none yet; call it once the
+    /// shop has started. Until then a failed start leaves the directory
+    /// free to be started differently.
+    pub fn record(&mut self) -> Result<(), DataDirError> {
+        if self.pending {
+            write_manifest(&self.path, &self.manifest)?;
+            self.pending = false;
+        }
+        Ok(())
     }
 
     /// The directory.
@@ -298,14 +295,34 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), DataDirError> {
     write().map_err(io_err(format!("writing {}", path.display())))
 }
 
-/// The deployment of a directory written before manifests, from its files.
-fn legacy_deployment(dir: &Path) -> Option<Deployment> {
-    if dir.join("order.db").exists() || dir.join("bus.db").exists() {
-        Some(Deployment::Embedded)
+/// The manifest of a directory that has none: what its files say, and
+/// `wanted` for what they do not (all of it, for a new directory).
+fn from_files(dir: &Path, wanted: &Wanted) -> Manifest {
+    let deployment = if dir.join("order.db").exists() || dir.join("bus.db").exists() {
+        Deployment::Embedded
     } else if dir.join("servers").is_dir() || dir.join("logs").is_dir() {
-        Some(Deployment::Distributed)
+        Deployment::Distributed
     } else {
-        None
+        wanted.deployment
+    };
+    let place = |server: &str, wanted: &Option<ServerPlace>| {
+        if dir.join("servers").join(server).is_dir() {
+            Some(ServerPlace::Local)
+        } else {
+            wanted.clone().or(Some(ServerPlace::Local))
+        }
+    };
+    let (postgres, nats) = match deployment {
+        Deployment::Distributed => (place("postgres", &wanted.postgres), place("nats", &wanted.nats)),
+        Deployment::Embedded => (None, None),
+    };
+    Manifest {
+        format: FORMAT,
+        deployment,
+        postgres,
+        nats,
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        created_by: format!("polis {}", env!("CARGO_PKG_VERSION")),
     }
 }
 
@@ -379,8 +396,9 @@ mod tests {
     #[test]
     fn the_mode_is_recorded_at_creation_and_a_mismatch_is_refused_saying_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        let opened = DataDir::open(dir.path(), &Wanted::embedded()).unwrap();
+        let mut opened = DataDir::open(dir.path(), &Wanted::embedded()).unwrap();
         assert_eq!(opened.manifest().deployment, Deployment::Embedded);
+        opened.record().unwrap();
         drop(opened);
         let distributed = Wanted::distributed(ServerPlace::Local, ServerPlace::Local);
         let err = DataDir::open(dir.path(), &distributed).unwrap_err().to_string();
@@ -390,7 +408,7 @@ mod tests {
         DataDir::open(dir.path(), &Wanted::embedded()).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
-        drop(DataDir::open(dir.path(), &distributed).unwrap());
+        DataDir::open(dir.path(), &distributed).unwrap().record().unwrap();
         let err = DataDir::open(dir.path(), &Wanted::embedded()).unwrap_err().to_string();
         assert!(err.contains("holds a distributed shop, not --mode embedded"), "{err}");
     }
@@ -400,7 +418,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let configured = ServerPlace::of_url("postgres://app:hunter2@db.internal:5433/postgres?sslmode=disable");
         assert_eq!(configured, ServerPlace::At("db.internal:5433".to_owned()));
-        drop(DataDir::open(dir.path(), &Wanted::distributed(configured.clone(), ServerPlace::Local)).unwrap());
+        DataDir::open(dir.path(), &Wanted::distributed(configured.clone(), ServerPlace::Local))
+            .unwrap()
+            .record()
+            .unwrap();
         let manifest = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
         assert!(!manifest.contains("hunter2") && manifest.contains("db.internal:5433"), "{manifest}");
 
@@ -417,6 +438,16 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_first_start_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mistyped = ServerPlace::of_url("postgres://db.interal:5432/postgres");
+        drop(DataDir::open(dir.path(), &Wanted::distributed(mistyped, ServerPlace::Local)).unwrap());
+        assert!(!dir.path().join(MANIFEST_FILE).exists());
+        let fixed = ServerPlace::of_url("postgres://db.internal:5432/postgres");
+        DataDir::open(dir.path(), &Wanted::distributed(fixed, ServerPlace::Local)).unwrap();
+    }
+
+    #[test]
     fn a_directory_from_before_manifests_is_recognized_by_its_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("order.db"), b"").unwrap();
@@ -424,9 +455,13 @@ mod tests {
         assert!(matches!(err, DataDirError::Mismatch { .. }), "{err:?}");
 
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("servers")).unwrap();
+        std::fs::create_dir_all(dir.path().join("servers/postgres")).unwrap();
         let err = DataDir::open(dir.path(), &Wanted::embedded()).unwrap_err();
         assert!(matches!(err, DataDirError::Mismatch { .. }), "{err:?}");
+        // Its local PostgreSQL holds the data: a configured one is refused.
+        let configured = ServerPlace::of_url("postgres://db:5432/postgres");
+        let err = DataDir::open(dir.path(), &Wanted::distributed(configured, ServerPlace::Local)).unwrap_err();
+        assert!(err.to_string().contains("PostgreSQL is the local server under servers/"), "{err}");
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl Embedded {
     /// service. Fails at once, saying why, if another process owns the
     /// directory or it holds a distributed shop ([`data_dir`]).
     pub async fn start(data_dir: &Path, config: &ShopConfig) -> anyhow::Result<Self> {
-        let owned = DataDir::open(data_dir, &Wanted::embedded())?;
+        let mut owned = DataDir::open(data_dir, &Wanted::embedded())?;
         let bus_path = data_dir.join("bus.db");
         let bus: Arc<dyn Bus> = Arc::new(
             InProcessBus::open(&bus_path)
@@ -168,6 +168,7 @@ impl Embedded {
             order: gateway::Upstream::local(routers.order.clone()),
         };
         let gateway = gateway::router(upstreams, config.gateway.clone());
+        owned.record()?;
         Ok(Self { routers, gateway, hosted, data_dir: owned })
     }
 

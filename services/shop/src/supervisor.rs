@@ -281,6 +281,7 @@ impl Supervisor {
         // The gateway last: once it answers, the whole shop does.
         supervisor.spawn(Service::Gateway).await?;
         supervisor.wait_ready(Service::Gateway).await?;
+        supervisor.data_dir.record()?;
         Ok(supervisor)
     }
 
