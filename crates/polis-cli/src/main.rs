@@ -78,14 +78,22 @@ pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
 }
 
 /// Parses a listen address: `IP:PORT`, or `HOST:PORT` with a host name
-/// that resolves (`localhost:8080`); the first address it resolves to.
+/// that resolves (`localhost:8080`): its first IPv4 address, or its first
+/// address if it has no IPv4 one (so `localhost` means 127.0.0.1, which
+/// every client tries, rather than an `::1` that some do not).
 pub(crate) fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs as _;
     if let Ok(addr) = text.parse() {
         return Ok(addr);
     }
-    let mut resolved = text.to_socket_addrs().map_err(|err| format!("expected HOST:PORT or IP:PORT ({err})"))?;
-    resolved.next().ok_or_else(|| format!("{text} resolves to no address"))
+    let resolved: Vec<std::net::SocketAddr> =
+        text.to_socket_addrs().map_err(|err| format!("expected HOST:PORT or IP:PORT ({err})"))?.collect();
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{text} resolves to no address"))
 }
 
 #[tokio::main]
@@ -104,7 +112,8 @@ async fn main() -> anyhow::Result<()> {
                 Err(err) => match err.downcast_ref::<shop_demo::Interrupted>() {
                     Some(interrupted) => {
                         eprintln!("polis: {interrupted}");
-                        std::process::exit(130);
+                        // The shell's convention: 128 + the signal's number.
+                        std::process::exit(128 + interrupted.signal);
                     }
                     None => return Err(err),
                 },

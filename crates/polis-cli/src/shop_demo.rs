@@ -20,7 +20,7 @@
 //! Without `--data-dir` the data lives in a temporary directory that is
 //! removed when the demo ends, however it ends short of SIGKILL: after the
 //! report, on an error, and on ctrl-c or SIGTERM (the shop is stopped
-//! first; the exit status is then 130). With `--data-dir` the data is kept,
+//! first; the exit status is then 130 or 143). With `--data-dir` the data is kept,
 //! and an interrupted run says how to finish it.
 //!
 //! Both modes run the same workload and checks over the same APIs: in
@@ -110,10 +110,31 @@ pub(crate) enum Running {
 }
 
 /// The demo was stopped by ctrl-c or SIGTERM; the shop is stopped and a
-/// temporary data directory removed. `main` exits with status 130.
+/// temporary data directory removed. `main` exits with 128 + the signal's
+/// number (130 for ctrl-c, 143 for SIGTERM).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct Interrupted(pub(crate) String);
+#[error("{what}")]
+pub(crate) struct Interrupted {
+    /// What happened to the data.
+    pub(crate) what: String,
+    /// The signal's number.
+    pub(crate) signal: i32,
+}
+
+/// Resolves with the number of the first SIGINT or SIGTERM.
+async fn interruption() -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // Without handlers the signals keep their default action: the
+        // process ends, as before; nothing to wait for here.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => libc::SIGINT,
+        _ = terminate.recv() => libc::SIGTERM,
+    }
+}
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
     let (data_dir, temp) = match &args.data_dir {
@@ -134,7 +155,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
     // (the supervisor's drop stops its processes) before the directory goes.
     let outcome = tokio::select! {
         report = demo(&args, &data_dir, temp.is_none()) => report,
-        () = polis_runtime::serve::shutdown_signal() => {
+        signal = interruption() => {
             let what = match &temp {
                 Some(_) => format!("interrupted; removed the temporary data directory {}", data_dir.display()),
                 None => format!(
@@ -143,7 +164,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
                     data_dir.display()
                 ),
             };
-            Err(Interrupted(what).into())
+            Err(Interrupted { what, signal }.into())
         }
     };
     if let Some(temp) = temp {

@@ -97,8 +97,8 @@ async fn demo_dir_under(temp: &Path) -> std::path::PathBuf {
 }
 
 /// An interrupted demo removes its temporary data directory (it used to
-/// leave it behind, up to 198 MB, saying nothing) and exits with 130; with
-/// `--data-dir` the data is kept and named.
+/// leave it behind, up to 198 MB, saying nothing) and exits with 128 + the
+/// signal; with `--data-dir` the data is kept and named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_demo_removes_its_temporary_data_or_names_the_kept_one() {
     let root = tempfile::tempdir().unwrap();
@@ -133,7 +133,7 @@ async fn an_interrupted_demo_removes_its_temporary_data_or_names_the_kept_one() 
     assert!(recorded.is_ok(), "the demo never recorded its run");
     let status = demo.signal_and_wait("-TERM").await;
     let log = std::fs::read_to_string(root.path().join("kept.log")).unwrap();
-    assert_eq!(status.code(), Some(130), "{log}");
+    assert_eq!(status.code(), Some(143), "{log}");
     assert!(kept.join("order.db").is_file(), "the kept data is gone");
     assert!(log.contains(&format!("the data is kept in {}", kept.display())), "{log}");
 }
