@@ -78,6 +78,18 @@ pub trait Handler<Tx: Send>: Send + Sync + 'static {
     /// up to [`ConsumerOptions::max_attempts`]), [`HandlerError::Permanent`] to
     /// dead-letter it at once. Either way the transaction is rolled back.
     async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError>;
+
+    /// Whether `message` can have any effect here. A message the handler
+    /// declines is acknowledged without a transaction (no inbox record,
+    /// nothing written; [`Outcome::Declined`]), which is safe because
+    /// handling it would have changed nothing, and saves a commit per
+    /// message on topics a service subscribes to for a few of their
+    /// messages. It must decide from the message alone. The default accepts
+    /// every message.
+    fn accepts(&self, message: &Message) -> bool {
+        let _ = message;
+        true
+    }
 }
 
 /// Tuning for a [`Consumer`].
@@ -143,6 +155,9 @@ pub enum Outcome {
     Parked,
     /// Stored as a dead letter: malformed, permanently failed, or out of retries.
     DeadLettered,
+    /// The handler declined it ([`Handler::accepts`]): acknowledged without
+    /// a transaction.
+    Declined,
 }
 
 /// A handler as the consumer stores it.
@@ -238,6 +253,10 @@ impl<S: TransactionalStore> Consumer<S> {
         let outcome = loop {
             let settled = match &delivery.message {
                 Err(malformed) => self.bury_malformed(malformed).await,
+                Ok(message) if !handler.accepts(message) => {
+                    metrics::counter!("polis_messages_declined_total", "consumer" => self.name.clone()).increment(1);
+                    Ok(Outcome::Declined)
+                }
                 Ok(message) => self.handle_with_retries(handler, message).await,
             };
             match settled {

@@ -61,6 +61,7 @@ macro_rules! combos {
                 concurrent_producers_keep_per_key_order,
                 a_command_gets_its_reply,
                 a_redelivered_dead_letter_is_a_duplicate_and_replays_once,
+                a_declined_message_is_acknowledged_without_a_transaction,
             );
         }
     )*};
@@ -144,6 +145,28 @@ mod cases {
         let _relay = Relay::new(producer.clone(), bus.clone(), relay_options()).spawn();
         let applied = wait_applied(&*store, 5).await;
         assert_eq!(applied.iter().map(|a| a.1).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    }
+
+    /// A message its handler declines leaves nothing behind: no effect, and
+    /// no inbox record (its redelivery is declined again, not a duplicate).
+    pub async fn a_declined_message_is_acknowledged_without_a_transaction<S: Applied>(
+        producer: Arc<S>,
+        store: Arc<S>,
+        _bus: Arc<dyn Bus>,
+    ) {
+        let recorder = Arc::new(Recorder::new());
+        let consumer = consumer(&store, Topic::events_of(producer.service()), &recorder);
+        let handler: Arc<dyn Handler<S::Tx>> = Arc::new(RecorderFor::<S>::new(recorder.clone()));
+        let declined =
+            Message::event(producer.service(), "thing.happened.v1", "k", json!({ "seq": 1, "declined": true }));
+        for attempt in 1..=2 {
+            let delivery = Delivery::new(Ok(declined.clone()), attempt, Box::new(NoAck));
+            assert_eq!(consumer.process(&handler, delivery).await, Outcome::Declined);
+        }
+        let accepted = event(producer.service(), "k", 2);
+        let delivery = Delivery::new(Ok(accepted), 1, Box::new(NoAck));
+        assert_eq!(consumer.process(&handler, delivery).await, Outcome::Handled);
+        assert_eq!(store.applied().await.iter().map(|a| a.1).collect::<Vec<_>>(), vec![2]);
     }
 
     pub async fn every_message_delivered_three_times_has_its_effects_once<S: Applied>(

@@ -125,6 +125,20 @@ pub trait FlowStyle {
     }
 }
 
+/// Whether the order event `data` (the body of an `OrderCreated`,
+/// `OrderRejected` or `OrderCancelRequested`) is about a choreographed
+/// order, reading only its `saga` field; `configured` stands in for a style
+/// not recorded. A body without a readable `saga` counts as choreographed,
+/// so that the handler sees it and reports what is wrong with it.
+pub fn is_choreographed(data: &serde_json::Value, configured: SagaStyle) -> bool {
+    #[derive(Deserialize)]
+    struct Flow {
+        #[serde(default)]
+        saga: Option<SagaStyle>,
+    }
+    Flow::deserialize(data).map_or(true, |flow| flow.saga.unwrap_or(configured) == SagaStyle::Choreography)
+}
+
 impl FlowStyle for OrderCreated {
     fn recorded_saga(&self) -> Option<SagaStyle> {
         self.saga

@@ -62,6 +62,18 @@ where
             ))),
         }
     }
+
+    /// Declines the events it does not act on (see the module docs), and
+    /// an orchestrated order's events, which its saga follows with commands.
+    fn accepts(&self, message: &Message) -> bool {
+        if message.kind != MessageKind::Event {
+            return true;
+        }
+        if message.is::<OrderCreated>() || message.is::<OrderRejected>() {
+            return contracts::order::is_choreographed(&message.data, self.configured);
+        }
+        message.is::<PaymentRefunded>()
+    }
 }
 
 async fn on_command<Tx: Transaction + Sql>(tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {

@@ -335,6 +335,16 @@ mod cases {
         handle(&service, &order_event(order_id, &body)).await.unwrap();
         assert_eq!(level(&service, "apple").await, (5, 0), "nothing reserved or released");
         assert!(sent(&**service.store()).await.is_empty(), "no outcome for an orchestrated order's events");
+
+        // The consumer acknowledges them without a transaction.
+        let accepts = |style, saga| {
+            let body = OrderCreated { order_id, customer_id: customer(), lines: lines.clone(), total: TOTAL, saga };
+            polis_bus::Handler::<S::Tx>::accepts(&service.handler(style), &order_event(order_id, &body))
+        };
+        assert!(!accepts(SagaStyle::Choreography, recorded));
+        assert!(!accepts(SagaStyle::Orchestration, None));
+        assert!(accepts(SagaStyle::Orchestration, Some(SagaStyle::Choreography)));
+        assert!(accepts(SagaStyle::Choreography, None));
     }
 
     pub async fn choreography_releases_on_rejection_and_refund<S: SqlStore>(service: Inventory<S>)

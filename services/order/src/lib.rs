@@ -576,4 +576,15 @@ where
         }
         Ok(())
     }
+
+    /// Declines the other services' events that decide nothing here (see
+    /// `decide`); commands and replies are all its own.
+    fn accepts(&self, message: &Message) -> bool {
+        message.kind != polis_core::MessageKind::Event
+            || message.is::<StockReservationFailed>()
+            || message.is::<PaymentFailed>()
+            || message.is::<ShipmentFailed>()
+            || message.is::<PaymentCaptured>()
+            || message.is::<StockReleased>()
+    }
 }

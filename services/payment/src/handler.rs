@@ -224,6 +224,22 @@ where
     async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
         self.handle_message(tx, message).await
     }
+
+    /// Declines the events it does not act on, and an orchestrated order's
+    /// rejection, which its saga follows with `VoidPayment`.
+    fn accepts(&self, message: &Message) -> bool {
+        if message.kind != MessageKind::Event {
+            return true;
+        }
+        if message.is::<OrderRejected>() {
+            return contracts::order::is_choreographed(&message.data, self.style);
+        }
+        message.is::<CustomerRegistered>()
+            || message.is::<CustomerUpdated>()
+            || message.is::<StockReserved>()
+            || message.is::<ShipmentScheduled>()
+            || message.is::<ShipmentCancelled>()
+    }
 }
 
 /// What an authorization of this payment answered (and answers again).

@@ -66,6 +66,19 @@ where
             ))),
         }
     }
+
+    /// Declines the events it does not act on (see the module docs), and
+    /// an orchestrated order's rejection or cancellation, which its saga
+    /// follows with `CancelShipment`.
+    fn accepts(&self, message: &Message) -> bool {
+        if message.kind != MessageKind::Event {
+            return true;
+        }
+        if message.is::<OrderRejected>() || message.is::<OrderCancelRequested>() {
+            return contracts::order::is_choreographed(&message.data, self.configured);
+        }
+        message.is::<CustomerRegistered>() || message.is::<CustomerUpdated>() || message.is::<PaymentAuthorized>()
+    }
 }
 
 impl ShippingHandler {

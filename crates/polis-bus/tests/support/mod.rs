@@ -138,6 +138,11 @@ impl<S: Applied> Handler<S::Tx> for RecorderFor<S> {
         }
         S::record_in(tx, message).await
     }
+
+    /// Declines messages marked `"declined": true`.
+    fn accepts(&self, message: &Message) -> bool {
+        message.data["declined"] != true
+    }
 }
 
 /// [`Recorder`] bound to a store type.
