@@ -75,10 +75,14 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<CheckReport> {
             record.tag
         );
     }
-    let (apis, running) = shop_demo::start(mode, record.saga, &args.data_dir, args.config, args.json).await?;
+    let (apis, mut running) = shop_demo::start(mode, record.saga, &args.data_dir, args.config, args.json).await?;
     let scope = Scope::Run(&record.seeded);
-    let orders = workload::wait_terminal(&apis, scope, workload::patience(record.orders), &|_| {}).await?;
-    let invariants = workload::check_until_converged(&apis, &record.seeded, scope, CONVERGENCE).await?;
+    let checked = running.supervised(args.json, async {
+        let orders = workload::wait_terminal(&apis, scope, workload::patience(record.orders), &|_| {}).await?;
+        let invariants = workload::check_until_converged(&apis, &record.seeded, scope, CONVERGENCE).await?;
+        anyhow::Ok((orders, invariants))
+    });
+    let (orders, invariants) = checked.await?;
     let report = CheckReport {
         mode,
         saga: record.saga,

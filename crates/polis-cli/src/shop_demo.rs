@@ -27,6 +27,7 @@
 //! process for the embedded shop, over HTTP for the distributed one.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -189,12 +190,20 @@ async fn remove_temporary(temp: tempfile::TempDir) {
 }
 
 async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Report> {
-    let data_dir = data_dir.to_path_buf();
-    let (apis, running) = start(args.mode, args.saga, &data_dir, args.config.clone(), args.json).await?;
+    let (apis, mut running) = start(args.mode, args.saga, data_dir, args.config.clone(), args.json).await?;
+    let report = running.supervised(args.json, workload_run(args, &apis, data_dir, keep)).await?;
+    print(&report, args.json)?;
+    running.stop().await;
+    Ok(report)
+}
 
+/// Seeds, records the run, places and decides the orders, cancels some,
+/// and checks the invariants: the demo's report.
+async fn workload_run(args: &DemoArgs, apis: &Apis, data_dir: &Path, keep: bool) -> anyhow::Result<Report> {
+    let data_dir = data_dir.to_path_buf();
     let tag = workload::run_tag();
     let mut rng = workload::rng(args.seed);
-    let seeded = workload::seed(&apis, &tag, args.orders, &mut rng).await?;
+    let seeded = workload::seed(apis, &tag, args.orders, &mut rng).await?;
     let record =
         RunRecord { tag, deployment: args.mode.into(), saga: args.saga, orders: args.orders, seeded: seeded.clone() };
     // `polis check` needs the record if this process dies mid-run; saving
@@ -206,16 +215,15 @@ async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Re
     let started = Instant::now();
     let bar = progress(plan.len(), "placing", args.json);
     let placed =
-        workload::place_orders(&apis, &plan, args.concurrency, Pacing::Decided, &|n| bar.set_position(n as u64))
-            .await?;
+        workload::place_orders(apis, &plan, args.concurrency, Pacing::Decided, &|n| bar.set_position(n as u64)).await?;
     bar.finish();
     let patience = workload::patience(placed.len());
     let bar = progress(placed.len(), "deciding", args.json);
     let scope = Scope::Placed(&placed);
-    let orders = workload::wait_terminal(&apis, scope, patience, &|n| bar.set_position(n as u64)).await?;
+    let orders = workload::wait_terminal(apis, scope, patience, &|n| bar.set_position(n as u64)).await?;
     bar.finish();
-    let cancel_requests = workload::cancel_some(&apis, &placed, &orders).await?;
-    let orders = workload::wait_terminal(&apis, scope, patience, &|_| {}).await?;
+    let cancel_requests = workload::cancel_some(apis, &placed, &orders).await?;
+    let orders = workload::wait_terminal(apis, scope, patience, &|_| {}).await?;
     let seconds = started.elapsed().as_secs_f64();
 
     let mut latencies: Vec<f64> = orders
@@ -229,7 +237,7 @@ async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Re
         .collect();
     latencies.sort_by(f64::total_cmp);
     let tally = Tally::of(orders.values());
-    let invariants = workload::check_until_converged(&apis, &seeded, scope, CONVERGENCE).await?;
+    let invariants = workload::check_until_converged(apis, &seeded, scope, CONVERGENCE).await?;
     let report = Report {
         mode: args.mode,
         saga: args.saga,
@@ -244,8 +252,6 @@ async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Re
         invariants,
         data_dir: keep.then(|| data_dir.display().to_string()),
     };
-    print(&report, args.json)?;
-    running.stop().await;
     Ok(report)
 }
 
@@ -288,6 +294,33 @@ pub(crate) fn print_invariants(checks: &[Check]) {
 }
 
 impl Running {
+    /// Runs `work` while the distributed shop's supervisor restarts any of
+    /// its processes that dies (saying so on stderr unless `quiet`); the
+    /// embedded shop runs it as it is.
+    pub(crate) async fn supervised<T>(&mut self, quiet: bool, work: impl Future<Output = T>) -> T {
+        match self {
+            Self::Embedded(_) => work.await,
+            Self::Distributed(supervisor) => {
+                let (done, finished) = tokio::sync::oneshot::channel::<()>();
+                let until = async {
+                    let _ = finished.await;
+                };
+                let report = |line: &str| {
+                    if !quiet {
+                        eprintln!("polis: {line}");
+                    }
+                };
+                let work = async {
+                    let value = work.await;
+                    let _ = done.send(());
+                    value
+                };
+                let (value, ()) = tokio::join!(work, supervisor.supervise(until, &report));
+                value
+            }
+        }
+    }
+
     pub(crate) async fn stop(self) {
         match self {
             Self::Embedded(shop) => drop(shop),

@@ -14,24 +14,15 @@
 //! Either way the data directory is this process's alone while it runs, and
 //! must hold the mode asked for (`shop::data_dir`).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 use contracts::SagaStyle;
-use shop::supervisor::{Process, Supervisor, SupervisorOptions};
+use shop::supervisor::{Supervisor, SupervisorOptions};
 
 use crate::Mode;
-
-/// First wait before restarting a process that exited; doubles per quick exit.
-const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
-const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A process that ran this long before exiting starts over at the minimum back-off.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
-const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
@@ -107,61 +98,8 @@ async fn distributed(args: UpArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
 
-    let shutdown = polis_runtime::serve::shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut started: BTreeMap<Process, Instant> = BTreeMap::new();
-    let mut backoff: BTreeMap<Process, Duration> = BTreeMap::new();
-    // Processes waiting for their restart, and when it is due.
-    let mut pending: BTreeMap<Process, Instant> = BTreeMap::new();
-    let up_since = Instant::now();
-    let mut watch = tokio::time::interval(WATCH_INTERVAL);
-    'watch: loop {
-        tokio::select! {
-            () = &mut shutdown => break 'watch,
-            _ = watch.tick() => {}
-        }
-        for (process, status) in supervisor.exited() {
-            let ran = started.get(&process).unwrap_or(&up_since).elapsed();
-            let delay = next_backoff(&mut backoff, process, ran);
-            tracing::warn!(%process, %status, restart_in = ?delay, "a process exited; restarting it");
-            eprintln!("polis: {process} exited ({status}); restarting it in {} s", delay.as_secs_f64());
-            pending.insert(process, Instant::now() + delay);
-        }
-        let due: Vec<Process> = pending.iter().filter(|(_, at)| **at <= Instant::now()).map(|(p, _)| *p).collect();
-        for process in due {
-            pending.remove(&process);
-            let restarted = tokio::select! {
-                () = &mut shutdown => break 'watch,
-                result = supervisor.restart(process) => result,
-            };
-            started.insert(process, Instant::now());
-            match restarted {
-                Ok(()) => match process {
-                    Process::Service(service) => eprintln!("polis: {service} is back at {}", supervisor.url(service)),
-                    _ => eprintln!("polis: {process} is back"),
-                },
-                Err(err) => {
-                    let delay = next_backoff(&mut backoff, process, Duration::ZERO);
-                    let error = polis_core::error::chain(&err);
-                    tracing::error!(%process, %error, restart_in = ?delay, "restarting a process failed");
-                    eprintln!("polis: restarting {process} failed: {error}");
-                    pending.insert(process, Instant::now() + delay);
-                }
-            }
-        }
-    }
+    supervisor.supervise(polis_runtime::serve::shutdown_signal(), &|line| eprintln!("polis: {line}")).await;
     eprintln!("polis: stopping the shop");
     supervisor.stop().await;
     Ok(())
-}
-
-/// The wait before the next restart of `service`, which ran for `ran`.
-fn next_backoff(backoff: &mut BTreeMap<Process, Duration>, process: Process, ran: Duration) -> Duration {
-    let slot = backoff.entry(process).or_insert(RESTART_BACKOFF_MIN);
-    if ran >= STABLE_AFTER {
-        *slot = RESTART_BACKOFF_MIN;
-    }
-    let delay = *slot;
-    *slot = (*slot * 2).min(RESTART_BACKOFF_MAX);
-    delay
 }

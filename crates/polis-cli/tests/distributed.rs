@@ -69,6 +69,48 @@ async fn demo_in_distributed_mode_keeps_every_invariant() {
     }
 }
 
+/// The demo's supervisor restarts what dies under it: a service process
+/// SIGKILLed mid-run comes back by itself (it used to stay dead, only
+/// `polis up` restarted anything), and the run ends with every order
+/// decided and every safety invariant holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_distributed_demo_restarts_a_service_that_dies_under_it() {
+    let postgres = polis_testkit::postgres().await;
+    let dir = data_dir();
+    let mut command = polis();
+    command
+        .args(["demo", "--mode", "distributed", "--orders", "600", "--json", "--data-dir"])
+        .arg(dir.path())
+        .env("POLIS_POSTGRES_URL", postgres.url())
+        .env("POLIS__DATABASE_PREFIX", postgres.name())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap());
+    let demo = polis_testkit::process::spawn_tethered(command).await.unwrap();
+    let seeded = polis_testkit::wait_for(Duration::from_secs(120), || {
+        std::future::ready(dir.path().join("demo-run.json").is_file())
+    })
+    .await;
+    assert!(seeded.is_ok(), "the demo never recorded its run");
+    let pid = read_pid(dir.path(), Service::Payment).unwrap();
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+
+    let out = tokio::task::spawn_blocking(move || demo.wait_with_output().unwrap()).await.unwrap();
+    let log = std::fs::read_to_string(dir.path().join("demo.log")).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let safety: Vec<&serde_json::Value> = report["invariants"]
+        .as_array()
+        .map(|checks| {
+            checks.iter().filter(|c| !c["name"].as_str().unwrap_or("").starts_with("the workload covers")).collect()
+        })
+        .unwrap_or_default();
+    assert!(safety.len() >= 6 && safety.iter().all(|c| c["holds"] == true), "{report:#}\n{log}");
+    let decided: u64 = report["by_status"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(decided, 600, "{report:#}");
+    let restarted = std::fs::read_to_string(dir.path().join("logs/payment.log")).unwrap();
+    assert!(restarted.matches("--- polis supervisor: starting payment").count() >= 2, "payment was not restarted");
+}
+
 /// A minimal order through the gateway: one customer, one product, one order.
 async fn place_one(gateway: &Endpoint) -> Uuid {
     let tag = Uuid::now_v7().simple().to_string();

@@ -26,10 +26,12 @@
 //! shop's directory, or with its servers moved, is refused instead of
 //! starting an empty shop beside the data).
 //!
-//! The supervisor never restarts anything by itself; [`Supervisor::exited`]
-//! reports the [`Process`]es that ended, service processes and local
-//! servers alike, and [`Supervisor::restart`] starts one again (`polis up`
-//! does so with a back-off). A local server comes back on the same port and
+//! [`Supervisor::supervise`] watches every process it started, service
+//! processes and local servers alike, and starts again each one that ends,
+//! after a back-off (1 s, doubling up to 30 s; reset once it has run for a
+//! minute); `polis up` and `polis demo --mode distributed` run it. Without
+//! it nothing is restarted: [`Supervisor::exited`] reports the
+//! [`Process`]es that ended and [`Supervisor::restart`] starts one again. A local server comes back on the same port and
 //! files, so the services, which reconnect by themselves, carry on. The
 //! local servers' pids are in `<data-dir>/run/postgres.pid` and
 //! `run/nats-server.pid` while they run.
@@ -57,6 +59,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the stop when the supervisor is dropped without [`Supervisor::stop`].
 const DROP_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_POLL: Duration = Duration::from_millis(50);
+/// First wait before restarting a process that exited; doubles per quick exit.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A process that ran this long before exiting starts over at the minimum back-off.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How often [`Supervisor::supervise`] looks for processes that ended.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a crashed local PostgreSQL's processes may keep a new one from starting.
 const CRASH_LEFTOVERS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -413,6 +422,60 @@ impl Supervisor {
         }
     }
 
+    /// Watches every process until `until` resolves, and starts again each
+    /// one that ends, after a back-off per process (1 s, doubling up to
+    /// 30 s; reset once it has run for a minute). Each exit, restart and
+    /// failed restart is logged and told to `report` as one line for a
+    /// person. Returns when `until` does, even in the middle of a restart.
+    pub async fn supervise<F>(&mut self, until: F, report: &(dyn Fn(&str) + Sync))
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        tokio::pin!(until);
+        let mut started: BTreeMap<Process, Instant> = BTreeMap::new();
+        let mut backoff: BTreeMap<Process, Duration> = BTreeMap::new();
+        // Processes waiting for their restart, and when it is due.
+        let mut pending: BTreeMap<Process, Instant> = BTreeMap::new();
+        let since = Instant::now();
+        let mut watch = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            tokio::select! {
+                () = &mut until => return,
+                _ = watch.tick() => {}
+            }
+            for (process, status) in self.exited() {
+                let ran = started.get(&process).unwrap_or(&since).elapsed();
+                let delay = next_backoff(&mut backoff, process, ran);
+                tracing::warn!(%process, %status, restart_in = ?delay, "a process exited; restarting it");
+                report(&format!("{process} exited ({status}); restarting it in {} s", delay.as_secs_f64()));
+                pending.insert(process, Instant::now() + delay);
+            }
+            let now = Instant::now();
+            let due: Vec<Process> = pending.iter().filter(|(_, at)| **at <= now).map(|(p, _)| *p).collect();
+            for process in due {
+                pending.remove(&process);
+                let restarted = tokio::select! {
+                    () = &mut until => return,
+                    result = self.restart(process) => result,
+                };
+                started.insert(process, Instant::now());
+                match restarted {
+                    Ok(()) => match process {
+                        Process::Service(service) => report(&format!("{service} is back at {}", self.url(service))),
+                        _ => report(&format!("{process} is back")),
+                    },
+                    Err(err) => {
+                        let delay = next_backoff(&mut backoff, process, Duration::ZERO);
+                        let error = polis_core::error::chain(&err);
+                        tracing::error!(%process, %error, restart_in = ?delay, "restarting a process failed");
+                        report(&format!("restarting {process} failed: {error}"));
+                        pending.insert(process, Instant::now() + delay);
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops every process (the gateway first, so no new work comes in),
     /// letting each finish what it is doing, then the local servers.
     pub async fn stop(mut self) {
@@ -543,6 +606,17 @@ impl Drop for Supervisor {
             self.forget_pid(process);
         }
     }
+}
+
+/// The wait before the next restart of `process`, which ran for `ran`.
+fn next_backoff(backoff: &mut BTreeMap<Process, Duration>, process: Process, ran: Duration) -> Duration {
+    let slot = backoff.entry(process).or_insert(RESTART_BACKOFF_MIN);
+    if ran >= STABLE_AFTER {
+        *slot = RESTART_BACKOFF_MIN;
+    }
+    let delay = *slot;
+    *slot = (*slot * 2).min(RESTART_BACKOFF_MAX);
+    delay
 }
 
 fn write_pid(path: &Path, pid: u32) -> std::io::Result<()> {
