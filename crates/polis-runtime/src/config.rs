@@ -274,6 +274,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
     }
 }
 
+/// A duration as settings hold it: whole milliseconds, rounded up, at
+/// least 1 (a zero timeout would fail every call), saturating at
+/// `u64::MAX`.
+pub fn whole_millis(duration: std::time::Duration) -> std::num::NonZeroU64 {
+    let millis = duration.as_nanos().div_ceil(1_000_000);
+    std::num::NonZeroU64::new(u64::try_from(millis).unwrap_or(u64::MAX)).unwrap_or(std::num::NonZeroU64::MIN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

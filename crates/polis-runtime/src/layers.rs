@@ -129,21 +129,21 @@ impl HttpOptions {
         self
     }
 
-    /// Sets [`HttpOptions::header_read_timeout_ms`] (at least 1 ms).
+    /// Sets [`HttpOptions::header_read_timeout_ms`] (whole milliseconds, rounded up, at least 1).
     pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_read_timeout_ms = positive_millis(timeout);
+        self.header_read_timeout_ms = crate::config::whole_millis(timeout);
         self
     }
 
-    /// Sets [`HttpOptions::body_read_timeout_ms`] (at least 1 ms).
+    /// Sets [`HttpOptions::body_read_timeout_ms`] (whole milliseconds, rounded up, at least 1).
     pub fn with_body_read_timeout(mut self, timeout: Duration) -> Self {
-        self.body_read_timeout_ms = positive_millis(timeout);
+        self.body_read_timeout_ms = crate::config::whole_millis(timeout);
         self
     }
 
-    /// Sets [`HttpOptions::idle_timeout_ms`] (at least 1 ms).
+    /// Sets [`HttpOptions::idle_timeout_ms`] (whole milliseconds, rounded up, at least 1).
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout_ms = positive_millis(timeout);
+        self.idle_timeout_ms = crate::config::whole_millis(timeout);
         self
     }
 
@@ -182,11 +182,6 @@ const fn millis(millis: u64) -> NonZeroU64 {
         Some(millis) => millis,
         None => NonZeroU64::MIN,
     }
-}
-
-fn positive_millis(duration: Duration) -> NonZeroU64 {
-    let millis = duration.as_millis().try_into().unwrap_or(u64::MAX);
-    NonZeroU64::new(millis).unwrap_or(NonZeroU64::MIN)
 }
 
 /// Wraps a service's router in the standard stack (see the module docs).

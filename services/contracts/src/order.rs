@@ -71,7 +71,7 @@ pub struct OrderCreated {
     pub customer_id: Uuid,
     pub lines: Vec<OrderLine>,
     pub total: Money,
-    /// How this order's flow runs, fixed when it is placed (see [`FlowStyle`]).
+    /// How this order's flow runs, fixed when it is placed (see [`is_choreographed`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saga: Option<SagaStyle>,
 }
@@ -87,7 +87,7 @@ pub struct OrderApproved {
 pub struct OrderRejected {
     pub order_id: Uuid,
     pub reason: RejectionReason,
-    /// How this order's flow runs (see [`FlowStyle`]).
+    /// How this order's flow runs (see [`is_choreographed`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saga: Option<SagaStyle>,
 }
@@ -96,15 +96,21 @@ pub struct OrderRejected {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCancelRequested {
     pub order_id: Uuid,
-    /// How this order's flow runs (see [`FlowStyle`]).
+    /// How this order's flow runs (see [`is_choreographed`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saga: Option<SagaStyle>,
 }
 
-/// Which style an order's own flow runs in: the one recorded in its events
-/// (`saga`), which the order service fixes when the order is placed, or —
-/// for an order placed before orders recorded it — the style the reader is
-/// configured with, as then.
+/// Whether the order event `data` (the body of an `OrderCreated`,
+/// `OrderRejected` or `OrderCancelRequested`) is about an order whose flow
+/// runs choreographed, reading only its `saga` field.
+///
+/// An order's style is the one recorded in its events, which the order
+/// service fixes when the order is placed; for an order placed before
+/// orders recorded it, `configured` (the reader's configured style, as
+/// then) stands in. A body without a readable `saga` counts as
+/// choreographed, so that the handler sees it and reports what is wrong
+/// with it.
 ///
 /// Every service subscribes to the inputs of both styles (commands and
 /// replies, and each other's events), whatever style it is configured with,
@@ -114,22 +120,6 @@ pub struct OrderCancelRequested {
 /// order that runs choreographed; an orchestrated order's saga sends it
 /// commands instead, and for such orders the participants' outcomes are
 /// replies, so their events only ever exist for choreographed orders.
-pub trait FlowStyle {
-    /// The style recorded in the event, if any.
-    fn recorded_saga(&self) -> Option<SagaStyle>;
-
-    /// Whether the order runs choreographed; `configured` stands in for a
-    /// style not recorded.
-    fn is_choreographed(&self, configured: SagaStyle) -> bool {
-        self.recorded_saga().unwrap_or(configured) == SagaStyle::Choreography
-    }
-}
-
-/// Whether the order event `data` (the body of an `OrderCreated`,
-/// `OrderRejected` or `OrderCancelRequested`) is about a choreographed
-/// order, reading only its `saga` field; `configured` stands in for a style
-/// not recorded. A body without a readable `saga` counts as choreographed,
-/// so that the handler sees it and reports what is wrong with it.
 pub fn is_choreographed(data: &serde_json::Value, configured: SagaStyle) -> bool {
     #[derive(Deserialize)]
     struct Flow {
@@ -137,24 +127,6 @@ pub fn is_choreographed(data: &serde_json::Value, configured: SagaStyle) -> bool
         saga: Option<SagaStyle>,
     }
     Flow::deserialize(data).map_or(true, |flow| flow.saga.unwrap_or(configured) == SagaStyle::Choreography)
-}
-
-impl FlowStyle for OrderCreated {
-    fn recorded_saga(&self) -> Option<SagaStyle> {
-        self.saga
-    }
-}
-
-impl FlowStyle for OrderRejected {
-    fn recorded_saga(&self) -> Option<SagaStyle> {
-        self.saga
-    }
-}
-
-impl FlowStyle for OrderCancelRequested {
-    fn recorded_saga(&self) -> Option<SagaStyle> {
-        self.saga
-    }
 }
 
 /// `order.order-cancelled.v1`.

@@ -102,14 +102,14 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     /// Sets the call timeout, rounded up to whole milliseconds (at least 1).
     pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
-        self.call_timeout_ms = whole_millis(timeout);
+        self.call_timeout_ms = polis_runtime::config::whole_millis(timeout);
         self
     }
 
     /// Sets the per-part timeout of the details call, rounded up to whole
     /// milliseconds (at least 1).
     pub fn with_compose_timeout(mut self, timeout: Duration) -> Self {
-        self.compose_timeout_ms = whole_millis(timeout);
+        self.compose_timeout_ms = polis_runtime::config::whole_millis(timeout);
         self
     }
 
@@ -120,11 +120,6 @@ impl GatewayConfig {
     pub fn compose_timeout(&self) -> Duration {
         Duration::from_millis(self.compose_timeout_ms.get())
     }
-}
-
-fn whole_millis(duration: Duration) -> NonZeroU64 {
-    let millis = duration.as_nanos().div_ceil(1_000_000);
-    NonZeroU64::new(u64::try_from(millis).unwrap_or(u64::MAX)).unwrap_or(NonZeroU64::MIN)
 }
 
 /// The gateway's routes, bare: the host wraps them in

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use contracts::Quantity;
 use contracts::SagaStyle;
 use contracts::inventory::{ReleaseStock, ReserveStock};
-use contracts::order::{FlowStyle as _, OrderCreated, OrderRejected};
+use contracts::order::{OrderCreated, OrderRejected};
 use contracts::payment::PaymentRefunded;
 use polis_bus::{Handler, HandlerError};
 use polis_core::{Message, MessageKind, Transaction};
@@ -41,7 +41,7 @@ pub struct InventoryHandler {
 
 impl InventoryHandler {
     /// A handler; `configured` stands in for the style of an order whose
-    /// events do not record it ([`contracts::order::FlowStyle`]).
+    /// events do not record it ([`contracts::order::is_choreographed`]).
     pub fn new(configured: SagaStyle) -> Self {
         Self { configured }
     }
@@ -55,6 +55,7 @@ where
     async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
         match message.kind {
             MessageKind::Command => on_command(tx, message).await,
+            MessageKind::Event if !self.acts_on(message) => Ok(()),
             MessageKind::Event => self.on_event(tx, message).await,
             MessageKind::Reply => Err(HandlerError::Permanent(format!(
                 "the inventory service takes no replies, got `{}`",
@@ -63,16 +64,8 @@ where
         }
     }
 
-    /// Declines the events it does not act on (see the module docs), and
-    /// an orchestrated order's events, which its saga follows with commands.
     fn accepts(&self, message: &Message) -> bool {
-        if message.kind != MessageKind::Event {
-            return true;
-        }
-        if message.is::<OrderCreated>() || message.is::<OrderRejected>() {
-            return contracts::order::is_choreographed(&message.data, self.configured);
-        }
-        message.is::<PaymentRefunded>()
+        message.kind != MessageKind::Event || self.acts_on(message)
     }
 }
 
@@ -94,12 +87,18 @@ async fn on_command<Tx: Transaction + Sql>(tx: &mut Tx, message: &Message) -> Re
 }
 
 impl InventoryHandler {
+    /// Whether an event is one it acts on (see the module docs): not an
+    /// orchestrated order's, which its saga follows with commands.
+    fn acts_on(&self, event: &Message) -> bool {
+        if event.is::<OrderCreated>() || event.is::<OrderRejected>() {
+            return contracts::order::is_choreographed(&event.data, self.configured);
+        }
+        event.is::<PaymentRefunded>()
+    }
+
     async fn on_event<Tx: Transaction + Sql>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
         if message.is::<OrderCreated>() {
             let created: OrderCreated = message.decode()?;
-            if !created.is_choreographed(self.configured) {
-                return Ok(()); // its saga sends ReserveStock
-            }
             let request = ReserveRequest {
                 order_id: created.order_id,
                 customer_id: created.customer_id,
@@ -108,11 +107,7 @@ impl InventoryHandler {
             };
             reserve(tx, message, &request).await
         } else if message.is::<OrderRejected>() {
-            let rejected: OrderRejected = message.decode()?;
-            if !rejected.is_choreographed(self.configured) {
-                return Ok(()); // its saga sends ReleaseStock
-            }
-            release(tx, message, rejected.order_id).await
+            release(tx, message, message.decode::<OrderRejected>()?.order_id).await
         } else if message.is::<PaymentRefunded>() {
             // Only a choreographed cancellation refunds by event.
             release(tx, message, message.decode::<PaymentRefunded>()?.order_id).await

@@ -192,7 +192,7 @@ where
     pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
         // Both styles' inputs, whatever `style` new orders run in: an order
         // placed under the other style before a restart finishes in it
-        // (`contracts::order::FlowStyle`). Participants' events only exist
+        // (`contracts::order::is_choreographed`). Participants' events only exist
         // for choreographed orders, replies only for orchestrated ones.
         let _ = style; // new orders take their style from `Config::saga`
         let handler = OrderHandler { service: self.clone() };

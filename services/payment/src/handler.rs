@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use contracts::customer::{Customer, CustomerRegistered, CustomerUpdated};
 use contracts::inventory::StockReserved;
-use contracts::order::{FlowStyle as _, OrderRejected};
+use contracts::order::OrderRejected;
 use contracts::payment::{
     AuthorizePayment, CapturePayment, PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded,
     PaymentStatus, PaymentVoided, RefundPayment, VoidPayment,
@@ -36,7 +36,7 @@ use crate::{Config, SERVICE};
 ///   the choreographed steps (those events only exist for choreographed
 ///   orders: for orchestrated ones the participants reply instead), and
 ///   `OrderRejected` does for an order that runs choreographed
-///   ([`contracts::order::FlowStyle`]; the handler's style stands in for an
+///   ([`contracts::order::is_choreographed`]; the handler's style stands in for an
 ///   order that does not record its own); every other event is ignored.
 #[derive(Debug, Clone)]
 pub struct PaymentHandler {
@@ -110,6 +110,19 @@ impl PaymentHandler {
         }
     }
 
+    /// Whether an event is one it acts on: not an orchestrated order's
+    /// rejection, which its saga follows with `VoidPayment`.
+    fn acts_on(&self, event: &Message) -> bool {
+        if event.is::<OrderRejected>() {
+            return contracts::order::is_choreographed(&event.data, self.style);
+        }
+        event.is::<CustomerRegistered>()
+            || event.is::<CustomerUpdated>()
+            || event.is::<StockReserved>()
+            || event.is::<ShipmentScheduled>()
+            || event.is::<ShipmentCancelled>()
+    }
+
     async fn on_event<Tx>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError>
     where
         Tx: Transaction + Sql,
@@ -133,9 +146,6 @@ impl PaymentHandler {
             refund(tx, message, event.order_id, RefundTrigger::ShipmentCancelled).await
         } else if message.is::<OrderRejected>() {
             let event: OrderRejected = message.decode()?;
-            if !event.is_choreographed(self.style) {
-                return Ok(()); // its saga sends VoidPayment
-            }
             void(tx, message, event.order_id).await
         } else {
             Ok(())
@@ -207,6 +217,7 @@ impl PaymentHandler {
     {
         match message.kind {
             MessageKind::Command => self.on_command(tx, message).await,
+            MessageKind::Event if !self.acts_on(message) => Ok(()),
             MessageKind::Event => self.on_event(tx, message).await,
             MessageKind::Reply => Err(HandlerError::Permanent(format!(
                 "the payment service sends no commands, so it takes no replies (got `{}`)",
@@ -225,20 +236,8 @@ where
         self.handle_message(tx, message).await
     }
 
-    /// Declines the events it does not act on, and an orchestrated order's
-    /// rejection, which its saga follows with `VoidPayment`.
     fn accepts(&self, message: &Message) -> bool {
-        if message.kind != MessageKind::Event {
-            return true;
-        }
-        if message.is::<OrderRejected>() {
-            return contracts::order::is_choreographed(&message.data, self.style);
-        }
-        message.is::<CustomerRegistered>()
-            || message.is::<CustomerUpdated>()
-            || message.is::<StockReserved>()
-            || message.is::<ShipmentScheduled>()
-            || message.is::<ShipmentCancelled>()
+        message.kind != MessageKind::Event || self.acts_on(message)
     }
 }
 

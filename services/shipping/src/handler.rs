@@ -24,7 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use contracts::SagaStyle;
 use contracts::customer::{CustomerRegistered, CustomerUpdated};
-use contracts::order::{FlowStyle as _, OrderCancelRequested, OrderRejected};
+use contracts::order::{OrderCancelRequested, OrderRejected};
 use contracts::payment::PaymentAuthorized;
 use contracts::shipping::{CancelShipment, ScheduleShipment};
 use polis_bus::{Handler, HandlerError};
@@ -45,7 +45,7 @@ pub struct ShippingHandler {
 
 impl ShippingHandler {
     /// A handler; `configured` stands in for the style of an order whose
-    /// events do not record it ([`contracts::order::FlowStyle`]).
+    /// events do not record it ([`contracts::order::is_choreographed`]).
     pub fn new(config: &Config, configured: SagaStyle) -> Self {
         Self { blocked_countries: config.blocked_countries.iter().cloned().collect(), configured }
     }
@@ -59,6 +59,7 @@ where
     async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
         match message.kind {
             MessageKind::Command => self.on_command(tx, message).await,
+            MessageKind::Event if !self.acts_on(message) => Ok(()),
             MessageKind::Event => self.on_event(tx, message).await,
             MessageKind::Reply => Err(HandlerError::Permanent(format!(
                 "the shipping service takes no replies, got `{}`",
@@ -67,21 +68,22 @@ where
         }
     }
 
-    /// Declines the events it does not act on (see the module docs), and
-    /// an orchestrated order's rejection or cancellation, which its saga
-    /// follows with `CancelShipment`.
     fn accepts(&self, message: &Message) -> bool {
-        if message.kind != MessageKind::Event {
-            return true;
-        }
-        if message.is::<OrderRejected>() || message.is::<OrderCancelRequested>() {
-            return contracts::order::is_choreographed(&message.data, self.configured);
-        }
-        message.is::<CustomerRegistered>() || message.is::<CustomerUpdated>() || message.is::<PaymentAuthorized>()
+        message.kind != MessageKind::Event || self.acts_on(message)
     }
 }
 
 impl ShippingHandler {
+    /// Whether an event is one it acts on (see the module docs): not an
+    /// orchestrated order's rejection or cancellation, which its saga
+    /// follows with `CancelShipment`.
+    fn acts_on(&self, event: &Message) -> bool {
+        if event.is::<OrderRejected>() || event.is::<OrderCancelRequested>() {
+            return contracts::order::is_choreographed(&event.data, self.configured);
+        }
+        event.is::<CustomerRegistered>() || event.is::<CustomerUpdated>() || event.is::<PaymentAuthorized>()
+    }
+
     async fn on_command<Tx: Transaction + Sql>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
         if message.is::<ScheduleShipment>() {
             let command: ScheduleShipment = message.decode()?;
@@ -102,17 +104,9 @@ impl ShippingHandler {
             let authorized: PaymentAuthorized = message.decode()?;
             self.schedule(tx, message, authorized.order_id, authorized.customer_id).await
         } else if message.is::<OrderRejected>() {
-            let rejected: OrderRejected = message.decode()?;
-            if !rejected.is_choreographed(self.configured) {
-                return Ok(()); // its saga sends CancelShipment
-            }
-            cancel(tx, message, rejected.order_id).await
+            cancel(tx, message, message.decode::<OrderRejected>()?.order_id).await
         } else if message.is::<OrderCancelRequested>() {
-            let requested: OrderCancelRequested = message.decode()?;
-            if !requested.is_choreographed(self.configured) {
-                return Ok(()); // its saga sends CancelShipment
-            }
-            cancel(tx, message, requested.order_id).await
+            cancel(tx, message, message.decode::<OrderCancelRequested>()?.order_id).await
         } else {
             Ok(()) // not ours to act on
         }
