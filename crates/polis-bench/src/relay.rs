@@ -649,14 +649,12 @@ async fn fill_with_sends(store: &PgEventStore, count: u64) -> Result<()> {
                 let first = k * SENDS_PER_TX;
                 let seqs = first..count.min(first + SENDS_PER_TX);
                 store
-                    .transaction::<_, StoreError>(Box::new(move |tx| {
-                        Box::pin(async move {
-                            for seq in seqs {
-                                tx.send(&message(&service, seq)).await?;
-                            }
-                            Ok(())
-                        })
-                    }))
+                    .transaction::<_, _, StoreError>(async move |tx| {
+                        for seq in seqs {
+                            tx.send(&message(&service, seq)).await?;
+                        }
+                        Ok(())
+                    })
                     .await
                     .context("sending through the outbox")
             }
@@ -793,7 +791,7 @@ impl Client for Sender {
         let m = message(self.store.service(), self.seq);
         self.seq += self.stride;
         self.store
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&m).await })))
+            .transaction::<_, _, StoreError>(async move |tx| tx.send(&m).await)
             .await
             .context("sending through the outbox")?;
         Ok(1)
@@ -968,7 +966,7 @@ async fn paced_writer(
         let m = message(store.service(), seq);
         let id = m.id;
         store
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&m).await })))
+            .transaction::<_, _, StoreError>(async move |tx| tx.send(&m).await)
             .await
             .context("sending through the outbox")?;
         commits.push((id, Instant::now(), due >= window_start));

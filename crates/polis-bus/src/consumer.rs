@@ -307,28 +307,26 @@ impl<S: TransactionalStore> Consumer<S> {
     async fn handle_once(&self, handler: &Arc<dyn Handler<S::Tx>>, message: &Message) -> Result<Outcome, HandlerError> {
         let (name, handler, message) = (self.name.clone(), handler.clone(), message.clone());
         self.store
-            .transaction::<_, HandlerError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    // The inbox first: a redelivery of a message that is already
-                    // a dead letter (or parked) is a duplicate, not a new letter.
-                    let handling = tx.begin_handling(&name, message.id, &message.key).await?;
-                    if !handling.first {
-                        return Ok(Outcome::Duplicate);
-                    }
-                    // Blocked? Check again under the key's lock before parking, so a
-                    // release finishing at the same time cannot miss this message.
-                    if handling.blocked && {
-                        tx.lock_key(&name, &message.key).await?;
-                        tx.key_blocked(&name, &message.key).await?
-                    } {
-                        let reason = format!("parked behind an unresolved dead letter with key `{}`", message.key);
-                        tx.dead_letter(&letter(&name, DeadLetterStatus::Parked, &message, reason, 0)).await?;
-                        return Ok(Outcome::Parked);
-                    }
-                    guarded(handler.handle(tx, &message)).await?;
-                    Ok(Outcome::Handled)
-                })
-            }))
+            .transaction::<_, _, HandlerError>(async move |tx| {
+                // The inbox first: a redelivery of a message that is already
+                // a dead letter (or parked) is a duplicate, not a new letter.
+                let handling = tx.begin_handling(&name, message.id, &message.key).await?;
+                if !handling.first {
+                    return Ok(Outcome::Duplicate);
+                }
+                // Blocked? Check again under the key's lock before parking, so a
+                // release finishing at the same time cannot miss this message.
+                if handling.blocked && {
+                    tx.lock_key(&name, &message.key).await?;
+                    tx.key_blocked(&name, &message.key).await?
+                } {
+                    let reason = format!("parked behind an unresolved dead letter with key `{}`", message.key);
+                    tx.dead_letter(&letter(&name, DeadLetterStatus::Parked, &message, reason, 0)).await?;
+                    return Ok(Outcome::Parked);
+                }
+                guarded(handler.handle(tx, &message)).await?;
+                Ok(Outcome::Handled)
+            })
             .await
     }
 
@@ -338,12 +336,10 @@ impl<S: TransactionalStore> Consumer<S> {
         tracing::warn!(consumer = self.name, message_id = %message.id, attempts, reason, "dead-lettering a message");
         let stored = self
             .store
-            .transaction::<_, StoreError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    tx.record_processed(&name, message.id).await?;
-                    tx.dead_letter(&letter(&name, DeadLetterStatus::Dead, &message, reason, attempts)).await
-                })
-            }))
+            .transaction::<_, _, StoreError>(async move |tx| {
+                tx.record_processed(&name, message.id).await?;
+                tx.dead_letter(&letter(&name, DeadLetterStatus::Dead, &message, reason, attempts)).await
+            })
             .await;
         self.after_burial(stored)
     }
@@ -364,17 +360,15 @@ impl<S: TransactionalStore> Consumer<S> {
         tracing::warn!(consumer = self.name, reason = malformed.reason, "dead-lettering a malformed message");
         let stored = self
             .store
-            .transaction::<_, StoreError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    // With a readable id, a redelivery is recognized as a duplicate.
-                    if let Some(id) = dead.message_id
-                        && !tx.record_processed(&dead.consumer, id).await?
-                    {
-                        return Ok(());
-                    }
-                    tx.dead_letter(&dead).await
-                })
-            }))
+            .transaction::<_, _, StoreError>(async move |tx| {
+                // With a readable id, a redelivery is recognized as a duplicate.
+                if let Some(id) = dead.message_id
+                    && !tx.record_processed(&dead.consumer, id).await?
+                {
+                    return Ok(());
+                }
+                tx.dead_letter(&dead).await
+            })
             .await;
         self.after_burial(stored)
     }
@@ -410,9 +404,7 @@ impl<S: TransactionalStore> Consumer<S> {
     /// Drops a dead letter without handling it, then replays what was parked behind it.
     pub async fn discard(&self, id: Uuid) -> Result<(), DeadLetterError> {
         let letter = self.find(id).await?;
-        self.store
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.remove_dead_letter(id).await })))
-            .await?;
+        self.store.transaction::<_, _, StoreError>(async move |tx| tx.remove_dead_letter(id).await).await?;
         if let Some(key) = &letter.key {
             self.release_parked(key).await?;
         }
@@ -437,17 +429,15 @@ impl<S: TransactionalStore> Consumer<S> {
         let (id, replayed) = (letter.id, message.clone());
         let result = self
             .store
-            .transaction::<_, HandlerError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    // Claim the letter first: of two replays (or a replay and a
-                    // discard) racing, only the one that removes it handles it.
-                    if !tx.remove_dead_letter(id).await? {
-                        return Ok(false);
-                    }
-                    guarded(handler.handle(tx, &replayed)).await?;
-                    Ok(true)
-                })
-            }))
+            .transaction::<_, _, HandlerError>(async move |tx| {
+                // Claim the letter first: of two replays (or a replay and a
+                // discard) racing, only the one that removes it handles it.
+                if !tx.remove_dead_letter(id).await? {
+                    return Ok(false);
+                }
+                guarded(handler.handle(tx, &replayed)).await?;
+                Ok(true)
+            })
             .await;
         match result {
             Ok(true) => Ok(()),
@@ -460,11 +450,7 @@ impl<S: TransactionalStore> Consumer<S> {
                 failed.error = e.to_string();
                 failed.attempts += 1;
                 failed.failed_at = Utc::now();
-                self.store
-                    .transaction::<_, StoreError>(Box::new(move |tx| {
-                        Box::pin(async move { tx.dead_letter(&failed).await })
-                    }))
-                    .await?;
+                self.store.transaction::<_, _, StoreError>(async move |tx| tx.dead_letter(&failed).await).await?;
                 Err(DeadLetterError::ReplayFailed(e))
             }
         }
@@ -484,12 +470,10 @@ impl<S: TransactionalStore> Consumer<S> {
                 let (name, key) = (self.name.clone(), key.to_owned());
                 let parked_meanwhile = self
                     .store
-                    .transaction::<_, StoreError>(Box::new(move |tx| {
-                        Box::pin(async move {
-                            tx.lock_key(&name, &key).await?;
-                            tx.key_blocked(&name, &key).await
-                        })
-                    }))
+                    .transaction::<_, _, StoreError>(async move |tx| {
+                        tx.lock_key(&name, &key).await?;
+                        tx.key_blocked(&name, &key).await
+                    })
                     .await?;
                 if parked_meanwhile {
                     continue;

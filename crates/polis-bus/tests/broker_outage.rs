@@ -47,10 +47,7 @@ async fn nats_down_for_ten_seconds_under_load_loses_nothing() {
             while started.elapsed() < Duration::from_secs(16) {
                 let src = producer.service().to_owned();
                 let m = Message::event(&src, "thing.happened.v1", &format!("k{}", seq % 5), json!({ "seq": seq }));
-                producer
-                    .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&m).await })))
-                    .await
-                    .unwrap();
+                producer.transaction::<_, _, StoreError>(async move |tx| tx.send(&m).await).await.unwrap();
                 seq += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

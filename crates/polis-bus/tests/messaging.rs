@@ -30,10 +30,7 @@ fn relay_options() -> RelayOptions {
 
 async fn send_all<S: TransactionalStore>(store: &S, messages: Vec<Message>) {
     for m in messages {
-        store
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&m).await })))
-            .await
-            .unwrap();
+        store.transaction::<_, _, StoreError>(async move |tx| tx.send(&m).await).await.unwrap();
     }
 }
 
@@ -298,15 +295,13 @@ mod cases {
                         let src = producer.service().to_owned();
                         let counters = counters.clone();
                         producer
-                            .transaction::<_, StoreError>(Box::new(move |tx| {
-                                Box::pin(async move {
-                                    let mut m = event(&src, &format!("k{k}"), -1);
-                                    // Take the key first with a marker message, then number it.
-                                    tx.send(&Message::event(&src, "key.taken.v1", &m.key, json!({}))).await?;
-                                    m.data["seq"] = json!(counters[k].fetch_add(1, Ordering::SeqCst));
-                                    tx.send(&m).await
-                                })
-                            }))
+                            .transaction::<_, _, StoreError>(async move |tx| {
+                                let mut m = event(&src, &format!("k{k}"), -1);
+                                // Take the key first with a marker message, then number it.
+                                tx.send(&Message::event(&src, "key.taken.v1", &m.key, json!({}))).await?;
+                                m.data["seq"] = json!(counters[k].fetch_add(1, Ordering::SeqCst));
+                                tx.send(&m).await
+                            })
                             .await
                             .unwrap();
                     }

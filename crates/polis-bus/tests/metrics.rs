@@ -45,10 +45,7 @@ async fn relay_and_consumer_report_their_metrics() {
     // Relay: 3 messages published; housekeeping reports an empty backlog.
     for seq in 0..3 {
         let m = Message::event("metricshop", "thing.happened.v1", "k", json!({ "seq": seq }));
-        producer
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&m).await })))
-            .await
-            .unwrap();
+        producer.transaction::<_, _, StoreError>(async move |tx| tx.send(&m).await).await.unwrap();
     }
     let options = RelayOptions { housekeeping_interval: Duration::from_millis(20), ..Default::default() };
     let relay = Relay::new(producer.clone(), bus.clone(), options).spawn();

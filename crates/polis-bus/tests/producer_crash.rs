@@ -32,10 +32,7 @@ async fn produce<S: TransactionalStore>(store: S) {
     for seq in 0i64.. {
         let m = Message::event(SERVICE, "thing.happened.v1", &format!("k{}", seq % 3), json!({ "seq": seq }));
         let id = m.id;
-        store
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&m).await })))
-            .await
-            .unwrap();
+        store.transaction::<_, _, StoreError>(async move |tx| tx.send(&m).await).await.unwrap();
         println!("committed {id}");
     }
 }

@@ -73,10 +73,7 @@ fn event(source: &str, key: &str, seq: u64) -> Message {
 }
 
 async fn send<S: TransactionalStore>(store: &S, message: Message) {
-    store
-        .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&message).await })))
-        .await
-        .unwrap();
+    store.transaction::<_, _, StoreError>(async move |tx| tx.send(&message).await).await.unwrap();
 }
 
 fn options(batch_size: usize) -> RelayOptions {
@@ -172,14 +169,12 @@ mod cases {
                         keys.lock().unwrap().insert(m.id, m.key.clone());
                         let (clock, noted) = (clock.clone(), noted.clone());
                         store
-                            .transaction::<_, StoreError>(Box::new(move |tx| {
-                                Box::pin(async move {
-                                    tx.send(&m).await?;
-                                    let at = clock.fetch_add(1, Ordering::SeqCst);
-                                    noted.lock().unwrap().push((at, m.id));
-                                    Ok(())
-                                })
-                            }))
+                            .transaction::<_, _, StoreError>(async move |tx| {
+                                tx.send(&m).await?;
+                                let at = clock.fetch_add(1, Ordering::SeqCst);
+                                noted.lock().unwrap().push((at, m.id));
+                                Ok(())
+                            })
                             .await
                             .unwrap();
                     }
@@ -248,14 +243,12 @@ async fn postgres_publishes_a_lower_position_that_commits_late() {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .transaction::<_, StoreError>(Box::new(move |tx| {
-                    Box::pin(async move {
-                        tx.send(&late_message).await?;
-                        inserted_tx.send(()).unwrap();
-                        commit.await.unwrap();
-                        Ok(())
-                    })
-                }))
+                .transaction::<_, _, StoreError>(async move |tx| {
+                    tx.send(&late_message).await?;
+                    inserted_tx.send(()).unwrap();
+                    commit.await.unwrap();
+                    Ok(())
+                })
                 .await
                 .unwrap();
         })

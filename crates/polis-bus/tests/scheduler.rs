@@ -45,18 +45,12 @@ fn command(from: &str, to: &str, message_type: &str, key: &str) -> Message {
 
 async fn schedule<S: TransactionalStore>(store: &S, message: &Message, due_at: DateTime<Utc>) {
     let message = message.clone();
-    store
-        .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.schedule(&message, due_at).await })))
-        .await
-        .unwrap();
+    store.transaction::<_, _, StoreError>(async move |tx| tx.schedule(&message, due_at).await).await.unwrap();
 }
 
 async fn send<S: TransactionalStore>(store: &S, message: &Message) {
     let message = message.clone();
-    store
-        .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&message).await })))
-        .await
-        .unwrap();
+    store.transaction::<_, _, StoreError>(async move |tx| tx.send(&message).await).await.unwrap();
 }
 
 /// Each handled message's id and when its handler ran.
@@ -161,12 +155,10 @@ mod cases {
         let due = Utc::now() + chrono::Duration::seconds(1);
         let (sent, scheduled) = (request.clone(), deadline.clone());
         producer
-            .transaction::<_, StoreError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    tx.send(&sent).await?;
-                    tx.schedule(&scheduled, due).await
-                })
-            }))
+            .transaction::<_, _, StoreError>(async move |tx| {
+                tx.send(&sent).await?;
+                tx.schedule(&scheduled, due).await
+            })
             .await
             .unwrap();
 
@@ -199,10 +191,8 @@ mod cases {
         schedule(&*producer, &cancelled, now + chrono::Duration::milliseconds(500)).await;
         schedule(&*producer, &kept, now + chrono::Duration::milliseconds(800)).await;
         let id = cancelled.id;
-        let was_pending = producer
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.unschedule(id).await })))
-            .await
-            .unwrap();
+        let was_pending =
+            producer.transaction::<_, _, StoreError>(async move |tx| tx.unschedule(id).await).await.unwrap();
         assert!(was_pending, "unscheduled before it was due");
 
         // Same key, due later: had the cancelled one been released, it would
@@ -251,12 +241,12 @@ impl<S: TransactionalStore> TransactionalStore for Flaky<S> {
     fn service(&self) -> &str {
         self.inner.service()
     }
-    async fn transaction<T, E>(&self, work: Work<S::Tx, T, E>) -> Result<T, E>
+    async fn transaction_boxed<T, E>(&self, work: Work<S::Tx, T, E>) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.inner.transaction(work).await
+        self.inner.transaction_boxed(work).await
     }
     async fn unpublished(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         self.inner.unpublished(max).await

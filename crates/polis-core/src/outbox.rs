@@ -14,6 +14,8 @@
 //! [`TransactionalStore::release_due`] (which polis-bus's `Scheduler` calls),
 //! from where it travels like any sent message.
 
+use std::future::Future;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -118,8 +120,29 @@ pub trait Transaction: Send {
     async fn remove_dead_letter(&mut self, id: Uuid) -> Result<bool, StoreError>;
 }
 
-/// The work a transaction runs: a closure over the transaction.
+/// The work a transaction runs, boxed: what a backend's
+/// [`TransactionalStore::transaction_boxed`] receives. Callers write a plain
+/// async closure and call [`TransactionalStore::transaction`], which boxes it.
 pub type Work<Tx, T, E> = Box<dyn for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, Result<T, E>> + Send>;
+
+/// The bound [`TransactionalStore::transaction`] puts on its closure: called
+/// with the transaction, it returns a `Send` future that may borrow it.
+///
+/// Every `async move |tx| { ... }` closure whose captures and held values are
+/// `Send` has it; nobody implements it by hand. (It exists because an
+/// `AsyncFnOnce` bound cannot say that the future it returns is `Send`.)
+pub trait TxWork<'t, Tx: 't, T, E>: FnOnce(&'t mut Tx) -> <Self as TxWork<'t, Tx, T, E>>::Future {
+    /// The future the closure returns.
+    type Future: Future<Output = Result<T, E>> + Send + 't;
+}
+
+impl<'t, Tx: 't, F, Fut, T, E> TxWork<'t, Tx, T, E> for F
+where
+    F: FnOnce(&'t mut Tx) -> Fut,
+    Fut: Future<Output = Result<T, E>> + Send + 't,
+{
+    type Future = Fut;
+}
 
 /// A store that runs [`Transaction`]s and keeps an outbox, an inbox and dead letters.
 #[async_trait]
@@ -132,7 +155,32 @@ pub trait TransactionalStore: Send + Sync + 'static {
 
     /// Runs `work` in one transaction: commits if it returns `Ok`, rolls back
     /// everything it did otherwise.
-    async fn transaction<T, E>(&self, work: Work<Self::Tx, T, E>) -> Result<T, E>
+    ///
+    /// ```
+    /// use polis_core::{Message, StoreError, Transaction, TransactionalStore};
+    ///
+    /// async fn announce<S: TransactionalStore>(store: &S, message: Message) -> Result<uuid::Uuid, StoreError> {
+    ///     store
+    ///         .transaction(async move |tx| {
+    ///             tx.send(&message).await?;
+    ///             Ok(message.id)
+    ///         })
+    ///         .await
+    /// }
+    /// ```
+    fn transaction<F, T, E>(&self, work: F) -> impl Future<Output = Result<T, E>> + Send
+    where
+        Self: Sized,
+        F: AsyncFnOnce(&mut Self::Tx) -> Result<T, E> + for<'t> TxWork<'t, Self::Tx, T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.transaction_boxed(Box::new(move |tx| Box::pin(work(tx))))
+    }
+
+    /// [`TransactionalStore::transaction`] with the work already boxed: what
+    /// a backend implements.
+    async fn transaction_boxed<T, E>(&self, work: Work<Self::Tx, T, E>) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static;

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use futures::future::BoxFuture;
 use polis_core::Message;
 use polis_saga::{DEADLINE_TYPE, Deadline, Saga, SagaError, Sagas, Step};
 use polis_store::sql::{Sql, SqlStore};
@@ -42,16 +41,6 @@ impl Saga for PingSaga {
     }
 }
 
-async fn in_tx<S, T, F>(store: &Arc<S>, f: F) -> Result<T, SagaError>
-where
-    S: SqlStore,
-    S::Tx: Sql,
-    T: Send + 'static,
-    F: for<'t> FnOnce(&'t mut S::Tx) -> BoxFuture<'t, Result<T, SagaError>> + Send + 'static,
-{
-    store.transaction(Box::new(f)).await
-}
-
 async fn exercise<S>(store: Arc<S>)
 where
     S: SqlStore,
@@ -61,25 +50,23 @@ where
 
     // Start: state and a deadline that is already due, in one transaction.
     let s = sagas.clone();
-    in_tx(&store, move |tx| {
-        Box::pin(async move {
+    store
+        .transaction::<_, _, SagaError>(async move |tx| {
             let mut instance = s.begin("k1", PingSaga { pongs: 0, gave_up: false });
             let step: Step<&str> = Step::default().deadline(Deadline::At(Utc::now() - Duration::seconds(1)));
             s.save(tx, &mut instance, &step).await
         })
-    })
-    .await
-    .unwrap();
+        .await
+        .unwrap();
 
     // Starting the same instance again is refused, and rolls back.
     let s = sagas.clone();
-    let again = in_tx(&store, move |tx| {
-        Box::pin(async move {
+    let again = store
+        .transaction::<_, _, SagaError>(async move |tx| {
             let mut instance = s.begin("k1", PingSaga { pongs: 0, gave_up: false });
             s.save(tx, &mut instance, &Step::<&str>::nothing()).await
         })
-    })
-    .await;
+        .await;
     assert!(matches!(again, Err(SagaError::AlreadyStarted { .. })), "{again:?}");
 
     // The deadline is a scheduled message: released into the outbox once due.
@@ -93,13 +80,17 @@ where
     // A reply first moves the saga on and replaces the deadline: the old one is now stale.
     let s = sagas.clone();
     let pong = Message::command("ponger", "pinger", "pong", "k1", serde_json::json!({}));
-    let effects =
-        in_tx(&store, move |tx| Box::pin(async move { s.on_reply(tx, "k1", &pong, Utc::now()).await })).await.unwrap();
+    let effects = store
+        .transaction::<_, _, SagaError>(async move |tx| s.on_reply(tx, "k1", &pong, Utc::now()).await)
+        .await
+        .unwrap();
     assert_eq!(effects, ["ponged"]);
     let s = sagas.clone();
     let stale = first_deadline.clone();
-    let effects =
-        in_tx(&store, move |tx| Box::pin(async move { s.fire_deadline(tx, &stale, Utc::now()).await })).await.unwrap();
+    let effects = store
+        .transaction::<_, _, SagaError>(async move |tx| s.fire_deadline(tx, &stale, Utc::now()).await)
+        .await
+        .unwrap();
     assert!(effects.is_empty(), "a stale deadline must be ignored");
 
     // The current deadline is pending, not yet due; the ping went to the outbox.
@@ -109,8 +100,8 @@ where
     // Fire the current deadline by hand (as if due): the saga gives up, and
     // its state says so when loaded again.
     let s = sagas.clone();
-    let effects = in_tx(&store, move |tx| {
-        Box::pin(async move {
+    let effects = store
+        .transaction::<_, _, SagaError>(async move |tx| {
             let instance = s.load(tx, "k1").await?.unwrap();
             let (id, _) = instance.deadline.unwrap();
             let mut current = Message::command(
@@ -125,12 +116,11 @@ where
             current.id = id;
             s.fire_deadline(tx, &current, Utc::now()).await
         })
-    })
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     assert_eq!(effects, ["gave up"]);
     let s = sagas.clone();
-    let loaded = in_tx(&store, move |tx| Box::pin(async move { s.load(tx, "k1").await })).await.unwrap().unwrap();
+    let loaded = store.transaction::<_, _, SagaError>(async move |tx| s.load(tx, "k1").await).await.unwrap().unwrap();
     assert_eq!(loaded.state, PingSaga { pongs: 1, gave_up: true });
     assert!(loaded.deadline.is_none());
     // Saved at the start, on the reply and on the deadline; the stale deadline saved nothing.
@@ -139,34 +129,33 @@ where
     // A late reply that changes nothing writes nothing.
     let s = sagas.clone();
     let late = Message::command("ponger", "pinger", "pong", "k1", serde_json::json!({}));
-    let version = in_tx(&store, move |tx| {
-        Box::pin(async move {
+    let version = store
+        .transaction::<_, _, SagaError>(async move |tx| {
             let effects = s.on_reply(tx, "k1", &late, Utc::now()).await?;
             assert!(effects.is_empty());
             Ok(s.load(tx, "k1").await?.unwrap().version)
         })
-    })
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     assert_eq!(version, 3);
 
     // Two writers from one version: the second save is a conflict.
     let s = sagas.clone();
-    let result = in_tx(&store, move |tx| {
-        Box::pin(async move {
+    let result = store
+        .transaction::<_, _, SagaError>(async move |tx| {
             let mut a = s.load(tx, "k1").await?.unwrap();
             let mut b = a.clone();
             s.save(tx, &mut a, &Step::<&str>::nothing()).await?;
             s.save(tx, &mut b, &Step::<&str>::nothing()).await
         })
-    })
-    .await;
+        .await;
     assert!(matches!(result, Err(SagaError::Conflict { .. })), "{result:?}");
 
     // Unknown instances: replies and deadlines are ignored.
     let s = sagas.clone();
     let pong = Message::command("ponger", "pinger", "pong", "nobody", serde_json::json!({}));
-    let effects = in_tx(&store, move |tx| Box::pin(async move { s.on_reply(tx, "nobody", &pong, Utc::now()).await }))
+    let effects = store
+        .transaction::<_, _, SagaError>(async move |tx| s.on_reply(tx, "nobody", &pong, Utc::now()).await)
         .await
         .unwrap();
     assert!(effects.is_empty());

@@ -463,18 +463,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteEventStore::open(dir.path().join("t.db"), SqliteOptions::new("t")).await.unwrap();
         store
-            .transaction::<_, StoreError>(Box::new(|tx: &mut SqliteTx| {
-                Box::pin(async move {
-                    tx.execute("CREATE TABLE t (a TEXT PRIMARY KEY, b INTEGER, c BOOLEAN)", &[]).await?;
-                    let args = crate::args!["x", 7_i64, true];
-                    assert_eq!(tx.execute("INSERT INTO t (c, b, a) VALUES ($3, $2, $1)", args).await?, 1);
-                    let again = tx.execute("INSERT INTO t (a, b, c) VALUES ($1, $2, $3)", args).await;
-                    assert!(matches!(again, Err(StoreError::Unique(_))), "{again:?}");
-                    let missing = tx.execute("INSERT INTO t (a, b) VALUES ($1, $4)", args).await;
-                    assert!(matches!(missing, Err(StoreError::InvalidRequest(_))), "{missing:?}");
-                    Ok(())
-                })
-            }))
+            .transaction::<_, _, StoreError>(async move |tx: &mut SqliteTx| {
+                tx.execute("CREATE TABLE t (a TEXT PRIMARY KEY, b INTEGER, c BOOLEAN)", &[]).await?;
+                let args = crate::args!["x", 7_i64, true];
+                assert_eq!(tx.execute("INSERT INTO t (c, b, a) VALUES ($3, $2, $1)", args).await?, 1);
+                let again = tx.execute("INSERT INTO t (a, b, c) VALUES ($1, $2, $3)", args).await;
+                assert!(matches!(again, Err(StoreError::Unique(_))), "{again:?}");
+                let missing = tx.execute("INSERT INTO t (a, b) VALUES ($1, $4)", args).await;
+                assert!(matches!(missing, Err(StoreError::InvalidRequest(_))), "{missing:?}");
+                Ok(())
+            })
             .await
             .unwrap();
         let row = store.query_optional("SELECT a, b, c FROM t WHERE b = $1", &[Value::Int(Some(7))]).await.unwrap();

@@ -30,12 +30,10 @@ trait Orders: TransactionalStore + EventStore {
 #[async_trait]
 impl Orders for SqliteEventStore {
     async fn create_table(&self) {
-        self.transaction::<_, StoreError>(Box::new(|tx: &mut SqliteTx| {
-            Box::pin(async move {
-                tx.execute("CREATE TABLE orders (id TEXT PRIMARY KEY)", &[]).await.unwrap();
-                Ok(())
-            })
-        }))
+        self.transaction::<_, _, StoreError>(async move |tx: &mut SqliteTx| {
+            tx.execute("CREATE TABLE orders (id TEXT PRIMARY KEY)", &[]).await.unwrap();
+            Ok(())
+        })
         .await
         .unwrap();
     }
@@ -102,14 +100,12 @@ mod cases {
         let message = order_created("o-1");
         let sent = message.clone();
         let appended = store
-            .transaction::<_, StoreError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    S::insert_in(tx, "o-1").await?;
-                    let r = tx.append("order-o-1", ExpectedVersion::NoStream, &[event("order.created", 1)]).await?;
-                    tx.send(&sent).await?;
-                    Ok(r)
-                })
-            }))
+            .transaction::<_, _, StoreError>(async move |tx| {
+                S::insert_in(tx, "o-1").await?;
+                let r = tx.append("order-o-1", ExpectedVersion::NoStream, &[event("order.created", 1)]).await?;
+                tx.send(&sent).await?;
+                Ok(r)
+            })
             .await
             .unwrap();
         assert_eq!(appended.stream_version, 1);
@@ -124,15 +120,13 @@ mod cases {
     pub async fn a_failed_transaction_leaves_nothing<S: Orders>(store: Arc<S>) {
         store.append("order-x", ExpectedVersion::NoStream, vec![event("t", 0)]).await.unwrap();
         let result = store
-            .transaction::<(), StoreError>(Box::new(|tx| {
-                Box::pin(async move {
-                    S::insert_in(tx, "o-2").await?;
-                    tx.send(&order_created("o-2")).await?;
-                    // A stale expected version: the whole transaction must roll back.
-                    tx.append("order-x", ExpectedVersion::NoStream, &[event("t", 1)]).await?;
-                    Ok(())
-                })
-            }))
+            .transaction::<_, (), StoreError>(async move |tx| {
+                S::insert_in(tx, "o-2").await?;
+                tx.send(&order_created("o-2")).await?;
+                // A stale expected version: the whole transaction must roll back.
+                tx.append("order-x", ExpectedVersion::NoStream, &[event("t", 1)]).await?;
+                Ok(())
+            })
             .await;
         assert!(result.unwrap_err().is_conflict());
         assert_eq!(store.count().await, 0, "the row rolled back");
@@ -151,31 +145,24 @@ mod cases {
             }
         }
         let result = store
-            .transaction::<(), AppError>(Box::new(|tx| {
-                Box::pin(async move {
-                    tx.send(&order_created("o-3")).await?;
-                    Err(AppError::Rejected)
-                })
-            }))
+            .transaction::<_, (), AppError>(async move |tx| {
+                tx.send(&order_created("o-3")).await?;
+                Err(AppError::Rejected)
+            })
             .await;
         assert!(matches!(result, Err(AppError::Rejected)));
         assert!(store.unpublished(10).await.unwrap().is_empty());
         // Invalid messages are refused with a reason.
         let mut bad = order_created("o-4");
         bad.message_type = "has space".into();
-        let result = store
-            .transaction::<(), AppError>(Box::new(move |tx| Box::pin(async move { Ok(tx.send(&bad).await?) })))
-            .await;
+        let result = store.transaction::<_, (), AppError>(async move |tx| Ok(tx.send(&bad).await?)).await;
         assert!(matches!(result, Err(AppError::Store(StoreError::InvalidRequest(_)))), "{result:?}");
     }
 
     pub async fn relay_view_of_the_outbox<S: Orders>(store: Arc<S>) {
         for i in 0..5 {
             let m = order_created(&format!("o-{i}"));
-            store
-                .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&m).await })))
-                .await
-                .unwrap();
+            store.transaction::<_, _, StoreError>(async move |tx| tx.send(&m).await).await.unwrap();
         }
         let backlog = store.outbox_backlog().await.unwrap();
         assert_eq!(backlog.unpublished, 5);
@@ -191,24 +178,12 @@ mod cases {
 
     pub async fn inbox_recognizes_duplicates<S: Orders>(store: Arc<S>) {
         let id = Uuid::now_v7();
-        let first = store
-            .transaction::<_, StoreError>(Box::new(move |tx| {
-                Box::pin(async move { tx.record_processed("c", id).await })
-            }))
-            .await
-            .unwrap();
-        let again = store
-            .transaction::<_, StoreError>(Box::new(move |tx| {
-                Box::pin(async move { tx.record_processed("c", id).await })
-            }))
-            .await
-            .unwrap();
-        let other_consumer = store
-            .transaction::<_, StoreError>(Box::new(move |tx| {
-                Box::pin(async move { tx.record_processed("d", id).await })
-            }))
-            .await
-            .unwrap();
+        let first =
+            store.transaction::<_, _, StoreError>(async move |tx| tx.record_processed("c", id).await).await.unwrap();
+        let again =
+            store.transaction::<_, _, StoreError>(async move |tx| tx.record_processed("c", id).await).await.unwrap();
+        let other_consumer =
+            store.transaction::<_, _, StoreError>(async move |tx| tx.record_processed("d", id).await).await.unwrap();
         assert_eq!((first, again, other_consumer), (true, false, true));
 
         // Concurrent duplicates: exactly one transaction gets to apply the effects.
@@ -219,15 +194,13 @@ mod cases {
                 let (store, applied) = (store.clone(), applied.clone());
                 tokio::spawn(async move {
                     store
-                        .transaction::<_, StoreError>(Box::new(move |tx| {
-                            Box::pin(async move {
-                                if tx.record_processed("c", id).await? {
-                                    S::insert_in(tx, &id.to_string()).await?;
-                                    applied.fetch_add(1, Ordering::SeqCst);
-                                }
-                                Ok(())
-                            })
-                        }))
+                        .transaction::<_, _, StoreError>(async move |tx| {
+                            if tx.record_processed("c", id).await? {
+                                S::insert_in(tx, &id.to_string()).await?;
+                                applied.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(())
+                        })
                         .await
                 })
             })
@@ -254,10 +227,7 @@ mod cases {
             failed_at: Utc::now(),
         };
         let stored = letter.clone();
-        store
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.dead_letter(&stored).await })))
-            .await
-            .unwrap();
+        store.transaction::<_, _, StoreError>(async move |tx| tx.dead_letter(&stored).await).await.unwrap();
         let listed = store.dead_letters(Some("c")).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].message, Some(message));
@@ -266,14 +236,12 @@ mod cases {
         assert_eq!(store.dead_letters(None).await.unwrap().len(), 1);
         let id = letter.id;
         let (blocked, other_key, removed, unblocked) = store
-            .transaction::<_, StoreError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    let blocked = tx.key_blocked("c", "o-9").await?;
-                    let other_key = tx.key_blocked("c", "o-8").await?;
-                    let removed = tx.remove_dead_letter(id).await?;
-                    Ok((blocked, other_key, removed, !tx.key_blocked("c", "o-9").await?))
-                })
-            }))
+            .transaction::<_, _, StoreError>(async move |tx| {
+                let blocked = tx.key_blocked("c", "o-9").await?;
+                let other_key = tx.key_blocked("c", "o-8").await?;
+                let removed = tx.remove_dead_letter(id).await?;
+                Ok((blocked, other_key, removed, !tx.key_blocked("c", "o-9").await?))
+            })
             .await
             .unwrap();
         assert_eq!((blocked, other_key, removed, unblocked), (true, false, true, true));
@@ -283,12 +251,10 @@ mod cases {
         for i in 0..3 {
             let m = order_created(&format!("p-{i}"));
             store
-                .transaction::<_, StoreError>(Box::new(move |tx| {
-                    Box::pin(async move {
-                        tx.send(&m).await?;
-                        tx.record_processed("c", Uuid::now_v7()).await
-                    })
-                }))
+                .transaction::<_, _, StoreError>(async move |tx| {
+                    tx.send(&m).await?;
+                    tx.record_processed("c", Uuid::now_v7()).await
+                })
                 .await
                 .unwrap();
         }
@@ -314,15 +280,13 @@ mod cases {
                 tokio::spawn(async move {
                     let m = order_created(&format!("k-{}", i % 3));
                     store
-                        .transaction::<_, StoreError>(Box::new(move |tx| {
-                            Box::pin(async move {
-                                tx.send(&m).await?;
-                                let seq = clock.fetch_add(1, Ordering::SeqCst);
-                                noted.lock().unwrap().push((seq, m.id));
-                                tokio::time::sleep(Duration::from_millis(3 + (i * 7) % 11)).await;
-                                Ok(())
-                            })
-                        }))
+                        .transaction::<_, _, StoreError>(async move |tx| {
+                            tx.send(&m).await?;
+                            let seq = clock.fetch_add(1, Ordering::SeqCst);
+                            noted.lock().unwrap().push((seq, m.id));
+                            tokio::time::sleep(Duration::from_millis(3 + (i * 7) % 11)).await;
+                            Ok(())
+                        })
                         .await
                         .unwrap();
                 })
@@ -351,9 +315,9 @@ async fn sqlite_refuses_a_store_call_from_inside_its_own_transaction() {
     let inner = store.clone();
     let result = tokio::time::timeout(
         Duration::from_secs(10),
-        store.transaction::<_, StoreError>(Box::new(move |_tx| {
-            Box::pin(async move { inner.append("s", ExpectedVersion::Any, vec![event("t", 1)]).await })
-        })),
+        store.transaction::<_, _, StoreError>(async move |_tx| {
+            inner.append("s", ExpectedVersion::Any, vec![event("t", 1)]).await
+        }),
     )
     .await
     .expect("no deadlock");

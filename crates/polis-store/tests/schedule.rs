@@ -54,17 +54,11 @@ fn secs(n: i64) -> chrono::Duration {
 
 async fn schedule_one<S: TransactionalStore>(store: &S, message: &Message, due_at: DateTime<Utc>) {
     let message = message.clone();
-    store
-        .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.schedule(&message, due_at).await })))
-        .await
-        .unwrap();
+    store.transaction::<_, _, StoreError>(async move |tx| tx.schedule(&message, due_at).await).await.unwrap();
 }
 
 async fn unschedule<S: TransactionalStore>(store: &S, id: Uuid) -> bool {
-    store
-        .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.unschedule(id).await })))
-        .await
-        .unwrap()
+    store.transaction::<_, _, StoreError>(async move |tx| tx.unschedule(id).await).await.unwrap()
 }
 
 async fn outbox_ids<S: TransactionalStore>(store: &S) -> Vec<Uuid> {
@@ -111,14 +105,12 @@ mod cases {
             (0..5).map(|i| Message { id: Uuid::new_v4(), ..timeout(&format!("k-{}", i % 2)) }).collect();
         let batch = messages.clone();
         store
-            .transaction::<_, StoreError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    for m in &batch {
-                        tx.schedule(m, t).await?;
-                    }
-                    Ok(())
-                })
-            }))
+            .transaction::<_, _, StoreError>(async move |tx| {
+                for m in &batch {
+                    tx.schedule(m, t).await?;
+                }
+                Ok(())
+            })
             .await
             .unwrap();
         assert_eq!(store.release_due(t, 10).await.unwrap(), 5);
@@ -144,12 +136,10 @@ mod cases {
         schedule_one(&*store, &again, t).await;
         let id = again.id;
         let result = store
-            .transaction::<(), StoreError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    assert!(tx.unschedule(id).await?);
-                    Err(StoreError::InvalidRequest("changed my mind".into()))
-                })
-            }))
+            .transaction::<_, (), StoreError>(async move |tx| {
+                assert!(tx.unschedule(id).await?);
+                Err(StoreError::InvalidRequest("changed my mind".into()))
+            })
             .await;
         assert!(result.is_err());
         assert_eq!(store.scheduled_count().await.unwrap(), 1);
@@ -160,11 +150,7 @@ mod cases {
         let reschedule = |old: Uuid, message: Message, due_at: DateTime<Utc>| {
             let store = store.clone();
             async move {
-                store
-                    .transaction::<_, StoreError>(Box::new(move |tx| {
-                        Box::pin(async move { tx.reschedule(old, &message, due_at).await })
-                    }))
-                    .await
+                store.transaction::<_, _, StoreError>(async move |tx| tx.reschedule(old, &message, due_at).await).await
             }
         };
         let (first, second, third) = (timeout("o-1"), timeout("o-1"), timeout("o-1"));
@@ -192,13 +178,11 @@ mod cases {
         let message = timeout("o-1");
         let scheduled = message.clone();
         let result = store
-            .transaction::<(), StoreError>(Box::new(move |tx| {
-                Box::pin(async move {
-                    tx.schedule(&scheduled, t).await?;
-                    tx.send(&timeout("o-2")).await?;
-                    Err(StoreError::InvalidRequest("the handler failed".into()))
-                })
-            }))
+            .transaction::<_, (), StoreError>(async move |tx| {
+                tx.schedule(&scheduled, t).await?;
+                tx.send(&timeout("o-2")).await?;
+                Err(StoreError::InvalidRequest("the handler failed".into()))
+            })
             .await;
         assert!(result.is_err());
         assert_eq!(store.scheduled_count().await.unwrap(), 0);
@@ -215,11 +199,8 @@ mod cases {
         let refused = |message: Message, due_at: DateTime<Utc>| {
             let store = store.clone();
             async move {
-                let result = store
-                    .transaction::<(), StoreError>(Box::new(move |tx| {
-                        Box::pin(async move { tx.schedule(&message, due_at).await })
-                    }))
-                    .await;
+                let result =
+                    store.transaction::<_, (), StoreError>(async move |tx| tx.schedule(&message, due_at).await).await;
                 match result {
                     Err(StoreError::InvalidRequest(reason)) => reason,
                     other => panic!("expected a refusal, got {other:?}"),
@@ -240,10 +221,7 @@ mod cases {
         assert!(refused(twice.clone(), t + secs(1)).await.contains("already scheduled"));
         let sent = timeout("o-3");
         let to_send = sent.clone();
-        store
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&to_send).await })))
-            .await
-            .unwrap();
+        store.transaction::<_, _, StoreError>(async move |tx| tx.send(&to_send).await).await.unwrap();
         assert!(refused(sent.clone(), t).await.contains("already in the outbox"));
         assert_eq!(store.scheduled_count().await.unwrap(), 1, "only the first schedule stuck");
 
@@ -251,10 +229,7 @@ mod cases {
         let both = timeout("o-4");
         schedule_one(&*store, &both, t).await;
         let to_send = both.clone();
-        store
-            .transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { tx.send(&to_send).await })))
-            .await
-            .unwrap();
+        store.transaction::<_, _, StoreError>(async move |tx| tx.send(&to_send).await).await.unwrap();
         assert_eq!(store.release_due(t, 10).await.unwrap(), 2);
         assert_eq!(outbox_ids(&*store).await, [sent.id, both.id, twice.id]);
     }
@@ -301,14 +276,12 @@ async fn postgres_concurrent_releases_take_each_message_once() {
     let messages: Vec<_> = (0..300).map(|i| timeout(&format!("k-{}", i % 7))).collect();
     let batch = messages.clone();
     first
-        .transaction::<_, StoreError>(Box::new(move |tx| {
-            Box::pin(async move {
-                for (i, m) in batch.iter().enumerate() {
-                    tx.schedule(m, t - chrono::Duration::milliseconds(300 - i as i64)).await?;
-                }
-                Ok(())
-            })
-        }))
+        .transaction::<_, _, StoreError>(async move |tx| {
+            for (i, m) in batch.iter().enumerate() {
+                tx.schedule(m, t - chrono::Duration::milliseconds(300 - i as i64)).await?;
+            }
+            Ok(())
+        })
         .await
         .unwrap();
     let mut releasers = Vec::new();

@@ -133,13 +133,11 @@ where
             .map_err(Error::Encode)?;
         let row = product.clone();
         self.store
-            .transaction(Box::new(move |tx: &mut S::Tx| {
-                Box::pin(async move {
-                    db::insert(tx, &row).await?;
-                    tx.send(&event).await?;
-                    Ok::<_, Error>(())
-                })
-            }))
+            .transaction(async move |tx: &mut S::Tx| {
+                db::insert(tx, &row).await?;
+                tx.send(&event).await?;
+                Ok::<_, Error>(())
+            })
             .await?;
         tracing::info!(sku = %product.sku, price = product.price, "product added");
         Ok(product)
@@ -168,24 +166,22 @@ where
         let sku = sku.to_owned();
         let (product, old_price) = self
             .store
-            .transaction(Box::new(move |tx: &mut S::Tx| {
-                Box::pin(async move {
-                    let Some(mut product) = db::get_for_update(tx, &sku).await? else {
-                        return Err(Error::NotFound(sku));
-                    };
-                    let old_price = product.price;
-                    if old_price == new_price {
-                        return Ok((product, old_price));
-                    }
-                    db::set_price(tx, &sku, new_price).await?;
-                    let event =
-                        Message::typed_event(SERVICE, &sku, &PriceChanged { sku: sku.clone(), old_price, new_price })
-                            .map_err(Error::Encode)?;
-                    tx.send(&event).await?;
-                    product.price = new_price;
-                    Ok((product, old_price))
-                })
-            }))
+            .transaction(async move |tx: &mut S::Tx| {
+                let Some(mut product) = db::get_for_update(tx, &sku).await? else {
+                    return Err(Error::NotFound(sku));
+                };
+                let old_price = product.price;
+                if old_price == new_price {
+                    return Ok((product, old_price));
+                }
+                db::set_price(tx, &sku, new_price).await?;
+                let event =
+                    Message::typed_event(SERVICE, &sku, &PriceChanged { sku: sku.clone(), old_price, new_price })
+                        .map_err(Error::Encode)?;
+                tx.send(&event).await?;
+                product.price = new_price;
+                Ok((product, old_price))
+            })
             .await?;
         if old_price != new_price {
             tracing::info!(sku = %product.sku, old_price, new_price, "price changed");

@@ -149,13 +149,11 @@ where
                 .map_err(Error::Encode)?;
         let row = customer.clone();
         self.store
-            .transaction(Box::new(move |tx: &mut S::Tx| {
-                Box::pin(async move {
-                    db::insert(tx, &row).await?;
-                    tx.send(&event).await?;
-                    Ok::<_, Error>(())
-                })
-            }))
+            .transaction(async move |tx: &mut S::Tx| {
+                db::insert(tx, &row).await?;
+                tx.send(&event).await?;
+                Ok::<_, Error>(())
+            })
             .await?;
         tracing::info!(customer_id = %customer.id, "customer registered");
         Ok(customer)
@@ -178,29 +176,26 @@ where
         let change = rules::update(change)?;
         let (customer, changed) = self
             .store
-            .transaction(Box::new(move |tx: &mut S::Tx| {
-                Box::pin(async move {
-                    let Some(old) = db::get_for_update(tx, id).await? else {
-                        return Err(Error::NotFound(id.to_string()));
-                    };
-                    let new = api::Customer {
-                        id: old.id,
-                        name: change.name.unwrap_or_else(|| old.name.clone()),
-                        email: change.email.unwrap_or_else(|| old.email.clone()),
-                        address: change.address.unwrap_or_else(|| old.address.clone()),
-                        credit_limit: change.credit_limit.unwrap_or(old.credit_limit),
-                    };
-                    if new == old {
-                        return Ok((new, false));
-                    }
-                    db::update(tx, &new).await?;
-                    let event =
-                        Message::typed_event(SERVICE, &id.to_string(), &CustomerUpdated { customer: new.clone() })
-                            .map_err(Error::Encode)?;
-                    tx.send(&event).await?;
-                    Ok((new, true))
-                })
-            }))
+            .transaction(async move |tx: &mut S::Tx| {
+                let Some(old) = db::get_for_update(tx, id).await? else {
+                    return Err(Error::NotFound(id.to_string()));
+                };
+                let new = api::Customer {
+                    id: old.id,
+                    name: change.name.unwrap_or_else(|| old.name.clone()),
+                    email: change.email.unwrap_or_else(|| old.email.clone()),
+                    address: change.address.unwrap_or_else(|| old.address.clone()),
+                    credit_limit: change.credit_limit.unwrap_or(old.credit_limit),
+                };
+                if new == old {
+                    return Ok((new, false));
+                }
+                db::update(tx, &new).await?;
+                let event = Message::typed_event(SERVICE, &id.to_string(), &CustomerUpdated { customer: new.clone() })
+                    .map_err(Error::Encode)?;
+                tx.send(&event).await?;
+                Ok((new, true))
+            })
             .await?;
         if changed {
             tracing::info!(customer_id = %id, "customer updated");

@@ -51,14 +51,12 @@ where
     // Check before opening a transaction: bad input costs no writer time.
     stock::check_sku(&sku).map_err(|m| ApiError::validation("sku", m))?;
     let level = store
-        .transaction::<_, InventoryError>(Box::new(move |tx| {
-            Box::pin(async move {
-                let level = stock::set_available(tx, &sku, body.available).await?;
-                let adjusted = StockAdjusted { sku: level.sku.clone(), available: level.available };
-                tx.send(&Message::typed_event(SERVICE, &level.sku, &adjusted)?).await?;
-                Ok(level)
-            })
-        }))
+        .transaction::<_, _, InventoryError>(async move |tx| {
+            let level = stock::set_available(tx, &sku, body.available).await?;
+            let adjusted = StockAdjusted { sku: level.sku.clone(), available: level.available };
+            tx.send(&Message::typed_event(SERVICE, &level.sku, &adjusted)?).await?;
+            Ok(level)
+        })
         .await?;
     Ok(Json(level))
 }

@@ -58,12 +58,10 @@ where
 {
     service
         .store()
-        .transaction::<_, InventoryError>(Box::new(|tx| {
-            Box::pin(async move {
-                stock::set_available(tx, "a-plenty", PLENTY).await?;
-                stock::set_available(tx, "z-scarce", LAST_UNITS).await
-            })
-        }))
+        .transaction::<_, _, InventoryError>(async move |tx| {
+            stock::set_available(tx, "a-plenty", PLENTY).await?;
+            stock::set_available(tx, "z-scarce", LAST_UNITS).await
+        })
         .await
         .unwrap();
 
@@ -125,9 +123,7 @@ where
     const DUPLICATES: usize = 20;
     service
         .store()
-        .transaction::<_, InventoryError>(Box::new(|tx| {
-            Box::pin(async move { stock::set_available(tx, "z-scarce", LAST_UNITS).await })
-        }))
+        .transaction::<_, _, InventoryError>(async move |tx| stock::set_available(tx, "z-scarce", LAST_UNITS).await)
         .await
         .unwrap();
     let order_id = Uuid::now_v7();

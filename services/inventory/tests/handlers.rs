@@ -106,9 +106,7 @@ mod cases {
         let sku = sku.to_owned();
         service
             .store()
-            .transaction::<_, InventoryError>(Box::new(move |tx| {
-                Box::pin(async move { stock::set_available(tx, &sku, available).await })
-            }))
+            .transaction::<_, _, InventoryError>(async move |tx| stock::set_available(tx, &sku, available).await)
             .await
             .unwrap();
     }

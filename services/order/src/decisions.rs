@@ -176,15 +176,13 @@ mod tests {
     /// Runs `sql` in a transaction, which also sends a message if `send`.
     async fn run(store: &SqliteEventStore, sql: String, send: bool) {
         store
-            .transaction::<_, StoreError>(Box::new(move |tx: &mut SqliteTx| {
-                Box::pin(async move {
-                    tx.execute(&sql, &[]).await?;
-                    if send {
-                        tx.send(&Message::command("order", "order", "Nudge", "k", serde_json::json!({}))).await?;
-                    }
-                    Ok(())
-                })
-            }))
+            .transaction::<_, _, StoreError>(async move |tx: &mut SqliteTx| {
+                tx.execute(&sql, &[]).await?;
+                if send {
+                    tx.send(&Message::command("order", "order", "Nudge", "k", serde_json::json!({}))).await?;
+                }
+                Ok(())
+            })
             .await
             .unwrap();
     }

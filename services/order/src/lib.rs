@@ -222,83 +222,75 @@ where
         let service = self.clone();
         let order_id = Uuid::now_v7();
         self.store
-            .transaction(Box::new(move |tx: &mut S::Tx| {
-                Box::pin(async move {
-                    if let Some(key) = idempotency_key {
-                        let request = canonical_request(customer_id, &lines);
-                        let recorded = tx
-                            .execute(
-                                "INSERT INTO order_requests \
+            .transaction(async move |tx: &mut S::Tx| {
+                if let Some(key) = idempotency_key {
+                    let request = canonical_request(customer_id, &lines);
+                    let recorded = tx
+                        .execute(
+                            "INSERT INTO order_requests \
                                  (customer_id, idempotency_key, order_id, request, created_at_us) \
                                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (customer_id, idempotency_key) DO NOTHING",
-                                args![
-                                    customer_id,
-                                    key.as_str(),
-                                    order_id,
-                                    request.as_str(),
-                                    Utc::now().timestamp_micros()
-                                ],
-                            )
-                            .await?;
-                        if recorded == 0 {
-                            let earlier = tx
-                                .fetch_one(
-                                    "SELECT order_id, request FROM order_requests \
+                            args![customer_id, key.as_str(), order_id, request.as_str(), Utc::now().timestamp_micros()],
+                        )
+                        .await?;
+                    if recorded == 0 {
+                        let earlier = tx
+                            .fetch_one(
+                                "SELECT order_id, request FROM order_requests \
                                      WHERE customer_id = $1 AND idempotency_key = $2",
-                                    args![customer_id, key.as_str()],
-                                )
-                                .await?;
-                            if earlier.text("request")? != request {
-                                return Err(OrderFailure::KeyReused(key));
-                            }
-                            return Ok(Placed::Replayed(earlier.uuid("order_id")?));
-                        }
-                    }
-                    let saga = service.config.saga;
-                    let command = OrderCommand::Place { order_id, customer_id, lines, saga };
-                    let order = service.execute(tx, order_id, &command, &Metadata::default()).await?;
-                    let now = Utc::now();
-                    match saga {
-                        SagaStyle::Orchestration => {
-                            let (saga, step) = CreateOrderSaga::start(
-                                order_id,
-                                customer_id,
-                                order
-                                    .lines
-                                    .iter()
-                                    .map(|l| contracts::Quantity { sku: l.sku.clone(), quantity: l.quantity })
-                                    .collect(),
-                                order.total,
-                                service.config.step_timeout_ms,
-                                Metadata { correlation_id: Some(order_id), ..Metadata::default() },
-                                now,
-                            );
-                            let mut instance = service.sagas.begin(order_id.to_string(), saga);
-                            service.sagas.save(tx, &mut instance, &step).await?;
-                        }
-                        SagaStyle::Choreography => {
-                            // Keyed apart from the order's messages: a dead letter
-                            // of the order's key must not park its deadline.
-                            let key = format!("deadline:{order_id}");
-                            let deadline = Message::command(
-                                SERVICE,
-                                SERVICE,
-                                ORDER_DEADLINE_TYPE,
-                                &key,
-                                serde_json::json!({ "order_id": order_id }),
-                            );
-                            let due = now + Duration::milliseconds(ms(service.config.order_timeout_ms));
-                            tx.schedule(&deadline, due).await?;
-                            tx.execute(
-                                "UPDATE orders SET deadline_id = $1 WHERE order_id = $2",
-                                args![deadline.id, order_id],
+                                args![customer_id, key.as_str()],
                             )
                             .await?;
+                        if earlier.text("request")? != request {
+                            return Err(OrderFailure::KeyReused(key));
                         }
+                        return Ok(Placed::Replayed(earlier.uuid("order_id")?));
                     }
-                    Ok::<_, OrderFailure>(Placed::New(order_id))
-                })
-            }))
+                }
+                let saga = service.config.saga;
+                let command = OrderCommand::Place { order_id, customer_id, lines, saga };
+                let order = service.execute(tx, order_id, &command, &Metadata::default()).await?;
+                let now = Utc::now();
+                match saga {
+                    SagaStyle::Orchestration => {
+                        let (saga, step) = CreateOrderSaga::start(
+                            order_id,
+                            customer_id,
+                            order
+                                .lines
+                                .iter()
+                                .map(|l| contracts::Quantity { sku: l.sku.clone(), quantity: l.quantity })
+                                .collect(),
+                            order.total,
+                            service.config.step_timeout_ms,
+                            Metadata { correlation_id: Some(order_id), ..Metadata::default() },
+                            now,
+                        );
+                        let mut instance = service.sagas.begin(order_id.to_string(), saga);
+                        service.sagas.save(tx, &mut instance, &step).await?;
+                    }
+                    SagaStyle::Choreography => {
+                        // Keyed apart from the order's messages: a dead letter
+                        // of the order's key must not park its deadline.
+                        let key = format!("deadline:{order_id}");
+                        let deadline = Message::command(
+                            SERVICE,
+                            SERVICE,
+                            ORDER_DEADLINE_TYPE,
+                            &key,
+                            serde_json::json!({ "order_id": order_id }),
+                        );
+                        let due = now + Duration::milliseconds(ms(service.config.order_timeout_ms));
+                        tx.schedule(&deadline, due).await?;
+                        tx.execute(
+                            "UPDATE orders SET deadline_id = $1 WHERE order_id = $2",
+                            args![deadline.id, order_id],
+                        )
+                        .await?;
+                    }
+                }
+                Ok::<_, OrderFailure>(Placed::New(order_id))
+            })
             .await
     }
 
@@ -306,26 +298,24 @@ where
     pub async fn cancel(&self, order_id: Uuid) -> Result<(), OrderFailure> {
         let service = self.clone();
         self.store
-            .transaction(Box::new(move |tx: &mut S::Tx| {
-                Box::pin(async move {
-                    service.lock_order(tx, order_id).await?;
-                    // The order's own style, whatever the service runs new
-                    // orders in; an order from before orders recorded it is
-                    // orchestrated if and only if it has a saga.
-                    let instance = service.sagas.load(tx, &order_id.to_string()).await?;
-                    let flow = if instance.is_some() { SagaStyle::Orchestration } else { SagaStyle::Choreography };
-                    let command = OrderCommand::RequestCancel { flow };
-                    let order = service.execute(tx, order_id, &command, &Metadata::default()).await?;
-                    if order.saga.unwrap_or(flow) == SagaStyle::Orchestration {
-                        let Some(mut instance) = instance else {
-                            return Err(OrderFailure::NoSaga(order_id));
-                        };
-                        let step = instance.state.cancel();
-                        service.sagas.save(tx, &mut instance, &step).await?;
-                    }
-                    Ok::<_, OrderFailure>(())
-                })
-            }))
+            .transaction(async move |tx: &mut S::Tx| {
+                service.lock_order(tx, order_id).await?;
+                // The order's own style, whatever the service runs new
+                // orders in; an order from before orders recorded it is
+                // orchestrated if and only if it has a saga.
+                let instance = service.sagas.load(tx, &order_id.to_string()).await?;
+                let flow = if instance.is_some() { SagaStyle::Orchestration } else { SagaStyle::Choreography };
+                let command = OrderCommand::RequestCancel { flow };
+                let order = service.execute(tx, order_id, &command, &Metadata::default()).await?;
+                if order.saga.unwrap_or(flow) == SagaStyle::Orchestration {
+                    let Some(mut instance) = instance else {
+                        return Err(OrderFailure::NoSaga(order_id));
+                    };
+                    let step = instance.state.cancel();
+                    service.sagas.save(tx, &mut instance, &step).await?;
+                }
+                Ok::<_, OrderFailure>(())
+            })
             .await
     }
 

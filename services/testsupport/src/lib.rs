@@ -130,9 +130,7 @@ where
     H: Handler<S::Tx>,
 {
     let message = message.clone();
-    store
-        .transaction::<_, HandlerError>(Box::new(move |tx| Box::pin(async move { handler.handle(tx, &message).await })))
-        .await
+    store.transaction::<_, _, HandlerError>(async move |tx| handler.handle(tx, &message).await).await
 }
 
 /// Every message in the outbox, oldest first. Tests run no relay, so this

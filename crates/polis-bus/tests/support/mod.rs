@@ -61,14 +61,11 @@ pub trait Applied: TransactionalStore {
 #[async_trait]
 impl Applied for SqliteEventStore {
     async fn create_applied(&self) {
-        self.transaction::<_, polis_core::StoreError>(Box::new(|tx: &mut SqliteTx| {
-            Box::pin(async move {
-                let create =
-                    "CREATE TABLE applied (n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, seq INTEGER, id TEXT)";
-                tx.execute(create, &[]).await.unwrap();
-                Ok(())
-            })
-        }))
+        self.transaction::<_, _, polis_core::StoreError>(async move |tx: &mut SqliteTx| {
+            let create = "CREATE TABLE applied (n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, seq INTEGER, id TEXT)";
+            tx.execute(create, &[]).await.unwrap();
+            Ok(())
+        })
         .await
         .unwrap();
     }

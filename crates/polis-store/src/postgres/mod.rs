@@ -439,7 +439,7 @@ impl TransactionalStore for PgEventStore {
         &self.inner.source
     }
 
-    async fn transaction<T, E>(&self, work: Work<PgTx, T, E>) -> Result<T, E>
+    async fn transaction_boxed<T, E>(&self, work: Work<PgTx, T, E>) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -495,7 +495,7 @@ impl TransactionalStore for PgEventStore {
     }
 
     async fn release_due(&self, now: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
-        self.transaction::<_, StoreError>(Box::new(move |tx| Box::pin(schedule::release_due(tx, now, max)))).await
+        self.transaction::<_, _, StoreError>(async move |tx| schedule::release_due(tx, now, max).await).await
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {

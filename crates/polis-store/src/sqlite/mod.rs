@@ -331,7 +331,7 @@ impl TransactionalStore for SqliteEventStore {
         &self.inner.source
     }
 
-    async fn transaction<T, E>(&self, work: Work<SqliteTx, T, E>) -> Result<T, E>
+    async fn transaction_boxed<T, E>(&self, work: Work<SqliteTx, T, E>) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -363,10 +363,7 @@ impl TransactionalStore for SqliteEventStore {
 
     async fn mark_published(&self, positions: &[u64]) -> Result<(), StoreError> {
         let positions = positions.to_vec();
-        self.transaction::<_, StoreError>(Box::new(move |tx| {
-            Box::pin(async move { outbox::mark_published(&tx.conn, &positions) })
-        }))
-        .await
+        self.transaction::<_, _, StoreError>(async move |tx| outbox::mark_published(&tx.conn, &positions)).await
     }
 
     fn outbox_wakeups(&self) -> watch::Receiver<u64> {
@@ -378,15 +375,11 @@ impl TransactionalStore for SqliteEventStore {
     }
 
     async fn purge(&self, before: DateTime<Utc>) -> Result<Purged, StoreError> {
-        self.transaction::<_, StoreError>(Box::new(move |tx| Box::pin(async move { outbox::purge(&tx.conn, before) })))
-            .await
+        self.transaction::<_, _, StoreError>(async move |tx| outbox::purge(&tx.conn, before)).await
     }
 
     async fn release_due(&self, now: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
-        self.transaction::<_, StoreError>(Box::new(move |tx| {
-            Box::pin(async move { schedule::release_due(tx, now, max) })
-        }))
-        .await
+        self.transaction::<_, _, StoreError>(async move |tx| schedule::release_due(tx, now, max)).await
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
