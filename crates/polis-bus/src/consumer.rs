@@ -178,20 +178,43 @@ impl<S: TransactionalStore> std::fmt::Debug for Consumer<S> {
     }
 }
 
-/// A running consumer; stops when dropped.
+/// A running consumer; stops when dropped, or when
+/// [`shutdown`](ConsumerHandle::shutdown), which also waits for the messages
+/// being handled.
 #[derive(Debug)]
 pub struct ConsumerHandle {
     readers: Vec<JoinHandle<()>>,
     /// Tells the key lanes to stop taking deliveries (what they hold unacknowledged comes back).
     stopped: Arc<std::sync::atomic::AtomicBool>,
+    /// One permit per delivery in flight: holding them all means none is.
+    permits: Arc<Semaphore>,
+    max_in_flight: u32,
 }
 
-impl Drop for ConsumerHandle {
-    fn drop(&mut self) {
+impl ConsumerHandle {
+    fn stop(&self) {
         self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         for task in &self.readers {
             task.abort();
         }
+    }
+
+    /// Stops taking deliveries and returns once every message being handled
+    /// has finished (committed, or rolled back for redelivery). What was
+    /// delivered and not yet started stays unacknowledged and comes again.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.await; // aborted: cancelled at its next await
+        }
+        // Every permit back means no lane is inside a handler any more.
+        let _all = self.permits.acquire_many(self.max_in_flight).await;
+    }
+}
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -215,7 +238,8 @@ impl<S: TransactionalStore> Consumer<S> {
 
     /// Subscribes to every routed topic and handles deliveries until dropped.
     pub async fn spawn(self: Arc<Self>, bus: Arc<dyn Bus>) -> Result<ConsumerHandle, BusError> {
-        let permits = Arc::new(Semaphore::new(self.options.max_in_flight.max(1)));
+        let max_in_flight = u32::try_from(self.options.max_in_flight.max(1)).unwrap_or(u32::MAX >> 3);
+        let permits = Arc::new(Semaphore::new(max_in_flight as usize));
         let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (topic, handler) in &self.routes {
@@ -237,7 +261,7 @@ impl<S: TransactionalStore> Consumer<S> {
                 }
             }));
         }
-        Ok(ConsumerHandle { readers: tasks, stopped })
+        Ok(ConsumerHandle { readers: tasks, stopped, permits, max_in_flight })
     }
 
     /// Runs one delivery to the end: handled, duplicate, parked or dead-lettered;

@@ -123,9 +123,20 @@ impl Pipeline {
     }
 }
 
-/// A running relay; stops when dropped.
+/// A running relay; stops when dropped, or when
+/// [`shutdown`](RelayHandle::shutdown), which waits for it to be gone.
 #[derive(Debug)]
 pub struct RelayHandle(JoinHandle<()>);
+
+impl RelayHandle {
+    /// Stops the relay and returns once its task has ended. A batch being
+    /// published is cut short: its entries stay unpublished in the outbox
+    /// and go out again later (the bus drops what had already arrived).
+    pub async fn shutdown(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await; // cancelled at its next await
+    }
+}
 
 impl Drop for RelayHandle {
     fn drop(&mut self) {

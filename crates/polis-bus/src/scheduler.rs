@@ -65,9 +65,19 @@ pub struct Scheduler<S> {
     options: SchedulerOptions,
 }
 
-/// A running scheduler; stops when dropped.
+/// A running scheduler; stops when dropped, or when
+/// [`shutdown`](SchedulerHandle::shutdown), which waits for it to be gone.
 #[derive(Debug)]
 pub struct SchedulerHandle(JoinHandle<()>);
+
+impl SchedulerHandle {
+    /// Stops the scheduler and returns once its task has ended. A release in
+    /// progress is rolled back; its messages stay scheduled.
+    pub async fn shutdown(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await; // cancelled at its next await
+    }
+}
 
 impl Drop for SchedulerHandle {
     fn drop(&mut self) {

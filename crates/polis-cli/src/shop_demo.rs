@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::DateTime;
 use clap::Args;
-use contracts::SagaStyle;
 use contracts::order::{OrderStatus, OrderView};
+use contracts::{SagaStyle, Service};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use shop::client::Endpoint;
@@ -361,13 +361,12 @@ pub(crate) async fn start(
             let config = shop::ShopConfig { saga, ..shop::ShopConfig::default() };
             let shop = shop::Embedded::start(data_dir, &config).await?;
             let http = polis_runtime::HttpOptions::default();
-            let apis = Apis {
-                gateway: Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http)),
-                inventory: Endpoint::local(shop.routers().inventory.clone()),
-                payment: Endpoint::local(shop.routers().payment.clone()),
-                shipping: Endpoint::local(shop.routers().shipping.clone()),
-                order: Endpoint::local(shop.routers().order.clone()),
-            };
+            let apis = Apis::new(|service| {
+                Ok(match service {
+                    Service::Gateway => Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http)),
+                    service => Endpoint::local(shop.router(service)),
+                })
+            })?;
             Ok((apis, Running::Embedded(Box::new(shop))))
         }
         Mode::Distributed => {

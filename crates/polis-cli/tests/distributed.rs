@@ -330,7 +330,7 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
     .unwrap();
     supervisor.kill(victim).unwrap();
     let waiting = polis_testkit::wait_for(Duration::from_secs(60), || async {
-        let orders: Vec<OrderView> = apis.order.get_all("/orders", |o: &OrderView| o.id).await.unwrap();
+        let orders: Vec<OrderView> = apis.get(Service::Order).get_all("/orders", |o: &OrderView| o.id).await.unwrap();
         orders.iter().filter(|o| o.status == OrderStatus::Pending).count() >= ORDERS / 3
     })
     .await;

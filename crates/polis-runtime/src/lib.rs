@@ -41,6 +41,9 @@
 //! - [`serve`]: binding, serving with head, idle and shutdown deadlines
 //!   (graceful shutdown on ctrl-c / SIGTERM), problem+json for requests that
 //!   do not parse, and background servers for tests and embedded hosting;
+//! - [`service`]: [`Service`], a service as its host sees it (open over
+//!   its store, router, consumer), and [`host`], which runs its relay,
+//!   scheduler and consumer;
 //! - [`config`]: defaults → TOML file → environment, [`Secret`], [`Infra`];
 //! - [`telemetry`]: [`init_tracing`], the log subscriber.
 
@@ -55,6 +58,7 @@ pub mod layers;
 pub mod page;
 pub mod problem;
 pub mod serve;
+pub mod service;
 pub mod telemetry;
 
 pub use config::{ConfigLoader, Infra, Secret};
@@ -63,6 +67,7 @@ pub use json::{Json, ValidJson, Validate, Violations};
 pub use layers::{HttpOptions, RequestId, with_standard_stack};
 pub use page::{Page, PageKey};
 pub use problem::{ApiError, FieldError};
+pub use service::{HostOptions, Hosted, Service, host};
 pub use telemetry::init_tracing;
 
 /// What can go wrong setting up or running a service's host.

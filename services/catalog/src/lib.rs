@@ -28,9 +28,7 @@ pub mod rules;
 
 use std::sync::Arc;
 
-use contracts::SagaStyle;
 use contracts::catalog::{ChangePrice, PriceChanged, Product, ProductAdded};
-use polis_bus::{Consumer, ConsumerOptions};
 use polis_core::{Message, StoreError, Transaction};
 use polis_runtime::{ApiError, FieldError, Page};
 use polis_store::sql::{Sql, SqlStore};
@@ -84,6 +82,32 @@ impl From<Error> for ApiError {
     }
 }
 
+/// How the host opens and runs the catalog. It consumes nothing.
+impl<S> polis_runtime::Service<S> for Catalog<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
+
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112220NN`) and returns the service.
+    async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
+        Ok(Self { store, config })
+    }
+
+    fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The service's own HTTP API (paths without any `/api` prefix, no layers).
+    fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+}
+
 /// The catalog service over its store `S` (SQLite or PostgreSQL).
 pub struct Catalog<S> {
     store: Arc<S>,
@@ -107,25 +131,6 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
-    /// versions `2026112220NN`) and returns the service.
-    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
-        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
-        Ok(Self { store, config })
-    }
-
-    /// The service's own HTTP API (paths without any `/api` prefix, no layers).
-    pub fn router(&self) -> axum::Router {
-        http::router(self.clone())
-    }
-
-    /// The service's durable consumer, named [`SERVICE`]. The catalog reacts
-    /// to no message in either saga style, so it has no routes.
-    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        let _ = style;
-        Consumer::new(SERVICE, self.store.clone(), options)
-    }
-
     /// Adds a product and announces it with `ProductAdded`.
     pub async fn add(&self, product: Product) -> Result<Product, Error> {
         let product = rules::product(product)?;

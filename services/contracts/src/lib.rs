@@ -14,6 +14,7 @@
 //!   as a reply to the orchestrator when a command asked for it
 //!   (orchestration), and as an event when another service's event
 //!   triggered it (choreography): one message type, two kinds;
+//! - [`Service`] is the one list of the shop's processes;
 //! - the rules more than one service checks live here, once: what a sku is
 //!   ([`catalog::is_sku`]) and what text people read may hold ([`text`]).
 
@@ -22,8 +23,11 @@ pub mod customer;
 pub mod inventory;
 pub mod order;
 pub mod payment;
+mod service;
 pub mod shipping;
 pub mod text;
+
+pub use service::{Service, UnknownService};
 
 use serde::{Deserialize, Serialize};
 

@@ -34,9 +34,7 @@ pub mod rules;
 
 use std::sync::Arc;
 
-use contracts::SagaStyle;
 use contracts::customer::{self as api, CustomerRegistered, CustomerUpdated, RegisterCustomer, UpdateCustomer};
-use polis_bus::{Consumer, ConsumerOptions};
 use polis_core::{Message, StoreError, Transaction};
 use polis_runtime::{ApiError, FieldError, Page};
 use polis_store::sql::{Sql, SqlStore};
@@ -98,6 +96,32 @@ pub struct Customer<S> {
     config: Config,
 }
 
+/// How the host opens and runs the customer service. It consumes nothing.
+impl<S> polis_runtime::Service<S> for Customer<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
+
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112210NN`) and returns the service.
+    async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
+        Ok(Self { store, config })
+    }
+
+    fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The service's own HTTP API (paths without any `/api` prefix, no layers).
+    fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+}
+
 impl<S> Clone for Customer<S> {
     fn clone(&self) -> Self {
         Self { store: self.store.clone(), config: self.config.clone() }
@@ -115,25 +139,6 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
-    /// versions `2026112210NN`) and returns the service.
-    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
-        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
-        Ok(Self { store, config })
-    }
-
-    /// The service's own HTTP API (paths without any `/api` prefix, no layers).
-    pub fn router(&self) -> axum::Router {
-        http::router(self.clone())
-    }
-
-    /// The service's durable consumer, named [`SERVICE`]. The customer
-    /// service reacts to no message in either saga style, so it has no routes.
-    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        let _ = style;
-        Consumer::new(SERVICE, self.store.clone(), options)
-    }
-
     /// Registers a customer and announces it with `CustomerRegistered`.
     pub async fn register(&self, request: RegisterCustomer) -> Result<api::Customer, Error> {
         let request = rules::registration(request)?;

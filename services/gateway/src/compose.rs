@@ -36,7 +36,8 @@ use crate::openapi::Problem;
 use crate::routes::{
     Gateway, LIMIT_DOC, MaybeRequestId, PAGE_422, bad_gateway, call_failed, pass_through, request_id, service_failed,
 };
-use crate::upstream::{Service, encode_segment};
+use crate::upstream::encode_segment;
+use contracts::Service;
 
 /// Most items one order may have.
 pub const MAX_ITEMS: usize = 100;
@@ -122,7 +123,7 @@ async fn optional<T: DeserializeOwned>(
 ) -> Result<Option<T>, ()> {
     let timeout = deadline.saturating_duration_since(Instant::now());
     let failed = |reason: &dyn std::fmt::Display| {
-        tracing::warn!(service = service.name(), path, reason = %reason, "a part of the order details is missing");
+        tracing::warn!(service = service.as_str(), path, reason = %reason, "a part of the order details is missing");
     };
     let answer = match gateway.upstream(service).call(Method::GET, path, None, request_id, timeout).await {
         Ok(answer) => answer,

@@ -24,19 +24,13 @@
 //! [`Upstream`], either its `Router` in this process or a base URL.
 //!
 //! ```no_run
+//! use contracts::Service;
 //! use gateway::{GatewayConfig, Upstream, Upstreams};
 //! use polis_runtime::{HttpOptions, with_standard_stack};
 //!
 //! # fn main() -> Result<(), gateway::GatewayError> {
-//! let remote = |port: u16| Upstream::remote(&format!("http://127.0.0.1:{port}"));
-//! let upstreams = Upstreams {
-//!     customer: remote(8081)?,
-//!     catalog: remote(8082)?,
-//!     inventory: remote(8083)?,
-//!     payment: remote(8084)?,
-//!     shipping: remote(8085)?,
-//!     order: remote(8086)?,
-//! };
+//! let remote = |service: Service| Upstream::remote(&format!("http://127.0.0.1:{}", service.default_port()));
+//! let upstreams = Upstreams::try_new(remote)?;
 //! let app = with_standard_stack(gateway::router(upstreams, GatewayConfig::default()), &HttpOptions::default());
 //! # let _ = app;
 //! # Ok(())

@@ -36,7 +36,9 @@ use serde_json::value::RawValue;
 
 use crate::compose;
 use crate::openapi::Problem;
-use crate::upstream::{Service, UpstreamError, UpstreamResponse, Upstreams};
+use contracts::Service;
+
+use crate::upstream::{UpstreamError, UpstreamResponse, Upstreams};
 use crate::{GatewayConfig, Upstream};
 
 /// The router's state: cheap to clone.
@@ -45,6 +47,8 @@ pub(crate) struct Gateway(Arc<Inner>);
 
 struct Inner {
     upstreams: Upstreams,
+    /// What [`Gateway::upstream`] answers for a service without an upstream.
+    nowhere: Upstream,
     call_timeout: Duration,
     compose_timeout: Duration,
     /// The serialized OpenAPI document, or why it could not be serialized.
@@ -55,14 +59,22 @@ impl Gateway {
     pub(crate) fn new(upstreams: Upstreams, config: GatewayConfig, openapi: Result<Bytes, Arc<String>>) -> Self {
         Self(Arc::new(Inner {
             upstreams,
+            nowhere: Upstream::local(
+                axum::Router::new().fallback(|| async {
+                    ApiError::service_unavailable("the gateway has no upstream for this service")
+                }),
+            ),
             call_timeout: config.call_timeout(),
             compose_timeout: config.compose_timeout(),
             openapi,
         }))
     }
 
+    /// The upstream of `service`. Every route calls a business service, and
+    /// [`Upstreams`] has one for each; the gateway itself has none, and a
+    /// call to it would answer 503.
     pub(crate) fn upstream(&self, service: Service) -> &Upstream {
-        self.0.upstreams.get(service)
+        self.0.upstreams.get(service).unwrap_or(&self.0.nowhere)
     }
 
     pub(crate) fn call_timeout(&self) -> Duration {

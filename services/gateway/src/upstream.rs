@@ -12,6 +12,7 @@
 //! HTTP server drops a handler whose client went away: the service may or may
 //! not have applied the request.
 
+use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use contracts::Service;
 use contracts::order::IDEMPOTENT_REPLAYED;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
@@ -253,57 +255,36 @@ where
     })
 }
 
-/// The six services behind the gateway.
+/// The services behind the gateway: an [`Upstream`] for every one of
+/// [`Service::BUSINESS`].
 #[derive(Debug, Clone)]
-pub struct Upstreams {
-    pub customer: Upstream,
-    pub catalog: Upstream,
-    pub inventory: Upstream,
-    pub payment: Upstream,
-    pub shipping: Upstream,
-    pub order: Upstream,
-}
+pub struct Upstreams(BTreeMap<Service, Upstream>);
 
 impl Upstreams {
-    pub(crate) fn get(&self, service: Service) -> &Upstream {
-        match service {
-            Service::Customer => &self.customer,
-            Service::Catalog => &self.catalog,
-            Service::Inventory => &self.inventory,
-            Service::Payment => &self.payment,
-            Service::Shipping => &self.shipping,
-            Service::Order => &self.order,
+    /// Every business service's upstream, from `upstream`.
+    pub fn new(mut upstream: impl FnMut(Service) -> Upstream) -> Self {
+        Self(Service::BUSINESS.into_iter().map(|service| (service, upstream(service))).collect())
+    }
+
+    /// [`Upstreams::new`] with an upstream that can fail (a remote URL).
+    pub fn try_new<E>(mut upstream: impl FnMut(Service) -> Result<Upstream, E>) -> Result<Self, E> {
+        Service::BUSINESS
+            .into_iter()
+            .map(|service| Ok((service, upstream(service)?)))
+            .collect::<Result<_, E>>()
+            .map(Self)
+    }
+
+    /// Replaces one service's upstream (the gateway itself has none; it is ignored).
+    pub fn set(&mut self, service: Service, upstream: Upstream) {
+        if service.has_database() {
+            self.0.insert(service, upstream);
         }
     }
-}
 
-/// Which service a call goes to, for routing and for messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Service {
-    Customer,
-    Catalog,
-    Inventory,
-    Payment,
-    Shipping,
-    Order,
-}
-
-impl Service {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Customer => contracts::customer::SERVICE,
-            Self::Catalog => contracts::catalog::SERVICE,
-            Self::Inventory => contracts::inventory::SERVICE,
-            Self::Payment => contracts::payment::SERVICE,
-            Self::Shipping => contracts::shipping::SERVICE,
-            Self::Order => contracts::order::SERVICE,
-        }
-    }
-}
-
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+    /// The upstream of a business service; `None` for the gateway itself.
+    pub fn get(&self, service: Service) -> Option<&Upstream> {
+        self.0.get(&service)
     }
 }
 

@@ -158,7 +158,7 @@ async fn service_problems_pass_through_unchanged() {
 async fn a_failing_service_answers_through_the_gateway() {
     let fakes = Fakes::default();
     let mut upstreams = fakes.upstreams();
-    upstreams.catalog = Upstream::local(failing());
+    upstreams.set(Service::Catalog, Upstream::local(failing()));
     let app = app(upstreams);
     let answer = get(&app, "/api/products").await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -169,8 +169,8 @@ async fn a_failing_service_answers_through_the_gateway() {
 async fn a_service_that_does_not_answer_in_time_is_a_504() {
     let fakes = Fakes::default();
     let mut upstreams = fakes.upstreams();
-    upstreams.catalog = Upstream::local(silent());
-    upstreams.order = Upstream::local(silent());
+    upstreams.set(Service::Catalog, Upstream::local(silent()));
+    upstreams.set(Service::Order, Upstream::local(silent()));
     let app = app(upstreams);
 
     let answer = get(&app, "/api/products/A-1").await;
@@ -187,7 +187,7 @@ async fn a_service_that_does_not_answer_in_time_is_a_504() {
 async fn an_unreachable_service_is_a_503() {
     let fakes = Fakes::default();
     let mut upstreams = fakes.upstreams();
-    upstreams.inventory = Upstream::remote(&nowhere()).unwrap();
+    upstreams.set(Service::Inventory, Upstream::remote(&nowhere()).unwrap());
     let app = app(upstreams);
     let answer = get(&app, "/api/inventory/A-1").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -308,19 +308,19 @@ async fn an_order_whose_lookups_fail_is_not_judged() {
     let order = json!({ "customer_id": CUSTOMER, "items": [{ "sku": "Z-9", "quantity": 1 }] });
 
     let mut upstreams = fakes.upstreams();
-    upstreams.customer = Upstream::local(silent());
+    upstreams.set(Service::Customer, Upstream::local(silent()));
     let answer = post(&app(upstreams), "/api/orders", &order).await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(answer.body["detail"], "the customer service did not answer within 1000 ms");
 
     let mut upstreams = fakes.upstreams();
-    upstreams.catalog = Upstream::local(failing());
+    upstreams.set(Service::Catalog, Upstream::local(failing()));
     let answer = post(&app(upstreams), "/api/orders", &order).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.body["detail"], "the catalog service failed; retry later");
 
     let mut upstreams = fakes.upstreams();
-    upstreams.order = Upstream::remote(&nowhere()).unwrap();
+    upstreams.set(Service::Order, Upstream::remote(&nowhere()).unwrap());
     let valid = json!({ "customer_id": CUSTOMER, "items": [{ "sku": "A-1", "quantity": 1 }] });
     let answer = post(&app(upstreams), "/api/orders", &valid).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -379,7 +379,7 @@ async fn details_without_a_payment_or_shipment_yet_are_complete() {
 async fn a_part_that_times_out_is_null_and_partial() {
     let fakes = Fakes::default();
     let mut upstreams = fakes.upstreams();
-    upstreams.payment = Upstream::local(silent());
+    upstreams.set(Service::Payment, Upstream::local(silent()));
     let answer = get(&app(upstreams), &format!("/api/orders/{ORDER}/details")).await;
     let composed = details(&answer);
     assert_eq!(composed.partial, [Part::Payment]);
@@ -394,9 +394,9 @@ async fn a_part_that_times_out_is_null_and_partial() {
 async fn failing_unreachable_and_silent_parts_are_each_partial() {
     let fakes = Fakes::default();
     let mut upstreams = fakes.upstreams();
-    upstreams.customer = Upstream::local(failing());
-    upstreams.catalog = Upstream::local(silent());
-    upstreams.shipping = Upstream::remote(&nowhere()).unwrap();
+    upstreams.set(Service::Customer, Upstream::local(failing()));
+    upstreams.set(Service::Catalog, Upstream::local(silent()));
+    upstreams.set(Service::Shipping, Upstream::remote(&nowhere()).unwrap());
     let composed = details(&get(&app(upstreams), &format!("/api/orders/{ORDER}/details")).await);
     assert_eq!(composed.partial, [Part::Customer, Part::Products, Part::Shipment]);
     assert_eq!((composed.customer, composed.products, composed.shipment), (None, None, None));
@@ -528,22 +528,22 @@ async fn details_fail_with_their_order() {
     let path = format!("/api/orders/{ORDER}/details");
 
     let mut upstreams = fakes.upstreams();
-    upstreams.order = Upstream::local(silent());
+    upstreams.set(Service::Order, Upstream::local(silent()));
     let answer = get(&app(upstreams), &path).await;
     assert_eq!((answer.status, answer.problem_type()), (StatusCode::GATEWAY_TIMEOUT, types::GATEWAY_TIMEOUT));
 
     let mut upstreams = fakes.upstreams();
-    upstreams.order = Upstream::local(failing());
+    upstreams.set(Service::Order, Upstream::local(failing()));
     let answer = get(&app(upstreams), &path).await;
     assert_eq!((answer.status, answer.problem_type()), (StatusCode::SERVICE_UNAVAILABLE, types::SERVICE_UNAVAILABLE));
 
     let mut upstreams = fakes.upstreams();
-    upstreams.order = Upstream::remote(&nowhere()).unwrap();
+    upstreams.set(Service::Order, Upstream::remote(&nowhere()).unwrap());
     assert_eq!(get(&app(upstreams), &path).await.status, StatusCode::SERVICE_UNAVAILABLE);
 
     // An order service that answers off-contract is a bad gateway, not a crash.
     let mut upstreams = fakes.upstreams();
-    upstreams.order = Upstream::local(axum::Router::new().fallback(|| async { "not json" }));
+    upstreams.set(Service::Order, Upstream::local(axum::Router::new().fallback(|| async { "not json" })));
     let answer = get(&app(upstreams), &path).await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.problem_type(), "https://polis.dev/problems/bad-gateway");
@@ -558,7 +558,7 @@ async fn a_customers_orders_need_the_customer() {
     assert!(fakes.recorder.calls().iter().any(|c| c.starts_with("customer GET /customers/")));
 
     let mut upstreams = fakes.upstreams();
-    upstreams.customer = Upstream::local(silent());
+    upstreams.set(Service::Customer, Upstream::local(silent()));
     let answer = get(&support::app(upstreams), &format!("/api/customers/{CUSTOMER}/orders")).await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
 }

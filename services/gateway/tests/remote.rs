@@ -36,17 +36,13 @@ async fn servers() -> Servers {
         upstream
     };
     let customer = remote(
-        listen(Router::new().nest("/customer-service", fakes.router(Name::Customer))).await,
+        listen(Router::new().nest("/customer-service", fakes.router(Service::Customer))).await,
         "/customer-service/",
     );
-    let upstreams = Upstreams {
-        customer,
-        catalog: remote(listen(fakes.router(Name::Catalog)).await, ""),
-        inventory: remote(listen(fakes.router(Name::Inventory)).await, ""),
-        payment: remote(listen(fakes.router(Name::Payment)).await, ""),
-        shipping: remote(listen(fakes.router(Name::Shipping)).await, ""),
-        order: remote(listen(fakes.router(Name::Order)).await, ""),
-    };
+    let mut upstreams = Upstreams::new(|_| customer.clone());
+    for service in Service::BUSINESS.into_iter().filter(|s| *s != Service::Customer) {
+        upstreams.set(service, remote(listen(fakes.router(service)).await, ""));
+    }
     Servers { fakes, upstreams, _servers: servers }
 }
 
@@ -99,8 +95,8 @@ async fn silent_and_stopped_servers_are_504_and_503() {
     let servers = servers().await;
     let silent_server = listen(silent()).await;
     let mut upstreams = servers.upstreams.clone();
-    upstreams.catalog = Upstream::remote(&silent_server.url()).unwrap();
-    upstreams.payment = Upstream::remote(&silent_server.url()).unwrap();
+    upstreams.set(Service::Catalog, Upstream::remote(&silent_server.url()).unwrap());
+    upstreams.set(Service::Payment, Upstream::remote(&silent_server.url()).unwrap());
     let app = app(upstreams.clone());
 
     let answer = get(&app, "/api/products").await;
@@ -111,8 +107,8 @@ async fn silent_and_stopped_servers_are_504_and_503() {
     assert_eq!(composed.partial, [Part::Products, Part::Payment]);
 
     // A server that was there and is gone: connection refused.
-    let order_server = listen(servers.fakes.router(Name::Order)).await;
-    upstreams.order = Upstream::remote(&order_server.url()).unwrap();
+    let order_server = listen(servers.fakes.router(Service::Order)).await;
+    upstreams.set(Service::Order, Upstream::remote(&order_server.url()).unwrap());
     let app = support::app(upstreams);
     assert_eq!(get(&app, &format!("/api/orders/{ORDER}")).await.status, StatusCode::OK);
     order_server.shutdown().await.unwrap();

@@ -40,10 +40,11 @@ pub struct InventoryHandler {
 }
 
 impl InventoryHandler {
-    /// A handler; `configured` stands in for the style of an order whose
-    /// events do not record it ([`contracts::order::is_choreographed`]).
-    pub fn new(configured: SagaStyle) -> Self {
-        Self { configured }
+    /// A handler with the service's settings; their `saga` stands in for
+    /// the style of an order whose events do not record it
+    /// ([`contracts::order::is_choreographed`]).
+    pub fn new(config: &crate::Config) -> Self {
+        Self { configured: config.saga }
     }
 }
 

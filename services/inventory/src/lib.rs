@@ -39,10 +39,57 @@ pub use handler::InventoryHandler;
 /// The service's name: its message source, consumer name and store source.
 pub const SERVICE: &str = contracts::inventory::SERVICE;
 
-/// The inventory service's settings (none yet).
+/// The inventory service's settings.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {}
+pub struct Config {
+    /// The saga style of an order whose events do not record it (one
+    /// placed before orders carried their style). Not read from this
+    /// section: the host sets it from the shop's one `saga` setting.
+    #[serde(skip)]
+    pub saga: SagaStyle,
+}
+
+/// How the host opens and runs the inventory service.
+impl<S> polis_runtime::Service<S> for Inventory<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
+
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112230NN`) to `store` (opened by the host with source
+    /// [`SERVICE`]) and returns the service.
+    async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
+        Ok(Self { store, config })
+    }
+
+    fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The service's own HTTP API: paths without any prefix, no layers (the
+    /// host adds the standard stack).
+    fn router(&self) -> axum::Router {
+        http::router(self.store.clone())
+    }
+
+    /// The service's durable consumer, named [`SERVICE`]: its commands
+    /// (orchestration) and the order and payment events it acts on
+    /// (choreography), whatever style new orders run in — each order's
+    /// events say which it is ([`contracts::order::is_choreographed`]).
+    fn consumer(&self, options: ConsumerOptions) -> Option<Consumer<S>> {
+        Some(
+            Consumer::new(SERVICE, self.store.clone(), options)
+                .route(Topic::commands_to(SERVICE), self.handler())
+                .route(Topic::events_of(contracts::order::SERVICE), self.handler())
+                .route(Topic::events_of(contracts::payment::SERVICE), self.handler()),
+        )
+    }
+}
 
 /// The inventory service over its store `S` (SQLite or PostgreSQL).
 pub struct Inventory<S> {
@@ -68,39 +115,10 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
-    /// versions `2026112230NN`) to `store` (opened by the host with source
-    /// [`SERVICE`]) and returns the service.
-    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
-        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
-        Ok(Self { store, config })
-    }
-
-    /// The service's own HTTP API: paths without any prefix, no layers (the
-    /// host adds the standard stack).
-    pub fn router(&self) -> axum::Router {
-        http::router(self.store.clone())
-    }
-
-    /// The service's durable consumer, named [`SERVICE`], subscribed to what
-    /// `style` needs: its command topic in orchestration; order and payment
-    /// events in choreography.
-    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        Consumer::new(SERVICE, self.store.clone(), options)
-            .route(Topic::commands_to(SERVICE), self.handler(style))
-            .route(Topic::events_of(contracts::order::SERVICE), self.handler(style))
-            .route(Topic::events_of(contracts::payment::SERVICE), self.handler(style))
-    }
-
     /// The message handler the consumer routes to; handy to drive the service
-    /// by hand (inside `store.transaction`) in tests and tools. `style`
-    /// stands in for the style of an order whose events do not record it.
-    pub fn handler(&self, style: SagaStyle) -> InventoryHandler {
-        InventoryHandler::new(style)
-    }
-
-    pub fn store(&self) -> &Arc<S> {
-        &self.store
+    /// by hand (inside `store.transaction`) in tests and tools.
+    pub fn handler(&self) -> InventoryHandler {
+        InventoryHandler::new(&self.config)
     }
 
     pub fn config(&self) -> &Config {

@@ -7,6 +7,7 @@
 
 mod support;
 
+use polis_runtime::Service as _;
 use std::collections::HashSet;
 
 use contracts::inventory::{ReservationStatus, ReserveStock, StockReservationFailed, StockReserved};

@@ -29,6 +29,7 @@ mod cases {
     use contracts::inventory::{ReleaseStock, Reservation, ReservationStatus, ReserveStock, StockAdjusted, StockLevel};
     use inventory::{Inventory, SERVICE};
     use polis_core::{Message, MessageKind};
+    use polis_runtime::Service as _;
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::{Value, json};
     use testsupport::{Answer, PROBLEM, call, hosted, oneshot, sent};

@@ -192,7 +192,9 @@ mod tests {
     #[tokio::test]
     async fn a_failed_read_is_tried_again_without_a_commit() {
         let (store, _guard) = testsupport::sqlite(contracts::order::SERVICE).await;
-        crate::OrderService::open(store.clone(), crate::Config::default()).await.unwrap();
+        <crate::OrderService<_> as polis_runtime::Service<_>>::open(store.clone(), crate::Config::default())
+            .await
+            .unwrap();
         let id = Uuid::now_v7();
         let insert = format!(
             "INSERT INTO orders (order_id, customer_id, status, lines, total, version, created_at_us, updated_at_us) \

@@ -21,6 +21,7 @@ use contracts::order::{
     Accepted, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, OrderStatus, OrderView, PlaceOrder, idempotency_key,
 };
 use contracts::{OrderLine, RejectionReason};
+use polis_runtime::Service as _;
 use polis_runtime::{ApiError, Json, Page, PathId};
 use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore};

@@ -88,6 +88,61 @@ impl<S> std::fmt::Debug for OrderService<S> {
     }
 }
 
+/// How the host opens and runs the order service.
+impl<S> polis_runtime::Service<S> for OrderService<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
+
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112260NN`) and returns the service.
+    async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        // Deadlines are added to the clock; an absurd timeout would overflow it.
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        for (name, value) in
+            [("step_timeout_ms", config.step_timeout_ms), ("order_timeout_ms", config.order_timeout_ms)]
+        {
+            if value == 0 || value > DAY_MS {
+                return Err(StoreError::InvalidRequest(format!(
+                    "order config `{name}` must be between 1 ms and one day, not {value}"
+                )));
+            }
+        }
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
+        let orders = Arc::new(Repository::new(store.clone()));
+        Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE), decisions: Arc::default() })
+    }
+
+    fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The service's own HTTP API.
+    fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// The service's consumer: saga replies and its own deadlines for
+    /// orchestrated orders; the other services' outcome events for
+    /// choreographed ones. Both, whatever style new orders run in
+    /// ([`Config::saga`]): an order placed under the other style before a
+    /// restart finishes in it ([`contracts::order::is_choreographed`]).
+    fn consumer(&self, options: ConsumerOptions) -> Option<Consumer<S>> {
+        let handler = OrderHandler { service: self.clone() };
+        Some(
+            Consumer::new(SERVICE, self.store.clone(), options)
+                .route(Topic::commands_to(SERVICE), handler.clone())
+                .route(Topic::replies_to(SERVICE), handler.clone())
+                .route(Topic::events_of(contracts::inventory::SERVICE), handler.clone())
+                .route(Topic::events_of(contracts::payment::SERVICE), handler.clone())
+                .route(Topic::events_of(contracts::shipping::SERVICE), handler),
+        )
+    }
+}
+
 /// Why a transaction of the order service failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OrderFailure {
@@ -159,49 +214,8 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
-    /// versions `2026112260NN`) and returns the service.
-    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
-        // Deadlines are added to the clock; an absurd timeout would overflow it.
-        const DAY_MS: u64 = 24 * 3600 * 1000;
-        for (name, value) in
-            [("step_timeout_ms", config.step_timeout_ms), ("order_timeout_ms", config.order_timeout_ms)]
-        {
-            if value == 0 || value > DAY_MS {
-                return Err(StoreError::InvalidRequest(format!(
-                    "order config `{name}` must be between 1 ms and one day, not {value}"
-                )));
-            }
-        }
-        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
-        let orders = Arc::new(Repository::new(store.clone()));
-        Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE), decisions: Arc::default() })
-    }
-
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// The service's own HTTP API.
-    pub fn router(&self) -> axum::Router {
-        http::router(self.clone())
-    }
-
-    /// The service's consumer: saga replies and its own deadlines in
-    /// orchestration; the other services' outcome events in choreography.
-    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        // Both styles' inputs, whatever `style` new orders run in: an order
-        // placed under the other style before a restart finishes in it
-        // (`contracts::order::is_choreographed`). Participants' events only exist
-        // for choreographed orders, replies only for orchestrated ones.
-        let _ = style; // new orders take their style from `Config::saga`
-        let handler = OrderHandler { service: self.clone() };
-        Consumer::new(SERVICE, self.store.clone(), options)
-            .route(Topic::commands_to(SERVICE), handler.clone())
-            .route(Topic::replies_to(SERVICE), handler.clone())
-            .route(Topic::events_of(contracts::inventory::SERVICE), handler.clone())
-            .route(Topic::events_of(contracts::payment::SERVICE), handler.clone())
-            .route(Topic::events_of(contracts::shipping::SERVICE), handler)
     }
 
     /// Places an order: appends `OrderCreated`, announces it, and starts the
@@ -451,10 +465,6 @@ where
 
     pub(crate) fn decisions(&self) -> &Arc<decisions::Decisions> {
         &self.decisions
-    }
-
-    pub(crate) fn store(&self) -> &Arc<S> {
-        &self.store
     }
 }
 

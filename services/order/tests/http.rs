@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use polis_runtime::Service as _;
 use std::sync::Arc;
 
 use axum::Router;

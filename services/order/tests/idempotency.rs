@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use polis_runtime::Service as _;
 use std::time::Duration;
 
 use contracts::OrderLine;

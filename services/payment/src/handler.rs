@@ -85,8 +85,11 @@ fn raced(order_id: Uuid) -> HandlerError {
 }
 
 impl PaymentHandler {
-    pub(crate) fn new(style: SagaStyle, config: &Config) -> Self {
-        Self { style, provider: Provider::new(config) }
+    /// A handler with the service's settings; their `saga` stands in for
+    /// the style of an order whose events do not record it
+    /// ([`contracts::order::is_choreographed`]).
+    pub fn new(config: &Config) -> Self {
+        Self { style: config.saga, provider: Provider::new(config) }
     }
 
     async fn on_command<Tx>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError>

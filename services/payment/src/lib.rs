@@ -79,6 +79,11 @@ pub struct Config {
     /// milliseconds (0 by default; see the crate docs before raising it on
     /// SQLite).
     pub latency_ms: u64,
+    /// The saga style of an order whose events do not record it (one
+    /// placed before orders carried their style). Not read from this
+    /// section: the host sets it from the shop's one `saga` setting.
+    #[serde(skip)]
+    pub saga: SagaStyle,
 }
 
 /// A [`Config`] that cannot work.
@@ -97,6 +102,50 @@ impl Config {
             // NaN lands here too: `contains` is false for it.
             Err(ConfigError::DeclineRate(self.decline_rate))
         }
+    }
+}
+
+/// How the host opens and runs the payment service.
+impl<S> polis_runtime::Service<S> for Payment<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
+
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112240NN`) and returns the service.
+    ///
+    /// An invalid [`Config`] is refused as [`StoreError::InvalidRequest`],
+    /// before anything is written.
+    async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        config.validate().map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
+        Ok(Self { store, config })
+    }
+
+    fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The service's own HTTP API (paths without any `/api` prefix, no layers).
+    fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// The service's durable consumer (named [`SERVICE`]): customer events
+    /// (the credit-limit replica), its commands (orchestration) and the
+    /// inventory, shipping and order events it acts on (choreography).
+    fn consumer(&self, options: ConsumerOptions) -> Option<Consumer<S>> {
+        Some(
+            Consumer::new(SERVICE, self.store.clone(), options)
+                .route(Topic::events_of(contracts::customer::SERVICE), self.handler())
+                .route(Topic::commands_to(SERVICE), self.handler())
+                .route(Topic::events_of(contracts::inventory::SERVICE), self.handler())
+                .route(Topic::events_of(contracts::shipping::SERVICE), self.handler())
+                .route(Topic::events_of(contracts::order::SERVICE), self.handler()),
+        )
     }
 }
 
@@ -123,47 +172,13 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
-    /// versions `2026112240NN`) and returns the service.
-    ///
-    /// An invalid [`Config`] is refused as [`StoreError::InvalidRequest`],
-    /// before anything is written.
-    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
-        config.validate().map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
-        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
-        Ok(Self { store, config })
-    }
-
-    pub fn store(&self) -> &Arc<S> {
-        &self.store
-    }
-
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// The service's own HTTP API (paths without any `/api` prefix, no layers).
-    pub fn router(&self) -> axum::Router {
-        http::router(self.clone())
-    }
-
-    /// The handler of every message the service takes, for `style`. The
-    /// [`consumer`](Self::consumer) routes all its topics to it; tests run it
-    /// directly inside a transaction.
-    pub fn handler(&self, style: SagaStyle) -> PaymentHandler {
-        PaymentHandler::new(style, &self.config)
-    }
-
-    /// The service's durable consumer (named [`SERVICE`]) with its
-    /// subscriptions for `style`: customer events always; then its commands
-    /// (orchestration) or the inventory, shipping and order events it reacts
-    /// to (choreography).
-    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        Consumer::new(SERVICE, self.store.clone(), options)
-            .route(Topic::events_of(contracts::customer::SERVICE), self.handler(style))
-            .route(Topic::commands_to(SERVICE), self.handler(style))
-            .route(Topic::events_of(contracts::inventory::SERVICE), self.handler(style))
-            .route(Topic::events_of(contracts::shipping::SERVICE), self.handler(style))
-            .route(Topic::events_of(contracts::order::SERVICE), self.handler(style))
+    /// The handler of every message the service takes. The consumer routes
+    /// all its topics to it; tests run it directly inside a transaction.
+    pub fn handler(&self) -> PaymentHandler {
+        PaymentHandler::new(&self.config)
     }
 }

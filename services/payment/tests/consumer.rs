@@ -6,6 +6,7 @@
 
 mod support;
 
+use polis_runtime::Service as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,8 +59,8 @@ fn delivery(message: &Message) -> Delivery {
 async fn the_subscriptions_cover_both_styles() {
     let (store, _guard) = testsupport::sqlite(payment::SERVICE).await;
     let service = open(store).await;
-    for style in [SagaStyle::Orchestration, SagaStyle::Choreography] {
-        let debug = format!("{:?}", service.consumer(style, fast()));
+    {
+        let debug = format!("{:?}", service.consumer(fast()).unwrap());
         assert!(debug.contains(r#"name: "payment""#), "{debug}");
         for topic in [
             "polis.customer.events.>",
@@ -82,7 +83,7 @@ async fn authorization_through_the_bus(style: SagaStyle) {
     let (store, _guard) = testsupport::sqlite(payment::SERVICE).await;
     let service = open(store).await;
     let options = ConsumerOptions { max_attempts: 100, ..fast() };
-    let _running = Arc::new(service.consumer(style, options)).spawn(bus.clone()).await.unwrap();
+    let _running = Arc::new(service.consumer(options).unwrap()).spawn(bus.clone()).await.unwrap();
 
     let (customer_id, order_id) = (Uuid::now_v7(), Uuid::now_v7());
     let request = authorize(style, order_id, customer_id, 500);
@@ -112,8 +113,9 @@ async fn choreography_reacts_to_an_event_through_the_bus() {
 }
 
 async fn process(service: &Payment<SqliteEventStore>, style: SagaStyle, message: &Message) -> Outcome {
-    let consumer = service.consumer(style, fast());
-    let handler: Arc<dyn Handler<_>> = Arc::new(service.handler(style));
+    let consumer = service.consumer(fast()).unwrap();
+    let config = payment::Config { saga: style, ..service.config().clone() };
+    let handler: Arc<dyn Handler<_>> = Arc::new(payment::PaymentHandler::new(&config));
     consumer.process(&handler, delivery(message)).await
 }
 

@@ -60,6 +60,7 @@ testsupport::suite! {
 
 #[allow(unreachable_pub)]
 mod cases {
+    use polis_runtime::Service as _;
     use std::sync::Arc;
 
     use contracts::customer::CustomerRegistered;
@@ -636,6 +637,6 @@ mod cases {
             );
         }
         // Opening again on a migrated store is fine (migrations are applied once).
-        Payment::open(Arc::clone(service.store()), Config { decline_rate: 1.0, latency_ms: 0 }).await.unwrap();
+        Payment::open(Arc::clone(service.store()), Config { decline_rate: 1.0, ..Config::default() }).await.unwrap();
     }
 }

@@ -31,6 +31,7 @@ mod cases {
     use contracts::SagaStyle;
     use contracts::payment::{Credit, Payment as PaymentView, PaymentStatus};
     use payment::Payment;
+    use polis_runtime::Service as _;
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::Value;
     use testsupport::{Answer, PROBLEM, hosted};

@@ -44,10 +44,11 @@ pub struct ShippingHandler {
 }
 
 impl ShippingHandler {
-    /// A handler; `configured` stands in for the style of an order whose
-    /// events do not record it ([`contracts::order::is_choreographed`]).
-    pub fn new(config: &Config, configured: SagaStyle) -> Self {
-        Self { blocked_countries: config.blocked_countries.iter().cloned().collect(), configured }
+    /// A handler with the service's settings; their `saga` stands in for
+    /// the style of an order whose events do not record it
+    /// ([`contracts::order::is_choreographed`]).
+    pub fn new(config: &Config) -> Self {
+        Self { blocked_countries: config.blocked_countries.iter().cloned().collect(), configured: config.saga }
     }
 }
 

@@ -49,11 +49,57 @@ pub struct Config {
     /// countries the shop does not deliver to; a shipment there fails with
     /// `UNDELIVERABLE`.
     pub blocked_countries: Vec<String>,
+    /// The saga style of an order whose events do not record it (one
+    /// placed before orders carried their style). Not read from this
+    /// section: the host sets it from the shop's one `saga` setting.
+    #[serde(skip)]
+    pub saga: SagaStyle,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { blocked_countries: vec!["AQ".to_owned()] }
+        Self { blocked_countries: vec!["AQ".to_owned()], saga: SagaStyle::default() }
+    }
+}
+
+/// How the host opens and runs the shipping service.
+impl<S> polis_runtime::Service<S> for Shipping<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    const NAME: &'static str = SERVICE;
+    type Config = Config;
+
+    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
+    /// versions `2026112250NN`) to `store` (opened by the host with source
+    /// [`SERVICE`]) and returns the service.
+    async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
+        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
+        Ok(Self { store, config })
+    }
+
+    fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The service's own HTTP API: paths without any prefix, no layers (the
+    /// host adds the standard stack).
+    fn router(&self) -> axum::Router {
+        http::router(self.store.clone())
+    }
+
+    /// The service's durable consumer, named [`SERVICE`]: customer events
+    /// (the address replica), its commands (orchestration) and the payment
+    /// and order events it acts on (choreography).
+    fn consumer(&self, options: ConsumerOptions) -> Option<Consumer<S>> {
+        Some(
+            Consumer::new(SERVICE, self.store.clone(), options)
+                .route(Topic::events_of(contracts::customer::SERVICE), self.handler())
+                .route(Topic::commands_to(SERVICE), self.handler())
+                .route(Topic::events_of(contracts::payment::SERVICE), self.handler())
+                .route(Topic::events_of(contracts::order::SERVICE), self.handler()),
+        )
     }
 }
 
@@ -81,41 +127,10 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    /// Applies the service's migrations (`migrations/{sqlite,postgres}`,
-    /// versions `2026112250NN`) to `store` (opened by the host with source
-    /// [`SERVICE`]) and returns the service.
-    pub async fn open(store: Arc<S>, config: Config) -> Result<Self, StoreError> {
-        store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
-        Ok(Self { store, config })
-    }
-
-    /// The service's own HTTP API: paths without any prefix, no layers (the
-    /// host adds the standard stack).
-    pub fn router(&self) -> axum::Router {
-        http::router(self.store.clone())
-    }
-
-    /// The service's durable consumer, named [`SERVICE`], subscribed to what
-    /// `style` needs: customer events always (the address replica), plus its
-    /// command topic in orchestration, or payment and order events in
-    /// choreography.
-    pub fn consumer(&self, style: SagaStyle, options: ConsumerOptions) -> Consumer<S> {
-        Consumer::new(SERVICE, self.store.clone(), options)
-            .route(Topic::events_of(contracts::customer::SERVICE), self.handler(style))
-            .route(Topic::commands_to(SERVICE), self.handler(style))
-            .route(Topic::events_of(contracts::payment::SERVICE), self.handler(style))
-            .route(Topic::events_of(contracts::order::SERVICE), self.handler(style))
-    }
-
     /// The message handler the consumer routes to; handy to drive the service
-    /// by hand (inside `store.transaction`) in tests and tools. `style`
-    /// stands in for the style of an order whose events do not record it.
-    pub fn handler(&self, style: SagaStyle) -> ShippingHandler {
-        ShippingHandler::new(&self.config, style)
-    }
-
-    pub fn store(&self) -> &Arc<S> {
-        &self.store
+    /// by hand (inside `store.transaction`) in tests and tools.
+    pub fn handler(&self) -> ShippingHandler {
+        ShippingHandler::new(&self.config)
     }
 
     pub fn config(&self) -> &Config {

@@ -20,6 +20,7 @@ mod cases {
     use contracts::shipping::{CancelShipment, ScheduleShipment, Shipment, ShipmentStatus};
     use contracts::{Address, RejectionReason};
     use polis_core::{Message, MessageType};
+    use polis_runtime::Service as _;
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::json;
     use shipping::{SERVICE, Shipping};

@@ -21,7 +21,7 @@
 //! and its connections name themselves `polis-<service>` (PostgreSQL's
 //! `application_name`), so `pg_stat_activity` shows who is connected where.
 
-use std::fmt;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use axum::Router;
 use contracts::SagaStyle;
+use polis_bus::NatsBus;
 use polis_bus::nats::NatsOptions;
-use polis_bus::{ConsumerOptions, NatsBus};
 use polis_core::{Bus, BusError, StoreError};
 use polis_runtime::serve::RunningServer;
 use polis_runtime::{ConfigLoader, HttpOptions, Infra, RuntimeError};
@@ -41,81 +41,18 @@ use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 
-use crate::host::{self, HostOptions, Hosted};
+pub use contracts::Service;
+use polis_runtime::{HostOptions, Hosted};
 
 /// PostgreSQL's limit on identifiers, database names included.
 const MAX_DATABASE_NAME: usize = 63;
-
-/// One process of the distributed shop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Service {
-    Customer,
-    Catalog,
-    Inventory,
-    Payment,
-    Shipping,
-    Order,
-    Gateway,
-}
-
-impl Service {
-    /// Every process, business services first and the gateway last.
-    pub const ALL: [Service; 7] = [
-        Service::Customer,
-        Service::Catalog,
-        Service::Inventory,
-        Service::Payment,
-        Service::Shipping,
-        Service::Order,
-        Service::Gateway,
-    ];
-
-    /// The six business services, each with a database of its own.
-    pub const BUSINESS: [Service; 6] =
-        [Service::Customer, Service::Catalog, Service::Inventory, Service::Payment, Service::Shipping, Service::Order];
-
-    /// The name used in messages, database names, commands and variables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Customer => contracts::customer::SERVICE,
-            Self::Catalog => contracts::catalog::SERVICE,
-            Self::Inventory => contracts::inventory::SERVICE,
-            Self::Payment => contracts::payment::SERVICE,
-            Self::Shipping => contracts::shipping::SERVICE,
-            Self::Order => contracts::order::SERVICE,
-            Self::Gateway => "gateway",
-        }
-    }
-
-    /// Whether this process owns a database (every one but the gateway).
-    pub fn has_database(self) -> bool {
-        self != Self::Gateway
-    }
-}
-
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Service {
-    type Err = DistributedError;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|service| service.as_str() == name)
-            .ok_or_else(|| DistributedError::UnknownService(name.to_owned()))
-    }
-}
 
 /// What can go wrong configuring or starting a process of the distributed shop.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DistributedError {
-    #[error("unknown service {0:?} (expected one of customer, catalog, inventory, payment, shipping, order, gateway)")]
-    UnknownService(String),
+    #[error(transparent)]
+    UnknownService(#[from] contracts::UnknownService),
     /// A setting is missing or unusable; the message names it, never a
     /// secret's value.
     #[error("invalid configuration: {0}")]
@@ -140,6 +77,8 @@ pub enum DistributedError {
         #[source]
         source: BusError,
     },
+    #[error(transparent)]
+    Start(#[from] crate::StartError),
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
 }
@@ -190,9 +129,17 @@ pub struct DistributedConfig {
     /// Connections in each service's pool (at least 2).
     pub max_connections: u32,
     pub saga: SagaStyle,
-    pub listen: Addresses,
-    pub upstreams: UpstreamUrls,
+    /// Where each process listens (`[listen] payment = "0.0.0.0:8084"`, or
+    /// `POLIS__LISTEN__PAYMENT`); a process not named listens on loopback at
+    /// its [`Service::default_port`].
+    pub listen: BTreeMap<Service, SocketAddr>,
+    /// Where the gateway finds each service (`http://host:port`); unset, it
+    /// is the service's listen address (loopback when that is a wildcard).
+    pub upstreams: BTreeMap<Service, String>,
     pub nats: NatsSettings,
+    pub customer: customer::Config,
+    pub catalog: catalog::Config,
+    pub inventory: inventory::Config,
     /// The order service's settings; its `saga` is replaced by the top-level `saga`.
     pub order: order::Config,
     pub payment: payment::Config,
@@ -203,8 +150,6 @@ pub struct DistributedConfig {
     pub http: HttpOptions,
     /// Consumer, relay and scheduler tuning: not read from files or the
     /// environment (their defaults suit the shop); for tests and embedders.
-    #[serde(skip)]
-    pub consumer: ConsumerOptions,
     #[serde(skip)]
     pub host: HostOptions,
     /// Services started without their consumer: they serve HTTP and send,
@@ -222,118 +167,20 @@ impl Default for DistributedConfig {
             database_prefix: "polis".to_owned(),
             max_connections: 8,
             saga: SagaStyle::default(),
-            listen: Addresses::default(),
-            upstreams: UpstreamUrls::default(),
+            listen: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
             nats: NatsSettings::default(),
+            customer: customer::Config::default(),
+            catalog: catalog::Config::default(),
+            inventory: inventory::Config::default(),
             order: order::Config::default(),
             payment: payment::Config::default(),
             shipping: shipping::Config::default(),
             gateway: gateway::GatewayConfig::default(),
             http: HttpOptions::default(),
-            consumer: crate::consumer_options(),
-            host: HostOptions::default(),
+            host: crate::host_options(),
             silent: Vec::new(),
         }
-    }
-}
-
-/// Where each process listens: `listen.<service>`, or
-/// `POLIS__LISTEN__<SERVICE>`. Defaults: the gateway on 127.0.0.1:8080,
-/// the services on 8081 to 8086 in the order of the fields.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Addresses {
-    pub customer: SocketAddr,
-    pub catalog: SocketAddr,
-    pub inventory: SocketAddr,
-    pub payment: SocketAddr,
-    pub shipping: SocketAddr,
-    pub order: SocketAddr,
-    pub gateway: SocketAddr,
-}
-
-impl Default for Addresses {
-    fn default() -> Self {
-        let local = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        Self {
-            customer: local(8081),
-            catalog: local(8082),
-            inventory: local(8083),
-            payment: local(8084),
-            shipping: local(8085),
-            order: local(8086),
-            gateway: local(8080),
-        }
-    }
-}
-
-impl Addresses {
-    pub fn get(&self, service: Service) -> SocketAddr {
-        match service {
-            Service::Customer => self.customer,
-            Service::Catalog => self.catalog,
-            Service::Inventory => self.inventory,
-            Service::Payment => self.payment,
-            Service::Shipping => self.shipping,
-            Service::Order => self.order,
-            Service::Gateway => self.gateway,
-        }
-    }
-
-    pub fn set(&mut self, service: Service, addr: SocketAddr) {
-        let slot = match service {
-            Service::Customer => &mut self.customer,
-            Service::Catalog => &mut self.catalog,
-            Service::Inventory => &mut self.inventory,
-            Service::Payment => &mut self.payment,
-            Service::Shipping => &mut self.shipping,
-            Service::Order => &mut self.order,
-            Service::Gateway => &mut self.gateway,
-        };
-        *slot = addr;
-    }
-}
-
-/// Where the gateway reaches each service (`http://host:port`). Unset, it
-/// is the service's listen address (loopback when that is a wildcard).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct UpstreamUrls {
-    pub customer: Option<String>,
-    pub catalog: Option<String>,
-    pub inventory: Option<String>,
-    pub payment: Option<String>,
-    pub shipping: Option<String>,
-    pub order: Option<String>,
-}
-
-impl UpstreamUrls {
-    pub fn get(&self, service: Service) -> Option<&str> {
-        match service {
-            Service::Customer => self.customer.as_deref(),
-            Service::Catalog => self.catalog.as_deref(),
-            Service::Inventory => self.inventory.as_deref(),
-            Service::Payment => self.payment.as_deref(),
-            Service::Shipping => self.shipping.as_deref(),
-            Service::Order => self.order.as_deref(),
-            Service::Gateway => None,
-        }
-    }
-
-    /// Sets a service's URL; the gateway has none.
-    pub fn set(&mut self, service: Service, url: impl Into<String>) {
-        let slot = match service {
-            Service::Customer => &mut self.customer,
-            Service::Catalog => &mut self.catalog,
-            Service::Inventory => &mut self.inventory,
-            Service::Payment => &mut self.payment,
-            Service::Shipping => &mut self.shipping,
-            Service::Order => &mut self.order,
-            Service::Gateway => return,
-        };
-        *slot = Some(url.into());
     }
 }
 
@@ -404,16 +251,36 @@ impl DistributedConfig {
         service.has_database().then(|| format!("{}_{}", self.database_prefix, service.as_str()))
     }
 
+    /// Where `service` listens: as configured, or loopback at its default port.
+    pub fn listen(&self, service: Service) -> SocketAddr {
+        self.listen
+            .get(&service)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, service.default_port())))
+    }
+
     /// The base URL the gateway calls `service` at.
     pub fn upstream_url(&self, service: Service) -> String {
-        match self.upstreams.get(service) {
+        match self.upstreams.get(&service) {
             Some(url) => url.to_owned(),
-            None => format!("http://{}", connectable(self.listen.get(service))),
+            None => format!("http://{}", connectable(self.listen(service))),
         }
     }
 
-    fn order_config(&self) -> order::Config {
-        order::Config { saga: self.saga, ..self.order.clone() }
+    /// The services' settings, as both deployments take them.
+    pub fn shop(&self) -> crate::ShopConfig {
+        crate::ShopConfig {
+            saga: self.saga,
+            customer: self.customer.clone(),
+            catalog: self.catalog.clone(),
+            inventory: self.inventory.clone(),
+            payment: self.payment.clone(),
+            shipping: self.shipping.clone(),
+            order: self.order.clone(),
+            gateway: self.gateway.clone(),
+            host: self.host.clone(),
+            silent: self.silent.clone(),
+        }
     }
 
     fn nats_options(&self) -> NatsOptions {
@@ -457,7 +324,7 @@ impl Node {
                 (router, Some(hosted))
             }
         };
-        let listen = config.listen.get(service);
+        let listen = config.listen(service);
         let http = config.http.clone().with_listen(listen);
         let router = polis_runtime::with_standard_stack(router, &http);
         let listener = polis_runtime::serve::bind(listen).await?;
@@ -509,15 +376,7 @@ where
 }
 
 fn gateway_router(config: &DistributedConfig) -> Result<Router, DistributedError> {
-    let remote = |service: Service| gateway::Upstream::remote(&config.upstream_url(service));
-    let upstreams = gateway::Upstreams {
-        customer: remote(Service::Customer)?,
-        catalog: remote(Service::Catalog)?,
-        inventory: remote(Service::Inventory)?,
-        payment: remote(Service::Payment)?,
-        shipping: remote(Service::Shipping)?,
-        order: remote(Service::Order)?,
-    };
+    let upstreams = gateway::Upstreams::try_new(|service| gateway::Upstream::remote(&config.upstream_url(service)))?;
     Ok(gateway::router(upstreams, config.gateway.clone()))
 }
 
@@ -611,31 +470,9 @@ async fn start_service(service: Service, config: &DistributedConfig) -> Result<(
             .await
             .map_err(|source| DistributedError::Bus { service, source })?,
     );
-    let style = config.saga;
-    let silent = config.silent.contains(&service);
-    let store_error = |source| DistributedError::Store { service, source };
-    let bus_error = |source| DistributedError::Bus { service, source };
-
-    macro_rules! host_service {
-        ($open:expr) => {{
-            let opened = $open.await.map_err(store_error)?;
-            let consumer = (!silent).then(|| opened.consumer(style, config.consumer.clone()));
-            let hosted = host::host(store.clone(), bus.clone(), consumer, &config.host).await.map_err(bus_error)?;
-            (opened.router(), hosted)
-        }};
-    }
-
-    Ok(match service {
-        Service::Customer => host_service!(customer::Customer::open(store.clone(), customer::Config::default())),
-        Service::Catalog => host_service!(catalog::Catalog::open(store.clone(), catalog::Config::default())),
-        Service::Inventory => host_service!(inventory::Inventory::open(store.clone(), inventory::Config::default())),
-        Service::Payment => host_service!(payment::Payment::open(store.clone(), config.payment.clone())),
-        Service::Shipping => host_service!(shipping::Shipping::open(store.clone(), config.shipping.clone())),
-        Service::Order => host_service!(order::OrderService::open(store.clone(), config.order_config())),
-        Service::Gateway => {
-            return Err(DistributedError::Config("the gateway is not a business service".into()));
-        }
-    })
+    let hosted = crate::start_service(service, store, bus, &config.shop()).await?;
+    let router = hosted.router();
+    Ok((router, hosted))
 }
 
 #[cfg(test)]
@@ -647,15 +484,6 @@ mod tests {
     }
 
     #[test]
-    fn service_names_round_trip_and_unknown_ones_are_named() {
-        for service in Service::ALL {
-            assert_eq!(service.as_str().parse::<Service>().unwrap(), service);
-        }
-        let err = "billing".parse::<Service>().unwrap_err();
-        assert!(err.to_string().contains("\"billing\""), "{err}");
-    }
-
-    #[test]
     fn defaults_give_every_service_its_own_database_and_port() {
         let config = load(&[]).unwrap();
         let databases: Vec<_> = Service::ALL.iter().filter_map(|s| config.database(*s)).collect();
@@ -663,7 +491,7 @@ mod tests {
             databases,
             ["polis_customer", "polis_catalog", "polis_inventory", "polis_payment", "polis_shipping", "polis_order"]
         );
-        let mut ports: Vec<_> = Service::ALL.iter().map(|s| config.listen.get(*s).port()).collect();
+        let mut ports: Vec<_> = Service::ALL.iter().map(|s| config.listen(*s).port()).collect();
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 7);
@@ -682,7 +510,7 @@ mod tests {
             ("POLIS__HTTP__IDLE_TIMEOUT_MS", "5000"),
         ])
         .unwrap();
-        assert_eq!(config.listen.payment, "0.0.0.0:9004".parse().unwrap());
+        assert_eq!(config.listen(Service::Payment), "0.0.0.0:9004".parse().unwrap());
         // A wildcard listen address is reached on loopback.
         assert_eq!(config.upstream_url(Service::Payment), "http://127.0.0.1:9004");
         assert_eq!(config.upstream_url(Service::Order), "http://order:9006");

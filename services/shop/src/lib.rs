@@ -1,7 +1,8 @@
 //! The reference shop, assembled.
 //!
-//! Every service is a library crate exposing `open`, `router` and `consumer`;
-//! this crate hosts them:
+//! Every service is a library crate describing itself with
+//! [`polis_runtime::Service`] (open over its store, router, consumer); this
+//! crate hosts them, driven by the one list of processes, [`Service`]:
 //!
 //! - [`Embedded`]: the whole shop in one process — one SQLite file per
 //!   service and the durable in-process bus (`bus.db`) under a data
@@ -18,7 +19,8 @@
 //!   configured.
 //! - [`data_dir`]: the data directory both deployments keep their state
 //!   in, locked by its one owner and recording what it holds.
-//! - [`host`]: one service's background machinery, used by both deployments.
+//! - [`start_service`]: opens one service of [`Service`] over its store and
+//!   hosts it ([`polis_runtime::host`]), for both deployments.
 //! - [`client`]: calls into the shop's APIs, in-process or over HTTP.
 //! - [`workload`]: the demo's orders and the shop's invariants, for the CLI
 //!   and the fault tests.
@@ -26,7 +28,6 @@
 pub mod client;
 pub mod data_dir;
 pub mod distributed;
-pub mod host;
 pub mod supervisor;
 pub mod workload;
 
@@ -36,39 +37,49 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use contracts::SagaStyle;
+pub use contracts::Service;
 use polis_bus::{ConsumerOptions, InProcessBus};
-use polis_core::Bus;
+use polis_core::{Bus, BusError, StoreError};
+use polis_runtime::{HostOptions, Hosted};
+use polis_store::sql::{Sql, SqlStore};
 use polis_store::{Durability, SqliteEventStore, SqliteOptions};
-
-pub use host::{HostOptions, Hosted};
 
 use crate::data_dir::{DataDir, Wanted};
 
 /// The shop's settings, shared by both deployments.
 #[derive(Debug, Clone)]
 pub struct ShopConfig {
+    /// The style new orders' create-order saga runs in; every service is
+    /// opened with it (participants use it for orders whose events do not
+    /// record their style).
     pub saga: SagaStyle,
-    pub order: order::Config,
+    pub customer: customer::Config,
+    pub catalog: catalog::Config,
+    pub inventory: inventory::Config,
     pub payment: payment::Config,
     pub shipping: shipping::Config,
+    /// The order service's settings; its `saga` is replaced by [`ShopConfig::saga`].
+    pub order: order::Config,
     pub gateway: gateway::GatewayConfig,
-    pub consumer: ConsumerOptions,
+    /// Relay, scheduler and consumer tuning for every service.
     pub host: HostOptions,
     /// Services whose consumer is not started: they never hear a command or
     /// an event (fault injection: "a service that never answers").
-    pub silent: Vec<String>,
+    pub silent: Vec<Service>,
 }
 
 impl Default for ShopConfig {
     fn default() -> Self {
         Self {
             saga: SagaStyle::default(),
-            order: order::Config::default(),
+            customer: customer::Config::default(),
+            catalog: catalog::Config::default(),
+            inventory: inventory::Config::default(),
             payment: payment::Config::default(),
             shipping: shipping::Config::default(),
+            order: order::Config::default(),
             gateway: gateway::GatewayConfig::default(),
-            consumer: consumer_options(),
-            host: HostOptions::default(),
+            host: host_options(),
             silent: Vec::new(),
         }
     }
@@ -80,41 +91,106 @@ impl Default for ShopConfig {
 /// about a customer whose registration has not reached the service's
 /// replica yet (replication is asynchronous). A dead letter would also park
 /// every later message of that order, its compensations included.
-pub fn consumer_options() -> ConsumerOptions {
-    ConsumerOptions { max_attempts: 10, ..ConsumerOptions::default() }
+pub fn host_options() -> HostOptions {
+    let mut options = HostOptions::default();
+    options.consumer = ConsumerOptions { max_attempts: 10, ..ConsumerOptions::default() };
+    options
 }
 
-impl ShopConfig {
-    /// The order service's settings with the shop's saga style applied.
-    fn order_config(&self) -> order::Config {
-        order::Config { saga: self.saga, ..self.order.clone() }
+/// Why a business service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Its store refused to open it (migrations, invalid settings).
+    #[error("cannot open the {service} service")]
+    Open {
+        service: Service,
+        #[source]
+        source: StoreError,
+    },
+    /// Its consumer could not subscribe.
+    #[error("cannot subscribe the {service} service")]
+    Subscribe {
+        service: Service,
+        #[source]
+        source: BusError,
+    },
+    /// The gateway owns no store; it is not started this way.
+    #[error("the {0} is not a business service")]
+    NotABusinessService(Service),
+}
+
+/// Opens `service` over `store` with its settings from `config` and hosts
+/// it on `bus`: the one place where a service's name becomes its type, for
+/// both deployments.
+pub async fn start_service<S>(
+    service: Service,
+    store: Arc<S>,
+    bus: Arc<dyn Bus>,
+    config: &ShopConfig,
+) -> Result<Hosted, StartError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let mut options = config.host.clone();
+    options.consume = !config.silent.contains(&service);
+    let saga = config.saga;
+    match service {
+        Service::Customer => {
+            host::<customer::Customer<S>, S>(service, store, bus, config.customer.clone(), &options).await
+        }
+        Service::Catalog => host::<catalog::Catalog<S>, S>(service, store, bus, config.catalog.clone(), &options).await,
+        Service::Inventory => {
+            let mut settings = config.inventory.clone();
+            settings.saga = saga;
+            host::<inventory::Inventory<S>, S>(service, store, bus, settings, &options).await
+        }
+        Service::Payment => {
+            let settings = payment::Config { saga, ..config.payment.clone() };
+            host::<payment::Payment<S>, S>(service, store, bus, settings, &options).await
+        }
+        Service::Shipping => {
+            let settings = shipping::Config { saga, ..config.shipping.clone() };
+            host::<shipping::Shipping<S>, S>(service, store, bus, settings, &options).await
+        }
+        Service::Order => {
+            let settings = order::Config { saga, ..config.order.clone() };
+            host::<order::OrderService<S>, S>(service, store, bus, settings, &options).await
+        }
+        Service::Gateway => Err(StartError::NotABusinessService(service)),
     }
 }
 
-/// Each service's own router (no layers), e.g. for the demo's admin checks.
-#[derive(Debug, Clone)]
-pub struct ServiceRouters {
-    pub customer: Router,
-    pub catalog: Router,
-    pub inventory: Router,
-    pub payment: Router,
-    pub shipping: Router,
-    pub order: Router,
+async fn host<T, S>(
+    name: Service,
+    store: Arc<S>,
+    bus: Arc<dyn Bus>,
+    config: T::Config,
+    options: &HostOptions,
+) -> Result<Hosted, StartError>
+where
+    T: polis_runtime::Service<S>,
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let service = T::open(store, config).await.map_err(|source| StartError::Open { service: name, source })?;
+    polis_runtime::host(&service, bus, options).await.map_err(|source| StartError::Subscribe { service: name, source })
 }
 
 /// The whole shop in one process.
 #[derive(Debug)]
 pub struct Embedded {
-    routers: ServiceRouters,
     gateway: Router,
-    hosted: Vec<Hosted>,
+    /// Every business service, in [`Service::BUSINESS`] order.
+    hosted: Vec<(Service, Hosted)>,
     /// Owned while the shop runs; declared last so that it is let go last.
     data_dir: DataDir,
 }
 
-async fn sqlite(dir: &Path, service: &str) -> anyhow::Result<Arc<SqliteEventStore>> {
+async fn sqlite(dir: &Path, service: Service) -> anyhow::Result<Arc<SqliteEventStore>> {
     let path = dir.join(format!("{service}.db"));
-    let options = SqliteOptions { durability: Durability::Full, ..SqliteOptions::new(service) };
+    let options = SqliteOptions { durability: Durability::Full, ..SqliteOptions::new(service.as_str()) };
     let store = SqliteEventStore::open(&path, options)
         .await
         .with_context(|| format!("opening the {service} database at {}", path.display()))?;
@@ -133,52 +209,35 @@ impl Embedded {
                 .await
                 .with_context(|| format!("opening the bus at {}", bus_path.display()))?,
         );
-        let style = config.saga;
         let mut hosted = Vec::new();
-
-        macro_rules! start_service {
-            ($name:literal, $open:expr) => {{
-                let store = sqlite(data_dir, $name).await?;
-                let service = $open(store.clone()).await.with_context(|| format!("starting the {} service", $name))?;
-                let consumer = (!config.silent.iter().any(|s| s == $name))
-                    .then(|| service.consumer(style, config.consumer.clone()));
-                hosted.push(
-                    host::host(store, bus.clone(), consumer, &config.host)
-                        .await
-                        .with_context(|| format!("subscribing the {} service", $name))?,
-                );
-                service.router()
-            }};
+        for service in Service::BUSINESS {
+            let store = sqlite(data_dir, service).await?;
+            let started = start_service(service, store, bus.clone(), config)
+                .await
+                .with_context(|| format!("starting the {service} service"))?;
+            hosted.push((service, started));
         }
-
-        let routers = ServiceRouters {
-            customer: start_service!("customer", |s| customer::Customer::open(s, customer::Config::default())),
-            catalog: start_service!("catalog", |s| catalog::Catalog::open(s, catalog::Config::default())),
-            inventory: start_service!("inventory", |s| inventory::Inventory::open(s, inventory::Config::default())),
-            payment: start_service!("payment", |s| payment::Payment::open(s, config.payment.clone())),
-            shipping: start_service!("shipping", |s| shipping::Shipping::open(s, config.shipping.clone())),
-            order: start_service!("order", |s| order::OrderService::open(s, config.order_config())),
+        let local = |service: Service| {
+            let router = hosted.iter().find(|(s, _)| *s == service).map(|(_, h)| h.router()).unwrap_or_default();
+            gateway::Upstream::local(router)
         };
-        let upstreams = gateway::Upstreams {
-            customer: gateway::Upstream::local(routers.customer.clone()),
-            catalog: gateway::Upstream::local(routers.catalog.clone()),
-            inventory: gateway::Upstream::local(routers.inventory.clone()),
-            payment: gateway::Upstream::local(routers.payment.clone()),
-            shipping: gateway::Upstream::local(routers.shipping.clone()),
-            order: gateway::Upstream::local(routers.order.clone()),
-        };
-        let gateway = gateway::router(upstreams, config.gateway.clone());
+        let gateway = gateway::router(gateway::Upstreams::new(local), config.gateway.clone());
         owned.record()?;
-        Ok(Self { routers, gateway, hosted, data_dir: owned })
+        Ok(Self { gateway, hosted, data_dir: owned })
+    }
+
+    /// A process's own router (bare; the caller adds the standard stack):
+    /// the gateway's, or a business service's.
+    pub fn router(&self, service: Service) -> Router {
+        match self.hosted.iter().find(|(s, _)| *s == service) {
+            Some((_, hosted)) => hosted.router(),
+            None => self.gateway.clone(),
+        }
     }
 
     /// The gateway's router (bare; the caller adds the standard stack).
     pub fn gateway(&self) -> Router {
         self.gateway.clone()
-    }
-
-    pub fn routers(&self) -> &ServiceRouters {
-        &self.routers
     }
 
     /// The data directory, owned by this shop while it runs.
@@ -187,7 +246,18 @@ impl Embedded {
     }
 
     /// The services running, by name.
-    pub fn services(&self) -> impl Iterator<Item = &str> {
-        self.hosted.iter().map(|h| h.service.as_str())
+    pub fn services(&self) -> impl Iterator<Item = Service> + '_ {
+        self.hosted.iter().map(|(service, _)| *service)
+    }
+
+    /// Stops every service — each stops taking messages and finishes the
+    /// ones it is handling — in the reverse of the order they started,
+    /// then lets the data directory go.
+    pub async fn shutdown(self) {
+        let Self { hosted, data_dir, .. } = self;
+        for (_, hosted) in hosted.into_iter().rev() {
+            hosted.shutdown().await;
+        }
+        drop(data_dir);
     }
 }

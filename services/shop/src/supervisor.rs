@@ -296,14 +296,7 @@ impl Supervisor {
 
     /// The shop's APIs over HTTP, as the demo's workload and checks use them.
     pub fn apis(&self) -> anyhow::Result<crate::workload::Apis> {
-        let endpoint = |service: Service| crate::client::Endpoint::remote(&self.url(service));
-        Ok(crate::workload::Apis {
-            gateway: endpoint(Service::Gateway)?,
-            inventory: endpoint(Service::Inventory)?,
-            payment: endpoint(Service::Payment)?,
-            shipping: endpoint(Service::Shipping)?,
-            order: endpoint(Service::Order)?,
-        })
+        crate::workload::Apis::new(|service| crate::client::Endpoint::remote(&self.url(service)))
     }
 
     /// `http://<gateway address>`; the public API is under `/api`.

@@ -22,7 +22,7 @@
 //! order of the run's customers ([`Scope::Run`]), because a killed client
 //! never learned the ids of the orders it had in flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +36,7 @@ use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel}
 use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderStatus, OrderView};
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
-use contracts::{Address, Quantity, SagaStyle};
+use contracts::{Address, Quantity, SagaStyle, Service};
 use futures::StreamExt as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -61,11 +61,30 @@ pub type Progress<'a> = &'a (dyn Fn(usize) + Sync);
 /// whose admin lists the invariants read.
 #[derive(Debug, Clone)]
 pub struct Apis {
-    pub gateway: Endpoint,
-    pub inventory: Endpoint,
-    pub payment: Endpoint,
-    pub shipping: Endpoint,
-    pub order: Endpoint,
+    gateway: Endpoint,
+    services: BTreeMap<Service, Endpoint>,
+}
+
+impl Apis {
+    /// The endpoint of every process of [`Service::ALL`], from `endpoint`.
+    pub fn new(mut endpoint: impl FnMut(Service) -> anyhow::Result<Endpoint>) -> anyhow::Result<Self> {
+        let services = Service::BUSINESS
+            .into_iter()
+            .map(|service| Ok((service, endpoint(service)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { gateway: endpoint(Service::Gateway)?, services })
+    }
+
+    /// The API of `service` (for the gateway, its public one under `/api`).
+    pub fn get(&self, service: Service) -> &Endpoint {
+        // `new` made one for every business service; the rest is the gateway.
+        self.services.get(&service).unwrap_or(&self.gateway)
+    }
+
+    /// The gateway's public API.
+    pub fn gateway(&self) -> &Endpoint {
+        &self.gateway
+    }
 }
 
 /// One order to place.
@@ -260,7 +279,7 @@ pub async fn seed(apis: &Apis, tag: &str, orders: usize, rng: &mut StdRng) -> an
     let mut ids = Vec::new();
     for body in &customers {
         let customer: Customer =
-            apis.gateway.json(Method::POST, "/api/customers", Some(body), StatusCode::CREATED).await?;
+            apis.gateway().json(Method::POST, "/api/customers", Some(body), StatusCode::CREATED).await?;
         ids.push(customer.id);
     }
 
@@ -269,12 +288,13 @@ pub async fn seed(apis: &Apis, tag: &str, orders: usize, rng: &mut StdRng) -> an
     for i in 0..=SKUS {
         let sku = format!("SKU-{tag}-{i}");
         let product = Product { sku: sku.clone(), name: format!("Product {i}"), price: rng.random_range(100..10_000) };
-        let _: Product = apis.gateway.json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await?;
+        let _: Product =
+            apis.gateway().json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await?;
         // Regular skus have plenty; the last one is scarce.
         let available = if i < SKUS { (orders as i64 * 10).max(100) } else { (orders as i64 / 100).max(2) };
         let path = format!("/api/inventory/{sku}");
         let _: StockLevel =
-            apis.gateway.json(Method::PUT, &path, Some(&SetStock { available }), StatusCode::OK).await?;
+            apis.gateway().json(Method::PUT, &path, Some(&SetStock { available }), StatusCode::OK).await?;
         initial_stock.insert(sku.clone(), available);
         skus.push(sku);
     }
@@ -285,7 +305,11 @@ pub async fn seed(apis: &Apis, tag: &str, orders: usize, rng: &mut StdRng) -> an
     for id in &ids {
         let path = format!("/credit/{id}");
         let found = poll_until(Duration::from_secs(30), || async {
-            apis.payment.call(Method::GET, &path, None::<&()>).await.map(|(s, _)| s == StatusCode::OK).unwrap_or(false)
+            apis.get(Service::Payment)
+                .call(Method::GET, &path, None::<&()>)
+                .await
+                .map(|(s, _)| s == StatusCode::OK)
+                .unwrap_or(false)
         })
         .await;
         anyhow::ensure!(found, "the payment service never replicated customer {id}");
@@ -385,12 +409,12 @@ pub async fn place_orders(
             let done = &done;
             async move {
                 let body = CreateOrder { customer_id: planned.customer, items: planned.items.clone() };
-                let accepted = place_order(&apis.gateway, &body).await?;
+                let accepted = place_order(apis.gateway(), &body).await?;
                 progress(done.fetch_add(1, Ordering::Relaxed) + 1);
                 let path = format!("/api/orders/{}?wait_ms={}", accepted.id, DECISION_WAIT.as_millis());
                 let give_up = Instant::now() + DECISION_PATIENCE;
                 while pacing == Pacing::Decided && Instant::now() < give_up {
-                    match apis.gateway.get::<OrderView>(&path).await {
+                    match apis.gateway().get::<OrderView>(&path).await {
                         Ok(order) if !order.status.is_terminal() => {}
                         _ => break,
                     }
@@ -471,7 +495,7 @@ pub async fn wait_terminal(
 ) -> anyhow::Result<HashMap<Uuid, OrderView>> {
     let deadline = Instant::now() + patience;
     loop {
-        let mine = scope.select(apis.order.get_all("/orders", |o: &OrderView| o.id).await?);
+        let mine = scope.select(apis.get(Service::Order).get_all("/orders", |o: &OrderView| o.id).await?);
         let expected = scope.expected(&mine);
         let mine: HashMap<Uuid, OrderView> = mine.into_iter().map(|o| (o.id, o)).collect();
         let terminal = mine.values().filter(|o| o.status.is_terminal()).count();
@@ -532,7 +556,8 @@ pub async fn cancel_some(
     for (id, planned) in placed {
         if planned.cancel_if_approved && orders.get(id).is_some_and(|o| o.status == OrderStatus::Approved) {
             let path = format!("/api/orders/{id}/cancel");
-            let (status, bytes, attempts) = send_retrying(&apis.gateway, Method::POST, &path, &[], None::<&()>).await?;
+            let (status, bytes, attempts) =
+                send_retrying(apis.gateway(), Method::POST, &path, &[], None::<&()>).await?;
             // A 409 after a lost answer: the earlier attempt requested it.
             let requested_before = || {
                 let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -568,13 +593,13 @@ pub async fn check_until_converged(
 
 /// The invariants over the orders of `scope` and the run's skus, once.
 pub async fn check(apis: &Apis, seeded: &Seeded, scope: Scope<'_>) -> anyhow::Result<Vec<Check>> {
-    let mine = scope.select(apis.order.get_all("/orders", |o: &OrderView| o.id).await?);
-    let levels = apis.inventory.get_all("/inventory", |l: &StockLevel| l.sku.clone()).await?;
-    let reservations = apis.inventory.get_all("/reservations", |r: &Reservation| r.order_id).await?;
+    let mine = scope.select(apis.get(Service::Order).get_all("/orders", |o: &OrderView| o.id).await?);
+    let levels = apis.get(Service::Inventory).get_all("/inventory", |l: &StockLevel| l.sku.clone()).await?;
+    let reservations = apis.get(Service::Inventory).get_all("/reservations", |r: &Reservation| r.order_id).await?;
     let reservations: HashMap<Uuid, Reservation> = reservations.into_iter().map(|r| (r.order_id, r)).collect();
-    let payments = apis.payment.get_all("/payments", |p: &Payment| p.order_id).await?;
+    let payments = apis.get(Service::Payment).get_all("/payments", |p: &Payment| p.order_id).await?;
     let payments: HashMap<Uuid, Payment> = payments.into_iter().map(|p| (p.order_id, p)).collect();
-    let shipments = apis.shipping.get_all("/shipments", |s: &Shipment| s.order_id).await?;
+    let shipments = apis.get(Service::Shipping).get_all("/shipments", |s: &Shipment| s.order_id).await?;
     let shipments: HashMap<Uuid, Shipment> = shipments.into_iter().map(|s| (s.order_id, s)).collect();
 
     let mut checks = Vec::new();

@@ -59,14 +59,14 @@ impl Shop {
         config.order.order_timeout_ms = 6_000;
         config.silent = silent.to_vec();
         for service in Service::ALL {
-            config.listen.set(service, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+            config.listen.insert(service, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         }
         let started =
             futures::future::join_all(Service::BUSINESS.into_iter().map(|service| Node::start(service, &config))).await;
         let mut nodes = BTreeMap::new();
         for node in started {
             let node = node.unwrap();
-            config.upstreams.set(node.service(), node.url());
+            config.upstreams.insert(node.service(), node.url());
             nodes.insert(node.service(), node);
         }
         nodes.insert(Service::Gateway, Node::start(Service::Gateway, &config).await.unwrap());

@@ -14,7 +14,7 @@ use contracts::order::OrderStatus;
 use contracts::{RejectionReason, SagaStyle};
 use shop::client::Endpoint;
 use shop::workload::{self, Apis, Pacing};
-use shop::{Embedded, ShopConfig};
+use shop::{Embedded, Service, ShopConfig};
 use support::Client;
 
 /// The shop in this process; its services' routers are called without a socket.
@@ -27,12 +27,11 @@ impl Shop {
     async fn start(dir: &Path, config: &ShopConfig) -> Self {
         let shop = Embedded::start(dir, config).await.unwrap();
         let http = polis_runtime::HttpOptions::default();
-        let routers = shop.routers();
         let client = Client::new(
             Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http)),
-            Endpoint::local(routers.inventory.clone()),
-            Endpoint::local(routers.payment.clone()),
-            Endpoint::local(routers.shipping.clone()),
+            Endpoint::local(shop.router(Service::Inventory)),
+            Endpoint::local(shop.router(Service::Payment)),
+            Endpoint::local(shop.router(Service::Shipping)),
         );
         Self { shop, client }
     }
@@ -68,14 +67,14 @@ async fn each_rejection_reason_compensates(style: SagaStyle) {
 async fn a_service_that_never_answers_times_the_order_out(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(style);
-    config.silent = vec!["shipping".into()];
+    config.silent = vec![Service::Shipping];
     Shop::start(dir.path(), &config).await.times_out().await;
 }
 
 async fn a_deadline_fires_after_a_restart(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(style);
-    config.silent = vec!["shipping".into()];
+    config.silent = vec![Service::Shipping];
     let (id, sku) = {
         let shop = Shop::start(dir.path(), &config).await;
         let customer = shop.customer("DE", 1_000_000, "restart").await;
@@ -113,15 +112,8 @@ async fn order_details_compose_and_degrade_when_a_service_is_down(style: SagaSty
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", listener.local_addr().unwrap())
         };
-        let routers = shop.shop.routers();
-        let upstreams = gateway::Upstreams {
-            customer: gateway::Upstream::local(routers.customer.clone()),
-            catalog: gateway::Upstream::local(routers.catalog.clone()),
-            inventory: gateway::Upstream::local(routers.inventory.clone()),
-            payment: gateway::Upstream::remote(&dead).unwrap(),
-            shipping: gateway::Upstream::local(routers.shipping.clone()),
-            order: gateway::Upstream::local(routers.order.clone()),
-        };
+        let mut upstreams = gateway::Upstreams::new(|service| gateway::Upstream::local(shop.shop.router(service)));
+        upstreams.set(Service::Payment, gateway::Upstream::remote(&dead).unwrap());
         Endpoint::local(polis_runtime::with_standard_stack(
             gateway::router(upstreams, gateway::GatewayConfig::default()),
             &polis_runtime::HttpOptions::default(),
@@ -133,14 +125,13 @@ async fn order_details_compose_and_degrade_when_a_service_is_down(style: SagaSty
 /// The shop's APIs as the demo reaches them, in process.
 fn apis(shop: &Embedded) -> Apis {
     let http = polis_runtime::HttpOptions::default();
-    let routers = shop.routers();
-    Apis {
-        gateway: Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http)),
-        inventory: Endpoint::local(routers.inventory.clone()),
-        payment: Endpoint::local(routers.payment.clone()),
-        shipping: Endpoint::local(routers.shipping.clone()),
-        order: Endpoint::local(routers.order.clone()),
-    }
+    Apis::new(|service| {
+        Ok(match service {
+            Service::Gateway => Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http)),
+            service => Endpoint::local(shop.router(service)),
+        })
+    })
+    .unwrap()
 }
 
 /// The saga style may change across a restart while orders are in flight,

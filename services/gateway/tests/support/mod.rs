@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing;
+pub use contracts::Service;
 use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{SetStock, StockLevel};
@@ -296,42 +297,25 @@ pub struct Fakes {
     pub recorder: Recorder,
 }
 
-/// Which fake to put in a service's place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Name {
-    Customer,
-    Catalog,
-    Inventory,
-    Payment,
-    Shipping,
-    Order,
-}
-
 impl Fakes {
-    /// The fake of `name`, recorded, as a router to host.
-    pub fn router(&self, name: Name) -> Router {
+    /// The fake of `name`, recorded, as a router to host (the gateway has
+    /// no fake: it is the system under test).
+    pub fn router(&self, name: Service) -> Router {
         let (service, router) = match name {
-            Name::Customer => ("customer", customer_service()),
-            Name::Catalog => ("catalog", catalog_service()),
-            Name::Inventory => ("inventory", inventory_service()),
-            Name::Payment => ("payment", payment_service()),
-            Name::Shipping => ("shipping", shipping_service()),
-            Name::Order => ("order", order_service()),
+            Service::Customer => ("customer", customer_service()),
+            Service::Catalog => ("catalog", catalog_service()),
+            Service::Inventory => ("inventory", inventory_service()),
+            Service::Payment => ("payment", payment_service()),
+            Service::Shipping => ("shipping", shipping_service()),
+            Service::Order => ("order", order_service()),
+            Service::Gateway => ("gateway", Router::new()),
         };
         hosted(service, router, &self.recorder)
     }
 
     /// Every fake, in process.
     pub fn upstreams(&self) -> Upstreams {
-        let local = |name| Upstream::local(self.router(name));
-        Upstreams {
-            customer: local(Name::Customer),
-            catalog: local(Name::Catalog),
-            inventory: local(Name::Inventory),
-            payment: local(Name::Payment),
-            shipping: local(Name::Shipping),
-            order: local(Name::Order),
-        }
+        Upstreams::new(|name| Upstream::local(self.router(name)))
     }
 }
 

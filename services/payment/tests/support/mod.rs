@@ -4,6 +4,7 @@
 //! and views of its tables and outcomes.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+use polis_runtime::Service as _;
 use std::sync::Arc;
 
 use contracts::customer::{Customer, CustomerRegistered, CustomerUpdated};
@@ -35,7 +36,8 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    testsupport::handle(&**service.store(), service.handler(style), message).await
+    let config = Config { saga: style, ..service.config().clone() };
+    testsupport::handle(&**service.store(), payment::PaymentHandler::new(&config), message).await
 }
 
 // ---- messages -----------------------------------------------------------------

@@ -3,6 +3,7 @@
 //! `testsupport`'s.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+use polis_runtime::Service as _;
 use std::sync::Arc;
 
 use polis_bus::HandlerError;
@@ -25,5 +26,5 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    testsupport::handle(&**service.store(), service.handler(contracts::SagaStyle::Orchestration), message).await
+    testsupport::handle(&**service.store(), service.handler(), message).await
 }

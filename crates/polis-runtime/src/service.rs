@@ -1,0 +1,175 @@
+//! A service as its host sees it, and the hosting of its background work.
+//!
+//! A polis service owns a store and describes itself with [`Service`]: how
+//! it opens over that store (migrations, settings), its HTTP API, and what
+//! it consumes. [`host`] then runs what every service needs beside its API —
+//! the relay (outbox → bus), the scheduler (due messages → outbox) and the
+//! consumer (bus → handlers, through the inbox) — until
+//! [`Hosted::shutdown`]. The same description serves both deployments: the
+//! store is SQLite or PostgreSQL, the bus in-process or NATS JetStream.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use polis_bus::{Consumer, ConsumerOptions};
+//! use polis_core::{Bus, StoreError, TransactionalStore};
+//! use polis_runtime::service::{HostOptions, Service, host};
+//!
+//! struct Greeter<S> {
+//!     store: Arc<S>,
+//! }
+//!
+//! impl<S: TransactionalStore> Service<S> for Greeter<S> {
+//!     const NAME: &'static str = "greeter";
+//!     type Config = ();
+//!
+//!     async fn open(store: Arc<S>, _config: ()) -> Result<Self, StoreError> {
+//!         Ok(Self { store })
+//!     }
+//!
+//!     fn store(&self) -> &Arc<S> {
+//!         &self.store
+//!     }
+//!
+//!     fn router(&self) -> axum::Router {
+//!         axum::Router::new()
+//!     }
+//!
+//!     fn consumer(&self, options: ConsumerOptions) -> Option<Consumer<S>> {
+//!         Some(Consumer::new(Self::NAME, self.store.clone(), options)) // plus .route(topic, handler)
+//!     }
+//! }
+//!
+//! # async fn run<S: TransactionalStore>(store: Arc<S>, bus: Arc<dyn Bus>) -> Result<(), Box<dyn std::error::Error>> {
+//! let greeter = Greeter::open(store, ()).await?;
+//! let hosted = host(&greeter, bus, &HostOptions::default()).await?;
+//! // ... serve hosted.router() ...
+//! hosted.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use polis_bus::{
+    Consumer, ConsumerHandle, ConsumerOptions, Relay, RelayHandle, RelayOptions, Scheduler, SchedulerHandle,
+    SchedulerOptions,
+};
+use polis_core::{Bus, BusError, StoreError, TransactionalStore};
+
+/// A service over its own store `S`, as its host sees it.
+pub trait Service<S: TransactionalStore>: Sized + Send + Sync + 'static {
+    /// The service's name: the source of the messages it sends and the name
+    /// of its consumer (its durable subscriptions and inbox records).
+    const NAME: &'static str;
+
+    /// The service's settings, given once, when it opens.
+    type Config: Clone + Send + Sync + 'static;
+
+    /// Applies the service's migrations to `store` and returns the service.
+    fn open(store: Arc<S>, config: Self::Config) -> impl Future<Output = Result<Self, StoreError>> + Send;
+
+    /// The store the service owns.
+    fn store(&self) -> &Arc<S>;
+
+    /// The service's own HTTP API: its paths without any prefix, no layers
+    /// (the host adds the standard stack).
+    fn router(&self) -> Router;
+
+    /// The service's consumer with its routes, or `None` for a service that
+    /// consumes nothing (the default).
+    fn consumer(&self, options: ConsumerOptions) -> Option<Consumer<S>> {
+        let _ = options;
+        None
+    }
+}
+
+/// How [`host`] runs a service's background work.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HostOptions {
+    /// The relay's batch size and pacing.
+    pub relay: RelayOptions,
+    /// The scheduler's batch size and pacing.
+    pub scheduler: SchedulerOptions,
+    /// The consumer's concurrency and retries.
+    pub consumer: ConsumerOptions,
+    /// Whether to start the consumer (on by default). Off, the service serves
+    /// and sends but never hears a message: fault injection for "a service
+    /// that never answers".
+    pub consume: bool,
+    /// How long [`Hosted::shutdown`] waits for the messages being handled.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            relay: RelayOptions::default(),
+            scheduler: SchedulerOptions::default(),
+            consumer: ConsumerOptions::default(),
+            consume: true,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A hosted service: its router and its running background work. Dropping
+/// it stops everything at once; [`Hosted::shutdown`] stops it in order and
+/// waits.
+#[derive(Debug)]
+pub struct Hosted {
+    name: &'static str,
+    router: Router,
+    consumer: Option<ConsumerHandle>,
+    scheduler: SchedulerHandle,
+    relay: RelayHandle,
+    grace: Duration,
+}
+
+/// Starts `service`'s consumer (unless it has none, or `options.consume` is
+/// off), relay and scheduler on `bus`. Fails if a subscription cannot be made.
+pub async fn host<T, S>(service: &T, bus: Arc<dyn Bus>, options: &HostOptions) -> Result<Hosted, BusError>
+where
+    T: Service<S>,
+    S: TransactionalStore,
+{
+    let consumer = match service.consumer(options.consumer.clone()).filter(|_| options.consume) {
+        Some(consumer) => Some(Arc::new(consumer).spawn(bus.clone()).await?),
+        None => None,
+    };
+    let store = service.store().clone();
+    let relay = Relay::new(store.clone(), bus, options.relay.clone()).spawn();
+    let scheduler = Scheduler::new(store, options.scheduler.clone()).spawn();
+    Ok(Hosted { name: T::NAME, router: service.router(), consumer, scheduler, relay, grace: options.shutdown_grace })
+}
+
+impl Hosted {
+    /// The service's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The service's own router (no layers).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Stops taking messages and waits (up to the grace period) for those
+    /// being handled, then stops the scheduler and the relay. Nothing is
+    /// lost: unacknowledged deliveries come again, unpublished outbox
+    /// entries go out at the next start.
+    pub async fn shutdown(self) {
+        let Self { name, consumer, scheduler, relay, grace, .. } = self;
+        if let Some(consumer) = consumer
+            && tokio::time::timeout(grace, consumer.shutdown()).await.is_err()
+        {
+            tracing::warn!(service = name, ?grace, "messages were still being handled at the end of the grace period");
+        }
+        scheduler.shutdown().await;
+        relay.shutdown().await;
+    }
+}
