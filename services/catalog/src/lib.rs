@@ -6,9 +6,12 @@
 //! transaction: `ProductAdded` (the whole product) and `PriceChanged` (old
 //! and new price). It consumes nothing.
 //!
-//! Layout:
+//! Layout (no `handler`, since it consumes nothing):
+//! - this module: [`Config`] and [`Catalog`]: `open`, `router`, `consumer`
+//!   and its operations;
 //! - [`rules`]: what a valid sku, name and price are;
 //! - `db`: the SQL, written once for SQLite and PostgreSQL;
+//! - `error`: [`Error`], and the one place it becomes an HTTP problem;
 //! - `http`: the HTTP API, a thin layer over the service's methods:
 //!
 //! | request                      | answer                                   |
@@ -23,6 +26,7 @@
 //! 1,000 by default, at most 10,000).
 
 mod db;
+mod error;
 mod http;
 pub mod rules;
 
@@ -30,8 +34,10 @@ use std::sync::Arc;
 
 use contracts::catalog::{ChangePrice, PriceChanged, Product, ProductAdded};
 use polis_core::{Message, StoreError, Transaction};
-use polis_runtime::{ApiError, FieldError, Page};
+use polis_runtime::Page;
 use polis_store::sql::{Sql, SqlStore};
+
+pub use error::Error;
 
 pub const SERVICE: &str = contracts::catalog::SERVICE;
 
@@ -40,47 +46,6 @@ pub const SERVICE: &str = contracts::catalog::SERVICE;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {}
-
-/// Why a catalog operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The request breaks the rules in [`rules`]; every broken rule is listed.
-    #[error("the request has {} invalid field(s)", .0.len())]
-    Invalid(Vec<FieldError>),
-    /// No product has this sku (or the text cannot be a sku at all).
-    #[error("no product with sku {0}")]
-    NotFound(String),
-    /// A product with this sku already exists.
-    #[error("a product with sku {0} already exists")]
-    SkuTaken(String),
-    /// An event body could not be serialized (a bug, never the client's fault).
-    #[error("cannot encode a catalog event")]
-    Encode(#[source] serde_json::Error),
-    #[error("catalog store failure")]
-    Store(#[source] StoreError),
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        Self::Store(e)
-    }
-}
-
-/// The one place where the service's errors become HTTP problems.
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Invalid(errors) => ApiError::validation_errors(errors),
-            Error::NotFound(sku) => ApiError::not_found(format!("no product with sku `{sku}`")),
-            Error::SkuTaken(sku) => {
-                ApiError::conflict(format!("a product with sku `{sku}` already exists")).with_extension("field", "sku")
-            }
-            Error::Encode(e) => ApiError::internal(e),
-            Error::Store(e) => e.into(),
-        }
-    }
-}
 
 /// How the host opens and runs the catalog. It consumes nothing.
 impl<S> polis_runtime::Service<S> for Catalog<S>

@@ -8,10 +8,13 @@
 //! the shipping service (addresses) can keep replicas without ever asking.
 //! It consumes nothing.
 //!
-//! Layout:
+//! Layout (no `handler`, since it consumes nothing):
+//! - this module: [`Config`] and [`Customer`]: `open`, `router`, `consumer`
+//!   and its operations;
 //! - [`rules`]: what a valid registration or change is (and the
 //!   normalization applied first);
 //! - `db`: the SQL, written once for SQLite and PostgreSQL;
+//! - `error`: [`Error`], and the one place it becomes an HTTP problem;
 //! - `http`: the HTTP API, a thin layer over the service's methods:
 //!
 //! | request                | answer                                     |
@@ -29,6 +32,7 @@
 //! decides which of two concurrent registrations wins.
 
 mod db;
+mod error;
 mod http;
 pub mod rules;
 
@@ -36,9 +40,11 @@ use std::sync::Arc;
 
 use contracts::customer::{self as api, CustomerRegistered, CustomerUpdated, RegisterCustomer, UpdateCustomer};
 use polis_core::{Message, StoreError, Transaction};
-use polis_runtime::{ApiError, FieldError, Page};
+use polis_runtime::Page;
 use polis_store::sql::{Sql, SqlStore};
 use uuid::Uuid;
+
+pub use error::Error;
 
 pub const SERVICE: &str = contracts::customer::SERVICE;
 
@@ -47,48 +53,6 @@ pub const SERVICE: &str = contracts::customer::SERVICE;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {}
-
-/// Why a customer operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The request breaks the rules in [`rules`]; every broken rule is listed.
-    #[error("the request has {} invalid field(s)", .0.len())]
-    Invalid(Vec<FieldError>),
-    /// No customer has this id.
-    #[error("no customer with id {0}")]
-    NotFound(String),
-    /// Another customer already has this email (compared case-insensitively).
-    #[error("a customer with email {0} is already registered")]
-    EmailTaken(String),
-    /// An event body could not be serialized (a bug, never the client's fault).
-    #[error("cannot encode a customer event")]
-    Encode(#[source] serde_json::Error),
-    #[error("customer store failure")]
-    Store(#[source] StoreError),
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        Self::Store(e)
-    }
-}
-
-/// The one place where the service's errors become HTTP problems.
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Invalid(errors) => ApiError::validation_errors(errors),
-            Error::NotFound(id) => ApiError::not_found(format!("no customer with id `{id}`")),
-            Error::EmailTaken(email) => {
-                ApiError::conflict(format!("a customer with email {email} is already registered"))
-                    .with_extension("field", "email")
-            }
-            Error::Encode(e) => ApiError::internal(e),
-            Error::Store(e) => e.into(),
-        }
-    }
-}
 
 /// The customer service over its store `S` (SQLite or PostgreSQL).
 pub struct Customer<S> {

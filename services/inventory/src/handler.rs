@@ -30,7 +30,7 @@ use polis_store::sql::Sql;
 use uuid::Uuid;
 
 use crate::SERVICE;
-use crate::stock::{self, ReserveOutcome, ReserveRequest};
+use crate::db::{self, ReserveOutcome, ReserveRequest};
 
 /// The inventory service's message handler (see the module docs).
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ async fn reserve<Tx: Transaction + Sql>(
     request: &ReserveRequest,
 ) -> Result<(), HandlerError> {
     let key = request.order_id.to_string();
-    match stock::reserve(tx, request).await? {
+    match db::reserve(tx, request).await? {
         ReserveOutcome::Reserved(reserved) => {
             tracing::debug!(order_id = %request.order_id, "stock reserved");
             tx.send(&contracts::outcome(SERVICE, trigger, &key, &reserved)?).await?;
@@ -138,7 +138,7 @@ async fn reserve<Tx: Transaction + Sql>(
 }
 
 async fn release<Tx: Transaction + Sql>(tx: &mut Tx, trigger: &Message, order_id: Uuid) -> Result<(), HandlerError> {
-    let released = stock::release(tx, order_id).await?;
+    let released = db::release(tx, order_id).await?;
     tracing::debug!(order_id = %order_id, "stock released");
     tx.send(&contracts::outcome(SERVICE, trigger, &order_id.to_string(), &released)?).await?;
     Ok(())

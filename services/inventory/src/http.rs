@@ -21,7 +21,7 @@ use polis_runtime::{ApiError, Json, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
 
 use crate::error::InventoryError;
-use crate::{SERVICE, stock};
+use crate::{SERVICE, db, rules};
 
 pub(crate) fn router<S>(store: Arc<S>) -> Router
 where
@@ -49,10 +49,10 @@ where
     let sku = path(sku)?;
     tracing::Span::current().record("sku", sku.as_str());
     // Check before opening a transaction: bad input costs no writer time.
-    stock::check_sku(&sku).map_err(|m| ApiError::validation("sku", m))?;
+    rules::check_sku(&sku).map_err(|m| ApiError::validation("sku", m))?;
     let level = store
         .transaction::<_, _, InventoryError>(async move |tx| {
-            let level = stock::set_available(tx, &sku, body.available).await?;
+            let level = db::set_available(tx, &sku, body.available).await?;
             let adjusted = StockAdjusted { sku: level.sku.clone(), available: level.available };
             tx.send(&Message::typed_event(SERVICE, &level.sku, &adjusted)?).await?;
             Ok(level)
@@ -70,7 +70,7 @@ where
     S::Tx: Sql,
 {
     let sku = path(sku)?;
-    match stock::stock_level_of(&*store, &sku).await? {
+    match db::stock_level_of(&*store, &sku).await? {
         Some(level) => Ok(Json(level)),
         None => Err(ApiError::not_found(format!("no stock is kept for sku `{sku}`"))),
     }
@@ -81,7 +81,7 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(stock::stock_levels(&*store, &page).await?))
+    Ok(Json(db::stock_levels(&*store, &page).await?))
 }
 
 async fn get_reservation<S>(
@@ -92,7 +92,7 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    match stock::reservation(&*store, order_id).await? {
+    match db::reservation(&*store, order_id).await? {
         Some(reservation) => Ok(Json(reservation)),
         None => Err(ApiError::not_found(format!("order {order_id} has no reservation"))),
     }
@@ -103,7 +103,7 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(stock::reservations(&*store, page).await?))
+    Ok(Json(db::reservations(&*store, page).await?))
 }
 
 /// A path segment, or a problem instead of axum's plain-text rejection.

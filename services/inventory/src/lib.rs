@@ -16,14 +16,22 @@
 //!   same transaction as the change, as replies or events (see
 //!   [`contracts::outcome`]).
 //!
-//! Layout: [`stock`] holds every statement on the tables (the reservation
-//! rules live there), [`handler`] turns messages into those calls and sends
-//! the outcomes, `http` serves the API, [`error`] is the crate's error type.
+//! Layout:
+//! - this module: [`Config`] and [`Inventory`]: `open`, `router`,
+//!   `consumer`, `handler`;
+//! - [`rules`]: what a valid stock level and reservation request are;
+//! - [`db`]: every statement on the tables, and how a reservation is taken
+//!   and given back (all or nothing, never oversold, idempotent per order);
+//! - [`handler`]: turns messages into those calls and sends the outcomes;
+//! - `http`: the HTTP API;
+//! - [`error`]: the crate's error type, and how it maps to HTTP problems and
+//!   consumer retries.
 
+pub mod db;
 pub mod error;
 pub mod handler;
 mod http;
-pub mod stock;
+pub mod rules;
 
 use std::sync::Arc;
 

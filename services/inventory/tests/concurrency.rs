@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use contracts::inventory::{ReservationStatus, ReserveStock, StockReservationFailed, StockReserved};
 use contracts::{Quantity, RejectionReason};
-use inventory::{Inventory, InventoryError, SERVICE, stock};
+use inventory::{Inventory, InventoryError, SERVICE, db};
 use polis_core::Message;
 use polis_store::sql::{Sql, SqlStore};
 use support::{handle, open};
@@ -60,8 +60,8 @@ where
     service
         .store()
         .transaction::<_, _, InventoryError>(async move |tx| {
-            stock::set_available(tx, "a-plenty", PLENTY).await?;
-            stock::set_available(tx, "z-scarce", LAST_UNITS).await
+            db::set_available(tx, "a-plenty", PLENTY).await?;
+            db::set_available(tx, "z-scarce", LAST_UNITS).await
         })
         .await
         .unwrap();
@@ -97,11 +97,11 @@ where
     }
 
     // Stock is conserved and never negative; reservations agree with the outcomes.
-    let scarce = stock::stock_level_of(&**service.store(), "z-scarce").await.unwrap().unwrap();
+    let scarce = db::stock_level_of(&**service.store(), "z-scarce").await.unwrap().unwrap();
     assert_eq!((scarce.available, scarce.reserved), (0, LAST_UNITS));
-    let plenty = stock::stock_level_of(&**service.store(), "a-plenty").await.unwrap().unwrap();
+    let plenty = db::stock_level_of(&**service.store(), "a-plenty").await.unwrap().unwrap();
     assert_eq!((plenty.available, plenty.reserved), (PLENTY - LAST_UNITS, LAST_UNITS));
-    let reservations = stock::reservations(&**service.store(), polis_runtime::Page::first(100)).await.unwrap();
+    let reservations = db::reservations(&**service.store(), polis_runtime::Page::first(100)).await.unwrap();
     assert_eq!(reservations.len(), ORDERS);
     for reservation in reservations {
         let expected = if winners.contains(&reservation.order_id) {
@@ -124,7 +124,7 @@ where
     const DUPLICATES: usize = 20;
     service
         .store()
-        .transaction::<_, _, InventoryError>(async move |tx| stock::set_available(tx, "z-scarce", LAST_UNITS).await)
+        .transaction::<_, _, InventoryError>(async move |tx| db::set_available(tx, "z-scarce", LAST_UNITS).await)
         .await
         .unwrap();
     let order_id = Uuid::now_v7();
@@ -148,7 +148,7 @@ where
     assert!(
         outcomes.iter().all(|m| m.is::<StockReserved>() && m.decode::<StockReserved>().unwrap().order_id == order_id)
     );
-    let scarce = stock::stock_level_of(&**service.store(), "z-scarce").await.unwrap().unwrap();
+    let scarce = db::stock_level_of(&**service.store(), "z-scarce").await.unwrap().unwrap();
     assert_eq!((scarce.available, scarce.reserved), (LAST_UNITS - 3, 3), "reserved once");
 }
 

@@ -53,7 +53,7 @@ mod cases {
     use contracts::order::{OrderApproved, OrderCreated, OrderRejected};
     use contracts::payment::PaymentRefunded;
     use contracts::{OrderLine, Quantity, RejectionReason, SagaStyle};
-    use inventory::{Inventory, InventoryError, SERVICE, stock};
+    use inventory::{Inventory, InventoryError, SERVICE, db};
     use polis_bus::HandlerError;
     use polis_core::{Message, MessageType};
     use polis_runtime::Service as _;
@@ -109,7 +109,7 @@ mod cases {
         let sku = sku.to_owned();
         service
             .store()
-            .transaction::<_, _, InventoryError>(async move |tx| stock::set_available(tx, &sku, available).await)
+            .transaction::<_, _, InventoryError>(async move |tx| db::set_available(tx, &sku, available).await)
             .await
             .unwrap();
     }
@@ -119,7 +119,7 @@ mod cases {
     where
         S::Tx: Sql,
     {
-        let level = stock::stock_level_of(&**service.store(), sku).await.unwrap().unwrap();
+        let level = db::stock_level_of(&**service.store(), sku).await.unwrap().unwrap();
         (level.available, level.reserved)
     }
 
@@ -127,7 +127,7 @@ mod cases {
     where
         S::Tx: Sql,
     {
-        stock::reservation(&**service.store(), order_id).await.unwrap().unwrap().status
+        db::reservation(&**service.store(), order_id).await.unwrap().unwrap().status
     }
 
     /// The one message sent since the last look, checked to be the outcome of
@@ -153,7 +153,7 @@ mod cases {
         assert_eq!(reserved, StockReserved { order_id, customer_id: customer(), total: TOTAL });
         assert_eq!(level(&service, "apple").await, (6, 4));
         assert_eq!(level(&service, "pear").await, (0, 3));
-        let reservation = stock::reservation(&**service.store(), order_id).await.unwrap().unwrap();
+        let reservation = db::reservation(&**service.store(), order_id).await.unwrap().unwrap();
         assert_eq!(reservation.status, ReservationStatus::Reserved);
         assert_eq!(reservation.items, items(&[("apple", 4), ("pear", 3)]), "items are kept sorted by sku");
     }
@@ -210,7 +210,7 @@ mod cases {
         assert_eq!(failed.reason, RejectionReason::OutOfStock);
         assert_eq!(failed.sku.as_deref(), Some("durian"));
         assert_eq!(level(&service, "apple").await, (10, 0));
-        assert!(stock::stock_level_of(&**service.store(), "durian").await.unwrap().is_none());
+        assert!(db::stock_level_of(&**service.store(), "durian").await.unwrap().is_none());
     }
 
     pub async fn a_repeated_reservation_resends_the_recorded_outcome<S: SqlStore>(service: Inventory<S>)
@@ -287,7 +287,7 @@ mod cases {
         let command = release(order_id);
         handle(&service, &command).await.unwrap();
         assert_eq!(outcome::<_, StockReleased>(&service, &command).await, StockReleased { order_id });
-        let tombstone = stock::reservation(&**service.store(), order_id).await.unwrap().unwrap();
+        let tombstone = db::reservation(&**service.store(), order_id).await.unwrap().unwrap();
         assert_eq!(tombstone.status, ReservationStatus::Released);
         assert!(tombstone.items.is_empty());
 
@@ -438,7 +438,7 @@ mod cases {
         let other = Message::event("catalog", "catalog.product-added.v1", "sku-1", json!({ "anything": true }));
         handle(&service, &other).await.unwrap();
         assert!(sent(&**service.store()).await.is_empty());
-        assert!(stock::reservations(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().is_empty());
+        assert!(db::reservations(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().is_empty());
     }
 
     pub async fn bad_messages_fail_permanently<S: SqlStore>(service: Inventory<S>)
@@ -476,7 +476,7 @@ mod cases {
 
         // None of it left a trace.
         assert!(sent(&**service.store()).await.is_empty());
-        assert!(stock::reservation(&**service.store(), order_id).await.unwrap().is_none());
+        assert!(db::reservation(&**service.store(), order_id).await.unwrap().is_none());
         assert_eq!(level(&service, "apple").await, (5, 0));
     }
 }

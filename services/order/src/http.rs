@@ -23,12 +23,9 @@ use contracts::order::{
 use contracts::{OrderLine, RejectionReason};
 use polis_runtime::Service as _;
 use polis_runtime::{ApiError, Json, Page, PathId};
-use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore};
 
-use crate::aggregate::OrderError;
-use crate::decisions;
-use crate::{OrderFailure, OrderService, Placed};
+use crate::{OrderService, Placed, db, decisions};
 
 pub(crate) fn router<S>(service: OrderService<S>) -> Router
 where
@@ -41,42 +38,6 @@ where
         .route("/orders/{id}/cancel", post(cancel::<S>))
         .route("/customers/{id}/orders", get(list_for_customer::<S>))
         .with_state(service)
-}
-
-impl From<OrderFailure> for ApiError {
-    fn from(e: OrderFailure) -> Self {
-        match e {
-            OrderFailure::Order(e) => e.into(),
-            OrderFailure::Conflict | OrderFailure::Saga(polis_saga::SagaError::Conflict { .. }) => {
-                ApiError::conflict("the order changed concurrently; retry")
-            }
-            OrderFailure::NoSaga(_) => ApiError::conflict(e.to_string()),
-            OrderFailure::KeyReused(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency key reused")
-                    .with_detail(
-                        "this Idempotency-Key was first used with a different request; use a new key per order",
-                    )
-            }
-            OrderFailure::Store(e) => e.into(),
-            other => ApiError::internal(other),
-        }
-    }
-}
-
-impl From<OrderError> for ApiError {
-    fn from(e: OrderError) -> Self {
-        match e {
-            OrderError::NotFound => ApiError::not_found("no such order"),
-            OrderError::AlreadyExists => ApiError::conflict("the order already exists"),
-            OrderError::NoLines => ApiError::validation("lines", "an order needs at least one line"),
-            OrderError::TotalOverflow => ApiError::validation("lines", "the order total is too large"),
-            OrderError::InvalidLine { index, reason } => ApiError::validation(format!("lines[{index}]"), reason),
-            OrderError::NotCancellable { status } => {
-                ApiError::conflict(format!("the order is {}; only an APPROVED order can be cancelled", status.as_str()))
-                    .with_extension("current_status", status.as_str())
-            }
-        }
-    }
 }
 
 /// Places an order; with an `Idempotency-Key`, a repeated request answers
@@ -100,10 +61,10 @@ where
     let mut response = match placed {
         Placed::New(_) => Json(Accepted { id, status: OrderStatus::Pending }).into_response(),
         Placed::Replayed(_) => {
-            let row =
-                service.store().query_optional("SELECT status FROM orders WHERE order_id = $1", args![id]).await?;
-            let row = row.ok_or_else(|| ApiError::internal(format!("order {id} has a key but no read model row")))?;
-            let status = parse_status(&row.text("status")?)?;
+            let status = db::status(service.store().as_ref(), id).await?;
+            let status =
+                status.ok_or_else(|| ApiError::internal(format!("order {id} has a key but no read model row")))?;
+            let status = parse_status(&status)?;
             ([(IDEMPOTENT_REPLAYED, "true")], Json(Accepted { id, status })).into_response()
         }
     };
@@ -121,8 +82,6 @@ where
     Ok((StatusCode::ACCEPTED, Json(Accepted { id, status: OrderStatus::CancelPending })))
 }
 
-const COLUMNS: &str = "order_id, customer_id, status, reason, lines, total, created_at_us, updated_at_us";
-
 /// One order. With `?wait_ms=N`, an order not decided yet is answered once
 /// it is decided, or after `N` ms as it is then (see [`crate::decisions`]).
 async fn get_one<S>(
@@ -135,9 +94,8 @@ where
     S::Tx: Sql,
 {
     let wait = decisions::wait_param(query.as_deref()).map_err(|e| ApiError::validation("wait_ms", e))?;
-    let sql = format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1");
     let read = || async {
-        let row = service.store().query_optional(&sql, args![id]).await?;
+        let row = db::order(service.store().as_ref(), id).await?;
         row.ok_or_else(|| ApiError::not_found("no such order"))
     };
     let mut row = read().await?;
@@ -162,8 +120,7 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let sql = format!("SELECT {COLUMNS} FROM orders WHERE order_id > $1 ORDER BY order_id LIMIT $2");
-    let rows = service.store().query(&sql, args![page.after_key(), page.sql_limit()]).await?;
+    let rows = db::all(service.store().as_ref(), &page).await?;
     Ok(Json(rows.iter().map(view).collect::<Result<_, _>>()?))
 }
 
@@ -180,9 +137,7 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let sql =
-        format!("SELECT {COLUMNS} FROM orders WHERE customer_id = $1 AND order_id > $2 ORDER BY order_id LIMIT $3");
-    let rows = service.store().query(&sql, args![customer_id, page.after_key(), page.sql_limit()]).await?;
+    let rows = db::of_customer(service.store().as_ref(), customer_id, &page).await?;
     Ok(Json(rows.iter().map(view).collect::<Result<_, _>>()?))
 }
 

@@ -1,48 +1,66 @@
 //! The order service: the event-sourced Order aggregate and the
 //! create-order saga, in either style.
 //!
-//! - [`aggregate`]: the pure Order aggregate (statuses, decisions).
-//! - [`saga`]: the orchestrated create-order saga, a pure state machine run
-//!   by polis-saga with durable state and deadlines.
-//! - this module: the service — its HTTP API, its message handlers, and the
-//!   one place that executes an order command (append the events, announce
-//!   them through the outbox, update the `orders` read model, all in one
-//!   transaction).
+//! Every order command is executed in one place, `OrderService::execute`:
+//! it appends the events, announces them through the outbox and updates the
+//! `orders` read model, all in one transaction.
 //!
-//! In *choreography* there is no saga state: the service announces
-//! `OrderCreated`, schedules a per-order deadline, and decides on the other
-//! services' events (a failure rejects, `PaymentCaptured` approves; the
-//! deadline rejects with `TIMEOUT` whatever is still pending).
+//! In *orchestration* a saga drives the other services with commands and
+//! decides on their replies. In *choreography* there is no saga state: the
+//! service announces `OrderCreated`, schedules a per-order deadline, and
+//! decides on the other services' events (a failure rejects,
+//! `PaymentCaptured` approves; the deadline rejects with `TIMEOUT` whatever
+//! is still pending). An order finishes in the style it was placed in.
+//!
+//! Layout:
+//! - this module: [`Config`] and [`OrderService`]: `open`, `router`,
+//!   `consumer`, placing and cancelling orders, and executing a command;
+//! - [`aggregate`]: the pure Order aggregate (statuses, decisions);
+//! - [`saga`]: the orchestrated create-order saga, a pure state machine run
+//!   by polis-saga with durable state and deadlines, and the glue that
+//!   starts it and applies its effects to the order;
+//! - `choreography`: deciding an order on the other services' outcome
+//!   events, and its deadline ([`ORDER_DEADLINE_TYPE`]);
+//! - `handler`: the message handler, routing deadlines, replies and events
+//!   to the saga or the choreography;
+//! - `http`: the HTTP API (its routes are listed there);
+//! - `decisions`: answering `GET /orders/{id}?wait_ms=N` once the order is
+//!   decided;
+//! - `db`: every statement on the service's tables (`orders`,
+//!   `order_requests`), written once for SQLite and PostgreSQL;
+//! - `rules`: what an idempotency key is bound to;
+//! - `error`: [`OrderFailure`], and how it maps to consumer retries and HTTP
+//!   problems.
 
 pub mod aggregate;
+mod choreography;
+mod db;
 mod decisions;
+mod error;
+mod handler;
 mod http;
+mod rules;
 pub mod saga;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use chrono::{Duration, Utc};
-use contracts::inventory::{StockReleased, StockReservationFailed};
-use contracts::order::OrderStatus;
-use contracts::payment::{PaymentCaptured, PaymentFailed};
-use contracts::shipping::ShipmentFailed;
-use contracts::{OrderLine, RejectionReason, SagaStyle};
-use polis_bus::{Consumer, ConsumerOptions, Handler, HandlerError};
-use polis_core::{CommandError, Message, MessageType, Metadata, NewEvent, Repository, StoreError, Topic, Transaction};
-use polis_saga::{SagaError, Sagas};
-use polis_store::args;
-use polis_store::sql::{Dialect, Sql, SqlStore};
+use chrono::Utc;
+use contracts::{OrderLine, SagaStyle};
+use polis_bus::{Consumer, ConsumerOptions};
+use polis_core::{Message, Metadata, Repository, StoreError, Topic, Transaction};
+use polis_saga::Sagas;
+use polis_store::sql::{Sql, SqlStore};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::aggregate::{Order, OrderCommand, OrderError};
-use crate::saga::{CreateOrderSaga, SagaEffect};
+use crate::aggregate::{Order, OrderCommand};
+use crate::handler::OrderHandler;
+use crate::saga::CreateOrderSaga;
+
+pub use choreography::ORDER_DEADLINE_TYPE;
+pub use error::OrderFailure;
 
 pub const SERVICE: &str = contracts::order::SERVICE;
-
-/// The choreography's per-order deadline: a command the service sends itself.
-pub const ORDER_DEADLINE_TYPE: &str = "order.order-deadline.v1";
 
 /// The order service's settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,25 +161,6 @@ where
     }
 }
 
-/// Why a transaction of the order service failed.
-#[derive(Debug, thiserror::Error)]
-pub enum OrderFailure {
-    #[error(transparent)]
-    Order(#[from] OrderError),
-    #[error("the order changed concurrently")]
-    Conflict,
-    #[error(transparent)]
-    Saga(#[from] SagaError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("corrupt order event: {0}")]
-    Decode(String),
-    #[error("order {0} has no saga to run its cancellation (was it placed under choreography?)")]
-    NoSaga(Uuid),
-    #[error("idempotency key {0:?} was first used with a different request")]
-    KeyReused(String),
-}
-
 /// What [`OrderService::place`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placed {
@@ -175,36 +174,6 @@ impl Placed {
     pub fn id(self) -> Uuid {
         match self {
             Self::New(id) | Self::Replayed(id) => id,
-        }
-    }
-}
-
-/// The part of a placing request an idempotency key is bound to: who orders
-/// which quantities. Prices are the gateway's lookup, not the client's
-/// request, and may change between a request and its retry.
-fn canonical_request(customer_id: Uuid, lines: &[OrderLine]) -> String {
-    let lines: Vec<_> = lines.iter().map(|l| serde_json::json!([l.sku, l.quantity])).collect();
-    serde_json::json!({ "customer_id": customer_id, "lines": lines }).to_string()
-}
-
-impl From<CommandError<OrderError>> for OrderFailure {
-    fn from(e: CommandError<OrderError>) -> Self {
-        match e {
-            CommandError::Rejected(rejection) => Self::Order(rejection),
-            CommandError::Conflict { .. } => Self::Conflict,
-            CommandError::Store(e) if e.is_conflict() => Self::Conflict,
-            CommandError::Store(e) => Self::Store(e),
-            other => Self::Decode(other.to_string()),
-        }
-    }
-}
-
-impl From<OrderFailure> for HandlerError {
-    fn from(e: OrderFailure) -> Self {
-        match e {
-            OrderFailure::Conflict | OrderFailure::Saga(SagaError::Conflict { .. }) => Self::Transient(e.to_string()),
-            OrderFailure::Store(e) | OrderFailure::Saga(SagaError::Store(e)) => e.into(),
-            other => Self::Permanent(other.to_string()),
         }
     }
 }
@@ -238,27 +207,13 @@ where
         self.store
             .transaction(async move |tx: &mut S::Tx| {
                 if let Some(key) = idempotency_key {
-                    let request = canonical_request(customer_id, &lines);
-                    let recorded = tx
-                        .execute(
-                            "INSERT INTO order_requests \
-                                 (customer_id, idempotency_key, order_id, request, created_at_us) \
-                                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (customer_id, idempotency_key) DO NOTHING",
-                            args![customer_id, key.as_str(), order_id, request.as_str(), Utc::now().timestamp_micros()],
-                        )
-                        .await?;
-                    if recorded == 0 {
-                        let earlier = tx
-                            .fetch_one(
-                                "SELECT order_id, request FROM order_requests \
-                                     WHERE customer_id = $1 AND idempotency_key = $2",
-                                args![customer_id, key.as_str()],
-                            )
-                            .await?;
-                        if earlier.text("request")? != request {
+                    let request = rules::canonical_request(customer_id, &lines);
+                    if !db::record_request(tx, customer_id, &key, order_id, &request).await? {
+                        let (earlier, earlier_request) = db::recorded_request(tx, customer_id, &key).await?;
+                        if earlier_request != request {
                             return Err(OrderFailure::KeyReused(key));
                         }
-                        return Ok(Placed::Replayed(earlier.uuid("order_id")?));
+                        return Ok(Placed::Replayed(earlier));
                     }
                 }
                 let saga = service.config.saga;
@@ -266,42 +221,8 @@ where
                 let order = service.execute(tx, order_id, &command, &Metadata::default()).await?;
                 let now = Utc::now();
                 match saga {
-                    SagaStyle::Orchestration => {
-                        let (saga, step) = CreateOrderSaga::start(
-                            order_id,
-                            customer_id,
-                            order
-                                .lines
-                                .iter()
-                                .map(|l| contracts::Quantity { sku: l.sku.clone(), quantity: l.quantity })
-                                .collect(),
-                            order.total,
-                            service.config.step_timeout_ms,
-                            Metadata { correlation_id: Some(order_id), ..Metadata::default() },
-                            now,
-                        );
-                        let mut instance = service.sagas.begin(order_id.to_string(), saga);
-                        service.sagas.save(tx, &mut instance, &step).await?;
-                    }
-                    SagaStyle::Choreography => {
-                        // Keyed apart from the order's messages: a dead letter
-                        // of the order's key must not park its deadline.
-                        let key = format!("deadline:{order_id}");
-                        let deadline = Message::command(
-                            SERVICE,
-                            SERVICE,
-                            ORDER_DEADLINE_TYPE,
-                            &key,
-                            serde_json::json!({ "order_id": order_id }),
-                        );
-                        let due = now + Duration::milliseconds(ms(service.config.order_timeout_ms));
-                        tx.schedule(&deadline, due).await?;
-                        tx.execute(
-                            "UPDATE orders SET deadline_id = $1 WHERE order_id = $2",
-                            args![deadline.id, order_id],
-                        )
-                        .await?;
-                    }
+                    SagaStyle::Orchestration => service.start_saga(tx, order_id, customer_id, &order, now).await?,
+                    SagaStyle::Choreography => service.schedule_order_deadline(tx, order_id, now).await?,
                 }
                 Ok::<_, OrderFailure>(Placed::New(order_id))
             })
@@ -333,22 +254,14 @@ where
             .await
     }
 
-    /// Takes the order's read-model row lock before anything else. Every
-    /// transaction about an existing order starts here, so two of them (a
-    /// deadline and a reply, handled on different topics at once) queue on
-    /// one lock instead of taking the stream, saga and outbox-key locks in
-    /// opposite orders and deadlocking on PostgreSQL. SQLite runs one write
-    /// transaction at a time, so there is nothing to take.
-    async fn lock_order(&self, tx: &mut S::Tx, order_id: Uuid) -> Result<(), StoreError> {
-        if self.store.dialect() == Dialect::Postgres {
-            tx.execute("UPDATE orders SET version = version WHERE order_id = $1", args![order_id]).await?;
-        }
-        Ok(())
+    /// Takes the order's lock: see [`db::lock_order`].
+    pub(crate) async fn lock_order(&self, tx: &mut S::Tx, order_id: Uuid) -> Result<(), StoreError> {
+        db::lock_order(tx, self.store.dialect(), order_id).await
     }
 
     /// Executes an order command in `tx`: appends its events, sends each as
     /// a message, and updates the read model. Returns the new state.
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         tx: &mut S::Tx,
         order_id: Uuid,
@@ -363,228 +276,14 @@ where
         for event in &appended {
             tx.send(&Message::from_new_event(SERVICE, &id, event)).await?;
         }
-        write_read_model(tx, &executed.state, executed.version, &appended).await?;
+        db::write_read_model(tx, &executed.state, executed.version, &appended).await?;
         if executed.state.status.is_some_and(|s| decisions::is_decided(s.as_str())) {
             self.decisions.touched(order_id);
         }
         Ok(executed.state)
     }
 
-    /// Applies the saga's effects to the order.
-    async fn apply_effects(
-        &self,
-        tx: &mut S::Tx,
-        order_id: Uuid,
-        effects: Vec<SagaEffect>,
-        metadata: &Metadata,
-    ) -> Result<(), OrderFailure> {
-        for effect in effects {
-            let command = match effect {
-                SagaEffect::Approve => OrderCommand::Approve,
-                SagaEffect::Reject(reason) => OrderCommand::Reject { reason, flow: SagaStyle::Orchestration },
-                SagaEffect::CompleteCancel => OrderCommand::CompleteCancel,
-            };
-            self.execute(tx, order_id, &command, metadata).await?;
-        }
-        Ok(())
-    }
-
-    /// Choreography: decides the order on another service's outcome event.
-    async fn decide(&self, tx: &mut S::Tx, message: &Message) -> Result<(), OrderFailure> {
-        // A failure whose body this version cannot read (say, a reason added
-        // by a newer participant) still rejects the order — keyed by the order
-        // id, with the step's usual reason — rather than dead-lettering the
-        // event, which would park the order's own deadline behind it.
-        let failure = |fallback: RejectionReason, reason: Option<RejectionReason>| -> Result<_, OrderFailure> {
-            let reason = reason.unwrap_or(fallback);
-            Ok(Some((parse_key(message)?, OrderCommand::Reject { reason, flow: SagaStyle::Choreography })))
-        };
-        let command = if message.is::<StockReservationFailed>() {
-            failure(RejectionReason::OutOfStock, message.decode::<StockReservationFailed>().ok().map(|b| b.reason))?
-        } else if message.is::<PaymentFailed>() {
-            failure(RejectionReason::PaymentDeclined, message.decode::<PaymentFailed>().ok().map(|b| b.reason))?
-        } else if message.is::<ShipmentFailed>() {
-            failure(RejectionReason::Undeliverable, message.decode::<ShipmentFailed>().ok().map(|b| b.reason))?
-        } else if message.is::<PaymentCaptured>() {
-            let body: PaymentCaptured = decode(message)?;
-            Some((body.order_id, OrderCommand::Approve))
-        } else if message.is::<StockReleased>() {
-            // The last step of a choreographed cancellation (for a rejected
-            // order it is a compensation, and changes nothing here).
-            let body: StockReleased = decode(message)?;
-            Some((body.order_id, OrderCommand::CompleteCancel))
-        } else {
-            None
-        };
-        let Some((order_id, command)) = command else { return Ok(()) };
-        self.lock_order(tx, order_id).await?;
-        let order = self.execute(tx, order_id, &command, &message.caused()).await;
-        match order {
-            // An outcome for an order this service never had is a bad message.
-            Err(OrderFailure::Order(OrderError::NotFound)) => {
-                Err(OrderFailure::Decode(format!("no order {order_id} for {}", message.message_type)))
-            }
-            Err(e) => Err(e),
-            Ok(order) => {
-                if order.status != Some(OrderStatus::Pending) {
-                    self.clear_order_deadline(tx, order_id).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Choreography: the order's deadline passed; reject it if still pending.
-    async fn order_deadline(&self, tx: &mut S::Tx, message: &Message) -> Result<(), OrderFailure> {
-        let order_id = deadline_order_id(message)?;
-        let current = tx
-            .fetch_optional("SELECT deadline_id FROM orders WHERE order_id = $1", args![order_id])
-            .await?
-            .map(|row| row.opt_text("deadline_id"))
-            .transpose()?
-            .flatten();
-        if current.as_deref() != Some(message.id.to_string().as_str()) {
-            return Ok(());
-        }
-        tx.execute("UPDATE orders SET deadline_id = NULL WHERE order_id = $1", args![order_id]).await?;
-        let reject = OrderCommand::Reject { reason: RejectionReason::Timeout, flow: SagaStyle::Choreography };
-        self.execute(tx, order_id, &reject, &message.caused()).await?;
-        Ok(())
-    }
-
-    async fn clear_order_deadline(&self, tx: &mut S::Tx, order_id: Uuid) -> Result<(), OrderFailure> {
-        let row = tx.fetch_optional("SELECT deadline_id FROM orders WHERE order_id = $1", args![order_id]).await?;
-        if let Some(deadline) = row.map(|r| r.opt_text("deadline_id")).transpose()?.flatten() {
-            if let Ok(id) = Uuid::parse_str(&deadline) {
-                tx.unschedule(id).await?;
-            }
-            tx.execute("UPDATE orders SET deadline_id = NULL WHERE order_id = $1", args![order_id]).await?;
-        }
-        Ok(())
-    }
-
     pub(crate) fn decisions(&self) -> &Arc<decisions::Decisions> {
         &self.decisions
-    }
-}
-
-fn ms(millis: u64) -> i64 {
-    i64::try_from(millis).unwrap_or(i64::MAX / 1_000_000)
-}
-
-fn decode<T: MessageType>(message: &Message) -> Result<T, OrderFailure> {
-    message.decode::<T>().map_err(|e| OrderFailure::Decode(format!("{}: {e}", message.message_type)))
-}
-
-/// The order a choreography deadline is for (its body; its key is the deadline's own).
-fn deadline_order_id(message: &Message) -> Result<Uuid, OrderFailure> {
-    #[derive(Deserialize)]
-    struct Body {
-        order_id: Uuid,
-    }
-    Body::deserialize(&message.data)
-        .map(|body| body.order_id)
-        .map_err(|e| OrderFailure::Decode(format!("an order deadline without a valid order id: {e}")))
-}
-
-fn parse_order_id(id: &str) -> Result<Uuid, OrderFailure> {
-    Uuid::parse_str(id).map_err(|e| OrderFailure::Decode(format!("`{id}` is not an order id: {e}")))
-}
-
-fn parse_key(message: &Message) -> Result<Uuid, OrderFailure> {
-    Uuid::parse_str(&message.key)
-        .map_err(|e| OrderFailure::Decode(format!("key `{}` is not an order id: {e}", message.key)))
-}
-
-/// Upserts the order's row from its new state.
-async fn write_read_model<Tx: Sql + ?Sized>(
-    tx: &mut Tx,
-    order: &Order,
-    version: u64,
-    appended: &[NewEvent],
-) -> Result<(), StoreError> {
-    let (Some(id), Some(customer_id), Some(status)) = (order.id, order.customer_id, order.status) else {
-        return Err(StoreError::InvalidRequest("an order without identity cannot be stored".into()));
-    };
-    let at = appended.last().map_or_else(Utc::now, |e| e.time).timestamp_micros();
-    let lines = serde_json::to_string(&order.lines).map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
-    tx.execute(
-        "INSERT INTO orders (order_id, customer_id, status, reason, lines, total, version, created_at_us, updated_at_us) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
-         ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, reason = excluded.reason, \
-         version = excluded.version, updated_at_us = excluded.updated_at_us",
-        args![
-            id,
-            customer_id,
-            status.as_str(),
-            order.reason.map(RejectionReason::as_str),
-            lines,
-            order.total,
-            i64::try_from(version).unwrap_or(i64::MAX),
-            at
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// The order service's message handler (all its topics).
-struct OrderHandler<S> {
-    service: OrderService<S>,
-}
-
-impl<S> Clone for OrderHandler<S> {
-    fn clone(&self) -> Self {
-        Self { service: self.service.clone() }
-    }
-}
-
-#[async_trait]
-impl<S> Handler<S::Tx> for OrderHandler<S>
-where
-    S: SqlStore,
-    S::Tx: Sql,
-{
-    async fn handle(&self, tx: &mut S::Tx, message: &Message) -> Result<(), HandlerError> {
-        let service = &self.service;
-        let now = Utc::now();
-        match message.kind {
-            polis_core::MessageKind::Command if message.message_type == polis_saga::DEADLINE_TYPE => {
-                let Some(saga_id) = service.sagas.deadline_target(message) else {
-                    return Err(HandlerError::Permanent("a saga deadline for an unknown saga type".into()));
-                };
-                let order_id = parse_order_id(&saga_id)?;
-                service.lock_order(tx, order_id).await?;
-                let effects = service.sagas.fire_deadline(tx, message, now).await.map_err(OrderFailure::from)?;
-                service.apply_effects(tx, order_id, effects, &message.caused()).await?;
-            }
-            polis_core::MessageKind::Command if message.message_type == ORDER_DEADLINE_TYPE => {
-                service.lock_order(tx, deadline_order_id(message)?).await?;
-                service.order_deadline(tx, message).await?;
-            }
-            polis_core::MessageKind::Command => {
-                return Err(HandlerError::Permanent(format!("unknown command {}", message.message_type)));
-            }
-            polis_core::MessageKind::Reply => {
-                let order_id = parse_key(message)?;
-                service.lock_order(tx, order_id).await?;
-                let effects =
-                    service.sagas.on_reply(tx, &message.key, message, now).await.map_err(OrderFailure::from)?;
-                service.apply_effects(tx, order_id, effects, &message.caused()).await?;
-            }
-            polis_core::MessageKind::Event => service.decide(tx, message).await?,
-        }
-        Ok(())
-    }
-
-    /// Declines the other services' events that decide nothing here (see
-    /// `decide`); commands and replies are all its own.
-    fn accepts(&self, message: &Message) -> bool {
-        message.kind != polis_core::MessageKind::Event
-            || message.is::<StockReservationFailed>()
-            || message.is::<PaymentFailed>()
-            || message.is::<ShipmentFailed>()
-            || message.is::<PaymentCaptured>()
-            || message.is::<StockReleased>()
     }
 }

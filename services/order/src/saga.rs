@@ -13,6 +13,10 @@
 //!
 //! Cancelling an approved order sends cancel shipment, refund payment and
 //! release stock, and completes the cancellation when all three confirm.
+//!
+//! At the end, the glue that runs the saga inside the order service's
+//! transactions: starting it for a new order, and applying its effects to
+//! the Order aggregate.
 
 use chrono::{DateTime, Duration, Utc};
 use contracts::inventory::{ReleaseStock, ReserveStock, StockReleased, StockReservationFailed, StockReserved};
@@ -21,13 +25,15 @@ use contracts::payment::{
     PaymentVoided, RefundPayment, VoidPayment,
 };
 use contracts::shipping::{CancelShipment, ScheduleShipment, ShipmentCancelled, ShipmentFailed, ShipmentScheduled};
-use contracts::{Money, Quantity, RejectionReason, inventory, payment, shipping};
+use contracts::{Money, Quantity, RejectionReason, SagaStyle, inventory, payment, shipping};
 use polis_core::{Message, MessageType, Metadata};
 use polis_saga::{Deadline, Saga, Step};
+use polis_store::sql::{Sql, SqlStore};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::SERVICE;
+use crate::aggregate::{Order, OrderCommand};
+use crate::{OrderFailure, OrderService, SERVICE};
 
 /// What the saga asks the order service to do to the Order aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +288,55 @@ impl Saga for CreateOrderSaga {
 
     fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Approved | Phase::Rejected | Phase::Cancelled)
+    }
+}
+
+impl<S> OrderService<S>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    /// Starts the saga of the order just placed: saves it with its first
+    /// command and deadline.
+    pub(crate) async fn start_saga(
+        &self,
+        tx: &mut S::Tx,
+        order_id: Uuid,
+        customer_id: Uuid,
+        order: &Order,
+        now: DateTime<Utc>,
+    ) -> Result<(), OrderFailure> {
+        let (saga, step) = CreateOrderSaga::start(
+            order_id,
+            customer_id,
+            order.lines.iter().map(|l| Quantity { sku: l.sku.clone(), quantity: l.quantity }).collect(),
+            order.total,
+            self.config.step_timeout_ms,
+            Metadata { correlation_id: Some(order_id), ..Metadata::default() },
+            now,
+        );
+        let mut instance = self.sagas.begin(order_id.to_string(), saga);
+        self.sagas.save(tx, &mut instance, &step).await?;
+        Ok(())
+    }
+
+    /// Applies the saga's effects to the order.
+    pub(crate) async fn apply_effects(
+        &self,
+        tx: &mut S::Tx,
+        order_id: Uuid,
+        effects: Vec<SagaEffect>,
+        metadata: &Metadata,
+    ) -> Result<(), OrderFailure> {
+        for effect in effects {
+            let command = match effect {
+                SagaEffect::Approve => OrderCommand::Approve,
+                SagaEffect::Reject(reason) => OrderCommand::Reject { reason, flow: SagaStyle::Orchestration },
+                SagaEffect::CompleteCancel => OrderCommand::CompleteCancel,
+            };
+            self.execute(tx, order_id, &command, metadata).await?;
+        }
+        Ok(())
     }
 }
 

@@ -21,9 +21,9 @@ use polis_core::{Message, MessageKind, Transaction};
 use polis_store::sql::Sql;
 use uuid::Uuid;
 
-use crate::ledger::{self, Stored};
+use crate::db::{self, Stored};
 use crate::provider::{Decision, Provider};
-use crate::{Config, SERVICE};
+use crate::{Config, SERVICE, rules};
 
 /// Handles every message the payment service takes, inside the consumer's
 /// transaction (so its writes, its outcome and the inbox record commit
@@ -172,20 +172,18 @@ impl PaymentHandler {
                 "cannot authorize a negative amount ({amount}) for order {order_id}"
             )));
         }
-        if let Some(payment) = ledger::load(tx, order_id).await? {
+        if let Some(payment) = db::load(tx, order_id).await? {
             return send(tx, trigger, order_id, authorization_outcome(&payment)).await;
         }
-        let Some(customer) = ledger::lock_customer(tx, customer_id).await? else {
+        let Some(customer) = db::lock_customer(tx, customer_id).await? else {
             // The customer's registration is on its way through the customer
             // topic, which is consumed independently of this one: wait for it.
             return Err(HandlerError::Transient(format!(
                 "customer {customer_id} of order {order_id} is not replicated yet"
             )));
         };
-        let exposure = ledger::exposure(tx, customer_id).await?;
-        // An overflowing sum is certainly over any limit.
-        let within_limit = exposure.checked_add(amount).is_some_and(|total| total <= customer.credit_limit);
-        let decision = if !within_limit {
+        let exposure = db::exposure(tx, customer_id).await?;
+        let decision = if !rules::within_credit_limit(exposure, amount, customer.credit_limit) {
             Err(RejectionReason::CreditLimitExceeded)
         } else if self.provider.authorize(order_id, &customer.email).await == Decision::Declined {
             Err(RejectionReason::PaymentDeclined)
@@ -197,7 +195,7 @@ impl PaymentHandler {
             Err(reason) => (PaymentStatus::Failed, Some(reason)),
         };
         let payment = Stored { order_id, customer_id: Some(customer_id), amount, status, reason };
-        if !ledger::insert(tx, &payment).await? {
+        if !db::insert(tx, &payment).await? {
             return Err(raced(order_id));
         }
         tracing::info!(
@@ -206,7 +204,7 @@ impl PaymentHandler {
             amount,
             exposure,
             credit_limit = customer.credit_limit,
-            status = ledger::status_str(status),
+            status = db::status_str(status),
             reason = reason.map(RejectionReason::as_str),
             "payment authorization decided"
         );
@@ -260,7 +258,7 @@ fn authorization_outcome(payment: &Stored) -> Outcome {
 }
 
 async fn replicate<Tx: Sql>(tx: &mut Tx, customer: &Customer) -> Result<(), HandlerError> {
-    ledger::upsert_customer(tx, customer.id, &customer.email, customer.credit_limit).await?;
+    db::upsert_customer(tx, customer.id, &customer.email, customer.credit_limit).await?;
     tracing::debug!(customer_id = %customer.id, credit_limit = customer.credit_limit, "customer replicated");
     Ok(())
 }
@@ -271,12 +269,12 @@ async fn capture<Tx>(tx: &mut Tx, trigger: &Message, order_id: Uuid) -> Result<(
 where
     Tx: Transaction + Sql,
 {
-    let outcome = match ledger::transition(tx, order_id, PaymentStatus::Authorized, PaymentStatus::Captured).await? {
+    let outcome = match db::transition(tx, order_id, PaymentStatus::Authorized, PaymentStatus::Captured).await? {
         Some(amount) => {
             tracing::info!(order_id = %order_id, amount, "payment captured");
             Outcome::Captured(PaymentCaptured { order_id, amount })
         }
-        None => match ledger::load(tx, order_id).await? {
+        None => match db::load(tx, order_id).await? {
             Some(Stored { status: PaymentStatus::Captured, amount, .. }) => {
                 Outcome::Captured(PaymentCaptured { order_id, amount })
             }
@@ -295,11 +293,11 @@ async fn void<Tx>(tx: &mut Tx, trigger: &Message, order_id: Uuid) -> Result<(), 
 where
     Tx: Transaction + Sql,
 {
-    let outcome = match ledger::load(tx, order_id).await? {
+    let outcome = match db::load(tx, order_id).await? {
         None => {
             let tombstone =
                 Stored { order_id, customer_id: None, amount: 0, status: PaymentStatus::Voided, reason: None };
-            if !ledger::insert(tx, &tombstone).await? {
+            if !db::insert(tx, &tombstone).await? {
                 return Err(raced(order_id));
             }
             tracing::info!(order_id = %order_id, "void before any authorization: tombstone stored");
@@ -307,14 +305,14 @@ where
         }
         Some(payment) => match payment.status {
             PaymentStatus::Authorized => {
-                ledger::transition(tx, order_id, PaymentStatus::Authorized, PaymentStatus::Voided)
+                db::transition(tx, order_id, PaymentStatus::Authorized, PaymentStatus::Voided)
                     .await?
                     .ok_or_else(|| raced(order_id))?;
                 tracing::info!(order_id = %order_id, amount = payment.amount, "payment voided");
                 Outcome::voided(order_id)
             }
             PaymentStatus::Captured => {
-                let amount = ledger::transition(tx, order_id, PaymentStatus::Captured, PaymentStatus::Refunded)
+                let amount = db::transition(tx, order_id, PaymentStatus::Captured, PaymentStatus::Refunded)
                     .await?
                     .ok_or_else(|| raced(order_id))?;
                 tracing::info!(order_id = %order_id, amount, "captured payment refunded by a void");
@@ -335,12 +333,12 @@ async fn refund<Tx>(tx: &mut Tx, trigger: &Message, order_id: Uuid, by: RefundTr
 where
     Tx: Transaction + Sql,
 {
-    let outcome = match ledger::transition(tx, order_id, PaymentStatus::Captured, PaymentStatus::Refunded).await? {
+    let outcome = match db::transition(tx, order_id, PaymentStatus::Captured, PaymentStatus::Refunded).await? {
         Some(amount) => {
             tracing::info!(order_id = %order_id, amount, "payment refunded");
             Outcome::refunded(order_id, amount)
         }
-        None => match ledger::load(tx, order_id).await? {
+        None => match db::load(tx, order_id).await? {
             Some(Stored { status: PaymentStatus::Refunded, amount, .. }) => Outcome::refunded(order_id, amount),
             Some(Stored { status: PaymentStatus::Captured, .. }) => return Err(raced(order_id)),
             _ if by == RefundTrigger::ShipmentCancelled => return Ok(()),

@@ -10,7 +10,7 @@ use contracts::payment::{Credit, Payment as PaymentView};
 use polis_runtime::{ApiError, Json, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
 
-use crate::{Payment, ledger};
+use crate::{Payment, db};
 
 pub(crate) fn router<S>(service: Payment<S>) -> Router
 where
@@ -34,7 +34,7 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    match ledger::find(&*service.store, order_id).await? {
+    match db::find(&*service.store, order_id).await? {
         Some(payment) => Ok(Json(payment.view())),
         None => Err(ApiError::not_found(format!("no payment for order {order_id}"))),
     }
@@ -47,8 +47,8 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let payments = ledger::page(&*service.store, page).await?;
-    Ok(Json(payments.iter().map(ledger::Stored::view).collect()))
+    let payments = db::page(&*service.store, page).await?;
+    Ok(Json(payments.iter().map(db::Stored::view).collect()))
 }
 
 async fn get_credit<S>(State(service): State<Payment<S>>, PathId(customer_id): PathId) -> Result<Json<Credit>, ApiError>
@@ -56,7 +56,7 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    match ledger::credit(&*service.store, customer_id).await? {
+    match db::credit(&*service.store, customer_id).await? {
         Some(credit) => Ok(Json(credit)),
         None => Err(ApiError::not_found(format!("customer {customer_id} is not known to the payment service"))),
     }

@@ -45,13 +45,27 @@
 //! order id, for the demo's invariant checks) and
 //! `GET /credit/{customer_id}` ([`contracts::payment::Credit`]).
 //!
-//! Layout: `provider` (the simulated provider), `ledger` (the SQL on the
-//! service's tables), `handler` (messages), `http` (the router).
+//! # Layout
+//!
+//! - this module: [`Config`] and [`Payment`]: `open`, `router`, `handler`,
+//!   `consumer`;
+//! - `rules`: the credit limit;
+//! - `provider`: the simulated provider (standing in for a remote one, so it
+//!   is neither a rule of the service nor its SQL);
+//! - `db`: the SQL on the service's tables, written once for SQLite and
+//!   PostgreSQL;
+//! - `handler`: the saga's steps and the customer replica, from messages;
+//! - `http`: the read-only HTTP API.
+//!
+//! There is no `error` module: the handler answers `polis_bus::HandlerError`
+//! and the HTTP API the store's errors, each mapped where the library maps
+//! them; [`ConfigError`] stays next to [`Config`].
 
+mod db;
 mod handler;
 mod http;
-mod ledger;
 mod provider;
+mod rules;
 
 use std::sync::Arc;
 

@@ -32,7 +32,7 @@ use polis_core::{Message, MessageKind, Transaction};
 use polis_store::sql::Sql;
 use uuid::Uuid;
 
-use crate::shipments::{self, ScheduleOutcome};
+use crate::db::{self, ScheduleOutcome};
 use crate::{Config, SERVICE};
 
 /// The shipping service's message handler (see the module docs).
@@ -121,7 +121,7 @@ impl ShippingHandler {
         customer_id: Uuid,
     ) -> Result<(), HandlerError> {
         let key = order_id.to_string();
-        match shipments::schedule(tx, order_id, customer_id, &self.blocked_countries).await? {
+        match db::schedule(tx, order_id, customer_id, &self.blocked_countries).await? {
             ScheduleOutcome::Scheduled(scheduled) => {
                 tracing::debug!(order_id = %order_id, shipment_id = %scheduled.shipment_id, "shipment scheduled");
                 tx.send(&contracts::outcome(SERVICE, trigger, &key, &scheduled)?).await?;
@@ -136,7 +136,7 @@ impl ShippingHandler {
 }
 
 async fn cancel<Tx: Transaction + Sql>(tx: &mut Tx, trigger: &Message, order_id: Uuid) -> Result<(), HandlerError> {
-    let cancelled = shipments::cancel(tx, order_id).await?;
+    let cancelled = db::cancel(tx, order_id).await?;
     tracing::debug!(order_id = %order_id, "shipment cancelled");
     tx.send(&contracts::outcome(SERVICE, trigger, &order_id.to_string(), &cancelled)?).await?;
     Ok(())
@@ -147,7 +147,7 @@ async fn replicate<Tx: Transaction + Sql>(
     message: &Message,
     customer: &contracts::customer::Customer,
 ) -> Result<(), HandlerError> {
-    let changed = shipments::replicate_address(tx, customer, message.time.timestamp_micros()).await?;
+    let changed = db::replicate_address(tx, customer, message.time.timestamp_micros()).await?;
     tracing::debug!(customer_id = %customer.id, changed, "customer address replicated");
     Ok(())
 }

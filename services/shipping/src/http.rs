@@ -15,7 +15,7 @@ use contracts::shipping::Shipment;
 use polis_runtime::{ApiError, Json, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
 
-use crate::shipments;
+use crate::db;
 
 pub(crate) fn router<S>(store: Arc<S>) -> Router
 where
@@ -33,7 +33,7 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    match shipments::shipment(&*store, order_id).await? {
+    match db::shipment(&*store, order_id).await? {
         Some(shipment) => Ok(Json(shipment)),
         None => Err(ApiError::not_found(format!("order {order_id} has no shipment"))),
     }
@@ -44,5 +44,5 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(shipments::shipments(&*store, page).await?))
+    Ok(Json(db::shipments(&*store, page).await?))
 }

@@ -18,14 +18,23 @@
 //!   transaction as the change, as replies or events (see
 //!   [`contracts::outcome`]).
 //!
-//! Layout: [`shipments`] holds every statement on the tables (the shipment
-//! rules live there), [`handler`] turns messages into those calls and sends
-//! the outcomes, `http` serves the API, [`error`] is the crate's error type.
+//! Layout:
+//! - this module: [`Config`] and [`Shipping`]: `open`, `router`,
+//!   `consumer`, `handler`;
+//! - `rules`: which addresses are accepted and delivered to;
+//! - [`db`]: every statement on the tables, and how a shipment is recorded
+//!   (idempotent per order, compensation before action, the replica
+//!   last-writer-wins);
+//! - [`handler`]: turns messages into those calls and sends the outcomes;
+//! - `http`: the HTTP API;
+//! - [`error`]: the crate's error type, and how it maps to HTTP problems and
+//!   consumer retries.
 
+pub mod db;
 pub mod error;
 pub mod handler;
 mod http;
-pub mod shipments;
+mod rules;
 
 use std::sync::Arc;
 

@@ -63,7 +63,7 @@ mod cases {
     use polis_core::{Message, MessageType};
     use polis_store::sql::{Sql, SqlStore};
     use serde_json::json;
-    use shipping::{Config, SERVICE, Shipping, shipments};
+    use shipping::{Config, SERVICE, Shipping, db};
     use testsupport::{sent, sole_outcome};
     use uuid::Uuid;
 
@@ -121,7 +121,7 @@ mod cases {
     where
         S::Tx: Sql,
     {
-        shipments::shipment(&**service.store(), order_id).await.unwrap()
+        db::shipment(&**service.store(), order_id).await.unwrap()
     }
 
     /// The one message sent since the last look, checked to be the outcome of
@@ -138,7 +138,7 @@ mod cases {
         S::Tx: Sql,
     {
         let id = register(&service, "NL").await;
-        let replica = |service: Shipping<S>| async move { shipments::address(&**service.store(), id).await.unwrap() };
+        let replica = |service: Shipping<S>| async move { db::address(&**service.store(), id).await.unwrap() };
         assert_eq!(replica(service.clone()).await, Some(address("NL")));
 
         let mut moved = customer(id, "BE");
@@ -278,7 +278,7 @@ mod cases {
             handle(&service, &again).await.unwrap();
             assert_eq!(outcome::<_, ShipmentScheduled>(&service, &again).await, scheduled, "the same shipment");
         }
-        assert_eq!(shipments::shipments(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().len(), 1);
+        assert_eq!(db::shipments(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().len(), 1);
 
         // A failure is recorded too: the customer moving away later does not change it.
         let antarctic = register(&service, "AQ").await;
@@ -421,7 +421,7 @@ mod cases {
         let captured = PaymentCaptured { order_id, amount: 10 };
         handle(&service, &Message::typed_event("payment", &order_id.to_string(), &captured).unwrap()).await.unwrap();
         assert!(sent(&**service.store()).await.is_empty());
-        assert!(shipments::shipments(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().is_empty());
+        assert!(db::shipments(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().is_empty());
     }
 
     pub async fn bad_messages_fail_permanently<S: SqlStore>(service: Shipping<S>)
@@ -454,7 +454,7 @@ mod cases {
         permanent(handle(&service, &reply).await, "a reply");
 
         assert!(sent(&**service.store()).await.is_empty());
-        assert!(shipments::shipments(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().is_empty());
-        assert!(shipments::address(&**service.store(), id).await.unwrap().is_none());
+        assert!(db::shipments(&**service.store(), polis_runtime::Page::first(100)).await.unwrap().is_empty());
+        assert!(db::address(&**service.store(), id).await.unwrap().is_none());
     }
 }

@@ -1,6 +1,6 @@
-//! Stock and reservations: every statement on the service's tables.
-//!
-//! The reservation rules live here:
+//! Stock and reservations: every statement on the service's tables, written
+//! once in the SQL that SQLite and PostgreSQL share. What a valid request is
+//! is [`crate::rules`]'s; how a reservation is taken and given back is here:
 //!
 //! - **All or nothing, never oversold.** Each item is taken with a guarded
 //!   update (`... WHERE sku = $s AND available >= $q`) whose row count says
@@ -19,8 +19,6 @@
 //!   reservation stores a RELEASED tombstone; a reservation that arrives later
 //!   fails with `TIMEOUT` (the order was already rejected meanwhile).
 
-use std::collections::BTreeMap;
-
 use contracts::inventory::{
     Reservation, ReservationStatus, StockLevel, StockReleased, StockReservationFailed, StockReserved,
 };
@@ -31,10 +29,7 @@ use polis_store::sql::{Row, Sql, SqlStore};
 use uuid::Uuid;
 
 use crate::error::InventoryError;
-
-/// The largest quantity a sku can be set to: keeps `available + reserved`
-/// (and every sum over them) far from `i64` overflow.
-pub const MAX_QUANTITY: i64 = 1_000_000_000_000;
+use crate::rules;
 
 /// A request to reserve an order's items, from a `ReserveStock` command or an
 /// `OrderCreated` event.
@@ -53,21 +48,11 @@ pub enum ReserveOutcome {
     Failed(StockReservationFailed),
 }
 
-/// Checks a sku's form with the catalog's rule ([`contracts::catalog::is_sku`],
-/// the one rule every service checks skus with): stock is kept only for
-/// what can be a product, and a reservation naming anything else is a
-/// malformed message. The message says what a sku must be.
-pub fn check_sku(sku: &str) -> Result<(), &'static str> {
-    if contracts::catalog::is_sku(sku) { Ok(()) } else { Err(contracts::catalog::SKU_FORM) }
-}
-
 /// Sets a sku's available quantity (creating the sku if new; its reserved
 /// quantity is untouched) and returns its level.
 pub async fn set_available<Tx: Sql>(tx: &mut Tx, sku: &str, available: i64) -> Result<StockLevel, InventoryError> {
-    check_sku(sku).map_err(|m| InventoryError::invalid("sku", m))?;
-    if !(0..=MAX_QUANTITY).contains(&available) {
-        return Err(InventoryError::invalid("available", format!("must be between 0 and {MAX_QUANTITY}")));
-    }
+    rules::check_sku(sku).map_err(|m| InventoryError::invalid("sku", m))?;
+    rules::check_available(available)?;
     let row = tx
         .fetch_one(
             "INSERT INTO stock (sku, available, reserved, updated_at) VALUES ($1, $2, 0, $3)
@@ -81,7 +66,7 @@ pub async fn set_available<Tx: Sql>(tx: &mut Tx, sku: &str, available: i64) -> R
 
 /// Reserves every item of an order, or nothing (see the module docs).
 pub async fn reserve<Tx: Sql>(tx: &mut Tx, request: &ReserveRequest) -> Result<ReserveOutcome, InventoryError> {
-    let items = merge_items(&request.items)?;
+    let items = rules::merge_items(&request.items)?;
     let order_id = request.order_id;
     let now = now_micros();
     let claimed = tx
@@ -200,29 +185,6 @@ async fn put_back<Tx: Sql>(tx: &mut Tx, item: &Quantity, now: i64) -> Result<(),
     }
 }
 
-/// One item per sku (quantities of repeated skus added up), sorted by sku.
-fn merge_items(items: &[Quantity]) -> Result<Vec<Quantity>, InventoryError> {
-    if items.is_empty() {
-        return Err(InventoryError::invalid("items", "must not be empty"));
-    }
-    let mut merged: BTreeMap<&str, i64> = BTreeMap::new();
-    for (i, item) in items.iter().enumerate() {
-        check_sku(&item.sku).map_err(|m| InventoryError::invalid(format!("items[{i}].sku"), m))?;
-        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
-            return Err(InventoryError::invalid(
-                format!("items[{i}].quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            ));
-        }
-        let total = merged.entry(&item.sku).or_default();
-        *total = total
-            .checked_add(item.quantity)
-            .filter(|q| *q <= MAX_QUANTITY)
-            .ok_or_else(|| InventoryError::invalid(format!("items[{i}].quantity"), "adds up to too much of one sku"))?;
-    }
-    Ok(merged.into_iter().map(|(sku, quantity)| Quantity { sku: sku.to_owned(), quantity }).collect())
-}
-
 const SELECT_RESERVATION: &str =
     "SELECT order_id, customer_id, total, status, items, reason, short_sku FROM reservations";
 
@@ -330,39 +292,6 @@ fn now_micros() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn item(sku: &str, quantity: i64) -> Quantity {
-        Quantity { sku: sku.into(), quantity }
-    }
-
-    #[test]
-    fn items_are_merged_per_sku_and_sorted() {
-        let merged = merge_items(&[item("b", 1), item("a", 2), item("b", 3)]).unwrap();
-        assert_eq!(merged, [item("a", 2), item("b", 4)]);
-    }
-
-    #[test]
-    fn bad_items_name_the_field() {
-        let field = |items: &[Quantity]| match merge_items(items) {
-            Err(InventoryError::Invalid { field, .. }) => field,
-            other => panic!("expected a validation error, got {other:?}"),
-        };
-        assert_eq!(field(&[]), "items");
-        assert_eq!(field(&[item("a", 1), item("b", 0)]), "items[1].quantity");
-        assert_eq!(field(&[item("a", -5)]), "items[0].quantity");
-        assert_eq!(field(&[item("", 1)]), "items[0].sku");
-        assert_eq!(field(&[item("a\0", 1)]), "items[0].sku");
-        assert_eq!(field(&[item("a", MAX_QUANTITY), item("a", 1)]), "items[1].quantity");
-    }
-
-    #[test]
-    fn skus_are_checked() {
-        assert!(check_sku("SKU-0001").is_ok());
-        assert!(check_sku(&"x".repeat(64)).is_ok());
-        for bad in ["", " a", "a b", "a/b", &"x".repeat(65), "a\nb"] {
-            assert_eq!(check_sku(bad), Err(contracts::catalog::SKU_FORM), "{bad:?}");
-        }
-    }
 
     #[test]
     fn reasons_round_trip_through_their_wire_names() {

@@ -1,14 +1,15 @@
-//! Shipments and the address replica: every statement on the service's tables.
-//!
-//! The shipment rules live here:
+//! Shipments and the address replica: every statement on the service's
+//! tables, written once in the SQL that SQLite and PostgreSQL share. Which
+//! addresses are accepted and delivered to is `rules`'s; how a shipment is
+//! recorded is here:
 //!
 //! - **Idempotent per order.** A repeated schedule finds the order's row and
 //!   answers its recorded outcome; the row is written with `INSERT ... ON
 //!   CONFLICT DO NOTHING`, so a concurrent duplicate on PostgreSQL waits for
 //!   the first to commit and then answers what it recorded.
 //! - **Blocked countries.** An address in one of the configured countries
-//!   gets a FAILED shipment with reason `UNDELIVERABLE` (the address is kept,
-//!   to show why).
+//!   (`rules::is_blocked`) gets a FAILED shipment with reason
+//!   `UNDELIVERABLE` (the address is kept, to show why).
 //! - **Compensation before action.** A cancellation for an order with no
 //!   shipment stores a CANCELLED tombstone; a schedule that arrives later
 //!   fails with `TIMEOUT` (the order was already rejected meanwhile).
@@ -24,6 +25,7 @@ use polis_store::sql::{Row, Sql, SqlStore};
 use uuid::Uuid;
 
 use crate::error::ShippingError;
+use crate::rules;
 
 /// What a schedule request came to (now or, for a repeat, the first time).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,13 +43,7 @@ pub async fn replicate_address<Tx: Sql>(
     event_time: i64,
 ) -> Result<bool, ShippingError> {
     let a = &customer.address;
-    for (field, value) in
-        [("line1", &a.line1), ("city", &a.city), ("postal_code", &a.postal_code), ("country", &a.country)]
-    {
-        if value.contains('\0') {
-            return Err(ShippingError::invalid(format!("customer.address.{field}"), "must not contain NUL"));
-        }
-    }
+    rules::check_address(a)?;
     let changed = tx
         .execute(
             "INSERT INTO customer_addresses (customer_id, line1, city, postal_code, country, updated_at)
@@ -90,7 +86,7 @@ pub async fn schedule<Tx: Sql>(
         postal_code: row.text("postal_code")?,
         country: row.text("country")?,
     };
-    let blocked = blocked_countries.iter().any(|c| c.trim().eq_ignore_ascii_case(address.country.trim()));
+    let blocked = rules::is_blocked(blocked_countries, &address.country);
     let (status, reason) = if blocked { ("FAILED", Some(RejectionReason::Undeliverable)) } else { ("SCHEDULED", None) };
     let shipment_id = Uuid::now_v7();
     let inserted = tx

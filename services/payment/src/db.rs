@@ -1,4 +1,6 @@
-//! The SQL on the service's own tables, written once for SQLite and PostgreSQL.
+//! The SQL on the service's own tables (`payments`, and `payment_customers`,
+//! the replica of each customer's email and credit limit), written once for
+//! SQLite and PostgreSQL.
 //!
 //! Every state change is a compare-and-set (`UPDATE ... WHERE status = ...`,
 //! `INSERT ... ON CONFLICT DO NOTHING`) whose row count says whether it won:
