@@ -21,6 +21,8 @@
 //!   CloudEvents, and their bus subjects.
 //! - [`outbox`]: transactions that write state, events and outgoing messages
 //!   together; the outbox, inbox and dead-letter contract of the stores.
+//! - [`projection`]: the [`Projection`] trait — events into a read model,
+//!   built in [`Generation`]s.
 //! - [`bus`]: the message bus contract (durable, at-least-once, ordered).
 //! - [`error`]: typed errors that keep domain rejection, concurrency conflict
 //!   and infrastructure failure apart.
@@ -33,6 +35,7 @@ pub mod envelope;
 pub mod error;
 pub mod message;
 pub mod outbox;
+pub mod projection;
 pub mod repository;
 pub mod store;
 pub mod subscription;
@@ -45,6 +48,7 @@ pub use envelope::{Metadata, NewEvent, RecordedEvent};
 pub use error::{CommandError, StoreError};
 pub use message::{Message, MessageKind, MessageType};
 pub use outbox::{DeadLetter, DeadLetterStatus, OutboxEntry, Transaction, TransactionalStore, Work};
+pub use projection::{Generation, Projection};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
 pub use store::{AppendResult, EventStore, ExpectedVersion, Snapshot, StreamInfo};
 pub use subscription::{CatchUpOptions, catch_up};

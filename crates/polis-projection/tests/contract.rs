@@ -1,0 +1,411 @@
+//! The projection runtime's contract, on SQLite and PostgreSQL: effects
+//! exactly once whatever fails, one owner at a time, a killed owner
+//! replaced, and rebuilds and new versions built beside the live read model
+//! and cut over without a reader ever seeing a partial one.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use polis_core::{EventStore, ExpectedVersion, Generation, NewEvent, Projection, RecordedEvent, StoreError};
+use polis_projection::{Projector, ProjectorHandle, ProjectorOptions, State};
+use polis_store::args;
+use polis_store::sql::{Sql, SqlStore};
+use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
+use polis_testkit::wait_for;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Counts each stream's events into `tally`, `weight` per event. It refuses
+/// an event out of its stream's order, so a duplicate or a skip stalls it
+/// (and the test fails) instead of going unnoticed.
+struct Tally {
+    version: u32,
+    weight: i64,
+    /// Fails the next apply once when set (a transient failure).
+    fail_once: Arc<AtomicBool>,
+    /// Applications, committed or not.
+    calls: Arc<AtomicU64>,
+    /// Slows each apply down, to catch a build half-way.
+    delay: Duration,
+}
+
+impl Tally {
+    fn new(version: u32, weight: i64) -> Self {
+        Self { version, weight, fail_once: Arc::default(), calls: Arc::default(), delay: Duration::ZERO }
+    }
+}
+
+#[async_trait]
+impl<Tx: Sql + Send + 'static> Projection<Tx> for Tally {
+    fn name(&self) -> &str {
+        "tally"
+    }
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn tables(&self) -> &[&'static str] {
+        &["tally"]
+    }
+
+    async fn create(&self, tx: &mut Tx, generation: Generation) -> Result<(), StoreError> {
+        let sql = format!(
+            "CREATE TABLE {} (stream_id TEXT PRIMARY KEY, events BIGINT NOT NULL, total BIGINT NOT NULL)",
+            generation.table("tally")
+        );
+        tx.execute(&sql, &[]).await?;
+        Ok(())
+    }
+
+    fn wants(&self, event: &RecordedEvent) -> bool {
+        event.event_type == "counted"
+    }
+
+    async fn apply(&self, tx: &mut Tx, generation: Generation, event: &RecordedEvent) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if self.fail_once.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::backend("injected failure"));
+        }
+        let table = generation.table("tally");
+        let version = i64::try_from(event.stream_version).unwrap();
+        let changed = if version == 1 {
+            tx.execute(
+                &format!("INSERT INTO {table} (stream_id, events, total) VALUES ($1, 1, $2) ON CONFLICT DO NOTHING"),
+                args![event.stream_id.as_str(), self.weight],
+            )
+            .await?
+        } else {
+            tx.execute(
+                &format!(
+                    "UPDATE {table} SET events = events + 1, total = total + $1 WHERE stream_id = $2 AND events = $3"
+                ),
+                args![self.weight, event.stream_id.as_str(), version - 1],
+            )
+            .await?
+        };
+        if changed != 1 {
+            return Err(StoreError::backend(format!(
+                "event {} of {} out of order or applied twice",
+                event.stream_version, event.stream_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn options() -> ProjectorOptions {
+    let mut options = ProjectorOptions::default();
+    options.batch_size = 100;
+    options.poll_interval = Duration::from_millis(100);
+    options.lease_ttl = Duration::from_secs(1);
+    options.retry_max = Duration::from_millis(200);
+    options
+}
+
+/// Appends `per_stream` events to each of `streams` new streams (plus an
+/// event the projection does not want), `writers` at a time.
+async fn append<S: EventStore>(store: &Arc<S>, streams: usize, per_stream: usize) {
+    let tasks = (0..streams).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let stream = uuid::Uuid::now_v7().to_string();
+            for i in 0..per_stream {
+                let expected = ExpectedVersion::from_loaded(i as u64);
+                let event = NewEvent::new("counted", serde_json::json!({ "i": i }));
+                store.append(&stream, expected, vec![event]).await.unwrap();
+            }
+            let other = NewEvent::new("ignored", serde_json::json!({}));
+            store.append(&stream, ExpectedVersion::Any, vec![other]).await.unwrap();
+        })
+    });
+    for task in futures::future::join_all(tasks).await {
+        task.unwrap();
+    }
+}
+
+/// The view's event count and total (through the view readers use).
+async fn view<S>(store: &S) -> Result<(i64, i64), StoreError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let row = store
+        .query_optional(
+            "SELECT CAST(COALESCE(SUM(events), 0) AS BIGINT) AS events, \
+             CAST(COALESCE(SUM(total), 0) AS BIGINT) AS total FROM tally",
+            &[],
+        )
+        .await?
+        .unwrap();
+    Ok((row.int("events")?, row.int("total")?))
+}
+
+/// Counted events in the log.
+async fn counted<S: EventStore>(store: &S) -> i64 {
+    let mut after = 0;
+    let mut n = 0;
+    loop {
+        let batch = store.read_all(after, 1000).await.unwrap();
+        let Some(last) = batch.last() else { return n };
+        after = last.global_position;
+        n += batch.iter().filter(|e| e.event_type == "counted").count() as i64;
+    }
+}
+
+async fn wait_view<S>(store: &Arc<S>, expected: (i64, i64))
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let s = store.clone();
+    let result = wait_for(WAIT, || {
+        let s = s.clone();
+        async move { view(&*s).await.is_ok_and(|v| v == expected) }
+    })
+    .await;
+    assert!(result.is_ok(), "the view never reached {expected:?}: {:?}", view(&**store).await);
+}
+
+fn live(handle: &ProjectorHandle) -> Option<(Generation, u32)> {
+    handle.status().get("tally").and_then(|s| s.live.as_ref().map(|g| (g.generation, g.version)))
+}
+
+async fn catches_up_then_follows_exactly_once<S>(store: Arc<S>)
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    append(&store, 20, 30).await;
+    let handle = Projector::new(store.clone(), options()).with(Tally::new(1, 1)).spawn();
+    wait_view(&store, (600, 600)).await;
+    // Live: new events, from concurrent writers, arrive one batch at a time.
+    append(&store, 10, 20).await;
+    wait_view(&store, (800, 800)).await;
+    let status = handle.status()["tally"].clone();
+    let live = status.live.clone().unwrap();
+    assert!(status.owner && status.building.is_none() && status.error.is_none(), "{status:?}");
+    assert_eq!(live.generation, Generation::new(1));
+    assert!(live.lag().is_some(), "{live:?}");
+    // The checkpoint is stored with the rows, and reaches the head (past
+    // the events the projection does not want).
+    let head = store.head_position().await.unwrap();
+    let s = store.clone();
+    let at_head = wait_for(WAIT, || {
+        let s = s.clone();
+        async move {
+            let rows = polis_projection::generations(&*s, "tally").await.unwrap();
+            rows.len() == 1 && rows[0].state == State::Live && rows[0].position == head
+        }
+    })
+    .await;
+    assert!(at_head.is_ok(), "{:?}", polis_projection::generations(&*store, "tally").await);
+    handle.shutdown().await;
+}
+
+async fn a_failed_batch_rolls_back_with_its_checkpoint<S>(store: Arc<S>)
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let tally = Tally::new(1, 1);
+    let (fail, calls) = (tally.fail_once.clone(), tally.calls.clone());
+    let handle = Projector::new(store.clone(), options()).with(tally).spawn();
+    for round in 1..=5 {
+        fail.store(true, Ordering::SeqCst);
+        append(&store, 5, 10).await;
+        wait_view(&store, (round * 50, round * 50)).await;
+    }
+    // Every failure re-applied its batch, and none of it counted twice.
+    assert!(calls.load(Ordering::SeqCst) > 250, "no batch was ever retried");
+    assert_eq!(view(&*store).await.unwrap(), (counted(&*store).await, 250));
+    handle.shutdown().await;
+}
+
+async fn one_owner_at_a_time_and_a_dead_one_is_replaced<S>(store: Arc<S>, second: Arc<S>)
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    append(&store, 10, 20).await;
+    let first = Projector::new(store.clone(), options()).with(Tally::new(1, 1)).spawn();
+    let other = Projector::new(second.clone(), options()).with(Tally::new(1, 1)).spawn();
+    wait_view(&store, (200, 200)).await;
+    append(&second, 10, 20).await;
+    wait_view(&store, (400, 400)).await;
+    let owners = [&first, &other].iter().filter(|h| h.status()["tally"].owner).count();
+    assert_eq!(owners, 1, "exactly one instance applies the projection");
+    let (dead, standby) = if first.status()["tally"].owner { (first, other) } else { (other, first) };
+    // The owner dies without a word (its tasks are aborted, its lease stays):
+    // the standby takes over once the lease expires.
+    drop(dead);
+    append(&store, 10, 10).await;
+    wait_view(&store, (500, 500)).await;
+    assert!(standby.status()["tally"].owner);
+    standby.shutdown().await;
+}
+
+/// Reads the view over and over until told to stop; every read must be one
+/// of `allowed` (complete generations), never something in between.
+fn reader<S>(store: Arc<S>, allowed: Vec<(i64, i64)>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    tokio::spawn(async move {
+        let mut reads = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let seen = view(&*store).await.unwrap();
+            assert!(allowed.contains(&seen), "a reader saw {seen:?}, not one of {allowed:?}");
+            reads += 1;
+            tokio::task::yield_now().await;
+        }
+        reads
+    })
+}
+
+async fn a_new_version_is_built_beside_the_live_one<S>(store: Arc<S>)
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    append(&store, 20, 25).await;
+    let v1 = Projector::new(store.clone(), options()).with(Tally::new(1, 1)).spawn();
+    wait_view(&store, (500, 500)).await;
+    assert_eq!(live(&v1), Some((Generation::new(1), 1)));
+    v1.shutdown().await;
+
+    // Version 2 weighs each event 3: readers see version 1's totals until
+    // the cut-over, then version 2's, and nothing else.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3).map(|_| reader(store.clone(), vec![(500, 500), (500, 1500)], stop.clone())).collect();
+    let mut v2 = Tally::new(2, 3);
+    v2.delay = Duration::from_micros(200);
+    let v2 = Projector::new(store.clone(), options()).with(v2).spawn();
+    wait_view(&store, (500, 1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    let cut_over = wait_for(WAIT, || async { live(&v2) == Some((Generation::new(2), 2)) }).await;
+    assert!(cut_over.is_ok(), "{:?}", v2.status());
+    // The old generation is gone, tables and all.
+    let rows = polis_projection::generations(&*store, "tally").await.unwrap();
+    assert_eq!(rows.iter().map(|r| (r.generation, r.state)).collect::<Vec<_>>(), [(Generation::new(2), State::Live)]);
+    assert!(store.query("SELECT * FROM tally_g1", &[]).await.is_err(), "generation 1's table was dropped");
+    // And version 2 follows new events.
+    append(&store, 5, 4).await;
+    wait_view(&store, (520, 1560)).await;
+    v2.shutdown().await;
+}
+
+async fn a_rebuild_resumes_after_a_crash_and_cuts_over<S>(store: Arc<S>)
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    append(&store, 20, 50).await;
+    let first = Projector::new(store.clone(), options()).with(Tally::new(1, 1)).spawn();
+    wait_view(&store, (1000, 1000)).await;
+    polis_projection::rebuild(&*store, "tally").await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2).map(|_| reader(store.clone(), vec![(1000, 1000)], stop.clone())).collect();
+    // Crash half-way through the rebuild: the new generation has a
+    // checkpoint of its own, and the live one keeps serving.
+    let s = store.clone();
+    let building = wait_for(WAIT, || {
+        let s = s.clone();
+        async move {
+            let rows = polis_projection::generations(&*s, "tally").await.unwrap();
+            rows.iter().any(|r| r.state == State::Building && r.position > 0)
+        }
+    })
+    .await;
+    assert!(building.is_ok(), "the rebuild never started");
+    drop(first);
+    let rows = polis_projection::generations(&*store, "tally").await.unwrap();
+    let crashed_at = rows.iter().find(|r| r.state == State::Building).map(|r| r.position).unwrap();
+
+    let mut slow = Tally::new(1, 1);
+    slow.delay = Duration::from_micros(100);
+    let calls = slow.calls.clone();
+    let second = Projector::new(store.clone(), options()).with(slow).spawn();
+    let s = store.clone();
+    let done = wait_for(WAIT, || {
+        let s = s.clone();
+        async move {
+            let rows = polis_projection::generations(&*s, "tally").await.unwrap();
+            rows.len() == 1 && rows[0].generation == Generation::new(2) && rows[0].state == State::Live
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "{:?}", polis_projection::generations(&*store, "tally").await);
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    assert_eq!(view(&*store).await.unwrap(), (1000, 1000));
+    // It resumed from its checkpoint rather than starting over.
+    let all = counted(&*store).await as u64;
+    assert!(calls.load(Ordering::SeqCst) < all, "the rebuild started over (crashed at position {crashed_at})");
+    second.shutdown().await;
+}
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<SqliteEventStore> {
+    Arc::new(SqliteEventStore::open(dir.path().join("view.db"), SqliteOptions::new("viewer")).await.unwrap())
+}
+
+async fn pg_store(url: &str) -> Arc<PgEventStore> {
+    Arc::new(PgEventStore::connect(url, PgOptions::new("viewer")).await.unwrap())
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$case(sqlite_store(&dir).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = polis_testkit::postgres().await;
+                    super::$case(pg_store(db.url()).await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract![
+    catches_up_then_follows_exactly_once,
+    a_failed_batch_rolls_back_with_its_checkpoint,
+    a_new_version_is_built_beside_the_live_one,
+    a_rebuild_resumes_after_a_crash_and_cuts_over,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_one_owner_at_a_time_and_a_dead_one_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (sqlite_store(&dir).await, sqlite_store(&dir).await);
+    one_owner_at_a_time_and_a_dead_one_is_replaced(first, second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_owner_at_a_time_and_a_dead_one_is_replaced() {
+    let db = polis_testkit::postgres().await;
+    one_owner_at_a_time_and_a_dead_one_is_replaced(pg_store(db.url()).await, pg_store(db.url()).await).await;
+}
