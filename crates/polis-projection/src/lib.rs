@@ -21,6 +21,8 @@
 //!   transaction points the views at it, and the old tables are dropped.
 //!   Readers see the old generation, then the new one, never a half-built
 //!   one; a crash during a rebuild resumes it from its own checkpoint;
+//! - reads other services' events too, once [`Ingest`] (a consumer
+//!   handler) has appended them to the service's own log;
 //! - reports each projection's state and lag ([`ProjectionStatus`]): the
 //!   events not yet applied and the time from an event's commit to its
 //!   application.
@@ -38,6 +40,7 @@
 #![warn(missing_docs)]
 
 mod db;
+pub mod ingest;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,6 +54,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub use db::{GenerationRow, State, generations};
+pub use ingest::Ingest;
 
 /// Tuning of a [`Projector`].
 #[derive(Debug, Clone)]

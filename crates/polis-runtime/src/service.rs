@@ -3,8 +3,9 @@
 //! A polis service owns a store and describes itself with [`Service`]: how
 //! it opens over that store (migrations, settings), its HTTP API, and what
 //! it consumes. [`host`] then runs what every service needs beside its API —
-//! the relay (outbox → bus), the scheduler (due messages → outbox) and the
-//! consumer (bus → handlers, through the inbox) — until
+//! the relay (outbox → bus), the scheduler (due messages → outbox), the
+//! consumer (bus → handlers, through the inbox) and the projections (its
+//! log → its read models, `polis-projection`) — until
 //! [`Hosted::shutdown`]. The same description serves both deployments: the
 //! store is SQLite or PostgreSQL, the bus in-process or NATS JetStream.
 //!
@@ -12,14 +13,18 @@
 //! use std::sync::Arc;
 //!
 //! use polis_bus::{Consumer, ConsumerOptions};
-//! use polis_core::{Bus, StoreError, TransactionalStore};
+//! use polis_core::{Bus, StoreError};
+//! use polis_store::sql::{Sql, SqlStore};
 //! use polis_runtime::service::{HostOptions, Service, host};
 //!
 //! struct Greeter<S> {
 //!     store: Arc<S>,
 //! }
 //!
-//! impl<S: TransactionalStore> Service<S> for Greeter<S> {
+//! impl<S: SqlStore> Service<S> for Greeter<S>
+//! where
+//!     S::Tx: Sql,
+//! {
 //!     const NAME: &'static str = "greeter";
 //!     type Config = ();
 //!
@@ -40,7 +45,7 @@
 //!     }
 //! }
 //!
-//! # async fn run<S: TransactionalStore>(store: Arc<S>, bus: Arc<dyn Bus>) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run<S: SqlStore>(store: Arc<S>, bus: Arc<dyn Bus>) -> Result<(), Box<dyn std::error::Error>> where S::Tx: Sql {
 //! let greeter = Greeter::open(store, ()).await?;
 //! let hosted = host(&greeter, bus, &HostOptions::default()).await?;
 //! // ... serve hosted.router() ...
@@ -58,10 +63,16 @@ use polis_bus::{
     Consumer, ConsumerHandle, ConsumerOptions, Relay, RelayHandle, RelayOptions, Scheduler, SchedulerHandle,
     SchedulerOptions,
 };
-use polis_core::{Bus, BusError, StoreError, TransactionalStore};
+use polis_core::{Bus, BusError, Projection, StoreError};
+use polis_projection::{ProjectionStatus, Projector, ProjectorHandle, ProjectorOptions};
+use polis_store::sql::{Sql, SqlStore};
 
 /// A service over its own store `S`, as its host sees it.
-pub trait Service<S: TransactionalStore>: Sized + Send + Sync + 'static {
+pub trait Service<S>: Sized + Send + Sync + 'static
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
     /// The service's name: the source of the messages it sends and the name
     /// of its consumer (its durable subscriptions and inbox records).
     const NAME: &'static str;
@@ -85,6 +96,13 @@ pub trait Service<S: TransactionalStore>: Sized + Send + Sync + 'static {
         let _ = options;
         None
     }
+
+    /// The service's projections: its read models, fed by its own log (and
+    /// by other services' events once its consumer ingests them,
+    /// `polis_projection::Ingest`). None by default.
+    fn projections(&self) -> Vec<Arc<dyn Projection<S::Tx>>> {
+        Vec::new()
+    }
 }
 
 /// How [`host`] runs a service's background work.
@@ -97,6 +115,8 @@ pub struct HostOptions {
     pub scheduler: SchedulerOptions,
     /// The consumer's concurrency and retries.
     pub consumer: ConsumerOptions,
+    /// The projections' batching, lease and polling.
+    pub projector: ProjectorOptions,
     /// Whether to start the consumer (on by default). Off, the service serves
     /// and sends but never hears a message: fault injection for "a service
     /// that never answers".
@@ -111,6 +131,7 @@ impl Default for HostOptions {
             relay: RelayOptions::default(),
             scheduler: SchedulerOptions::default(),
             consumer: ConsumerOptions::default(),
+            projector: ProjectorOptions::default(),
             consume: true,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -125,26 +146,42 @@ pub struct Hosted {
     name: &'static str,
     router: Router,
     consumer: Option<ConsumerHandle>,
+    projector: Option<ProjectorHandle>,
     scheduler: SchedulerHandle,
     relay: RelayHandle,
     grace: Duration,
 }
 
 /// Starts `service`'s consumer (unless it has none, or `options.consume` is
-/// off), relay and scheduler on `bus`. Fails if a subscription cannot be made.
+/// off), projections, relay and scheduler on `bus`. Fails if a subscription
+/// cannot be made.
 pub async fn host<T, S>(service: &T, bus: Arc<dyn Bus>, options: &HostOptions) -> Result<Hosted, BusError>
 where
     T: Service<S>,
-    S: TransactionalStore,
+    S: SqlStore,
+    S::Tx: Sql,
 {
     let consumer = match service.consumer(options.consumer.clone()).filter(|_| options.consume) {
         Some(consumer) => Some(Arc::new(consumer).spawn(bus.clone()).await?),
         None => None,
     };
     let store = service.store().clone();
+    let projector = service
+        .projections()
+        .into_iter()
+        .fold(Projector::new(store.clone(), options.projector.clone()), Projector::with_arc);
+    let projector = (!projector.is_empty()).then(|| projector.spawn());
     let relay = Relay::new(store.clone(), bus, options.relay.clone()).spawn();
     let scheduler = Scheduler::new(store, options.scheduler.clone()).spawn();
-    Ok(Hosted { name: T::NAME, router: service.router(), consumer, scheduler, relay, grace: options.shutdown_grace })
+    Ok(Hosted {
+        name: T::NAME,
+        router: service.router(),
+        consumer,
+        projector,
+        scheduler,
+        relay,
+        grace: options.shutdown_grace,
+    })
 }
 
 impl Hosted {
@@ -158,16 +195,24 @@ impl Hosted {
         self.router.clone()
     }
 
+    /// The state and lag of each of the service's projections, by name.
+    pub fn projections(&self) -> std::collections::BTreeMap<String, ProjectionStatus> {
+        self.projector.as_ref().map(ProjectorHandle::status).unwrap_or_default()
+    }
+
     /// Stops taking messages and waits (up to the grace period) for those
     /// being handled, then stops the scheduler and the relay. Nothing is
     /// lost: unacknowledged deliveries come again, unpublished outbox
     /// entries go out at the next start.
     pub async fn shutdown(self) {
-        let Self { name, consumer, scheduler, relay, grace, .. } = self;
+        let Self { name, consumer, projector, scheduler, relay, grace, .. } = self;
         if let Some(consumer) = consumer
             && tokio::time::timeout(grace, consumer.shutdown()).await.is_err()
         {
             tracing::warn!(service = name, ?grace, "messages were still being handled at the end of the grace period");
+        }
+        if let Some(projector) = projector {
+            projector.shutdown().await;
         }
         scheduler.shutdown().await;
         relay.shutdown().await;
