@@ -71,7 +71,16 @@ pub struct PaymentRefunded {
     pub amount: Money,
 }
 
+/// An order's payment as it now is, after any change (and again when an
+/// outcome is re-sent), in both saga styles: what read models follow. No
+/// participant acts on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentChanged {
+    pub payment: Payment,
+}
+
 message_types! {
+    PaymentChanged => "payment.payment-changed.v1",
     AuthorizePayment => "payment.authorize-payment.v1",
     CapturePayment => "payment.capture-payment.v1",
     VoidPayment => "payment.void-payment.v1",

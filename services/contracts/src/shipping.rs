@@ -43,7 +43,16 @@ pub struct ShipmentCancelled {
     pub order_id: Uuid,
 }
 
+/// An order's shipment as it now is, after any change (and again when an
+/// outcome is re-sent), in both saga styles: what read models follow. No
+/// participant acts on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentChanged {
+    pub shipment: Shipment,
+}
+
 message_types! {
+    ShipmentChanged => "shipping.shipment-changed.v1",
     ScheduleShipment => "shipping.schedule-shipment.v1",
     CancelShipment => "shipping.cancel-shipment.v1",
     ShipmentScheduled => "shipping.shipment-scheduled.v1",

@@ -11,8 +11,8 @@ use contracts::customer::{Customer, CustomerRegistered, CustomerUpdated};
 use contracts::inventory::StockReserved;
 use contracts::order::OrderRejected;
 use contracts::payment::{
-    AuthorizePayment, CapturePayment, PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded,
-    PaymentStatus, PaymentVoided, RefundPayment, VoidPayment,
+    AuthorizePayment, CapturePayment, PaymentAuthorized, PaymentCaptured, PaymentChanged, PaymentFailed,
+    PaymentRefunded, PaymentStatus, PaymentVoided, RefundPayment, VoidPayment,
 };
 use contracts::shipping::{ShipmentCancelled, ShipmentScheduled};
 use contracts::{Money, RejectionReason, SagaStyle};
@@ -349,7 +349,7 @@ where
 }
 
 /// Writes `outcome` to the outbox as the answer to `trigger`, keyed by the order.
-async fn send<Tx: Transaction>(
+async fn send<Tx: Transaction + Sql>(
     tx: &mut Tx,
     trigger: &Message,
     order_id: Uuid,
@@ -365,5 +365,15 @@ async fn send<Tx: Transaction>(
     }?;
     tracing::debug!(order_id = %order_id, message_type = message.message_type, kind = %message.kind, "outcome sent");
     tx.send(&message).await?;
+    announce(tx, order_id).await
+}
+
+/// Sends the order's payment as it now is ([`PaymentChanged`]), for read
+/// models, after every outcome.
+async fn announce<Tx: Transaction + Sql>(tx: &mut Tx, order_id: Uuid) -> Result<(), HandlerError> {
+    let Some(stored) = db::load(tx, order_id).await? else { return Ok(()) };
+    let payment = stored.view();
+    let changed = Message::typed_event(SERVICE, &order_id.to_string(), &PaymentChanged { payment })?;
+    tx.send(&changed).await?;
     Ok(())
 }

@@ -18,6 +18,7 @@ macro_rules! styled {
             with: contracts::SagaStyle::$style,
             cases: [
                 an_authorization_within_the_limit_is_authorized,
+                every_outcome_is_followed_by_the_payment_as_it_now_is,
                 an_authorization_over_the_limit_fails,
                 the_exposure_counts_only_authorized_and_captured_payments,
                 the_provider_declines_marked_emails,
@@ -129,6 +130,44 @@ mod cases {
         let sent = outbox(&**service.store()).await;
         assert_eq!(sent.len(), 1);
         assert_outcome(&sent[0], &trigger, order_id, &PaymentAuthorized { order_id, customer_id, amount: 10_000 });
+    }
+
+    /// Read models follow `PaymentChanged`, an event in both styles: the
+    /// payment's state after each outcome, keyed by the order.
+    pub async fn every_outcome_is_followed_by_the_payment_as_it_now_is<S>(service: Payment<S>, style: SagaStyle)
+    where
+        S: SqlStore,
+        S::Tx: Sql,
+    {
+        let customer_id = customer_with(&service, 10_000).await;
+        let _ = testsupport::sent_all(&**service.store()).await;
+        let order_id = order();
+        handle(&service, style, &authorize(style, order_id, customer_id, 700)).await.unwrap();
+        handle(&service, style, &capture(style, order_id)).await.unwrap();
+        let changes: Vec<_> = testsupport::sent_all(&**service.store())
+            .await
+            .into_iter()
+            .filter(|m| m.is::<contracts::payment::PaymentChanged>())
+            .collect();
+        assert_eq!(changes.len(), 2, "{changes:#?}");
+        for (change, status) in changes
+            .iter()
+            .zip([contracts::payment::PaymentStatus::Authorized, contracts::payment::PaymentStatus::Captured])
+        {
+            assert_eq!(change.kind, polis_core::MessageKind::Event);
+            assert_eq!(change.key, order_id.to_string());
+            let body: contracts::payment::PaymentChanged = change.decode().unwrap();
+            assert_eq!(
+                body.payment,
+                contracts::payment::Payment {
+                    order_id,
+                    customer_id: Some(customer_id),
+                    amount: 700,
+                    status,
+                    reason: None
+                }
+            );
+        }
     }
 
     pub async fn an_authorization_over_the_limit_fails<S>(service: Payment<S>, style: SagaStyle)

@@ -191,6 +191,12 @@ where
     row.as_ref().map(shipment_view).transpose()
 }
 
+/// An order's shipment, if there is one, inside a transaction.
+pub async fn shipment_in<Tx: Sql>(tx: &mut Tx, order_id: Uuid) -> Result<Option<Shipment>, ShippingError> {
+    let row = tx.fetch_optional(&format!("{SELECT_SHIPMENT} WHERE order_id = $1"), args![order_id]).await?;
+    row.as_ref().map(shipment_view).transpose()
+}
+
 /// A page of the shipments, oldest order first (order ids are UUIDv7).
 pub async fn shipments<S>(store: &S, page: Page) -> Result<Vec<Shipment>, ShippingError>
 where

@@ -26,7 +26,7 @@ use contracts::SagaStyle;
 use contracts::customer::{CustomerRegistered, CustomerUpdated};
 use contracts::order::{OrderCancelRequested, OrderRejected};
 use contracts::payment::PaymentAuthorized;
-use contracts::shipping::{CancelShipment, ScheduleShipment};
+use contracts::shipping::{CancelShipment, ScheduleShipment, ShipmentChanged};
 use polis_bus::{Handler, HandlerError};
 use polis_core::{Message, MessageKind, Transaction};
 use polis_store::sql::Sql;
@@ -131,15 +131,24 @@ impl ShippingHandler {
                 tx.send(&contracts::outcome(SERVICE, trigger, &key, &failed)?).await?;
             }
         }
-        Ok(())
+        announce(tx, order_id).await
     }
+}
+
+/// Sends the order's shipment as it now is ([`ShipmentChanged`]), for read
+/// models, after every outcome.
+async fn announce<Tx: Transaction + Sql>(tx: &mut Tx, order_id: Uuid) -> Result<(), HandlerError> {
+    let Some(shipment) = db::shipment_in(tx, order_id).await? else { return Ok(()) };
+    let changed = Message::typed_event(SERVICE, &order_id.to_string(), &ShipmentChanged { shipment })?;
+    tx.send(&changed).await?;
+    Ok(())
 }
 
 async fn cancel<Tx: Transaction + Sql>(tx: &mut Tx, trigger: &Message, order_id: Uuid) -> Result<(), HandlerError> {
     let cancelled = db::cancel(tx, order_id).await?;
     tracing::debug!(order_id = %order_id, "shipment cancelled");
     tx.send(&contracts::outcome(SERVICE, trigger, &order_id.to_string(), &cancelled)?).await?;
-    Ok(())
+    announce(tx, order_id).await
 }
 
 async fn replicate<Tx: Transaction + Sql>(

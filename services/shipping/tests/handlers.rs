@@ -15,6 +15,7 @@ testsupport::suite! {
     cases: [
         customer_events_feed_the_address_replica,
         a_schedule_command_replies_with_the_shipment,
+        every_outcome_is_followed_by_the_shipment_as_it_now_is,
         an_authorized_payment_schedules_and_announces,
         a_blocked_country_is_undeliverable,
         blocked_countries_come_from_the_config,
@@ -181,6 +182,35 @@ mod cases {
                 address: Some(address("NL")),
                 reason: None,
             })
+        );
+    }
+
+    /// Read models follow `ShipmentChanged`, an event in both styles: the
+    /// shipment's state after each outcome, keyed by the order.
+    pub async fn every_outcome_is_followed_by_the_shipment_as_it_now_is<S: SqlStore>(service: Shipping<S>)
+    where
+        S::Tx: Sql,
+    {
+        let customer_id = register(&service, "NL").await;
+        let _ = testsupport::sent_all(&**service.store()).await;
+        let order_id = Uuid::now_v7();
+        handle(&service, &schedule(order_id, customer_id)).await.unwrap();
+        handle(&service, &cancel(order_id)).await.unwrap();
+        let changes: Vec<_> = testsupport::sent_all(&**service.store())
+            .await
+            .into_iter()
+            .filter(|m| m.is::<contracts::shipping::ShipmentChanged>())
+            .map(|m| {
+                (m.kind, m.key.clone(), m.decode::<contracts::shipping::ShipmentChanged>().unwrap().shipment.status)
+            })
+            .collect();
+        let key = order_id.to_string();
+        assert_eq!(
+            changes,
+            [
+                (polis_core::MessageKind::Event, key.clone(), ShipmentStatus::Scheduled),
+                (polis_core::MessageKind::Event, key, ShipmentStatus::Cancelled)
+            ]
         );
     }
 

@@ -137,12 +137,24 @@ where
 /// is everything the service sent (unless [`sent`] took it).
 pub async fn outbox<S: TransactionalStore>(store: &S) -> Vec<Message> {
     let entries = store.unpublished(1000).await.expect("the outbox");
-    entries.into_iter().map(|entry| entry.message).collect()
+    entries.into_iter().map(|entry| entry.message).filter(|m| !is_state_event(m)).collect()
 }
 
-/// The messages sent since the last call: the outbox's unpublished entries,
-/// which it then marks published.
+/// Whether `message` is a participant's state for read models
+/// (`PaymentChanged`, `ShipmentChanged`), sent beside every outcome; the
+/// outbox helpers leave these out, [`sent_all`] keeps them.
+pub fn is_state_event(message: &Message) -> bool {
+    message.is::<contracts::payment::PaymentChanged>() || message.is::<contracts::shipping::ShipmentChanged>()
+}
+
+/// The messages sent since the last call, state events for read models
+/// left out: the outbox's unpublished entries, which it then marks published.
 pub async fn sent<S: TransactionalStore>(store: &S) -> Vec<Message> {
+    sent_all(store).await.into_iter().filter(|m| !is_state_event(m)).collect()
+}
+
+/// Every message sent since the last call, state events included.
+pub async fn sent_all<S: TransactionalStore>(store: &S) -> Vec<Message> {
     let entries = store.unpublished(1000).await.expect("the outbox");
     let positions: Vec<u64> = entries.iter().map(|entry| entry.position).collect();
     store.mark_published(&positions).await.expect("marking the outbox published");
