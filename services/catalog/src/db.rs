@@ -53,6 +53,11 @@ pub(crate) async fn set_price(tx: &mut impl Sql, sku: &str, price: i64) -> Resul
     Ok(())
 }
 
+pub(crate) async fn set_name(tx: &mut impl Sql, sku: &str, name: &str) -> Result<(), StoreError> {
+    tx.execute("UPDATE products SET name = $2, updated_at = $3 WHERE sku = $1", args![sku, name, now_micros()]).await?;
+    Ok(())
+}
+
 pub(crate) async fn get<S: SqlStore>(store: &S, sku: &str) -> Result<Option<Product>, StoreError>
 where
     S::Tx: Sql,

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use contracts::catalog::{ChangePrice, Product};
+use contracts::catalog::{ChangePrice, Product, UpdateProduct};
 use polis_runtime::{ApiError, Json, Page};
 use polis_store::sql::{Sql, SqlStore};
 
@@ -20,7 +20,7 @@ where
 {
     Router::new()
         .route("/products", get(list::<S>).post(add::<S>))
-        .route("/products/{sku}", get(fetch::<S>))
+        .route("/products/{sku}", get(fetch::<S>).patch(update::<S>))
         .route("/products/{sku}/price", put(change_price::<S>))
         .with_state(service)
 }
@@ -53,6 +53,18 @@ where
     S::Tx: Sql,
 {
     Ok(Json(service.get(&path_sku(sku)?).await?))
+}
+
+async fn update<S>(
+    State(service): State<Catalog<S>>,
+    sku: Result<Path<String>, PathRejection>,
+    Json(update): Json<UpdateProduct>,
+) -> Result<Json<Product>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Ok(Json(service.update(&path_sku(sku)?, update).await?))
 }
 
 async fn change_price<S>(

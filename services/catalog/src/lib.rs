@@ -32,7 +32,7 @@ pub mod rules;
 
 use std::sync::Arc;
 
-use contracts::catalog::{ChangePrice, PriceChanged, Product, ProductAdded};
+use contracts::catalog::{ChangePrice, PriceChanged, Product, ProductAdded, ProductRenamed, UpdateProduct};
 use polis_core::{Message, StoreError, Transaction};
 use polis_runtime::Page;
 use polis_store::sql::{Sql, SqlStore};
@@ -124,6 +124,39 @@ where
     /// A page of products, ordered by sku.
     pub async fn list(&self, page: &Page<String>) -> Result<Vec<Product>, Error> {
         Ok(db::list(self.store.as_ref(), page).await?)
+    }
+
+    /// Renames a product and / or sets its price, announcing each change
+    /// (`ProductRenamed`, `PriceChanged`) in the same transaction; what is
+    /// already so changes and announces nothing.
+    pub async fn update(&self, sku: &str, update: UpdateProduct) -> Result<Product, Error> {
+        if !rules::is_sku(sku) {
+            return Err(Error::NotFound(sku.to_owned()));
+        }
+        let update = rules::update(update)?;
+        let sku = sku.to_owned();
+        self.store
+            .transaction(async move |tx: &mut S::Tx| {
+                let Some(mut product) = db::get_for_update(tx, &sku).await? else {
+                    return Err(Error::NotFound(sku));
+                };
+                if let Some(new_name) = update.name.filter(|n| *n != product.name) {
+                    db::set_name(tx, &sku, &new_name).await?;
+                    let renamed = ProductRenamed { sku: sku.clone(), old_name: product.name.clone(), new_name };
+                    tx.send(&Message::typed_event(SERVICE, &sku, &renamed).map_err(Error::Encode)?).await?;
+                    tracing::info!(sku = %sku, old_name = %renamed.old_name, new_name = %renamed.new_name, "product renamed");
+                    product.name = renamed.new_name;
+                }
+                if let Some(new_price) = update.price.filter(|p| *p != product.price) {
+                    db::set_price(tx, &sku, new_price).await?;
+                    let changed = PriceChanged { sku: sku.clone(), old_price: product.price, new_price };
+                    tx.send(&Message::typed_event(SERVICE, &sku, &changed).map_err(Error::Encode)?).await?;
+                    tracing::info!(sku = %sku, old_price = changed.old_price, new_price, "price changed");
+                    product.price = new_price;
+                }
+                Ok::<_, Error>(product)
+            })
+            .await
     }
 
     /// Sets a product's price and announces it with `PriceChanged`; setting

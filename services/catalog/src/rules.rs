@@ -9,7 +9,7 @@
 //!   ([`contracts::text`], the rule of every text people read);
 //! - `price`: not negative (minor units).
 
-use contracts::catalog::{Product, SKU_FORM};
+use contracts::catalog::{Product, SKU_FORM, UpdateProduct};
 use polis_runtime::Violations;
 
 use crate::Error;
@@ -27,7 +27,32 @@ pub fn product(mut product: Product) -> Result<Product, Error> {
     }
     let mut report = Violations::new();
     report.check(is_sku(&product.sku), "sku", SKU_FORM);
-    let name = &product.name;
+    check_name(&mut report, &product.name);
+    check_price(&mut report, product.price);
+    finish(report, product)
+}
+
+/// A change of name and / or price, normalized, if it breaks no rule; it
+/// must change something.
+pub fn update(mut update: UpdateProduct) -> Result<UpdateProduct, Error> {
+    let mut report = Violations::new();
+    if update.name.is_none() && update.price.is_none() {
+        report.add("name", "give a new name, a new price, or both");
+    }
+    if let Some(name) = &mut update.name {
+        let trimmed = name.trim();
+        if trimmed.len() != name.len() {
+            *name = trimmed.to_owned();
+        }
+        check_name(&mut report, name);
+    }
+    if let Some(price) = update.price {
+        check_price(&mut report, price);
+    }
+    finish(report, update)
+}
+
+fn check_name(report: &mut Violations, name: &str) {
     if name.is_empty() {
         report.add("name", "must not be empty");
     } else if name.chars().count() > MAX_NAME_CHARS {
@@ -35,8 +60,6 @@ pub fn product(mut product: Product) -> Result<Product, Error> {
     } else if let Err(message) = contracts::text::check_visible(name) {
         report.add("name", message);
     }
-    check_price(&mut report, product.price);
-    finish(report, product)
 }
 
 /// The price, if it is one.
@@ -74,6 +97,8 @@ mod tests {
             assert_eq!(fields(product(bad)), ["name"], "{hidden:?}");
         }
         assert_eq!(fields(price(-1)), ["price"]);
+        assert_eq!(fields(update(UpdateProduct::default())), ["name"]);
+        assert_eq!(fields(update(UpdateProduct { name: Some(" ".into()), price: Some(-5) })), ["name", "price"]);
     }
 
     #[test]

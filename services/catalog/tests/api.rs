@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{Method, StatusCode, header};
 use catalog::{Catalog, Config, SERVICE};
-use contracts::catalog::{PriceChanged, Product, ProductAdded};
+use contracts::catalog::{PriceChanged, Product, ProductAdded, ProductRenamed};
 use polis_bus::ConsumerOptions;
 use polis_core::Message;
 use polis_runtime::Page;
@@ -262,6 +262,40 @@ where
 /// Concurrent price changes apply one after the other: the announced
 /// changes form one chain from the first price to the last, so a reader
 /// applying them in order ends at the stored price.
+async fn a_patch_renames_and_reprices_announcing_each_change<S: SqlStore>(app: App<S>)
+where
+    S::Tx: Sql,
+{
+    app.add("MUG-1", 1250).await;
+    let patch = |body: Value| app.call(Method::PATCH, "/products/MUG-1", Some(body));
+    let both = patch(json!({ "name": "  Big mug ", "price": 1400 })).await;
+    assert_eq!(both.status, StatusCode::OK, "{}", both.body);
+    assert_eq!(both.json::<Product>(), Product { sku: "MUG-1".into(), name: "Big mug".into(), price: 1400 });
+    // Only the name; then what is already so: nothing changes, nothing is announced.
+    assert_eq!(patch(json!({ "name": "Huge mug" })).await.json::<Product>().price, 1400);
+    assert_eq!(patch(json!({ "name": "Huge mug", "price": 1400 })).await.status, StatusCode::OK);
+    assert_eq!(app.call(Method::GET, "/products/MUG-1", None).await.json::<Product>().name, "Huge mug");
+
+    assert_eq!(patch(json!({})).await.fields(), ["name"]);
+    assert_eq!(patch(json!({ "name": "", "price": -1 })).await.fields(), ["name", "price"]);
+    assert_eq!(patch(json!({ "colour": "red" })).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let unknown = app.call(Method::PATCH, "/products/NOPE", Some(json!({ "price": 1 }))).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    let outbox = app.outbox().await;
+    let types: Vec<_> = outbox[1..].iter().map(|m| m.message_type.as_str()).collect();
+    assert_eq!(types, ["catalog.product-renamed.v1", "catalog.price-changed.v1", "catalog.product-renamed.v1"]);
+    assert!(outbox.iter().all(|m| m.key == "MUG-1"));
+    assert_eq!(
+        outbox[1].decode::<ProductRenamed>().unwrap(),
+        ProductRenamed { sku: "MUG-1".into(), old_name: "Product MUG-1".into(), new_name: "Big mug".into() }
+    );
+    assert_eq!(
+        outbox[3].decode::<ProductRenamed>().unwrap(),
+        ProductRenamed { sku: "MUG-1".into(), old_name: "Big mug".into(), new_name: "Huge mug".into() }
+    );
+}
+
 async fn concurrent_price_changes_form_a_chain<S: SqlStore>(app: App<S>)
 where
     S::Tx: Sql,
@@ -321,6 +355,7 @@ testsupport::suite! {
         concurrent_adds_of_one_sku_admit_one,
         unknown_skus_are_not_found,
         a_price_change_announces_old_and_new_price,
+        a_patch_renames_and_reprices_announcing_each_change,
         concurrent_price_changes_form_a_chain,
         the_consumer_subscribes_to_nothing,
         reopening_keeps_the_data,

@@ -42,9 +42,30 @@ pub struct PriceChanged {
     pub new_price: Money,
 }
 
+/// `catalog.product-renamed.v1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductRenamed {
+    pub sku: String,
+    pub old_name: String,
+    pub new_name: String,
+}
+
 message_types! {
     ProductAdded => "catalog.product-added.v1",
     PriceChanged => "catalog.price-changed.v1",
+    ProductRenamed => "catalog.product-renamed.v1",
+}
+
+/// `PATCH /products/{sku}`: a new name, a new price, or both; a field left
+/// out is left as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>)]
+    pub price: Option<Money>,
 }
 
 /// `PUT /products/{sku}/price`.
