@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod customer;
 pub mod inventory;
 pub mod order;
+pub mod order_history;
 pub mod payment;
 mod service;
 pub mod shipping;

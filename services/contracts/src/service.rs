@@ -19,25 +19,34 @@ pub enum Service {
     Payment,
     Shipping,
     Order,
+    OrderHistory,
     Gateway,
 }
 
 impl Service {
     /// Every process, business services first and the gateway last (the
     /// order they start in; they stop in reverse).
-    pub const ALL: [Service; 7] = [
+    pub const ALL: [Service; 8] = [
         Service::Customer,
         Service::Catalog,
         Service::Inventory,
         Service::Payment,
         Service::Shipping,
         Service::Order,
+        Service::OrderHistory,
         Service::Gateway,
     ];
 
     /// The business services, each with a database of its own.
-    pub const BUSINESS: [Service; 6] =
-        [Service::Customer, Service::Catalog, Service::Inventory, Service::Payment, Service::Shipping, Service::Order];
+    pub const BUSINESS: [Service; 7] = [
+        Service::Customer,
+        Service::Catalog,
+        Service::Inventory,
+        Service::Payment,
+        Service::Shipping,
+        Service::Order,
+        Service::OrderHistory,
+    ];
 
     /// The name used in messages, database names, commands and variables.
     pub fn as_str(self) -> &'static str {
@@ -48,8 +57,15 @@ impl Service {
             Self::Payment => crate::payment::SERVICE,
             Self::Shipping => crate::shipping::SERVICE,
             Self::Order => crate::order::SERVICE,
+            Self::OrderHistory => crate::order_history::SERVICE,
             Self::Gateway => "gateway",
         }
+    }
+
+    /// The name as an identifier (`-` written `_`): in database names and
+    /// environment variables (`POLIS__LISTEN__ORDER_HISTORY`).
+    pub fn ident(self) -> String {
+        self.as_str().replace('-', "_")
     }
 
     /// Whether this process owns a database (every one but the gateway).
@@ -68,6 +84,7 @@ impl Service {
             Self::Payment => 8084,
             Self::Shipping => 8085,
             Self::Order => 8086,
+            Self::OrderHistory => 8087,
         }
     }
 }
@@ -95,7 +112,11 @@ impl FromStr for Service {
     type Err = UnknownService;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|service| service.as_str() == name).ok_or_else(|| UnknownService(name.to_owned()))
+        // Configuration keys come from environment variables, where `-` cannot be.
+        Self::ALL
+            .into_iter()
+            .find(|service| service.as_str() == name || service.ident() == name)
+            .ok_or_else(|| UnknownService(name.to_owned()))
     }
 }
 
@@ -120,6 +141,7 @@ mod tests {
     fn names_round_trip_and_unknown_ones_are_named() {
         for service in Service::ALL {
             assert_eq!(service.as_str().parse::<Service>().unwrap(), service);
+            assert_eq!(service.ident().parse::<Service>().unwrap(), service);
             let json = serde_json::to_string(&service).unwrap();
             assert_eq!(serde_json::from_str::<Service>(&json).unwrap(), service);
         }

@@ -23,7 +23,8 @@ use axum::response::{IntoResponse, Response};
 use contracts::OrderLine;
 use contracts::catalog::Product;
 use contracts::customer::Customer;
-use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderView, PlaceOrder, idempotency_key};
+use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderStatus, OrderView, PlaceOrder, idempotency_key};
+use contracts::order_history::{CustomerOrders, QueryError, ViewQuery};
 use contracts::payment::Payment;
 use contracts::shipping::Shipment;
 use futures::{StreamExt, stream};
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::openapi::Problem;
 use crate::routes::{
-    Gateway, LIMIT_DOC, MaybeRequestId, PAGE_422, bad_gateway, call_failed, pass_through, request_id, service_failed,
+    Gateway, LIMIT_DOC, MaybeRequestId, bad_gateway, call_failed, pass_through, request_id, service_failed,
 };
 use crate::upstream::encode_segment;
 use contracts::Service;
@@ -149,33 +150,53 @@ async fn optional<T: DeserializeOwned>(
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000, description = LIMIT_DOC),
         ("after" = Option<uuid::Uuid>, Query, description = "Only orders whose id comes after this one; the id of \
             the last order of the previous page."),
+        ("status" = Option<OrderStatus>, Query, description = "Only orders in this status."),
+        ("order" = Option<uuid::Uuid>, Query, description = "With `wait_ms`: answer once the view shows this order \
+            (say, one just placed), or after `wait_ms`."),
+        ("wait_ms" = Option<u64>, Query, minimum = 0, maximum = 10000, description = "How long to wait for `order` \
+            to show, in milliseconds."),
     ),
     responses(
         (status = 200, description = "A page of the customer's orders in id order, which is the order they were \
-            placed in (ids are UUIDv7). A page shorter than `limit` is the last one.", body = Vec<OrderView>),
+            placed in (ids are UUIDv7), from the order-history view: items with product names, the customer's name \
+            and email, payment and shipment status; and how fresh the view is. A page shorter than `limit` is the \
+            last one.", body = CustomerOrders),
+        (status = 400, description = "An unknown query parameter.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = PAGE_422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad `limit`, `after`, `status`, `order` or `wait_ms`, or only one of \
+            `order` and `wait_ms`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The view is being built for the first time, or a service is unavailable.",
+            body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn customer_orders(
     State(gateway): State<Gateway>,
     id: MaybeRequestId,
     PathId(customer_id): PathId,
-    page: Page,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let request_id = request_id(&id);
     let timeout = gateway.call_timeout();
     let customer_path = format!("/customers/{customer_id}");
-    let orders_path = format!("/customers/{customer_id}/orders?{}", page.query());
+    // The view's rules, checked before any call; the query goes on as sent.
+    let (view, paging) = ViewQuery::parse(uri.query()).map_err(|e| match e {
+        QueryError::Unknown(name) => ApiError::bad_request(format!("unknown query parameter `{name}`")),
+        QueryError::Invalid(name, message) => ApiError::validation(name, message),
+    })?;
+    Page::<uuid::Uuid>::from_query(Some(&paging.join("&")))?;
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let orders_path = format!("/customers/{customer_id}/orders{query}");
+    // A read that waits for an order may take that long on top of the call.
+    let wait = Duration::from_millis(view.wait.map_or(0, |(_, ms)| ms));
     // Both at once: the list is wasted only for an unknown customer.
     let (customer, orders) = tokio::join!(
         essential::<Customer>(&gateway, Service::Customer, &customer_path, request_id, timeout),
-        gateway.upstream(Service::Order).call(Method::GET, &orders_path, None, request_id, timeout),
+        gateway.upstream(Service::OrderHistory).call(Method::GET, &orders_path, None, request_id, timeout + wait),
     );
     if customer?.is_none() {
         return Err(ApiError::not_found(format!("no customer with id {customer_id}")));
     }
-    Ok(pass_through(orders.map_err(|err| call_failed(Service::Order, err))?))
+    Ok(pass_through(orders.map_err(|err| call_failed(Service::OrderHistory, err))?))
 }
 
 /// One line of the order being built: a distinct sku, its summed

@@ -11,6 +11,7 @@ use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{SetStock, StockLevel};
 use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
+use contracts::order_history::{CustomerOrders, Freshness, HistoryItem, HistoryOrder};
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
 use contracts::{Address, OrderLine, Quantity, RejectionReason};
@@ -97,7 +98,8 @@ fn healthz() {}
     ),
     components(schemas(
         Problem, ProblemField, Health, Address, Customer, RegisterCustomer, Product, SetStock, StockLevel,
-        CreateOrder, Quantity, Accepted, OrderStatus, OrderView, OrderLine, RejectionReason, Payment, PaymentStatus,
+        CreateOrder, Quantity, Accepted, OrderStatus, OrderView, OrderLine, CustomerOrders, HistoryOrder,
+        HistoryItem, Freshness, RejectionReason, Payment, PaymentStatus,
         Shipment, ShipmentStatus, OrderDetails, Part,
     )),
     modifiers(&SharedErrors),

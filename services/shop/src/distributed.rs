@@ -142,6 +142,7 @@ pub struct DistributedConfig {
     pub inventory: inventory::Config,
     /// The order service's settings; its `saga` is replaced by the top-level `saga`.
     pub order: order::Config,
+    pub order_history: order_history::Config,
     pub payment: payment::Config,
     pub shipping: shipping::Config,
     pub gateway: gateway::GatewayConfig,
@@ -174,6 +175,7 @@ impl Default for DistributedConfig {
             catalog: catalog::Config::default(),
             inventory: inventory::Config::default(),
             order: order::Config::default(),
+            order_history: order_history::Config::default(),
             payment: payment::Config::default(),
             shipping: shipping::Config::default(),
             gateway: gateway::GatewayConfig::default(),
@@ -248,7 +250,7 @@ impl DistributedConfig {
 
     /// The database of `service`: `<database_prefix>_<service>`; `None` for the gateway.
     pub fn database(&self, service: Service) -> Option<String> {
-        service.has_database().then(|| format!("{}_{}", self.database_prefix, service.as_str()))
+        service.has_database().then(|| format!("{}_{}", self.database_prefix, service.ident()))
     }
 
     /// Where `service` listens: as configured, or loopback at its default port.
@@ -277,6 +279,7 @@ impl DistributedConfig {
             payment: self.payment.clone(),
             shipping: self.shipping.clone(),
             order: self.order.clone(),
+            order_history: self.order_history.clone(),
             gateway: self.gateway.clone(),
             host: self.host.clone(),
             silent: self.silent.clone(),

@@ -60,6 +60,7 @@ pub struct ShopConfig {
     pub shipping: shipping::Config,
     /// The order service's settings; its `saga` is replaced by [`ShopConfig::saga`].
     pub order: order::Config,
+    pub order_history: order_history::Config,
     pub gateway: gateway::GatewayConfig,
     /// Relay, scheduler and consumer tuning for every service.
     pub host: HostOptions,
@@ -78,6 +79,7 @@ impl Default for ShopConfig {
             payment: payment::Config::default(),
             shipping: shipping::Config::default(),
             order: order::Config::default(),
+            order_history: order_history::Config::default(),
             gateway: gateway::GatewayConfig::default(),
             host: host_options(),
             silent: Vec::new(),
@@ -157,6 +159,10 @@ where
         Service::Order => {
             let settings = order::Config { saga, ..config.order.clone() };
             host::<order::OrderService<S>, S>(service, store, bus, settings, &options).await
+        }
+        Service::OrderHistory => {
+            let settings = config.order_history.clone();
+            host::<order_history::OrderHistory<S>, S>(service, store, bus, settings, &options).await
         }
         Service::Gateway => Err(StartError::NotABusinessService(service)),
     }

@@ -268,7 +268,7 @@ impl Supervisor {
             env.push(("POLIS__SAGA".to_owned(), saga.as_str().to_owned()));
         }
         for (service, addr) in &addrs {
-            let upper = service.as_str().to_ascii_uppercase();
+            let upper = service.ident().to_ascii_uppercase();
             env.push((format!("POLIS__LISTEN__{upper}"), addr.to_string()));
             if *service != Service::Gateway {
                 env.push((format!("POLIS__UPSTREAMS__{upper}"), format!("http://{addr}")));

@@ -276,6 +276,57 @@ fn order_service() -> Router {
         .route("/customers/{id}/orders", routing::get(for_customer))
 }
 
+/// A customer's orders as the order-history view shows them.
+pub fn history(order_id: &str) -> Option<contracts::order_history::HistoryOrder> {
+    let order = order(order_id)?;
+    let items = order
+        .items
+        .iter()
+        .map(|l| contracts::order_history::HistoryItem {
+            sku: l.sku.clone(),
+            product_name: Some(format!("Product {}", l.sku)),
+            quantity: l.quantity,
+            unit_price: l.unit_price,
+        })
+        .collect();
+    Some(contracts::order_history::HistoryOrder {
+        id: order.id,
+        customer_id: order.customer_id,
+        status: order.status,
+        reason: order.reason,
+        items,
+        total: order.total,
+        customer_name: Some("Ann".into()),
+        customer_email: Some("ann@example.com".into()),
+        payment_status: None,
+        shipment_status: None,
+        placed_at: order.created_at,
+        updated_at: order.updated_at,
+    })
+}
+
+fn order_history_service() -> Router {
+    /// A page by order id, as the view lists, with its freshness.
+    async fn for_customer(
+        Path(customer_id): Path<String>,
+        axum::extract::RawQuery(query): axum::extract::RawQuery,
+    ) -> Result<Json<contracts::order_history::CustomerOrders>, ApiError> {
+        let (_, paging) = contracts::order_history::ViewQuery::parse(query.as_deref())
+            .map_err(|e| ApiError::bad_request(format!("{e:?}")))?;
+        let page = Page::<uuid::Uuid>::from_query(Some(&paging.join("&")))?;
+        let orders = [ORDER, NEW_ORDER]
+            .iter()
+            .filter_map(|o| history(o))
+            .filter(|o| o.customer_id.to_string() == customer_id && o.id > page.after_key())
+            .take(page.limit)
+            .collect();
+        let freshness =
+            contracts::order_history::Freshness { position: 7, applied_at: None, sources: Default::default() };
+        Ok(Json(contracts::order_history::CustomerOrders { orders, freshness }))
+    }
+    Router::new().route("/customers/{id}/orders", routing::get(for_customer))
+}
+
 /// A service that accepts every request and never answers.
 pub fn silent() -> Router {
     Router::new().fallback(std::future::pending::<Response>)
@@ -308,6 +359,7 @@ impl Fakes {
             Service::Payment => ("payment", payment_service()),
             Service::Shipping => ("shipping", shipping_service()),
             Service::Order => ("order", order_service()),
+            Service::OrderHistory => ("order-history", order_history_service()),
             Service::Gateway => ("gateway", Router::new()),
         };
         hosted(service, router, &self.recorder)

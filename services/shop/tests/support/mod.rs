@@ -15,6 +15,7 @@ use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
 use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderStatus, OrderView};
+use contracts::order_history::{CustomerOrders, HistoryOrder};
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
 use contracts::{Address, Quantity, RejectionReason};
@@ -347,7 +348,7 @@ impl Client {
         assert_eq!((again.status, json["id"].as_str()), (StatusCode::ACCEPTED, Some(id.to_string().as_str())));
         assert!(again.replayed, "{again:?}");
         assert_eq!(json["status"], "APPROVED", "a repeat answers with the current status: {json}");
-        let orders = self.customer_orders(customer).await;
+        let orders = self.customer_orders(customer, &[id]).await;
         assert_eq!(orders.iter().map(|o| o.id).collect::<Vec<_>>(), [id]);
 
         // Keys are per customer: another customer's same key places an order of its own.
@@ -368,14 +369,30 @@ impl Client {
             assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {json}");
             assert_eq!(json["errors"][0]["field"], "Idempotency-Key", "{json}");
         }
-        let orders = self.customer_orders(customer).await;
+        let orders = self.customer_orders(customer, &[id]).await;
         assert_eq!(orders.len(), 1, "refused requests place nothing: {orders:?}");
     }
 
-    /// Every order of `customer`, read page by page through the gateway.
-    pub(crate) async fn customer_orders(&self, customer: Uuid) -> Vec<OrderView> {
+    /// Every order of `customer` in the order-history view, read page by
+    /// page through the gateway once the view shows each of `placed` (it
+    /// follows the order service's events; `order=&wait_ms=` waits for one).
+    pub(crate) async fn customer_orders(&self, customer: Uuid, placed: &[Uuid]) -> Vec<HistoryOrder> {
         let path = format!("/api/customers/{customer}/orders");
-        self.gateway.get_all(&path, |o: &OrderView| o.id).await.unwrap()
+        for id in placed {
+            let shown: CustomerOrders =
+                self.gateway.get(&format!("{path}?order={id}&wait_ms=10000&limit=1")).await.unwrap();
+            assert!(shown.freshness.position > 0, "{shown:?}");
+        }
+        let mut all: Vec<HistoryOrder> = Vec::new();
+        loop {
+            let after = all.last().map(|o| format!("&after={}", o.id)).unwrap_or_default();
+            let page: CustomerOrders = self.gateway.get(&format!("{path}?limit=2{after}")).await.unwrap();
+            let full = page.orders.len() == 2;
+            all.extend(page.orders);
+            if !full {
+                return all;
+            }
+        }
     }
 
     /// A customer's orders through the gateway a page at a time, in the
@@ -392,16 +409,16 @@ impl Client {
         self.order(other, &[(&sku, 1)]).await;
 
         let path = format!("/api/customers/{customer}/orders");
+        let all = self.customer_orders(customer, &placed).await;
+        assert_eq!(all.iter().map(|o| o.id).collect::<Vec<_>>(), placed, "three pages, read to the end");
+        assert!(all.iter().all(|o| o.customer_id == customer));
         let page = async |query: String| -> Vec<Uuid> {
-            let orders: Vec<OrderView> = self.gateway.get(&format!("{path}?{query}")).await.unwrap();
-            orders.iter().map(|o| o.id).collect()
+            let orders: CustomerOrders = self.gateway.get(&format!("{path}?{query}")).await.unwrap();
+            orders.orders.iter().map(|o| o.id).collect()
         };
         assert_eq!(page("limit=2".into()).await, placed[..2]);
         assert_eq!(page(format!("limit=2&after={}", placed[1])).await, placed[2..4]);
         assert_eq!(page(format!("limit=2&after={}", placed[3])).await, placed[4..]);
-        let all = self.gateway.get_all_by(&path, 2, |o: &OrderView| o.id).await.unwrap();
-        assert_eq!(all.iter().map(|o| o.id).collect::<Vec<_>>(), placed, "three pages, read to the end");
-        assert!(all.iter().all(|o| o.customer_id == customer));
 
         for (query, field) in [
             ("limit=0", "limit"),

@@ -1,0 +1,283 @@
+//! The view, as a projection of the service's log (the other services'
+//! events, ingested by its consumer).
+//!
+//! Denormalized, so a page of a customer's orders is one indexed read:
+//!
+//! - `history_orders`: one row per order, with the customer's name and
+//!   email and the payment's and shipment's status copied in;
+//! - `history_items`: its lines, with the product's name copied in;
+//! - `history_customers`, `history_products`: the names to copy, kept for
+//!   orders placed after a customer or product was seen;
+//! - `history_sources`: per source service, its last event applied (the
+//!   freshness every answer reports).
+//!
+//! Events of different services arrive in any order relative to each other
+//! (each service's topic is consumed on its own), so every write tolerates
+//! the others not being there yet: a payment's status that comes before its
+//! order lands in a stub row (no `status`) that readers skip and the order
+//! completes; an order placed before its customer was seen takes the name
+//! when the customer's event arrives. A rename fans out to every row that
+//! shows the name.
+
+use async_trait::async_trait;
+use contracts::catalog::{ProductAdded, ProductRenamed};
+use contracts::customer::{CustomerRegistered, CustomerUpdated};
+use contracts::order::{OrderApproved, OrderCancelRequested, OrderCancelled, OrderCreated, OrderRejected};
+use contracts::payment::PaymentChanged;
+use contracts::shipping::ShipmentChanged;
+use polis_core::{Generation, MessageType, Projection, RecordedEvent, StoreError};
+use polis_store::args;
+use polis_store::sql::Sql;
+use serde::de::DeserializeOwned;
+
+/// The projection's name (its checkpoint and lease).
+pub const NAME: &str = "order-history";
+
+/// The tables of a generation; readers query them by these names.
+pub const TABLES: &[&str] =
+    &["history_orders", "history_items", "history_customers", "history_products", "history_sources"];
+
+/// The event types the view reads; the consumer ingests only these.
+pub fn event_types() -> Vec<&'static str> {
+    vec![
+        OrderCreated::TYPE,
+        OrderApproved::TYPE,
+        OrderRejected::TYPE,
+        OrderCancelRequested::TYPE,
+        OrderCancelled::TYPE,
+        CustomerRegistered::TYPE,
+        CustomerUpdated::TYPE,
+        ProductAdded::TYPE,
+        ProductRenamed::TYPE,
+        PaymentChanged::TYPE,
+        ShipmentChanged::TYPE,
+    ]
+}
+
+/// The order-history projection (version 1).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderHistoryProjection;
+
+fn decode<T: DeserializeOwned>(event: &RecordedEvent) -> Result<T, StoreError> {
+    serde_json::from_value(event.data.clone())
+        .map_err(|e| StoreError::InvalidRequest(format!("{} {} is unreadable: {e}", event.event_type, event.id)))
+}
+
+fn micros(event: &RecordedEvent) -> i64 {
+    event.time.timestamp_micros()
+}
+
+/// The order status an order event sets, and its reason.
+fn status_of(event: &RecordedEvent) -> Result<Option<(&'static str, Option<&'static str>)>, StoreError> {
+    Ok(Some(match event.event_type.as_str() {
+        t if t == OrderApproved::TYPE => ("APPROVED", None),
+        t if t == OrderRejected::TYPE => ("REJECTED", Some(decode::<OrderRejected>(event)?.reason.as_str())),
+        t if t == OrderCancelRequested::TYPE => ("CANCEL_PENDING", None),
+        t if t == OrderCancelled::TYPE => ("CANCELLED", None),
+        _ => return Ok(None),
+    }))
+}
+
+#[async_trait]
+impl<Tx: Sql + Send + 'static> Projection<Tx> for OrderHistoryProjection {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn tables(&self) -> &[&'static str] {
+        TABLES
+    }
+
+    async fn create(&self, tx: &mut Tx, g: Generation) -> Result<(), StoreError> {
+        let orders = g.table("history_orders");
+        let items = g.table("history_items");
+        for sql in [
+            format!(
+                "CREATE TABLE {orders} (order_id TEXT PRIMARY KEY, customer_id TEXT, status TEXT, reason TEXT, \
+                 total BIGINT, customer_name TEXT, customer_email TEXT, payment_status TEXT, shipment_status TEXT, \
+                 placed_at_us BIGINT, updated_at_us BIGINT NOT NULL)"
+            ),
+            format!("CREATE INDEX {orders}_by_customer ON {orders} (customer_id, order_id)"),
+            format!(
+                "CREATE TABLE {items} (order_id TEXT NOT NULL, line_no BIGINT NOT NULL, sku TEXT NOT NULL, \
+                 product_name TEXT, quantity BIGINT NOT NULL, unit_price BIGINT NOT NULL, PRIMARY KEY (order_id, line_no))"
+            ),
+            format!("CREATE INDEX {items}_by_sku ON {items} (sku)"),
+            format!(
+                "CREATE TABLE {} (customer_id TEXT PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL)",
+                g.table("history_customers")
+            ),
+            format!("CREATE TABLE {} (sku TEXT PRIMARY KEY, name TEXT NOT NULL)", g.table("history_products")),
+            format!(
+                "CREATE TABLE {} (source TEXT PRIMARY KEY, last_event_at_us BIGINT NOT NULL, position BIGINT NOT NULL)",
+                g.table("history_sources")
+            ),
+        ] {
+            tx.execute(&sql, &[]).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, tx: &mut Tx, g: Generation, event: &RecordedEvent) -> Result<(), StoreError> {
+        match apply(tx, g, event).await {
+            // An event this version cannot read changes nothing here; the
+            // view goes on (the source service's own checks keep such events rare).
+            Err(StoreError::InvalidRequest(reason)) => {
+                tracing::warn!(event_id = %event.id, event_type = event.event_type, reason, "skipping an unreadable event");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+async fn apply<Tx: Sql + Send>(tx: &mut Tx, g: Generation, event: &RecordedEvent) -> Result<(), StoreError> {
+    {
+        let (orders, items) = (g.table("history_orders"), g.table("history_items"));
+        let at = micros(event);
+        let kind = event.event_type.as_str();
+        if kind == OrderCreated::TYPE {
+            let created: OrderCreated = decode(event)?;
+            let customers = g.table("history_customers");
+            tx.execute(
+                &format!(
+                    "INSERT INTO {orders} (order_id, customer_id, status, total, customer_name, customer_email, \
+                     placed_at_us, updated_at_us) \
+                     SELECT $1, $2, 'PENDING', $3, c.name, c.email, $4, $4 FROM (SELECT 1 AS one) AS o \
+                     LEFT JOIN {customers} c ON c.customer_id = $2 WHERE TRUE \
+                     ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, \
+                     status = COALESCE({orders}.status, excluded.status), total = excluded.total, \
+                     customer_name = excluded.customer_name, customer_email = excluded.customer_email, \
+                     placed_at_us = excluded.placed_at_us"
+                ),
+                args![created.order_id, created.customer_id, created.total, at],
+            )
+            .await?;
+            let products = g.table("history_products");
+            for (line_no, line) in created.lines.iter().enumerate() {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {items} (order_id, line_no, sku, product_name, quantity, unit_price) \
+                         SELECT $1, $2, $3, p.name, $4, $5 FROM (SELECT 1 AS one) AS o \
+                         LEFT JOIN {products} p ON p.sku = $3 WHERE TRUE \
+                         ON CONFLICT (order_id, line_no) DO NOTHING"
+                    ),
+                    args![
+                        created.order_id,
+                        i64::try_from(line_no).unwrap_or(i64::MAX),
+                        line.sku.as_str(),
+                        line.quantity,
+                        line.unit_price
+                    ],
+                )
+                .await?;
+            }
+        } else if let Some((status, reason)) = status_of(event)? {
+            let order_id = order_id(event)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {orders} (order_id, status, reason, updated_at_us) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, \
+                     reason = COALESCE(excluded.reason, {orders}.reason), updated_at_us = excluded.updated_at_us"
+                ),
+                args![order_id, status, reason, at],
+            )
+            .await?;
+        } else if kind == CustomerRegistered::TYPE || kind == CustomerUpdated::TYPE {
+            let customer = if kind == CustomerRegistered::TYPE {
+                decode::<CustomerRegistered>(event)?.customer
+            } else {
+                decode::<CustomerUpdated>(event)?.customer
+            };
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (customer_id, name, email) VALUES ($1, $2, $3) \
+                     ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, email = excluded.email",
+                    g.table("history_customers")
+                ),
+                args![customer.id, customer.name.as_str(), customer.email.as_str()],
+            )
+            .await?;
+            // Fan-out: every order of the customer shows the new name.
+            tx.execute(
+                &format!("UPDATE {orders} SET customer_name = $1, customer_email = $2 WHERE customer_id = $3"),
+                args![customer.name.as_str(), customer.email.as_str(), customer.id],
+            )
+            .await?;
+        } else if kind == ProductAdded::TYPE || kind == ProductRenamed::TYPE {
+            let (sku, name) = if kind == ProductAdded::TYPE {
+                let added = decode::<ProductAdded>(event)?.product;
+                (added.sku, added.name)
+            } else {
+                let renamed = decode::<ProductRenamed>(event)?;
+                (renamed.sku, renamed.new_name)
+            };
+            tx.execute(
+                &format!(
+                    "INSERT INTO {} (sku, name) VALUES ($1, $2) ON CONFLICT (sku) DO UPDATE SET name = excluded.name",
+                    g.table("history_products")
+                ),
+                args![sku.as_str(), name.as_str()],
+            )
+            .await?;
+            // Fan-out: every line of every order with the product.
+            tx.execute(
+                &format!("UPDATE {items} SET product_name = $1 WHERE sku = $2"),
+                args![name.as_str(), sku.as_str()],
+            )
+            .await?;
+        } else if kind == PaymentChanged::TYPE || kind == ShipmentChanged::TYPE {
+            let (order_id, column, status) = if kind == PaymentChanged::TYPE {
+                let payment = decode::<PaymentChanged>(event)?.payment;
+                (payment.order_id, "payment_status", enum_name(&payment.status)?)
+            } else {
+                let shipment = decode::<ShipmentChanged>(event)?.shipment;
+                (shipment.order_id, "shipment_status", enum_name(&shipment.status)?)
+            };
+            tx.execute(
+                &format!(
+                    "INSERT INTO {orders} (order_id, {column}, updated_at_us) VALUES ($1, $2, $3) \
+                     ON CONFLICT (order_id) DO UPDATE SET {column} = excluded.{column}, \
+                     updated_at_us = excluded.updated_at_us"
+                ),
+                args![order_id, status.as_str(), at],
+            )
+            .await?;
+        } else {
+            return Ok(());
+        }
+        let source = event.stream_id.split_once('/').map_or(event.source.as_str(), |(source, _)| source);
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (source, last_event_at_us, position) VALUES ($1, $2, $3) \
+                 ON CONFLICT (source) DO UPDATE SET last_event_at_us = excluded.last_event_at_us, \
+                 position = excluded.position",
+                g.table("history_sources")
+            ),
+            args![source, at, i64::try_from(event.global_position).unwrap_or(i64::MAX)],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The order an order event is about (its key, the local stream's tail).
+fn order_id(event: &RecordedEvent) -> Result<uuid::Uuid, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct About {
+        order_id: uuid::Uuid,
+    }
+    Ok(decode::<About>(event)?.order_id)
+}
+
+/// An enum's wire name (`"CAPTURED"`).
+fn enum_name<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => Ok(name),
+        _ => Err(StoreError::backend("a status without a wire name")),
+    }
+}
