@@ -32,9 +32,7 @@ use uuid::Uuid;
 
 use crate::error::InventoryError;
 
-/// The largest quantity a sku can be set to: keeps `available + reserved`
-/// (and every sum over them) far from `i64` overflow.
-pub const MAX_QUANTITY: i64 = 1_000_000_000_000;
+pub use contracts::inventory::MAX_QUANTITY;
 
 /// A request to reserve an order's items, from a `ReserveStock` command or an
 /// `OrderCreated` event.
