@@ -26,8 +26,9 @@
 //!    fully arrived by the deadline (counted from when the request reached
 //!    the stack) fails to read too, which [`Json`] answers 408.
 //!
-//! plus `GET /healthz`, a 404 problem for unknown paths and a 405 problem
-//! (keeping axum's `allow` header) for known paths with the wrong method.
+//! plus `GET /healthz` (which reads no query parameters, [`crate::NoQuery`]),
+//! a 404 problem for unknown paths and a 405 problem (keeping axum's `allow`
+//! header) for known paths with the wrong method.
 
 use std::any::Any;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -220,7 +221,7 @@ where
         .layer(middleware::from_fn(request_id))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+async fn healthz(_: crate::query::NoQuery) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 

@@ -36,8 +36,11 @@
 //!   limit and deadline, 404 / 405 problems, `GET /healthz`) and
 //!   [`HttpOptions`];
 //! - [`page`]: [`Page`], keyset pagination (`?limit=N&after=KEY`) for lists;
+//! - [`query`]: [`NoQuery`] and the refusal of query parameters a route
+//!   does not read (400 naming them);
 //! - [`id`]: the one accepted form of a UUID in a request, and [`PathId`],
-//!   the extractor of a route's id (400 naming the parameter otherwise);
+//!   the extractor of a route's id (400 naming the parameter otherwise), and
+//!   [`PathText`], a route's one path parameter as text;
 //! - [`serve`]: binding, serving with head, idle and shutdown deadlines
 //!   (graceful shutdown on ctrl-c / SIGTERM), problem+json for requests that
 //!   do not parse, and background servers for tests and embedded hosting;
@@ -57,16 +60,18 @@ pub mod json;
 pub mod layers;
 pub mod page;
 pub mod problem;
+pub mod query;
 pub mod serve;
 pub mod service;
 pub mod telemetry;
 
 pub use config::{ConfigLoader, Infra, Secret};
-pub use id::PathId;
+pub use id::{PathId, PathText};
 pub use json::{Json, ValidJson, Validate, Violations};
 pub use layers::{HttpOptions, RequestId, with_standard_stack};
 pub use page::{Page, PageKey};
 pub use problem::{ApiError, FieldError};
+pub use query::NoQuery;
 pub use service::{HostOptions, Hosted, Service, host};
 pub use telemetry::init_tracing;
 

@@ -15,8 +15,9 @@
 //!   the list's kind ([`PageKey`]: a UUID in its canonical form, or a text
 //!   key such as a sku). A bad or empty value is a 422 problem naming the
 //!   parameter; nothing is clamped or guessed.
-//! - Other query parameters are left alone: a list ignores what it does not
-//!   read, like every other route.
+//! - Any other query parameter is a 400 problem naming it
+//!   ([`crate::query`]): a list reads nothing else, and says so rather
+//!   than answer as if a filter or an order it ignored had been applied.
 //! - Values are read as written: keys are made of characters a query never
 //!   needs to percent-encode, so an encoded one (`%2D`) is refused rather
 //!   than misread.
@@ -52,6 +53,14 @@ pub trait PageKey: Sized + Clone + Default + PartialOrd + Display {
 
 /// The longest text key, in characters.
 pub const MAX_TEXT_KEY_CHARS: usize = 255;
+
+/// A text key's characters as a JSON Schema `pattern` (the length is
+/// [`MAX_TEXT_KEY_CHARS`]), for documents that describe `after`; a unit test
+/// holds it against [`PageKey::parse_key`].
+pub const TEXT_KEY_PATTERN: &str = "^[A-Za-z0-9._~-]+$";
+
+/// The query parameters a page is read from.
+pub const PARAMETERS: [&str; 2] = ["limit", "after"];
 
 impl PageKey for Uuid {
     const FORM: &'static str = crate::id::UUID_FORM;
@@ -97,12 +106,13 @@ impl<K: PageKey> Page<K> {
         i64::try_from(self.limit).unwrap_or(i64::MAX)
     }
 
-    /// Reads `limit` and `after` from a query string; other parameters are left alone.
+    /// Reads `limit` and `after` from a query string; any other parameter
+    /// is a 400 problem naming it.
     pub fn from_query(query: Option<&str>) -> Result<Self, ApiError> {
+        crate::query::refuse_unknown(query, &PARAMETERS)?;
         let mut page = Self::first(DEFAULT_LIMIT);
-        let pairs = query.into_iter().flat_map(|q| q.split('&')).filter(|pair| !pair.is_empty());
         // `?limit` alone is an empty limit, not no limit.
-        for (name, value) in pairs.map(|pair| pair.split_once('=').unwrap_or((pair, ""))) {
+        for (name, value) in crate::query::pairs(query) {
             match name {
                 "limit" => {
                     page.limit = value.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
@@ -159,7 +169,7 @@ mod tests {
         assert_eq!(Page::<Uuid>::from_query(None).unwrap(), Page::first(DEFAULT_LIMIT));
         assert_eq!(Page::<Uuid>::from_query(Some("")).unwrap(), Page::first(DEFAULT_LIMIT));
         let key = Uuid::now_v7();
-        let page = Page::from_query(Some(&format!("x=1&limit=5&after={key}"))).unwrap();
+        let page = Page::from_query(Some(&format!("limit=5&after={key}"))).unwrap();
         assert_eq!(page, Page { after: Some(key), limit: 5 });
         assert_eq!(Page::from_query(Some(&page.query())).unwrap(), page);
         assert_eq!(Page::<Uuid>::from_query(Some("limit=10000")).unwrap().limit, MAX_LIMIT);
@@ -177,6 +187,23 @@ mod tests {
             ("after=0190a4b2%2D7d5e-7c3a-9f1e-2b3c4d5e6f70", "after"),
         ] {
             assert_eq!(refused::<Uuid>(query), field, "{query}");
+        }
+    }
+
+    #[test]
+    fn other_parameters_are_refused() {
+        let error = Page::<Uuid>::from_query(Some("limit=5&sort=id")).unwrap_err();
+        assert_eq!(error.status(), axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(error.errors()[0].field, "sort");
+    }
+
+    #[test]
+    fn the_text_key_pattern_says_what_parse_key_says() {
+        let pattern = regex::Regex::new(TEXT_KEY_PATTERN).unwrap();
+        let fits = |key: &str| pattern.is_match(key) && (1..=MAX_TEXT_KEY_CHARS).contains(&key.chars().count());
+        let every_char = (0u8..=0x7F).map(char::from).chain(['é']).map(|c| format!("k{c}"));
+        for key in every_char.chain([String::new(), "k".repeat(255), "k".repeat(256)]) {
+            assert_eq!(fits(&key), String::parse_key(&key).is_some(), "{key:?}");
         }
     }
 

@@ -1,14 +1,14 @@
 //! The HTTP API: decoding requests and encoding answers around the
 //! service's methods. Errors become problems through `From<Error> for ApiError`.
+//! A query parameter a route does not read is a 400 (`NoQuery`, `Page`).
 
 use axum::Router;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use contracts::catalog::{ChangePrice, Product, UpdateProduct};
-use polis_runtime::{ApiError, Json, Page};
+use polis_runtime::{ApiError, Json, NoQuery, Page, PathText};
 use polis_store::sql::{Sql, SqlStore};
 
 use crate::Catalog;
@@ -25,7 +25,11 @@ where
         .with_state(service)
 }
 
-async fn add<S>(State(service): State<Catalog<S>>, Json(product): Json<Product>) -> Result<Response, ApiError>
+async fn add<S>(
+    State(service): State<Catalog<S>>,
+    _: NoQuery,
+    Json(product): Json<Product>,
+) -> Result<Response, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
@@ -46,41 +50,38 @@ where
 
 async fn fetch<S>(
     State(service): State<Catalog<S>>,
-    sku: Result<Path<String>, PathRejection>,
+    PathText(sku): PathText,
+    _: NoQuery,
 ) -> Result<Json<Product>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(service.get(&path_sku(sku)?).await?))
+    Ok(Json(service.get(&sku).await?))
 }
 
 async fn update<S>(
     State(service): State<Catalog<S>>,
-    sku: Result<Path<String>, PathRejection>,
+    PathText(sku): PathText,
+    _: NoQuery,
     Json(update): Json<UpdateProduct>,
 ) -> Result<Json<Product>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(service.update(&path_sku(sku)?, update).await?))
+    Ok(Json(service.update(&sku, update).await?))
 }
 
 async fn change_price<S>(
     State(service): State<Catalog<S>>,
-    sku: Result<Path<String>, PathRejection>,
+    PathText(sku): PathText,
+    _: NoQuery,
     Json(change): Json<ChangePrice>,
 ) -> Result<Json<Product>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Ok(Json(service.change_price(&path_sku(sku)?, change).await?))
-}
-
-/// The `{sku}` segment; a segment that does not even decode (invalid
-/// UTF-8 after percent-decoding) is a 400 problem, never axum's plain text.
-fn path_sku(segment: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    segment.map(|Path(sku)| sku).map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    Ok(Json(service.change_price(&sku, change).await?))
 }

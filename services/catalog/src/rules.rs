@@ -14,10 +14,7 @@ use polis_runtime::Violations;
 
 use crate::Error;
 
-pub use contracts::catalog::{MAX_SKU_CHARS, is_sku};
-
-/// Longest product name, in characters.
-pub const MAX_NAME_CHARS: usize = 200;
+pub use contracts::catalog::{MAX_NAME_CHARS, MAX_SKU_CHARS, is_sku};
 
 /// The product, normalized, if it breaks no rule.
 pub fn product(mut product: Product) -> Result<Product, Error> {

@@ -113,8 +113,11 @@ where
     assert_eq!(skus(app.call(Method::GET, "/products?limit=2&after=C", None).await), Vec::<String>::new());
     // A cursor need not be a product's sku: the page starts after it.
     assert_eq!(skus(app.call(Method::GET, "/products?after=A-", None).await), ["B", "C"]);
-    // Unknown parameters are ignored, as on every route.
-    assert_eq!(skus(app.call(Method::GET, "/products?limit=1&sort=desc", None).await), ["A"]);
+    // A parameter the list does not read is refused, as on every route.
+    let unknown = app.call(Method::GET, "/products?limit=1&sort=desc", None).await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.body);
+    assert!(unknown.is_problem());
+    assert_eq!(unknown.body["errors"][0]["field"], "sort", "{}", unknown.body);
 
     for (query, field) in [
         ("limit=0", "limit"),

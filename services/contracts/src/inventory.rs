@@ -1,11 +1,31 @@
 //! The inventory service: stock per sku and reservations per order.
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
 use uuid::Uuid;
 
 use crate::{Money, Quantity, RejectionReason, message_types};
 
 pub const SERVICE: &str = "inventory";
+
+/// The largest quantity of one sku: what it can be set to, and the most
+/// one order may reserve of it. Keeps `available + reserved` (and every sum
+/// over them) far from `i64` overflow.
+pub const MAX_QUANTITY: i64 = 1_000_000_000_000;
+
+/// The schema of a quantity of one sku from `min` to [`MAX_QUANTITY`].
+pub(crate) fn quantity_schema(min: i64) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(min))
+        .maximum(Some(MAX_QUANTITY))
+        .build()
+}
+
+fn available_schema() -> Object {
+    quantity_schema(0)
+}
 
 /// Command: reserve every item of an order, all or nothing. Idempotent per order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,12 +86,14 @@ message_types! {
 /// `PUT /inventory/{sku}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SetStock {
+    #[schema(schema_with = available_schema)]
     pub available: i64,
 }
 
 /// `GET /inventory/{sku}`: `available + reserved` is the stock the shop holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StockLevel {
+    #[schema(schema_with = crate::catalog::sku_schema)]
     pub sku: String,
     pub available: i64,
     pub reserved: i64,

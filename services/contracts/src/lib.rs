@@ -74,26 +74,58 @@ impl RejectionReason {
 /// A postal address; `country` is an ISO 3166-1 alpha-2 code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Address {
+    #[schema(schema_with = customer::text_schema)]
     pub line1: String,
+    #[schema(schema_with = customer::text_schema)]
     pub city: String,
+    #[schema(schema_with = customer::text_schema)]
     pub postal_code: String,
+    #[schema(schema_with = country_schema)]
     pub country: String,
+}
+
+/// An ISO 3166-1 alpha-2 code as a JSON Schema `pattern`; a unit test holds
+/// it against [`is_country_code`].
+pub const COUNTRY_PATTERN: &str = "^[A-Z]{2}$";
+
+/// Whether `code` has the shape of an ISO 3166-1 alpha-2 code: two ASCII
+/// upper-case letters.
+pub fn is_country_code(code: &str) -> bool {
+    code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+fn country_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(COUNTRY_PATTERN))
+        .build()
 }
 
 /// One line of an order: a sku, how many, and the unit price at order time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
+    #[schema(schema_with = catalog::sku_schema)]
     pub sku: String,
+    #[schema(schema_with = item_quantity_schema)]
     pub quantity: i64,
-    #[schema(value_type = i64)]
+    /// Minor units; never negative.
+    #[schema(value_type = i64, minimum = 0)]
     pub unit_price: Money,
 }
 
 /// A sku and a quantity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quantity {
+    #[schema(schema_with = catalog::sku_schema)]
     pub sku: String,
+    #[schema(schema_with = item_quantity_schema)]
     pub quantity: i64,
+}
+
+/// How many of a sku one line holds: at least 1, at most what the inventory
+/// can hold ([`inventory::MAX_QUANTITY`]).
+fn item_quantity_schema() -> utoipa::openapi::schema::Object {
+    inventory::quantity_schema(1)
 }
 
 /// How the create-order saga runs; every service is configured with the same style.
@@ -141,5 +173,20 @@ pub fn outcome<T: polis_core::MessageType>(
         polis_core::Message::typed_reply(trigger, body)
     } else {
         Ok(polis_core::Message::typed_event(service, key, body)?.with_metadata(trigger.caused()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_country_pattern_says_what_is_country_code_says() {
+        let pattern = regex::Regex::new(COUNTRY_PATTERN).unwrap();
+        let letters = (0u8..=0x7F).map(char::from).chain(['É']);
+        let codes = letters.clone().flat_map(|a| ['F', 'r'].map(move |b| format!("{a}{b}")));
+        for code in codes.chain(["", "F", "FRA", " FR"].map(String::from)) {
+            assert_eq!(pattern.is_match(&code), is_country_code(&code), "{code:?}");
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! create-order saga.
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::{Array, RefOr, Schema};
 use uuid::Uuid;
 
 use crate::{Money, OrderLine, Quantity, RejectionReason, SagaStyle, message_types};
@@ -47,6 +49,28 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Longest idempotency key accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// An idempotency key's characters (visible ASCII) as a JSON Schema
+/// `pattern`; [`idempotency_key_schema`] adds the length. A unit test holds
+/// it against [`idempotency_key`].
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]+$";
+
+/// The schema of an `Idempotency-Key`: [`idempotency_key`]'s rule.
+pub fn idempotency_key_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
+        .pattern(Some(IDEMPOTENCY_KEY_PATTERN))
+        .build()
+}
+
+/// Most items one order may have (`POST /api/orders`).
+pub const MAX_ITEMS: usize = 100;
+
+/// The longest `wait_ms` of `GET /orders/{id}`: the longest a read waits
+/// for an order to be decided.
+pub const MAX_WAIT_MS: u64 = 30_000;
 
 /// The idempotency key of a request, from its `Idempotency-Key` header
 /// values: none, or one value of 1 to 255 visible ASCII characters.
@@ -147,7 +171,18 @@ message_types! {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateOrder {
     pub customer_id: Uuid,
+    /// 1 to 100 items.
+    #[schema(schema_with = items_schema)]
     pub items: Vec<Quantity>,
+}
+
+/// 1 to [`MAX_ITEMS`] items.
+fn items_schema() -> Array {
+    ArrayBuilder::new()
+        .items(RefOr::<Schema>::Ref(utoipa::openapi::Ref::from_schema_name("Quantity")))
+        .min_items(Some(1))
+        .max_items(Some(MAX_ITEMS))
+        .build()
 }
 
 /// `POST /orders` on the order service: the gateway has priced the items.
@@ -176,8 +211,18 @@ pub struct OrderView {
     #[schema(value_type = i64)]
     pub total: Money,
     /// When the order was placed and when it last changed status (RFC 3339).
+    #[schema(schema_with = date_time_schema)]
     pub created_at: String,
+    #[schema(schema_with = date_time_schema)]
     pub updated_at: String,
+}
+
+/// An RFC 3339 date-time, in UTC with microseconds.
+fn date_time_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .build()
 }
 
 #[cfg(test)]
@@ -199,5 +244,17 @@ mod tests {
             assert!(key(&[bad]).is_err(), "{bad:?}");
         }
         assert_eq!(key(&[b"a", b"a"]), Err("must be sent once".to_owned()));
+    }
+
+    #[test]
+    fn the_key_schema_says_what_idempotency_key_says() {
+        let pattern = regex::Regex::new(IDEMPOTENCY_KEY_PATTERN).unwrap();
+        let schema = serde_json::to_value(idempotency_key_schema()).unwrap();
+        let max = schema["maxLength"].as_u64().unwrap() as usize;
+        let fits = |key: &str| pattern.is_match(key) && (1..=max).contains(&key.chars().count());
+        let every_char = (0u8..=0x7F).map(char::from).chain(['é']).map(|c| format!("k{c}"));
+        for candidate in every_char.chain(["".into(), "k".repeat(255), "k".repeat(256)]) {
+            assert_eq!(fits(&candidate), key(&[candidate.as_bytes()]).is_ok(), "{candidate:?}");
+        }
     }
 }

@@ -16,19 +16,25 @@ pub const SERVICE: &str = "order-history";
 /// The longest a read may wait for an order to show in the view (`wait_ms`).
 pub const MAX_WAIT_MS: u64 = 10_000;
 
+/// How long a read with `order` and no `wait_ms` waits for it.
+pub const DEFAULT_WAIT_MS: u64 = 2_000;
+
 /// The query parameters of `GET /customers/{id}/orders` besides paging
 /// (`limit`, `after`, read by `polis_runtime::Page`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ViewQuery {
     /// `status`: only orders in this status.
     pub status: Option<OrderStatus>,
-    /// `order` and `wait_ms`: wait up to this many milliseconds until the
-    /// view shows this order.
+    /// `order` (and `wait_ms`, [`DEFAULT_WAIT_MS`] when absent): wait up to
+    /// this many milliseconds until the view shows this order.
     pub wait: Option<(Uuid, u64)>,
 }
 
 /// The parameters paging reads; [`ViewQuery::parse`] leaves them to it.
 pub const PAGE_PARAMETERS: [&str; 2] = ["limit", "after"];
+
+/// Every parameter `GET /customers/{id}/orders` reads.
+pub const PARAMETERS: [&str; 5] = ["limit", "after", "status", "order", "wait_ms"];
 
 /// What a bad parameter is: an unknown one (a 400) or a bad value (a 422),
 /// with the parameter and why.
@@ -76,12 +82,8 @@ impl ViewQuery {
                 other => return Err(QueryError::Unknown(other.to_owned())),
             }
         }
-        let wait = match (order, wait_ms) {
-            (Some(order), Some(ms)) => Some((order, ms)),
-            (None, None) => None,
-            (Some(_), None) => return Err(QueryError::Invalid("wait_ms", "is needed with `order`".into())),
-            (None, Some(_)) => return Err(QueryError::Invalid("order", "is needed with `wait_ms`".into())),
-        };
+        // `order` waits `wait_ms`, or DEFAULT_WAIT_MS; `wait_ms` bounds the wait for `order` only.
+        let wait = order.map(|order| (order, wait_ms.unwrap_or(DEFAULT_WAIT_MS)));
         Ok((Self { status, wait }, paging))
     }
 }

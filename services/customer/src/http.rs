@@ -1,5 +1,6 @@
 //! The HTTP API: decoding requests and encoding answers around the
 //! service's methods. Errors become problems through `From<Error> for ApiError`.
+//! A query parameter a route does not read is a 400 (`NoQuery`, `Page`).
 
 use axum::Router;
 use axum::extract::State;
@@ -7,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use contracts::customer::{Customer as CustomerBody, RegisterCustomer, UpdateCustomer};
-use polis_runtime::{ApiError, Json, Page, PathId};
+use polis_runtime::{ApiError, Json, NoQuery, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
 
 use crate::Customer;
@@ -25,6 +26,7 @@ where
 
 async fn register<S>(
     State(service): State<Customer<S>>,
+    _: NoQuery,
     Json(request): Json<RegisterCustomer>,
 ) -> Result<Response, ApiError>
 where
@@ -44,7 +46,11 @@ where
     Ok(Json(service.list(&page).await?))
 }
 
-async fn fetch<S>(State(service): State<Customer<S>>, PathId(id): PathId) -> Result<Json<CustomerBody>, ApiError>
+async fn fetch<S>(
+    State(service): State<Customer<S>>,
+    PathId(id): PathId,
+    _: NoQuery,
+) -> Result<Json<CustomerBody>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
@@ -55,6 +61,7 @@ where
 async fn update<S>(
     State(service): State<Customer<S>>,
     PathId(id): PathId,
+    _: NoQuery,
     Json(change): Json<UpdateCustomer>,
 ) -> Result<Json<CustomerBody>, ApiError>
 where

@@ -24,11 +24,8 @@ use polis_runtime::Violations;
 
 use crate::Error;
 
-/// Longest name and address field, in characters.
-pub const MAX_TEXT_CHARS: usize = 200;
-
-/// Longest email, in characters (RFC 5321's limit on a forward path).
-pub const MAX_EMAIL_CHARS: usize = 254;
+/// The limits are the contracts', which the OpenAPI document's schemas are built from too.
+pub use contracts::customer::{MAX_EMAIL_CHARS, MAX_TEXT_CHARS};
 
 /// The registration, normalized, if it breaks no rule.
 pub fn registration(mut request: RegisterCustomer) -> Result<RegisterCustomer, Error> {
@@ -98,7 +95,7 @@ fn check_address(report: &mut Violations, address: &Address) {
     check_text(report, "address.postal_code", &address.postal_code);
     let country = &address.country;
     report.check(
-        country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase()),
+        contracts::is_country_code(country),
         "address.country",
         "must be an ISO 3166-1 alpha-2 code: two upper-case letters such as FR",
     );

@@ -23,25 +23,25 @@ use axum::response::{IntoResponse, Response};
 use contracts::OrderLine;
 use contracts::catalog::Product;
 use contracts::customer::Customer;
-use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderStatus, OrderView, PlaceOrder, idempotency_key};
+use contracts::inventory::MAX_QUANTITY;
+use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderView, PlaceOrder, idempotency_key};
 use contracts::order_history::{CustomerOrders, QueryError, ViewQuery};
 use contracts::payment::Payment;
 use contracts::shipping::Shipment;
 use futures::{StreamExt, stream};
-use polis_runtime::{ApiError, Json, Page, PathId, RequestId, Violations};
+use polis_runtime::{ApiError, Json, NoQuery, Page, PathId, RequestId, Violations};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::openapi::Problem;
-use crate::routes::{
-    Gateway, LIMIT_DOC, MaybeRequestId, bad_gateway, call_failed, pass_through, request_id, service_failed,
-};
+use crate::openapi::{IdempotencyKey, OrderPage, Problem};
+use crate::routes::{Gateway, MaybeRequestId, bad_gateway, call_failed, pass_through, request_id, service_failed};
 use crate::upstream::encode_segment;
 use contracts::Service;
 
-/// Most items one order may have.
-pub const MAX_ITEMS: usize = 100;
+/// Most items one order may have (the contracts' limit, which the
+/// document's schema of `items` says too).
+pub use contracts::order::MAX_ITEMS;
 
 /// Most catalog lookups in flight for one request: an order of 100
 /// distinct skus should not open 100 connections at once.
@@ -145,17 +145,7 @@ async fn optional<T: DeserializeOwned>(
 
 #[utoipa::path(
     get, path = "/api/customers/{id}/orders", tag = "customers",
-    params(
-        ("id" = uuid::Uuid, Path, description = "The customer's id."),
-        ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000, description = LIMIT_DOC),
-        ("after" = Option<uuid::Uuid>, Query, description = "Only orders whose id comes after this one; the id of \
-            the last order of the previous page."),
-        ("status" = Option<OrderStatus>, Query, description = "Only orders in this status."),
-        ("order" = Option<uuid::Uuid>, Query, description = "With `wait_ms`: answer once the view shows this order \
-            (say, one just placed), or after `wait_ms`."),
-        ("wait_ms" = Option<u64>, Query, minimum = 0, maximum = 10000, description = "How long to wait for `order` \
-            to show, in milliseconds."),
-    ),
+    params(("id" = uuid::Uuid, Path, description = "The customer's id."), OrderPage),
     responses(
         (status = 200, description = "A page of the customer's orders in id order, which is the order they were \
             placed in (ids are UUIDv7), from the order-history view: items with product names, the customer's name \
@@ -163,8 +153,8 @@ async fn optional<T: DeserializeOwned>(
             last one.", body = CustomerOrders),
         (status = 400, description = "An unknown query parameter.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad `limit`, `after`, `status`, `order` or `wait_ms`, or only one of \
-            `order` and `wait_ms`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad `limit`, `after`, `status`, `order` or `wait_ms`.", body = Problem,
+            content_type = "application/problem+json"),
         (status = 503, description = "The view is being built for the first time, or a service is unavailable.",
             body = Problem, content_type = "application/problem+json"),
     )
@@ -179,6 +169,7 @@ pub(crate) async fn customer_orders(
     let timeout = gateway.call_timeout();
     let customer_path = format!("/customers/{customer_id}");
     // The view's rules, checked before any call; the query goes on as sent.
+    polis_runtime::query::refuse_unknown(uri.query(), &contracts::order_history::PARAMETERS)?;
     let (view, paging) = ViewQuery::parse(uri.query()).map_err(|e| match e {
         QueryError::Unknown(name) => ApiError::bad_request(format!("unknown query parameter `{name}`")),
         QueryError::Invalid(name, message) => ApiError::validation(name, message),
@@ -218,7 +209,11 @@ fn lines(request: &CreateOrder) -> Result<Vec<Line>, ApiError> {
     }
     for (i, item) in request.items.iter().enumerate() {
         report.check(!item.sku.trim().is_empty(), format!("items[{i}].sku"), "must not be empty");
-        report.check(item.quantity >= 1, format!("items[{i}].quantity"), "must be at least 1");
+        report.check(
+            (1..=MAX_QUANTITY).contains(&item.quantity),
+            format!("items[{i}].quantity"),
+            format!("must be between 1 and {MAX_QUANTITY}"),
+        );
     }
     report.into_result()?;
 
@@ -229,7 +224,8 @@ fn lines(request: &CreateOrder) -> Result<Vec<Line>, ApiError> {
         match by_sku.get(item.sku.as_str()) {
             Some(&at) => {
                 let line = &mut lines[at];
-                match line.quantity.checked_add(item.quantity) {
+                // The inventory reserves at most MAX_QUANTITY of one sku.
+                match line.quantity.checked_add(item.quantity).filter(|sum| *sum <= MAX_QUANTITY) {
                     Some(sum) => line.quantity = sum,
                     None => report.add(format!("items[{i}].quantity"), "adds up to too much of one sku"),
                 }
@@ -247,9 +243,7 @@ fn lines(request: &CreateOrder) -> Result<Vec<Line>, ApiError> {
 
 #[utoipa::path(
     post, path = "/api/orders", tag = "orders",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry: a request \
-        with the key of an earlier one (same customer, skus and quantities) places nothing and answers with the \
-        order placed then. 1 to 255 visible ASCII characters; a new key per order.")),
+    params(IdempotencyKey),
     request_body(content = CreateOrder, description = "Who orders what. Items of the same sku are merged into one \
         line (quantities added); each line is priced at the catalog's current price."),
     responses(
@@ -257,14 +251,17 @@ fn lines(request: &CreateOrder) -> Result<Vec<Line>, ApiError> {
             request answers with the earlier order and its current status.",
             body = Accepted, headers(("location" = String, description = "`/api/orders/{id}`"),
                 ("idempotent-replayed" = String, description = "`true` when the answer repeats an earlier request's"))),
+        (status = 409, description = "The order service met a concurrent change placing the order; retry with the \
+            same `Idempotency-Key`.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid, or names an unknown customer (`customer_id`) or product \
-            (`items[i].sku`); `errors` lists every field. Also: the `Idempotency-Key` was first used with a \
-            different request.", body = Problem, content_type = "application/problem+json"),
+            (`items[i].sku`); `errors` lists every field. Also: the `Idempotency-Key` is malformed, or was first \
+            used with a different request.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn create_order(
     State(gateway): State<Gateway>,
     id: MaybeRequestId,
+    _: NoQuery,
     headers: HeaderMap,
     Json(request): Json<CreateOrder>,
 ) -> Result<Response, ApiError> {
@@ -314,10 +311,13 @@ pub(crate) async fn create_order(
         .call_with(Method::POST, "/orders", Some(Bytes::from(body)), request_id, &forwarded, timeout)
         .await
         .map_err(|err| call_failed(Service::Order, err))?;
+    // The order service's own refusals (409, 422) and failures pass
+    // through; any other answer breaks its contract.
+    let refused = matches!(answer.status, StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY);
+    if refused || answer.status.is_server_error() {
+        return Ok(pass_through(answer));
+    }
     if answer.status != StatusCode::ACCEPTED {
-        if answer.status.is_client_error() || answer.status.is_server_error() {
-            return Ok(pass_through(answer));
-        }
         return Err(bad_gateway(Service::Order, format!("POST /orders answered {}", answer.status)));
     }
     let accepted: Accepted = serde_json::from_slice(&answer.body).map_err(|err| bad_gateway(Service::Order, err))?;
@@ -341,6 +341,7 @@ pub(crate) async fn order_details(
     State(gateway): State<Gateway>,
     id: MaybeRequestId,
     PathId(order_id): PathId,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
     let request_id = request_id(&id);
     let order_path = format!("/orders/{order_id}");
@@ -431,8 +432,11 @@ mod tests {
     }
 
     #[test]
-    fn merged_quantities_that_overflow_are_refused() {
+    fn quantities_beyond_what_the_inventory_holds_are_refused() {
         let problem = lines(&order(&[("A", i64::MAX), ("A", 1)])).unwrap_err();
+        assert_eq!(fields(&problem), ["items[0].quantity"], "more than the inventory holds of one sku");
+        let problem = lines(&order(&[("A", MAX_QUANTITY), ("A", 1)])).unwrap_err();
         assert_eq!(fields(&problem), ["items[1].quantity"]);
+        assert!(lines(&order(&[("A", MAX_QUANTITY - 1), ("A", 1)])).is_ok());
     }
 }

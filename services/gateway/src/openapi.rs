@@ -1,11 +1,25 @@
 //! The OpenAPI 3.1 document of the public API, served at `GET /api/openapi.json`.
 //!
-//! Each route's own answers are declared on its handler (`#[utoipa::path]`);
-//! the error answers every route shares are added here, once, by
-//! `SharedErrors`: the gateway's own (408, 413, 415 and 400 on a body, 400
-//! on an `{id}` that is not a UUID in its canonical form, 502, 503 and 504
-//! on upstream trouble, 500) and the services' 422 on bodies.
-//! The schemas of the bodies are the contracts' types themselves.
+//! The document tells the truth about what is served, and
+//! `services/shop/tests/openapi.rs` holds it to that: it sends requests made
+//! from the document's own schemas to the shop and checks every answer's
+//! status and body against what the document says.
+//!
+//! - Each route's own answers are declared on its handler
+//!   (`#[utoipa::path]`); the error answers routes share are added here,
+//!   once, by `SharedErrors`: 400 (with the reasons that apply to the
+//!   operation: an unknown query parameter, a body that is not JSON, an
+//!   `{id}` that is not a UUID, a `{sku}` that does not decode), 408, 413,
+//!   415 and 422 on a body, 500, and 502, 503 and 504 where the operation
+//!   calls a service.
+//! - The schemas of the bodies are the contracts' types themselves, and
+//!   their constraints (lengths, patterns, bounds) are built from the same
+//!   constants and rules the services check (`contracts::catalog::sku_schema`,
+//!   `contracts::text::schema`, ...); so are the parameters' here
+//!   ([`ProductPage`], [`OrderPage`], [`OrderWait`], [`IdempotencyKey`],
+//!   [`SkuPath`]), from `polis_runtime::page` and the contracts.
+//! - `Links` connects the operations that create or return an id to the
+//!   operations that take it (OpenAPI `links`).
 
 use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
@@ -15,16 +29,22 @@ use contracts::order_history::{CustomerOrders, Freshness, HistoryItem, HistoryOr
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
 use contracts::{Address, OrderLine, Quantity, RejectionReason};
+use polis_runtime::page::{DEFAULT_LIMIT, MAX_LIMIT, MAX_TEXT_KEY_CHARS, TEXT_KEY_PATTERN};
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::path::Operation;
-use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::link::LinkBuilder;
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder};
+use utoipa::{IntoParams, Modify, OpenApi};
 
 use crate::compose::{self, OrderDetails, Part};
 use crate::routes;
 
 /// The media type of every error answer.
 const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The path of this document.
+pub(crate) const DOCUMENT_PATH: &str = "/api/openapi.json";
 
 /// An RFC 9457 problem, the body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -40,7 +60,7 @@ pub struct Problem {
     /// What went wrong this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Every invalid field of the request (422).
+    /// Every invalid field or parameter of the request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ProblemField>,
 }
@@ -49,7 +69,8 @@ pub struct Problem {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProblemField {
     /// The field's path in the body, e.g. `items[0].quantity`, or the name
-    /// of the path or query parameter, e.g. `id`, `limit`.
+    /// of the path, query or header parameter, e.g. `id`, `limit`,
+    /// `Idempotency-Key`.
     pub field: String,
     pub message: String,
 }
@@ -59,6 +80,133 @@ pub struct ProblemField {
 pub struct Health {
     /// Always `ok`.
     pub status: String,
+}
+
+/// One parameter of an operation.
+fn parameter(
+    name: &str,
+    location: ParameterIn,
+    required: bool,
+    description: impl Into<String>,
+    schema: impl Into<RefOr<Schema>>,
+) -> Parameter {
+    let required = if required { Required::True } else { Required::False };
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(location)
+        .required(required)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+/// `polis_runtime::Page`'s `limit`.
+fn limit() -> Parameter {
+    let schema = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(MAX_LIMIT))
+        .default(Some(DEFAULT_LIMIT.into()));
+    let description = format!("At most this many items, from 1 to {MAX_LIMIT}; {DEFAULT_LIMIT} when absent.");
+    parameter("limit", ParameterIn::Query, false, description, schema)
+}
+
+/// `?limit=N&after=SKU` of `GET /api/products` (`polis_runtime::Page<String>`).
+pub(crate) struct ProductPage;
+
+impl IntoParams for ProductPage {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let key = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_TEXT_KEY_CHARS))
+            .pattern(Some(TEXT_KEY_PATTERN));
+        let after = "Only products whose sku comes after this one (byte order): the sku of the last product of the \
+            previous page.";
+        vec![limit(), parameter("after", ParameterIn::Query, false, after, key)]
+    }
+}
+
+/// `?limit=N&after=ID&status=S&order=ID&wait_ms=N` of `GET
+/// /api/customers/{id}/orders` (`polis_runtime::Page` and
+/// `contracts::order_history::ViewQuery`).
+pub(crate) struct OrderPage;
+
+impl IntoParams for OrderPage {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let after = "Only orders whose id comes after this one: the id of the last order of the previous page.";
+        let statuses = ["PENDING", "APPROVED", "REJECTED", "CANCEL_PENDING", "CANCELLED"];
+        let status = ObjectBuilder::new().schema_type(Type::String).enum_values(Some(statuses));
+        let wait = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .maximum(Some(contracts::order_history::MAX_WAIT_MS));
+        vec![
+            limit(),
+            parameter("after", ParameterIn::Query, false, after, uuid_schema()),
+            parameter("status", ParameterIn::Query, false, "Only orders in this status.", status),
+            parameter(
+                "order",
+                ParameterIn::Query,
+                false,
+                "With `wait_ms`: answer once the view shows this order (say, one just placed), or after `wait_ms`.",
+                uuid_schema(),
+            ),
+            parameter(
+                "wait_ms",
+                ParameterIn::Query,
+                false,
+                "How long to wait for `order` to show, in milliseconds (2000 when absent); without `order`, nothing \
+                 is waited for.",
+                wait,
+            ),
+        ]
+    }
+}
+
+/// A UUID in its hyphenated form.
+fn uuid_schema() -> Object {
+    ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))).build()
+}
+
+/// `?wait_ms=N` of `GET /api/orders/{id}`.
+pub(crate) struct OrderWait;
+
+impl IntoParams for OrderWait {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .maximum(Some(contracts::order::MAX_WAIT_MS));
+        let description = "Wait up to this many milliseconds for an order not decided yet to be APPROVED, REJECTED \
+            or CANCELLED, then answer as it is.";
+        vec![parameter(routes::WAIT_PARAM, ParameterIn::Query, false, description, schema)]
+    }
+}
+
+/// The `Idempotency-Key` header of `POST /api/orders`.
+pub(crate) struct IdempotencyKey;
+
+impl IntoParams for IdempotencyKey {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let description = "Makes the request safe to retry: a request with the key of an earlier one (same \
+            customer, skus and quantities) places nothing and answers with the order placed then. A new key per \
+            order.";
+        let schema = contracts::order::idempotency_key_schema();
+        vec![parameter("Idempotency-Key", ParameterIn::Header, false, description, schema)]
+    }
+}
+
+/// The `{sku}` of the catalog's and the inventory's paths.
+pub(crate) struct SkuPath;
+
+impl IntoParams for SkuPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let description = format!("The sku: {}.", contracts::catalog::SKU_FORM.trim_start_matches("must be "));
+        vec![parameter("sku", ParameterIn::Path, true, description, contracts::catalog::sku_schema())]
+    }
 }
 
 /// Described here, served by `polis_runtime::with_standard_stack`.
@@ -76,9 +224,10 @@ fn healthz() {}
         description = "The public API of the polis reference shop, served by its gateway. Money is integer minor \
             units; ids are UUIDv7, written in the hyphenated form (8-4-4-4-12 hex digits, either case in requests, \
             lower case in answers; `urn:uuid:` and braced forms are refused with 400). Lists are paged by key: \
-            `?limit=N` (1 to 10000, default 1000) and `after=` the key of the last item of the previous page; a \
-            page shorter than `limit` is the last one. Errors are RFC 9457 problems (`application/problem+json`); \
-            every request and answer carries an `x-request-id`."
+            `?limit=N` and `after=` the key of the last item of the previous page; a page shorter than `limit` is \
+            the last one. A query parameter an operation does not read is refused with 400, never ignored. Errors \
+            are RFC 9457 problems (`application/problem+json`); every request and answer carries an \
+            `x-request-id`."
     ),
     paths(
         healthz,
@@ -102,7 +251,7 @@ fn healthz() {}
         HistoryItem, Freshness, RejectionReason, Payment, PaymentStatus,
         Shipment, ShipmentStatus, OrderDetails, Part,
     )),
-    modifiers(&SharedErrors),
+    modifiers(&SharedErrors, &Links),
     tags(
         (name = "customers", description = "Customers (customer service) and their orders."),
         (name = "catalog", description = "Products and prices (catalog service)."),
@@ -120,8 +269,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Adds the error answers routes share to every operation that can give
-/// them, as references to `components.responses`, without overwriting one
-/// a route declares itself.
+/// them, without overwriting one a route declares itself: the 400 written
+/// for the operation (its reasons), the others as references to
+/// `components.responses`.
 struct SharedErrors;
 
 /// Which operations a shared answer applies to.
@@ -132,72 +282,130 @@ enum Applies {
     WithBody,
     /// Operations on a path with an `{id}`.
     WithId,
+    /// Operations on a path with a `{sku}`.
+    WithSku,
+    /// Operations that call a service (every `/api` one but this document).
+    CallingServices,
 }
 
-/// `(status, component name, description, which operations)`.
-const SHARED: [(&str, &str, &str, Applies); 10] = [
-    ("400", "BadRequest", "The body is not JSON.", Applies::WithBody),
+impl Applies {
+    fn to(self, path: &str, operation: &Operation) -> bool {
+        match self {
+            Self::Always => true,
+            Self::WithBody => operation.request_body.is_some(),
+            Self::WithId => path.contains("{id}"),
+            Self::WithSku => path.contains("{sku}"),
+            Self::CallingServices => path.starts_with("/api/") && path != DOCUMENT_PATH,
+        }
+    }
+}
+
+/// Why a request is malformed (400), and where that can happen.
+const MALFORMED: [(&str, Applies); 4] = [
     (
-        "400",
-        "MalformedId",
-        "The `{id}` is not a UUID in its hyphenated form (8-4-4-4-12 hex digits); `errors` names the parameter.",
-        Applies::WithId,
+        "a query parameter is not one this operation reads (unknown parameters are refused, never ignored)",
+        Applies::Always,
     ),
+    ("the body is not JSON", Applies::WithBody),
+    ("the `{id}` is not a UUID in its hyphenated form (8-4-4-4-12 hex digits)", Applies::WithId),
+    ("the `{sku}` is not UTF-8 once percent-decoded", Applies::WithSku),
+];
+
+/// `(status, component name, description, which operations)`.
+const SHARED: [(&str, &str, &str, Applies); 8] = [
     ("408", "RequestTimeout", "The body did not arrive in time (30 s by default).", Applies::WithBody),
     ("413", "PayloadTooLarge", "The body is larger than the gateway accepts.", Applies::WithBody),
     ("415", "UnsupportedMediaType", "The body is not sent as `application/json`.", Applies::WithBody),
     ("422", "ValidationFailed", "A field of the body is invalid; `errors` names each one.", Applies::WithBody),
     ("500", "InternalError", "A fault of the gateway or the service; it has been logged.", Applies::Always),
-    ("502", "BadGateway", "A service gave an answer that breaks its contract.", Applies::Always),
-    ("503", "ServiceUnavailable", "A service is unreachable or failing; retry later.", Applies::Always),
+    ("502", "BadGateway", "A service gave an answer that breaks its contract.", Applies::CallingServices),
+    ("503", "ServiceUnavailable", "A service is unreachable or failing; retry later.", Applies::CallingServices),
     (
         "504",
         "GatewayTimeout",
         "A service did not answer in time; the request may or may not have taken effect.",
-        Applies::Always,
+        Applies::CallingServices,
     ),
 ];
+
+fn problem_response(description: impl Into<String>) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
+        .build()
+}
 
 impl Modify for SharedErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         for (_, name, description, _) in SHARED {
-            let response = ResponseBuilder::new()
-                .description(description)
-                .content(PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
-                .build();
-            components.responses.insert(name.to_owned(), RefOr::T(response));
+            components.responses.insert(name.to_owned(), RefOr::T(problem_response(description)));
         }
         for (path, item) in &mut openapi.paths.paths {
-            // The standard stack's health check meets none of the gateway's failures.
-            if !path.starts_with("/api/") {
-                continue;
-            }
-            let has_id = path.contains("{id}");
             let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
             for operation in operations.into_iter().flatten() {
-                add_shared(operation, has_id);
+                add_shared(path, operation);
             }
         }
     }
 }
 
-fn add_shared(operation: &mut Operation, has_id: bool) {
-    let has_body = operation.request_body.is_some();
-    for (status, name, _, applies) in SHARED {
-        let applies = match applies {
-            Applies::Always => true,
-            Applies::WithBody => has_body,
-            Applies::WithId => has_id,
-        };
-        if !applies {
-            continue;
+fn add_shared(path: &str, operation: &mut Operation) {
+    let reasons: Vec<&str> =
+        MALFORMED.iter().filter(|(_, applies)| applies.to(path, operation)).map(|(reason, _)| *reason).collect();
+    let malformed = format!(
+        "The request is malformed: {}. `errors` names the parameter, where there is one.",
+        reasons.join("; or ")
+    );
+    let shared: Vec<(&str, RefOr<utoipa::openapi::Response>)> = SHARED
+        .iter()
+        .filter(|(_, _, _, applies)| applies.to(path, operation))
+        .map(|(status, name, _, _)| (*status, RefOr::Ref(Ref::from_response_name(*name))))
+        .collect();
+    let responses = &mut operation.responses.responses;
+    responses.entry("400".to_owned()).or_insert_with(|| RefOr::T(problem_response(malformed)));
+    for (status, response) in shared {
+        responses.entry(status.to_owned()).or_insert(response);
+    }
+}
+
+/// OpenAPI links from the operations whose answers carry an id (or a sku)
+/// to the operations that take it: `(operation, status, link name, target
+/// operation, target parameter, where the answer has the value)`.
+/// Operation ids are the handlers' names.
+pub(crate) const LINKS: [(&str, &str, &str, &str, &str, &str); 11] = [
+    ("register_customer", "201", "GetCustomer", "get_customer", "id", "$response.body#/id"),
+    ("register_customer", "201", "CustomerOrders", "customer_orders", "id", "$response.body#/id"),
+    ("add_product", "201", "GetProduct", "get_product", "sku", "$response.body#/sku"),
+    ("add_product", "201", "SetStock", "set_stock", "sku", "$response.body#/sku"),
+    ("add_product", "201", "GetStock", "get_stock", "sku", "$response.body#/sku"),
+    ("create_order", "202", "GetOrder", "get_order", "id", "$response.body#/id"),
+    ("create_order", "202", "CancelOrder", "cancel_order", "id", "$response.body#/id"),
+    ("create_order", "202", "OrderDetails", "order_details", "id", "$response.body#/id"),
+    ("cancel_order", "202", "GetOrder", "get_order", "id", "$response.body#/id"),
+    ("get_order", "200", "GetCustomer", "get_customer", "id", "$response.body#/customer_id"),
+    ("get_order", "200", "CancelOrder", "cancel_order", "id", "$response.body#/id"),
+];
+
+/// Adds [`LINKS`] to the answers they start from.
+struct Links;
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let Some(id) = operation.operation_id.clone() else { continue };
+                for (_, status, name, target, parameter, value) in LINKS.iter().filter(|link| link.0 == id) {
+                    // Every source answer is declared inline on its handler; a
+                    // unit test checks that each link was placed.
+                    if let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status) {
+                        let link = LinkBuilder::new().operation_id(*target).parameter(*parameter, *value).build();
+                        response.links.insert((*name).to_owned(), RefOr::T(link));
+                    }
+                }
+            }
         }
-        operation
-            .responses
-            .responses
-            .entry(status.to_owned())
-            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
     }
 }
 
@@ -221,9 +429,35 @@ mod tests {
         assert_eq!(create["504"]["$ref"], "#/components/responses/GatewayTimeout");
         let get = &document["paths"]["/api/orders/{id}"]["get"]["responses"];
         assert!(get.get("415").is_none(), "{get}");
-        assert_eq!(get["400"]["$ref"], "#/components/responses/MalformedId");
-        let products = &document["paths"]["/api/products"]["get"]["responses"];
-        assert!(products.get("400").is_none(), "{products}");
+        assert!(get["422"]["description"].as_str().unwrap().contains("wait_ms"), "{get}");
+    }
+
+    #[test]
+    fn a_400_gives_the_reasons_that_apply_to_the_operation() {
+        let document = serde_json::to_value(openapi()).unwrap();
+        let malformed = |path: &str, method: &str| {
+            let response = &document["paths"][path][method]["responses"]["400"];
+            assert_eq!(response["content"][PROBLEM_JSON]["schema"]["$ref"], "#/components/schemas/Problem");
+            response["description"].as_str().unwrap().to_owned()
+        };
+        let get = malformed("/api/orders/{id}", "get");
+        assert!(get.contains("query parameter") && get.contains("`{id}`") && !get.contains("body"), "{get}");
+        let list = malformed("/api/products", "get");
+        assert!(list.contains("query parameter") && !list.contains("`{id}`") && !list.contains("body"), "{list}");
+        let stock = malformed("/api/inventory/{sku}", "put");
+        assert!(stock.contains("body") && stock.contains("`{sku}`"), "{stock}");
+        assert!(malformed("/healthz", "get").contains("query parameter"));
+    }
+
+    #[test]
+    fn only_operations_that_call_a_service_answer_502_to_504() {
+        let document = serde_json::to_value(openapi()).unwrap();
+        let responses = |path: &str| document["paths"][path]["get"]["responses"].as_object().unwrap().clone();
+        for status in ["502", "503", "504"] {
+            assert!(responses("/api/orders/{id}").contains_key(status));
+            assert!(!responses(DOCUMENT_PATH).contains_key(status));
+            assert!(!responses("/healthz").contains_key(status));
+        }
     }
 
     #[test]
@@ -237,12 +471,30 @@ mod tests {
             let (limit, after) = (param("limit"), param("after"));
             assert_eq!((limit["in"].as_str(), limit["required"].as_bool()), (Some("query"), Some(false)), "{limit}");
             assert_eq!(
-                (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
-                (&1.into(), &10_000.into()),
+                (&limit["schema"]["minimum"], &limit["schema"]["maximum"], &limit["schema"]["default"]),
+                (&1.into(), &MAX_LIMIT.into(), &DEFAULT_LIMIT.into()),
                 "{limit}"
             );
             assert_eq!(after["in"], "query", "{after}");
             assert!(list["responses"]["422"]["description"].as_str().unwrap().contains("limit"), "{path}");
+        }
+    }
+
+    #[test]
+    fn every_link_is_placed_and_names_a_parameter_of_its_target() {
+        let document = serde_json::to_value(openapi()).unwrap();
+        let mut operations = std::collections::HashMap::new();
+        for item in document["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                operations.insert(operation["operationId"].as_str().unwrap().to_owned(), operation);
+            }
+        }
+        for (source, status, name, target, parameter, value) in LINKS {
+            let link = &operations[source]["responses"][status]["links"][name];
+            assert_eq!(link["operationId"], target, "{source} {name}");
+            assert_eq!(link["parameters"][parameter], value, "{source} {name}");
+            let takes = operations[target]["parameters"].as_array().unwrap().iter().any(|p| p["name"] == parameter);
+            assert!(takes, "{target} has no parameter {parameter}");
         }
     }
 }

@@ -12,34 +12,33 @@
 //!
 //! What every route shares is checked before any call, with the services'
 //! own rules: an `{id}` is a UUID in its canonical form
-//! (`polis_runtime::PathId`, else 400), a list's `limit` and `after` follow
-//! `polis_runtime::Page` (else 422; the page is forwarded as
-//! `?limit=N&after=KEY`, other parameters dropped), a sku being stocked
-//! follows the catalog's rule (else 422).
+//! (`polis_runtime::PathId`, else 400), a query parameter the route does
+//! not read is refused (`polis_runtime::NoQuery`, else 400 naming it), a
+//! list's `limit` and `after` follow `polis_runtime::Page` (else 422; the
+//! page is forwarded as `?limit=N&after=KEY`), a sku being stocked follows
+//! the catalog's rule (else 422).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use contracts::catalog::{Product, SKU_FORM, is_sku};
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{SetStock, StockLevel};
-use contracts::order::{Accepted, IDEMPOTENT_REPLAYED, OrderView};
-use polis_runtime::{ApiError, Json, Page, PathId, RequestId};
+use contracts::order::{Accepted, IDEMPOTENT_REPLAYED, MAX_WAIT_MS, OrderView};
+use polis_runtime::{ApiError, Json, NoQuery, Page, PathId, PathText, RequestId};
 use serde_json::value::RawValue;
 
 use crate::compose;
-use crate::openapi::Problem;
-use contracts::Service;
-
+use crate::openapi::{OrderWait, Problem, ProductPage, SkuPath};
 use crate::upstream::{UpstreamError, UpstreamResponse, Upstreams};
 use crate::{GatewayConfig, Upstream};
+use contracts::Service;
 
 /// The router's state: cheap to clone.
 #[derive(Clone)]
@@ -140,6 +139,7 @@ pub(crate) async fn register_customer(
     State(gateway): State<Gateway>,
     uri: Uri,
     id: MaybeRequestId,
+    _: NoQuery,
     Json(body): RawJson,
 ) -> Result<Response, ApiError> {
     forward(&gateway, Service::Customer, Method::POST, &uri, Some(raw_bytes(&body)), request_id(&id)).await
@@ -156,6 +156,7 @@ pub(crate) async fn register_customer(
 pub(crate) async fn get_customer(
     State(gateway): State<Gateway>,
     _: PathId,
+    _: NoQuery,
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
@@ -175,6 +176,7 @@ pub(crate) async fn add_product(
     State(gateway): State<Gateway>,
     uri: Uri,
     id: MaybeRequestId,
+    _: NoQuery,
     Json(body): RawJson,
 ) -> Result<Response, ApiError> {
     forward(&gateway, Service::Catalog, Method::POST, &uri, Some(raw_bytes(&body)), request_id(&id)).await
@@ -182,11 +184,7 @@ pub(crate) async fn add_product(
 
 #[utoipa::path(
     get, path = "/api/products", tag = "catalog",
-    params(
-        ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000, description = LIMIT_DOC),
-        ("after" = Option<String>, Query, description = "Only products whose sku comes after this one (byte order); \
-            the sku of the last product of the previous page."),
-    ),
+    params(ProductPage),
     responses(
         (status = 200, description = "A page of products, by sku (byte order). A page shorter than `limit` is the \
             last one.", body = Vec<Product>),
@@ -207,15 +205,12 @@ pub(crate) async fn list_products(
     Ok(pass_through(answer))
 }
 
-/// How a list's `limit` is described.
-pub(crate) const LIMIT_DOC: &str = "At most this many items, from 1 to 10000; 1000 when absent.";
-
 /// How a list's 422 is described.
 pub(crate) const PAGE_422: &str = "`limit` or `after` is invalid; `errors` names the parameter.";
 
 #[utoipa::path(
     get, path = "/api/products/{sku}", tag = "catalog",
-    params(("sku" = String, Path, description = "The product's sku.")),
+    params(SkuPath),
     responses(
         (status = 200, description = "The product.", body = Product),
         (status = 404, description = "No such product.", body = Problem, content_type = "application/problem+json"),
@@ -223,6 +218,7 @@ pub(crate) const PAGE_422: &str = "`limit` or `after` is invalid; `errors` names
 )]
 pub(crate) async fn get_product(
     State(gateway): State<Gateway>,
+    _: NoQuery,
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
@@ -231,8 +227,7 @@ pub(crate) async fn get_product(
 
 #[utoipa::path(
     put, path = "/api/inventory/{sku}", tag = "inventory",
-    params(("sku" = String, Path, description = "The sku: 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_', the \
-        catalog's rule.")),
+    params(SkuPath),
     request_body(content = SetStock, description = "The quantity available for sale; reservations are kept."),
     responses(
         (status = 200, description = "The sku's stock level.", body = StockLevel),
@@ -244,12 +239,12 @@ pub(crate) async fn set_stock(
     State(gateway): State<Gateway>,
     uri: Uri,
     id: MaybeRequestId,
-    sku: Result<Path<String>, PathRejection>,
+    PathText(sku): PathText,
+    _: NoQuery,
     Json(body): RawJson,
 ) -> Result<Response, ApiError> {
     // The catalog's rule, checked before the call: stock for what can never
     // be a product is refused here as the inventory would refuse it.
-    let Path(sku) = sku.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     if !is_sku(&sku) {
         return Err(ApiError::validation("sku", SKU_FORM));
     }
@@ -258,7 +253,7 @@ pub(crate) async fn set_stock(
 
 #[utoipa::path(
     get, path = "/api/inventory/{sku}", tag = "inventory",
-    params(("sku" = String, Path, description = "The sku.")),
+    params(SkuPath),
     responses(
         (status = 200, description = "The sku's stock level.", body = StockLevel),
         (status = 404, description = "No stock was ever set for this sku.", body = Problem, content_type = "application/problem+json"),
@@ -266,6 +261,7 @@ pub(crate) async fn set_stock(
 )]
 pub(crate) async fn get_stock(
     State(gateway): State<Gateway>,
+    _: NoQuery,
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
@@ -274,14 +270,12 @@ pub(crate) async fn get_stock(
 
 #[utoipa::path(
     get, path = "/api/orders/{id}", tag = "orders",
-    params(
-        ("id" = uuid::Uuid, Path, description = "The order's id."),
-        ("wait_ms" = Option<u64>, Query, description = "Wait up to this many milliseconds (at most 30000) for an \
-            order not decided yet to be APPROVED, REJECTED or CANCELLED, then answer as it is."),
-    ),
+    params(("id" = uuid::Uuid, Path, description = "The order's id."), OrderWait),
     responses(
         (status = 200, description = "The order; `reason` only when it is REJECTED.", body = OrderView),
         (status = 404, description = "No such order.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`wait_ms` is not a whole number in range; `errors` names it.", body = Problem,
+            content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn get_order(
@@ -290,20 +284,20 @@ pub(crate) async fn get_order(
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
-    // A read that waits for the decision may take that long on top of the call.
-    let wait = uri
-        .query()
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("wait_ms="))
+    polis_runtime::query::refuse_unknown(uri.query(), &[WAIT_PARAM])?;
+    // A read that waits for the decision may take that long on top of the
+    // call. The value is the order service's to judge (422); one it refuses
+    // waits for nothing.
+    let wait = polis_runtime::query::pairs(uri.query())
+        .find_map(|(name, value)| (name == WAIT_PARAM).then_some(value))
         .and_then(|ms| ms.parse::<u64>().ok())
-        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.min(MAX_ORDER_WAIT_MS)));
+        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.min(MAX_WAIT_MS)));
     let timeout = gateway.call_timeout() + wait;
     forward_within(&gateway, Service::Order, Method::GET, &uri, None, request_id(&id), timeout).await
 }
 
-/// The order service's longest `wait_ms`; a larger one is its 400 to give.
-const MAX_ORDER_WAIT_MS: u64 = 30_000;
+/// The query parameter of `GET /api/orders/{id}`.
+pub(crate) const WAIT_PARAM: &str = "wait_ms";
 
 #[utoipa::path(
     post, path = "/api/orders/{id}/cancel", tag = "orders",
@@ -318,6 +312,7 @@ const MAX_ORDER_WAIT_MS: u64 = 30_000;
 pub(crate) async fn cancel_order(
     State(gateway): State<Gateway>,
     _: PathId,
+    _: NoQuery,
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
@@ -328,7 +323,7 @@ pub(crate) async fn cancel_order(
     get, path = "/api/openapi.json", tag = "operations",
     responses((status = 200, description = "This document (OpenAPI 3.1).", content_type = "application/json", body = Object))
 )]
-pub(crate) async fn openapi_document(State(gateway): State<Gateway>) -> Result<Response, ApiError> {
+pub(crate) async fn openapi_document(State(gateway): State<Gateway>, _: NoQuery) -> Result<Response, ApiError> {
     match &gateway.0.openapi {
         Ok(document) => {
             Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document.clone())

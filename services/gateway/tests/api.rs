@@ -102,14 +102,14 @@ async fn every_plain_route_passes_the_service_answer_through() {
 async fn bodies_are_forwarded_as_sent_and_paths_keep_their_encoding() {
     let (fakes, app) = shop();
     let body = "{\"available\":  3 }";
-    let request = axum::http::Request::put("/api/inventory/A%2D1?dry_run=true")
+    let request = axum::http::Request::put("/api/inventory/A%2D1")
         .header("content-type", "application/json")
         .body(axum::body::Body::from(body))
         .unwrap();
     let response = tower::ServiceExt::oneshot(app.clone(), request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let seen = fakes.recorder.seen();
-    assert_eq!(seen[0].target, "/inventory/A%2D1?dry_run=true");
+    assert_eq!(seen[0].target, "/inventory/A%2D1");
     assert_eq!(seen[0].body, body);
     assert_eq!(seen[0].content_type.as_deref(), Some("application/json"));
 
@@ -469,8 +469,7 @@ async fn lists_are_paged_and_bad_page_parameters_are_422_before_any_call() {
     };
     assert_eq!(skus(get(&app, "/api/products?limit=1").await), ["A-1"]);
     assert_eq!(skus(get(&app, "/api/products?limit=1&after=A-1").await), ["B-2"]);
-    // Unknown parameters are dropped, as the services ignore them.
-    assert_eq!(skus(get(&app, "/api/products?after=A-1&sort=price").await), ["B-2", "X/1 é"]);
+    assert_eq!(skus(get(&app, "/api/products?after=A-1").await), ["B-2", "X/1 é"]);
 
     let ids = |answer: Answer| -> Vec<String> {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
@@ -511,6 +510,32 @@ async fn lists_are_paged_and_bad_page_parameters_are_422_before_any_call() {
     }
     let answer = get(&app, &format!("{orders}?after=nope")).await;
     assert_eq!(answer.fields(), ["after"]);
+    assert!(fakes.recorder.seen().is_empty(), "{:?}", fakes.recorder.calls());
+}
+
+/// A query parameter a route does not read is a 400 naming it, before any
+/// call: never dropped, never forwarded.
+#[tokio::test]
+async fn unknown_query_parameters_are_400_naming_them_before_any_call() {
+    let (fakes, app) = shop();
+    let orders = format!("/api/customers/{CUSTOMER}/orders");
+    for (method, uri) in [
+        (Method::GET, "/api/products?after=A-1&sort=price".to_owned()),
+        (Method::GET, format!("{orders}?limit=1&sort=price")),
+        (Method::GET, format!("/api/customers/{CUSTOMER}?sort=price")),
+        (Method::GET, format!("/api/orders/{ORDER}?wait_ms=1&sort=price")),
+        (Method::GET, format!("/api/orders/{ORDER}/details?sort=price")),
+        (Method::POST, format!("/api/orders/{ORDER}/cancel?sort=price")),
+        (Method::PUT, "/api/inventory/A-1?sort=price".to_owned()),
+        (Method::GET, "/api/openapi.json?sort=price".to_owned()),
+        (Method::GET, "/healthz?sort=price".to_owned()),
+    ] {
+        let body = (method == Method::PUT).then(|| json!({ "available": 1 }));
+        let answer = send(&app, method.clone(), &uri, body.as_ref(), &[]).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{method} {uri}: {}", answer.body);
+        assert_eq!(answer.problem_type(), types::BAD_REQUEST, "{uri}");
+        assert_eq!(answer.body["errors"][0]["field"], "sort", "{uri}");
+    }
     assert!(fakes.recorder.seen().is_empty(), "{:?}", fakes.recorder.calls());
 }
 

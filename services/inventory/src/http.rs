@@ -8,16 +8,17 @@
 //! | `GET /inventory?limit=N&after=SKU` | 200 a page of `StockLevel`s by sku (admin list, see `polis_runtime::Page`) |
 //! | `GET /reservations/{order_id}` | 200 `Reservation` / 404; 400 not an id |
 //! | `GET /reservations?limit=N&after=ID` | 200 a page of `Reservation`s by order id (admin list) |
+//!
+//! A query parameter a route does not read is a 400 (`NoQuery`, `Page`).
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use contracts::inventory::{Reservation, SetStock, StockAdjusted, StockLevel};
 use polis_core::{Message, Transaction};
-use polis_runtime::{ApiError, Json, Page, PathId};
+use polis_runtime::{ApiError, Json, NoQuery, Page, PathId, PathText};
 use polis_store::sql::{Sql, SqlStore};
 
 use crate::error::InventoryError;
@@ -39,14 +40,14 @@ where
 #[tracing::instrument(skip_all, fields(sku))]
 async fn set_stock<S>(
     State(store): State<Arc<S>>,
-    sku: Result<Path<String>, PathRejection>,
+    PathText(sku): PathText,
+    _: NoQuery,
     Json(body): Json<SetStock>,
 ) -> Result<Json<StockLevel>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let sku = path(sku)?;
     tracing::Span::current().record("sku", sku.as_str());
     // Check before opening a transaction: bad input costs no writer time.
     rules::check_sku(&sku).map_err(|m| ApiError::validation("sku", m))?;
@@ -63,13 +64,13 @@ where
 
 async fn get_stock<S>(
     State(store): State<Arc<S>>,
-    sku: Result<Path<String>, PathRejection>,
+    PathText(sku): PathText,
+    _: NoQuery,
 ) -> Result<Json<StockLevel>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let sku = path(sku)?;
     match db::stock_level_of(&*store, &sku).await? {
         Some(level) => Ok(Json(level)),
         None => Err(ApiError::not_found(format!("no stock is kept for sku `{sku}`"))),
@@ -87,6 +88,7 @@ where
 async fn get_reservation<S>(
     State(store): State<Arc<S>>,
     PathId(order_id): PathId,
+    _: NoQuery,
 ) -> Result<Json<Reservation>, ApiError>
 where
     S: SqlStore,
@@ -104,9 +106,4 @@ where
     S::Tx: Sql,
 {
     Ok(Json(db::reservations(&*store, page).await?))
-}
-
-/// A path segment, or a problem instead of axum's plain-text rejection.
-fn path(segment: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    segment.map(|Path(value)| value).map_err(|rejection| ApiError::bad_request(rejection.body_text()))
 }

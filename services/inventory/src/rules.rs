@@ -12,9 +12,7 @@ use contracts::Quantity;
 
 use crate::error::InventoryError;
 
-/// The largest quantity a sku can be set to: keeps `available + reserved`
-/// (and every sum over them) far from `i64` overflow.
-pub const MAX_QUANTITY: i64 = 1_000_000_000_000;
+pub use contracts::inventory::MAX_QUANTITY;
 
 /// Checks a sku's form with the catalog's rule ([`contracts::catalog::is_sku`],
 /// the one rule every service checks skus with): stock is kept only for

@@ -5,8 +5,8 @@
 //! | `GET /customers/{id}/orders?status=S&limit=N&after=ID&order=ID&wait_ms=N` | 200 `CustomerOrders`; 400 unknown parameter; 422; 503 while the view is first built |
 //! | `GET /orders/{id}` | 200 `HistoryOrder`; 404 |
 //!
-//! `order=ID&wait_ms=N` waits (up to `N` ms, at most 10 s) until the view
-//! shows order `ID`, then answers: a client that just placed an order can
+//! `order=ID` waits (up to `wait_ms`, 2 s when absent, at most 10 s) until
+//! the view shows order `ID`, then answers: a client that just placed an order can
 //! read its own write. Every answer says how fresh the view is.
 
 use std::time::Duration;
@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use contracts::order_history::{CustomerOrders, HistoryOrder};
-use polis_runtime::{ApiError, Json, PathId};
+use polis_runtime::{ApiError, Json, NoQuery, PathId};
 use polis_store::sql::{Sql, SqlStore};
 use uuid::Uuid;
 
@@ -51,7 +51,11 @@ where
     Ok(Json(CustomerOrders { orders, freshness }))
 }
 
-async fn order<S>(State(service): State<OrderHistory<S>>, PathId(id): PathId) -> Result<Json<HistoryOrder>, ApiError>
+async fn order<S>(
+    State(service): State<OrderHistory<S>>,
+    PathId(id): PathId,
+    _: NoQuery,
+) -> Result<Json<HistoryOrder>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,

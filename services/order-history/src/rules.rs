@@ -26,6 +26,7 @@ impl CustomerOrdersQuery {
     /// Reads the query; an unknown parameter is a 400, a bad value a 422,
     /// both naming the parameter.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        polis_runtime::query::refuse_unknown(query, &contracts::order_history::PARAMETERS)?;
         let (view, paging) = ViewQuery::parse(query).map_err(problem)?;
         let page = Page::from_query(Some(&paging.join("&")))?;
         Ok(Self { page, status: view.status, wait: view.wait.map(|(id, ms)| (id, Duration::from_millis(ms))) })
@@ -64,7 +65,10 @@ mod tests {
         assert_eq!(query.wait, Some((id, Duration::from_millis(250))));
         assert_eq!(CustomerOrdersQuery::parse(None).unwrap().status, None);
         assert_eq!(refused("status=approved"), (422, "status".into()));
-        assert_eq!(refused("wait_ms=5"), (422, "order".into()));
+        // `wait_ms` bounds a wait for `order`; `order` alone waits the default.
+        assert_eq!(CustomerOrdersQuery::parse(Some("wait_ms=5")).unwrap().wait, None);
+        let default = Duration::from_millis(contracts::order_history::DEFAULT_WAIT_MS);
+        assert_eq!(CustomerOrdersQuery::parse(Some(&format!("order={id}"))).unwrap().wait, Some((id, default)));
         assert_eq!(refused(&format!("order={id}&wait_ms=10001")), (422, "wait_ms".into()));
         assert_eq!(refused("order=nope&wait_ms=1"), (422, "order".into()));
         assert_eq!(refused(&format!("order={}&wait_ms=1", id.simple())), (422, "order".into()));

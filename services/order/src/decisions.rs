@@ -34,7 +34,7 @@ const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The longest wait a request may ask for.
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_WAIT: Duration = Duration::from_millis(contracts::order::MAX_WAIT_MS);
 
 /// Who waits for which order.
 #[derive(Debug, Default)]
@@ -99,9 +99,14 @@ pub(crate) fn is_decided(status: &str) -> bool {
     [OrderStatus::Approved, OrderStatus::Rejected, OrderStatus::Cancelled].iter().any(|s| s.as_str() == status)
 }
 
-/// The `wait_ms` query parameter, if given: how long a read may wait for the decision.
+/// The query parameter `wait_ms` names.
+pub(crate) const WAIT_PARAM: &str = "wait_ms";
+
+/// The `wait_ms` query parameter, if given: how long a read may wait for the
+/// decision. `wait_ms` alone or empty is an empty wait, not no wait.
 pub(crate) fn wait_param(query: Option<&str>) -> Result<Option<Duration>, String> {
-    let Some(value) = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("wait_ms="))
+    let Some(value) =
+        polis_runtime::query::pairs(query).find_map(|(name, value)| (name == WAIT_PARAM).then_some(value))
     else {
         return Ok(None);
     };

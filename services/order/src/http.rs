@@ -9,7 +9,8 @@
 //! | `GET /customers/{id}/orders?limit=N&after=ID` | 200 a page of the customer's orders, by id |
 //!
 //! Lists are paged with `polis_runtime::Page`; every `{id}` is a UUID in its
-//! canonical form (`polis_runtime::PathId`), anything else a 400.
+//! canonical form (`polis_runtime::PathId`), anything else a 400; so is a
+//! query parameter a route does not read (`NoQuery`, `Page`, `wait_ms`).
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -22,7 +23,7 @@ use contracts::order::{
 };
 use contracts::{OrderLine, RejectionReason};
 use polis_runtime::Service as _;
-use polis_runtime::{ApiError, Json, Page, PathId};
+use polis_runtime::{ApiError, Json, NoQuery, Page, PathId};
 use polis_store::sql::{Row, Sql, SqlStore};
 
 use crate::{OrderService, Placed, db, decisions};
@@ -45,6 +46,7 @@ where
 /// `idempotent-replayed: true`).
 async fn place<S>(
     State(service): State<OrderService<S>>,
+    _: NoQuery,
     headers: HeaderMap,
     Json(body): Json<PlaceOrder>,
 ) -> Result<Response, ApiError>
@@ -73,7 +75,11 @@ where
     Ok(response)
 }
 
-async fn cancel<S>(State(service): State<OrderService<S>>, PathId(id): PathId) -> Result<impl IntoResponse, ApiError>
+async fn cancel<S>(
+    State(service): State<OrderService<S>>,
+    PathId(id): PathId,
+    _: NoQuery,
+) -> Result<impl IntoResponse, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
@@ -93,7 +99,8 @@ where
     S: SqlStore + 'static,
     S::Tx: Sql,
 {
-    let wait = decisions::wait_param(query.as_deref()).map_err(|e| ApiError::validation("wait_ms", e))?;
+    polis_runtime::query::refuse_unknown(query.as_deref(), &[decisions::WAIT_PARAM])?;
+    let wait = decisions::wait_param(query.as_deref()).map_err(|e| ApiError::validation(decisions::WAIT_PARAM, e))?;
     let read = || async {
         let row = db::order(service.store().as_ref(), id).await?;
         row.ok_or_else(|| ApiError::not_found("no such order"))

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use contracts::payment::{Credit, Payment as PaymentView};
-use polis_runtime::{ApiError, Json, Page, PathId};
+use polis_runtime::{ApiError, Json, NoQuery, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
 
 use crate::{Payment, db};
@@ -25,10 +25,12 @@ where
 }
 
 /// `{order_id}` and `{customer_id}` are UUIDs in their canonical form
-/// (`PathId`): anything else is a 400 naming the parameter.
+/// (`PathId`): anything else is a 400 naming the parameter; so is a query
+/// parameter (`NoQuery`).
 async fn get_payment<S>(
     State(service): State<Payment<S>>,
     PathId(order_id): PathId,
+    _: NoQuery,
 ) -> Result<Json<PaymentView>, ApiError>
 where
     S: SqlStore,
@@ -51,7 +53,11 @@ where
     Ok(Json(payments.iter().map(db::Stored::view).collect()))
 }
 
-async fn get_credit<S>(State(service): State<Payment<S>>, PathId(customer_id): PathId) -> Result<Json<Credit>, ApiError>
+async fn get_credit<S>(
+    State(service): State<Payment<S>>,
+    PathId(customer_id): PathId,
+    _: NoQuery,
+) -> Result<Json<Credit>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,

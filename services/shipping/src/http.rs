@@ -5,6 +5,8 @@
 //! |---|---|
 //! | `GET /shipments/{order_id}` | 200 `Shipment` / 404; 400 not an id (`polis_runtime::PathId`) |
 //! | `GET /shipments?limit=N&after=ID` | 200 a page of `Shipment`s by order id (admin list, see `polis_runtime::Page`) |
+//!
+//! A query parameter a route does not read is a 400 (`NoQuery`, `Page`).
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use contracts::shipping::Shipment;
-use polis_runtime::{ApiError, Json, Page, PathId};
+use polis_runtime::{ApiError, Json, NoQuery, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
 
 use crate::db;
@@ -28,7 +30,11 @@ where
         .with_state(store)
 }
 
-async fn get_shipment<S>(State(store): State<Arc<S>>, PathId(order_id): PathId) -> Result<Json<Shipment>, ApiError>
+async fn get_shipment<S>(
+    State(store): State<Arc<S>>,
+    PathId(order_id): PathId,
+    _: NoQuery,
+) -> Result<Json<Shipment>, ApiError>
 where
     S: SqlStore,
     S::Tx: Sql,
