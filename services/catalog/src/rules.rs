@@ -29,13 +29,10 @@ pub fn product(mut product: Product) -> Result<Product, Error> {
     finish(report, product)
 }
 
-/// A change of name and / or price, normalized, if it breaks no rule; it
-/// must change something.
+/// A change of name and / or price, normalized, if it breaks no rule (a
+/// change of nothing is one too, as for a customer).
 pub fn update(mut update: UpdateProduct) -> Result<UpdateProduct, Error> {
     let mut report = Violations::new();
-    if update.name.is_none() && update.price.is_none() {
-        report.add("name", "give a new name, a new price, or both");
-    }
     if let Some(name) = &mut update.name {
         let trimmed = name.trim();
         if trimmed.len() != name.len() {
@@ -94,7 +91,7 @@ mod tests {
             assert_eq!(fields(product(bad)), ["name"], "{hidden:?}");
         }
         assert_eq!(fields(price(-1)), ["price"]);
-        assert_eq!(fields(update(UpdateProduct::default())), ["name"]);
+        assert!(update(UpdateProduct::default()).is_ok());
         assert_eq!(fields(update(UpdateProduct { name: Some(" ".into()), price: Some(-5) })), ["name", "price"]);
     }
 

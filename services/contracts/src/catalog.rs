@@ -88,9 +88,11 @@ message_types! {
 #[serde(deny_unknown_fields)]
 pub struct UpdateProduct {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = name_schema)]
     pub name: Option<String>,
+    /// Minor units; never negative.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 0)]
     pub price: Option<Money>,
 }
 

@@ -76,10 +76,19 @@ pub struct RegisterCustomer {
 }
 
 /// `PUT /customers/{id}`: fields to change; absent fields stay.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateCustomer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = text_schema)]
     pub name: Option<String>,
+    /// Unique: another customer's email (in any case) is a 409.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = email_schema)]
     pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Address>,
+    /// Minor units; never negative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>, minimum = 0)]
     pub credit_limit: Option<Money>,
 }

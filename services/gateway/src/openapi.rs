@@ -21,8 +21,8 @@
 //! - `Links` connects the operations that create or return an id to the
 //!   operations that take it (OpenAPI `links`).
 
-use contracts::catalog::Product;
-use contracts::customer::{Customer, RegisterCustomer};
+use contracts::catalog::{Product, UpdateProduct};
+use contracts::customer::{Customer, RegisterCustomer, UpdateCustomer};
 use contracts::inventory::{SetStock, StockLevel};
 use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
 use contracts::order_history::{CustomerOrders, Freshness, HistoryItem, HistoryOrder};
@@ -233,10 +233,12 @@ fn healthz() {}
         healthz,
         routes::register_customer,
         routes::get_customer,
+        routes::update_customer,
         compose::customer_orders,
         routes::add_product,
         routes::list_products,
         routes::get_product,
+        routes::update_product,
         routes::set_stock,
         routes::get_stock,
         compose::create_order,
@@ -246,7 +248,7 @@ fn healthz() {}
         routes::openapi_document,
     ),
     components(schemas(
-        Problem, ProblemField, Health, Address, Customer, RegisterCustomer, Product, SetStock, StockLevel,
+        Problem, ProblemField, Health, Address, Customer, RegisterCustomer, UpdateCustomer, Product, UpdateProduct, SetStock, StockLevel,
         CreateOrder, Quantity, Accepted, OrderStatus, OrderView, OrderLine, CustomerOrders, HistoryOrder,
         HistoryItem, Freshness, RejectionReason, Payment, PaymentStatus,
         Shipment, ShipmentStatus, OrderDetails, Part,

@@ -27,8 +27,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use contracts::catalog::{Product, SKU_FORM, is_sku};
-use contracts::customer::{Customer, RegisterCustomer};
+use contracts::catalog::{Product, SKU_FORM, UpdateProduct, is_sku};
+use contracts::customer::{Customer, RegisterCustomer, UpdateCustomer};
 use contracts::inventory::{SetStock, StockLevel};
 use contracts::order::{Accepted, IDEMPOTENT_REPLAYED, MAX_WAIT_MS, OrderView};
 use polis_runtime::{ApiError, Json, NoQuery, Page, PathId, PathText, RequestId};
@@ -98,10 +98,12 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     vec![
         endpoint(Method::POST, "/api/customers", on(MethodFilter::POST, register_customer)),
         endpoint(Method::GET, "/api/customers/{id}", on(MethodFilter::GET, get_customer)),
+        endpoint(Method::PUT, "/api/customers/{id}", on(MethodFilter::PUT, update_customer)),
         endpoint(Method::GET, "/api/customers/{id}/orders", on(MethodFilter::GET, compose::customer_orders)),
         endpoint(Method::POST, "/api/products", on(MethodFilter::POST, add_product)),
         endpoint(Method::GET, "/api/products", on(MethodFilter::GET, list_products)),
         endpoint(Method::GET, "/api/products/{sku}", on(MethodFilter::GET, get_product)),
+        endpoint(Method::PATCH, "/api/products/{sku}", on(MethodFilter::PATCH, update_product)),
         endpoint(Method::PUT, "/api/inventory/{sku}", on(MethodFilter::PUT, set_stock)),
         endpoint(Method::GET, "/api/inventory/{sku}", on(MethodFilter::GET, get_stock)),
         endpoint(Method::POST, "/api/orders", on(MethodFilter::POST, compose::create_order)),
@@ -164,6 +166,29 @@ pub(crate) async fn get_customer(
 }
 
 #[utoipa::path(
+    put, path = "/api/customers/{id}", tag = "customers",
+    params(("id" = uuid::Uuid, Path, description = "The customer's id.")),
+    request_body(content = UpdateCustomer, description = "The fields to change; what is left out stays. A change \
+        is announced (`CustomerUpdated`): payment's and shipping's replicas follow it, and the order-history view \
+        shows the new name and email on every order of the customer."),
+    responses(
+        (status = 200, description = "The customer as it now is.", body = Customer),
+        (status = 404, description = "No such customer.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another customer has this email.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn update_customer(
+    State(gateway): State<Gateway>,
+    _: PathId,
+    _: NoQuery,
+    uri: Uri,
+    id: MaybeRequestId,
+    Json(body): RawJson,
+) -> Result<Response, ApiError> {
+    forward(&gateway, Service::Customer, Method::PUT, &uri, Some(raw_bytes(&body)), request_id(&id)).await
+}
+
+#[utoipa::path(
     post, path = "/api/products", tag = "catalog",
     request_body = Product,
     responses(
@@ -223,6 +248,27 @@ pub(crate) async fn get_product(
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
     forward(&gateway, Service::Catalog, Method::GET, &uri, None, request_id(&id)).await
+}
+
+#[utoipa::path(
+    patch, path = "/api/products/{sku}", tag = "catalog",
+    params(SkuPath),
+    request_body(content = UpdateProduct, description = "A new name, a new price, or both; what is left out stays. \
+        Each change is announced (`ProductRenamed`, `PriceChanged`), and the order-history view shows the new name \
+        on every order with the product."),
+    responses(
+        (status = 200, description = "The product as it now is.", body = Product),
+        (status = 404, description = "No such product.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn update_product(
+    State(gateway): State<Gateway>,
+    _: NoQuery,
+    uri: Uri,
+    id: MaybeRequestId,
+    Json(body): RawJson,
+) -> Result<Response, ApiError> {
+    forward(&gateway, Service::Catalog, Method::PATCH, &uri, Some(raw_bytes(&body)), request_id(&id)).await
 }
 
 #[utoipa::path(

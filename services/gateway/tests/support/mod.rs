@@ -187,9 +187,17 @@ fn customer_service() -> Router {
             Err(ApiError::not_found(format!("no customer with id {customer_id}")))
         }
     }
+    async fn update(
+        Path(customer_id): Path<String>,
+        Json(change): Json<contracts::customer::UpdateCustomer>,
+    ) -> Result<Json<Customer>, ApiError> {
+        let Json(mut customer) = fetch(Path(customer_id)).await?;
+        customer.name = change.name.unwrap_or(customer.name);
+        Ok(Json(customer))
+    }
     Router::new()
         .route("/customers", routing::post(register).get(|| async { Json(vec![customer()]) }))
-        .route("/customers/{id}", routing::get(fetch))
+        .route("/customers/{id}", routing::get(fetch).put(update))
 }
 
 fn catalog_service() -> Router {
@@ -208,7 +216,18 @@ fn catalog_service() -> Router {
     async fn list(page: Page<String>) -> Json<Vec<Product>> {
         Json(products().into_iter().filter(|p| p.sku > page.after_key()).take(page.limit).collect())
     }
-    Router::new().route("/products", routing::post(add).get(list)).route("/products/{sku}", routing::get(fetch))
+    async fn update(
+        Path(sku): Path<String>,
+        Json(change): Json<contracts::catalog::UpdateProduct>,
+    ) -> Result<Json<Product>, ApiError> {
+        let Json(mut product) = fetch(Path(sku)).await?;
+        product.name = change.name.unwrap_or(product.name);
+        product.price = change.price.unwrap_or(product.price);
+        Ok(Json(product))
+    }
+    Router::new()
+        .route("/products", routing::post(add).get(list))
+        .route("/products/{sku}", routing::get(fetch).patch(update))
 }
 
 fn inventory_service() -> Router {
