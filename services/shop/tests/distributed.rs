@@ -111,6 +111,12 @@ async fn approved_order_captures_ships_and_reserves_then_cancels(style: SagaStyl
     shop.shutdown().await;
 }
 
+async fn the_order_history_view_follows_every_service(style: SagaStyle) {
+    let shop = Shop::start(style).await;
+    shop.the_view_follows_every_service().await;
+    shop.shutdown().await;
+}
+
 async fn each_rejection_reason_compensates(style: SagaStyle) {
     let shop = Shop::start(style).await;
     shop.rejections_compensate().await;
@@ -183,6 +189,7 @@ macro_rules! both_styles {
 
 both_styles!(
     approved_order_captures_ships_and_reserves_then_cancels,
+    the_order_history_view_follows_every_service,
     each_rejection_reason_compensates,
     a_service_that_never_answers_times_the_order_out,
     order_details_compose_and_degrade_when_a_service_is_down,

@@ -59,6 +59,11 @@ async fn approved_order_captures_ships_and_reserves(style: SagaStyle) {
     shop.cancel_approved(id, &sku).await;
 }
 
+async fn the_order_history_view_follows_every_service(style: SagaStyle) {
+    let dir = tempfile::tempdir().unwrap();
+    Shop::start(dir.path(), &config(style)).await.the_view_follows_every_service().await;
+}
+
 async fn each_rejection_reason_compensates(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
     Shop::start(dir.path(), &config(style)).await.rejections_compensate().await;
@@ -269,6 +274,7 @@ macro_rules! both_styles {
 
 both_styles!(
     approved_order_captures_ships_and_reserves,
+    the_order_history_view_follows_every_service,
     each_rejection_reason_compensates,
     a_service_that_never_answers_times_the_order_out,
     a_deadline_fires_after_a_restart,

@@ -395,6 +395,77 @@ impl Client {
         }
     }
 
+    /// The order-history view follows every service: an approved order
+    /// shows its customer's and products' names, its payment and shipment;
+    /// renaming the product or the customer shows on the order; the view
+    /// filters by status and says how fresh it is.
+    pub(crate) async fn the_view_follows_every_service(&self) {
+        let customer = self.customer("NL", 1_000_000, "view").await;
+        let sku = self.product(250, 100).await;
+        let id = self.order(customer, &[(&sku, 2)]).await;
+        self.wait_status(id, OrderStatus::Approved).await;
+        let path = format!("/api/customers/{customer}/orders");
+        let shown = |check: fn(&HistoryOrder) -> bool| {
+            let path = path.clone();
+            async move {
+                let read = async || -> CustomerOrders {
+                    self.gateway.get(&format!("{path}?order={id}&wait_ms=1000")).await.unwrap()
+                };
+                let result =
+                    polis_testkit::wait_for(PATIENCE, || async { read().await.orders.iter().any(check) }).await;
+                let view = read().await;
+                assert!(result.is_ok(), "the view never showed it: {view:#?}");
+                view
+            }
+        };
+        let view = shown(|o| {
+            o.status == OrderStatus::Approved
+                && o.payment_status == Some(PaymentStatus::Captured)
+                && o.shipment_status == Some(ShipmentStatus::Scheduled)
+        })
+        .await;
+        let order = &view.orders[0];
+        assert_eq!((order.id, order.customer_id, order.total), (id, customer, 500));
+        assert_eq!(order.customer_name.as_deref(), Some("Test Customer"));
+        assert!(order.customer_email.as_deref().is_some_and(|e| e.starts_with("view@")), "{order:?}");
+        let items: Vec<_> =
+            order.items.iter().map(|i| (i.sku.as_str(), i.product_name.as_deref(), i.quantity, i.unit_price)).collect();
+        assert_eq!(items, [(sku.as_str(), Some("Thing"), 2, 250)]);
+        for source in ["order", "customer", "catalog", "payment", "shipping"] {
+            assert!(view.freshness.sources.contains_key(source), "{source}: {:?}", view.freshness);
+        }
+        assert!(view.freshness.position > 0 && view.freshness.applied_at.is_some(), "{:?}", view.freshness);
+
+        // Renames fan out to the order; its price stays the price at order time.
+        let patch = serde_json::json!({ "name": "Renamed thing", "price": 999 });
+        let _: Product = self
+            .gateway
+            .json(Method::PATCH, &format!("/api/products/{sku}"), Some(&patch), StatusCode::OK)
+            .await
+            .unwrap();
+        let rename = serde_json::json!({ "name": "Renamed Customer" });
+        let _: Customer = self
+            .gateway
+            .json(Method::PUT, &format!("/api/customers/{customer}"), Some(&rename), StatusCode::OK)
+            .await
+            .unwrap();
+        let view = shown(|o| {
+            o.customer_name.as_deref() == Some("Renamed Customer")
+                && o.items.iter().all(|i| i.product_name.as_deref() == Some("Renamed thing") && i.unit_price == 250)
+        })
+        .await;
+        assert_eq!(view.orders.len(), 1);
+
+        let by_status = async |status: &str| -> Vec<Uuid> {
+            let view: CustomerOrders = self.gateway.get(&format!("{path}?status={status}")).await.unwrap();
+            view.orders.iter().map(|o| o.id).collect()
+        };
+        assert_eq!(by_status("APPROVED").await, [id]);
+        assert!(by_status("REJECTED").await.is_empty());
+        let (status, _) = self.gateway.call(Method::GET, &format!("{path}?status=LOST"), None::<&()>).await.unwrap();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
     /// A customer's orders through the gateway a page at a time, in the
     /// order they were placed; bad page parameters are 422s naming them.
     pub(crate) async fn customer_orders_are_paged(&self) {
