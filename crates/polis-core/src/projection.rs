@@ -21,7 +21,8 @@ use crate::error::StoreError;
 
 /// One generation of a projection's read model: its tables are the
 /// projection's table names with the generation's suffix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct Generation(u32);
 
 impl Generation {

@@ -16,8 +16,8 @@
 //!   their constraints (lengths, patterns, bounds) are built from the same
 //!   constants and rules the services check (`contracts::catalog::sku_schema`,
 //!   `contracts::text::schema`, ...); so are the parameters' here
-//!   ([`ProductPage`], [`OrderPage`], [`OrderWait`], [`IdempotencyKey`],
-//!   [`SkuPath`]), from `polis_runtime::page` and the contracts.
+//!   (`ProductPage`, `OrderPage`, `OrderWait`, `IdempotencyKey`,
+//!   `SkuPath`), from `polis_runtime::page` and the contracts.
 //! - `Links` connects the operations that create or return an id to the
 //!   operations that take it (OpenAPI `links`).
 

@@ -6,11 +6,11 @@
 //! per sku) and `reservations` (per order: status, items and the recorded
 //! outcome). Everything else reaches it as messages or HTTP requests:
 //!
-//! - [`Inventory::router`]: `PUT/GET /inventory/{sku}`, `GET /inventory`,
+//! - `router`: `PUT/GET /inventory/{sku}`, `GET /inventory`,
 //!   `GET /reservations/{order_id}`, `GET /reservations` (admin views, used
 //!   to check invariants across orders; reservations come a page at a time
 //!   by order id, `?limit=N&after=ID`);
-//! - [`Inventory::consumer`]: `ReserveStock` / `ReleaseStock` commands in an
+//! - `consumer`: `ReserveStock` / `ReleaseStock` commands in an
 //!   orchestrated saga; `OrderCreated`, `OrderRejected` and `PaymentRefunded`
 //!   events in a choreographed one. Outcomes go out through the outbox in the
 //!   same transaction as the change, as replies or events (see

@@ -8,10 +8,10 @@
 //! customer service, and never reads its database. The rest comes as
 //! messages or HTTP requests:
 //!
-//! - [`Shipping::router`]: `GET /shipments/{order_id}` and `GET /shipments`
+//! - `router`: `GET /shipments/{order_id}` and `GET /shipments`
 //!   (an admin list by order id, a page at a time with `?limit=N&after=ID`,
 //!   used to check invariants across orders);
-//! - [`Shipping::consumer`]: customer events in both saga styles;
+//! - `consumer`: customer events in both saga styles;
 //!   `ScheduleShipment` / `CancelShipment` commands in an orchestrated saga;
 //!   `PaymentAuthorized`, `OrderRejected` and `OrderCancelRequested` events in
 //!   a choreographed one. Outcomes go out through the outbox in the same

@@ -7,7 +7,7 @@
 //!   `<database_prefix>_<service>` on the configured server (created through
 //!   a maintenance connection when missing), applies its migrations, connects
 //!   to NATS JetStream, hosts its relay, scheduler and consumer
-//!   ([`crate::host`]) and serves its own HTTP API;
+//!   ([`crate::start_service`]) and serves its own HTTP API;
 //! - the gateway owns no data: it serves the public API over
 //!   [`gateway::Upstream::remote`] URLs, one per service.
 //!
