@@ -92,6 +92,10 @@ pub(crate) struct Report {
     /// Order placed → saga decided (server clocks), over orders not cancelled.
     latency_ms_p50: f64,
     latency_ms_p99: f64,
+    /// An event's commit → the order-history view showing it, over the
+    /// events the view applied last (its own measure, `GET /projections`).
+    view_lag_ms_p50: Option<f64>,
+    view_lag_ms_p99: Option<f64>,
     invariants: Vec<Check>,
     /// Where the data is kept; `None` for a temporary directory, which is
     /// removed when the demo ends.
@@ -238,6 +242,7 @@ async fn workload_run(args: &DemoArgs, apis: &Apis, data_dir: &Path, keep: bool)
     latencies.sort_by(f64::total_cmp);
     let tally = Tally::of(orders.values());
     let invariants = workload::check_until_converged(apis, &seeded, scope, CONVERGENCE).await?;
+    let view_lag = workload::view_lag(apis).await?;
     let report = Report {
         mode: args.mode,
         saga: args.saga,
@@ -249,6 +254,8 @@ async fn workload_run(args: &DemoArgs, apis: &Apis, data_dir: &Path, keep: bool)
         orders_per_second: args.orders as f64 / seconds.max(1e-9),
         latency_ms_p50: percentile(&latencies, 0.50),
         latency_ms_p99: percentile(&latencies, 0.99),
+        view_lag_ms_p50: view_lag.map(|(p50, _)| p50),
+        view_lag_ms_p99: view_lag.map(|(_, p99)| p99),
         invariants,
         data_dir: keep.then(|| data_dir.display().to_string()),
     };
@@ -425,6 +432,9 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     println!();
     println!("  {:.1} orders/s ({:.2} s)", report.orders_per_second, report.seconds);
     println!("  order → decision latency: p50 {:.1} ms, p99 {:.1} ms", report.latency_ms_p50, report.latency_ms_p99);
+    if let (Some(p50), Some(p99)) = (report.view_lag_ms_p50, report.view_lag_ms_p99) {
+        println!("  event commit → order-history view: p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
     println!();
     println!("  invariants");
     print_invariants(&report.invariants);

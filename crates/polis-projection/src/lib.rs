@@ -115,7 +115,7 @@ pub enum ProjectorError {
 }
 
 /// How far one generation of a projection has got.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GenerationStatus {
     /// Which generation.
     pub generation: Generation,
@@ -141,7 +141,7 @@ impl GenerationStatus {
 }
 
 /// A projection's state as its instance sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProjectionStatus {
     /// The projection.
     pub name: String,
@@ -155,7 +155,56 @@ pub struct ProjectionStatus {
     pub building: Option<GenerationStatus>,
     /// The last failure, until a step succeeds again.
     pub error: Option<String>,
+    /// Commit-to-apply lag of the recent events this instance applied.
+    pub lag: Lag,
 }
+
+/// The time from an event's commit (its `time`, at the source for an
+/// ingested event) to the commit of the batch that applied it, over the
+/// last [`LAG_SAMPLES`] events an instance applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Lag {
+    /// Events applied since the instance started.
+    pub events: u64,
+    /// Median, in microseconds (`None` before any event).
+    pub p50_us: Option<u64>,
+    /// 99th percentile, in microseconds.
+    pub p99_us: Option<u64>,
+    /// The largest, in microseconds.
+    pub max_us: Option<u64>,
+}
+
+/// How many recent events [`Lag`] is computed over.
+pub const LAG_SAMPLES: usize = 1 << 16;
+
+/// The recent lags of one projection, shared by its runner and the handle.
+#[derive(Debug, Default)]
+struct Samples {
+    events: u64,
+    recent: std::collections::VecDeque<u64>,
+}
+
+impl Samples {
+    fn record(&mut self, lag_us: u64) {
+        self.events += 1;
+        if self.recent.len() == LAG_SAMPLES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(lag_us);
+    }
+
+    fn summary(&self) -> Lag {
+        let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
+            sorted.get(rank - 1).copied()
+        };
+        Lag { events: self.events, p50_us: at(0.5), p99_us: at(0.99), max_us: sorted.last().copied() }
+    }
+}
+
+type SharedSamples = Arc<std::sync::Mutex<BTreeMap<String, Samples>>>;
 
 /// Runs projections over one store (see the crate docs).
 pub struct Projector<S>
@@ -186,6 +235,7 @@ pub struct ProjectorHandle {
     tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     status: watch::Receiver<BTreeMap<String, ProjectionStatus>>,
+    samples: SharedSamples,
 }
 
 impl<S> Projector<S>
@@ -230,12 +280,14 @@ where
                     live: None,
                     building: None,
                     error: None,
+                    lag: Lag::default(),
                 };
                 (p.name().to_owned(), status)
             })
             .collect();
         let (status_tx, status) = watch::channel(initial);
         let status_tx = Arc::new(status_tx);
+        let samples = SharedSamples::default();
         let tasks = self
             .projections
             .into_iter()
@@ -246,6 +298,7 @@ where
                     options: self.options.clone(),
                     owner,
                     status: status_tx.clone(),
+                    samples: samples.clone(),
                     owned: false,
                     live: None,
                     building: None,
@@ -254,14 +307,20 @@ where
                 tokio::spawn(runner.run(stopped.clone()))
             })
             .collect();
-        ProjectorHandle { tasks, stop, status }
+        ProjectorHandle { tasks, stop, status, samples }
     }
 }
 
 impl ProjectorHandle {
-    /// Every projection's status, by name.
+    /// Every projection's status, by name, with its lag computed now.
     pub fn status(&self) -> BTreeMap<String, ProjectionStatus> {
-        self.status.borrow().clone()
+        self.reader().status()
+    }
+
+    /// A cheap, cloneable view of the status, for whatever reports it (an
+    /// HTTP route, metrics) while the handle stays with its owner.
+    pub fn reader(&self) -> StatusReader {
+        StatusReader { status: self.status.clone(), samples: self.samples.clone() }
     }
 
     /// A receiver that changes whenever a status does.
@@ -284,6 +343,25 @@ impl Drop for ProjectorHandle {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Reads the status of running projections ([`ProjectorHandle::reader`]).
+#[derive(Debug, Clone)]
+pub struct StatusReader {
+    status: watch::Receiver<BTreeMap<String, ProjectionStatus>>,
+    samples: SharedSamples,
+}
+
+impl StatusReader {
+    /// Every projection's status, by name, with its lag computed now.
+    pub fn status(&self) -> BTreeMap<String, ProjectionStatus> {
+        let mut status = self.status.borrow().clone();
+        let samples = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, status) in &mut status {
+            status.lag = samples.get(name).map(Samples::summary).unwrap_or_default();
+        }
+        status
     }
 }
 
@@ -363,6 +441,7 @@ where
     options: ProjectorOptions,
     owner: Uuid,
     status: Arc<watch::Sender<BTreeMap<String, ProjectionStatus>>>,
+    samples: SharedSamples,
     owned: bool,
     /// The live generation, and whether this code maintains it (same version).
     live: Option<(Gen, bool)>,
@@ -439,6 +518,7 @@ where
             live: self.live.map(|(g, _)| g.status()),
             building: self.building.map(|g| g.status()),
             error: error.filter(|e| !matches!(e, ProjectorError::NotOwner(_))).map(|e| e.to_string()),
+            lag: Lag::default(), // filled in by `ProjectorHandle::status`
         };
         self.status.send_modify(|all| {
             all.insert(status.name.clone(), status);
@@ -577,6 +657,7 @@ where
         };
         let (to, last_event_at) = (last.global_position, last.time);
         let full = events.len() >= self.options.batch_size.max(1);
+        let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time).collect();
         let (name, owner, ttl) = (self.name().to_owned(), self.owner, self.ttl());
         let projection = self.projection.clone();
         let generation = cur.generation;
@@ -593,6 +674,14 @@ where
                 Ok(())
             })
             .await?;
+        let committed = Utc::now();
+        if self.live.is_some_and(|(live, _)| live.generation == cur.generation) {
+            let mut samples = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let samples = samples.entry(self.name().to_owned()).or_default();
+            for time in times {
+                samples.record(u64::try_from((committed - time).num_microseconds().unwrap_or(0)).unwrap_or(0));
+            }
+        }
         let behind = if full { self.store.head_position().await?.saturating_sub(to) } else { 0 };
         Ok((
             true,

@@ -64,7 +64,7 @@ use polis_bus::{
     SchedulerOptions,
 };
 use polis_core::{Bus, BusError, Projection, StoreError};
-use polis_projection::{ProjectionStatus, Projector, ProjectorHandle, ProjectorOptions};
+use polis_projection::{ProjectionStatus, Projector, ProjectorHandle, ProjectorOptions, StatusReader};
 use polis_store::sql::{Sql, SqlStore};
 
 /// A service over its own store `S`, as its host sees it.
@@ -171,17 +171,26 @@ where
         .into_iter()
         .fold(Projector::new(store.clone(), options.projector.clone()), Projector::with_arc);
     let projector = (!projector.is_empty()).then(|| projector.spawn());
+    let mut router = service.router();
+    if let Some(projector) = &projector {
+        router = router.merge(projections_route(projector.reader()));
+    }
     let relay = Relay::new(store.clone(), bus, options.relay.clone()).spawn();
     let scheduler = Scheduler::new(store, options.scheduler.clone()).spawn();
-    Ok(Hosted {
-        name: T::NAME,
-        router: service.router(),
-        consumer,
-        projector,
-        scheduler,
-        relay,
-        grace: options.shutdown_grace,
-    })
+    Ok(Hosted { name: T::NAME, router, consumer, projector, scheduler, relay, grace: options.shutdown_grace })
+}
+
+/// `GET /projections`: each projection's state and lag, as this instance
+/// sees it (JSON, by name). Added to the router of a service with
+/// projections.
+fn projections_route(reader: StatusReader) -> Router {
+    Router::new().route(
+        "/projections",
+        axum::routing::get(move |_: crate::NoQuery| {
+            let reader = reader.clone();
+            async move { crate::Json(reader.status()) }
+        }),
+    )
 }
 
 impl Hosted {
@@ -190,7 +199,8 @@ impl Hosted {
         self.name
     }
 
-    /// The service's own router (no layers).
+    /// The service's own router (no layers), with `GET /projections` (each
+    /// projection's state and lag, JSON) when it has projections.
     pub fn router(&self) -> Router {
         self.router.clone()
     }

@@ -34,6 +34,7 @@ use contracts::catalog::Product;
 use contracts::customer::{Customer, RegisterCustomer};
 use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel};
 use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderStatus, OrderView};
+use contracts::order_history::{CustomerOrders, HistoryOrder};
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
 use contracts::{Address, Quantity, SagaStyle, Service};
@@ -241,7 +242,7 @@ pub fn safe(checks: &[Check]) -> bool {
 /// The names of coverage checks start so.
 const COVERAGE_PREFIX: &str = "the workload covers";
 /// How many safety invariants [`check`] reports at least.
-const SAFETY_CHECKS: usize = 6;
+const SAFETY_CHECKS: usize = 7;
 
 /// A fresh tag for a run's skus and emails.
 pub fn run_tag() -> String {
@@ -591,6 +592,39 @@ pub async fn check_until_converged(
     }
 }
 
+/// The order-history view's orders of `customers`, by id.
+async fn view_orders(
+    apis: &Apis,
+    customers: impl Iterator<Item = Uuid>,
+) -> anyhow::Result<HashMap<Uuid, HistoryOrder>> {
+    let view = apis.get(Service::OrderHistory);
+    let mut orders = HashMap::new();
+    for customer in customers {
+        let mut after: Option<Uuid> = None;
+        loop {
+            let from = after.map(|id| format!("&after={id}")).unwrap_or_default();
+            let page: CustomerOrders = view.get(&format!("/customers/{customer}/orders?limit=1000{from}")).await?;
+            let full = page.orders.len() == 1000;
+            after = page.orders.last().map(|o| o.id);
+            orders.extend(page.orders.into_iter().map(|o| (o.id, o)));
+            if !full {
+                break;
+            }
+        }
+    }
+    Ok(orders)
+}
+
+/// The commit-to-visible lag of the order-history view, as its instance
+/// measured it: `(p50, p99)` in milliseconds over the events it applied
+/// last (`GET /projections` of the order-history service).
+pub async fn view_lag(apis: &Apis) -> anyhow::Result<Option<(f64, f64)>> {
+    let status: serde_json::Value = apis.get(Service::OrderHistory).get("/projections").await?;
+    let lag = &status["order-history"]["lag"];
+    let ms = |key: &str| lag[key].as_u64().map(|us| us as f64 / 1000.0);
+    Ok(ms("p50_us").zip(ms("p99_us")))
+}
+
 /// The invariants over the orders of `scope` and the run's skus, once.
 pub async fn check(apis: &Apis, seeded: &Seeded, scope: Scope<'_>) -> anyhow::Result<Vec<Check>> {
     let mine = scope.select(apis.get(Service::Order).get_all("/orders", |o: &OrderView| o.id).await?);
@@ -683,6 +717,40 @@ pub async fn check(apis: &Apis, seeded: &Seeded, scope: Scope<'_>) -> anyhow::Re
         })
         .collect();
     check("no order stuck (every order terminal)", stuck);
+
+    // The read side: the order-history view, built only from events, shows
+    // every order as the services that own its parts have it.
+    let view = view_orders(apis, seeded.customers()).await?;
+    let mut differs = Vec::new();
+    for order in &mine {
+        let Some(shown) = view.get(&order.id) else {
+            differs.push(format!("{} is not in the view", order.id));
+            continue;
+        };
+        let written: Vec<_> = order.items.iter().map(|l| (l.sku.clone(), l.quantity, l.unit_price)).collect();
+        let viewed: Vec<_> = shown.items.iter().map(|i| (i.sku.clone(), i.quantity, i.unit_price)).collect();
+        let payment = payments.get(&order.id).map(|p| p.status);
+        let shipment = shipments.get(&order.id).map(|s| s.status);
+        if shown.status != order.status
+            || shown.reason != order.reason
+            || shown.total != order.total
+            || viewed != written
+            || shown.payment_status != payment
+            || shown.shipment_status != shipment
+        {
+            differs.push(format!(
+                "{}: view {:?}/{:?}/{:?}/{:?}, written {:?}/{:?}/{payment:?}/{shipment:?}",
+                order.id,
+                shown.status,
+                shown.reason,
+                shown.payment_status,
+                shown.shipment_status,
+                order.status,
+                order.reason
+            ));
+        }
+    }
+    check("the order-history view equals the write side for every order", differs);
 
     if let Scope::Placed(placed) = scope
         && placed.len() >= 20
