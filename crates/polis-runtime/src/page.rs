@@ -70,6 +70,17 @@ impl PageKey for Uuid {
     }
 }
 
+impl PageKey for u64 {
+    const FORM: &'static str = "must be a whole number (a position, such as a stream version)";
+
+    fn parse_key(text: &str) -> Option<Self> {
+        // Digits only: no sign, no spaces, nothing `parse` would forgive.
+        (!text.is_empty() && text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse().ok())
+            .flatten()
+    }
+}
+
 impl PageKey for String {
     const FORM: &'static str = "must be 1 to 255 characters of A-Z, a-z, 0-9, '-', '.', '_' and '~'";
 

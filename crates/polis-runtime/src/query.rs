@@ -13,8 +13,10 @@
 //!   every one of them reads it.
 //!
 //! Names and values are read as written, without percent-decoding: every
-//! parameter name and value the services read is made of characters a query
-//! carries as they are, so `%6Cimit` is an unknown parameter, not `limit`.
+//! parameter name and most values the services read are made of characters
+//! a query carries as they are, so `%6Cimit` is an unknown parameter, not
+//! `limit`. A value that may hold characters clients encode (a time's `:`
+//! and `+`) is decoded by the route that reads it, with [`decode`].
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -29,6 +31,26 @@ pub fn pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
         .flat_map(|query| query.split('&'))
         .filter(|pair| !pair.is_empty())
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// `value` with its `%XX` escapes decoded (`+` stays a plus: this is a URI
+/// query, not a form); `None` if an escape is malformed or the result is
+/// not UTF-8.
+pub fn decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `Ok` if every parameter of `query` is one of `known`, else a 400 problem
@@ -88,6 +110,16 @@ mod tests {
 
     fn fields(problem: &ApiError) -> Vec<&str> {
         problem.errors().iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn decode_reads_escapes_and_keeps_a_plus() {
+        assert_eq!(decode("2026-12-05T10%3A00%3A00%2B01%3A00").as_deref(), Some("2026-12-05T10:00:00+01:00"));
+        assert_eq!(decode("a+b").as_deref(), Some("a+b"));
+        assert_eq!(decode("caf%C3%A9").as_deref(), Some("café"));
+        for bad in ["%", "%2", "%zz", "%C3"] {
+            assert_eq!(decode(bad), None, "{bad}");
+        }
     }
 
     #[test]

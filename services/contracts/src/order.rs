@@ -225,6 +225,26 @@ fn date_time_schema() -> Object {
         .build()
 }
 
+/// One event of an order's stream (`GET /orders/{id}/events`): the audit
+/// trail event sourcing keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderEvent {
+    /// The event's CloudEvents type, e.g. `order.order-created.v1`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Its place in the order's stream, from 1.
+    pub version: u64,
+    /// When it was recorded (RFC 3339).
+    pub time: String,
+    /// Its body.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// The parameters of `GET /orders/{id}`: `wait_ms` (wait for a decision),
+/// or one of `version` and `as_of` (the order as it was).
+pub const ORDER_PARAMETERS: [&str; 3] = ["wait_ms", "version", "as_of"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

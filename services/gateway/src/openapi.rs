@@ -24,7 +24,7 @@
 use contracts::catalog::{Product, UpdateProduct};
 use contracts::customer::{Customer, RegisterCustomer, UpdateCustomer};
 use contracts::inventory::{SetStock, StockLevel};
-use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
+use contracts::order::{Accepted, CreateOrder, OrderEvent, OrderStatus, OrderView};
 use contracts::order_history::{CustomerOrders, Freshness, HistoryItem, HistoryOrder};
 use contracts::payment::{Payment, PaymentStatus};
 use contracts::shipping::{Shipment, ShipmentStatus};
@@ -181,8 +181,46 @@ impl IntoParams for OrderWait {
             .minimum(Some(0))
             .maximum(Some(contracts::order::MAX_WAIT_MS));
         let description = "Wait up to this many milliseconds for an order not decided yet to be APPROVED, REJECTED \
-            or CANCELLED, then answer as it is.";
-        vec![parameter(routes::WAIT_PARAM, ParameterIn::Query, false, description, schema)]
+            or CANCELLED, then answer as it is. Not with `version` or `as_of`.";
+        let version = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1));
+        let time = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)));
+        vec![
+            parameter(routes::WAIT_PARAM, ParameterIn::Query, false, description, schema),
+            parameter(
+                "version",
+                ParameterIn::Query,
+                false,
+                "The order as it was after its first `version` events (a temporal query on its event stream). \
+                 Not with `wait_ms` or `as_of`.",
+                version,
+            ),
+            parameter(
+                "as_of",
+                ParameterIn::Query,
+                false,
+                "The order as it was at this time (RFC 3339). Not with `wait_ms` or `version`.",
+                time,
+            ),
+        ]
+    }
+}
+
+/// `?limit=N&after=V` of `GET /api/orders/{id}/events` (`polis_runtime::Page<u64>`).
+pub(crate) struct EventPage;
+
+impl IntoParams for EventPage {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let version = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0));
+        let after = "Only events after this version: the version of the last event of the previous page.";
+        vec![limit(), parameter("after", ParameterIn::Query, false, after, version)]
     }
 }
 
@@ -243,13 +281,14 @@ fn healthz() {}
         routes::get_stock,
         compose::create_order,
         routes::get_order,
+        routes::order_events,
         routes::cancel_order,
         compose::order_details,
         routes::openapi_document,
     ),
     components(schemas(
         Problem, ProblemField, Health, Address, Customer, RegisterCustomer, UpdateCustomer, Product, UpdateProduct, SetStock, StockLevel,
-        CreateOrder, Quantity, Accepted, OrderStatus, OrderView, OrderLine, CustomerOrders, HistoryOrder,
+        CreateOrder, Quantity, Accepted, OrderStatus, OrderView, OrderEvent, OrderLine, CustomerOrders, HistoryOrder,
         HistoryItem, Freshness, RejectionReason, Payment, PaymentStatus,
         Shipment, ShipmentStatus, OrderDetails, Part,
     )),

@@ -30,12 +30,12 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use contracts::catalog::{Product, SKU_FORM, UpdateProduct, is_sku};
 use contracts::customer::{Customer, RegisterCustomer, UpdateCustomer};
 use contracts::inventory::{SetStock, StockLevel};
-use contracts::order::{Accepted, IDEMPOTENT_REPLAYED, MAX_WAIT_MS, OrderView};
+use contracts::order::{Accepted, IDEMPOTENT_REPLAYED, MAX_WAIT_MS, OrderEvent, OrderView};
 use polis_runtime::{ApiError, Json, NoQuery, Page, PathId, PathText, RequestId};
 use serde_json::value::RawValue;
 
 use crate::compose;
-use crate::openapi::{OrderWait, Problem, ProductPage, SkuPath};
+use crate::openapi::{EventPage, OrderWait, Problem, ProductPage, SkuPath};
 use crate::upstream::{UpstreamError, UpstreamResponse, Upstreams};
 use crate::{GatewayConfig, Upstream};
 use contracts::Service;
@@ -110,6 +110,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/orders/{id}", on(MethodFilter::GET, get_order)),
         endpoint(Method::POST, "/api/orders/{id}/cancel", on(MethodFilter::POST, cancel_order)),
         endpoint(Method::GET, "/api/orders/{id}/details", on(MethodFilter::GET, compose::order_details)),
+        endpoint(Method::GET, "/api/orders/{id}/events", on(MethodFilter::GET, order_events)),
         endpoint(Method::GET, "/api/openapi.json", on(MethodFilter::GET, openapi_document)),
     ]
 }
@@ -318,10 +319,12 @@ pub(crate) async fn get_stock(
     get, path = "/api/orders/{id}", tag = "orders",
     params(("id" = uuid::Uuid, Path, description = "The order's id."), OrderWait),
     responses(
-        (status = 200, description = "The order; `reason` only when it is REJECTED.", body = OrderView),
-        (status = 404, description = "No such order.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`wait_ms` is not a whole number in range; `errors` names it.", body = Problem,
-            content_type = "application/problem+json"),
+        (status = 200, description = "The order (as it was, with `version` or `as_of`: from its event stream); \
+            `reason` only when it is REJECTED.", body = OrderView),
+        (status = 404, description = "No such order; or it had no such version, or did not exist at `as_of`.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`wait_ms`, `version` or `as_of` is invalid, or more than one of them is \
+            given; `errors` names it.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn get_order(
@@ -330,7 +333,7 @@ pub(crate) async fn get_order(
     uri: Uri,
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
-    polis_runtime::query::refuse_unknown(uri.query(), &[WAIT_PARAM])?;
+    polis_runtime::query::refuse_unknown(uri.query(), &contracts::order::ORDER_PARAMETERS)?;
     // A read that waits for the decision may take that long on top of the
     // call. The value is the order service's to judge (422); one it refuses
     // waits for nothing.
@@ -342,8 +345,29 @@ pub(crate) async fn get_order(
     forward_within(&gateway, Service::Order, Method::GET, &uri, None, request_id(&id), timeout).await
 }
 
-/// The query parameter of `GET /api/orders/{id}`.
+/// The query parameter of `GET /api/orders/{id}` that waits.
 pub(crate) const WAIT_PARAM: &str = "wait_ms";
+
+#[utoipa::path(
+    get, path = "/api/orders/{id}/events", tag = "orders",
+    params(("id" = uuid::Uuid, Path, description = "The order's id."), EventPage),
+    responses(
+        (status = 200, description = "A page of the order's events in stream order: its audit trail, from the \
+            order service's event store. A page shorter than `limit` is the last one.", body = Vec<OrderEvent>),
+        (status = 404, description = "No such order.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = PAGE_422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn order_events(
+    State(gateway): State<Gateway>,
+    _: PathId,
+    page: Page<u64>,
+    uri: Uri,
+    id: MaybeRequestId,
+) -> Result<Response, ApiError> {
+    let _ = page; // checked here, before the call; the order service reads it again
+    forward(&gateway, Service::Order, Method::GET, &uri, None, request_id(&id)).await
+}
 
 #[utoipa::path(
     post, path = "/api/orders/{id}/cancel", tag = "orders",

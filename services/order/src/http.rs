@@ -5,6 +5,8 @@
 //! | `POST /orders` | 202 `Accepted` (`Idempotency-Key` optional); 422 |
 //! | `GET /orders?limit=N&after=ID` | 200 a page of every order, by id (admin list) |
 //! | `GET /orders/{id}?wait_ms=N` | 200 `OrderView`, once decided or after `N` ms; 404 |
+//! | `GET /orders/{id}?version=N` or `?as_of=T` | 200 `OrderView` as it was then (event store); 404; 422 |
+//! | `GET /orders/{id}/events?limit=N&after=V` | 200 a page of the order's events by version; 404 |
 //! | `POST /orders/{id}/cancel` | 202 `Accepted`; 404; 409 not APPROVED |
 //! | `GET /customers/{id}/orders?limit=N&after=ID` | 200 a page of the customer's orders, by id |
 //!
@@ -19,14 +21,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::DateTime;
 use contracts::order::{
-    Accepted, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, OrderStatus, OrderView, PlaceOrder, idempotency_key,
+    Accepted, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, OrderEvent, OrderStatus, OrderView, PlaceOrder, idempotency_key,
 };
 use contracts::{OrderLine, RejectionReason};
 use polis_runtime::Service as _;
 use polis_runtime::{ApiError, Json, NoQuery, Page, PathId};
 use polis_store::sql::{Row, Sql, SqlStore};
 
-use crate::{OrderService, Placed, db, decisions};
+use crate::{AsOf, OrderService, OrderThen, Placed, db, decisions};
 
 pub(crate) fn router<S>(service: OrderService<S>) -> Router
 where
@@ -37,6 +39,7 @@ where
         .route("/orders", post(place::<S>).get(list_all::<S>))
         .route("/orders/{id}", get(get_one::<S>))
         .route("/orders/{id}/cancel", post(cancel::<S>))
+        .route("/orders/{id}/events", get(events::<S>))
         .route("/customers/{id}/orders", get(list_for_customer::<S>))
         .with_state(service)
 }
@@ -99,7 +102,15 @@ where
     S: SqlStore + 'static,
     S::Tx: Sql,
 {
-    polis_runtime::query::refuse_unknown(query.as_deref(), &[decisions::WAIT_PARAM])?;
+    polis_runtime::query::refuse_unknown(query.as_deref(), &contracts::order::ORDER_PARAMETERS)?;
+    if let Some(at) = as_of_param(query.as_deref())? {
+        let then = service.as_it_was(id, at).await?;
+        let then = then.ok_or_else(|| match at {
+            AsOf::Version(v) => ApiError::not_found(format!("order {id} has no version {v}")),
+            AsOf::Time(t) => ApiError::not_found(format!("order {id} did not exist at {}", rfc3339(t))),
+        })?;
+        return Ok(Json(view_then(id, &then)?));
+    }
     let wait = decisions::wait_param(query.as_deref()).map_err(|e| ApiError::validation(decisions::WAIT_PARAM, e))?;
     let read = || async {
         let row = db::order(service.store().as_ref(), id).await?;
@@ -118,6 +129,93 @@ where
         }
     }
     Ok(Json(view(&row)?))
+}
+
+/// `?version=N` or `?as_of=T`: which past state of the order to answer
+/// with, if any. Either alone; neither with `wait_ms` (a past state does not
+/// change).
+fn as_of_param(query: Option<&str>) -> Result<Option<AsOf>, ApiError> {
+    let mut at = None;
+    let mut waits = false;
+    for (name, value) in polis_runtime::query::pairs(query) {
+        let this = match name {
+            "version" => {
+                let version =
+                    value.parse::<u64>().ok().filter(|v| *v >= 1 && value.bytes().all(|b| b.is_ascii_digit()));
+                AsOf::Version(version.ok_or_else(|| ApiError::validation("version", "must be a whole number from 1"))?)
+            }
+            "as_of" => {
+                let invalid =
+                    || ApiError::validation("as_of", "must be an RFC 3339 time, such as 2026-12-05T10:00:00Z");
+                let value = polis_runtime::query::decode(value).ok_or_else(invalid)?;
+                let time = DateTime::parse_from_rfc3339(&value).map_err(|_| invalid())?;
+                AsOf::Time(time.with_timezone(&chrono::Utc))
+            }
+            name if name == decisions::WAIT_PARAM => {
+                waits = true;
+                continue;
+            }
+            _ => continue,
+        };
+        if at.replace(this).is_some() {
+            return Err(ApiError::validation(name, "give one of `version` and `as_of`, once"));
+        }
+    }
+    if waits && at.is_some() {
+        return Err(ApiError::validation(
+            decisions::WAIT_PARAM,
+            "a past state does not change: no `wait_ms` with `version` or `as_of`",
+        ));
+    }
+    Ok(at)
+}
+
+fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A past state in the shape of the current one.
+fn view_then(id: uuid::Uuid, then: &OrderThen) -> Result<OrderView, ApiError> {
+    let order = &then.order;
+    let (Some(customer_id), Some(status)) = (order.customer_id, order.status) else {
+        return Err(ApiError::internal(format!("order {id} at version {} has no customer or status", then.version)));
+    };
+    Ok(OrderView {
+        id,
+        customer_id,
+        status,
+        reason: order.reason,
+        items: order.lines.clone(),
+        total: order.total,
+        created_at: rfc3339(then.created_at),
+        updated_at: rfc3339(then.updated_at),
+    })
+}
+
+/// The order's events, a page at a time by version (`?limit=N&after=V`):
+/// its audit trail.
+async fn events<S>(
+    State(service): State<OrderService<S>>,
+    PathId(id): PathId,
+    page: Page<u64>,
+) -> Result<Json<Vec<OrderEvent>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let events = service.events(id, page.after_key(), page.limit).await?;
+    let events = events.ok_or_else(|| ApiError::not_found("no such order"))?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| OrderEvent {
+                event_type: e.event_type,
+                version: e.stream_version,
+                time: rfc3339(e.time),
+                data: e.data,
+            })
+            .collect(),
+    ))
 }
 
 /// Every order, a page at a time in id order (an admin view the demo's

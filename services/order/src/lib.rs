@@ -161,6 +161,25 @@ where
     }
 }
 
+/// Which past state of an order to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// After its first `n` events.
+    Version(u64),
+    /// As it was at this time (the events recorded up to it).
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// An order as it was: its state, its version then, and when its first
+/// and its last event then were recorded.
+#[derive(Debug, Clone)]
+pub struct OrderThen {
+    pub order: Order,
+    pub version: u64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// What [`OrderService::place`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placed {
@@ -281,6 +300,51 @@ where
             self.decisions.touched(order_id);
         }
         Ok(executed.state)
+    }
+
+    /// The order as it was ([`AsOf`]), from its event stream (snapshots
+    /// where configured); `None` if it did not exist then, or has fewer
+    /// events than the version asked for.
+    pub async fn as_it_was(&self, order_id: Uuid, at: AsOf) -> Result<Option<OrderThen>, OrderFailure> {
+        let id = order_id.to_string();
+        let loaded = match at {
+            AsOf::Version(version) => self.orders.load_at_version(&id, version).await?,
+            AsOf::Time(time) => self.orders.load_as_of(&id, time).await?,
+        };
+        let wanted = match at {
+            AsOf::Version(version) => version,
+            AsOf::Time(_) => loaded.version,
+        };
+        if loaded.version == 0 || loaded.version != wanted {
+            return Ok(None);
+        }
+        let stream = <Order as polis_core::Aggregate>::stream_id(&id);
+        let first = self.store.read_stream(&stream, 1, 1).await?;
+        let last = self.store.read_stream(&stream, loaded.version, 1).await?;
+        let (Some(first), Some(last)) = (first.first(), last.first()) else {
+            return Err(OrderFailure::Decode(format!("order {order_id}'s stream lost events")));
+        };
+        Ok(Some(OrderThen {
+            order: loaded.state,
+            version: loaded.version,
+            created_at: first.time,
+            updated_at: last.time,
+        }))
+    }
+
+    /// A page of the order's events, after version `after`; `None` if there
+    /// is no such order.
+    pub async fn events(
+        &self,
+        order_id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<polis_core::RecordedEvent>>, OrderFailure> {
+        let stream = <Order as polis_core::Aggregate>::stream_id(&order_id.to_string());
+        if self.store.stream_info(&stream).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.store.read_stream(&stream, after.saturating_add(1), limit).await?))
     }
 
     pub(crate) fn decisions(&self) -> &Arc<decisions::Decisions> {

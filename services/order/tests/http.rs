@@ -120,8 +120,59 @@ where
     }
 }
 
+/// Temporal queries: the order as it was at a version or a time, and its
+/// event stream, from the event store; what cannot be answered is a 404 or
+/// a 422 naming the parameter.
+async fn an_order_is_read_as_it_was_and_its_events_listed<S>(app: App<S>)
+where
+    S: SqlStore + 'static,
+    S::Tx: Sql,
+{
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let id = app.place(Uuid::now_v7()).await;
+    let first = app.get(&format!("/orders/{id}?version=1")).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let first = first.json::<OrderView>();
+    assert_eq!((first.id, first.status, first.total), (id, contracts::order::OrderStatus::Pending, 100));
+    let now = app.get(&format!("/orders/{id}?as_of={}", chrono::Utc::now().to_rfc3339().replace('+', "%2B"))).await;
+    assert_eq!(now.json::<OrderView>(), first);
+
+    let events = app.get(&format!("/orders/{id}/events")).await;
+    assert_eq!(events.status, StatusCode::OK, "{}", events.body);
+    let events = events.json::<Vec<contracts::order::OrderEvent>>();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].event_type.as_str(), events[0].version), ("order.order-created.v1", 1));
+    assert_eq!(events[0].data["order_id"], id.to_string());
+    assert!(app.get(&format!("/orders/{id}/events?after=1")).await.json::<Vec<serde_json::Value>>().is_empty());
+
+    for query in ["version=2", &format!("as_of={}", before.to_rfc3339().replace('+', "%2B"))] {
+        let answer = app.get(&format!("/orders/{id}?{query}")).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{query}: {}", answer.body);
+    }
+    assert_eq!(app.get(&format!("/orders/{}/events", Uuid::now_v7())).await.status, StatusCode::NOT_FOUND);
+    for (query, field) in [
+        ("version=0", "version"),
+        ("version=-1", "version"),
+        ("version=x", "version"),
+        ("as_of=yesterday", "as_of"),
+        ("as_of=%zz", "as_of"),
+        ("version=1&as_of=2026-12-05T10:00:00Z", "as_of"),
+        ("version=1&wait_ms=10", "wait_ms"),
+    ] {
+        let answer = app.get(&format!("/orders/{id}?{query}")).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {}", answer.body);
+        assert_eq!(answer.body["errors"][0]["field"], field, "{query}: {}", answer.body);
+    }
+    let answer = app.get(&format!("/orders/{id}/events?after=x")).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", answer.body);
+}
+
 testsupport::suite! {
     service: contracts::order::SERVICE,
     open: App::new,
-    cases: [a_customers_orders_are_read_page_by_page, ids_in_paths_are_canonical_uuids_or_a_400],
+    cases: [
+        a_customers_orders_are_read_page_by_page,
+        ids_in_paths_are_canonical_uuids_or_a_400,
+        an_order_is_read_as_it_was_and_its_events_listed,
+    ],
 }

@@ -292,6 +292,7 @@ fn order_service() -> Router {
         .route("/orders", routing::post(place))
         .route("/orders/{id}", routing::get(fetch))
         .route("/orders/{id}/cancel", routing::post(cancel))
+        .route("/orders/{id}/events", routing::get(|| async { Json(Vec::<contracts::order::OrderEvent>::new()) }))
         .route("/customers/{id}/orders", routing::get(for_customer))
 }
 

@@ -223,7 +223,7 @@ pub(crate) fn plans(index: usize, operation: &Operation, schemas: &Schemas<'_>) 
         let invalid = schemas.invalid_parameter(&parameter.schema, parameter.location == "header");
         let (n1, n2, n3) = (name.clone(), name.clone(), name.clone());
         let required = parameter.required;
-        if parameter.name == "wait_ms" {
+        if parameter.name == "wait_ms" && operation.parameters.iter().any(|p| p.name == "order") {
             // Always bound a wait: absent, `wait_ms` has a default of seconds
             // (`order` on the order-history list), and the order may never show.
             return prop_oneof![

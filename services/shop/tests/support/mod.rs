@@ -404,6 +404,20 @@ impl Client {
         let sku = self.product(250, 100).await;
         let id = self.order(customer, &[(&sku, 2)]).await;
         self.wait_status(id, OrderStatus::Approved).await;
+
+        // Temporal queries through the gateway: the order as it was, and its stream.
+        let then: OrderView = self.gateway.get(&format!("/api/orders/{id}?version=1")).await.unwrap();
+        assert_eq!(then.status, OrderStatus::Pending);
+        let now: OrderView = self.gateway.get(&format!("/api/orders/{id}?version=2")).await.unwrap();
+        assert_eq!(now.status, OrderStatus::Approved);
+        let at = then.updated_at.replace('+', "%2B");
+        let at_creation: OrderView = self.gateway.get(&format!("/api/orders/{id}?as_of={at}")).await.unwrap();
+        assert_eq!(at_creation.status, OrderStatus::Pending);
+        let events: Vec<contracts::order::OrderEvent> =
+            self.gateway.get(&format!("/api/orders/{id}/events")).await.unwrap();
+        let types: Vec<_> = events.iter().map(|e| (e.event_type.as_str(), e.version)).collect();
+        assert_eq!(types, [("order.order-created.v1", 1), ("order.order-approved.v1", 2)]);
+
         let path = format!("/api/customers/{customer}/orders");
         let shown = |check: fn(&HistoryOrder) -> bool| {
             let path = path.clone();
