@@ -99,6 +99,7 @@ impl<Tx: Sql + Send + 'static> Projection<Tx> for OrderHistoryProjection {
             format!(
                 "CREATE TABLE {orders} (order_id TEXT PRIMARY KEY, customer_id TEXT, status TEXT, reason TEXT, \
                  total BIGINT, customer_name TEXT, customer_email TEXT, payment_status TEXT, shipment_status TEXT, \
+                 status_rank BIGINT, payment_rank BIGINT, shipment_rank BIGINT, \
                  placed_at_us BIGINT, updated_at_us BIGINT NOT NULL)"
             ),
             format!("CREATE INDEX {orders}_by_customer ON {orders} (customer_id, order_id)"),
@@ -145,12 +146,13 @@ async fn apply<Tx: Sql + Send>(tx: &mut Tx, g: Generation, event: &RecordedEvent
             let customers = g.table("history_customers");
             tx.execute(
                 &format!(
-                    "INSERT INTO {orders} (order_id, customer_id, status, total, customer_name, customer_email, \
-                     placed_at_us, updated_at_us) \
-                     SELECT $1, $2, 'PENDING', $3, c.name, c.email, $4, $4 FROM (SELECT 1 AS one) AS o \
+                    "INSERT INTO {orders} (order_id, customer_id, status, status_rank, total, customer_name, \
+                     customer_email, placed_at_us, updated_at_us) \
+                     SELECT $1, $2, 'PENDING', 0, $3, c.name, c.email, $4, $4 FROM (SELECT 1 AS one) AS o \
                      LEFT JOIN {customers} c ON c.customer_id = $2 WHERE TRUE \
                      ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, \
-                     status = COALESCE({orders}.status, excluded.status), total = excluded.total, \
+                     status = COALESCE({orders}.status, excluded.status), \
+                     status_rank = COALESCE({orders}.status_rank, excluded.status_rank), total = excluded.total, \
                      customer_name = excluded.customer_name, customer_email = excluded.customer_email, \
                      placed_at_us = excluded.placed_at_us"
                 ),
@@ -178,13 +180,17 @@ async fn apply<Tx: Sql + Send>(tx: &mut Tx, g: Generation, event: &RecordedEvent
             }
         } else if let Some((status, reason)) = status_of(event)? {
             let order_id = order_id(event)?;
+            // Only forward: a stale event (redelivered late) never undoes a later one.
             tx.execute(
                 &format!(
-                    "INSERT INTO {orders} (order_id, status, reason, updated_at_us) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO {orders} (order_id, status, status_rank, reason, updated_at_us) \
+                     VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, \
-                     reason = COALESCE(excluded.reason, {orders}.reason), updated_at_us = excluded.updated_at_us"
+                     status_rank = excluded.status_rank, \
+                     reason = COALESCE(excluded.reason, {orders}.reason), updated_at_us = excluded.updated_at_us \
+                     WHERE COALESCE({orders}.status_rank, -1) < excluded.status_rank"
                 ),
-                args![order_id, status, reason, at],
+                args![order_id, status, rank(status), reason, at],
             )
             .await?;
         } else if kind == CustomerRegistered::TYPE || kind == CustomerUpdated::TYPE {
@@ -238,13 +244,16 @@ async fn apply<Tx: Sql + Send>(tx: &mut Tx, g: Generation, event: &RecordedEvent
                 let shipment = decode::<ShipmentChanged>(event)?.shipment;
                 (shipment.order_id, "shipment_status", enum_name(&shipment.status)?)
             };
+            // Only forward, as for the order's status.
+            let ranked = column.replace("status", "rank");
             tx.execute(
                 &format!(
-                    "INSERT INTO {orders} (order_id, {column}, updated_at_us) VALUES ($1, $2, $3) \
-                     ON CONFLICT (order_id) DO UPDATE SET {column} = excluded.{column}, \
-                     updated_at_us = excluded.updated_at_us"
+                    "INSERT INTO {orders} (order_id, {column}, {ranked}, updated_at_us) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (order_id) DO UPDATE SET {column} = excluded.{column}, {ranked} = excluded.{ranked}, \
+                     updated_at_us = excluded.updated_at_us \
+                     WHERE COALESCE({orders}.{ranked}, -1) < excluded.{ranked}"
                 ),
-                args![order_id, status.as_str(), at],
+                args![order_id, status.as_str(), rank(&status), at],
             )
             .await?;
         } else {
@@ -262,6 +271,21 @@ async fn apply<Tx: Sql + Send>(tx: &mut Tx, g: Generation, event: &RecordedEvent
         )
         .await?;
         Ok(())
+    }
+}
+
+/// How far along its one-way path a status is: the order's, the payment's
+/// and the shipment's statuses only ever move forward, so the view keeps
+/// the furthest it has seen. Events of one key are delivered in order, but
+/// a delivery cut short by a restart can come again after a later one; a
+/// stale status must not overwrite a newer one.
+fn rank(status: &str) -> i64 {
+    match status {
+        "PENDING" => 0,
+        "AUTHORIZED" | "SCHEDULED" | "APPROVED" => 1,
+        "CAPTURED" | "CANCEL_PENDING" => 2,
+        // Terminal.
+        _ => 3,
     }
 }
 
