@@ -17,7 +17,7 @@ use contracts::order_history::CustomerOrders;
 use contracts::payment::{Payment, PaymentChanged, PaymentStatus};
 use contracts::{Address, OrderLine};
 use order_history::{Config, OrderHistory};
-use polis_core::{EventStore, ExpectedVersion, Message, MessageType, NewEvent};
+use polis_core::{ExpectedVersion, Message, MessageType, NewEvent};
 use polis_projection::{Ingest, Projector, ProjectorHandle, ProjectorOptions};
 use polis_runtime::Service as _;
 use polis_store::sql::{Sql, SqlStore};
