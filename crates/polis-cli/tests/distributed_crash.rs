@@ -267,7 +267,8 @@ async fn a_killed_distributed_demo_resumes_and_keeps_every_invariant(style: Saga
     let running = processes_in(dir.path());
     let running_pids: Vec<u32> = running.iter().map(|(pid, _)| *pid).collect();
     let recorded = recorded_pids(dir.path());
-    assert_eq!(recorded.len(), 9, "7 processes, nats-server and the postmaster: {recorded:?}");
+    let processes = shop::Service::ALL.len();
+    assert_eq!(recorded.len(), processes + 2, "{processes} processes, nats-server and the postmaster: {recorded:?}");
     for pid in recorded.iter().chain([&demo.pid()]) {
         assert!(running_pids.contains(pid), "process {pid} not seen in {running:#?}");
     }

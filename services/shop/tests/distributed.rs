@@ -225,10 +225,10 @@ async fn every_service_has_a_database_of_its_own() {
 
     let databases: BTreeMap<Service, String> =
         Service::BUSINESS.into_iter().map(|s| (s, shop.nodes[&s].database().unwrap().to_owned())).collect();
-    assert_eq!(databases.values().collect::<BTreeSet<_>>().len(), 6, "{databases:?}");
+    assert_eq!(databases.values().collect::<BTreeSet<_>>().len(), Service::BUSINESS.len(), "{databases:?}");
     assert_eq!(shop.nodes[&Service::Gateway].database(), None);
     for (service, database) in &databases {
-        assert_eq!(database, &format!("{}_{service}", shop.config.database_prefix));
+        assert_eq!(database, &format!("{}_{}", shop.config.database_prefix, service.ident()));
     }
 
     // Who is connected to which database, by the connections' own names.
@@ -255,8 +255,6 @@ async fn every_service_has_a_database_of_its_own() {
     assert!(polis.contains("polis_events") && polis.contains("polis_outbox"), "{polis:?}");
     let mut seen_own: BTreeMap<Service, BTreeSet<String>> = BTreeMap::new();
     for (service, database) in &databases {
-        let own = declared_tables(&root.join(format!("services/{service}/migrations/postgres")));
-        assert!(!own.is_empty(), "{service} declares no table");
         let mut conn = shop.connect(database).await;
         let tables: BTreeSet<String> =
             sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
@@ -266,6 +264,13 @@ async fn every_service_has_a_database_of_its_own() {
                 .into_iter()
                 .collect();
         conn.close().await.unwrap();
+        // The view's tables are its projection's, one set per generation, not migrations'.
+        let own = if *service == Service::OrderHistory {
+            tables.iter().filter(|t| t.starts_with("history_")).cloned().collect()
+        } else {
+            declared_tables(&root.join(format!("services/{service}/migrations/postgres")))
+        };
+        assert!(!own.is_empty(), "{service} declares no table");
         let foreign: Vec<_> =
             tables.iter().filter(|t| !polis.contains(*t) && !own.contains(*t) && *t != "_sqlx_migrations").collect();
         assert!(foreign.is_empty(), "{service}'s database holds tables not its own: {foreign:?}");
