@@ -153,7 +153,7 @@ pub struct ProjectionStatus {
     pub live: Option<GenerationStatus>,
     /// A generation being built beside it (a new version or a rebuild).
     pub building: Option<GenerationStatus>,
-    /// The last failure, until a step succeeds again.
+    /// The last failure and its causes, until a step succeeds again.
     pub error: Option<String>,
 }
 
@@ -438,7 +438,9 @@ where
             owner: self.owned,
             live: self.live.map(|(g, _)| g.status()),
             building: self.building.map(|g| g.status()),
-            error: error.filter(|e| !matches!(e, ProjectorError::NotOwner(_))).map(|e| e.to_string()),
+            error: error
+                .filter(|e| !matches!(e, ProjectorError::NotOwner(_)))
+                .map(|e| polis_core::error::chain(e).to_string()),
         };
         self.status.send_modify(|all| {
             all.insert(status.name.clone(), status);
