@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use polis_core::{EventStore, ExpectedVersion, Generation, NewEvent, StoreError};
+use polis_core::{EventStore, ExpectedVersion, Generation, NewEvent, StoreError, Transaction as _};
 use polis_projection::{Projector, ProjectorHandle, ProjectorOptions, State};
 use polis_store::sql::{Sql, SqlStore};
 use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
@@ -276,6 +276,28 @@ where
     second.shutdown().await;
 }
 
+/// On PostgreSQL an append whose transaction rolls back has drawn a
+/// position no event will ever have, so the head can stay above the last
+/// event: a first build must still go live once it has read to the end.
+async fn a_first_build_goes_live_after_a_rolled_back_append<S>(store: Arc<S>)
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    append(&store, 5, 10).await;
+    let failed = store
+        .transaction(async move |tx| {
+            let event = NewEvent::new("counted", serde_json::json!({}));
+            tx.append("rolled-back", ExpectedVersion::NoStream, &[event]).await?;
+            Err::<(), _>(StoreError::backend("the handler failed after appending"))
+        })
+        .await;
+    assert!(failed.is_err());
+    let handle = Projector::new(store.clone(), options()).with(Tally::new(1, 1)).spawn();
+    wait_view(&store, (50, 50)).await;
+    handle.shutdown().await;
+}
+
 async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<SqliteEventStore> {
     Arc::new(SqliteEventStore::open(dir.path().join("view.db"), SqliteOptions::new("viewer")).await.unwrap())
 }
@@ -314,6 +336,7 @@ contract![
     a_failed_batch_rolls_back_with_its_checkpoint,
     a_new_version_is_built_beside_the_live_one,
     a_rebuild_resumes_after_a_crash_and_cuts_over,
+    a_first_build_goes_live_after_a_rolled_back_append,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
