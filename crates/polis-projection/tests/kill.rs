@@ -191,7 +191,7 @@ where
         let started = Instant::now();
         println!(
             "kill: {}: {} counted events on {STREAMS} streams and {NOISE} others, head {}; batches of {BATCH}, \
-             {} µs per event, lease {} ms",
+             at least {} µs per event, lease {} ms",
             self.backend,
             self.counted.len(),
             self.head,
