@@ -12,8 +12,8 @@
 //! memory, `pg` provides PostgreSQL databases and per-event costs, `delay` is
 //! a proxy that simulates network latency, `workload` holds the shared
 //! payload and polis writer, and one module per scenario (`pg_append`,
-//! `pg_vs_es`, `sqlite_append`, `memory`, `relay`) holds its baseline and its
-//! runs.
+//! `pg_vs_es`, `sqlite_append`, `memory`, `relay`, `projection`) holds its
+//! baseline and its runs.
 //!
 //! PostgreSQL is a throwaway server started from the installed binaries
 //! (fsync on) unless `--postgres-url` names another one; the machine's own
@@ -29,6 +29,7 @@ mod memory;
 mod pg;
 mod pg_append;
 mod pg_vs_es;
+mod projection;
 mod relay;
 mod report;
 mod sqlite_append;
@@ -65,6 +66,9 @@ enum Scenario {
     /// Outbox relay from PostgreSQL to NATS JetStream vs raw JetStream
     /// publishes; commit-to-publish latency; draining a large backlog.
     Relay,
+    /// A Projector catching up from zero with batch_size 1 and 500, on
+    /// PostgreSQL and SQLite, vs a plain read_all scan of the same log.
+    Projection,
     /// Every scenario in order, then a markdown summary of the targets.
     All,
 }
@@ -99,6 +103,12 @@ struct Options {
     /// backlog the relay scenario drains.
     #[arg(long, global = true, default_value_t = 1_000_000)]
     events: u64,
+    /// Events in the log a projection catches up on in projection.
+    #[arg(long, global = true, default_value_t = 100_000)]
+    projection_events: u64,
+    /// The projector batch sizes compared in projection.
+    #[arg(long, global = true, value_delimiter = ',', default_values_t = [1, 500])]
+    batch_sizes: Vec<usize>,
     /// Directory for the SQLite files (default: the system temp dir).
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
@@ -152,9 +162,14 @@ async fn run(cli: Cli) -> Result<()> {
     let mut sections = Vec::new();
     let pg = || postgres.as_ref().context("postgres was not started");
     let scenarios: &[Scenario] = match cli.scenario {
-        Scenario::All => {
-            &[Scenario::PgAppend, Scenario::PgVsPostgresEs, Scenario::SqliteAppend, Scenario::Memory, Scenario::Relay]
-        }
+        Scenario::All => &[
+            Scenario::PgAppend,
+            Scenario::PgVsPostgresEs,
+            Scenario::SqliteAppend,
+            Scenario::Memory,
+            Scenario::Relay,
+            Scenario::Projection,
+        ],
         ref one => std::slice::from_ref(one),
     };
     for scenario in scenarios {
@@ -165,6 +180,7 @@ async fn run(cli: Cli) -> Result<()> {
             Scenario::SqliteAppend => sqlite_append::run(options).await.context("sqlite-append")?,
             Scenario::Memory => memory::run(postgres.as_ref(), options).await.context("memory")?,
             Scenario::Relay => relay::run(pg()?, options).await.context("relay")?,
+            Scenario::Projection => projection::run(pg()?, options).await.context("projection")?,
             Scenario::All => unreachable!("`all` is expanded above"),
         };
         let disk_after = machine::fsync_latency(&dir).await;

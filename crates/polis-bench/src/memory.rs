@@ -135,7 +135,7 @@ fn finish(name: &'static str, events: u64, started: Instant, rss_start: u64, sam
 }
 
 /// Appends `events` events, building each batch only when its append starts.
-async fn fill<S: EventStore>(store: &Arc<S>, events: u64) -> Result<()> {
+pub(crate) async fn fill<S: EventStore>(store: &Arc<S>, events: u64) -> Result<()> {
     futures::stream::iter(0..events.div_ceil(APPEND_SIZE))
         .map(|k| {
             let store = store.clone();

@@ -70,8 +70,9 @@ pub struct ProjectorOptions {
     pub lease_ttl: Duration,
     /// When this code does not maintain the live generation (it is of an
     /// older version), a new generation goes live once it is at most this
-    /// many positions behind the log's head. When it does, the new one goes
-    /// live once it has applied everything the live one has.
+    /// many positions behind the log's head, or has read to the end of the
+    /// log (the head may be a rolled-back append's). When it does, the new
+    /// one goes live once it has applied everything the live one has.
     pub cut_over_lag: u64,
     /// The longest wait between retries after a failure.
     pub retry_max: Duration,
@@ -153,7 +154,7 @@ pub struct ProjectionStatus {
     pub live: Option<GenerationStatus>,
     /// A generation being built beside it (a new version or a rebuild).
     pub building: Option<GenerationStatus>,
-    /// The last failure, until a step succeeds again.
+    /// The last failure and its causes, until a step succeeds again.
     pub error: Option<String>,
     /// Commit-to-apply lag of the recent events this instance applied.
     pub lag: Lag,
@@ -517,7 +518,9 @@ where
             owner: self.owned,
             live: self.live.map(|(g, _)| g.status()),
             building: self.building.map(|g| g.status()),
-            error: error.filter(|e| !matches!(e, ProjectorError::NotOwner(_))).map(|e| e.to_string()),
+            error: error
+                .filter(|e| !matches!(e, ProjectorError::NotOwner(_)))
+                .map(|e| polis_core::error::chain(e).to_string()),
             lag: Lag::default(), // filled in by `ProjectorHandle::status`
         };
         self.status.send_modify(|all| {
@@ -541,7 +544,7 @@ where
             let (applied, cur) = self.apply_batch(building).await?;
             self.building = Some(cur);
             progressed |= applied;
-            if self.ready_to_cut_over(cur).await? {
+            if self.ready_to_cut_over(cur) {
                 self.cut_over(cur).await?;
                 return Ok(Stepped::Progress);
             }
@@ -689,13 +692,15 @@ where
         ))
     }
 
-    async fn ready_to_cut_over(&self, building: Gen) -> Result<bool, ProjectorError> {
+    /// `building` is this step's result of [`Self::apply_batch`], so its
+    /// `behind` is fresh: 0 once a read found the end of the log, otherwise
+    /// the head's distance. (Comparing with the head alone would wait
+    /// forever when the head is a position no event will fill: PostgreSQL
+    /// draws positions of appends that roll back.)
+    fn ready_to_cut_over(&self, building: Gen) -> bool {
         match self.live {
-            Some((live, true)) => Ok(building.position >= live.position),
-            _ => {
-                let head = self.store.head_position().await?;
-                Ok(head.saturating_sub(building.position) <= self.options.cut_over_lag)
-            }
+            Some((live, true)) => building.position >= live.position,
+            _ => building.behind <= self.options.cut_over_lag,
         }
     }
 

@@ -4,101 +4,20 @@
 //! and cut over without a reader ever seeing a partial one.
 #![allow(clippy::unwrap_used)]
 
+mod tally;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use polis_core::{EventStore, ExpectedVersion, Generation, NewEvent, Projection, RecordedEvent, StoreError};
+use polis_core::{EventStore, ExpectedVersion, Generation, NewEvent, StoreError, Transaction as _};
 use polis_projection::{Projector, ProjectorHandle, ProjectorOptions, State};
-use polis_store::args;
 use polis_store::sql::{Sql, SqlStore};
 use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
 use polis_testkit::wait_for;
+use tally::Tally;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Counts each stream's events into `tally`, `weight` per event. It refuses
-/// an event out of its stream's order, so a duplicate or a skip stalls it
-/// (and the test fails) instead of going unnoticed.
-struct Tally {
-    version: u32,
-    weight: i64,
-    /// Fails the next apply once when set (a transient failure).
-    fail_once: Arc<AtomicBool>,
-    /// Applications, committed or not.
-    calls: Arc<AtomicU64>,
-    /// Slows each apply down, to catch a build half-way.
-    delay: Duration,
-}
-
-impl Tally {
-    fn new(version: u32, weight: i64) -> Self {
-        Self { version, weight, fail_once: Arc::default(), calls: Arc::default(), delay: Duration::ZERO }
-    }
-}
-
-#[async_trait]
-impl<Tx: Sql + Send + 'static> Projection<Tx> for Tally {
-    fn name(&self) -> &str {
-        "tally"
-    }
-
-    fn version(&self) -> u32 {
-        self.version
-    }
-
-    fn tables(&self) -> &[&'static str] {
-        &["tally"]
-    }
-
-    async fn create(&self, tx: &mut Tx, generation: Generation) -> Result<(), StoreError> {
-        let sql = format!(
-            "CREATE TABLE {} (stream_id TEXT PRIMARY KEY, events BIGINT NOT NULL, total BIGINT NOT NULL)",
-            generation.table("tally")
-        );
-        tx.execute(&sql, &[]).await?;
-        Ok(())
-    }
-
-    fn wants(&self, event: &RecordedEvent) -> bool {
-        event.event_type == "counted"
-    }
-
-    async fn apply(&self, tx: &mut Tx, generation: Generation, event: &RecordedEvent) -> Result<(), StoreError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
-        if self.fail_once.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::backend("injected failure"));
-        }
-        let table = generation.table("tally");
-        let version = i64::try_from(event.stream_version).unwrap();
-        let changed = if version == 1 {
-            tx.execute(
-                &format!("INSERT INTO {table} (stream_id, events, total) VALUES ($1, 1, $2) ON CONFLICT DO NOTHING"),
-                args![event.stream_id.as_str(), self.weight],
-            )
-            .await?
-        } else {
-            tx.execute(
-                &format!(
-                    "UPDATE {table} SET events = events + 1, total = total + $1 WHERE stream_id = $2 AND events = $3"
-                ),
-                args![self.weight, event.stream_id.as_str(), version - 1],
-            )
-            .await?
-        };
-        if changed != 1 {
-            return Err(StoreError::backend(format!(
-                "event {} of {} out of order or applied twice",
-                event.stream_version, event.stream_id
-            )));
-        }
-        Ok(())
-    }
-}
 
 fn options() -> ProjectorOptions {
     let mut options = ProjectorOptions::default();
@@ -357,6 +276,28 @@ where
     second.shutdown().await;
 }
 
+/// On PostgreSQL an append whose transaction rolls back has drawn a
+/// position no event will ever have, so the head can stay above the last
+/// event: a first build must still go live once it has read to the end.
+async fn a_first_build_goes_live_after_a_rolled_back_append<S>(store: Arc<S>)
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    append(&store, 5, 10).await;
+    let failed = store
+        .transaction(async move |tx| {
+            let event = NewEvent::new("counted", serde_json::json!({}));
+            tx.append("rolled-back", ExpectedVersion::NoStream, &[event]).await?;
+            Err::<(), _>(StoreError::backend("the handler failed after appending"))
+        })
+        .await;
+    assert!(failed.is_err());
+    let handle = Projector::new(store.clone(), options()).with(Tally::new(1, 1)).spawn();
+    wait_view(&store, (50, 50)).await;
+    handle.shutdown().await;
+}
+
 async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<SqliteEventStore> {
     Arc::new(SqliteEventStore::open(dir.path().join("view.db"), SqliteOptions::new("viewer")).await.unwrap())
 }
@@ -395,6 +336,7 @@ contract![
     a_failed_batch_rolls_back_with_its_checkpoint,
     a_new_version_is_built_beside_the_live_one,
     a_rebuild_resumes_after_a_crash_and_cuts_over,
+    a_first_build_goes_live_after_a_rolled_back_append,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
