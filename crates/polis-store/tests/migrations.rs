@@ -9,12 +9,14 @@ use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions, migr
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use support::event;
 
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 11] = [
     "polis_dead_letters",
     "polis_events",
     "polis_inbox",
     "polis_outbox",
     "polis_outbox_published",
+    "polis_projection_leases",
+    "polis_projections",
     "polis_sagas",
     "polis_scheduled",
     "polis_snapshots",
