@@ -492,12 +492,20 @@ mod tests {
         let databases: Vec<_> = Service::ALL.iter().filter_map(|s| config.database(*s)).collect();
         assert_eq!(
             databases,
-            ["polis_customer", "polis_catalog", "polis_inventory", "polis_payment", "polis_shipping", "polis_order"]
+            [
+                "polis_customer",
+                "polis_catalog",
+                "polis_inventory",
+                "polis_payment",
+                "polis_shipping",
+                "polis_order",
+                "polis_order_history"
+            ]
         );
         let mut ports: Vec<_> = Service::ALL.iter().map(|s| config.listen(*s).port()).collect();
         ports.sort_unstable();
         ports.dedup();
-        assert_eq!(ports.len(), 7);
+        assert_eq!(ports.len(), Service::ALL.len());
         assert_eq!(config.upstream_url(Service::Payment), "http://127.0.0.1:8084");
     }
 
@@ -559,7 +567,7 @@ mod tests {
         let config = load(&[("POLIS_POSTGRES_URL", "postgres://u:pw@db:5432/postgres?sslmode=disable")]).unwrap();
         for service in Service::BUSINESS {
             let options = database_options(service, &config).unwrap();
-            assert_eq!(options.get_database(), Some(format!("polis_{service}").as_str()));
+            assert_eq!(options.get_database(), Some(format!("polis_{}", service.ident()).as_str()));
             assert_eq!(options.get_application_name(), Some(format!("polis-{service}").as_str()));
             assert_eq!(options.get_host(), "db");
         }
