@@ -38,8 +38,14 @@ fn data_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("polis-cli-test-").permissions(Permissions::from_mode(0o711)).tempdir().unwrap()
 }
 
+/// At most two distributed shops at once in this test binary: each is ten
+/// processes (eight services, PostgreSQL, NATS), and nine of them on two
+/// shared cores starve one another past any readiness deadline.
+static SHOPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_in_distributed_mode_keeps_every_invariant() {
+    let _shop = SHOPS.acquire().await.unwrap();
     let postgres = polis_testkit::postgres().await;
     let dir = data_dir();
     let mut command = polis();
@@ -75,6 +81,7 @@ async fn demo_in_distributed_mode_keeps_every_invariant() {
 /// decided and every safety invariant holding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_distributed_demo_restarts_a_service_that_dies_under_it() {
+    let _shop = SHOPS.acquire().await.unwrap();
     let postgres = polis_testkit::postgres().await;
     let dir = data_dir();
     let mut command = polis();
@@ -186,6 +193,7 @@ async fn interrupt(running: Running) {
 /// stops everything; a second `up` on the same data dir resumes the data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_in_distributed_mode_restarts_a_dead_service_stops_and_resumes() {
+    let _shop = SHOPS.acquire().await.unwrap();
     let dir = data_dir();
     let port = polis_testkit::free_port();
     let (child, gateway) = up(dir.path(), port).await;
@@ -249,6 +257,7 @@ fn read_server_pid(dir: &Path, server: &str) -> Option<u32> {
 /// the same for a SIGKILLed postmaster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_restarts_its_local_servers_when_they_die() {
+    let _shop = SHOPS.acquire().await.unwrap();
     let dir = data_dir();
     let port = polis_testkit::free_port();
     let (child, gateway) = up(dir.path(), port).await;
@@ -352,6 +361,7 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
 /// ends terminal and every safety invariant holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_style_can_change_across_restarts_under_load() {
+    let _shop = SHOPS.acquire().await.unwrap();
     const ORDERS: usize = 60;
     let postgres = polis_testkit::postgres().await;
     let dir = data_dir();
@@ -390,11 +400,13 @@ async fn the_saga_style_can_change_across_restarts_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestration_survives_a_killed_payment_process() {
+    let _shop = SHOPS.acquire().await.unwrap();
     a_killed_service_process_loses_nothing(SagaStyle::Orchestration, Service::Payment).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn choreography_survives_a_killed_inventory_process() {
+    let _shop = SHOPS.acquire().await.unwrap();
     a_killed_service_process_loses_nothing(SagaStyle::Choreography, Service::Inventory).await;
 }
 
