@@ -75,7 +75,7 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<CheckReport> {
             record.tag
         );
     }
-    let (apis, mut running) = shop_demo::start(mode, record.saga, &args.data_dir, args.config, args.json).await?;
+    let (apis, mut running) = shop_demo::start(mode, record.saga, &args.data_dir, args.config, args.json, true).await?;
     let scope = Scope::Run(&record.seeded);
     let checked = running.supervised(args.json, async {
         let orders = workload::wait_terminal(&apis, scope, workload::patience(record.orders), &|_| {}).await?;

@@ -73,6 +73,10 @@ pub(crate) struct DemoArgs {
     /// Distributed mode: a TOML file with the deployment's settings, read by every process.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Embedded mode: run without the read side (the order-history service
+    /// and its invariant), to measure what it costs.
+    #[arg(long)]
+    without_read_side: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -194,7 +198,8 @@ async fn remove_temporary(temp: tempfile::TempDir) {
 }
 
 async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Report> {
-    let (apis, mut running) = start(args.mode, args.saga, data_dir, args.config.clone(), args.json).await?;
+    let read_side = !args.without_read_side;
+    let (apis, mut running) = start(args.mode, args.saga, data_dir, args.config.clone(), args.json, read_side).await?;
     let report = running.supervised(args.json, workload_run(args, &apis, data_dir, keep)).await?;
     print(&report, args.json)?;
     running.stop().await;
@@ -361,11 +366,12 @@ pub(crate) async fn start(
     data_dir: &Path,
     config: Option<PathBuf>,
     quiet: bool,
+    read_side: bool,
 ) -> anyhow::Result<(Apis, Running)> {
     match mode {
         Mode::Embedded => {
             anyhow::ensure!(config.is_none(), "--config is for --mode distributed");
-            let config = shop::ShopConfig { saga, ..shop::ShopConfig::default() };
+            let config = shop::ShopConfig { saga, read_side, ..shop::ShopConfig::default() };
             let shop = shop::Embedded::start(data_dir, &config).await?;
             let http = polis_runtime::HttpOptions::default();
             let apis = Apis::new(|service| {
@@ -374,9 +380,11 @@ pub(crate) async fn start(
                     service => Endpoint::local(shop.router(service)),
                 })
             })?;
+            let apis = if read_side { apis } else { apis.without_view() };
             Ok((apis, Running::Embedded(Box::new(shop))))
         }
         Mode::Distributed => {
+            anyhow::ensure!(read_side, "--without-read-side is for the embedded mode");
             let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
             let options = crate::up::supervisor_options(data_dir.to_path_buf(), Some(saga), listen, config)?;
             if !quiet {

@@ -79,6 +79,21 @@ async fn bad_arguments_are_named() {
     fails_saying(&["demo", "--concurrency", "0"], "must be at least 1").await;
     fails_saying(&["demo", "--orders", "0"], "must be at least 1").await;
     fails_saying(&["up", "--listen", "nowhere"], "expected HOST:PORT or IP:PORT").await;
+    fails_saying(&["demo", "--mode", "distributed", "--without-read-side"], "is for the embedded mode").await;
+}
+
+/// The read side can be left out, to measure its price: the demo then
+/// checks every other invariant, and reports no view lag.
+#[tokio::test]
+async fn the_demo_runs_without_its_read_side() {
+    let mut command = polis();
+    command.args(["demo", "--orders", "60", "--without-read-side", "--json"]);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = report["invariants"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert!(names.len() >= 6 && !names.iter().any(|n| n.contains("order-history")), "{names:?}");
+    assert!(report["view_lag_ms_p99"].is_null(), "{report}");
 }
 
 /// Waits until a demo under `temp` has recorded its run (it is seeded and

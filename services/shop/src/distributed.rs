@@ -283,6 +283,7 @@ impl DistributedConfig {
             gateway: self.gateway.clone(),
             host: self.host.clone(),
             silent: self.silent.clone(),
+            read_side: true,
         }
     }
 

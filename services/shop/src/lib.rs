@@ -67,6 +67,9 @@ pub struct ShopConfig {
     /// Services whose consumer is not started: they never hear a command or
     /// an event (fault injection: "a service that never answers").
     pub silent: Vec<Service>,
+    /// Whether the read side (the order-history service) runs; off, its
+    /// routes answer 503. On by default; off is for measuring its price.
+    pub read_side: bool,
 }
 
 impl Default for ShopConfig {
@@ -83,6 +86,7 @@ impl Default for ShopConfig {
             gateway: gateway::GatewayConfig::default(),
             host: host_options(),
             silent: Vec::new(),
+            read_side: true,
         }
     }
 }
@@ -194,6 +198,11 @@ pub struct Embedded {
     data_dir: DataDir,
 }
 
+/// The router of a service this shop does not run: 503 to everything.
+fn not_running() -> Router {
+    Router::new().fallback(|| async { polis_runtime::ApiError::service_unavailable("this service is not running") })
+}
+
 async fn sqlite(dir: &Path, service: Service) -> anyhow::Result<Arc<SqliteEventStore>> {
     let path = dir.join(format!("{service}.db"));
     let options = SqliteOptions { durability: Durability::Full, ..SqliteOptions::new(service.as_str()) };
@@ -217,6 +226,9 @@ impl Embedded {
         );
         let mut hosted = Vec::new();
         for service in Service::BUSINESS {
+            if service == Service::OrderHistory && !config.read_side {
+                continue;
+            }
             let store = sqlite(data_dir, service).await?;
             let started = start_service(service, store, bus.clone(), config)
                 .await
@@ -224,7 +236,7 @@ impl Embedded {
             hosted.push((service, started));
         }
         let local = |service: Service| {
-            let router = hosted.iter().find(|(s, _)| *s == service).map(|(_, h)| h.router()).unwrap_or_default();
+            let router = hosted.iter().find(|(s, _)| *s == service).map_or_else(not_running, |(_, h)| h.router());
             gateway::Upstream::local(router)
         };
         let gateway = gateway::router(gateway::Upstreams::new(local), config.gateway.clone());
@@ -233,12 +245,13 @@ impl Embedded {
     }
 
     /// A process's own router (bare; the caller adds the standard stack):
-    /// the gateway's, or a business service's.
+    /// the gateway's, or a business service's (one that is not running
+    /// answers 503).
     pub fn router(&self, service: Service) -> Router {
-        match self.hosted.iter().find(|(s, _)| *s == service) {
-            Some((_, hosted)) => hosted.router(),
-            None => self.gateway.clone(),
+        if service == Service::Gateway {
+            return self.gateway.clone();
         }
+        self.hosted.iter().find(|(s, _)| *s == service).map_or_else(not_running, |(_, hosted)| hosted.router())
     }
 
     /// The gateway's router (bare; the caller adds the standard stack).
