@@ -224,13 +224,19 @@ where
     v2.shutdown().await;
 }
 
-async fn a_rebuild_resumes_after_a_crash_and_cuts_over<S>(store: Arc<S>)
+/// `crashing` is the first instance's own connection to the database, gone
+/// with it when it is killed (as a process's would be); `store` is the
+/// readers' and the next instance's.
+async fn a_rebuild_resumes_after_a_crash_and_cuts_over<S>(store: Arc<S>, crashing: Arc<S>)
 where
     S: SqlStore,
     S::Tx: Sql,
 {
     append(&store, 20, 50).await;
-    let first = Projector::new(store.clone(), options()).with(Tally::new(1, 1)).spawn();
+    // Slow enough that the crash below comes while the rebuild is under way.
+    let mut tally = Tally::new(1, 1);
+    tally.delay = Duration::from_micros(300);
+    let first = Projector::new(crashing.clone(), options()).with(tally).spawn();
     wait_view(&store, (1000, 1000)).await;
     polis_projection::rebuild(&*store, "tally").await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -248,6 +254,7 @@ where
     .await;
     assert!(building.is_ok(), "the rebuild never started");
     drop(first);
+    drop(crashing);
     let rows = polis_projection::generations(&*store, "tally").await.unwrap();
     let crashed_at = rows.iter().find(|r| r.state == State::Building).map(|r| r.position).unwrap();
 
@@ -335,9 +342,21 @@ contract![
     catches_up_then_follows_exactly_once,
     a_failed_batch_rolls_back_with_its_checkpoint,
     a_new_version_is_built_beside_the_live_one,
-    a_rebuild_resumes_after_a_crash_and_cuts_over,
     a_first_build_goes_live_after_a_rolled_back_append,
 ];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_rebuild_resumes_after_a_crash_and_cuts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, crashing) = (sqlite_store(&dir).await, sqlite_store(&dir).await);
+    a_rebuild_resumes_after_a_crash_and_cuts_over(store, crashing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_rebuild_resumes_after_a_crash_and_cuts_over() {
+    let db = polis_testkit::postgres().await;
+    a_rebuild_resumes_after_a_crash_and_cuts_over(pg_store(db.url()).await, pg_store(db.url()).await).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_one_owner_at_a_time_and_a_dead_one_is_replaced() {
