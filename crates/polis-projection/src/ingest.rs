@@ -37,8 +37,14 @@ impl Ingest {
 
     /// The local stream an ingested message is appended to.
     pub fn stream(message: &Message) -> String {
-        format!("{}/{}", message.source, message.key)
+        stream(&message.source, &message.key)
     }
+}
+
+/// The local stream of `source`'s entity `key`: where its ingested events
+/// and its bootstrap record ([`crate::replica`]) go.
+pub fn stream(source: &str, key: &str) -> String {
+    format!("{source}/{key}")
 }
 
 #[async_trait]

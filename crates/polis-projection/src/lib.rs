@@ -41,6 +41,7 @@
 
 mod db;
 pub mod ingest;
+pub mod replica;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +56,10 @@ use uuid::Uuid;
 
 pub use db::{GenerationRow, State, generations};
 pub use ingest::Ingest;
+pub use replica::{
+    Bootstrap, BootstrapHandle, BootstrapOptions, BootstrapStatus, ReplicaSource, SnapshotPage, SnapshotRecord,
+    SnapshotSource,
+};
 
 /// Tuning of a [`Projector`].
 #[derive(Debug, Clone)]
@@ -76,6 +81,24 @@ pub struct ProjectorOptions {
     pub cut_over_lag: u64,
     /// The longest wait between retries after a failure.
     pub retry_max: Duration,
+    /// Who this instance is to the leases: a new identity at every start
+    /// unless set ([`ProjectorOptions::instance`]). An instance restarted
+    /// under the same identity takes its own leases back at once instead
+    /// of waiting for them to expire.
+    pub owner: Option<Uuid>,
+}
+
+impl ProjectorOptions {
+    /// Gives the instance a stable identity, derived from `name`, which
+    /// must name one running instance at a time (a service and its
+    /// listening address, say): the instance restarted after a crash then
+    /// applies its projections again at once, where a new identity would
+    /// wait up to [`ProjectorOptions::lease_ttl`] for the dead one's leases.
+    pub fn instance(mut self, name: &str) -> Self {
+        let hash = |seed: u64| name.bytes().fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+        self.owner = Some(Uuid::from_u64_pair(hash(0xcbf2_9ce4_8422_2325), hash(0x6c62_272e_07bb_0142)));
+        self
+    }
 }
 
 impl Default for ProjectorOptions {
@@ -86,6 +109,7 @@ impl Default for ProjectorOptions {
             lease_ttl: Duration::from_secs(5),
             cut_over_lag: 0,
             retry_max: Duration::from_secs(5),
+            owner: None,
         }
     }
 }
@@ -268,7 +292,7 @@ where
 
     /// Starts one task per projection.
     pub fn spawn(self) -> ProjectorHandle {
-        let owner = Uuid::now_v7();
+        let owner = self.options.owner.unwrap_or_else(Uuid::now_v7);
         let (stop, stopped) = watch::channel(false);
         let initial = self
             .projections
@@ -329,6 +353,12 @@ impl ProjectorHandle {
         self.status.clone()
     }
 
+    /// Waits until every projection's live read model reflects the log up
+    /// to `position` (read-your-writes: the position of an append).
+    pub async fn applied(&self, position: u64) {
+        self.reader().applied(position).await;
+    }
+
     /// Stops every projection after its current step and lets its lease go,
     /// so another instance can take over at once; returns when all stopped.
     pub async fn shutdown(mut self) {
@@ -363,6 +393,15 @@ impl StatusReader {
             status.lag = samples.get(name).map(Samples::summary).unwrap_or_default();
         }
         status
+    }
+
+    /// Waits until every projection's live read model reflects the log up
+    /// to `position` (see [`ProjectorHandle::applied`]).
+    pub async fn applied(&self, position: u64) {
+        let mut status = self.status.clone();
+        let _ = status
+            .wait_for(|all| all.values().all(|s| s.live.as_ref().is_some_and(|live| live.position >= position)))
+            .await;
     }
 }
 

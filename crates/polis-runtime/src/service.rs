@@ -4,8 +4,9 @@
 //! it opens over that store (migrations, settings), its HTTP API, and what
 //! it consumes. [`host`] then runs what every service needs beside its API —
 //! the relay (outbox → bus), the scheduler (due messages → outbox), the
-//! consumer (bus → handlers, through the inbox) and the projections (its
-//! log → its read models, `polis-projection`) — until
+//! consumer (bus → handlers, through the inbox), the projections (its
+//! log → its read models, `polis-projection`) and the bootstraps of its
+//! replicas (another service's current state → its log, once) — until
 //! [`Hosted::shutdown`]. The same description serves both deployments: the
 //! store is SQLite or PostgreSQL, the bus in-process or NATS JetStream.
 //!
@@ -54,6 +55,7 @@
 //! # }
 //! ```
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,8 +66,12 @@ use polis_bus::{
     SchedulerOptions,
 };
 use polis_core::{Bus, BusError, Projection, StoreError};
-use polis_projection::{ProjectionStatus, Projector, ProjectorHandle, ProjectorOptions, StatusReader};
+use polis_projection::{
+    Bootstrap, BootstrapHandle, BootstrapOptions, BootstrapStatus, ProjectionStatus, Projector, ProjectorHandle,
+    ProjectorOptions, SnapshotSource, StatusReader,
+};
 use polis_store::sql::{Sql, SqlStore};
+use tokio::sync::watch;
 
 /// A service over its own store `S`, as its host sees it.
 pub trait Service<S>: Sized + Send + Sync + 'static
@@ -103,6 +109,14 @@ where
     fn projections(&self) -> Vec<Arc<dyn Projection<S::Tx>>> {
         Vec::new()
     }
+
+    /// Where the service's replicas of other services bootstrap from
+    /// (`polis_projection::replica`): a brand-new or wiped replica copies
+    /// the source's current state into its log once, after the consumer
+    /// has subscribed, then follows the source's events. None by default.
+    fn replicas(&self) -> Vec<Arc<dyn SnapshotSource>> {
+        Vec::new()
+    }
 }
 
 /// How [`host`] runs a service's background work.
@@ -117,6 +131,8 @@ pub struct HostOptions {
     pub consumer: ConsumerOptions,
     /// The projections' batching, lease and polling.
     pub projector: ProjectorOptions,
+    /// The replicas' bootstrap page size and retries.
+    pub bootstrap: BootstrapOptions,
     /// Whether to start the consumer (on by default). Off, the service serves
     /// and sends but never hears a message: fault injection for "a service
     /// that never answers".
@@ -132,6 +148,7 @@ impl Default for HostOptions {
             scheduler: SchedulerOptions::default(),
             consumer: ConsumerOptions::default(),
             projector: ProjectorOptions::default(),
+            bootstrap: BootstrapOptions::default(),
             consume: true,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -147,14 +164,16 @@ pub struct Hosted {
     router: Router,
     consumer: Option<ConsumerHandle>,
     projector: Option<ProjectorHandle>,
+    bootstraps: Vec<BootstrapHandle>,
     scheduler: SchedulerHandle,
     relay: RelayHandle,
     grace: Duration,
 }
 
 /// Starts `service`'s consumer (unless it has none, or `options.consume` is
-/// off), projections, relay and scheduler on `bus`. Fails if a subscription
-/// cannot be made.
+/// off), then its replicas' bootstraps (so that no change made after a
+/// snapshot is read can be missed), projections, relay and scheduler on
+/// `bus`. Fails if a subscription cannot be made.
 pub async fn host<T, S>(service: &T, bus: Arc<dyn Bus>, options: &HostOptions) -> Result<Hosted, BusError>
 where
     T: Service<S>,
@@ -166,6 +185,11 @@ where
         None => None,
     };
     let store = service.store().clone();
+    let bootstraps: Vec<BootstrapHandle> = service
+        .replicas()
+        .into_iter()
+        .map(|source| Bootstrap::new(store.clone(), source, options.bootstrap.clone()).spawn())
+        .collect();
     let projector = service
         .projections()
         .into_iter()
@@ -175,9 +199,21 @@ where
     if let Some(projector) = &projector {
         router = router.merge(projections_route(projector.reader()));
     }
+    if !bootstraps.is_empty() {
+        router = router.merge(replicas_route(bootstraps.iter().map(BootstrapHandle::subscribe).collect()));
+    }
     let relay = Relay::new(store.clone(), bus, options.relay.clone()).spawn();
     let scheduler = Scheduler::new(store, options.scheduler.clone()).spawn();
-    Ok(Hosted { name: T::NAME, router, consumer, projector, scheduler, relay, grace: options.shutdown_grace })
+    Ok(Hosted {
+        name: T::NAME,
+        router,
+        consumer,
+        projector,
+        bootstraps,
+        scheduler,
+        relay,
+        grace: options.shutdown_grace,
+    })
 }
 
 /// `GET /projections`: each projection's state and lag, as this instance
@@ -189,6 +225,25 @@ fn projections_route(reader: StatusReader) -> Router {
         axum::routing::get(move |_: crate::NoQuery| {
             let reader = reader.clone();
             async move { crate::Json(reader.status()) }
+        }),
+    )
+}
+
+/// `GET /replicas`: where each replica's bootstrap stands (JSON, by source
+/// service). How stale a replica is shows in `GET /projections`: its
+/// projection's lag is measured from the source's commit.
+fn replicas_route(statuses: Vec<watch::Receiver<BootstrapStatus>>) -> Router {
+    Router::new().route(
+        "/replicas",
+        axum::routing::get(move |_: crate::NoQuery| {
+            let all: BTreeMap<String, BootstrapStatus> = statuses
+                .iter()
+                .map(|s| {
+                    let status = s.borrow().clone();
+                    (status.source.clone(), status)
+                })
+                .collect();
+            async move { crate::Json(all) }
         }),
     )
 }
@@ -206,25 +261,59 @@ impl Hosted {
     }
 
     /// The state and lag of each of the service's projections, by name.
-    pub fn projections(&self) -> std::collections::BTreeMap<String, ProjectionStatus> {
+    pub fn projections(&self) -> BTreeMap<String, ProjectionStatus> {
         self.projector.as_ref().map(ProjectorHandle::status).unwrap_or_default()
     }
 
+    /// Where each replica's bootstrap stands, by source service.
+    pub fn replicas(&self) -> BTreeMap<String, BootstrapStatus> {
+        self.bootstraps.iter().map(|b| (b.status().source.clone(), b.status())).collect()
+    }
+
+    /// Waits until the service's projections reflect its log up to
+    /// `position` (at once if it has none).
+    pub async fn applied(&self, position: u64) {
+        if let Some(projector) = &self.projector {
+            projector.applied(position).await;
+        }
+    }
+
     /// Stops taking messages and waits (up to the grace period) for those
-    /// being handled, then stops the scheduler and the relay. Nothing is
-    /// lost: unacknowledged deliveries come again, unpublished outbox
-    /// entries go out at the next start.
+    /// being handled, then stops the bootstraps, the projections (which let
+    /// their leases go), the scheduler and the relay, each after its current
+    /// step. Nothing is lost: unacknowledged deliveries come again,
+    /// unpublished outbox entries go out at the next start.
+    ///
+    /// The whole stop takes at most the grace period plus a second per
+    /// stage after the consumer: a stage that cannot finish by then (its
+    /// database or broker is gone) is abandoned, as a crash would leave it.
     pub async fn shutdown(self) {
-        let Self { name, consumer, projector, scheduler, relay, grace, .. } = self;
+        let Self { name, consumer, projector, bootstraps, scheduler, relay, grace, .. } = self;
+        let deadline = tokio::time::Instant::now() + grace;
         if let Some(consumer) = consumer
             && tokio::time::timeout(grace, consumer.shutdown()).await.is_err()
         {
             tracing::warn!(service = name, ?grace, "messages were still being handled at the end of the grace period");
         }
+        let within = async |stage: &str, stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>| {
+            let until = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+            if tokio::time::timeout_at(until, stop).await.is_err() {
+                tracing::warn!(service = name, stage, "did not stop in time; abandoned");
+            }
+        };
+        within(
+            "bootstraps",
+            Box::pin(async move {
+                for bootstrap in bootstraps {
+                    bootstrap.shutdown().await;
+                }
+            }),
+        )
+        .await;
         if let Some(projector) = projector {
-            projector.shutdown().await;
+            within("projections", Box::pin(projector.shutdown())).await;
         }
-        scheduler.shutdown().await;
-        relay.shutdown().await;
+        within("scheduler", Box::pin(scheduler.shutdown())).await;
+        within("relay", Box::pin(relay.shutdown())).await;
     }
 }

@@ -9,7 +9,7 @@ use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions, migr
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use support::event;
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 12] = [
     "polis_dead_letters",
     "polis_events",
     "polis_inbox",
@@ -17,6 +17,7 @@ const TABLES: [&str; 11] = [
     "polis_outbox_published",
     "polis_projection_leases",
     "polis_projections",
+    "polis_replica_bootstraps",
     "polis_sagas",
     "polis_scheduled",
     "polis_snapshots",

@@ -88,15 +88,17 @@ pub(crate) async fn get_for_update(tx: &mut impl Sql, id: Uuid) -> Result<Option
     customer(&row).map(Some)
 }
 
-pub(crate) async fn update(tx: &mut impl Sql, customer: &Customer) -> Result<(), Error> {
-    tx.execute(
-        "UPDATE customers SET name = $2, email = $3, email_key = $4, line1 = $5, city = $6, postal_code = $7, \
-         country = $8, credit_limit = $9, updated_at = $10 WHERE id = $1",
-        &values(customer),
-    )
-    .await
-    .map_err(email_taken(&customer.email))?;
-    Ok(())
+/// Writes a customer's new state and counts the change: its new version.
+pub(crate) async fn update(tx: &mut impl Sql, customer: &Customer) -> Result<u64, Error> {
+    let row = tx
+        .fetch_one(
+            "UPDATE customers SET name = $2, email = $3, email_key = $4, line1 = $5, city = $6, postal_code = $7, \
+             country = $8, credit_limit = $9, updated_at = $10, version = version + 1 WHERE id = $1 RETURNING version",
+            &values(customer),
+        )
+        .await
+        .map_err(email_taken(&customer.email))?;
+    Ok(u64::try_from(row.int("version")?).unwrap_or(0))
 }
 
 pub(crate) async fn get<S: SqlStore>(store: &S, id: Uuid) -> Result<Option<Customer>, StoreError>
@@ -105,6 +107,18 @@ where
 {
     let row = store.query_optional(&format!("SELECT {COLUMNS} FROM customers WHERE id = $1"), args![id]).await?;
     row.as_ref().map(customer).transpose()
+}
+
+/// A page of customers with their versions, in id order: the snapshot a
+/// replica bootstraps from. Each page is its own read; what changes after a
+/// row is read reaches the replica as an event with a higher version.
+pub(crate) async fn snapshot<S: SqlStore>(store: &S, page: &Page) -> Result<Vec<(Customer, u64)>, StoreError>
+where
+    S::Tx: Sql,
+{
+    let sql = format!("SELECT {COLUMNS}, version FROM customers WHERE id > $1 ORDER BY id LIMIT $2");
+    let rows = store.query(&sql, args![page.after_key(), page.sql_limit()]).await?;
+    rows.iter().map(|row| Ok((customer(row)?, u64::try_from(row.int("version")?).unwrap_or(0)))).collect()
 }
 
 pub(crate) async fn list<S: SqlStore>(store: &S, page: &Page) -> Result<Vec<Customer>, StoreError>

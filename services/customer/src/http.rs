@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use contracts::customer::{Customer as CustomerBody, RegisterCustomer, UpdateCustomer};
+use polis_projection::SnapshotPage;
 use polis_runtime::{ApiError, Json, NoQuery, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
 
@@ -21,6 +22,7 @@ where
     Router::new()
         .route("/customers", get(list::<S>).post(register::<S>))
         .route("/customers/{id}", get(fetch::<S>).put(update::<S>))
+        .route(contracts::customer::SNAPSHOT_PATH, get(snapshot::<S>))
         .with_state(service)
 }
 
@@ -44,6 +46,16 @@ where
     S::Tx: Sql,
 {
     Ok(Json(service.list(&page).await?))
+}
+
+/// `GET /customers/snapshot?after=<id>&limit=N`: a page of the snapshot
+/// replicas bootstrap from (not behind the gateway: services only).
+async fn snapshot<S>(State(service): State<Customer<S>>, page: Page) -> Result<Json<SnapshotPage>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Ok(Json(service.snapshot(&page).await?))
 }
 
 async fn fetch<S>(

@@ -38,8 +38,12 @@ pub mod rules;
 
 use std::sync::Arc;
 
-use contracts::customer::{self as api, CustomerRegistered, CustomerUpdated, RegisterCustomer, UpdateCustomer};
+use contracts::customer::{
+    self as api, CustomerRegistered, CustomerSnapshot, CustomerUpdated, RegisterCustomer, UpdateCustomer,
+};
+use polis_core::MessageType as _;
 use polis_core::{Message, StoreError, Transaction};
+use polis_projection::{SnapshotPage, SnapshotRecord};
 use polis_runtime::Page;
 use polis_store::sql::{Sql, SqlStore};
 use uuid::Uuid;
@@ -113,9 +117,12 @@ where
             address: request.address,
             credit_limit: request.credit_limit,
         };
-        let event =
-            Message::typed_event(SERVICE, &customer.id.to_string(), &CustomerRegistered { customer: customer.clone() })
-                .map_err(Error::Encode)?;
+        let event = Message::typed_event(
+            SERVICE,
+            &customer.id.to_string(),
+            &CustomerRegistered { customer: customer.clone(), version: 1 },
+        )
+        .map_err(Error::Encode)?;
         let row = customer.clone();
         self.store
             .transaction(async move |tx: &mut S::Tx| {
@@ -139,6 +146,23 @@ where
         Ok(db::list(self.store.as_ref(), page).await?)
     }
 
+    /// A page of the snapshot replicas bootstrap from: every customer's
+    /// current state and version, in id order.
+    pub async fn snapshot(&self, page: &Page) -> Result<SnapshotPage, Error> {
+        let rows = db::snapshot(self.store.as_ref(), page).await?;
+        let next = (rows.len() == page.limit).then(|| rows.last().map(|(c, _)| c.id.to_string())).flatten();
+        let time = chrono::Utc::now();
+        let records = rows
+            .into_iter()
+            .map(|(customer, version)| {
+                let key = customer.id.to_string();
+                let data = serde_json::to_value(CustomerSnapshot { customer, version }).map_err(Error::Encode)?;
+                Ok(SnapshotRecord { key, event_type: CustomerSnapshot::TYPE.to_owned(), data, time })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(SnapshotPage { records, next })
+    }
+
     /// Changes the fields present in `change` and announces the new state
     /// with `CustomerUpdated`; a change that changes nothing announces nothing.
     pub async fn update(&self, id: Uuid, change: UpdateCustomer) -> Result<api::Customer, Error> {
@@ -159,9 +183,9 @@ where
                 if new == old {
                     return Ok((new, false));
                 }
-                db::update(tx, &new).await?;
-                let event = Message::typed_event(SERVICE, &id.to_string(), &CustomerUpdated { customer: new.clone() })
-                    .map_err(Error::Encode)?;
+                let version = db::update(tx, &new).await?;
+                let updated = CustomerUpdated { customer: new.clone(), version };
+                let event = Message::typed_event(SERVICE, &id.to_string(), &updated).map_err(Error::Encode)?;
                 tx.send(&event).await?;
                 Ok((new, true))
             })

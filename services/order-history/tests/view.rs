@@ -108,7 +108,7 @@ where
     app.ingest("order", &key, &created).await;
     app.ingest("order", &key, &OrderApproved { order_id }).await;
     app.ingest("payment", &key, &payment(order_id, customer_id, PaymentStatus::Authorized)).await;
-    let registered = CustomerRegistered { customer: customer(customer_id, "Ann") };
+    let registered = CustomerRegistered { customer: customer(customer_id, "Ann"), version: 1 };
     app.ingest("customer", &customer_id.to_string(), &registered).await;
     let product = Product { sku: "MUG".into(), name: "Mug".into(), price: 250 };
     app.ingest("catalog", "MUG", &ProductAdded { product }).await;
@@ -130,8 +130,12 @@ where
     // Renames fan out; the price at order time stays.
     let renamed = ProductRenamed { sku: "MUG".into(), old_name: "Mug".into(), new_name: "Big mug".into() };
     app.ingest("catalog", "MUG", &renamed).await;
-    app.ingest("customer", &customer_id.to_string(), &CustomerUpdated { customer: customer(customer_id, "Ann B") })
-        .await;
+    app.ingest(
+        "customer",
+        &customer_id.to_string(),
+        &CustomerUpdated { customer: customer(customer_id, "Ann B"), version: 2 },
+    )
+    .await;
     let view = app
         .wait_until(customer_id, |v| {
             v.orders[0].customer_name.as_deref() == Some("Ann B")

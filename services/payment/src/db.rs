@@ -1,6 +1,7 @@
-//! The SQL on the service's own tables (`payments`, and `payment_customers`,
-//! the replica of each customer's email and credit limit), written once for
-//! SQLite and PostgreSQL.
+//! The SQL on the service's own tables (`payments`, `payment_credit_locks`),
+//! and the reads of `payment_customers`, the replica of each customer's
+//! email and credit limit (a projection's view, [`crate::replica`]), written
+//! once for SQLite and PostgreSQL.
 //!
 //! Every state change is a compare-and-set (`UPDATE ... WHERE status = ...`,
 //! `INSERT ... ON CONFLICT DO NOTHING`) whose row count says whether it won:
@@ -108,35 +109,23 @@ const EXPOSURE: &str = "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS expos
 
 // ---- inside a transaction ---------------------------------------------------
 
-/// Creates or overwrites the replica of a customer (events carry the full state).
-pub(crate) async fn upsert_customer<Tx: Sql>(
-    tx: &mut Tx,
-    id: Uuid,
-    email: &str,
-    credit_limit: Money,
-) -> Result<(), StoreError> {
+/// Takes the customer's credit lock until the end of the transaction and
+/// reads the replica; `None` if the customer is not replicated (yet).
+///
+/// The lock is a row of `payment_credit_locks`, the service's own table (the
+/// replica is a projection's view, written by the projection alone): the
+/// upsert is what serializes two authorizations of one customer on
+/// PostgreSQL, the second waiting until the first commits and then seeing
+/// its payment in the exposure (READ COMMITTED reads anew per statement).
+/// On SQLite the single writer serializes them anyway.
+pub(crate) async fn lock_customer<Tx: Sql>(tx: &mut Tx, id: Uuid) -> Result<Option<CustomerCredit>, StoreError> {
     tx.execute(
-        "INSERT INTO payment_customers (id, email, credit_limit, updated_at_us) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (id) DO UPDATE SET email = excluded.email, credit_limit = excluded.credit_limit, \
-         updated_at_us = excluded.updated_at_us",
-        args![id, email, credit_limit, now_us()],
+        "INSERT INTO payment_credit_locks (customer_id) VALUES ($1) \
+         ON CONFLICT (customer_id) DO UPDATE SET customer_id = excluded.customer_id",
+        args![id],
     )
     .await?;
-    Ok(())
-}
-
-/// Takes the customer's row lock until the end of the transaction and reads
-/// the replica; `None` if the customer is not replicated (yet).
-///
-/// The no-op `UPDATE` is what serializes two authorizations of one customer
-/// on PostgreSQL: the second waits here until the first commits, then sees
-/// its payment in the exposure (READ COMMITTED reads anew per statement).
-/// On SQLite the single writer serializes them anyway and the update costs
-/// nothing.
-pub(crate) async fn lock_customer<Tx: Sql>(tx: &mut Tx, id: Uuid) -> Result<Option<CustomerCredit>, StoreError> {
-    let row = tx
-        .fetch_optional("UPDATE payment_customers SET id = id WHERE id = $1 RETURNING email, credit_limit", args![id])
-        .await?;
+    let row = tx.fetch_optional("SELECT email, credit_limit FROM payment_customers WHERE id = $1", args![id]).await?;
     row.map(|row| Ok(CustomerCredit { email: row.text("email")?, credit_limit: row.int("credit_limit")? })).transpose()
 }
 

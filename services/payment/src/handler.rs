@@ -1,4 +1,5 @@
-//! The service's messages: customer events for the replica, and the saga's
+//! The service's messages: customer events for the replica (into the log,
+//! [`crate::replica`]), and the saga's
 //! commands (orchestration) or the events it reacts to (choreography).
 //!
 //! Each step answers with [`contracts::outcome`]: a reply to a command, an
@@ -7,7 +8,7 @@
 //! already recorded re-sends the recorded outcome and changes nothing.
 
 use async_trait::async_trait;
-use contracts::customer::{Customer, CustomerRegistered, CustomerUpdated};
+use contracts::customer::{CustomerRegistered, CustomerUpdated, CustomerVersioned};
 use contracts::inventory::StockReserved;
 use contracts::order::OrderRejected;
 use contracts::payment::{
@@ -18,6 +19,7 @@ use contracts::shipping::{ShipmentCancelled, ShipmentScheduled};
 use contracts::{Money, RejectionReason, SagaStyle};
 use polis_bus::{Handler, HandlerError};
 use polis_core::{Message, MessageKind, Transaction};
+use polis_projection::Ingest;
 use polis_store::sql::Sql;
 use uuid::Uuid;
 
@@ -29,7 +31,7 @@ use crate::{Config, SERVICE, rules};
 /// transaction (so its writes, its outcome and the inbox record commit
 /// together).
 ///
-/// - customer events update the replica, in both styles;
+/// - customer events go into the log for the replica, in both styles;
 /// - commands are carried out whatever the style (an unknown command type
 ///   is a permanent failure);
 /// - `StockReserved`, `ShipmentScheduled` and `ShipmentCancelled` trigger
@@ -130,13 +132,8 @@ impl PaymentHandler {
     where
         Tx: Transaction + Sql,
     {
-        if message.is::<CustomerRegistered>() {
-            let event: CustomerRegistered = message.decode()?;
-            return replicate(tx, &event.customer).await;
-        }
-        if message.is::<CustomerUpdated>() {
-            let event: CustomerUpdated = message.decode()?;
-            return replicate(tx, &event.customer).await;
+        if message.is::<CustomerRegistered>() || message.is::<CustomerUpdated>() {
+            return replicate(tx, message).await;
         }
         if message.is::<StockReserved>() {
             let event: StockReserved = message.decode()?;
@@ -257,10 +254,19 @@ fn authorization_outcome(payment: &Stored) -> Outcome {
     }
 }
 
-async fn replicate<Tx: Sql>(tx: &mut Tx, customer: &Customer) -> Result<(), HandlerError> {
-    db::upsert_customer(tx, customer.id, &customer.email, customer.credit_limit).await?;
-    tracing::debug!(customer_id = %customer.id, credit_limit = customer.credit_limit, "customer replicated");
-    Ok(())
+/// Puts a customer event in the service's log, where the replica's
+/// projection ([`crate::replica`]) takes it; one that does not decode is a
+/// permanent failure (a dead letter), never a row.
+async fn replicate<Tx: Transaction>(tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+    match CustomerVersioned::from_event(&message.message_type, &message.data) {
+        Some(Ok(state)) => {
+            Ingest::all().handle(tx, message).await?;
+            tracing::debug!(customer_id = %state.customer.id, version = state.version, "customer event ingested");
+            Ok(())
+        }
+        Some(Err(e)) => Err(HandlerError::Permanent(format!("a customer event that does not decode: {e}"))),
+        None => Ok(()),
+    }
 }
 
 /// AUTHORIZED → CAPTURED; CAPTURED again re-sends; anything else (no

@@ -2,8 +2,11 @@
 //!
 //! It owns one payment per order — `AUTHORIZED`, `CAPTURED`, `VOIDED`,
 //! `REFUNDED` or `FAILED` — and a replica of each customer's email and credit
-//! limit, fed by the customer service's `CustomerRegistered` /
-//! `CustomerUpdated` events in both saga styles. It takes part in the
+//! limit ([`replica`]): a projection of the customer service's
+//! `CustomerRegistered` / `CustomerUpdated` events, which the consumer puts
+//! in the service's log in both saga styles, bootstrapped from the customer
+//! service's snapshot when the service is new or its database was wiped
+//! ([`Config::customers`]). It takes part in the
 //! create-order saga:
 //!
 //! - **authorize** (`AuthorizePayment`, or `StockReserved` in choreography):
@@ -36,7 +39,7 @@
 //!   transaction: on the embedded SQLite store that transaction holds the
 //!   service's single writer, so every other write of the service waits too.
 //!   Keep it 0 there for throughput; it is meant for PostgreSQL, where it
-//!   only holds the customer's row lock.
+//!   only holds the customer's credit lock.
 //!
 //! # HTTP
 //!
@@ -65,14 +68,16 @@ mod db;
 mod handler;
 mod http;
 mod provider;
+pub mod replica;
 mod rules;
 
 use std::sync::Arc;
 
 use contracts::SagaStyle;
 use polis_bus::{Consumer, ConsumerOptions};
-use polis_core::StoreError;
 use polis_core::bus::Topic;
+use polis_core::{Projection, StoreError};
+use polis_projection::{ReplicaSource, SnapshotSource};
 use polis_store::sql::{Sql, SqlStore};
 use serde::Deserialize;
 
@@ -98,6 +103,11 @@ pub struct Config {
     /// section: the host sets it from the shop's one `saga` setting.
     #[serde(skip)]
     pub saga: SagaStyle,
+    /// Where the customer replica bootstraps from (the customer service's
+    /// snapshot); set by the host, none by default (the replica then
+    /// follows events only).
+    #[serde(skip)]
+    pub customers: ReplicaSource,
 }
 
 /// A [`Config`] that cannot work.
@@ -160,6 +170,16 @@ where
                 .route(Topic::events_of(contracts::shipping::SERVICE), self.handler())
                 .route(Topic::events_of(contracts::order::SERVICE), self.handler()),
         )
+    }
+
+    /// The customer replica ([`replica::CustomerReplica`]).
+    fn projections(&self) -> Vec<Arc<dyn Projection<S::Tx>>> {
+        vec![Arc::new(replica::CustomerReplica)]
+    }
+
+    /// The customer replica bootstraps from [`Config::customers`], if set.
+    fn replicas(&self) -> Vec<Arc<dyn SnapshotSource>> {
+        self.config.customers.get().into_iter().collect()
     }
 }
 

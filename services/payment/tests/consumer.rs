@@ -17,6 +17,7 @@ use payment::Payment;
 use polis_bus::{ConsumerOptions, Handler, InProcessBus, Outcome};
 use polis_core::bus::{Acker, Bus, BusError, Delivery};
 use polis_core::{Message, TransactionalStore};
+use polis_projection::{Projector, ProjectorOptions};
 use polis_store::SqliteEventStore;
 use polis_testkit::wait_for;
 use serde_json::json;
@@ -76,7 +77,8 @@ async fn the_subscriptions_cover_both_styles() {
 
 /// Publishes a customer and a request for an authorization on the bus and
 /// waits for the outcome in the outbox. The two travel on different topics,
-/// so the request may come first: it is retried until the customer is there.
+/// so the request may come first: it is retried until the customer is in
+/// the replica (ingested, then projected).
 async fn authorization_through_the_bus(style: SagaStyle) {
     let dir = tempfile::tempdir().unwrap();
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::open(dir.path().join("bus.db")).await.unwrap());
@@ -84,6 +86,11 @@ async fn authorization_through_the_bus(style: SagaStyle) {
     let service = open(store).await;
     let options = ConsumerOptions { max_attempts: 100, ..fast() };
     let _running = Arc::new(service.consumer(options).unwrap()).spawn(bus.clone()).await.unwrap();
+    // The customer replica is a projection of what the consumer ingests.
+    let projections = service.projections().into_iter();
+    let projector =
+        projections.fold(Projector::new(service.store().clone(), ProjectorOptions::default()), Projector::with_arc);
+    let _projecting = projector.spawn();
 
     let (customer_id, order_id) = (Uuid::now_v7(), Uuid::now_v7());
     let request = authorize(style, order_id, customer_id, 500);

@@ -571,10 +571,18 @@ mod cases {
             let row = payment_row(&*store, order_id).await.unwrap();
             assert_eq!(row.reason.as_deref(), Some("PAYMENT_DECLINED"));
 
-            // A registration delivered again (same body, new id) just rewrites the same state.
-            let body = CustomerRegistered { customer: customer(customer_id, "cy@example.com", 1_000) };
+            // The registration delivered again (an older version, with the
+            // old email) changes nothing: the next order is declined too.
+            let body = CustomerRegistered { customer: customer(customer_id, "cy@example.com", 1_000), version: 1 };
             let again = Message::typed_event("customer", &customer_id.to_string(), &body).unwrap();
             handle(&service, style, &again).await.unwrap();
+            let order_id = order();
+            handle(&service, style, &authorize(style, order_id, customer_id, 150)).await.unwrap();
+            let row = payment_row(&*store, order_id).await.unwrap();
+            assert_eq!(row.reason.as_deref(), Some("PAYMENT_DECLINED"));
+
+            // A newer version with the plain email: authorized.
+            handle(&service, style, &updated(customer_id, "cy@example.com", 1_000)).await.unwrap();
             let order_id = order();
             handle(&service, style, &authorize(style, order_id, customer_id, 150)).await.unwrap();
             assert_eq!(status_of(&*store, order_id).await.as_deref(), Some("AUTHORIZED"));
@@ -582,7 +590,7 @@ mod cases {
         // Customer events have no outcome of their own.
         let sent = outbox(&*store).await;
         assert!(sent.iter().all(|m| m.message_type.starts_with("payment.")));
-        assert_eq!(sent.len(), 6);
+        assert_eq!(sent.len(), 8);
     }
 
     /// An order's flow runs in the style it was placed in, whatever style

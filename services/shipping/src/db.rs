@@ -13,10 +13,9 @@
 //! - **Compensation before action.** A cancellation for an order with no
 //!   shipment stores a CANCELLED tombstone; a schedule that arrives later
 //!   fails with `TIMEOUT` (the order was already rejected meanwhile).
-//! - **The replica is last-writer-wins by event time**, so an old customer
-//!   event replayed from the dead letters never overwrites a newer address.
+//! - **The address replica is a projection** (`customer_addresses`, a view;
+//!   [`crate::replica`]): read here, written by the projection alone.
 
-use contracts::customer::Customer;
 use contracts::shipping::{Shipment, ShipmentCancelled, ShipmentFailed, ShipmentScheduled, ShipmentStatus};
 use contracts::{Address, RejectionReason};
 use polis_runtime::Page;
@@ -32,30 +31,6 @@ use crate::rules;
 pub enum ScheduleOutcome {
     Scheduled(ShipmentScheduled),
     Failed(ShipmentFailed),
-}
-
-/// Writes `customer`'s address to the replica, unless the replica already
-/// holds a newer one. `event_time` is the event's time in microseconds.
-/// Returns whether the row changed.
-pub async fn replicate_address<Tx: Sql>(
-    tx: &mut Tx,
-    customer: &Customer,
-    event_time: i64,
-) -> Result<bool, ShippingError> {
-    let a = &customer.address;
-    rules::check_address(a)?;
-    let changed = tx
-        .execute(
-            "INSERT INTO customer_addresses (customer_id, line1, city, postal_code, country, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (customer_id) DO UPDATE SET
-                 line1 = excluded.line1, city = excluded.city, postal_code = excluded.postal_code,
-                 country = excluded.country, updated_at = excluded.updated_at
-             WHERE customer_addresses.updated_at <= excluded.updated_at",
-            args![customer.id, &a.line1, &a.city, &a.postal_code, &a.country, event_time],
-        )
-        .await?;
-    Ok(changed > 0)
 }
 
 /// Schedules an order's shipment to its customer's replicated address (see

@@ -8,7 +8,7 @@
 //!
 //! | trigger | topic | effect |
 //! |---|---|---|
-//! | `CustomerRegistered`, `CustomerUpdated` | customer events | update the address replica |
+//! | `CustomerRegistered`, `CustomerUpdated` | customer events | into the log, for the address replica |
 //! | `ScheduleShipment` | shipping commands | schedule |
 //! | `CancelShipment` | shipping commands | cancel |
 //! | `PaymentAuthorized` | payment events | schedule |
@@ -23,12 +23,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use contracts::SagaStyle;
-use contracts::customer::{CustomerRegistered, CustomerUpdated};
+use contracts::customer::{CustomerRegistered, CustomerUpdated, CustomerVersioned};
 use contracts::order::{OrderCancelRequested, OrderRejected};
 use contracts::payment::PaymentAuthorized;
 use contracts::shipping::{CancelShipment, ScheduleShipment, ShipmentChanged};
 use polis_bus::{Handler, HandlerError};
 use polis_core::{Message, MessageKind, Transaction};
+use polis_projection::Ingest;
 use polis_store::sql::Sql;
 use uuid::Uuid;
 
@@ -97,10 +98,8 @@ impl ShippingHandler {
     }
 
     async fn on_event<Tx: Transaction + Sql>(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
-        if message.is::<CustomerRegistered>() {
-            replicate(tx, message, &message.decode::<CustomerRegistered>()?.customer).await
-        } else if message.is::<CustomerUpdated>() {
-            replicate(tx, message, &message.decode::<CustomerUpdated>()?.customer).await
+        if message.is::<CustomerRegistered>() || message.is::<CustomerUpdated>() {
+            replicate(tx, message).await
         } else if message.is::<PaymentAuthorized>() {
             let authorized: PaymentAuthorized = message.decode()?;
             self.schedule(tx, message, authorized.order_id, authorized.customer_id).await
@@ -151,12 +150,18 @@ async fn cancel<Tx: Transaction + Sql>(tx: &mut Tx, trigger: &Message, order_id:
     announce(tx, order_id).await
 }
 
-async fn replicate<Tx: Transaction + Sql>(
-    tx: &mut Tx,
-    message: &Message,
-    customer: &contracts::customer::Customer,
-) -> Result<(), HandlerError> {
-    let changed = db::replicate_address(tx, customer, message.time.timestamp_micros()).await?;
-    tracing::debug!(customer_id = %customer.id, changed, "customer address replicated");
+/// Puts a customer event in the service's log, where the address replica's
+/// projection ([`crate::replica`]) takes it. One that does not decode, or
+/// carries an address the service cannot ship to, is a permanent failure (a
+/// dead letter), never a row.
+async fn replicate<Tx: Transaction + Sql>(tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
+    let state = match CustomerVersioned::from_event(&message.message_type, &message.data) {
+        Some(Ok(state)) => state,
+        Some(Err(e)) => return Err(HandlerError::Permanent(format!("a customer event that does not decode: {e}"))),
+        None => return Ok(()),
+    };
+    crate::rules::check_address(&state.customer.address)?;
+    Ingest::all().handle(tx, message).await?;
+    tracing::debug!(customer_id = %state.customer.id, version = state.version, "customer event ingested");
     Ok(())
 }

@@ -4,8 +4,11 @@
 //! It owns two tables in its own database (its migrations live in
 //! `migrations/{sqlite,postgres}`): `shipments` (per order: the shipment's id,
 //! status, address and reason) and `customer_addresses`, a replica of the
-//! customer service's addresses fed by its events — shipping never asks the
-//! customer service, and never reads its database. The rest comes as
+//! customer service's addresses ([`replica`]): a projection of its events,
+//! which the consumer puts in the service's log, bootstrapped from the
+//! customer service's snapshot when the service is new or its database was
+//! wiped ([`Config::customers`]) — shipping never reads the customer
+//! service's database. The rest comes as
 //! messages or HTTP requests:
 //!
 //! - `router`: `GET /shipments/{order_id}` and `GET /shipments`
@@ -23,8 +26,8 @@
 //!   `consumer`, `handler`;
 //! - `rules`: which addresses are accepted and delivered to;
 //! - [`db`]: every statement on the tables, and how a shipment is recorded
-//!   (idempotent per order, compensation before action, the replica
-//!   last-writer-wins);
+//!   (idempotent per order, compensation before action);
+//! - [`replica`]: the address replica, a projection;
 //! - [`handler`]: turns messages into those calls and sends the outcomes;
 //! - `http`: the HTTP API;
 //! - [`error`]: the crate's error type, and how it maps to HTTP problems and
@@ -34,14 +37,16 @@ pub mod db;
 pub mod error;
 pub mod handler;
 mod http;
+pub mod replica;
 mod rules;
 
 use std::sync::Arc;
 
 use contracts::SagaStyle;
 use polis_bus::{Consumer, ConsumerOptions};
-use polis_core::StoreError;
 use polis_core::bus::Topic;
+use polis_core::{Projection, StoreError};
+use polis_projection::{ReplicaSource, SnapshotSource};
 use polis_store::sql::{Sql, SqlStore};
 
 pub use error::ShippingError;
@@ -63,11 +68,20 @@ pub struct Config {
     /// section: the host sets it from the shop's one `saga` setting.
     #[serde(skip)]
     pub saga: SagaStyle,
+    /// Where the address replica bootstraps from (the customer service's
+    /// snapshot); set by the host, none by default (the replica then
+    /// follows events only).
+    #[serde(skip)]
+    pub customers: ReplicaSource,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { blocked_countries: vec!["AQ".to_owned()], saga: SagaStyle::default() }
+        Self {
+            blocked_countries: vec!["AQ".to_owned()],
+            saga: SagaStyle::default(),
+            customers: ReplicaSource::default(),
+        }
     }
 }
 
@@ -109,6 +123,16 @@ where
                 .route(Topic::events_of(contracts::payment::SERVICE), self.handler())
                 .route(Topic::events_of(contracts::order::SERVICE), self.handler()),
         )
+    }
+
+    /// The address replica ([`replica::AddressReplica`]).
+    fn projections(&self) -> Vec<Arc<dyn Projection<S::Tx>>> {
+        vec![Arc::new(replica::AddressReplica)]
+    }
+
+    /// The address replica bootstraps from [`Config::customers`], if set.
+    fn replicas(&self) -> Vec<Arc<dyn SnapshotSource>> {
+        self.config.customers.get().into_iter().collect()
     }
 }
 

@@ -49,7 +49,7 @@ mod cases {
             country: country.into(),
         };
         let customer = Customer { id, name: "Bo".into(), email: "bo@example.com".into(), address, credit_limit: 1 };
-        let registered = CustomerRegistered { customer };
+        let registered = CustomerRegistered { customer, version: 1 };
         handle(service, &Message::typed_event("customer", &id.to_string(), &registered).unwrap()).await.unwrap();
         id
     }

@@ -28,6 +28,7 @@
 pub mod client;
 pub mod data_dir;
 pub mod distributed;
+pub mod replica;
 pub mod supervisor;
 pub mod workload;
 
@@ -40,6 +41,7 @@ use contracts::SagaStyle;
 pub use contracts::Service;
 use polis_bus::{ConsumerOptions, InProcessBus};
 use polis_core::{Bus, BusError, StoreError};
+use polis_projection::ReplicaSource;
 use polis_runtime::{HostOptions, Hosted};
 use polis_store::sql::{Sql, SqlStore};
 use polis_store::{Durability, SqliteEventStore, SqliteOptions};
@@ -128,12 +130,15 @@ pub enum StartError {
 
 /// Opens `service` over `store` with its settings from `config` and hosts
 /// it on `bus`: the one place where a service's name becomes its type, for
-/// both deployments.
+/// both deployments. `customers` is where the customer service answers, for
+/// the replicas of payment and shipping to bootstrap from (`None`: they
+/// follow events only).
 pub async fn start_service<S>(
     service: Service,
     store: Arc<S>,
     bus: Arc<dyn Bus>,
     config: &ShopConfig,
+    customers: Option<gateway::Upstream>,
 ) -> Result<Hosted, StartError>
 where
     S: SqlStore,
@@ -142,6 +147,10 @@ where
     let mut options = config.host.clone();
     options.consume = !config.silent.contains(&service);
     let saga = config.saga;
+    let replica_source = || match &customers {
+        Some(upstream) => ReplicaSource::new(Arc::new(replica::CustomerSnapshots::new(upstream.clone()))),
+        None => ReplicaSource::default(),
+    };
     match service {
         Service::Customer => {
             host::<customer::Customer<S>, S>(service, store, bus, config.customer.clone(), &options).await
@@ -153,11 +162,11 @@ where
             host::<inventory::Inventory<S>, S>(service, store, bus, settings, &options).await
         }
         Service::Payment => {
-            let settings = payment::Config { saga, ..config.payment.clone() };
+            let settings = payment::Config { saga, customers: replica_source(), ..config.payment.clone() };
             host::<payment::Payment<S>, S>(service, store, bus, settings, &options).await
         }
         Service::Shipping => {
-            let settings = shipping::Config { saga, ..config.shipping.clone() };
+            let settings = shipping::Config { saga, customers: replica_source(), ..config.shipping.clone() };
             host::<shipping::Shipping<S>, S>(service, store, bus, settings, &options).await
         }
         Service::Order => {
@@ -230,7 +239,16 @@ impl Embedded {
                 continue;
             }
             let store = sqlite(data_dir, service).await?;
-            let started = start_service(service, store, bus.clone(), config)
+            // Started first, the customer service is there for the replicas to bootstrap from.
+            let customers = hosted
+                .iter()
+                .find(|(s, _): &&(Service, Hosted)| *s == Service::Customer)
+                .map(|(_, h)| gateway::Upstream::local(h.router()));
+            // The data directory is this process's alone: a restarted shop
+            // takes its projections' leases back at once.
+            let mut config = config.clone();
+            config.host.projector = config.host.projector.clone().instance(service.as_str());
+            let started = start_service(service, store, bus.clone(), &config, customers)
                 .await
                 .with_context(|| format!("starting the {service} service"))?;
             hosted.push((service, started));

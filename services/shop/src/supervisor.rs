@@ -274,6 +274,10 @@ impl Supervisor {
                 env.push((format!("POLIS__UPSTREAMS__{upper}"), format!("http://{addr}")));
             }
         }
+        // One process per service under this supervisor: a service it
+        // restarts after a crash is the same instance to its projections'
+        // leases, and takes them back at once.
+        env.push(("POLIS__INSTANCE".to_owned(), format!("supervisor-{}", uuid::Uuid::now_v7())));
         // The caller's extras last: they win over everything above.
         env.extend(options.env.iter().cloned());
 

@@ -34,7 +34,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt as _;
 use polis_bus::{Handler, HandlerError};
 use polis_core::{Message, MessageKind, MessageType, TransactionalStore};
+use polis_projection::{Projector, ProjectorOptions};
 use polis_runtime::{HttpOptions, with_standard_stack};
+use polis_store::sql::{Sql, SqlStore};
 use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -131,6 +133,33 @@ where
 {
     let message = message.clone();
     store.transaction::<_, _, HandlerError>(async move |tx| handler.handle(tx, &message).await).await
+}
+
+/// Runs `service`'s projections until they reflect every event in its log,
+/// as its host does in the background: what a test checks after handling a
+/// message that feeds a read model (a replica, a view).
+pub async fn project<T, S>(service: &T)
+where
+    T: polis_runtime::Service<S>,
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let store = service.store();
+    let row = store.query_optional("SELECT MAX(position) AS last FROM polis_events", &[]).await.expect("the log's end");
+    let last = row.and_then(|row| row.opt_int("last").expect("a position")).unwrap_or(0);
+    let projector = service
+        .projections()
+        .into_iter()
+        .fold(Projector::new(store.clone(), ProjectorOptions::default()), Projector::with_arc);
+    if projector.is_empty() {
+        return;
+    }
+    let running = projector.spawn();
+    let last = u64::try_from(last).expect("a position is positive");
+    if tokio::time::timeout(std::time::Duration::from_secs(30), running.applied(last)).await.is_err() {
+        panic!("the projections did not reach position {last}: {:?}", running.status());
+    }
+    running.shutdown().await;
 }
 
 /// Every message in the outbox, oldest first. Tests run no relay, so this

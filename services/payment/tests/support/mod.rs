@@ -26,7 +26,10 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Payment::open(store, Config::default()).await.unwrap()
+    let service = Payment::open(store, Config::default()).await.unwrap();
+    // The replica's first (empty) generation, so that its view exists.
+    testsupport::project(&service).await;
+    service
 }
 
 /// Runs `message` through the service's handler for `style` in one
@@ -37,7 +40,16 @@ where
     S::Tx: Sql,
 {
     let config = Config { saga: style, ..service.config().clone() };
-    testsupport::handle(&**service.store(), payment::PaymentHandler::new(&config), message).await
+    testsupport::handle(&**service.store(), payment::PaymentHandler::new(&config), message).await?;
+    // The customer replica is a projection: bring it up to date, as the host would.
+    testsupport::project(service).await;
+    Ok(())
+}
+
+/// Customer versions for the events below: each later than the last.
+fn next_version() -> u64 {
+    static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    VERSION.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
 }
 
 // ---- messages -----------------------------------------------------------------
@@ -58,12 +70,12 @@ pub fn customer(id: Uuid, email: &str, credit_limit: Money) -> Customer {
 }
 
 pub fn registered(id: Uuid, email: &str, credit_limit: Money) -> Message {
-    let body = CustomerRegistered { customer: customer(id, email, credit_limit) };
+    let body = CustomerRegistered { customer: customer(id, email, credit_limit), version: next_version() };
     Message::typed_event("customer", &id.to_string(), &body).unwrap()
 }
 
 pub fn updated(id: Uuid, email: &str, credit_limit: Money) -> Message {
-    let body = CustomerUpdated { customer: customer(id, email, credit_limit) };
+    let body = CustomerUpdated { customer: customer(id, email, credit_limit), version: next_version() };
     Message::typed_event("customer", &id.to_string(), &body).unwrap()
 }
 

@@ -17,7 +17,10 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    Shipping::open(store, Config::default()).await.unwrap()
+    let service = Shipping::open(store, Config::default()).await.unwrap();
+    // The replica's first (empty) generation, so that its view exists.
+    testsupport::project(&service).await;
+    service
 }
 
 /// Runs the service's handler on `message` in one transaction, as the consumer does.
@@ -26,5 +29,8 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    testsupport::handle(&**service.store(), service.handler(), message).await
+    testsupport::handle(&**service.store(), service.handler(), message).await?;
+    // The address replica is a projection: bring it up to date, as the host would.
+    testsupport::project(service).await;
+    Ok(())
 }
