@@ -579,10 +579,11 @@ where
             }
         }
         apply_all(store, g, setup).await?;
-        let lines = count(store, &format!("SELECT count(*) AS n FROM {items} WHERE sku = $1"), args![sku.as_str()])
-            .await?;
-        let shown = count(store, &format!("SELECT count(*) AS n FROM {orders} WHERE customer_id = $1"), args![customer])
-            .await?;
+        let lines =
+            count(store, &format!("SELECT count(*) AS n FROM {items} WHERE sku = $1"), args![sku.as_str()]).await?;
+        let shown =
+            count(store, &format!("SELECT count(*) AS n FROM {orders} WHERE customer_id = $1"), args![customer])
+                .await?;
         ensure!(lines == n && shown == n, "fan-out {n}: {lines} lines and {shown} orders set up");
         fans.push((n, sku, customer));
     }
@@ -702,11 +703,8 @@ fn report(backends: &[Backend], options: &Options) -> Section {
             "CPU/event",
             "server CPU/event",
         ]);
-        let labels = [
-            b.scan,
-            "polis: read_all scan, 500 per read",
-            "polis: Projector rebuilding the view (batch_size 500)",
-        ];
+        let labels =
+            [b.scan, "polis: read_all scan, 500 per read", "polis: Projector rebuilding the view (batch_size 500)"];
         let scan = b.runs[0].per_sec();
         for (label, run) in labels.iter().zip(&b.runs) {
             table.row([

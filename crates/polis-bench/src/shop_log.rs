@@ -81,7 +81,7 @@ impl ShopLog {
     pub(crate) fn new(events: u64) -> Self {
         let mut log = Self {
             remaining: events,
-            rng: Rng(0x5eed_0f_0da_1),
+            rng: Rng(0x005e_ed0f_0da1),
             tick: 0,
             customers: Vec::new(),
             products: Vec::new(),
@@ -236,13 +236,7 @@ impl ShopLog {
         let created = self.entry(
             "order",
             &key,
-            &OrderCreated {
-                order_id,
-                customer_id: customer.id,
-                lines,
-                total,
-                saga: Some(SagaStyle::Orchestration),
-            },
+            &OrderCreated { order_id, customer_id: customer.id, lines, total, saga: Some(SagaStyle::Orchestration) },
         );
 
         // Outcomes: 80% approved (1 in 20 of them cancelled later), 8% out of
@@ -254,13 +248,7 @@ impl ShopLog {
         };
         let shipment_id = self.uuid(millis);
         let shipment = |status, reason| ShipmentChanged {
-            shipment: Shipment {
-                id: shipment_id,
-                order_id,
-                status,
-                address: Some(customer.address.clone()),
-                reason,
-            },
+            shipment: Shipment { id: shipment_id, order_id, status, address: Some(customer.address.clone()), reason },
         };
         let rejected = |reason| OrderRejected { order_id, reason, saga: Some(SagaStyle::Orchestration) };
         match outcome {
@@ -279,11 +267,8 @@ impl ShopLog {
             }
             80..88 => rest.push_back(self.entry("order", &key, &rejected(RejectionReason::OutOfStock))),
             88..97 => {
-                let reason = if outcome < 94 {
-                    RejectionReason::CreditLimitExceeded
-                } else {
-                    RejectionReason::PaymentDeclined
-                };
+                let reason =
+                    if outcome < 94 { RejectionReason::CreditLimitExceeded } else { RejectionReason::PaymentDeclined };
                 rest.push_back(self.entry("payment", &key, &payment(PaymentStatus::Failed, Some(reason))));
                 rest.push_back(self.entry("order", &key, &rejected(reason)));
             }
