@@ -140,6 +140,8 @@ struct Run {
     server_cpu: Option<Duration>,
     /// Per round: RSS at start, peak, at end.
     memory: Vec<[u64; 3]>,
+    /// Per round of a rebuild: RSS after each tenth of the log.
+    tenths: Vec<Vec<u64>>,
 }
 
 impl Run {
@@ -305,6 +307,7 @@ where
     let head = store.head_position().await.context("reading the head")?;
     let events = options.events;
     let mut runs: [Run; 3] = Default::default();
+    let mut runs_memory = Vec::new();
     for round in 1..=options.rounds() {
         eprintln!("order-history-rebuild round {round}: {name}, raw scan…");
         measured(&mut runs[0], pg, sampler, async {
@@ -317,7 +320,8 @@ where
         measured(&mut runs[1], pg, sampler, read_all_scan(&*store)).await?;
         eprintln!("order-history-rebuild round {round}: {name}, rebuilding the view…");
         measured(&mut runs[2], pg, sampler, async {
-            let batches = rebuild(store.clone(), head).await?;
+            let (batches, memory) = rebuild(store.clone(), head).await?;
+            runs_memory.push(memory);
             Ok((events, batches))
         })
         .await?;
@@ -328,6 +332,7 @@ where
             rate(rebuild.per_sec())
         );
     }
+    runs[2].tenths = runs_memory;
     Ok(runs)
 }
 
@@ -348,8 +353,8 @@ async fn read_all_scan<S: EventStore>(store: &S) -> Result<(u64, Vec<Duration>)>
 
 /// Drops the view (views, every generation's tables, generations, lease),
 /// then builds it from zero with a `Projector` until it is live at `head`:
-/// the time between batch starts.
-async fn rebuild<S>(store: Arc<S>, head: u64) -> Result<Vec<Duration>>
+/// the time between batch starts, and the resident memory at every tenth.
+async fn rebuild<S>(store: Arc<S>, head: u64) -> Result<(Vec<Duration>, Vec<u64>)>
 where
     S: SqlStore,
     S::Tx: Sql,
@@ -371,8 +376,8 @@ where
         .context("dropping the view")?;
 
     let options = ProjectorOptions::default();
-    let projection = Timed::new(OrderHistoryProjection, options.batch_size);
-    let (starts, applied) = (projection.starts.clone(), projection.applied.clone());
+    let projection = Timed::new(OrderHistoryProjection, options.batch_size, head);
+    let (starts, applied, memory) = (projection.starts.clone(), projection.applied.clone(), projection.rss.clone());
     let handle = Projector::new(store, options).with(projection).spawn();
     let mut status = handle.subscribe();
     let live = matches!(
@@ -391,21 +396,32 @@ where
     let starts = std::mem::take(&mut *starts.lock().unwrap_or_else(|e| e.into_inner()));
     let mut batches: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
     batches.sort_unstable();
-    Ok(batches)
+    let memory = std::mem::take(&mut *memory.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok((batches, memory))
 }
 
 /// A projection, timed: notes when each batch starts (every `batch_size`-th
-/// event; every event of this log is applied, and no batch fails).
+/// event; every event of this log is applied, and no batch fails), and the
+/// resident memory at every tenth of the log.
 struct Timed<P> {
     inner: P,
     batch_size: u64,
+    tenth: u64,
     applied: Arc<AtomicU64>,
     starts: Arc<Mutex<Vec<Instant>>>,
+    rss: Arc<Mutex<Vec<u64>>>,
 }
 
 impl<P> Timed<P> {
-    fn new(inner: P, batch_size: usize) -> Self {
-        Self { inner, batch_size: batch_size as u64, applied: Arc::default(), starts: Arc::default() }
+    fn new(inner: P, batch_size: usize, events: u64) -> Self {
+        Self {
+            inner,
+            batch_size: batch_size as u64,
+            tenth: (events / 10).max(1),
+            applied: Arc::default(),
+            starts: Arc::default(),
+            rss: Arc::default(),
+        }
     }
 }
 
@@ -432,8 +448,12 @@ impl<Tx: Send + 'static, P: Projection<Tx>> Projection<Tx> for Timed<P> {
     }
 
     async fn apply(&self, tx: &mut Tx, generation: Generation, event: &RecordedEvent) -> Result<(), StoreError> {
-        if self.applied.fetch_add(1, Ordering::SeqCst).is_multiple_of(self.batch_size) {
+        let applied = self.applied.fetch_add(1, Ordering::SeqCst);
+        if applied.is_multiple_of(self.batch_size) {
             self.starts.lock().unwrap_or_else(|e| e.into_inner()).push(Instant::now());
+        }
+        if (applied + 1).is_multiple_of(self.tenth) {
+            self.rss.lock().unwrap_or_else(|e| e.into_inner()).push(rss());
         }
         self.inner.apply(tx, generation, event).await
     }
@@ -732,6 +752,15 @@ fn report(backends: &[Backend], options: &Options) -> Section {
             }
         }
         let _ = writeln!(body, "{memory}");
+        for (i, tenths) in b.runs[2].tenths.iter().enumerate() {
+            let tenths: Vec<String> = tenths.iter().map(|&r| format!("{:.1}", r as f64 / (1024.0 * 1024.0))).collect();
+            let _ = writeln!(
+                body,
+                "Rebuild, round {}: RSS after each tenth of the log, MiB: {}.\n",
+                i + 1,
+                tenths.join(", ")
+            );
+        }
         checks.push(Check::new(
             format!("{}: rebuild events/s / raw scan", b.name),
             b.runs[2].per_sec() / scan,
