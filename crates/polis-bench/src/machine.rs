@@ -112,6 +112,12 @@ pub(crate) fn cpu_times(pid: &str) -> Option<(Duration, Duration)> {
     Some((own, children))
 }
 
+/// The parent of process `pid`.
+pub(crate) fn parent_pid(pid: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn clock_ticks_per_second() -> u32 {
     static TICKS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -143,6 +149,11 @@ impl ProcessCounters {
             write_bytes: number("write_bytes"),
             write_calls: number("syscw"),
         }
+    }
+
+    /// CPU time used since `before`.
+    pub(crate) fn cpu_since(&self, before: &Self) -> Duration {
+        self.cpu.saturating_sub(before.cpu)
     }
 
     /// What happened since `before`, while `events` events were written.

@@ -12,8 +12,9 @@
 //! memory, `pg` provides PostgreSQL databases and per-event costs, `delay` is
 //! a proxy that simulates network latency, `workload` holds the shared
 //! payload and polis writer, and one module per scenario (`pg_append`,
-//! `pg_vs_es`, `sqlite_append`, `memory`, `relay`, `projection`) holds its
-//! baseline and its runs.
+//! `pg_vs_es`, `sqlite_append`, `memory`, `relay`, `projection`,
+//! `order_history`) holds its baseline and its runs; `shop_log` generates
+//! the order-history service's log.
 //!
 //! PostgreSQL is a throwaway server started from the installed binaries
 //! (fsync on) unless `--postgres-url` names another one; the machine's own
@@ -26,12 +27,14 @@ mod delay;
 mod load;
 mod machine;
 mod memory;
+mod order_history;
 mod pg;
 mod pg_append;
 mod pg_vs_es;
 mod projection;
 mod relay;
 mod report;
+mod shop_log;
 mod sqlite_append;
 mod workload;
 
@@ -69,7 +72,13 @@ enum Scenario {
     /// A Projector catching up from zero with batch_size 1 and 500, on
     /// PostgreSQL and SQLite, vs a plain read_all scan of the same log.
     Projection,
-    /// Every scenario in order, then a markdown summary of the targets.
+    /// The order-history service's view rebuilt from zero over a log of
+    /// --events events (default 1,000,000), on PostgreSQL and SQLite, vs a
+    /// raw scan of the same log (COPY / SELECT); then the cost of a rename's
+    /// fan-out. Not part of `all` (it takes tens of minutes).
+    OrderHistoryRebuild,
+    /// Every scenario in order (but order-history-rebuild), then a markdown
+    /// summary of the targets.
     All,
 }
 
@@ -100,7 +109,8 @@ struct Options {
     #[arg(long, global = true, default_value_t = 0.0)]
     rtt_ms: f64,
     /// Events written and read back per backend in memory; messages in the
-    /// backlog the relay scenario drains.
+    /// backlog the relay scenario drains; events in the log the view is
+    /// rebuilt from in order-history-rebuild.
     #[arg(long, global = true, default_value_t = 1_000_000)]
     events: u64,
     /// Events in the log a projection catches up on in projection.
@@ -109,6 +119,10 @@ struct Options {
     /// The projector batch sizes compared in projection.
     #[arg(long, global = true, value_delimiter = ',', default_values_t = [1, 500])]
     batch_sizes: Vec<usize>,
+    /// How many orders show the renamed product or updated customer in
+    /// order-history-rebuild's fan-out measurement.
+    #[arg(long, global = true, value_delimiter = ',', default_values_t = [1, 100, 1_000, 10_000])]
+    fan_outs: Vec<u64>,
     /// Directory for the SQLite files (default: the system temp dir).
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
@@ -181,6 +195,9 @@ async fn run(cli: Cli) -> Result<()> {
             Scenario::Memory => memory::run(postgres.as_ref(), options).await.context("memory")?,
             Scenario::Relay => relay::run(pg()?, options).await.context("relay")?,
             Scenario::Projection => projection::run(pg()?, options).await.context("projection")?,
+            Scenario::OrderHistoryRebuild => {
+                order_history::run(pg()?, options).await.context("order-history-rebuild")?
+            }
             Scenario::All => unreachable!("`all` is expanded above"),
         };
         let disk_after = machine::fsync_latency(&dir).await;

@@ -201,6 +201,27 @@ impl Postgres {
         machine::cpu_times(&pid).map(|(_, children)| children)
     }
 
+    /// CPU used so far by the throwaway server: the postmaster, its running
+    /// processes (backends, walwriter, checkpointer, autovacuum) and its
+    /// exited ones (unknown for a server given by URL). Unlike
+    /// [`Self::counters_after_close`] it needs no connection closed, so it
+    /// measures work on a pool that stays open.
+    pub(crate) fn server_cpu_now(&self) -> Option<Duration> {
+        let pid_file = std::fs::read_to_string(self.server.as_ref()?.data_dir().join("postmaster.pid")).ok()?;
+        let postmaster = pid_file.lines().next()?.trim().to_owned();
+        let (own, exited) = machine::cpu_times(&postmaster)?;
+        let postmaster_pid: u32 = postmaster.parse().ok()?;
+        let running = std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|pid| machine::parent_pid(pid) == Some(postmaster_pid))
+            .filter_map(|pid| machine::cpu_times(&pid).map(|(own, _)| own))
+            .sum::<Duration>();
+        Some(own + exited + running)
+    }
+
     /// Drops the databases this run created on a server it does not own,
     /// and stops the throwaway server otherwise.
     pub(crate) async fn shutdown(self) {

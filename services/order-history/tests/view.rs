@@ -1,8 +1,9 @@
 //! The order-history view on SQLite and PostgreSQL, fed as its consumer
 //! feeds it (other services' events appended to its own log) and read
 //! through its HTTP API: events of different services in any order, a
-//! stale status redelivered after a newer one, renames fanned out, and the
-//! view unavailable (503) until its first generation is built.
+//! stale status redelivered after a newer one, renames fanned out, an
+//! order's lines (delivered twice) each once and in order, and the view
+//! unavailable (503) until its first generation is built.
 
 #![allow(clippy::unwrap_used)]
 
@@ -152,8 +153,46 @@ where
     projector.shutdown().await;
 }
 
+async fn an_order_of_several_lines<S>(app: App<S>)
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let (customer_id, order_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let projector = app.project();
+    // One product known before the order, one only after it; the order is
+    // delivered twice.
+    let product = Product { sku: "MUG".into(), name: "Mug".into(), price: 250 };
+    app.ingest("catalog", "MUG", &ProductAdded { product }).await;
+    let lines = vec![
+        OrderLine { sku: "MUG".into(), quantity: 2, unit_price: 250 },
+        OrderLine { sku: "PEN".into(), quantity: 1, unit_price: 120 },
+        OrderLine { sku: "MUG".into(), quantity: 1, unit_price: 240 },
+    ];
+    let created = OrderCreated { order_id, customer_id, lines, total: 860, saga: None };
+    app.ingest("order", &order_id.to_string(), &created).await;
+    app.ingest("order", &order_id.to_string(), &created).await;
+    let product = Product { sku: "PEN".into(), name: "Pen".into(), price: 120 };
+    app.ingest("catalog", "PEN", &ProductAdded { product }).await;
+
+    let view = app
+        .wait_until(customer_id, |v| v.orders.first().is_some_and(|o| o.items.iter().all(|i| i.product_name.is_some())))
+        .await;
+    let items: Vec<_> = view.orders[0]
+        .items
+        .iter()
+        .map(|i| (i.sku.as_str(), i.product_name.as_deref(), i.quantity, i.unit_price))
+        .collect();
+    assert_eq!(
+        items,
+        [("MUG", Some("Mug"), 2, 250), ("PEN", Some("Pen"), 1, 120), ("MUG", Some("Mug"), 1, 240)],
+        "every line once, in order, each with its product's name"
+    );
+    projector.shutdown().await;
+}
+
 testsupport::suite! {
     service: order_history::SERVICE,
     open: App::new,
-    cases: [events_in_any_order_stale_ones_and_renames],
+    cases: [events_in_any_order_stale_ones_and_renames, an_order_of_several_lines],
 }
