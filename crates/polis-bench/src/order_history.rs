@@ -505,9 +505,9 @@ impl Events {
         };
         let key = id.to_string();
         if updated {
-            self.event("customer", &key, &CustomerUpdated { customer })
+            self.event("customer", &key, &CustomerUpdated { customer, version: 2 })
         } else {
-            self.event("customer", &key, &CustomerRegistered { customer })
+            self.event("customer", &key, &CustomerRegistered { customer, version: 1 })
         }
     }
 

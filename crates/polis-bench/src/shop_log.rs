@@ -179,7 +179,7 @@ impl ShopLog {
             credit_limit: 1_000_000,
         };
         self.customers.push(customer.clone());
-        self.entry("customer", &customer.id.to_string(), &CustomerRegistered { customer })
+        self.entry("customer", &customer.id.to_string(), &CustomerRegistered { customer, version: 1 })
     }
 
     fn update_customer(&mut self) -> Entry {
@@ -188,7 +188,9 @@ impl ShopLog {
         customer.name = format!("Customer {i} ({})", self.tick);
         customer.email = format!("customer{i}.{}@example.com", self.tick);
         let customer = customer.clone();
-        self.entry("customer", &customer.id.to_string(), &CustomerUpdated { customer })
+        // Later than the registration and every earlier update: the tick only grows.
+        let version = u64::try_from(self.tick).unwrap_or(0) + 2;
+        self.entry("customer", &customer.id.to_string(), &CustomerUpdated { customer, version })
     }
 
     fn add_product(&mut self) -> Entry {
