@@ -98,13 +98,8 @@ pub(crate) fn listen_address(text: &str) -> Result<std::net::SocketAddr, String>
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,polis=info,shop=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // An unparsable RUST_LOG stops the command rather than being ignored.
+    polis_runtime::telemetry::init_tracing_with("warn,polis=info,shop=info")?;
     match Cli::parse().command {
         Command::Demo(args) => {
             let report = match shop_demo::run(args).await {

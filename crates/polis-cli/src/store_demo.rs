@@ -40,7 +40,7 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Use this PostgreSQL database instead of the embedded SQLite file.
-    #[arg(long, env = "POLIS_POSTGRES_URL")]
+    #[arg(long, env = "POLIS_POSTGRES_URL", hide_env_values = true)]
     postgres_url: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]

@@ -201,6 +201,9 @@ async fn up_in_distributed_mode_restarts_a_dead_service_stops_and_resumes() {
     assert!(dir.path().join("servers/nats/jetstream").is_dir());
     let first = place_one(&gateway).await;
     wait_approved(&gateway, first).await;
+    // A supervised service's log is a file: plain text, no terminal colours.
+    let log = std::fs::read_to_string(dir.path().join("logs/payment.log")).unwrap();
+    assert!(log.contains("INFO") && !log.contains('\u{1b}'), "the payment log has ANSI escapes or no lines");
 
     // The data directory has one owner: a second supervisor exits at once.
     let mut second = polis();

@@ -82,10 +82,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Logs go to stderr (warnings only unless RUST_LOG says otherwise); the report to stdout.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new("warn"))
-        .context("reading RUST_LOG")?;
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    polis_runtime::telemetry::init_tracing_with("warn").context("reading RUST_LOG")?;
     let timeout = Duration::from_millis(args.timeout_ms);
     match (&args.postgres, &args.nats) {
         (Some(postgres), Some(nats)) => distributed(postgres, nats, &args.database_prefix, timeout).await,
