@@ -68,6 +68,35 @@ impl Mode {
     }
 }
 
+/// The shutdown signal (ctrl-c or SIGTERM) with its handlers installed
+/// now: `shutdown_signal` installs them when first polled, and a SIGTERM
+/// that came between a process answering and that first poll would kill it
+/// instead of stopping it cleanly.
+pub(crate) async fn armed_shutdown_signal() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    let mut signal = Box::pin(polis_runtime::serve::shutdown_signal());
+    tokio::select! {
+        biased;
+        () = &mut signal => return Box::pin(std::future::ready(())),
+        () = std::future::ready(()) => {}
+    }
+    signal
+}
+
+/// `--saga`'s parser: its values listed by `--help` and in its errors.
+pub(crate) fn saga_style() -> impl clap::builder::TypedValueParser<Value = contracts::SagaStyle> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["orchestration", "choreography"])
+        .try_map(|name| name.parse::<contracts::SagaStyle>())
+}
+
+/// A process name's parser: the shop's processes ([`contracts::Service::ALL`])
+/// listed by `--help` and in its errors.
+pub(crate) fn service_name() -> impl clap::builder::TypedValueParser<Value = contracts::Service> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(contracts::Service::ALL.map(contracts::Service::as_str))
+        .try_map(|name| name.parse::<contracts::Service>().map_err(|e| format!("{e:?}")))
+}
+
 /// Parses a count that must be at least 1.
 pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {

@@ -14,7 +14,8 @@ use shop::distributed::{DistributedConfig, Service};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// The process: customer, catalog, inventory, payment, shipping, order or gateway.
+    /// The process to run.
+    #[arg(value_parser = crate::service_name())]
     service: Service,
     /// A TOML file with the deployment's settings (the environment overrides it).
     #[arg(long)]
@@ -24,7 +25,7 @@ pub(crate) struct ServeArgs {
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let service = args.service;
     let config = DistributedConfig::load(args.config.as_deref()).context("loading the configuration")?;
-    shop::distributed::serve(service, &config, polis_runtime::serve::shutdown_signal())
+    shop::distributed::serve(service, &config, crate::armed_shutdown_signal().await)
         .await
         .with_context(|| format!("serving {service}"))
 }

@@ -61,7 +61,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_enum, default_value_t = Mode::Embedded)]
     mode: Mode,
     /// How the create-order saga runs.
-    #[arg(long, default_value = "orchestration")]
+    #[arg(long, default_value = "orchestration", value_parser = crate::saga_style())]
     saga: SagaStyle,
     /// Random seed, for a repeatable workload.
     #[arg(long, default_value_t = 7)]

@@ -31,7 +31,7 @@ pub(crate) struct UpArgs {
     mode: Mode,
     /// How the create-order saga runs: orchestration (the default) or
     /// choreography. Distributed, it overrides the config file's `saga`.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::saga_style())]
     saga: Option<SagaStyle>,
     /// The shop's data (created if missing; an existing one is resumed).
     #[arg(long, default_value = "polis-data")]
@@ -66,7 +66,7 @@ async fn embedded(args: UpArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the gateway's address")?;
     tracing::info!(%addr, data_dir = %args.data_dir.display(), saga = saga.as_str(), "the shop is up");
     eprintln!("polis: the shop is up at http://{addr}/api (data in {}); ctrl-c stops it", args.data_dir.display());
-    polis_runtime::serve::serve(listener, router, &http, polis_runtime::serve::shutdown_signal()).await?;
+    polis_runtime::serve::serve(listener, router, &http, crate::armed_shutdown_signal().await).await?;
     Ok(())
 }
 
@@ -98,7 +98,7 @@ async fn distributed(args: UpArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
 
-    supervisor.supervise(polis_runtime::serve::shutdown_signal(), &|line| eprintln!("polis: {line}")).await;
+    supervisor.supervise(crate::armed_shutdown_signal().await, &|line| eprintln!("polis: {line}")).await;
     eprintln!("polis: stopping the shop");
     supervisor.stop().await;
     Ok(())

@@ -417,7 +417,11 @@ async fn choreography_survives_a_killed_inventory_process() {
 #[test]
 fn serve_names_what_is_wrong() {
     for (args, env, expected) in [
-        (vec!["serve", "billing"], vec![], "unknown service \"billing\""),
+        (
+            vec!["serve", "billing"],
+            vec![],
+            "invalid value 'billing' for '<SERVICE>'\n  [possible values: customer, catalog, inventory, payment, shipping, order, order-history, gateway]",
+        ),
         (vec!["serve", "payment"], vec![], "no PostgreSQL server configured: set POLIS_POSTGRES_URL"),
         (
             vec!["serve", "payment"],
