@@ -267,7 +267,13 @@ impl Hosted {
 
     /// Where each replica's bootstrap stands, by source service.
     pub fn replicas(&self) -> BTreeMap<String, BootstrapStatus> {
-        self.bootstraps.iter().map(|b| (b.status().source.clone(), b.status())).collect()
+        self.bootstraps
+            .iter()
+            .map(|b| {
+                let status = b.status();
+                (status.source.clone(), status)
+            })
+            .collect()
     }
 
     /// Waits until the service's projections reflect its log up to
