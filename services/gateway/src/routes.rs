@@ -112,6 +112,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/orders/{id}/details", on(MethodFilter::GET, compose::order_details)),
         endpoint(Method::GET, "/api/orders/{id}/events", on(MethodFilter::GET, order_events)),
         endpoint(Method::GET, "/api/openapi.json", on(MethodFilter::GET, openapi_document)),
+        endpoint(Method::GET, polis_runtime::ready::READY_PATH, on(MethodFilter::GET, crate::ready::readyz)),
     ]
 }
 
