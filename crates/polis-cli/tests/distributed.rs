@@ -373,24 +373,27 @@ async fn choreography_survives_a_killed_inventory_process() {
 /// `polis serve` refuses what cannot work, saying why, before touching anything.
 #[test]
 fn serve_names_what_is_wrong() {
-    for (args, env, expected) in [
+    // clap's usage error for what it cannot parse; an operational error for the rest.
+    for (args, env, status, expected) in [
         (
             vec!["serve", "billing"],
             vec![],
+            2,
             "invalid value 'billing' for '<SERVICE>'\n  [possible values: customer, catalog, inventory, payment, shipping, order, order-history, gateway]",
         ),
-        (vec!["serve", "payment"], vec![], "no PostgreSQL server configured: set POLIS_POSTGRES_URL"),
+        (vec!["serve", "payment"], vec![], 1, "no PostgreSQL server configured: set POLIS_POSTGRES_URL"),
         (
             vec!["serve", "payment"],
             vec![("POLIS_POSTGRES_URL", "postgres://u:hunter2@127.0.0.1:1/postgres")],
+            1,
             "no NATS server configured: set POLIS_NATS_URL",
         ),
-        (vec!["serve", "order"], vec![("POLIS__DATABASE_PREFIX", "Bad-Prefix")], "database_prefix"),
-        (vec!["serve", "order", "--config", "/nonexistent/polis.toml"], vec![], "polis.toml"),
+        (vec!["serve", "order"], vec![("POLIS__DATABASE_PREFIX", "Bad-Prefix")], 1, "database_prefix"),
+        (vec!["serve", "order", "--config", "/nonexistent/polis.toml"], vec![], 1, "polis.toml"),
     ] {
         let out = polis().args(&args).envs(env).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(out.status.code(), Some(status), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{args:?} printed a password: {stderr}");
     }

@@ -221,10 +221,7 @@ impl Samples {
     fn summary(&self) -> Lag {
         let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
         sorted.sort_unstable();
-        let at = |q: f64| {
-            let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
-            sorted.get(rank - 1).copied()
-        };
+        let at = |q| polis_core::stats::percentile(&sorted, q);
         Lag { events: self.events, p50_us: at(0.5), p99_us: at(0.99), max_us: sorted.last().copied() }
     }
 }
