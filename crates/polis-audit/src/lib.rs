@@ -83,6 +83,12 @@ pub trait Rule: Send + Sync + 'static {
     /// The rule's name, in reports.
     fn name(&self) -> &'static str;
 
+    /// Every kind of finding it can return: their metrics read 0 from the
+    /// first pass, so an alert on them has a series before anything is wrong.
+    fn kinds(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The disagreements seen now.
     async fn check(&self) -> Result<Vec<Finding>, BoxError>;
 }
@@ -300,6 +306,8 @@ pub struct Auditor<S> {
     repairs: Repairs<S>,
     options: AuditOptions,
     seen: Mutex<HashMap<(&'static str, String), Seen>>,
+    /// Every kind exported so far: one that is gone reads 0, not its last value.
+    exported: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl<S> std::fmt::Debug for Auditor<S> {
@@ -323,6 +331,7 @@ where
             repairs: Repairs::new(store),
             options,
             seen: Mutex::default(),
+            exported: Mutex::default(),
         }
     }
 
@@ -394,12 +403,7 @@ where
 
     /// Splits `findings` into drifts (with since when) and suspects (by
     /// kind), remembering first sightings and forgetting what went away.
-    fn judge<'f>(
-        &self,
-        findings: &'f [Finding],
-        failed: bool,
-        at: DateTime<Utc>,
-    ) -> Judged<'f> {
+    fn judge<'f>(&self, findings: &'f [Finding], failed: bool, at: DateTime<Utc>) -> Judged<'f> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let mut lasting = Vec::new();
@@ -431,15 +435,12 @@ where
         for drift in &report.drifts {
             *drifts.entry(&drift.kind).or_insert(0) += 1;
         }
-        let mut kinds: Vec<&str> = drifts.keys().copied().chain(report.suspected.keys().map(String::as_str)).collect();
-        kinds.sort_unstable();
-        kinds.dedup();
-        // A kind seen once stays exported, at 0 when it is gone.
-        let mut known = KNOWN_KINDS.lock().unwrap_or_else(PoisonError::into_inner);
-        for kind in kinds {
-            known.entry(service.clone()).or_default().insert(kind.to_owned());
+        let mut exported = self.exported.lock().unwrap_or_else(PoisonError::into_inner);
+        let declared = self.rules.iter().flat_map(|r| r.kinds().iter().copied());
+        for kind in declared.chain(drifts.keys().copied()).chain(report.suspected.keys().map(String::as_str)) {
+            exported.insert(kind.to_owned());
         }
-        for kind in known.get(&service).into_iter().flatten() {
+        for kind in exported.iter() {
             let labels = [("service", service.clone()), ("kind", kind.clone())];
             metrics::gauge!("polis_audit_drifts", &labels).set(drifts.get(kind.as_str()).copied().unwrap_or(0) as f64);
             metrics::gauge!("polis_audit_suspected", &labels)
@@ -472,10 +473,6 @@ where
         AuditHandle { task, last }
     }
 }
-
-/// The kinds each service's auditor ever exported, so that a kind that is
-/// gone reads 0 rather than its last value.
-static KNOWN_KINDS: Mutex<BTreeMap<String, std::collections::BTreeSet<String>>> = Mutex::new(BTreeMap::new());
 
 fn millis(duration: Duration) -> u64 {
     duration.as_millis().try_into().unwrap_or(u64::MAX)

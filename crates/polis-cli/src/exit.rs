@@ -9,7 +9,8 @@
 //!   nothing is known about the invariants;
 //! - 2: a usage error: an argument clap cannot parse (clap's own status;
 //!   a combination polis refuses after parsing is an operational error);
-//! - 3: the run completed and its checks ran, but an invariant does not hold;
+//! - 3: the run completed and its checks ran, but an invariant does not hold
+//!   (for `audit`: a drift has no repair under way);
 //! - 128 + N: `demo` stopped by signal N (130 for ctrl-c, 143 for SIGTERM).
 //!   `up` and `serve` stop cleanly on those signals and exit with 0.
 
@@ -60,7 +61,10 @@ pub(crate) fn help() -> String {
              server unreachable"
         ),
         format!("  {USAGE_ERROR}      usage error: an argument clap cannot parse"),
-        format!("  {INVARIANT_VIOLATED}      demo, check, store-demo: the run completed but an invariant does not hold"),
+        format!(
+            "  {INVARIANT_VIOLATED}      demo, check, store-demo: the run completed but an invariant does not hold; audit: \
+             a drift has no repair under way"
+        ),
         format!("  {SIGNALLED}+N  demo interrupted by signal N (130 ctrl-c, 143 SIGTERM)"),
     ]
     .join("\n")

@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+mod audit;
 mod check;
 mod exit;
 mod serve;
@@ -54,6 +55,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Drive reservations concurrently through event-sourced stock items, then check every invariant.
     StoreDemo(store_demo::DemoArgs),
+    /// Run a reconciliation pass of a running shop now: print its drifts, send the repairs due.
+    Audit(audit::AuditArgs),
 }
 
 /// How the shop is deployed.
@@ -148,6 +151,9 @@ async fn main() -> ExitCode {
 async fn run() -> anyhow::Result<Outcome> {
     // An unparsable RUST_LOG stops the command rather than being ignored.
     polis_runtime::telemetry::init_tracing_with("warn,polis=info,shop=info")?;
+    // Before any service starts: what they record from their first moment
+    // is in `GET /metrics`.
+    polis_runtime::metrics::prometheus();
     Ok(match Cli::parse().command {
         Command::Demo(args) => match shop_demo::run(args).await {
             Ok(report) => Outcome::checked(report.all_invariants_hold()),
@@ -169,5 +175,6 @@ async fn run() -> anyhow::Result<Outcome> {
             Outcome::Success
         }
         Command::StoreDemo(args) => Outcome::checked(store_demo::run(args).await?.all_invariants_hold()),
+        Command::Audit(args) => audit::run(args).await?,
     })
 }

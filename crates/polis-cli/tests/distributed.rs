@@ -379,7 +379,7 @@ fn serve_names_what_is_wrong() {
             vec!["serve", "billing"],
             vec![],
             2,
-            "invalid value 'billing' for '<SERVICE>'\n  [possible values: customer, catalog, inventory, payment, shipping, order, order-history, gateway]",
+            "invalid value 'billing' for '<SERVICE>'\n  [possible values: customer, catalog, inventory, payment, shipping, order, order-history, audit, gateway]",
         ),
         (vec!["serve", "payment"], vec![], 1, "no PostgreSQL server configured: set POLIS_POSTGRES_URL"),
         (

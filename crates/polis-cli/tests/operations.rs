@@ -94,6 +94,14 @@ async fn after_an_order(endpoint: &Endpoint, before: &Scrape) -> Scrape {
     last
 }
 
+/// The `polis_…` series names in `text`.
+fn series_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("polis_"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Waits until `/readyz` answers `status`; the last answer's body.
 async fn readiness(endpoint: &Endpoint, status: StatusCode) -> serde_json::Value {
     let last = Mutex::new((StatusCode::OK, serde_json::Value::Null));
@@ -146,6 +154,17 @@ async fn the_embedded_shop_serves_metrics_that_move_and_readiness() {
         assert!(after.value("polis_consumer_handling_seconds_count", &[&label]) >= 1.0, "{service}");
     }
     assert!(after.value("polis_projection_lag_seconds_count", &[r#"service="order-history""#]) >= 1.0);
+    assert!(after.value("polis_audit_runs_total", &[r#"service="audit""#]) >= 1.0);
+
+    // Every series the shipped alerting rules use is one the shop exports.
+    let rules =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/prometheus/alerts.yml")).unwrap();
+    let named = series_names(&rules);
+    assert!(named.len() >= 8, "{named:?}");
+    for name in named {
+        let series = name.strip_suffix("_bucket").unwrap_or(&name);
+        assert!(after.0.contains(&format!("\n{series}")), "the alert rules use {name}, which no scrape shows");
+    }
 
     assert!(up.signal_and_wait("-TERM").await.success());
 }

@@ -79,7 +79,7 @@ pub use layers::{HttpOptions, RequestId, with_standard_stack};
 pub use page::{Page, PageKey};
 pub use problem::{ApiError, FieldError};
 pub use query::NoQuery;
-pub use service::{HostOptions, Hosted, Service, host};
+pub use service::{BackgroundTask, HostOptions, Hosted, Service, host};
 pub use telemetry::init_tracing;
 
 /// What can go wrong setting up or running a service's host.

@@ -119,7 +119,17 @@ where
     fn replicas(&self) -> Vec<Arc<dyn SnapshotSource>> {
         Vec::new()
     }
+
+    /// Work the service runs beside its API and its messages (an auditor's
+    /// periodic passes, say): each future runs as a task from when the host
+    /// has started everything else until it stops. None by default.
+    fn background(&self) -> Vec<BackgroundTask> {
+        Vec::new()
+    }
 }
+
+/// A future a service runs in the background ([`Service::background`]).
+pub type BackgroundTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// How [`host`] runs a service's background work.
 #[derive(Debug, Clone)]
@@ -176,6 +186,8 @@ pub struct Hosted {
     relay: RelayHandle,
     /// Samples the gauges that need a query (dead letters).
     _sampler: AbortOnDrop,
+    /// The service's own background work ([`Service::background`]).
+    _background: Vec<AbortOnDrop>,
     grace: Duration,
 }
 
@@ -220,6 +232,7 @@ where
         consumer.as_ref().map(|c| c.progress().to_vec()),
     );
     let sampler = AbortOnDrop(tokio::spawn(crate::metrics::sample(store, consumer_name, options.sample_interval)));
+    let background = service.background().into_iter().map(|task| AbortOnDrop(tokio::spawn(task))).collect();
     let mut router = service.router();
     if let Some(projector) = &projector {
         router = router.merge(projections_route(projector.reader()));
@@ -239,6 +252,7 @@ where
         scheduler,
         relay,
         _sampler: sampler,
+        _background: background,
         grace: options.shutdown_grace,
     })
 }

@@ -18,6 +18,7 @@
 //! - the rules more than one service checks live here, once: what a sku is
 //!   ([`catalog::is_sku`]) and what text people read may hold ([`text`]).
 
+pub mod audit;
 pub mod catalog;
 pub mod customer;
 pub mod inventory;

@@ -20,13 +20,14 @@ pub enum Service {
     Shipping,
     Order,
     OrderHistory,
+    Audit,
     Gateway,
 }
 
 impl Service {
     /// Every process, business services first and the gateway last (the
     /// order they start in; they stop in reverse).
-    pub const ALL: [Service; 8] = [
+    pub const ALL: [Service; 9] = [
         Service::Customer,
         Service::Catalog,
         Service::Inventory,
@@ -34,11 +35,12 @@ impl Service {
         Service::Shipping,
         Service::Order,
         Service::OrderHistory,
+        Service::Audit,
         Service::Gateway,
     ];
 
     /// The business services, each with a database of its own.
-    pub const BUSINESS: [Service; 7] = [
+    pub const BUSINESS: [Service; 8] = [
         Service::Customer,
         Service::Catalog,
         Service::Inventory,
@@ -46,6 +48,7 @@ impl Service {
         Service::Shipping,
         Service::Order,
         Service::OrderHistory,
+        Service::Audit,
     ];
 
     /// The name used in messages, database names, commands and variables.
@@ -58,6 +61,7 @@ impl Service {
             Self::Shipping => crate::shipping::SERVICE,
             Self::Order => crate::order::SERVICE,
             Self::OrderHistory => crate::order_history::SERVICE,
+            Self::Audit => crate::audit::SERVICE,
             Self::Gateway => "gateway",
         }
     }
@@ -85,6 +89,7 @@ impl Service {
             Self::Shipping => 8085,
             Self::Order => 8086,
             Self::OrderHistory => 8087,
+            Self::Audit => 8088,
         }
     }
 }

@@ -317,6 +317,8 @@ fn metrics() {}
         routes::cancel_order,
         compose::order_details,
         routes::openapi_document,
+        routes::last_audit,
+        routes::run_audit,
     ),
     components(schemas(
         Problem, ProblemField, Health, Readiness, ReadinessCheck, Address, Customer, RegisterCustomer, UpdateCustomer, Product, UpdateProduct, SetStock, StockLevel,
@@ -331,7 +333,7 @@ fn metrics() {}
         (name = "inventory", description = "Stock per sku (inventory service)."),
         (name = "orders", description = "Placing, following and cancelling orders (order service), and their \
             details composed from every service."),
-        (name = "operations", description = "Health, readiness, metrics and this document."),
+        (name = "operations", description = "Health, readiness, metrics, the audit and this document."),
     )
 )]
 struct ApiDoc;

@@ -113,6 +113,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/orders/{id}/events", on(MethodFilter::GET, order_events)),
         endpoint(Method::GET, "/api/openapi.json", on(MethodFilter::GET, openapi_document)),
         endpoint(Method::GET, polis_runtime::ready::READY_PATH, on(MethodFilter::GET, crate::ready::readyz)),
+        endpoint(Method::GET, "/api/audit", on(MethodFilter::GET, last_audit)),
+        endpoint(Method::POST, "/api/audit/runs", on(MethodFilter::POST, run_audit)),
     ]
 }
 
@@ -410,6 +412,43 @@ fn raw_bytes(body: &RawValue) -> Bytes {
 
 /// Calls `service` on the request's own path without `/api`, and answers
 /// with what it answered.
+/// How long an audit pass may take: it reads every service's admin lists.
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[utoipa::path(
+    get, path = "/api/audit", tag = "operations",
+    responses(
+        (status = 200, description = "The audit service's last pass: each rule's part, the findings still within \
+            their settle time by kind, and the drifts (kind, subject, detail, since when, what was done about it).",
+            body = Object),
+        (status = 503, description = "The first pass has not finished yet.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn last_audit(
+    State(gateway): State<Gateway>,
+    _: NoQuery,
+    uri: Uri,
+    id: MaybeRequestId,
+) -> Result<Response, ApiError> {
+    forward(&gateway, Service::Audit, Method::GET, &uri, None, request_id(&id)).await
+}
+
+#[utoipa::path(
+    post, path = "/api/audit/runs", tag = "operations",
+    responses(
+        (status = 200, description = "A pass of the audit run now, as `GET /api/audit` shows it; repairs due \
+            are sent.", body = Object),
+    )
+)]
+pub(crate) async fn run_audit(
+    State(gateway): State<Gateway>,
+    _: NoQuery,
+    uri: Uri,
+    id: MaybeRequestId,
+) -> Result<Response, ApiError> {
+    forward_within(&gateway, Service::Audit, Method::POST, &uri, None, request_id(&id), AUDIT_TIMEOUT).await
+}
+
 async fn forward(
     gateway: &Gateway,
     service: Service,

@@ -37,7 +37,7 @@ async fn the_document_lists_every_served_route_and_nothing_else() {
 
     let mut served: BTreeSet<(String, String)> =
         gateway::routes().into_iter().map(|(method, path)| (method.to_string(), path.to_owned())).collect();
-    assert_eq!(served.len(), 17);
+    assert_eq!(served.len(), 19);
     // The standard stack's health check and metrics are part of the public API too.
     served.insert(("GET".to_owned(), "/healthz".to_owned()));
     served.insert(("GET".to_owned(), "/metrics".to_owned()));

@@ -50,6 +50,11 @@ impl Endpoint {
         Self { kind: Kind::Local(router) }
     }
 
+    /// The API behind a gateway's upstream (in-process or remote).
+    pub fn upstream(upstream: gateway::Upstream) -> Self {
+        Self { kind: Kind::Remote(upstream) }
+    }
+
     /// An API at `base_url` (`http://host:port`, optionally with a path
     /// prefix). Fails if the URL is not plain http with a host.
     pub fn remote(base_url: &str) -> anyhow::Result<Self> {

@@ -145,6 +145,8 @@ pub struct DistributedConfig {
     pub order_history: order_history::Config,
     pub payment: payment::Config,
     pub shipping: shipping::Config,
+    /// The auditor's settle time and interval (`[audit] settle_ms`, `interval_ms`).
+    pub audit: ::audit::Config,
     pub gateway: gateway::GatewayConfig,
     /// Every process's HTTP server: body limit and timeouts; its `listen`
     /// is replaced by the process's address in `listen`.
@@ -185,6 +187,7 @@ impl Default for DistributedConfig {
             order_history: order_history::Config::default(),
             payment: payment::Config::default(),
             shipping: shipping::Config::default(),
+            audit: ::audit::Config::default(),
             instance: None,
             gateway: gateway::GatewayConfig::default(),
             http: HttpOptions::default(),
@@ -288,6 +291,7 @@ impl DistributedConfig {
             shipping: self.shipping.clone(),
             order: self.order.clone(),
             order_history: self.order_history.clone(),
+            audit: self.audit.clone(),
             gateway: self.gateway.clone(),
             host: self.host.clone(),
             silent: self.silent.clone(),
@@ -488,12 +492,12 @@ async fn start_service(service: Service, config: &DistributedConfig) -> Result<(
             .await
             .map_err(|source| DistributedError::Bus { service, source })?,
     );
-    let customers = gateway::Upstream::remote(&config.upstream_url(Service::Customer))?;
+    let upstreams = gateway::Upstreams::try_new(|service| gateway::Upstream::remote(&config.upstream_url(service)))?;
     let mut shop = config.shop();
     if let Some(instance) = &config.instance {
         shop.host.projector = shop.host.projector.clone().instance(&format!("{service}@{instance}"));
     }
-    let hosted = crate::start_service(service, store, bus, &shop, Some(customers)).await?;
+    let hosted = crate::start_service(service, store, bus, &shop, Some(&upstreams)).await?;
     let router = hosted.router();
     Ok((router, hosted))
 }
@@ -519,7 +523,8 @@ mod tests {
                 "polis_payment",
                 "polis_shipping",
                 "polis_order",
-                "polis_order_history"
+                "polis_order_history",
+                "polis_audit"
             ]
         );
         let mut ports: Vec<_> = Service::ALL.iter().map(|s| config.listen(*s).port()).collect();

@@ -22,9 +22,11 @@
 //! - [`start_service`]: opens one service of [`Service`] over its store and
 //!   hosts it ([`polis_runtime::host`]), for both deployments.
 //! - [`client`]: calls into the shop's APIs, in-process or over HTTP.
+//! - [`audit`]: the audit service's reading of the other services' APIs.
 //! - [`workload`]: the demo's orders and the shop's invariants, for the CLI
 //!   and the fault tests.
 
+pub mod audit;
 pub mod client;
 pub mod data_dir;
 pub mod distributed;
@@ -63,6 +65,7 @@ pub struct ShopConfig {
     /// The order service's settings; its `saga` is replaced by [`ShopConfig::saga`].
     pub order: order::Config,
     pub order_history: order_history::Config,
+    pub audit: ::audit::Config,
     pub gateway: gateway::GatewayConfig,
     /// Relay, scheduler and consumer tuning for every service.
     pub host: HostOptions,
@@ -85,6 +88,7 @@ impl Default for ShopConfig {
             shipping: shipping::Config::default(),
             order: order::Config::default(),
             order_history: order_history::Config::default(),
+            audit: ::audit::Config::default(),
             gateway: gateway::GatewayConfig::default(),
             host: host_options(),
             silent: Vec::new(),
@@ -130,15 +134,16 @@ pub enum StartError {
 
 /// Opens `service` over `store` with its settings from `config` and hosts
 /// it on `bus`: the one place where a service's name becomes its type, for
-/// both deployments. `customers` is where the customer service answers, for
-/// the replicas of payment and shipping to bootstrap from (`None`: they
-/// follow events only).
+/// both deployments. `upstreams` is where the other services answer: the
+/// customer service for the replicas of payment and shipping to bootstrap
+/// from, every service for the auditor to read (`None`: the replicas follow
+/// events only, the auditor reads nothing and says so).
 pub async fn start_service<S>(
     service: Service,
     store: Arc<S>,
     bus: Arc<dyn Bus>,
     config: &ShopConfig,
-    customers: Option<gateway::Upstream>,
+    upstreams: Option<&gateway::Upstreams>,
 ) -> Result<Hosted, StartError>
 where
     S: SqlStore,
@@ -147,7 +152,7 @@ where
     let mut options = config.host.clone();
     options.consume = !config.silent.contains(&service);
     let saga = config.saga;
-    let replica_source = || match &customers {
+    let replica_source = || match upstreams.and_then(|u| u.get(Service::Customer)) {
         Some(upstream) => ReplicaSource::new(Arc::new(replica::CustomerSnapshots::new(upstream.clone()))),
         None => ReplicaSource::default(),
     };
@@ -176,6 +181,11 @@ where
         Service::OrderHistory => {
             let settings = config.order_history.clone();
             host::<order_history::OrderHistory<S>, S>(service, store, bus, settings, &options).await
+        }
+        Service::Audit => {
+            let facts = upstreams.and_then(audit::ApiFacts::new).map(|f| ::audit::FactsSource::new(Arc::new(f)));
+            let settings = ::audit::Config { facts: facts.unwrap_or_default(), ..config.audit.clone() };
+            host::<::audit::Audit<S>, S>(service, store, bus, settings, &options).await
         }
         Service::Gateway => Err(StartError::NotABusinessService(service)),
     }
@@ -239,16 +249,17 @@ impl Embedded {
                 continue;
             }
             let store = sqlite(data_dir, service).await?;
-            // Started first, the customer service is there for the replicas to bootstrap from.
-            let customers = hosted
-                .iter()
-                .find(|(s, _): &&(Service, Hosted)| *s == Service::Customer)
-                .map(|(_, h)| gateway::Upstream::local(h.router()));
+            // The services started before this one, in process (the customer
+            // service first, for the replicas; the auditor last, reading all).
+            let upstreams = gateway::Upstreams::new(|s| {
+                let router = hosted.iter().find(|(h, _): &&(Service, Hosted)| *h == s).map(|(_, h)| h.router());
+                gateway::Upstream::local(router.unwrap_or_else(not_running))
+            });
             // The data directory is this process's alone: a restarted shop
             // takes its projections' leases back at once.
             let mut config = config.clone();
             config.host.projector = config.host.projector.clone().instance(service.as_str());
-            let started = start_service(service, store, bus.clone(), &config, customers)
+            let started = start_service(service, store, bus.clone(), &config, Some(&upstreams))
                 .await
                 .with_context(|| format!("starting the {service} service"))?;
             hosted.push((service, started));

@@ -772,6 +772,22 @@ pub async fn check(apis: &Apis, seeded: &Seeded, scope: Scope<'_>) -> anyhow::Re
         check("the order-history view equals the write side for every order", differs);
     }
 
+    // The auditor's rules, read through the same APIs, must see what the
+    // checks above see: nothing wrong (none of its findings are false).
+    let audit = apis.get(Service::Audit).call(Method::POST, "/audit/runs", None::<&()>).await?;
+    let report: polis_audit::Report = match audit {
+        (StatusCode::OK, body) => serde_json::from_slice(&body)?,
+        (status, body) => anyhow::bail!("the audit answered {status}: {}", String::from_utf8_lossy(&body)),
+    };
+    let mut disagreements: Vec<String> = report
+        .rules
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{} could not judge: {e}", r.rule)))
+        .collect();
+    disagreements.extend(report.suspected.iter().map(|(kind, n)| format!("{n} finding(s) of {kind}")));
+    disagreements.extend(report.drifts.iter().map(|d| format!("{} {}: {}", d.kind, d.subject, d.detail)));
+    check("the auditor finds no disagreement between the services", disagreements);
+
     if let Scope::Placed(placed) = scope
         && placed.len() >= 20
     {

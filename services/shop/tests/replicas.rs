@@ -141,8 +141,10 @@ async fn wiped_replicas_converge<S, F, Fut>(
     let (stop, changes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let writing = writers(customers.clone(), ids, stop.clone(), changes.clone());
 
+    // Only the customer service answers: the replicas need nothing else.
+    let upstreams = gateway::Upstreams::new(|_| upstream(&customers));
     let start = async |service: Service, store: Arc<S>| {
-        shop::start_service(service, store, bus.clone(), &config, Some(upstream(&customers))).await.unwrap()
+        shop::start_service(service, store, bus.clone(), &config, Some(&upstreams)).await.unwrap()
     };
     // First lives: new services, bootstrapped while the customers change.
     let (payment_store, shipping_store) = (fresh(Service::Payment).await, fresh(Service::Shipping).await);

@@ -325,6 +325,12 @@ pub fn history(order_id: &str) -> Option<contracts::order_history::HistoryOrder>
     })
 }
 
+/// The audit service: a report with no drift, the same on both routes.
+fn audit_service() -> Router {
+    let report = || async { Json(serde_json::json!({ "rules": [], "suspected": {}, "drifts": [] })) };
+    Router::new().route("/audit", axum::routing::get(report)).route("/audit/runs", axum::routing::post(report))
+}
+
 fn order_history_service() -> Router {
     /// A page by order id, as the view lists, with its freshness.
     async fn for_customer(
@@ -380,6 +386,7 @@ impl Fakes {
             Service::Shipping => ("shipping", shipping_service()),
             Service::Order => ("order", order_service()),
             Service::OrderHistory => ("order-history", order_history_service()),
+            Service::Audit => ("audit", audit_service()),
             Service::Gateway => ("gateway", Router::new()),
         };
         hosted(service, router, &self.recorder)

@@ -1,0 +1,60 @@
+//! The audit service's view of the others: their admin lists, through
+//! [`gateway::Upstream`]s (in-process routers embedded, URLs distributed), every
+//! page.
+
+use async_trait::async_trait;
+use audit::Facts;
+use contracts::Service;
+use contracts::inventory::{Reservation, StockLevel};
+use contracts::order::OrderView;
+use contracts::payment::Payment;
+use contracts::shipping::Shipment;
+use gateway::Upstreams;
+use polis_audit::BoxError;
+
+use crate::client::Endpoint;
+
+/// The facts of the services behind `upstreams`.
+#[derive(Debug, Clone)]
+pub struct ApiFacts {
+    order: Endpoint,
+    inventory: Endpoint,
+    payment: Endpoint,
+    shipping: Endpoint,
+}
+
+impl ApiFacts {
+    /// Reads through `upstreams`; `None` if one of the services it reads has none.
+    pub fn new(upstreams: &Upstreams) -> Option<Self> {
+        let endpoint = |service| upstreams.get(service).cloned().map(Endpoint::upstream);
+        Some(Self {
+            order: endpoint(Service::Order)?,
+            inventory: endpoint(Service::Inventory)?,
+            payment: endpoint(Service::Payment)?,
+            shipping: endpoint(Service::Shipping)?,
+        })
+    }
+}
+
+#[async_trait]
+impl Facts for ApiFacts {
+    async fn orders(&self) -> Result<Vec<OrderView>, BoxError> {
+        Ok(self.order.get_all("/orders", |o: &OrderView| o.id).await?)
+    }
+
+    async fn reservations(&self) -> Result<Vec<Reservation>, BoxError> {
+        Ok(self.inventory.get_all("/reservations", |r: &Reservation| r.order_id).await?)
+    }
+
+    async fn stock(&self) -> Result<Vec<StockLevel>, BoxError> {
+        Ok(self.inventory.get_all("/inventory", |l: &StockLevel| l.sku.clone()).await?)
+    }
+
+    async fn payments(&self) -> Result<Vec<Payment>, BoxError> {
+        Ok(self.payment.get_all("/payments", |p: &Payment| p.order_id).await?)
+    }
+
+    async fn shipments(&self) -> Result<Vec<Shipment>, BoxError> {
+        Ok(self.shipping.get_all("/shipments", |s: &Shipment| s.order_id).await?)
+    }
+}
