@@ -180,8 +180,9 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let consumer = match service.consumer(options.consumer.clone()).filter(|_| options.consume) {
-        Some(consumer) => Some(Arc::new(consumer).spawn(bus.clone()).await?),
+    let routes = service.consumer(options.consumer.clone()).map(Arc::new);
+    let consumer = match routes.clone().filter(|_| options.consume) {
+        Some(consumer) => Some(consumer.spawn(bus.clone()).await?),
         None => None,
     };
     let store = service.store().clone();
@@ -195,7 +196,7 @@ where
         .into_iter()
         .fold(Projector::new(store.clone(), options.projector.clone()), Projector::with_arc);
     let projector = (!projector.is_empty()).then(|| projector.spawn());
-    let mut router = service.router();
+    let mut router = service.router().merge(crate::admin::router(store.clone(), routes));
     if let Some(projector) = &projector {
         router = router.merge(projections_route(projector.reader()));
     }
