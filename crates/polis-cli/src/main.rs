@@ -8,10 +8,13 @@
 //!   a crash, say) and check its invariants;
 //! - `polis serve <service>`: one process of the distributed shop;
 //! - `polis store-demo`: the event store alone — aggregates under concurrent
-//!   commands, a catch-up projection, invariant checks, on SQLite or PostgreSQL.
+//!   commands, a catch-up projection, invariant checks, on SQLite or PostgreSQL;
+//! - `polis dlq`, `polis sagas`, `polis events`: a running shop's dead
+//!   letters, sagas and event streams, through its gateway (`admin`).
 
 #![warn(missing_docs)]
 
+mod admin;
 mod check;
 mod serve;
 mod shop_demo;
@@ -47,6 +50,13 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Drive reservations concurrently through event-sourced stock items, then check every invariant.
     StoreDemo(store_demo::DemoArgs),
+    /// A running shop's dead letters: list, show, replay or discard them.
+    #[command(subcommand)]
+    Dlq(admin::DlqCommand),
+    /// A running shop's sagas, by state, or counted in flight.
+    Sagas(admin::SagasArgs),
+    /// A stream's events, from the service whose log holds it.
+    Events(admin::EventsArgs),
 }
 
 /// How the shop is deployed.
@@ -156,6 +166,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve::run(args).await,
+        Command::Dlq(command) => admin::dlq(command).await,
+        Command::Sagas(args) => admin::sagas(args).await,
+        Command::Events(args) => admin::events(args).await,
         Command::StoreDemo(args) => {
             let report = store_demo::run(args).await?;
             if !report.all_invariants_hold() {
