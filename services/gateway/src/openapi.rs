@@ -17,7 +17,9 @@
 //!   constants and rules the services check (`contracts::catalog::sku_schema`,
 //!   `contracts::text::schema`, ...); so are the parameters' here
 //!   (`ProductPage`, `OrderPage`, `OrderWait`, `IdempotencyKey`,
-//!   `SkuPath`), from `polis_runtime::page` and the contracts.
+//!   `SkuPath`, and the admin routes' `DeadLetterPage`, `AdminSagaPage`,
+//!   `ServiceParam`, `StreamPath`, `AdminEventPage`), from
+//!   `polis_runtime::page`, `polis_saga` and the contracts.
 //! - `Links` connects the operations that create or return an id to the
 //!   operations that take it (OpenAPI `links`).
 
