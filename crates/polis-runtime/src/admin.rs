@@ -206,7 +206,7 @@ pub fn parse_saga_cursor(text: &str) -> Option<SagaKey> {
         .then(|| SagaKey { saga_type: saga_type.to_owned(), saga_id: saga_id.to_owned() })
 }
 
-/// A saga list's query, read: what [`list_sagas`] answers for.
+/// A saga list's query (`GET /admin/sagas`), read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaQuery {
     /// Which sagas.
