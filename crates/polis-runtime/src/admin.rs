@@ -13,6 +13,12 @@
 //! | `GET /admin/sagas/in-flight` | 200 unfinished sagas counted by type and state ([`InFlight`]) |
 //! | `GET /admin/events/{stream}?limit=N&after=V` | 200 a page of the stream's events ([`EventView`]) by version; 404 |
 //!
+//! The routes are merged into the service's own router, so a service must
+//! not serve paths of its own under `/admin/dead-letters`, `/admin/sagas`
+//! or `/admin/events` (axum refuses overlapping routes when `host` starts
+//! it). They answer whoever reaches the service: put them behind whatever
+//! guards the service's other routes.
+//!
 //! Lists follow [`crate::Page`]'s rules (a query parameter a route does not
 //! read is a 400, a bad `limit` or `after` a 422 naming it); ids are
 //! [`crate::PathId`]s. A stream whose name holds a `/` (`customer/<id>`,
