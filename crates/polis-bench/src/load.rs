@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
+use polis_core::stats::percentile;
 use tokio::sync::Barrier;
 
 /// One concurrent writer (or commander) of a benchmark.
@@ -50,11 +51,7 @@ impl Measurement {
 
     /// The latency at quantile `q` (0.5 = median), nearest-rank.
     pub(crate) fn quantile(&self, q: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = (q * self.latencies.len() as f64).ceil() as usize;
-        self.latencies[rank.clamp(1, self.latencies.len()) - 1]
+        percentile(&self.latencies, q).unwrap_or_default()
     }
 
     /// Adds another run's figures, as if both had been one run.

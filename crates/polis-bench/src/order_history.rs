@@ -34,6 +34,7 @@ use contracts::order::{OrderApproved, OrderCreated};
 use contracts::{Address, OrderLine};
 use futures::TryStreamExt as _;
 use order_history::projection::{NAME, OrderHistoryProjection, TABLES};
+use polis_core::stats::percentile;
 use polis_core::{
     EventStore, ExpectedVersion, Generation, MessageType, Metadata, Projection, RecordedEvent, StoreError,
     Transaction as _, TransactionalStore,
@@ -150,20 +151,12 @@ impl Run {
     }
 
     fn quantile(&self, q: f64) -> Option<Duration> {
-        quantile(&self.batches, q)
+        percentile(&self.batches, q)
     }
 
     fn per_event(&self, d: Duration) -> String {
         format!("{:.1} µs", d.as_secs_f64() * 1e6 / self.events.max(1) as f64)
     }
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 /// Measures one run of `work` and adds it to `run`: (events, batch times).
@@ -776,7 +769,7 @@ fn report(backends: &[Backend], options: &Options) -> Section {
             .fan_out
             .iter()
             .find(|m| m.what == "ordinary: OrderApproved")
-            .and_then(|m| quantile(&m.apply, 0.5))
+            .and_then(|m| percentile(&m.apply, 0.5))
             .unwrap_or_default();
         let mut fan = Table::new([
             "event",
@@ -787,13 +780,13 @@ fn report(backends: &[Backend], options: &Options) -> Section {
             "apply p50 / OrderApproved's",
         ]);
         for m in &b.fan_out {
-            let p50 = quantile(&m.apply, 0.5).unwrap_or_default();
+            let p50 = percentile(&m.apply, 0.5).unwrap_or_default();
             fan.row([
                 m.what.clone(),
                 m.rows.to_string(),
                 latency(p50),
                 latency(m.apply.last().copied().unwrap_or_default()),
-                latency(quantile(&m.transaction, 0.5).unwrap_or_default()),
+                latency(percentile(&m.transaction, 0.5).unwrap_or_default()),
                 format!("{:.1}×", p50.as_secs_f64() / ordinary.as_secs_f64().max(1e-9)),
             ]);
         }

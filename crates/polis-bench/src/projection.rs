@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use async_trait::async_trait;
+use polis_core::stats::percentile;
 use polis_core::{EventStore, Generation, Projection, RecordedEvent, StoreError};
 use polis_projection::{ProjectionStatus, Projector, ProjectorOptions};
 use polis_store::args;
@@ -55,11 +56,7 @@ impl Run {
     }
 
     fn quantile(&self, q: f64) -> Duration {
-        if self.batches.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = (q * self.batches.len() as f64).ceil() as usize;
-        self.batches[rank.clamp(1, self.batches.len()) - 1]
+        percentile(&self.batches, q).unwrap_or_default()
     }
 }
 

@@ -38,6 +38,7 @@ use polis_bus::nats::{NatsOptions, stream_name};
 use polis_bus::{NatsBus, Relay, RelayOptions};
 use polis_core::bus::Bus as _;
 use polis_core::outbox::{Transaction as _, TransactionalStore};
+use polis_core::stats::percentile;
 use polis_core::{Message, StoreError};
 use polis_store::{PgEventStore, PgOptions};
 use polis_testkit::NatsServer;
@@ -930,8 +931,8 @@ async fn steady(pg: &Postgres, options: &Options, client: &async_nats::Client, b
         offered_rate: in_window as f64 / window.as_secs_f64(),
         relayed_rate: relayed as f64 / window.as_secs_f64(),
         max_lateness,
-        p50: quantile(&latencies, 0.5),
-        p99: quantile(&latencies, 0.99),
+        p50: percentile(&latencies, 0.5).unwrap_or_default(),
+        p99: percentile(&latencies, 0.99).unwrap_or_default(),
         max: latencies.last().copied().unwrap_or_default(),
         db_p50: Duration::from_secs_f64(row.0.max(0.0)),
         db_p99: Duration::from_secs_f64(row.1.max(0.0)),
@@ -972,15 +973,6 @@ async fn paced_writer(
         commits.push((id, Instant::now(), due >= window_start));
     }
     Ok((commits, lateness))
-}
-
-/// Nearest-rank quantile of sorted durations.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 // ---------------------------------------------------------------------------

@@ -37,6 +37,8 @@ use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, Transactiona
 use polis_core::{Message, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+
+use crate::health::Progress;
 use uuid::Uuid;
 
 /// Why a handler could not handle a message.
@@ -89,6 +91,15 @@ pub trait Handler<Tx: Send>: Send + Sync + 'static {
     fn accepts(&self, message: &Message) -> bool {
         let _ = message;
         true
+    }
+
+    /// Called once the transaction that handled `message` has committed
+    /// (not for a duplicate, a declined or a dead-lettered message): where
+    /// a handler records what should count only once it is certain, such as
+    /// a business metric. Handling may have been tried, and rolled back,
+    /// before. The default does nothing.
+    fn committed(&self, message: &Message) {
+        let _ = message;
     }
 }
 
@@ -171,6 +182,19 @@ pub enum Outcome {
     Declined,
 }
 
+impl Outcome {
+    /// The outcome's name as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Handled => "handled",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Parked => "parked",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Declined => "declined",
+        }
+    }
+}
+
 /// A handler as the consumer stores it.
 pub type SharedHandler<Tx> = Arc<dyn Handler<Tx>>;
 
@@ -195,6 +219,8 @@ impl<S: TransactionalStore> std::fmt::Debug for Consumer<S> {
 #[derive(Debug)]
 pub struct ConsumerHandle {
     readers: Vec<JoinHandle<()>>,
+    /// Each reader's progress, in `readers` order.
+    progress: Vec<(Topic, Progress)>,
     /// Tells the key lanes to stop taking deliveries (what they hold unacknowledged comes back).
     stopped: Arc<std::sync::atomic::AtomicBool>,
     /// One permit per delivery in flight: holding them all means none is.
@@ -203,6 +229,12 @@ pub struct ConsumerHandle {
 }
 
 impl ConsumerHandle {
+    /// Each subscription's reader's progress, by topic, for a readiness
+    /// check ([`Progress::check`]).
+    pub fn progress(&self) -> &[(Topic, Progress)] {
+        &self.progress
+    }
+
     fn stop(&self) {
         self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         for task in &self.readers {
@@ -253,18 +285,29 @@ impl<S: TransactionalStore> Consumer<S> {
         let permits = Arc::new(Semaphore::new(max_in_flight as usize));
         let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
+        let mut readers = Vec::new();
         for (topic, handler) in &self.routes {
             let subscription = bus.subscribe(&self.name, topic).await?;
             let lanes = Arc::new(Lanes { open: Mutex::default(), stopped: stopped.clone() });
+            let progress = Progress::default();
+            readers.push((topic.clone(), progress.clone()));
             let (consumer, handler, permits, topic) = (self.clone(), handler.clone(), permits.clone(), topic.clone());
             tasks.push(tokio::spawn(async move {
+                let _ended = progress.on_drop("the subscription's reader ended");
                 let mut subscription = subscription;
                 loop {
                     let Ok(permit) = permits.clone().acquire_owned().await else { return };
                     match subscription.next().await {
-                        Ok(delivery) => lanes.dispatch(&consumer, &handler, delivery, permit),
-                        Err(BusError::Closed) => return,
+                        Ok(delivery) => {
+                            progress.ok();
+                            lanes.dispatch(&consumer, &handler, delivery, permit);
+                        }
+                        Err(BusError::Closed) => {
+                            progress.ended("the subscription was closed");
+                            return;
+                        }
                         Err(e) => {
+                            progress.failed(&e);
                             tracing::warn!(consumer = consumer.name, topic = %topic, error = %polis_core::error::chain(&e), "subscription failed");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
@@ -272,14 +315,28 @@ impl<S: TransactionalStore> Consumer<S> {
                 }
             }));
         }
-        Ok(ConsumerHandle { readers: tasks, stopped, permits, max_in_flight })
+        Ok(ConsumerHandle { readers: tasks, progress: readers, stopped, permits, max_in_flight })
+    }
+
+    /// The labels of this consumer's series: its service and its name.
+    fn labels(&self) -> [(&'static str, String); 2] {
+        [("service", self.store.service().to_owned()), ("consumer", self.name.clone())]
     }
 
     /// Runs one delivery to the end: handled, duplicate, parked or dead-lettered;
     /// then acknowledges it.
+    ///
+    /// Records `polis_consumer_lag_seconds` (from the message's creation at
+    /// its source to the start of its handling here: how far behind the
+    /// consumer is) and `polis_consumer_handling_seconds` by outcome.
     pub async fn process(&self, handler: &Arc<dyn Handler<S::Tx>>, delivery: Delivery) -> Outcome {
+        let started = std::time::Instant::now();
         if delivery.attempt > 1 {
-            metrics::counter!("polis_redeliveries_total", "consumer" => self.name.clone()).increment(1);
+            metrics::counter!("polis_redeliveries_total", &self.labels()).increment(1);
+        }
+        if let Ok(message) = &delivery.message {
+            let lag = (Utc::now() - message.time).to_std().unwrap_or_default();
+            metrics::histogram!("polis_consumer_lag_seconds", &self.labels()).record(lag.as_secs_f64());
         }
         // Until the message is handled or stored as a dead letter, keep at it
         // here, holding its key: handing it back to the bus (a nack) would let
@@ -289,7 +346,7 @@ impl<S: TransactionalStore> Consumer<S> {
             let settled = match &delivery.message {
                 Err(malformed) => self.bury_malformed(malformed).await,
                 Ok(message) if !handler.accepts(message) => {
-                    metrics::counter!("polis_messages_declined_total", "consumer" => self.name.clone()).increment(1);
+                    metrics::counter!("polis_messages_declined_total", &self.labels()).increment(1);
                     Ok(Outcome::Declined)
                 }
                 Ok(message) => self.handle_with_retries(handler, message).await,
@@ -307,6 +364,12 @@ impl<S: TransactionalStore> Consumer<S> {
             // The message will come again; the inbox recognizes it.
             tracing::warn!(consumer = self.name, error = %polis_core::error::chain(&e), "acknowledgement failed");
         }
+        let [service, consumer] = self.labels();
+        metrics::histogram!(
+            "polis_consumer_handling_seconds",
+            &[service, consumer, ("outcome", outcome.as_str().to_owned())]
+        )
+        .record(started.elapsed().as_secs_f64());
         outcome
     }
 
@@ -321,15 +384,18 @@ impl<S: TransactionalStore> Consumer<S> {
             attempt += 1;
             match self.handle_once(handler, message).await {
                 Ok(outcome) => {
+                    if outcome == Outcome::Handled {
+                        handler.committed(message);
+                    }
                     let counter = match outcome {
                         Outcome::Duplicate => "polis_inbox_duplicates_total",
                         _ => "polis_messages_handled_total",
                     };
-                    metrics::counter!(counter, "consumer" => self.name.clone()).increment(1);
+                    metrics::counter!(counter, &self.labels()).increment(1);
                     return Ok(outcome);
                 }
                 Err(HandlerError::Transient(reason)) if attempt < self.options.max_attempts => {
-                    metrics::counter!("polis_handler_retries_total", "consumer" => self.name.clone()).increment(1);
+                    metrics::counter!("polis_handler_retries_total", &self.labels()).increment(1);
                     tracing::debug!(consumer = self.name, message_id = %message.id, attempt, reason, "retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(self.options.retry_max);
@@ -410,7 +476,7 @@ impl<S: TransactionalStore> Consumer<S> {
 
     fn after_burial(&self, stored: Result<(), StoreError>) -> Result<Outcome, StoreError> {
         stored?;
-        metrics::counter!("polis_dead_letters_total", "consumer" => self.name.clone()).increment(1);
+        metrics::counter!("polis_dead_letters_total", &self.labels()).increment(1);
         Ok(Outcome::DeadLettered)
     }
 
@@ -465,7 +531,7 @@ impl<S: TransactionalStore> Consumer<S> {
 
     async fn replay_one(&self, letter: &DeadLetter, message: &Message) -> Result<(), DeadLetterError> {
         let handler = self.handler_for(message)?;
-        let (id, replayed) = (letter.id, message.clone());
+        let (id, replayed, after) = (letter.id, message.clone(), handler.clone());
         let result = self
             .store
             .transaction::<_, _, HandlerError>(async move |tx| {
@@ -479,7 +545,10 @@ impl<S: TransactionalStore> Consumer<S> {
             })
             .await;
         match result {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                after.committed(message);
+                Ok(())
+            }
             Ok(false) => Err(DeadLetterError::NotFound(id)),
             Err(e) => {
                 // The failed attempt rolled back, so the letter is still there:

@@ -10,6 +10,8 @@
 //!   deadlines) into its outbox when they are due.
 //! - [`consumer`]: runs a service's handlers over a subscription with its
 //!   inbox (effects once), retries with backoff, and dead letters.
+//! - [`health`]: whether the relay and the consumer's readers make
+//!   progress, for a host's readiness check.
 //!
 //! Both buses implement [`polis_core::Bus`] and pass one contract suite
 //! (`tests/bus_contract.rs`).
@@ -17,12 +19,14 @@
 #![warn(missing_docs)]
 
 pub mod consumer;
+pub mod health;
 pub mod inprocess;
 pub mod nats;
 pub mod relay;
 pub mod scheduler;
 
 pub use consumer::{Consumer, ConsumerHandle, ConsumerOptions, DeadLetterError, Handler, HandlerError, Outcome};
+pub use health::Progress;
 pub use inprocess::{InProcessBus, InProcessOptions};
 pub use nats::NatsBus;
 pub use relay::{Relay, RelayHandle, RelayOptions};

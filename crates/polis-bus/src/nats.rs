@@ -605,6 +605,20 @@ fn percent_decode(value: &str) -> Result<String, String> {
 
 #[async_trait]
 impl Bus for NatsBus {
+    /// Connected, and JetStream answers a request (for its account
+    /// information): a broker that is frozen or cut off keeps the
+    /// connection "up" until the client's own pings time out, minutes later.
+    async fn check(&self) -> Result<(), BusError> {
+        let inner = &self.inner;
+        match inner.client.connection_state() {
+            // Any answer will do: the reply's schema differs across server versions.
+            async_nats::connection::State::Connected => {
+                inner.client.request("$JS.API.INFO", Vec::new().into()).await.map(drop).map_err(BusError::backend)
+            }
+            state => Err(BusError::backend(format!("not connected to NATS (connection state: {state:?})"))),
+        }
+    }
+
     async fn publish(&self, messages: &[Message]) -> Result<(), BusError> {
         let inner = &self.inner;
         let max_payload = inner.client.server_info().max_payload;

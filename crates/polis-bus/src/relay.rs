@@ -40,6 +40,8 @@ use polis_core::outbox::{OutboxEntry, TransactionalStore};
 use tokio::sync::{Mutex, watch};
 use tokio::task::{JoinError, JoinHandle};
 
+use crate::health::Progress;
+
 /// Tuning for a [`Relay`].
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -94,6 +96,7 @@ pub struct Relay<S, B: ?Sized> {
     bus: Arc<B>,
     options: RelayOptions,
     pipeline: Mutex<Pipeline>,
+    progress: Progress,
 }
 
 /// A read of unpublished entries running as a task of its own.
@@ -126,9 +129,15 @@ impl Pipeline {
 /// A running relay; stops when dropped, or when
 /// [`shutdown`](RelayHandle::shutdown), which waits for it to be gone.
 #[derive(Debug)]
-pub struct RelayHandle(JoinHandle<()>);
+pub struct RelayHandle(JoinHandle<()>, Progress);
 
 impl RelayHandle {
+    /// Whether the relay is publishing (or has nothing to publish), for a
+    /// readiness check ([`Progress::check`]).
+    pub fn progress(&self) -> Progress {
+        self.1.clone()
+    }
+
     /// Stops the relay and returns once its task has ended. A batch being
     /// published is cut short: its entries stay unpublished in the outbox
     /// and go out again later (the bus drops what had already arrived).
@@ -148,7 +157,7 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
     /// A relay from `store`'s outbox to `bus`; it does nothing until
     /// [`step`](Self::step)ped or spawned.
     pub fn new(store: Arc<S>, bus: Arc<B>, options: RelayOptions) -> Self {
-        Self { store, bus, options, pipeline: Mutex::default() }
+        Self { store, bus, options, pipeline: Mutex::default(), progress: Progress::default() }
     }
 
     /// Publishes the next batch; returns how many entries it published.
@@ -248,6 +257,7 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
 
     /// Runs until the task is aborted (or the handle dropped).
     pub async fn run(self) {
+        let _ended = self.progress.on_drop("the relay's task ended");
         let mut backoff = self.options.retry_min;
         let mut last_housekeeping = tokio::time::Instant::now();
         loop {
@@ -261,11 +271,16 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                 // A batch read ahead may be waiting: keep going until a read
                 // finds nothing.
                 Ok(n) if n > 0 => {
+                    self.progress.ok();
                     backoff = self.options.retry_min;
                     continue;
                 }
-                Ok(_) => backoff = self.options.retry_min,
+                Ok(_) => {
+                    self.progress.ok();
+                    backoff = self.options.retry_min;
+                }
                 Err(e) => {
+                    self.progress.failed(&e);
                     metrics::counter!("polis_relay_failures_total", "service" => self.store.service().to_owned())
                         .increment(1);
                     tracing::warn!(service = self.store.service(), error = %polis_core::error::chain(&e), retry_in = ?backoff, "relay step failed");
@@ -293,7 +308,8 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
         S: 'static,
         B: 'static,
     {
-        RelayHandle(tokio::spawn(self.run()))
+        let progress = self.progress.clone();
+        RelayHandle(tokio::spawn(self.run()), progress)
     }
 
     async fn housekeeping(&self) {

@@ -13,7 +13,8 @@
 //! 4. check the demo's invariants over those orders (waiting, bounded, for
 //!    compensations to converge), print the report and stop the shop.
 //!
-//! The command fails (non-zero exit) if an invariant does not hold.
+//! If an invariant does not hold, the command exits with status 3, not the
+//! 1 of an operational error (`crate::exit`).
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -11,18 +11,25 @@
 //!   commands, a catch-up projection, invariant checks, on SQLite or PostgreSQL;
 //! - `polis dlq`, `polis sagas`, `polis events`: a running shop's dead
 //!   letters, sagas and event streams, through its gateway (`admin`).
+//!
+//! The exit status tells an invariant that does not hold (3) from an
+//! operational error (1); [`exit`] defines them all.
 
 #![warn(missing_docs)]
 
 mod admin;
 mod check;
+mod exit;
 mod serve;
 mod shop_demo;
 mod stock;
 mod store_demo;
 mod up;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use exit::Outcome;
 use serde::Serialize;
 
 /// The shop allocates and frees many small buffers per message (rows,
@@ -32,7 +39,7 @@ use serde::Serialize;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "polis", version, about = "Data management for microservices")]
+#[command(name = "polis", version, about = "Data management for microservices", after_help = exit::help())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -136,45 +143,53 @@ pub(crate) fn listen_address(text: &str) -> Result<std::net::SocketAddr, String>
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // An unparsable RUST_LOG stops the command rather than being ignored.
-    polis_runtime::telemetry::init_tracing_with("warn,polis=info,shop=info")?;
-    match Cli::parse().command {
-        Command::Demo(args) => {
-            let report = match shop_demo::run(args).await {
-                Ok(report) => report,
-                Err(err) => match err.downcast_ref::<shop_demo::Interrupted>() {
-                    Some(interrupted) => {
-                        eprintln!("polis: {interrupted}");
-                        // The shell's convention: 128 + the signal's number.
-                        std::process::exit(128 + interrupted.signal);
-                    }
-                    None => return Err(err),
-                },
-            };
-            if !report.all_invariants_hold() {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        Command::Up(args) => up::run(args).await,
-        Command::Check(args) => {
-            let report = check::run(args).await?;
-            if !report.all_invariants_hold() {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        Command::Serve(args) => serve::run(args).await,
-        Command::Dlq(command) => admin::dlq(command).await,
-        Command::Sagas(args) => admin::sagas(args).await,
-        Command::Events(args) => admin::events(args).await,
-        Command::StoreDemo(args) => {
-            let report = store_demo::run(args).await?;
-            if !report.all_invariants_hold() {
-                std::process::exit(1);
-            }
-            Ok(())
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(outcome) => outcome.code(),
+        Err(err) => {
+            // As `main` returning the error would print it, with its causes.
+            eprintln!("Error: {err:?}");
+            ExitCode::from(exit::OPERATIONAL_ERROR)
         }
     }
+}
+
+/// Runs the command; an error is an operational one (see [`exit`]).
+async fn run() -> anyhow::Result<Outcome> {
+    // An unparsable RUST_LOG stops the command rather than being ignored.
+    polis_runtime::telemetry::init_tracing_with("warn,polis=info,shop=info")?;
+    Ok(match Cli::parse().command {
+        Command::Demo(args) => match shop_demo::run(args).await {
+            Ok(report) => Outcome::checked(report.all_invariants_hold()),
+            Err(err) => match err.downcast::<shop_demo::Interrupted>() {
+                Ok(interrupted) => {
+                    eprintln!("polis: {interrupted}");
+                    Outcome::Signalled(interrupted.signal)
+                }
+                Err(err) => return Err(err),
+            },
+        },
+        Command::Up(args) => {
+            up::run(args).await?;
+            Outcome::Success
+        }
+        Command::Check(args) => Outcome::checked(check::run(args).await?.all_invariants_hold()),
+        Command::Serve(args) => {
+            serve::run(args).await?;
+            Outcome::Success
+        }
+        Command::StoreDemo(args) => Outcome::checked(store_demo::run(args).await?.all_invariants_hold()),
+        Command::Dlq(command) => {
+            admin::dlq(command).await?;
+            Outcome::Success
+        }
+        Command::Sagas(args) => {
+            admin::sagas(args).await?;
+            Outcome::Success
+        }
+        Command::Events(args) => {
+            admin::events(args).await?;
+            Outcome::Success
+        }
+    })
 }

@@ -38,6 +38,7 @@ use clap::Args;
 use contracts::order::{OrderStatus, OrderView};
 use contracts::{SagaStyle, Service};
 use indicatif::{ProgressBar, ProgressStyle};
+use polis_core::stats::percentile;
 use serde::Serialize;
 use shop::client::Endpoint;
 use shop::supervisor::Supervisor;
@@ -257,8 +258,8 @@ async fn workload_run(args: &DemoArgs, apis: &Apis, data_dir: &Path, keep: bool)
         cancel_requests,
         seconds,
         orders_per_second: args.orders as f64 / seconds.max(1e-9),
-        latency_ms_p50: percentile(&latencies, 0.50),
-        latency_ms_p99: percentile(&latencies, 0.99),
+        latency_ms_p50: percentile(&latencies, 0.50).unwrap_or_default(),
+        latency_ms_p99: percentile(&latencies, 0.99).unwrap_or_default(),
         view_lag_ms_p50: view_lag.map(|(p50, _)| p50),
         view_lag_ms_p99: view_lag.map(|(_, p99)| p99),
         invariants,
@@ -407,14 +408,6 @@ pub(crate) fn progress(len: usize, message: &'static str, hidden: bool) -> Progr
     bar.set_style(style);
     bar.set_message(message);
     bar
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use polis_core::stats::percentile;
 use polis_core::{
     CatchUpOptions, CommandError, EventStore, Metadata, Repository, SnapshotPolicy, catch_up, repository::decode,
 };
@@ -227,8 +228,8 @@ async fn scenario<S: EventStore>(store: Arc<S>, backend: &str, args: &DemoArgs) 
         retried_after_conflict: outcomes.retries,
         events: total_versions,
         commands_per_second: outcomes.commands as f64 / elapsed.as_secs_f64(),
-        command_latency_p50_ms: percentile(&latencies, 0.50),
-        command_latency_p99_ms: percentile(&latencies, 0.99),
+        command_latency_p50_ms: percentile(&latencies, 0.50).unwrap_or_default(),
+        command_latency_p99_ms: percentile(&latencies, 0.99).unwrap_or_default(),
         invariants: checks,
     })
 }
@@ -362,13 +363,6 @@ async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     true
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// A short random tag so repeated runs on one database don't share streams.

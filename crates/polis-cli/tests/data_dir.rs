@@ -19,15 +19,26 @@ async fn spawn(args: &[&str], dir: &Path, log: &str) -> Running {
     Running(Some(polis_testkit::process::spawn_tethered(command).await.unwrap()))
 }
 
-/// Runs `polis` to its end: it must fail, and say `expected` on stderr.
-async fn fails_saying(args: &[&str], expected: &str) -> Output {
+/// Runs `polis` to its end: it must fail with `status`, and say `expected`
+/// on stderr.
+async fn exits_saying(args: &[&str], status: i32, expected: &str) -> Output {
     let mut command = polis();
     command.args(args);
     let out = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+    assert_eq!(out.status.code(), Some(status), "{args:?}: {stderr}");
     assert!(stderr.contains(expected), "{args:?} did not say {expected:?}: {stderr}");
     out
+}
+
+/// An operational error (exit status 1), not a violated invariant (3).
+async fn fails_saying(args: &[&str], expected: &str) -> Output {
+    exits_saying(args, 1, expected).await
+}
+
+/// An argument clap refuses: its usage error (exit status 2).
+async fn misused_saying(args: &[&str], expected: &str) -> Output {
+    exits_saying(args, 2, expected).await
 }
 
 async fn healthy(gateway: &Endpoint) -> bool {
@@ -68,7 +79,8 @@ async fn a_data_directory_has_one_owner_and_keeps_its_mode() {
     assert!(!dir.join("servers").exists(), "a refused start started servers");
 }
 
-/// Bad arguments are refused, saying why, before anything starts.
+/// Bad arguments are refused, saying why, before anything starts: clap's
+/// usage error for what it cannot parse, an operational error for the rest.
 #[tokio::test]
 async fn bad_arguments_are_named() {
     let root = tempfile::tempdir().unwrap();
@@ -76,9 +88,10 @@ async fn bad_arguments_are_named() {
     std::fs::write(&file, b"not a directory").unwrap();
     fails_saying(&["demo", "--data-dir", file.to_str().unwrap()], "is not a directory").await;
     fails_saying(&["up", "--data-dir", file.to_str().unwrap(), "--listen", "127.0.0.1:0"], "is not a directory").await;
-    fails_saying(&["demo", "--concurrency", "0"], "must be at least 1").await;
-    fails_saying(&["demo", "--orders", "0"], "must be at least 1").await;
-    fails_saying(&["up", "--listen", "nowhere"], "expected HOST:PORT or IP:PORT").await;
+    fails_saying(&["store-demo", "--data-dir", file.to_str().unwrap()], "creating").await;
+    misused_saying(&["demo", "--concurrency", "0"], "must be at least 1").await;
+    misused_saying(&["demo", "--orders", "0"], "must be at least 1").await;
+    misused_saying(&["up", "--listen", "nowhere"], "expected HOST:PORT or IP:PORT").await;
     fails_saying(&["demo", "--mode", "distributed", "--without-read-side"], "is for the embedded mode").await;
 }
 

@@ -20,16 +20,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use contracts::catalog::Product;
-use contracts::customer::{Customer, RegisterCustomer};
-use contracts::inventory::{SetStock, StockLevel};
-use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
-use contracts::{Address, Quantity, SagaStyle};
+use contracts::SagaStyle;
+use contracts::order::{OrderStatus, OrderView};
 use shop::client::Endpoint;
 use shop::distributed::Service;
 use shop::supervisor::{Supervisor, SupervisorOptions};
 use shop::workload;
-use support::{Running, polis};
+use support::{Running, place_one, polis, wait_approved};
 use uuid::Uuid;
 
 /// A data directory others may search (not list): under root the local
@@ -116,46 +113,6 @@ async fn the_distributed_demo_restarts_a_service_that_dies_under_it() {
     assert_eq!(decided, 600, "{report:#}");
     let restarted = std::fs::read_to_string(dir.path().join("logs/payment.log")).unwrap();
     assert!(restarted.matches("--- polis supervisor: starting payment").count() >= 2, "payment was not restarted");
-}
-
-/// A minimal order through the gateway: one customer, one product, one order.
-async fn place_one(gateway: &Endpoint) -> Uuid {
-    let tag = Uuid::now_v7().simple().to_string();
-    let customer = RegisterCustomer {
-        name: "Up Test".into(),
-        email: format!("up-{tag}@example.com"),
-        address: Address {
-            line1: "1 Road".into(),
-            city: "Polis".into(),
-            postal_code: "10001".into(),
-            country: "DE".into(),
-        },
-        credit_limit: 1_000_000,
-    };
-    let customer: Customer =
-        gateway.json(Method::POST, "/api/customers", Some(&customer), StatusCode::CREATED).await.unwrap();
-    let sku = format!("SKU-{}", &tag[20..]);
-    let product = Product { sku: sku.clone(), name: "Thing".into(), price: 100 };
-    let _: Product = gateway.json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await.unwrap();
-    let _: StockLevel = gateway
-        .json(Method::PUT, &format!("/api/inventory/{sku}"), Some(&SetStock { available: 5 }), StatusCode::OK)
-        .await
-        .unwrap();
-    let order = CreateOrder { customer_id: customer.id, items: vec![Quantity { sku, quantity: 1 }] };
-    // Payment learns the customer from an event; an authorization that
-    // arrives first is retried until it has.
-    let accepted: Accepted =
-        gateway.json(Method::POST, "/api/orders", Some(&order), StatusCode::ACCEPTED).await.unwrap();
-    accepted.id
-}
-
-async fn wait_approved(gateway: &Endpoint, id: Uuid) {
-    let approved = polis_testkit::wait_for(Duration::from_secs(60), || async {
-        gateway.get::<OrderView>(&format!("/api/orders/{id}")).await.is_ok_and(|o| o.status == OrderStatus::Approved)
-    })
-    .await;
-    let order = gateway.get::<OrderView>(&format!("/api/orders/{id}")).await;
-    assert!(approved.is_ok(), "order {id} not approved: {order:?}");
 }
 
 async fn healthy(gateway: &Endpoint) -> bool {
@@ -416,24 +373,27 @@ async fn choreography_survives_a_killed_inventory_process() {
 /// `polis serve` refuses what cannot work, saying why, before touching anything.
 #[test]
 fn serve_names_what_is_wrong() {
-    for (args, env, expected) in [
+    // clap's usage error for what it cannot parse; an operational error for the rest.
+    for (args, env, status, expected) in [
         (
             vec!["serve", "billing"],
             vec![],
+            2,
             "invalid value 'billing' for '<SERVICE>'\n  [possible values: customer, catalog, inventory, payment, shipping, order, order-history, gateway]",
         ),
-        (vec!["serve", "payment"], vec![], "no PostgreSQL server configured: set POLIS_POSTGRES_URL"),
+        (vec!["serve", "payment"], vec![], 1, "no PostgreSQL server configured: set POLIS_POSTGRES_URL"),
         (
             vec!["serve", "payment"],
             vec![("POLIS_POSTGRES_URL", "postgres://u:hunter2@127.0.0.1:1/postgres")],
+            1,
             "no NATS server configured: set POLIS_NATS_URL",
         ),
-        (vec!["serve", "order"], vec![("POLIS__DATABASE_PREFIX", "Bad-Prefix")], "database_prefix"),
-        (vec!["serve", "order", "--config", "/nonexistent/polis.toml"], vec![], "polis.toml"),
+        (vec!["serve", "order"], vec![("POLIS__DATABASE_PREFIX", "Bad-Prefix")], 1, "database_prefix"),
+        (vec!["serve", "order", "--config", "/nonexistent/polis.toml"], vec![], 1, "polis.toml"),
     ] {
         let out = polis().args(&args).envs(env).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(out.status.code(), Some(status), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{args:?} printed a password: {stderr}");
     }

@@ -92,7 +92,7 @@ fn check_names_a_missing_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = polis().args(["check", "--data-dir"]).arg(dir.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "an operational error, not a violated invariant: {stderr}");
     assert!(stderr.contains("no demo run is recorded") && stderr.contains("polis demo --data-dir"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -153,4 +153,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Opens, or resumes, `consumer`'s durable subscription to `topic`.
     async fn subscribe(&self, consumer: &str, topic: &Topic) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Whether the bus can be reached now, for a readiness check: at most
+    /// one cheap round trip to the broker, `Err` saying why not. The caller
+    /// bounds how long it waits. A bus in the same process is always
+    /// reachable (the default).
+    async fn check(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }

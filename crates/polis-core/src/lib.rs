@@ -26,6 +26,7 @@
 //! - [`bus`]: the message bus contract (durable, at-least-once, ordered).
 //! - [`error`]: typed errors that keep domain rejection, concurrency conflict
 //!   and infrastructure failure apart.
+//! - [`stats`]: the one percentile function every report uses (nearest-rank).
 
 #![warn(missing_docs)]
 
@@ -37,6 +38,7 @@ pub mod message;
 pub mod outbox;
 pub mod projection;
 pub mod repository;
+pub mod stats;
 pub mod store;
 pub mod subscription;
 pub mod testing;

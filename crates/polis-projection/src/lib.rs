@@ -221,10 +221,7 @@ impl Samples {
     fn summary(&self) -> Lag {
         let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
         sorted.sort_unstable();
-        let at = |q: f64| {
-            let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
-            sorted.get(rank - 1).copied()
-        };
+        let at = |q| polis_core::stats::percentile(&sorted, q);
         Lag { events: self.events, p50_us: at(0.5), p99_us: at(0.99), max_us: sorted.last().copied() }
     }
 }
@@ -562,6 +559,17 @@ where
                 .map(|e| polis_core::error::chain(e).to_string()),
             lag: Lag::default(), // filled in by `ProjectorHandle::status`
         };
+        let service = self.store.service().to_owned();
+        for (generation, state) in [("live", &status.live), ("building", &status.building)] {
+            let behind = state.as_ref().map_or(0, |g| g.behind);
+            metrics::gauge!(
+                "polis_projection_behind_events",
+                "service" => service.clone(),
+                "projection" => status.name.clone(),
+                "generation" => generation,
+            )
+            .set(behind as f64);
+        }
         self.status.send_modify(|all| {
             all.insert(status.name.clone(), status);
         });
@@ -720,8 +728,15 @@ where
         if self.live.is_some_and(|(live, _)| live.generation == cur.generation) {
             let mut samples = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let samples = samples.entry(self.name().to_owned()).or_default();
+            let histogram = metrics::histogram!(
+                "polis_projection_lag_seconds",
+                "service" => self.store.service().to_owned(),
+                "projection" => self.name().to_owned(),
+            );
             for time in times {
-                samples.record(u64::try_from((committed - time).num_microseconds().unwrap_or(0)).unwrap_or(0));
+                let lag_us = u64::try_from((committed - time).num_microseconds().unwrap_or(0)).unwrap_or(0);
+                samples.record(lag_us);
+                histogram.record(lag_us as f64 / 1e6);
             }
         }
         let behind = if full { self.store.head_position().await?.saturating_sub(to) } else { 0 };

@@ -27,6 +27,7 @@
 //!    the stack) fails to read too, which [`Json`] answers 408.
 //!
 //! plus `GET /healthz` (which reads no query parameters, [`crate::NoQuery`]),
+//! `GET /metrics` (the process's Prometheus series, [`crate::metrics`]),
 //! a 404 problem for unknown paths and a 405 problem (keeping axum's `allow`
 //! header) for known paths with the wrong method.
 
@@ -194,7 +195,7 @@ const fn millis(millis: u64) -> NonZeroU64 {
 /// # Panics
 ///
 /// Like any axum route registration, if the router already has a
-/// `GET /healthz` route.
+/// `GET /healthz` or `GET /metrics` route.
 pub fn with_standard_stack<S>(router: Router<S>, options: &HttpOptions) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -203,6 +204,10 @@ where
     let guard = BodyGuard { limit, deadline: options.body_read_timeout() };
     // `Router::layer` wraps routes and fallbacks alike; the last layer added
     // is the outermost.
+    let router = match crate::metrics::prometheus() {
+        Some(_) => router.route(crate::metrics::METRICS_PATH, get(crate::metrics::serve_metrics)),
+        None => router,
+    };
     router
         .route(HEALTH_PATH, get(healthz))
         .method_not_allowed_fallback(method_not_allowed)

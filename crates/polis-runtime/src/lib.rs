@@ -35,12 +35,17 @@
 //! - [`layers`]: [`with_standard_stack`] (request id, trace, panics, body
 //!   limit and deadline, 404 / 405 problems, `GET /healthz`) and
 //!   [`HttpOptions`];
+//! - [`metrics`]: the process's Prometheus recorder, `GET /metrics` (served
+//!   by the standard stack) and the HTTP request histogram every hosted
+//!   service and the gateway record;
 //! - [`page`]: [`Page`], keyset pagination (`?limit=N&after=KEY`) for lists;
 //! - [`query`]: [`NoQuery`] and the refusal of query parameters a route
 //!   does not read (400 naming them);
 //! - [`id`]: the one accepted form of a UUID in a request, and [`PathId`],
 //!   the extractor of a route's id (400 naming the parameter otherwise), and
 //!   [`PathText`], a route's one path parameter as text;
+//! - [`ready`]: `GET /readyz`, what a hosted service needs to do its job
+//!   (store, bus, relay, consumer), checked now;
 //! - [`serve`]: binding, serving with head, idle and shutdown deadlines
 //!   (graceful shutdown on ctrl-c / SIGTERM), problem+json for requests that
 //!   do not parse, and background servers for tests and embedded hosting;
@@ -62,9 +67,11 @@ pub mod config;
 pub mod id;
 pub mod json;
 pub mod layers;
+pub mod metrics;
 pub mod page;
 pub mod problem;
 pub mod query;
+pub mod ready;
 pub mod serve;
 pub mod service;
 pub mod telemetry;

@@ -73,6 +73,8 @@ use polis_projection::{
 use polis_store::sql::{Sql, SqlStore};
 use tokio::sync::watch;
 
+use crate::ready::{Readiness, Report};
+
 /// A service over its own store `S`, as its host sees it.
 pub trait Service<S>: Sized + Send + Sync + 'static
 where
@@ -139,6 +141,9 @@ pub struct HostOptions {
     pub consume: bool,
     /// How long [`Hosted::shutdown`] waits for the messages being handled.
     pub shutdown_grace: Duration,
+    /// How often the gauges that need a query (dead letters by consumer)
+    /// are sampled (default 5 s).
+    pub sample_interval: Duration,
 }
 
 impl Default for HostOptions {
@@ -151,6 +156,7 @@ impl Default for HostOptions {
             bootstrap: BootstrapOptions::default(),
             consume: true,
             shutdown_grace: Duration::from_secs(10),
+            sample_interval: Duration::from_secs(5),
         }
     }
 }
@@ -162,11 +168,14 @@ impl Default for HostOptions {
 pub struct Hosted {
     name: &'static str,
     router: Router,
+    readiness: Readiness,
     consumer: Option<ConsumerHandle>,
     projector: Option<ProjectorHandle>,
     bootstraps: Vec<BootstrapHandle>,
     scheduler: SchedulerHandle,
     relay: RelayHandle,
+    /// Samples the gauges that need a query (dead letters).
+    _sampler: AbortOnDrop,
     grace: Duration,
 }
 
@@ -181,7 +190,9 @@ where
     S::Tx: Sql,
 {
     let routes = service.consumer(options.consumer.clone()).map(Arc::new);
-    let consumer = match routes.clone().filter(|_| options.consume) {
+    let consumer = routes.clone().filter(|_| options.consume);
+    let consumer_name = consumer.as_ref().map(|c| c.name().to_owned());
+    let consumer = match consumer {
         Some(consumer) => Some(consumer.spawn(bus.clone()).await?),
         None => None,
     };
@@ -196,25 +207,52 @@ where
         .into_iter()
         .fold(Projector::new(store.clone(), options.projector.clone()), Projector::with_arc);
     let projector = (!projector.is_empty()).then(|| projector.spawn());
-    let mut router = service.router().merge(crate::admin::router(store.clone(), routes));
+    let relay = Relay::new(store.clone(), bus.clone(), options.relay.clone()).spawn();
+    let scheduler = Scheduler::new(store.clone(), options.scheduler.clone()).spawn();
+    let admin = crate::admin::router(store.clone(), routes);
+    let probe = store.clone();
+    let readiness = Readiness::new(
+        T::NAME,
+        move || {
+            let store = probe.clone();
+            async move { store.head_position().await.map(drop) }
+        },
+        bus,
+        relay.progress(),
+        consumer.as_ref().map(|c| c.progress().to_vec()),
+    );
+    let sampler = AbortOnDrop(tokio::spawn(crate::metrics::sample(store, consumer_name, options.sample_interval)));
+    let mut router = service.router().merge(admin);
     if let Some(projector) = &projector {
         router = router.merge(projections_route(projector.reader()));
     }
     if !bootstraps.is_empty() {
         router = router.merge(replicas_route(bootstraps.iter().map(BootstrapHandle::subscribe).collect()));
     }
-    let relay = Relay::new(store.clone(), bus, options.relay.clone()).spawn();
-    let scheduler = Scheduler::new(store, options.scheduler.clone()).spawn();
+    router = router.merge(readiness.clone().route());
+    let router = crate::metrics::with_http_metrics(router, T::NAME);
     Ok(Hosted {
         name: T::NAME,
         router,
+        readiness,
         consumer,
         projector,
         bootstraps,
         scheduler,
         relay,
+        _sampler: sampler,
         grace: options.shutdown_grace,
     })
+}
+
+/// Aborts a background task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `GET /projections`: each projection's state and lag, as this instance
@@ -255,10 +293,18 @@ impl Hosted {
         self.name
     }
 
-    /// The service's own router (no layers), with `GET /projections` (each
-    /// projection's state and lag, JSON) when it has projections.
+    /// The service's own router (no layers of the standard stack), with
+    /// `GET /readyz` ([`crate::ready`]), `GET /projections` (each
+    /// projection's state and lag, JSON) when it has projections and
+    /// `GET /replicas` when it has replicas; every request it answers is
+    /// recorded in `polis_http_request_duration_seconds`.
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// Checks now whether the service can do its job ([`crate::ready`]).
+    pub async fn ready(&self) -> Report {
+        self.readiness.check().await
     }
 
     /// The state and lag of each of the service's projections, by name.

@@ -9,7 +9,8 @@ use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions, migr
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use support::event;
 
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
+    "polis_audit_repairs",
     "polis_dead_letters",
     "polis_events",
     "polis_inbox",

@@ -56,6 +56,7 @@ use serde::{Deserialize, Serialize};
 pub mod admin;
 mod compose;
 pub mod openapi;
+pub(crate) mod ready;
 mod routes;
 pub mod upstream;
 
@@ -121,16 +122,20 @@ impl GatewayConfig {
 }
 
 /// The gateway's routes, bare: the host wraps them in
-/// `polis_runtime::with_standard_stack`, which adds `GET /healthz`, request
-/// ids (forwarded upstream), the body limit and the 404 / 405 problems.
+/// `polis_runtime::with_standard_stack`, which adds `GET /healthz`, `GET
+/// /metrics`, request ids (forwarded upstream), the body limit and the 404
+/// / 405 problems. Beside the API it serves `GET /readyz`, every upstream's
+/// readiness, and records each request in
+/// `polis_http_request_duration_seconds` as `gateway`.
 pub fn router(upstreams: Upstreams, config: GatewayConfig) -> Router {
     // Built once: the document is the same for every request.
     let openapi = serde_json::to_vec(&openapi::openapi()).map(Bytes::from).map_err(|err| Arc::new(err.to_string()));
     let state = routes::Gateway::new(upstreams, config, openapi);
-    routes::endpoints()
+    let router = routes::endpoints()
         .into_iter()
         .fold(Router::new(), |router, endpoint| router.route(endpoint.path, endpoint.handler))
-        .with_state(state)
+        .with_state(state);
+    polis_runtime::metrics::with_http_metrics(router, contracts::Service::Gateway.as_str())
 }
 
 /// Every method and path [`router`] serves, in the order of the route

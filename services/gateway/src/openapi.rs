@@ -84,6 +84,26 @@ pub struct Health {
     pub status: String,
 }
 
+/// The body of `GET /readyz` when ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `gateway`.
+    pub service: String,
+    /// Whether every check passed (always `true` in a 200).
+    pub ready: bool,
+    /// Each business service's readiness, by name.
+    pub checks: std::collections::BTreeMap<String, ReadinessCheck>,
+}
+
+/// One check of `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReadinessCheck {
+    pub ok: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// One parameter of an operation.
 fn parameter(
     name: &str,
@@ -351,6 +371,16 @@ impl IntoParams for SkuPath {
 #[allow(dead_code)]
 fn healthz() {}
 
+/// Described here, served by `polis_runtime::with_standard_stack`.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "The process's metrics in the Prometheus text format (HTTP durations, \
+        orders, sagas, outbox, consumers, projections, dead letters, process memory and CPU); in the embedded shop, \
+        every service's, told apart by their `service` label.", content_type = "text/plain", body = String))
+)]
+#[allow(dead_code)]
+fn metrics() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -365,6 +395,8 @@ fn healthz() {}
     ),
     paths(
         healthz,
+        metrics,
+        crate::ready::readyz,
         routes::register_customer,
         routes::get_customer,
         routes::update_customer,
@@ -390,7 +422,7 @@ fn healthz() {}
         routes::openapi_document,
     ),
     components(schemas(
-        Problem, ProblemField, Health, Address, Customer, RegisterCustomer, UpdateCustomer, Product, UpdateProduct, SetStock, StockLevel,
+        Problem, ProblemField, Health, Readiness, ReadinessCheck, Address, Customer, RegisterCustomer, UpdateCustomer, Product, UpdateProduct, SetStock, StockLevel,
         CreateOrder, Quantity, Accepted, OrderStatus, OrderView, OrderEvent, OrderLine, CustomerOrders, HistoryOrder,
         HistoryItem, Freshness, RejectionReason, Payment, PaymentStatus,
         Shipment, ShipmentStatus, OrderDetails, Part, admin::DeadLetter, admin::DeadLetterStatus, admin::DeadMessage,
@@ -404,7 +436,7 @@ fn healthz() {}
         (name = "inventory", description = "Stock per sku (inventory service)."),
         (name = "orders", description = "Placing, following and cancelling orders (order service), and their \
             details composed from every service."),
-        (name = "operations", description = "Health and this document."),
+        (name = "operations", description = "Health, readiness, metrics and this document."),
         (name = "admin", description = "Operating the shop: every service's dead letters (list, show, replay, \
             discard), sagas (by state, and how many are in flight) and event streams, each answer naming its \
             service."),

@@ -127,6 +127,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, "/api/admin/sagas/in-flight", on(MethodFilter::GET, admin::sagas_in_flight)),
         endpoint(Method::GET, "/api/admin/events/{stream}", on(MethodFilter::GET, admin::stream_events)),
         endpoint(Method::GET, "/api/openapi.json", on(MethodFilter::GET, openapi_document)),
+        endpoint(Method::GET, polis_runtime::ready::READY_PATH, on(MethodFilter::GET, crate::ready::readyz)),
     ]
 }
 

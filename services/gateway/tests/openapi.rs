@@ -37,9 +37,10 @@ async fn the_document_lists_every_served_route_and_nothing_else() {
 
     let mut served: BTreeSet<(String, String)> =
         gateway::routes().into_iter().map(|(method, path)| (method.to_string(), path.to_owned())).collect();
-    assert_eq!(served.len(), 23);
-    // The standard stack's health check is part of the public API too.
+    assert_eq!(served.len(), 24);
+    // The standard stack's health check and metrics are part of the public API too.
     served.insert(("GET".to_owned(), "/healthz".to_owned()));
+    served.insert(("GET".to_owned(), "/metrics".to_owned()));
     assert_eq!(operations(&document), served);
 
     for path in [
@@ -54,6 +55,8 @@ async fn the_document_lists_every_served_route_and_nothing_else() {
         "/api/orders/{id}/details",
         "/api/customers/{id}/orders",
         "/healthz",
+        "/readyz",
+        "/metrics",
         "/api/openapi.json",
         "/api/admin/dead-letters",
         "/api/admin/dead-letters/{id}",

@@ -68,6 +68,11 @@ where
     fn accepts(&self, message: &Message) -> bool {
         message.kind != MessageKind::Event || choreography::decides(message)
     }
+
+    /// Counts the decisions the message's committed transaction made.
+    fn committed(&self, message: &Message) {
+        self.service.kpis.committed(message.id);
+    }
 }
 
 fn parse_order_id(id: &str) -> Result<Uuid, OrderFailure> {

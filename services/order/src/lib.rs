@@ -39,14 +39,17 @@ mod decisions;
 mod error;
 mod handler;
 mod http;
+mod kpi;
 mod rules;
 pub mod saga;
 
 use std::sync::Arc;
 
 use chrono::Utc;
+use contracts::order::{OrderApproved, OrderCancelled, OrderRejected, OrderStatus};
 use contracts::{OrderLine, SagaStyle};
 use polis_bus::{Consumer, ConsumerOptions};
+use polis_core::MessageType as _;
 use polis_core::{Message, Metadata, Repository, StoreError, Topic, Transaction};
 use polis_saga::Sagas;
 use polis_store::sql::{Sql, SqlStore};
@@ -86,6 +89,7 @@ pub struct OrderService<S> {
     orders: Arc<Repository<Order, S>>,
     sagas: Sagas<CreateOrderSaga>,
     decisions: Arc<decisions::Decisions>,
+    kpis: Arc<kpi::Kpis>,
 }
 
 impl<S> Clone for OrderService<S> {
@@ -96,6 +100,7 @@ impl<S> Clone for OrderService<S> {
             orders: self.orders.clone(),
             sagas: self.sagas.clone(),
             decisions: self.decisions.clone(),
+            kpis: self.kpis.clone(),
         }
     }
 }
@@ -131,7 +136,7 @@ where
         }
         store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
         let orders = Arc::new(Repository::new(store.clone()));
-        Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE), decisions: Arc::default() })
+        Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE), decisions: Arc::default(), kpis: Arc::default() })
     }
 
     fn store(&self) -> &Arc<S> {
@@ -223,7 +228,8 @@ where
     ) -> Result<Placed, OrderFailure> {
         let service = self.clone();
         let order_id = Uuid::now_v7();
-        self.store
+        let placed = self
+            .store
             .transaction(async move |tx: &mut S::Tx| {
                 if let Some(key) = idempotency_key {
                     let request = rules::canonical_request(customer_id, &lines);
@@ -245,7 +251,11 @@ where
                 }
                 Ok::<_, OrderFailure>(Placed::New(order_id))
             })
-            .await
+            .await?;
+        if let Placed::New(_) = placed {
+            self.kpis.placed(self.config.saga);
+        }
+        Ok(placed)
     }
 
     /// Requests the cancellation of an approved order.
@@ -298,6 +308,19 @@ where
         db::write_read_model(tx, &executed.state, executed.version, &appended).await?;
         if executed.state.status.is_some_and(|s| decisions::is_decided(s.as_str())) {
             self.decisions.touched(order_id);
+            let decided = |kind: &str| appended.iter().any(|e| e.event_type == kind);
+            let decision = match executed.state.status {
+                Some(OrderStatus::Approved) if decided(OrderApproved::TYPE) => Some(kpi::Decision::Approved),
+                Some(OrderStatus::Rejected) if decided(OrderRejected::TYPE) => {
+                    executed.state.reason.map(kpi::Decision::Rejected)
+                }
+                Some(OrderStatus::Cancelled) if decided(OrderCancelled::TYPE) => Some(kpi::Decision::Cancelled),
+                _ => None,
+            };
+            // Decisions are made handling a message; counted once that commits.
+            if let (Some(decision), Some(cause)) = (decision, metadata.causation_id) {
+                self.kpis.note(cause, order_id, decision, executed.state.saga);
+            }
         }
         Ok(executed.state)
     }

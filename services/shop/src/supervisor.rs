@@ -4,8 +4,9 @@
 //! The [`Supervisor`] starts each of the seven processes as a child
 //! (`<program> serve <service>`, the `polis` binary itself), each on a free
 //! port of 127.0.0.1 (the gateway on the address asked for), and waits until
-//! every one answers `GET /healthz`. The gateway starts last, so when it
-//! answers, every service behind it is ready. The servers come from the configuration
+//! every one is ready (`GET /readyz`: its database answers, its bus is
+//! connected, its relay and consumer run). The gateway starts last, and is
+//! ready when every service behind it is. The servers come from the configuration
 //! (`POLIS_POSTGRES_URL`, `POLIS_NATS_URL` or a config file, see
 //! [`crate::distributed`]); those not configured are started from the
 //! installed binaries with their files under `<data-dir>/servers/`, so a
@@ -52,7 +53,7 @@ use polis_testkit::{NatsServer, PostgresServer, TestkitError};
 use crate::data_dir::{DataDir, DataDirError, ServerPlace, Wanted};
 use crate::distributed::Service;
 
-/// How long a child may take to answer `/healthz` after it was spawned.
+/// How long a child may take to be ready (`/readyz`) after it was spawned.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a child may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,8 +91,8 @@ pub enum SupervisorError {
     },
     #[error("`{program} serve {service}` exited before it was ready ({status}); the end of {log}:\n{tail}")]
     Exited { program: String, service: Service, status: ExitStatus, log: PathBuf, tail: String },
-    #[error("`serve {service}` did not answer /healthz within {timeout:?}; the end of {log}:\n{tail}")]
-    NotReady { service: Service, timeout: Duration, log: PathBuf, tail: String },
+    #[error("`serve {service}` was not ready within {timeout:?} ({last}); the end of {log}:\n{tail}")]
+    NotReady { service: Service, timeout: Duration, last: String, log: PathBuf, tail: String },
     #[error("no {0} process is running")]
     NotRunning(Process),
     #[error(transparent)]
@@ -562,15 +563,20 @@ impl Supervisor {
                     log,
                 });
             }
-            let answer = upstream.call(Method::GET, polis_runtime::layers::HEALTH_PATH, None, None, HEALTH_POLL * 4);
-            if answer.await.is_ok_and(|response| response.status == StatusCode::OK) {
-                return Ok(());
-            }
+            let timeout = polis_runtime::ready::CHECK_TIMEOUT * 2;
+            let last = match upstream.call(Method::GET, polis_runtime::ready::READY_PATH, None, None, timeout).await {
+                Ok(response) if response.status == StatusCode::OK => return Ok(()),
+                Ok(response) => {
+                    format!("/readyz answered {}: {}", response.status, String::from_utf8_lossy(&response.body))
+                }
+                Err(err) => format!("/readyz: {err}"),
+            };
             if Instant::now() >= deadline {
                 let log = self.log_path(service);
                 return Err(SupervisorError::NotReady {
                     service,
                     timeout: self.options.ready_timeout,
+                    last,
                     tail: tail(&log),
                     log,
                 });

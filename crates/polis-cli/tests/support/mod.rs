@@ -3,6 +3,15 @@
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
+use axum::http::{Method, StatusCode};
+use contracts::catalog::Product;
+use contracts::customer::{Customer, RegisterCustomer};
+use contracts::inventory::{SetStock, StockLevel};
+use contracts::order::{Accepted, CreateOrder, OrderStatus, OrderView};
+use contracts::{Address, Quantity};
+use shop::client::Endpoint;
+use uuid::Uuid;
+
 /// `polis` without the caller's deployment settings (`POLIS_POSTGRES_URL`,
 /// `POLIS__…`); the testkit's `POLIS_TEST_*` are kept.
 pub(crate) fn polis() -> Command {
@@ -58,4 +67,46 @@ impl Drop for Running {
             let _ = child.wait();
         }
     }
+}
+
+/// A minimal order through the gateway: one customer, one product, one order.
+#[allow(dead_code)] // each test binary uses part of this module
+pub(crate) async fn place_one(gateway: &Endpoint) -> Uuid {
+    let tag = Uuid::now_v7().simple().to_string();
+    let customer = RegisterCustomer {
+        name: "Up Test".into(),
+        email: format!("up-{tag}@example.com"),
+        address: Address {
+            line1: "1 Road".into(),
+            city: "Polis".into(),
+            postal_code: "10001".into(),
+            country: "DE".into(),
+        },
+        credit_limit: 1_000_000,
+    };
+    let customer: Customer =
+        gateway.json(Method::POST, "/api/customers", Some(&customer), StatusCode::CREATED).await.unwrap();
+    let sku = format!("SKU-{}", &tag[20..]);
+    let product = Product { sku: sku.clone(), name: "Thing".into(), price: 100 };
+    let _: Product = gateway.json(Method::POST, "/api/products", Some(&product), StatusCode::CREATED).await.unwrap();
+    let _: StockLevel = gateway
+        .json(Method::PUT, &format!("/api/inventory/{sku}"), Some(&SetStock { available: 5 }), StatusCode::OK)
+        .await
+        .unwrap();
+    let order = CreateOrder { customer_id: customer.id, items: vec![Quantity { sku, quantity: 1 }] };
+    // Payment learns the customer from an event; an authorization that
+    // arrives first is retried until it has.
+    let accepted: Accepted =
+        gateway.json(Method::POST, "/api/orders", Some(&order), StatusCode::ACCEPTED).await.unwrap();
+    accepted.id
+}
+
+#[allow(dead_code)]
+pub(crate) async fn wait_approved(gateway: &Endpoint, id: Uuid) {
+    let approved = polis_testkit::wait_for(Duration::from_secs(60), || async {
+        gateway.get::<OrderView>(&format!("/api/orders/{id}")).await.is_ok_and(|o| o.status == OrderStatus::Approved)
+    })
+    .await;
+    let order = gateway.get::<OrderView>(&format!("/api/orders/{id}")).await;
+    assert!(approved.is_ok(), "order {id} not approved: {order:?}");
 }

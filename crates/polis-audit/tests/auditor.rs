@@ -1,0 +1,168 @@
+//! The auditor's judgement and repairs, on both backends: a finding is a
+//! drift only once it lasted the settle time; one that goes away is
+//! forgotten; a rule that fails judges nothing; a repair is sent once
+//! through the outbox, however many passes see its drift, and a repair
+//! whose reply came back while the drift stays is reported failed.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use polis_audit::{AuditOptions, Auditor, BoxError, Finding, RepairState, Repairs, Rule};
+use polis_core::Message;
+use polis_store::sql::{Sql, SqlStore};
+use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
+
+/// A rule whose findings the test sets.
+#[derive(Clone)]
+struct Scripted(Arc<Mutex<Result<Vec<Finding>, String>>>);
+
+impl Default for Scripted {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(Ok(Vec::new()))))
+    }
+}
+
+impl Scripted {
+    fn set(&self, findings: Vec<Finding>) {
+        *self.0.lock().unwrap() = Ok(findings);
+    }
+
+    fn fail(&self) {
+        *self.0.lock().unwrap() = Err("the inventory service is unreachable".into());
+    }
+}
+
+#[async_trait]
+impl Rule for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+
+    async fn check(&self) -> Result<Vec<Finding>, BoxError> {
+        self.0.lock().unwrap().clone().map_err(Into::into)
+    }
+}
+
+fn orphan(order: &str) -> Finding {
+    Finding::new("reservation-without-order", order, format!("a reservation for {order}, which no order has"))
+}
+
+fn release(order: &str) -> Message {
+    Message::command(
+        "auditor",
+        "inventory",
+        "inventory.release-stock.v1",
+        order,
+        serde_json::json!({ "order_id": order }),
+    )
+}
+
+async fn judges_only_what_lasts<S: SqlStore>(store: Arc<S>)
+where
+    S::Tx: Sql,
+{
+    let rule = Scripted::default();
+    let auditor = Auditor::new("auditor", store, AuditOptions::new(Duration::from_secs(3600), Duration::from_secs(1)))
+        .rule(rule.clone());
+    rule.set(vec![orphan("o-1"), orphan("o-2")]);
+    let report = auditor.run().await;
+    assert!(report.drifts.is_empty(), "{report:?}");
+    assert_eq!(report.suspected.get("reservation-without-order"), Some(&2));
+    assert_eq!(report.unrepaired(), 0);
+
+    // A rule that cannot judge keeps what it saw, and says so.
+    rule.fail();
+    let report = auditor.run().await;
+    assert!(report.incomplete());
+    assert_eq!(report.rules[0].error.as_deref(), Some("the inventory service is unreachable"));
+
+    rule.set(vec![orphan("o-2")]);
+    assert_eq!(auditor.run().await.suspected.get("reservation-without-order"), Some(&1));
+    rule.set(Vec::new());
+    let report = auditor.run().await;
+    assert!(report.suspected.is_empty() && report.drifts.is_empty(), "{report:?}");
+}
+
+async fn repairs_once<S: SqlStore>(store: Arc<S>)
+where
+    S::Tx: Sql,
+{
+    let rule = Scripted::default();
+    let auditor = Auditor::new("auditor", store.clone(), AuditOptions::new(Duration::ZERO, Duration::from_secs(1)))
+        .rule(rule.clone());
+    rule.set(vec![orphan("o-1").repaired_by(release("o-1")), orphan("o-2")]);
+    let first = auditor.run().await;
+    assert_eq!(first.drifts.len(), 2, "{first:?}");
+    assert_eq!(first.drifts[1].repair, RepairState::None, "o-2 has no repair");
+    let RepairState::Sent { message_id, .. } = first.drifts[0].repair.clone() else {
+        panic!("o-1's repair was not sent: {first:?}")
+    };
+    assert_eq!(first.unrepaired(), 1, "only o-2 needs an operator");
+
+    // Seen again, by a new auditor too (a restart): not sent again.
+    rule.set(vec![orphan("o-1").repaired_by(release("o-1"))]);
+    let again = Auditor::new("auditor", store.clone(), AuditOptions::new(Duration::ZERO, Duration::from_secs(1)))
+        .rule(rule.clone())
+        .run()
+        .await;
+    assert_eq!(again.drifts[0].repair, first.drifts[0].repair);
+    let outbox = store.unpublished(10).await.unwrap();
+    assert_eq!(outbox.len(), 1, "one repair command in the outbox");
+    assert_eq!(outbox[0].message.id.to_string(), message_id);
+    assert_eq!(outbox[0].message.message_type, "inventory.release-stock.v1");
+
+    // Its reply came back, and the drift is still there: the repair failed.
+    let id = message_id.clone();
+    let confirmed = store
+        .transaction::<_, _, polis_core::StoreError>(async move |tx: &mut S::Tx| Repairs::<S>::confirm(tx, &id).await)
+        .await
+        .unwrap();
+    assert!(confirmed);
+    let report = auditor.run().await;
+    assert!(matches!(&report.drifts[0].repair, RepairState::Failed { message_id: m, .. } if *m == message_id));
+    assert_eq!(report.unrepaired(), 1);
+
+    rule.set(Vec::new());
+    assert!(auditor.run().await.drifts.is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_auditor_judges_only_what_lasts_and_repairs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| SqliteEventStore::open(dir.path().join(name), SqliteOptions::new("auditor"));
+    judges_only_what_lasts(Arc::new(open("a.db").await.unwrap())).await;
+    repairs_once(Arc::new(open("b.db").await.unwrap())).await;
+}
+
+#[tokio::test]
+async fn postgres_auditor_judges_only_what_lasts_and_repairs_once() {
+    let first = polis_testkit::postgres().await;
+    judges_only_what_lasts(Arc::new(PgEventStore::connect(first.url(), PgOptions::new("auditor")).await.unwrap()))
+        .await;
+    let second = polis_testkit::postgres().await;
+    repairs_once(Arc::new(PgEventStore::connect(second.url(), PgOptions::new("auditor")).await.unwrap())).await;
+}
+
+/// The settle time, on a paused clock: a finding seen by every pass turns
+/// into a drift once it has lasted that long, dated from its first sighting.
+#[tokio::test]
+async fn a_finding_becomes_a_drift_once_it_lasted_the_settle_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteEventStore::open(dir.path().join("a.db"), SqliteOptions::new("auditor")).await.unwrap());
+    tokio::time::pause();
+    let rule = Scripted::default();
+    let auditor = Auditor::new("auditor", store, AuditOptions::new(Duration::from_secs(30), Duration::from_secs(5)))
+        .rule(rule.clone());
+    rule.set(vec![orphan("o-1")]);
+    let first = auditor.run().await;
+    assert!(first.drifts.is_empty());
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(auditor.run().await.drifts.is_empty(), "not yet");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let lasted = auditor.run().await;
+    assert_eq!(lasted.drifts.len(), 1);
+    assert_eq!(lasted.drifts[0].since, first.at, "dated from its first sighting");
+    assert_eq!(lasted.unrepaired(), 1);
+}
