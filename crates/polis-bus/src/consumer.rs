@@ -150,6 +150,17 @@ pub enum DeadLetterError {
     /// The handler failed again; the dead letter stays, with the new error.
     #[error("replay failed: {0}")]
     ReplayFailed(HandlerError),
+    /// The dead letter was resolved (replayed or discarded), but a message
+    /// parked behind it failed when it was replayed in turn: that message is
+    /// now a dead letter of its own, `parked`, with `error`, and the key
+    /// stays blocked behind it.
+    #[error("resolved, but the parked message {parked} failed when replayed: {error}")]
+    ParkedFailed {
+        /// The parked message's dead-letter id (kept, now `dead`).
+        parked: Uuid,
+        /// Why it failed.
+        error: HandlerError,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -476,7 +487,9 @@ impl<S: TransactionalStore> Consumer<S> {
 
     /// Runs a dead letter's message through its handler again. On success the
     /// dead letter is removed and the messages parked behind it are replayed
-    /// in order; on failure it stays, with the new error and attempt count.
+    /// in order; on failure it stays, with the new error and attempt count
+    /// ([`DeadLetterError::ReplayFailed`]). A parked message failing in turn
+    /// is [`DeadLetterError::ParkedFailed`]: this one was replayed all the same.
     pub async fn replay(&self, id: Uuid) -> Result<(), DeadLetterError> {
         let letter = self.find(id).await?;
         let message = letter.message.clone().ok_or(DeadLetterError::NotReplayable(id))?;
@@ -491,7 +504,9 @@ impl<S: TransactionalStore> Consumer<S> {
         self.release_parked(&message.key).await
     }
 
-    /// Drops a dead letter without handling it, then replays what was parked behind it.
+    /// Drops a dead letter without handling it, then replays what was parked
+    /// behind it ([`DeadLetterError::ParkedFailed`] if one of those fails: the
+    /// discard itself is done).
     pub async fn discard(&self, id: Uuid) -> Result<(), DeadLetterError> {
         let letter = self.find(id).await?;
         self.store.transaction::<_, _, StoreError>(async move |tx| tx.remove_dead_letter(id).await).await?;
@@ -502,8 +517,8 @@ impl<S: TransactionalStore> Consumer<S> {
     }
 
     async fn find(&self, id: Uuid) -> Result<DeadLetter, DeadLetterError> {
-        let letters = self.dead_letters().await?;
-        letters.into_iter().find(|l| l.id == id).ok_or(DeadLetterError::NotFound(id))
+        let letter = self.store.find_dead_letter(id).await?;
+        letter.filter(|l| l.consumer == self.name).ok_or(DeadLetterError::NotFound(id))
     }
 
     fn handler_for(&self, message: &Message) -> Result<Arc<dyn Handler<S::Tx>>, DeadLetterError> {
@@ -574,7 +589,14 @@ impl<S: TransactionalStore> Consumer<S> {
                 return Ok(());
             };
             match &next.message {
-                Some(message) => self.replay_one(&next, message).await?,
+                Some(message) => match self.replay_one(&next, message).await {
+                    // Another replay or discard resolved it meanwhile: go on with the rest.
+                    Ok(()) | Err(DeadLetterError::NotFound(_)) => {}
+                    Err(DeadLetterError::ReplayFailed(error)) => {
+                        return Err(DeadLetterError::ParkedFailed { parked: next.id, error });
+                    }
+                    Err(other) => return Err(other),
+                },
                 None => return Err(DeadLetterError::NotReplayable(next.id)),
             }
         }

@@ -278,6 +278,17 @@ impl<S: TransactionalStore> TransactionalStore for Flaky<S> {
     async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
         self.inner.dead_letters(consumer).await
     }
+    async fn dead_letters_page(
+        &self,
+        consumer: Option<&str>,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.inner.dead_letters_page(consumer, after, limit).await
+    }
+    async fn find_dead_letter(&self, id: uuid::Uuid) -> Result<Option<DeadLetter>, StoreError> {
+        self.inner.find_dead_letter(id).await
+    }
 }
 
 /// What one service reported, accumulated over snapshots (the debugging

@@ -8,13 +8,16 @@
 //!   a crash, say) and check its invariants;
 //! - `polis serve <service>`: one process of the distributed shop;
 //! - `polis store-demo`: the event store alone — aggregates under concurrent
-//!   commands, a catch-up projection, invariant checks, on SQLite or PostgreSQL.
+//!   commands, a catch-up projection, invariant checks, on SQLite or PostgreSQL;
+//! - `polis dlq`, `polis sagas`, `polis events`: a running shop's dead
+//!   letters, sagas and event streams, through its gateway (`admin`).
 //!
 //! The exit status tells an invariant that does not hold (3) from an
 //! operational error (1); [`exit`] defines them all.
 
 #![warn(missing_docs)]
 
+mod admin;
 mod audit;
 mod check;
 mod exit;
@@ -57,6 +60,13 @@ enum Command {
     StoreDemo(store_demo::DemoArgs),
     /// Run a reconciliation pass of a running shop now: print its drifts, send the repairs due.
     Audit(audit::AuditArgs),
+    /// A running shop's dead letters: list, show, replay or discard them.
+    #[command(subcommand)]
+    Dlq(admin::DlqCommand),
+    /// A running shop's sagas, by state, or counted in flight.
+    Sagas(admin::SagasArgs),
+    /// A stream's events, from the service whose log holds it.
+    Events(admin::EventsArgs),
 }
 
 /// How the shop is deployed.
@@ -176,5 +186,17 @@ async fn run() -> anyhow::Result<Outcome> {
         }
         Command::StoreDemo(args) => Outcome::checked(store_demo::run(args).await?.all_invariants_hold()),
         Command::Audit(args) => audit::run(args).await?,
+        Command::Dlq(command) => {
+            admin::dlq(command).await?;
+            Outcome::Success
+        }
+        Command::Sagas(args) => {
+            admin::sagas(args).await?;
+            Outcome::Success
+        }
+        Command::Events(args) => {
+            admin::events(args).await?;
+            Outcome::Success
+        }
     })
 }

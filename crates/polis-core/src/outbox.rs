@@ -233,6 +233,22 @@ pub trait TransactionalStore: Send + Sync + 'static {
 
     /// The dead letters of `consumer` (all consumers if `None`), oldest first.
     async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// A page of the dead letters of `consumer` (all consumers if `None`)
+    /// in id order: those whose id is greater than `after` (all if `None`),
+    /// at most `limit`. Ids are UUIDv7, so id order is about the order they
+    /// were given up on; a reader pages through any number of them in
+    /// bounded answers.
+    async fn dead_letters_page(
+        &self,
+        consumer: Option<&str>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// The dead letter `id`, whichever consumer's it is; `None` if there is
+    /// none (any more).
+    async fn find_dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>, StoreError>;
 }
 
 /// Rejects what [`Transaction::schedule`] must not store: an invalid message

@@ -52,6 +52,9 @@
 //! - [`service`]: [`Service`], a service as its host sees it (open over
 //!   its store, router, consumer), and [`host`], which runs its relay,
 //!   scheduler and consumer;
+//! - [`admin`]: the routes every hosted service gets for its operators:
+//!   dead letters (list, show, replay, discard), sagas (by state, counts
+//!   in flight) and event streams;
 //! - [`config`]: defaults → TOML file → environment, [`Secret`], [`Infra`];
 //! - [`telemetry`]: [`init_tracing`], the log subscriber.
 
@@ -59,6 +62,7 @@
 
 use std::net::SocketAddr;
 
+pub mod admin;
 pub mod config;
 pub mod id;
 pub mod json;

@@ -27,7 +27,8 @@ use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use polis_core::{DeadLetterStatus, TransactionalStore};
+use polis_core::DeadLetterStatus;
+use polis_store::sql::{Sql, SqlStore};
 
 /// The route the standard stack serves the metrics at.
 pub const METRICS_PATH: &str = "/metrics";
@@ -151,34 +152,66 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Samples, every `interval`, the gauges of a hosted service that need a
-/// query: `polis_dead_letters` (labels `service`, `consumer`, `status`
-/// `dead` or `parked`), the letters waiting for an operator now, where
-/// `polis_dead_letters_total` counts what was ever dead-lettered. Runs until
-/// aborted.
+/// query:
+///
+/// - `polis_dead_letters` (labels `service`, `consumer`, `status` `dead`
+///   or `parked`): the letters waiting for an operator now, where
+///   `polis_dead_letters_total` counts what was ever dead-lettered;
+/// - `polis_sagas_in_flight` (labels `service`, `saga`, `state`): the
+///   orchestrated saga instances not finished, by the state they wait in
+///   (a pair that empties reads 0), and `polis_sagas_oldest_wait_seconds`
+///   (same labels): how long the one of them that moved least recently
+///   has waited — a stuck saga.
+///
+/// Runs until aborted.
 pub(crate) async fn sample<S>(store: Arc<S>, consumer: Option<String>, interval: Duration)
 where
-    S: TransactionalStore + 'static,
+    S: SqlStore + 'static,
+    S::Tx: Sql,
 {
-    let Some(consumer) = consumer else { return };
     let service = store.service().to_owned();
+    let mut sagas_seen = std::collections::BTreeSet::new();
     let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match store.dead_letters(Some(&consumer)).await {
-            Ok(letters) => {
-                for status in [DeadLetterStatus::Dead, DeadLetterStatus::Parked] {
-                    let count = letters.iter().filter(|l| l.status == status).count();
-                    metrics::gauge!(
-                        "polis_dead_letters",
-                        "service" => service.clone(),
-                        "consumer" => consumer.clone(),
-                        "status" => status.as_str(),
-                    )
-                    .set(count as f64);
+        if let Some(consumer) = &consumer {
+            match store.dead_letters(Some(consumer)).await {
+                Ok(letters) => {
+                    for status in [DeadLetterStatus::Dead, DeadLetterStatus::Parked] {
+                        let count = letters.iter().filter(|l| l.status == status).count();
+                        metrics::gauge!(
+                            "polis_dead_letters",
+                            "service" => service.clone(),
+                            "consumer" => consumer.clone(),
+                            "status" => status.as_str(),
+                        )
+                        .set(count as f64);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(service, error = %polis_core::error::chain(&e), "counting dead letters failed");
                 }
             }
-            Err(e) => tracing::warn!(service, error = %polis_core::error::chain(&e), "counting dead letters failed"),
+        }
+        match polis_saga::in_flight(&*store).await {
+            Ok(counts) => {
+                let now: std::collections::BTreeMap<(String, String), (u64, f64)> = counts
+                    .into_iter()
+                    .map(|c| {
+                        let waited = (chrono::Utc::now() - c.oldest_change).to_std().unwrap_or_default();
+                        ((c.saga_type, c.state), (c.count, waited.as_secs_f64()))
+                    })
+                    .collect();
+                sagas_seen.extend(now.keys().cloned());
+                for (saga, state) in &sagas_seen {
+                    let (count, waited) = now.get(&(saga.clone(), state.clone())).copied().unwrap_or((0, 0.0));
+                    let labels = [("service", service.clone()), ("saga", saga.clone()), ("state", state.clone())];
+                    metrics::gauge!("polis_sagas_in_flight", &labels).set(count as f64);
+                    metrics::gauge!("polis_sagas_oldest_wait_seconds", &labels).set(waited);
+                }
+            }
+            Err(e) => tracing::warn!(service, error = %polis_core::error::chain(&e), "counting sagas in flight failed"),
         }
     }
 }

@@ -90,6 +90,17 @@ impl PageKey for String {
     }
 }
 
+/// A `limit` as a query gives it: a whole number from 1 to [`MAX_LIMIT`],
+/// else a 422 problem naming `limit`. For lists whose key is not a
+/// [`PageKey`], or that read more parameters than [`Page`] does.
+pub fn parse_limit(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| ApiError::validation("limit", format!("must be a whole number from 1 to {MAX_LIMIT}")))
+}
+
 /// A page of a list keyed by `K`: the extractor for `?limit=N&after=KEY`.
 /// A bad value is a 422 problem naming the parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,11 +136,7 @@ impl<K: PageKey> Page<K> {
         // `?limit` alone is an empty limit, not no limit.
         for (name, value) in crate::query::pairs(query) {
             match name {
-                "limit" => {
-                    page.limit = value.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
-                        ApiError::validation("limit", format!("must be a whole number from 1 to {MAX_LIMIT}"))
-                    })?;
-                }
+                "limit" => page.limit = parse_limit(value)?,
                 "after" => {
                     page.after = Some(K::parse_key(value).ok_or_else(|| ApiError::validation("after", K::FORM))?)
                 }

@@ -201,10 +201,11 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
-    let consumer = service.consumer(options.consumer.clone()).filter(|_| options.consume);
+    let routes = service.consumer(options.consumer.clone()).map(Arc::new);
+    let consumer = routes.clone().filter(|_| options.consume);
     let consumer_name = consumer.as_ref().map(|c| c.name().to_owned());
     let consumer = match consumer {
-        Some(consumer) => Some(Arc::new(consumer).spawn(bus.clone()).await?),
+        Some(consumer) => Some(consumer.spawn(bus.clone()).await?),
         None => None,
     };
     let store = service.store().clone();
@@ -220,6 +221,7 @@ where
     let projector = (!projector.is_empty()).then(|| projector.spawn());
     let relay = Relay::new(store.clone(), bus.clone(), options.relay.clone()).spawn();
     let scheduler = Scheduler::new(store.clone(), options.scheduler.clone()).spawn();
+    let admin = crate::admin::router(store.clone(), routes);
     let probe = store.clone();
     let readiness = Readiness::new(
         T::NAME,
@@ -233,7 +235,7 @@ where
     );
     let sampler = AbortOnDrop(tokio::spawn(crate::metrics::sample(store, consumer_name, options.sample_interval)));
     let background = service.background().into_iter().map(|task| AbortOnDrop(tokio::spawn(task))).collect();
-    let mut router = service.router();
+    let mut router = service.router().merge(admin);
     if let Some(projector) = &projector {
         router = router.merge(projections_route(projector.reader()));
     }

@@ -21,11 +21,17 @@
 //!   a dead letter of the saga's key cannot park it); it survives restarts
 //!   like any scheduled message.
 //!   Setting a new deadline unschedules the old one, and a deadline that
-//!   fires after its instance moved on is recognized as stale and ignored.
+//!   fires after its instance moved on is recognized as stale and ignored;
+//! - [`listing`] reads instances back for operators: a page of them by
+//!   state, finished or not, and the counts in flight by type and state,
+//!   outside any transaction.
 
 #![warn(missing_docs)]
 
+pub mod listing;
 pub mod testing;
+
+pub use listing::{InFlight, SagaFilter, SagaKey, SagaSummary, in_flight, list};
 
 use std::marker::PhantomData;
 
@@ -42,7 +48,9 @@ pub const DEADLINE_TYPE: &str = "polis.saga-deadline.v1";
 
 /// A saga's pure state machine.
 pub trait Saga: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// Names the saga in storage and in deadline messages, e.g. `create-order`.
+    /// Names the saga in storage and in deadline messages, e.g. `create-order`:
+    /// letters, digits, `-`, `_` and `.` ([`is_type_name`]), as it also
+    /// appears in listings' cursors (`<type>:<id>`).
     const TYPE: &'static str;
 
     /// What the saga asks its own service to do to its data (approve an
@@ -59,6 +67,18 @@ pub trait Saga: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Whether the saga has nothing left to wait for.
     fn is_finished(&self) -> bool;
+
+    /// The name of the instance's current state, stored with it so that
+    /// operators (and metrics) can count and list sagas by state without
+    /// decoding any: a phase such as `reserving` or `compensating`. By
+    /// default `running`, or `finished` once [`is_finished`](Saga::is_finished).
+    ///
+    /// Names come from a small fixed set (they label metrics), in
+    /// snake_case: 1 to 64 of `a-z`, `A-Z`, `0-9`, `_`, `-` and `.`
+    /// ([`is_state_name`]).
+    fn state_name(&self) -> &'static str {
+        if self.is_finished() { "finished" } else { "running" }
+    }
 }
 
 /// What to change about an instance's deadline.
@@ -135,6 +155,20 @@ pub struct Instance<S> {
     pub deadline: Option<(Uuid, DateTime<Utc>)>,
 }
 
+/// Whether `name` can be a [`Saga::TYPE`]: 1 to 64 of `a-z`, `A-Z`, `0-9`,
+/// `-`, `_` and `.`.
+pub fn is_type_name(name: &str) -> bool {
+    is_state_name(name)
+}
+
+/// What a state name must be, as a refusal says it.
+pub const STATE_NAME_FORM: &str = "must be 1 to 64 of A-Z, a-z, 0-9, '_', '-' and '.'";
+
+/// Whether `name` can be a [`Saga::state_name`] (see [`STATE_NAME_FORM`]).
+pub fn is_state_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// The ordering key of an instance's deadlines: apart from the key of the
 /// saga's other messages (its id), so that a dead letter parked on that key —
 /// an unreadable reply, say — cannot hold back the deadline that bounds it.
@@ -207,6 +241,7 @@ impl<S> Clone for Sagas<S> {
 impl<S: Saga> Sagas<S> {
     /// `service` is the owning service: deadlines are commands it sends itself.
     pub fn new(service: impl Into<String>) -> Self {
+        debug_assert!(is_type_name(S::TYPE), "saga type {:?} is not a valid type name", S::TYPE);
         Self { service: service.into(), _saga: PhantomData }
     }
 
@@ -298,13 +333,16 @@ impl<S: Saga> Sagas<S> {
             None => (None, None),
         };
         let finished = instance.state.is_finished();
+        let state_name = instance.state.state_name();
+        debug_assert!(is_state_name(state_name), "saga state name {state_name:?} is not a valid state name");
         if instance.version == 0 {
             let inserted = tx
                 .execute(
                     "INSERT INTO polis_sagas (saga_type, saga_id, state, finished, deadline_id, deadline_at_us, \
-                     version, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7) \
+                     version, created_at_us, updated_at_us, state_name) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8) \
                      ON CONFLICT (saga_type, saga_id) DO NOTHING",
-                    args![S::TYPE, instance.id.as_str(), state, finished, deadline_id, deadline_at, now],
+                    args![S::TYPE, instance.id.as_str(), state, finished, deadline_id, deadline_at, now, state_name],
                 )
                 .await?;
             if inserted == 0 {
@@ -314,7 +352,7 @@ impl<S: Saga> Sagas<S> {
             let updated = tx
                 .execute(
                     "UPDATE polis_sagas SET state = $1, finished = $2, deadline_id = $3, deadline_at_us = $4, \
-                     version = version + 1, updated_at_us = $5 \
+                     version = version + 1, updated_at_us = $5, state_name = $9 \
                      WHERE saga_type = $6 AND saga_id = $7 AND version = $8",
                     args![
                         state,
@@ -324,7 +362,8 @@ impl<S: Saga> Sagas<S> {
                         now,
                         S::TYPE,
                         instance.id.as_str(),
-                        instance.version
+                        instance.version,
+                        state_name
                     ],
                 )
                 .await?;

@@ -99,3 +99,43 @@ async fn postgres_store_refuses_a_cached_position_sequence() {
     let source = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
     assert!(source.contains("CACHE 1"), "{source}");
 }
+
+/// The migrations before `version`, as a migrator: a database as an older
+/// polis left it.
+fn before(mut migrator: sqlx::migrate::Migrator, version: i64) -> sqlx::migrate::Migrator {
+    migrator.migrations = migrator.migrations.iter().filter(|m| m.version < version).cloned().collect();
+    migrator
+}
+
+/// The version that gave sagas their state names.
+const SAGA_STATE_NAMES: i64 = 202611220006;
+
+/// Two sagas as an older polis wrote them (no state name), one finished.
+const OLD_SAGAS: &str = "INSERT INTO polis_sagas (saga_type, saga_id, state, finished, version, created_at_us, \
+                         updated_at_us) VALUES ('t', 'done', '{}', TRUE, 1, 0, 0), ('t', 'busy', '{}', FALSE, 1, 0, 0)";
+
+/// What the state-name migration made of [`OLD_SAGAS`].
+const STATE_NAMES: &str = "SELECT saga_id || '=' || state_name FROM polis_sagas ORDER BY saga_id";
+
+#[tokio::test]
+async fn sqlite_sagas_written_before_state_names_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    before(migrations::sqlite(), SAGA_STATE_NAMES).run(&mut conn).await.unwrap();
+    sqlx::query(OLD_SAGAS).execute(&mut conn).await.unwrap();
+    migrations::sqlite().run(&mut conn).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar(STATE_NAMES).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(names, ["busy=running", "done=finished"]);
+}
+
+#[tokio::test]
+async fn postgres_sagas_written_before_state_names_get_one() {
+    let db = polis_testkit::postgres().await;
+    let mut conn = PgConnection::connect(db.url()).await.unwrap();
+    before(migrations::postgres(), SAGA_STATE_NAMES).run(&mut conn).await.unwrap();
+    sqlx::query(OLD_SAGAS).execute(&mut conn).await.unwrap();
+    migrations::postgres().run(&mut conn).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar(STATE_NAMES).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(names, ["busy=running", "done=finished"]);
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, TransactionalStore};
 use polis_core::{EventStore, ExpectedVersion, Message, StoreError};
 use polis_store::args;
@@ -69,6 +69,7 @@ macro_rules! suite {
                 relay_view_of_the_outbox,
                 inbox_recognizes_duplicates,
                 dead_letters_block_their_key_until_removed,
+                dead_letters_are_read_a_page_or_one_at_a_time,
                 purge_keeps_tables_bounded,
                 per_key_order_is_commit_order,
             );
@@ -245,6 +246,54 @@ mod cases {
             .await
             .unwrap();
         assert_eq!((blocked, other_key, removed, unblocked), (true, false, true, true));
+    }
+
+    pub async fn dead_letters_are_read_a_page_or_one_at_a_time<S: Orders>(store: Arc<S>) {
+        // Five letters, two consumers; a malformed one (no message) among them.
+        let letters: Vec<DeadLetter> = (0..5)
+            .map(|i| {
+                let message = order_created(&format!("o-{i}"));
+                DeadLetter {
+                    id: Uuid::now_v7(),
+                    consumer: if i == 3 { "other".into() } else { "c".into() },
+                    status: if i == 1 { DeadLetterStatus::Parked } else { DeadLetterStatus::Dead },
+                    message: (i != 4).then(|| message.clone()),
+                    message_id: (i != 4).then_some(message.id),
+                    key: (i != 4).then(|| message.key.clone()),
+                    raw: (i == 4).then(|| "{not json".to_owned()),
+                    error: format!("failure {i}"),
+                    attempts: i,
+                    failed_at: DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap(),
+                }
+            })
+            .collect();
+        let stored = letters.clone();
+        store
+            .transaction::<_, _, StoreError>(async move |tx| {
+                for letter in &stored {
+                    tx.dead_letter(letter).await?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let mut by_id = letters.clone();
+        by_id.sort_by_key(|l| l.id);
+        // Every consumer's, in id order, a page at a time.
+        let first = store.dead_letters_page(None, None, 2).await.unwrap();
+        assert_eq!(first, by_id[..2]);
+        let rest = store.dead_letters_page(None, Some(first[1].id), 10).await.unwrap();
+        assert_eq!(rest, by_id[2..]);
+        assert!(store.dead_letters_page(None, Some(by_id[4].id), 10).await.unwrap().is_empty());
+        // One consumer's.
+        let of_c = store.dead_letters_page(Some("c"), None, 10).await.unwrap();
+        let expected: Vec<_> = by_id.iter().filter(|l| l.consumer == "c").cloned().collect();
+        assert_eq!(of_c, expected);
+        // One by id, as stored; an unknown id is none.
+        for letter in &letters {
+            assert_eq!(store.find_dead_letter(letter.id).await.unwrap().as_ref(), Some(letter));
+        }
+        assert_eq!(store.find_dead_letter(Uuid::now_v7()).await.unwrap(), None);
     }
 
     pub async fn purge_keeps_tables_bounded<S: Orders>(store: Arc<S>) {

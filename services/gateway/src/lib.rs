@@ -14,6 +14,9 @@
 //! - **`GET /api/customers/{id}/orders`** checks the customer, then lists
 //!   a page of its orders (`?limit=N&after=ID`, like `GET /api/products`:
 //!   `polis_runtime::Page`'s rules, checked here and forwarded);
+//! - **`/api/admin/...`** is the operators' API: every service's dead
+//!   letters, sagas and event streams, asked of all services at once and
+//!   merged, each item naming its service ([`admin`]);
 //! - **`GET /api/openapi.json`** describes all of it.
 //!
 //! A service that does not answer in time is a 504 problem, one that cannot
@@ -38,8 +41,8 @@
 //! ```
 //!
 //! Layout: [`upstream`] (reaching a service), `routes` (the route table and
-//! the plain routes), `compose` (the three composed routes), [`openapi`]
-//! (the document).
+//! the plain routes), `compose` (the three composed routes), [`admin`] (the
+//! operators' routes and their answers' types), [`openapi`] (the document).
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -50,6 +53,7 @@ use axum::body::Bytes;
 use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
+pub mod admin;
 mod compose;
 pub mod openapi;
 pub(crate) mod ready;

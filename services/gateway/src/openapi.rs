@@ -17,7 +17,9 @@
 //!   constants and rules the services check (`contracts::catalog::sku_schema`,
 //!   `contracts::text::schema`, ...); so are the parameters' here
 //!   (`ProductPage`, `OrderPage`, `OrderWait`, `IdempotencyKey`,
-//!   `SkuPath`), from `polis_runtime::page` and the contracts.
+//!   `SkuPath`, and the admin routes' `DeadLetterPage`, `AdminSagaPage`,
+//!   `ServiceParam`, `StreamPath`, `AdminEventPage`), from
+//!   `polis_runtime::page`, `polis_saga` and the contracts.
 //! - `Links` connects the operations that create or return an id to the
 //!   operations that take it (OpenAPI `links`).
 
@@ -38,7 +40,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi};
 
 use crate::compose::{self, OrderDetails, Part};
-use crate::routes;
+use crate::{admin, routes};
 
 /// The media type of every error answer.
 const PROBLEM_JSON: &str = "application/problem+json";
@@ -244,6 +246,100 @@ impl IntoParams for EventPage {
     }
 }
 
+/// A service's name, as `?service=` takes it in the admin routes.
+fn service_schema() -> Object {
+    let names: Vec<&str> = contracts::Service::BUSINESS.iter().map(|service| service.as_str()).collect();
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)).build()
+}
+
+fn service_param(description: &str) -> Parameter {
+    parameter("service", ParameterIn::Query, false, description, service_schema())
+}
+
+/// `?service=S&limit=N&after=ID` of `GET /api/admin/dead-letters`.
+pub(crate) struct DeadLetterPage;
+
+impl IntoParams for DeadLetterPage {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let after = "Only dead letters whose id comes after this one: the id of the last one of the previous page.";
+        vec![
+            service_param("Only this service's dead letters."),
+            limit(),
+            parameter("after", ParameterIn::Query, false, after, uuid_schema()),
+        ]
+    }
+}
+
+/// `?service=S&state=S&finished=B&limit=N&after=C` of `GET /api/admin/sagas`.
+pub(crate) struct AdminSagaPage;
+
+impl IntoParams for AdminSagaPage {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let state = ObjectBuilder::new().schema_type(Type::String).pattern(Some(SAGA_STATE_PATTERN));
+        let finished = ObjectBuilder::new().schema_type(Type::Boolean);
+        let after = ObjectBuilder::new().schema_type(Type::String).pattern(Some(SAGA_CURSOR_PATTERN));
+        vec![
+            service_param("Only this service's sagas."),
+            parameter("state", ParameterIn::Query, false, "Only sagas in this state, e.g. `authorizing`.", state),
+            parameter(
+                "finished",
+                ParameterIn::Query,
+                false,
+                "Only finished sagas (`true`), or only those still in flight (`false`).",
+                finished,
+            ),
+            limit(),
+            parameter(
+                "after",
+                ParameterIn::Query,
+                false,
+                "Only sagas after this one: `<service>:<saga type>:<saga id>` of the last saga of the previous \
+                 page (percent-encoded or not).",
+                after,
+            ),
+        ]
+    }
+}
+
+/// What a saga's state name is (`polis_saga::is_state_name`).
+const SAGA_STATE_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
+
+/// What the merged saga list's cursor is: a service's name (any name: it is
+/// a place in name order), a saga type, and an id without NUL.
+const SAGA_CURSOR_PATTERN: &str = "^[a-z][a-z0-9-]*:[A-Za-z0-9_.-]{1,64}:[^\\u0000]+$";
+
+/// `?service=S` of `GET /api/admin/sagas/in-flight`.
+pub(crate) struct ServiceParam;
+
+impl IntoParams for ServiceParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![service_param("Only this service's.")]
+    }
+}
+
+/// The `{stream}` of `GET /api/admin/events/{stream}`.
+pub(crate) struct StreamPath;
+
+impl IntoParams for StreamPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let schema = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1));
+        let description = "The stream's name, e.g. `order-<id>` (an order's events, in the order service's log) or \
+            `customer/<id>` (a customer's events as another service ingested them), percent-encoded as one segment.";
+        vec![parameter("stream", ParameterIn::Path, true, description, schema)]
+    }
+}
+
+/// `?service=S&limit=N&after=V` of `GET /api/admin/events/{stream}`.
+pub(crate) struct AdminEventPage;
+
+impl IntoParams for AdminEventPage {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut params = EventPage::into_params(|| None);
+        params.insert(0, service_param("Read the stream from this service's log (needed when several hold it)."));
+        params
+    }
+}
+
 /// The `Idempotency-Key` header of `POST /api/orders`.
 pub(crate) struct IdempotencyKey;
 
@@ -316,6 +412,13 @@ fn metrics() {}
         routes::order_events,
         routes::cancel_order,
         compose::order_details,
+        admin::list_dead_letters,
+        admin::get_dead_letter,
+        admin::replay_dead_letter,
+        admin::discard_dead_letter,
+        admin::list_sagas,
+        admin::sagas_in_flight,
+        admin::stream_events,
         routes::openapi_document,
         routes::last_audit,
         routes::run_audit,
@@ -324,7 +427,9 @@ fn metrics() {}
         Problem, ProblemField, Health, Readiness, ReadinessCheck, Address, Customer, RegisterCustomer, UpdateCustomer, Product, UpdateProduct, SetStock, StockLevel,
         CreateOrder, Quantity, Accepted, OrderStatus, OrderView, OrderEvent, OrderLine, CustomerOrders, HistoryOrder,
         HistoryItem, Freshness, RejectionReason, Payment, PaymentStatus,
-        Shipment, ShipmentStatus, OrderDetails, Part,
+        Shipment, ShipmentStatus, OrderDetails, Part, admin::DeadLetter, admin::DeadLetterStatus, admin::DeadMessage,
+        admin::Resolved, admin::ResolveAction, admin::ParkedFailure, admin::Saga, admin::SagasInFlight,
+        admin::StreamEvent,
     )),
     modifiers(&SharedErrors, &Links),
     tags(
@@ -334,6 +439,9 @@ fn metrics() {}
         (name = "orders", description = "Placing, following and cancelling orders (order service), and their \
             details composed from every service."),
         (name = "operations", description = "Health, readiness, metrics, the audit and this document."),
+        (name = "admin", description = "Operating the shop: every service's dead letters (list, show, replay, \
+            discard), sagas (by state, and how many are in flight) and event streams, each answer naming its \
+            service."),
     )
 )]
 struct ApiDoc;
@@ -359,6 +467,8 @@ enum Applies {
     WithId,
     /// Operations on a path with a `{sku}`.
     WithSku,
+    /// Operations on a path with a `{stream}`.
+    WithStream,
     /// Operations that call a service (every `/api` one but this document).
     CallingServices,
 }
@@ -370,13 +480,14 @@ impl Applies {
             Self::WithBody => operation.request_body.is_some(),
             Self::WithId => path.contains("{id}"),
             Self::WithSku => path.contains("{sku}"),
+            Self::WithStream => path.contains("{stream}"),
             Self::CallingServices => path.starts_with("/api/") && path != DOCUMENT_PATH,
         }
     }
 }
 
 /// Why a request is malformed (400), and where that can happen.
-const MALFORMED: [(&str, Applies); 4] = [
+const MALFORMED: [(&str, Applies); 5] = [
     (
         "a query parameter is not one this operation reads (unknown parameters are refused, never ignored)",
         Applies::Always,
@@ -384,6 +495,7 @@ const MALFORMED: [(&str, Applies); 4] = [
     ("the body is not JSON", Applies::WithBody),
     ("the `{id}` is not a UUID in its hyphenated form (8-4-4-4-12 hex digits)", Applies::WithId),
     ("the `{sku}` is not UTF-8 once percent-decoded", Applies::WithSku),
+    ("the `{stream}` is not UTF-8 once percent-decoded", Applies::WithStream),
 ];
 
 /// `(status, component name, description, which operations)`.

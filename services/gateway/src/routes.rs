@@ -34,10 +34,10 @@ use contracts::order::{Accepted, IDEMPOTENT_REPLAYED, MAX_WAIT_MS, OrderEvent, O
 use polis_runtime::{ApiError, Json, NoQuery, Page, PathId, PathText, RequestId};
 use serde_json::value::RawValue;
 
-use crate::compose;
 use crate::openapi::{EventPage, OrderWait, Problem, ProductPage, SkuPath};
 use crate::upstream::{UpstreamError, UpstreamResponse, Upstreams};
 use crate::{GatewayConfig, Upstream};
+use crate::{admin, compose};
 use contracts::Service;
 
 /// The router's state: cheap to clone.
@@ -111,6 +111,21 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::POST, "/api/orders/{id}/cancel", on(MethodFilter::POST, cancel_order)),
         endpoint(Method::GET, "/api/orders/{id}/details", on(MethodFilter::GET, compose::order_details)),
         endpoint(Method::GET, "/api/orders/{id}/events", on(MethodFilter::GET, order_events)),
+        endpoint(Method::GET, "/api/admin/dead-letters", on(MethodFilter::GET, admin::list_dead_letters)),
+        endpoint(Method::GET, "/api/admin/dead-letters/{id}", on(MethodFilter::GET, admin::get_dead_letter)),
+        endpoint(
+            Method::POST,
+            "/api/admin/dead-letters/{id}/replay",
+            on(MethodFilter::POST, admin::replay_dead_letter),
+        ),
+        endpoint(
+            Method::POST,
+            "/api/admin/dead-letters/{id}/discard",
+            on(MethodFilter::POST, admin::discard_dead_letter),
+        ),
+        endpoint(Method::GET, "/api/admin/sagas", on(MethodFilter::GET, admin::list_sagas)),
+        endpoint(Method::GET, "/api/admin/sagas/in-flight", on(MethodFilter::GET, admin::sagas_in_flight)),
+        endpoint(Method::GET, "/api/admin/events/{stream}", on(MethodFilter::GET, admin::stream_events)),
         endpoint(Method::GET, "/api/openapi.json", on(MethodFilter::GET, openapi_document)),
         endpoint(Method::GET, polis_runtime::ready::READY_PATH, on(MethodFilter::GET, crate::ready::readyz)),
         endpoint(Method::GET, "/api/audit", on(MethodFilter::GET, last_audit)),

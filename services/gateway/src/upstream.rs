@@ -290,7 +290,7 @@ impl Upstreams {
 
 /// Percent-encodes one path segment: everything but RFC 3986's unreserved
 /// characters, so a sku like `A/B 1` stays one segment.
-pub(crate) fn encode_segment(segment: &str) -> String {
+pub fn encode_segment(segment: &str) -> String {
     let mut encoded = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

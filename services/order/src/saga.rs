@@ -57,6 +57,23 @@ pub enum Phase {
     Cancelled,
 }
 
+impl Phase {
+    /// The phase's name, as in the saga's state (snake_case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserving => "reserving",
+            Self::Authorizing => "authorizing",
+            Self::Scheduling => "scheduling",
+            Self::Capturing => "capturing",
+            Self::Approved => "approved",
+            Self::Compensating => "compensating",
+            Self::Rejected => "rejected",
+            Self::Cancelling => "cancelling",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// A service the saga may have to undo something at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -289,6 +306,11 @@ impl Saga for CreateOrderSaga {
     fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Approved | Phase::Rejected | Phase::Cancelled)
     }
+
+    /// The phase, as serde writes it in the state (`reserving`, ...).
+    fn state_name(&self) -> &'static str {
+        self.phase.as_str()
+    }
 }
 
 impl<S> OrderService<S>
@@ -358,6 +380,22 @@ mod tests {
 
     fn types(step: &Step<SagaEffect>) -> Vec<&str> {
         step.send.iter().map(|m| m.message_type.as_str()).collect()
+    }
+
+    /// The state name operators list sagas by is the phase as the stored
+    /// state spells it, for every phase.
+    #[test]
+    fn the_state_name_is_the_phase_as_stored() {
+        use Phase::*;
+        let (mut saga, _) = started();
+        assert_eq!(saga.state_name(), "reserving");
+        for phase in
+            [Reserving, Authorizing, Scheduling, Capturing, Approved, Compensating, Rejected, Cancelling, Cancelled]
+        {
+            saga.phase = phase;
+            assert_eq!(serde_json::to_value(phase).unwrap(), saga.state_name(), "{phase:?}");
+            assert!(polis_saga::is_state_name(saga.state_name()));
+        }
     }
 
     #[test]

@@ -25,11 +25,14 @@
 //! - [`audit`]: the audit service's reading of the other services' APIs.
 //! - [`workload`]: the demo's orders and the shop's invariants, for the CLI
 //!   and the fault tests.
+//! - [`faults`]: messages a service cannot handle, to make dead letters on
+//!   purpose (the admin commands' tests).
 
 pub mod audit;
 pub mod client;
 pub mod data_dir;
 pub mod distributed;
+pub mod faults;
 pub mod replica;
 pub mod supervisor;
 pub mod workload;
@@ -208,13 +211,23 @@ where
 }
 
 /// The whole shop in one process.
-#[derive(Debug)]
 pub struct Embedded {
     gateway: Router,
+    /// The in-process bus every service publishes to and consumes from.
+    bus: Arc<dyn Bus>,
     /// Every business service, in [`Service::BUSINESS`] order.
     hosted: Vec<(Service, Hosted)>,
     /// Owned while the shop runs; declared last so that it is let go last.
     data_dir: DataDir,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded")
+            .field("hosted", &self.hosted)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The router of a service this shop does not run: 503 to everything.
@@ -270,7 +283,7 @@ impl Embedded {
         };
         let gateway = gateway::router(gateway::Upstreams::new(local), config.gateway.clone());
         owned.record()?;
-        Ok(Self { gateway, hosted, data_dir: owned })
+        Ok(Self { gateway, bus, hosted, data_dir: owned })
     }
 
     /// A process's own router (bare; the caller adds the standard stack):
@@ -286,6 +299,12 @@ impl Embedded {
     /// The gateway's router (bare; the caller adds the standard stack).
     pub fn gateway(&self) -> Router {
         self.gateway.clone()
+    }
+
+    /// The bus the services share: what is published here reaches their
+    /// consumers as any service's message would ([`faults`]).
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        self.bus.clone()
     }
 
     /// The data directory, owned by this shop while it runs.

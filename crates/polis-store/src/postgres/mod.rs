@@ -509,6 +509,19 @@ impl TransactionalStore for PgEventStore {
     async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
         outbox::dead_letters(&self.inner.pool, consumer).await
     }
+
+    async fn dead_letters_page(
+        &self,
+        consumer: Option<&str>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        outbox::dead_letters_page(&self.inner.pool, consumer, after, limit).await
+    }
+
+    async fn find_dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>, StoreError> {
+        outbox::find_dead_letter(&self.inner.pool, id).await
+    }
 }
 
 /// The append statement for one kind of expectation.

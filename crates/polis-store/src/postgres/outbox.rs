@@ -255,33 +255,58 @@ pub(super) async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
     Ok(Backlog { unpublished: unpublished as u64, oldest: row.try_get("oldest").map_err(backend)? })
 }
 
+/// The columns [`decode_dead_letter`] reads.
+const DEAD_LETTER_COLUMNS: &str = "id, consumer, status, message, message_id, key, raw, error, attempts, failed_at";
+
 pub(super) async fn dead_letters(pool: &PgPool, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, consumer, status, message, message_id, key, raw, error, attempts, failed_at \
-         FROM polis_dead_letters WHERE $1::text IS NULL OR consumer = $1 ORDER BY id",
-    )
-    .bind(consumer)
-    .fetch_all(pool)
-    .await
-    .map_err(backend)?;
-    rows.iter()
-        .map(|row| {
-            let message: Option<serde_json::Value> = row.try_get("message").map_err(backend)?;
-            let status: String = row.try_get("status").map_err(backend)?;
-            Ok(DeadLetter {
-                id: row.try_get("id").map_err(backend)?,
-                consumer: row.try_get("consumer").map_err(backend)?,
-                status: DeadLetterStatus::parse(&status).unwrap_or(DeadLetterStatus::Dead),
-                message: message.map(serde_json::from_value).transpose().map_err(backend)?,
-                message_id: row.try_get("message_id").map_err(backend)?,
-                key: row.try_get("key").map_err(backend)?,
-                raw: row.try_get("raw").map_err(backend)?,
-                error: row.try_get("error").map_err(backend)?,
-                attempts: row.try_get::<i32, _>("attempts").map_err(backend)? as u32,
-                failed_at: row.try_get("failed_at").map_err(backend)?,
-            })
-        })
-        .collect()
+    let sql = format!(
+        "SELECT {DEAD_LETTER_COLUMNS} FROM polis_dead_letters WHERE $1::text IS NULL OR consumer = $1 ORDER BY id"
+    );
+    let rows = sqlx::query(&sql).bind(consumer).fetch_all(pool).await.map_err(backend)?;
+    rows.iter().map(decode_dead_letter).collect()
+}
+
+pub(super) async fn dead_letters_page(
+    pool: &PgPool,
+    consumer: Option<&str>,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let sql = format!(
+        "SELECT {DEAD_LETTER_COLUMNS} FROM polis_dead_letters \
+         WHERE ($1::text IS NULL OR consumer = $1) AND id > $2 ORDER BY id LIMIT $3"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(consumer)
+        .bind(after.unwrap_or(Uuid::nil()))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await
+        .map_err(backend)?;
+    rows.iter().map(decode_dead_letter).collect()
+}
+
+pub(super) async fn find_dead_letter(pool: &PgPool, id: Uuid) -> Result<Option<DeadLetter>, StoreError> {
+    let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM polis_dead_letters WHERE id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await.map_err(backend)?;
+    row.as_ref().map(decode_dead_letter).transpose()
+}
+
+fn decode_dead_letter(row: &PgRow) -> Result<DeadLetter, StoreError> {
+    let message: Option<serde_json::Value> = row.try_get("message").map_err(backend)?;
+    let status: String = row.try_get("status").map_err(backend)?;
+    Ok(DeadLetter {
+        id: row.try_get("id").map_err(backend)?,
+        consumer: row.try_get("consumer").map_err(backend)?,
+        status: DeadLetterStatus::parse(&status).unwrap_or(DeadLetterStatus::Dead),
+        message: message.map(serde_json::from_value).transpose().map_err(backend)?,
+        message_id: row.try_get("message_id").map_err(backend)?,
+        key: row.try_get("key").map_err(backend)?,
+        raw: row.try_get("raw").map_err(backend)?,
+        error: row.try_get("error").map_err(backend)?,
+        attempts: row.try_get::<i32, _>("attempts").map_err(backend)? as u32,
+        failed_at: row.try_get("failed_at").map_err(backend)?,
+    })
 }
 
 /// Decodes a row of [`unpublished`]'s SELECT. Columns are read by their

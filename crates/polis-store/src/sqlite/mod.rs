@@ -28,6 +28,7 @@ use polis_core::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
 
 use crate::{backend, migrations};
 
@@ -392,6 +393,19 @@ impl TransactionalStore for SqliteEventStore {
 
     async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
         self.read(|conn| outbox::dead_letters(conn, consumer))
+    }
+
+    async fn dead_letters_page(
+        &self,
+        consumer: Option<&str>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|conn| outbox::dead_letters_page(conn, consumer, after, limit))
+    }
+
+    async fn find_dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>, StoreError> {
+        self.read(|conn| outbox::find_dead_letter(conn, id))
     }
 }
 

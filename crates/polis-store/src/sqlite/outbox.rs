@@ -248,32 +248,67 @@ pub(super) fn backlog(conn: &Connection) -> Result<Backlog, StoreError> {
     Ok(Backlog { unpublished: unpublished as u64, oldest: oldest.map(from_micros) })
 }
 
+/// The columns [`decode_dead_letter`] reads, in its order.
+const DEAD_LETTER_COLUMNS: &str = "id, consumer, status, message, message_id, key, raw, error, attempts, failed_at_us";
+
 pub(super) fn dead_letters(conn: &Connection, consumer: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-    let mut statement = conn
-        .prepare_cached(
-            "SELECT id, consumer, status, message, message_id, key, raw, error, attempts, failed_at_us \
-             FROM polis_dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY rowid",
-        )
-        .map_err(backend)?;
+    let sql = format!(
+        "SELECT {DEAD_LETTER_COLUMNS} FROM polis_dead_letters WHERE ?1 IS NULL OR consumer = ?1 ORDER BY rowid"
+    );
+    let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
     let mut rows = statement.query([consumer]).map_err(backend)?;
     let mut letters = Vec::new();
     while let Some(row) = rows.next().map_err(backend)? {
-        let message: Option<String> = row.get(3).map_err(backend)?;
-        let status: String = row.get(2).map_err(backend)?;
-        letters.push(DeadLetter {
-            id: row.get(0).map_err(backend)?,
-            consumer: row.get(1).map_err(backend)?,
-            status: DeadLetterStatus::parse(&status).unwrap_or(DeadLetterStatus::Dead),
-            message: message.map(|m| serde_json::from_str(&m)).transpose().map_err(backend)?,
-            message_id: row.get(4).map_err(backend)?,
-            key: row.get(5).map_err(backend)?,
-            raw: row.get(6).map_err(backend)?,
-            error: row.get(7).map_err(backend)?,
-            attempts: u32::try_from(row.get::<_, i64>(8).map_err(backend)?).unwrap_or(u32::MAX),
-            failed_at: from_micros(row.get(9).map_err(backend)?),
-        });
+        letters.push(decode_dead_letter(row)?);
     }
     Ok(letters)
+}
+
+/// A page of dead letters in id order: ids are blobs, compared byte by
+/// byte, which is the UUIDs' own order.
+pub(super) fn dead_letters_page(
+    conn: &Connection,
+    consumer: Option<&str>,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let sql = format!(
+        "SELECT {DEAD_LETTER_COLUMNS} FROM polis_dead_letters \
+         WHERE (?1 IS NULL OR consumer = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
+    );
+    let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut rows = statement
+        .query(params![consumer, after.unwrap_or(Uuid::nil()), i64::try_from(limit).unwrap_or(i64::MAX)])
+        .map_err(backend)?;
+    let mut letters = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        letters.push(decode_dead_letter(row)?);
+    }
+    Ok(letters)
+}
+
+pub(super) fn find_dead_letter(conn: &Connection, id: Uuid) -> Result<Option<DeadLetter>, StoreError> {
+    let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM polis_dead_letters WHERE id = ?1");
+    let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut rows = statement.query([id]).map_err(backend)?;
+    rows.next().map_err(backend)?.map(decode_dead_letter).transpose()
+}
+
+fn decode_dead_letter(row: &rusqlite::Row<'_>) -> Result<DeadLetter, StoreError> {
+    let message: Option<String> = row.get(3).map_err(backend)?;
+    let status: String = row.get(2).map_err(backend)?;
+    Ok(DeadLetter {
+        id: row.get(0).map_err(backend)?,
+        consumer: row.get(1).map_err(backend)?,
+        status: DeadLetterStatus::parse(&status).unwrap_or(DeadLetterStatus::Dead),
+        message: message.map(|m| serde_json::from_str(&m)).transpose().map_err(backend)?,
+        message_id: row.get(4).map_err(backend)?,
+        key: row.get(5).map_err(backend)?,
+        raw: row.get(6).map_err(backend)?,
+        error: row.get(7).map_err(backend)?,
+        attempts: u32::try_from(row.get::<_, i64>(8).map_err(backend)?).unwrap_or(u32::MAX),
+        failed_at: from_micros(row.get(9).map_err(backend)?),
+    })
 }
 
 /// Decodes an outbox row, columns in the order `unpublished` selects them.

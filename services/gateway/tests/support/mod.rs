@@ -353,6 +353,116 @@ fn order_history_service() -> Router {
     Router::new().route("/customers/{id}/orders", routing::get(for_customer))
 }
 
+/// Dead letter ids the fakes hold: payment 1 and 3, inventory 2 (id order
+/// interleaves the services).
+pub const LETTER_1: &str = "0190a4b2-7d5e-7c3a-9f1e-d00000000001";
+pub const LETTER_2: &str = "0190a4b2-7d5e-7c3a-9f1e-d00000000002";
+pub const LETTER_3: &str = "0190a4b2-7d5e-7c3a-9f1e-d00000000003";
+
+/// The dead letters of a fake service, as `polis_runtime::admin` shows them.
+fn dead_letters(service: &str) -> Vec<Value> {
+    let letter = |id: &str, error: &str| {
+        serde_json::json!({
+            "id": id, "consumer": service, "status": "dead", "error": error, "attempts": 3,
+            "failed_at": "2026-11-22T10:00:00.000000Z", "message_id": null, "key": "k", "raw": null,
+            "message": { "kind": "command", "type": "x.do.v1", "source": "order", "target": service,
+                "time": "2026-11-22T09:59:59.000000Z", "data": {}, "correlation_id": null, "causation_id": null },
+        })
+    };
+    match service {
+        "payment" => vec![letter(LETTER_1, "fixable"), letter(LETTER_3, "hopeless")],
+        "inventory" => vec![letter(LETTER_2, "fixable")],
+        _ => vec![],
+    }
+}
+
+/// The sagas of a fake service, in (type, id) order.
+fn sagas(service: &str) -> Vec<Value> {
+    let saga = |saga_type: &str, id: &str, state: &str| {
+        serde_json::json!({
+            "saga_type": saga_type, "saga_id": id, "state": state, "finished": state == "approved",
+            "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:01Z", "deadline": null,
+        })
+    };
+    match service {
+        "order" => vec![
+            saga("create-order", "a", "approved"),
+            saga("create-order", "b", "authorizing"),
+            saga("create-order", "c", "authorizing"),
+        ],
+        "payment" => vec![saga("refund", "z", "asking")],
+        _ => vec![],
+    }
+}
+
+/// The admin routes of `polis_runtime::admin` over a fake's fixed data: its
+/// dead letters (a fixable one replays, a hopeless one does not), its
+/// sagas, and its streams (`order-1` in the order service, `customer/1` in
+/// payment's and shipping's logs).
+fn admin_service(service: &'static str) -> Router {
+    use polis_runtime::admin::{SagaQuery, saga_cursor};
+    let letters = move |page: Page| async move {
+        let letters = dead_letters(service).into_iter();
+        Json(letters.filter(|l| id(l["id"].as_str().unwrap()) > page.after_key()).take(page.limit).collect::<Vec<_>>())
+    };
+    let letter = move |polis_runtime::PathId(letter): polis_runtime::PathId| async move {
+        let found = dead_letters(service).into_iter().find(|l| l["id"] == letter.to_string());
+        found.map(Json).ok_or_else(|| ApiError::not_found("no such dead letter"))
+    };
+    let resolve = move |action: &'static str| {
+        move |polis_runtime::PathId(letter): polis_runtime::PathId| async move {
+            let found = dead_letters(service).into_iter().find(|l| l["id"] == letter.to_string());
+            match found {
+                None => Err(ApiError::not_found("no such dead letter")),
+                Some(l) if l["error"] == "hopeless" && action == "replayed" => {
+                    Err(ApiError::new(StatusCode::CONFLICT, "replay-failed", "Replay failed").with_detail("hopeless"))
+                }
+                Some(_) => Ok(Json(serde_json::json!({ "id": letter, "action": action, "parked_failed": null }))),
+            }
+        }
+    };
+    let list_sagas = move |axum::extract::RawQuery(query): axum::extract::RawQuery| async move {
+        let read = SagaQuery::from_query(query.as_deref())?;
+        let after = read.after.as_ref().map(saga_cursor).unwrap_or_default();
+        let sagas = sagas(service).into_iter().filter(|s| {
+            let key = format!("{}:{}", s["saga_type"].as_str().unwrap(), s["saga_id"].as_str().unwrap());
+            key > after && read.filter.state.as_ref().is_none_or(|state| s["state"] == state.as_str())
+        });
+        Ok::<_, ApiError>(Json(sagas.take(read.limit).collect::<Vec<_>>()))
+    };
+    let in_flight = move || async move {
+        let sagas = sagas(service).into_iter().filter(|s| s["finished"] == false);
+        let counts = sagas.map(|s| serde_json::json!({ "saga_type": s["saga_type"], "state": s["state"], "count": 1 }));
+        Json(counts.collect::<Vec<_>>())
+    };
+    let events = move |polis_runtime::PathText(stream): polis_runtime::PathText, page: Page<u64>| async move {
+        let holds = match stream.as_str() {
+            "order-1" => service == "order",
+            "customer/1" => service == "payment" || service == "shipping",
+            _ => false,
+        };
+        if !holds {
+            return Err(ApiError::not_found("no such stream"));
+        }
+        let event = |version: u64| {
+            serde_json::json!({
+                "id": Uuid::now_v7(), "version": version, "position": version + 10, "type": "x.happened.v1",
+                "schema_version": 1, "time": "2026-11-22T10:00:00Z", "data": { "n": version },
+                "correlation_id": null, "causation_id": null,
+            })
+        };
+        Ok(Json((1..=3).filter(|v| *v > page.after_key()).take(page.limit).map(event).collect::<Vec<_>>()))
+    };
+    Router::new()
+        .route("/admin/dead-letters", routing::get(letters))
+        .route("/admin/dead-letters/{id}", routing::get(letter))
+        .route("/admin/dead-letters/{id}/replay", routing::post(resolve("replayed")))
+        .route("/admin/dead-letters/{id}/discard", routing::post(resolve("discarded")))
+        .route("/admin/sagas", routing::get(list_sagas))
+        .route("/admin/sagas/in-flight", routing::get(in_flight))
+        .route("/admin/events/{stream}", routing::get(events))
+}
+
 /// A service that accepts every request and never answers.
 pub fn silent() -> Router {
     Router::new().fallback(std::future::pending::<Response>)
@@ -389,6 +499,7 @@ impl Fakes {
             Service::Audit => ("audit", audit_service()),
             Service::Gateway => ("gateway", Router::new()),
         };
+        let router = if name == Service::Gateway { router } else { router.merge(admin_service(service)) };
         hosted(service, router, &self.recorder)
     }
 

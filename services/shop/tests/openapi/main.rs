@@ -30,6 +30,7 @@ mod schema;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body as HttpBody;
@@ -261,7 +262,12 @@ fn follow_links(
 fn every_answer_is_documented_and_matches_its_schema() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let shop = runtime.block_on(shop::Embedded::start(dir.path(), &shop::ShopConfig::default())).unwrap();
+    // Few attempts per message, so that a message payment cannot handle yet
+    // is a dead letter within moments (`DeadLetters`); everything else
+    // either succeeds at once or fails for good.
+    let mut config = shop::ShopConfig::default();
+    config.host.consumer.max_attempts = 3;
+    let shop = runtime.block_on(shop::Embedded::start(dir.path(), &config)).unwrap();
     let app = polis_runtime::with_standard_stack(shop.gateway(), &polis_runtime::HttpOptions::default());
 
     let served = runtime.block_on(send(&app, Request::get("/api/openapi.json").body(HttpBody::empty()).unwrap()));
@@ -269,7 +275,7 @@ fn every_answer_is_documented_and_matches_its_schema() {
     let document: Value = serde_json::from_slice(&served.body).unwrap();
     let validator = Validator::new(&document);
     let operations = generate::operations(&document, &validator);
-    assert!(operations.len() >= 14, "{} operations", operations.len());
+    assert!(operations.len() >= 21, "{} operations", operations.len());
     let schemas = Schemas { validator: &validator };
     let strategy =
         Union::new(operations.iter().enumerate().map(|(i, operation)| generate::plans(i, operation, &schemas))).boxed();
@@ -300,8 +306,15 @@ fn every_answer_is_documented_and_matches_its_schema() {
     // cancellation needs an approved order, which random customers and
     // products seldom give: one is placed for it first, through the API.
     let mut run = run;
-    let approved = runtime.block_on(approved_order(&app));
-    run.pools.add(generate::link_pool("cancel_order", "id"), approved);
+    let approved = runtime.block_on(approved_order(&shop, &app));
+    run.pools.add(generate::link_pool("cancel_order", "id"), approved.clone());
+    // The admin operations need things that exist: an order's event stream,
+    // and dead letters to show, replay (once fixable) and discard.
+    run.pools.add(generate::link_pool("stream_events", "stream"), format!("order-{approved}"));
+    let letters = runtime.block_on(DeadLetters::make(&shop, &app));
+    run.pools.add(generate::link_pool("get_dead_letter", "id"), letters.shown);
+    run.pools.add(generate::link_pool("replay_dead_letter", "id"), letters.replayable);
+    run.pools.add(generate::link_pool("discard_dead_letter", "id"), letters.discardable);
     for (index, operation) in operations.iter().enumerate() {
         let succeeded = |run: &Run| {
             run.statuses.get(&operation.id).is_some_and(|statuses| statuses.iter().any(|s| (200..300).contains(s)))
@@ -332,9 +345,59 @@ fn every_answer_is_documented_and_matches_its_schema() {
     runtime.block_on(async move { drop(shop) });
 }
 
+/// Dead letters in the payment service, made with `shop::faults` once
+/// the random requests are done (they would resolve them): two it can
+/// never handle, and an authorization for a customer it did not know,
+/// replayable since the customer's registration reached it.
+struct DeadLetters {
+    shown: String,
+    replayable: String,
+    discardable: String,
+}
+
+impl DeadLetters {
+    async fn make(shop: &shop::Embedded, app: &Router) -> Self {
+        let customer = uuid::Uuid::now_v7();
+        let unknown = [shop::faults::unknown_payment_command(), shop::faults::unknown_payment_command()];
+        let authorization = shop::faults::authorization_for_unknown_customer(uuid::Uuid::now_v7(), customer, 100);
+        let messages = [unknown[0].clone(), unknown[1].clone(), authorization.clone()];
+        shop.bus().publish(&messages).await.unwrap();
+        let list = || async {
+            let request = Request::get("/api/admin/dead-letters?service=payment").body(HttpBody::empty()).unwrap();
+            serde_json::from_slice::<Value>(&send(app, request).await.body).unwrap_or_default()
+        };
+        let letter_of = |letters: &Value, message: &polis_core::Message| {
+            let mut letters = letters.as_array().into_iter().flatten();
+            letters.find(|l| l["message_id"] == message.id.to_string()).map(|l| l["id"].as_str().unwrap().to_owned())
+        };
+        let all_dead = polis_testkit::wait_for(Duration::from_secs(30), || async {
+            let letters = list().await;
+            messages.iter().all(|message| letter_of(&letters, message).is_some())
+        })
+        .await;
+        assert!(all_dead.is_ok(), "not every message was dead-lettered: {}", list().await);
+        shop.bus().publish(&[shop::faults::customer_registered(customer)]).await.unwrap();
+        wait_until_payment_knows(shop, &customer.to_string()).await;
+        let letters = list().await;
+        let id = |message: &polis_core::Message| letter_of(&letters, message).unwrap();
+        DeadLetters { shown: id(&unknown[0]), discardable: id(&unknown[1]), replayable: id(&authorization) }
+    }
+}
+
+/// Waits until the payment service's replica has customer `id`.
+async fn wait_until_payment_knows(shop: &shop::Embedded, id: &str) {
+    let payment = shop.router(shop::Service::Payment);
+    let known = polis_testkit::wait_for(Duration::from_secs(30), || async {
+        let request = Request::get(format!("/credit/{id}")).body(HttpBody::empty()).unwrap();
+        send(&payment, request).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(known.is_ok(), "payment never learnt customer {id}");
+}
+
 /// Places an order the saga approves, through the public API, and returns
 /// its id once it is APPROVED.
-async fn approved_order(app: &Router) -> String {
+async fn approved_order(shop: &shop::Embedded, app: &Router) -> String {
     let post = |path: &str, body: Value| {
         Request::post(path)
             .header(header::CONTENT_TYPE, "application/json")
@@ -357,6 +420,9 @@ async fn approved_order(app: &Router) -> String {
         )
         .await,
     );
+    // Payment learns customers from events: with few attempts per message,
+    // an authorization must not come before the registration.
+    wait_until_payment_knows(shop, customer["id"].as_str().unwrap()).await;
     let sku = format!("FIX-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     send(app, post("/api/products", serde_json::json!({ "sku": sku, "name": "Mug", "price": 100 }))).await;
     let stock = Request::put(format!("/api/inventory/{sku}"))
