@@ -51,9 +51,14 @@ struct Exporter {
 
 static EXPORTER: OnceLock<Option<Exporter>> = OnceLock::new();
 
+/// The variable that turns the recorder off (`POLIS_METRICS=off`): every
+/// series is then a no-op and `GET /metrics` is not served, for measuring
+/// what the metrics cost.
+pub const METRICS_ENV: &str = "POLIS_METRICS";
+
 /// The process's Prometheus recorder, installed on first call; `None` if
 /// another recorder was installed first (then polis's series go to that
-/// one, and `GET /metrics` is not served).
+/// one, and `GET /metrics` is not served) or [`METRICS_ENV`] is `off`.
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     exporter().map(|e| &e.handle)
 }
@@ -63,6 +68,10 @@ fn exporter() -> Option<&'static Exporter> {
 }
 
 fn install() -> Option<Exporter> {
+    if std::env::var(METRICS_ENV).is_ok_and(|v| matches!(v.trim(), "off" | "false" | "0")) {
+        tracing::info!("{METRICS_ENV}=off: no metrics are recorded and GET /metrics is not served");
+        return None;
+    }
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
         .ok()?;

@@ -294,7 +294,8 @@ async fn every_service_has_a_database_of_its_own() {
             own.extend(generations.cloned());
             own
         };
-        assert!(!own.is_empty(), "{service} declares no table");
+        // The audit service keeps only the library's tables (its outbox, inbox and repairs).
+        assert!(!own.is_empty() || *service == Service::Audit, "{service} declares no table");
         let foreign: Vec<_> =
             tables.iter().filter(|t| !polis.contains(*t) && !own.contains(*t) && *t != "_sqlx_migrations").collect();
         assert!(foreign.is_empty(), "{service}'s database holds tables not its own: {foreign:?}");
