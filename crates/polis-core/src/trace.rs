@@ -11,7 +11,7 @@
 //!   already carries. Both stores call it in `send` and `schedule`.
 //! - [`set_remote_parent`] / [`add_link`]: a consumer's (or an HTTP
 //!   request's) span continues a trace, or points at one.
-//! - [`parse`] / [`format`]: the `traceparent` text, version `00`.
+//! - [`parse`] / [`format()`]: the `traceparent` text, version `00`.
 //!
 //! The functions work on `tracing` spans through `tracing-opentelemetry`
 //! and do nothing unless an OpenTelemetry layer is installed (polis-runtime
