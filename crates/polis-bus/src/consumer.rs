@@ -24,6 +24,16 @@
 //! Metrics (labelled with the consumer): `polis_messages_handled_total`,
 //! `polis_inbox_duplicates_total`, `polis_redeliveries_total`,
 //! `polis_handler_retries_total`, `polis_dead_letters_total`.
+//!
+//! Traces (ADR 0010): each delivery is handled in a `handle_message` span
+//! (consumer, message id, type, key, attempt, and the outcome once known)
+//! that continues the trace of the message's `traceparent`, as the remote
+//! child of the span that wrote the message; the handler runs in it, so what
+//! the handler sends continues the same trace. A redelivery (attempt > 1) is
+//! such a child too, whichever delivery's effects the inbox keeps, and
+//! carries a link (`polis.link = redelivery`) to the message's context; an
+//! in-place retry runs in a `retry_message` span linked (`polis.link =
+//! retry`) to the attempt it repeats, never nested in it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +47,7 @@ use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, Transactiona
 use polis_core::{Message, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::health::Progress;
 use uuid::Uuid;
@@ -328,8 +339,48 @@ impl<S: TransactionalStore> Consumer<S> {
     ///
     /// Records `polis_consumer_lag_seconds` (from the message's creation at
     /// its source to the start of its handling here: how far behind the
-    /// consumer is) and `polis_consumer_handling_seconds` by outcome.
+    /// consumer is) and `polis_consumer_handling_seconds` by outcome, and
+    /// runs in the delivery's `handle_message` span (module docs).
     pub async fn process(&self, handler: &Arc<dyn Handler<S::Tx>>, delivery: Delivery) -> Outcome {
+        let span = self.message_span(&delivery);
+        let outcome = self.process_in_span(handler, delivery).instrument(span.clone()).await;
+        span.record("outcome", outcome.as_str());
+        outcome
+    }
+
+    /// The span a delivery is handled in: a new root in `tracing`'s terms
+    /// (whatever task it runs on), continuing the message's trace.
+    fn message_span(&self, delivery: &Delivery) -> tracing::Span {
+        let Ok(message) = &delivery.message else {
+            return tracing::info_span!(
+                parent: None,
+                "handle_message",
+                otel.kind = "consumer",
+                consumer = self.name,
+                attempt = delivery.attempt,
+                outcome = tracing::field::Empty,
+            );
+        };
+        let span = tracing::info_span!(
+            parent: None,
+            "handle_message",
+            otel.kind = "consumer",
+            consumer = self.name,
+            message_id = %message.id,
+            message_type = message.message_type,
+            key = message.key,
+            attempt = delivery.attempt,
+            outcome = tracing::field::Empty,
+        );
+        let traceparent = message.metadata.traceparent.as_deref();
+        polis_core::trace::set_remote_parent(&span, traceparent);
+        if delivery.attempt > 1 {
+            polis_core::trace::add_link(&span, traceparent, "redelivery", delivery.attempt);
+        }
+        span
+    }
+
+    async fn process_in_span(&self, handler: &Arc<dyn Handler<S::Tx>>, delivery: Delivery) -> Outcome {
         let started = std::time::Instant::now();
         if delivery.attempt > 1 {
             metrics::counter!("polis_redeliveries_total", &self.labels()).increment(1);
@@ -380,9 +431,20 @@ impl<S: TransactionalStore> Consumer<S> {
     ) -> Result<Outcome, StoreError> {
         let mut pause = self.options.retry_min;
         let mut attempt = 0;
+        let mut previous = tracing::Span::current();
         loop {
             attempt += 1;
-            match self.handle_once(handler, message).await {
+            let handling = self.handle_once(handler, message);
+            let handled = if attempt == 1 {
+                handling.await
+            } else {
+                // A sibling of the failed attempt, linked to it: not its child.
+                let retry = tracing::info_span!("retry_message", attempt);
+                polis_core::trace::add_link(&retry, polis_core::trace::of(&previous).as_deref(), "retry", attempt);
+                previous = retry.clone();
+                handling.instrument(retry).await
+            };
+            match handled {
                 Ok(outcome) => {
                     if outcome == Outcome::Handled {
                         handler.committed(message);

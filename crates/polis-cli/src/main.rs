@@ -160,7 +160,8 @@ async fn main() -> ExitCode {
 /// Runs the command; an error is an operational one (see [`exit`]).
 async fn run() -> anyhow::Result<Outcome> {
     // An unparsable RUST_LOG stops the command rather than being ignored.
-    polis_runtime::telemetry::init_tracing_with("warn,polis=info,shop=info")?;
+    // Kept to the end: dropping it flushes the spans not yet exported.
+    let _telemetry = polis_runtime::telemetry::init_tracing_with("warn,polis=info,shop=info")?;
     // Before any service starts: what they record from their first moment
     // is in `GET /metrics`.
     polis_runtime::metrics::prometheus();

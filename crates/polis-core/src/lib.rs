@@ -27,6 +27,8 @@
 //! - [`error`]: typed errors that keep domain rejection, concurrency conflict
 //!   and infrastructure failure apart.
 //! - [`stats`]: the one percentile function every report uses (nearest-rank).
+//! - [`trace`]: the W3C trace context a message carries from the span that
+//!   wrote it to the span that handles it (OpenTelemetry API only).
 
 #![warn(missing_docs)]
 
@@ -42,6 +44,7 @@ pub mod stats;
 pub mod store;
 pub mod subscription;
 pub mod testing;
+pub mod trace;
 pub mod upcast;
 
 pub use aggregate::{Aggregate, DomainEvent};

@@ -9,7 +9,10 @@
 //!    Handlers read it with the [`RequestId`] extractor.
 //! 2. **trace**: `tower_http`'s `TraceLayer`, one `http_request` span per
 //!    request carrying the method, path, matched route and request id, a
-//!    log line per response (`info`), and 5xx reported as errors.
+//!    log line per response (`info`), and 5xx reported as errors. A valid
+//!    W3C `traceparent` header makes the span continue the caller's trace
+//!    (its remote child; [`TRACEPARENT_HEADER`]), so a trace crosses HTTP
+//!    hops as it crosses message hops (`polis_core::trace`).
 //! 3. **panics**: a panicking handler answers a 500 problem instead of
 //!    dropping the connection; the panic message is logged.
 //! 4. **problems everywhere**: an error response that is not already
@@ -55,6 +58,10 @@ use crate::problem::{ApiError, PROBLEM_JSON};
 
 /// The request id header.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The W3C trace context header: honoured on every request by
+/// [`with_standard_stack`], sent by callers that continue a trace.
+pub const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
 
 /// The health check route added by [`with_standard_stack`].
 pub const HEALTH_PATH: &str = "/healthz";
@@ -303,13 +310,17 @@ fn request_span(req: &Request) -> Span {
     let request_id = req.extensions().get::<RequestId>().map_or("", RequestId::as_str);
     let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
     // The path, not the URI: query strings may carry what logs must not keep.
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "http_request",
+        otel.kind = "server",
         method = %req.method(),
         path = req.uri().path(),
         route,
         request_id,
-    )
+    );
+    let traceparent = req.headers().get(&TRACEPARENT_HEADER).and_then(|value| value.to_str().ok());
+    polis_core::trace::set_remote_parent(&span, traceparent);
+    span
 }
 
 /// The configured body limit, for rejections that want to name it.

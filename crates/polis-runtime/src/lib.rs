@@ -17,7 +17,7 @@
 //!
 //! # async fn place_order(Json(body): Json<serde_json::Value>) -> Result<Json<serde_json::Value>, ApiError> { Ok(Json(body)) }
 //! # async fn run() -> Result<(), polis_runtime::RuntimeError> {
-//! polis_runtime::init_tracing()?;
+//! let _telemetry = polis_runtime::init_tracing()?;
 //! let config: OrdersConfig = ConfigLoader::new().file("orders.toml").load()?;
 //! let routes = Router::new().route("/orders", post(place_order));
 //! let router = polis_runtime::with_standard_stack(routes, &config.http);
@@ -56,7 +56,8 @@
 //!   dead letters (list, show, replay, discard), sagas (by state, counts
 //!   in flight) and event streams;
 //! - [`config`]: defaults → TOML file → environment, [`Secret`], [`Infra`];
-//! - [`telemetry`]: [`init_tracing`], the log subscriber.
+//! - [`telemetry`]: [`init_tracing`], the log subscriber, JSON logs and the
+//!   OTLP trace export when configured.
 
 #![warn(missing_docs)]
 
@@ -116,4 +117,8 @@ pub enum RuntimeError {
         /// What the filter parser says is wrong with it.
         reason: String,
     },
+    /// The log format, the trace filter or the trace exporter is unusable
+    /// (the message names the variable).
+    #[error("invalid telemetry set-up: {0}")]
+    Telemetry(String),
 }

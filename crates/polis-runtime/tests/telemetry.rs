@@ -7,8 +7,9 @@ use polis_runtime::init_tracing;
 
 #[test]
 fn init_tracing_is_idempotent() {
-    init_tracing().unwrap();
+    let _telemetry = init_tracing().unwrap();
     assert!(tracing::dispatcher::has_been_set());
-    init_tracing().unwrap();
+    let again = init_tracing().unwrap();
+    assert!(!again.exports_traces());
     tracing::info!(test = "telemetry", "logged through the installed subscriber");
 }

@@ -82,7 +82,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Logs go to stderr (warnings only unless RUST_LOG says otherwise); the report to stdout.
-    polis_runtime::telemetry::init_tracing_with("warn").context("reading RUST_LOG")?;
+    let _telemetry = polis_runtime::telemetry::init_tracing_with("warn").context("reading RUST_LOG")?;
     let timeout = Duration::from_millis(args.timeout_ms);
     match (&args.postgres, &args.nats) {
         (Some(postgres), Some(nats)) => distributed(postgres, nats, &args.database_prefix, timeout).await,

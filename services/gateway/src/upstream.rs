@@ -8,6 +8,9 @@
 //! answer an [`UpstreamResponse`] or an [`UpstreamError`], within the same
 //! timeout, which covers connecting, sending and reading the whole answer.
 //!
+//! Both kinds send the current span's trace context as `traceparent`, so
+//! the service's request span continues the gateway's trace.
+//!
 //! A timed-out in-process call is dropped mid-flight, exactly as a service's
 //! HTTP server drops a handler whose client went away: the service may or may
 //! not have applied the request.
@@ -28,7 +31,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use polis_runtime::RequestId;
-use polis_runtime::layers::REQUEST_ID_HEADER;
+use polis_runtime::layers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 use tower::ServiceExt;
 
 use crate::GatewayError;
@@ -224,6 +227,11 @@ where
         let value = HeaderValue::from_str(id.as_str())
             .map_err(|err| UpstreamError::InvalidRequest(format!("request id {:?}: {err}", id.as_str())))?;
         request = request.header(REQUEST_ID_HEADER, value);
+    }
+    if let Some(traceparent) = polis_core::trace::current() {
+        let value = HeaderValue::from_str(&traceparent)
+            .map_err(|err| UpstreamError::InvalidRequest(format!("traceparent {traceparent:?}: {err}")))?;
+        request = request.header(TRACEPARENT_HEADER, value);
     }
     for (name, value) in headers {
         let value = HeaderValue::from_str(value)

@@ -53,6 +53,9 @@ impl<Tx> Handler<Tx> for InventoryHandler
 where
     Tx: Transaction + Sql,
 {
+    // The consumer's span has the message; this one says the inventory service's
+    // own code ran, and its error.
+    #[tracing::instrument(name = "inventory_handle", skip_all, fields(kind = %message.kind), err(level = "info"))]
     async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
         match message.kind {
             MessageKind::Command => on_command(tx, message).await,

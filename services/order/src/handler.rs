@@ -31,6 +31,9 @@ where
     S: SqlStore,
     S::Tx: Sql,
 {
+    // The consumer's span has the message; this one says the order service's
+    // own code ran, and its error.
+    #[tracing::instrument(name = "order_handle", skip_all, fields(kind = %message.kind), err(level = "info"))]
     async fn handle(&self, tx: &mut S::Tx, message: &Message) -> Result<(), HandlerError> {
         let service = &self.service;
         let now = Utc::now();

@@ -230,6 +230,9 @@ impl<Tx> Handler<Tx> for PaymentHandler
 where
     Tx: Transaction + Sql,
 {
+    // The consumer's span has the message; this one says the payment service's
+    // own code ran, and its error.
+    #[tracing::instrument(name = "payment_handle", skip_all, fields(kind = %message.kind), err(level = "info"))]
     async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
         self.handle_message(tx, message).await
     }

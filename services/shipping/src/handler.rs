@@ -58,6 +58,9 @@ impl<Tx> Handler<Tx> for ShippingHandler
 where
     Tx: Transaction + Sql,
 {
+    // The consumer's span has the message; this one says the shipping service's
+    // own code ran, and its error.
+    #[tracing::instrument(name = "shipping_handle", skip_all, fields(kind = %message.kind), err(level = "info"))]
     async fn handle(&self, tx: &mut Tx, message: &Message) -> Result<(), HandlerError> {
         match message.kind {
             MessageKind::Command => self.on_command(tx, message).await,

@@ -56,6 +56,7 @@ impl Transaction for PgTx {
         if polis_core::store::json_has_nul(&message.data) {
             return Err(StoreError::InvalidRequest(format!("message {} contains a NUL character", message.id)));
         }
+        let traceparent = polis_core::trace::for_outbox(message);
         // The key lock (held to commit) makes position order = commit order per key.
         sqlx::query(
             "INSERT INTO polis_outbox (message_id, kind, source, target, message_type, key, time, data, \
@@ -73,7 +74,7 @@ impl Transaction for PgTx {
         .bind(&message.data)
         .bind(message.metadata.correlation_id)
         .bind(message.metadata.causation_id)
-        .bind(message.metadata.traceparent.as_deref())
+        .bind(traceparent.as_deref())
         .execute(&mut *self.tx)
         .await
         .map_err(|e| {

@@ -59,6 +59,7 @@ async fn insert(
     due_at: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     validate_scheduled(message, due_at)?;
+    let traceparent = polis_core::trace::for_outbox(message);
     // An id already in the outbox would be dropped as a duplicate on release
     // (and by the bus); refusing it now tells the caller while it can still act.
     let row = sqlx::query(
@@ -80,7 +81,7 @@ async fn insert(
     .bind(&message.data)
     .bind(message.metadata.correlation_id)
     .bind(message.metadata.causation_id)
-    .bind(message.metadata.traceparent.as_deref())
+    .bind(traceparent.as_deref())
     .bind(old)
     .fetch_optional(conn)
     .await

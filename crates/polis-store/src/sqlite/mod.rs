@@ -28,6 +28,7 @@ use polis_core::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{backend, migrations};
@@ -337,11 +338,18 @@ impl TransactionalStore for SqliteEventStore {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
+        // The work runs on the writer thread, under the caller's span: what
+        // it logs, and the trace context its outbox writes capture, are the
+        // caller's (polis_core::trace::for_outbox).
+        let span = tracing::Span::current();
         let run = erase(move |tx| {
-            Box::pin(async move {
-                let result = work(tx).await;
-                WorkDone { commit: result.is_ok(), value: Box::new(result) }
-            })
+            Box::pin(
+                async move {
+                    let result = work(tx).await;
+                    WorkDone { commit: result.is_ok(), value: Box::new(result) }
+                }
+                .instrument(span),
+            )
         });
         refuse_reentry().map_err(E::from)?;
         let (reply, answer) = oneshot::channel();

@@ -81,7 +81,9 @@ impl Transaction for SqliteTx {
                  correlation_id, causation_id, traceparent, created_at_us) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
-            .and_then(|mut statement| execute_for_message(&mut statement, message, &[]))
+            .and_then(|mut statement| {
+                execute_for_message(&mut statement, message, polis_core::trace::for_outbox(message).as_deref(), &[])
+            })
             .map_err(|e| {
                 if is_unique_violation(&e) {
                     StoreError::InvalidRequest(format!("message {} is already in the outbox", message.id))
@@ -158,11 +160,13 @@ impl Transaction for SqliteTx {
 }
 
 /// Runs `statement` with `message`'s outbox columns bound to `?1`..`?12`, in
-/// the order of `polis_outbox`'s INSERT (`created_at_us`, now, last), and
-/// `extra` from `?13` on.
+/// the order of `polis_outbox`'s INSERT (`created_at_us`, now, last), with
+/// `traceparent` in place of the message's own (what
+/// [`polis_core::trace::for_outbox`] captured), and `extra` from `?13` on.
 pub(super) fn execute_for_message(
     statement: &mut rusqlite::Statement<'_>,
     message: &Message,
+    traceparent: Option<&str>,
     extra: &[i64],
 ) -> rusqlite::Result<usize> {
     statement.raw_bind_parameter(1, message.id)?;
@@ -175,7 +179,7 @@ pub(super) fn execute_for_message(
     statement.raw_bind_parameter(8, message.data.to_string())?;
     statement.raw_bind_parameter(9, message.metadata.correlation_id)?;
     statement.raw_bind_parameter(10, message.metadata.causation_id)?;
-    statement.raw_bind_parameter(11, message.metadata.traceparent.as_deref())?;
+    statement.raw_bind_parameter(11, traceparent)?;
     statement.raw_bind_parameter(12, Utc::now().timestamp_micros())?;
     for (i, value) in extra.iter().enumerate() {
         statement.raw_bind_parameter(13 + i, value)?;

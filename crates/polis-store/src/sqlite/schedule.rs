@@ -29,7 +29,10 @@ pub(super) fn schedule(conn: &Connection, message: &Message, due_at: DateTime<Ut
              SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 \
              WHERE NOT EXISTS (SELECT 1 FROM polis_outbox WHERE message_id = ?1)",
         )
-        .and_then(|mut s| execute_for_message(&mut s, message, &[due_at.timestamp_micros()]))
+        .and_then(|mut s| {
+            let traceparent = polis_core::trace::for_outbox(message);
+            execute_for_message(&mut s, message, traceparent.as_deref(), &[due_at.timestamp_micros()])
+        })
         .map_err(|e| {
             if is_unique_violation(&e) {
                 StoreError::InvalidRequest(format!("message {} is already scheduled", message.id))
