@@ -16,7 +16,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Deref;
 use std::path::Path;
 use std::str::FromStr;
@@ -58,18 +57,7 @@ impl Shop {
         config.order.step_timeout_ms = 3_000;
         config.order.order_timeout_ms = 6_000;
         config.silent = silent.to_vec();
-        for service in Service::ALL {
-            config.listen.insert(service, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        }
-        let started =
-            futures::future::join_all(Service::BUSINESS.into_iter().map(|service| Node::start(service, &config))).await;
-        let mut nodes = BTreeMap::new();
-        for node in started {
-            let node = node.unwrap();
-            config.upstreams.insert(node.service(), node.url());
-            nodes.insert(node.service(), node);
-        }
-        nodes.insert(Service::Gateway, Node::start(Service::Gateway, &config).await.unwrap());
+        let nodes = support::start_nodes(&mut config).await;
         let endpoint = |service: Service| Endpoint::remote(&nodes[&service].url()).unwrap();
         let client = Client::new(
             endpoint(Service::Gateway),

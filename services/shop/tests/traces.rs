@@ -22,8 +22,7 @@
 #[allow(dead_code)]
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use polis_runtime::Secret;
 use polis_testkit::NatsServer;
 use shop::client::Endpoint;
-use shop::distributed::{DistributedConfig, Node};
+use shop::distributed::DistributedConfig;
 use shop::workload::{self, Apis, Pacing, Scope};
 use shop::{Embedded, Service, ShopConfig};
 use support::Client;
@@ -112,18 +111,7 @@ async fn every_hop_of_an_order_is_one_connected_trace_distributed() {
         config.database_prefix = format!("{}_{i}", server.name());
         let shop = shop_config(SagaStyle::Orchestration, silent);
         (config.saga, config.order, config.silent) = (shop.saga, shop.order, shop.silent);
-        for service in Service::ALL {
-            config.listen.insert(service, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        }
-        let started =
-            futures::future::join_all(Service::BUSINESS.into_iter().map(|service| Node::start(service, &config))).await;
-        let mut nodes = BTreeMap::new();
-        for node in started {
-            let node = node.unwrap();
-            config.upstreams.insert(node.service(), node.url());
-            nodes.insert(node.service(), node);
-        }
-        nodes.insert(Service::Gateway, Node::start(Service::Gateway, &config).await.unwrap());
+        let nodes = support::start_nodes(&mut config).await;
         let endpoint = |service: Service| Endpoint::remote(&nodes[&service].url());
         if silent.is_empty() {
             let apis = Apis::new(endpoint).unwrap();

@@ -519,3 +519,27 @@ impl Client {
         }
     }
 }
+
+/// Every process of the distributed shop in this process, each on a free
+/// loopback port: the business services at once, then the gateway over
+/// their URLs (recorded in `config.upstreams`).
+#[allow(dead_code)] // each test binary uses part of this module
+pub(crate) async fn start_nodes(
+    config: &mut shop::distributed::DistributedConfig,
+) -> std::collections::BTreeMap<shop::Service, shop::distributed::Node> {
+    use shop::Service;
+    use shop::distributed::Node;
+    for service in Service::ALL {
+        config.listen.insert(service, std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)));
+    }
+    let started =
+        futures::future::join_all(Service::BUSINESS.into_iter().map(|service| Node::start(service, config))).await;
+    let mut nodes = std::collections::BTreeMap::new();
+    for node in started {
+        let node = node.unwrap();
+        config.upstreams.insert(node.service(), node.url());
+        nodes.insert(node.service(), node);
+    }
+    nodes.insert(Service::Gateway, Node::start(Service::Gateway, config).await.unwrap());
+    nodes
+}
