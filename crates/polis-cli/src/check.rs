@@ -76,7 +76,8 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<CheckReport> {
             record.tag
         );
     }
-    let (apis, mut running) = shop_demo::start(mode, record.saga, &args.data_dir, args.config, args.json, true).await?;
+    let how = shop_demo::Start { mode, saga: record.saga, config: args.config, quiet: args.json, read_side: true };
+    let (apis, mut running) = shop_demo::start(&how, &args.data_dir, None).await?;
     let scope = Scope::Run(&record.seeded);
     let checked = running.supervised(args.json, async {
         let orders = workload::wait_terminal(&apis, scope, workload::patience(record.orders), &|_| {}).await?;

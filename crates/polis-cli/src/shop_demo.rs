@@ -78,6 +78,10 @@ pub(crate) struct DemoArgs {
     /// and its invariant), to measure what it costs.
     #[arg(long)]
     without_read_side: bool,
+    /// Also serve the shop's gateway here while the demo runs (IP:PORT, or
+    /// HOST:PORT), to watch it live on `/dashboard` or scrape `/metrics`.
+    #[arg(long, value_parser = crate::listen_address)]
+    listen: Option<SocketAddr>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -115,7 +119,8 @@ impl Report {
 
 /// The shop the demo runs against, kept alive until the report is printed.
 pub(crate) enum Running {
-    Embedded(Box<shop::Embedded>),
+    /// The shop, and its gateway's server when it is served on a port.
+    Embedded(Box<shop::Embedded>, Option<polis_runtime::serve::RunningServer>),
     Distributed(Box<Supervisor>),
 }
 
@@ -200,7 +205,8 @@ async fn remove_temporary(temp: tempfile::TempDir) {
 
 async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Report> {
     let read_side = !args.without_read_side;
-    let (apis, mut running) = start(args.mode, args.saga, data_dir, args.config.clone(), args.json, read_side).await?;
+    let shop = Start { mode: args.mode, saga: args.saga, config: args.config.clone(), quiet: args.json, read_side };
+    let (apis, mut running) = start(&shop, data_dir, args.listen).await?;
     let report = running.supervised(args.json, workload_run(args, &apis, data_dir, keep)).await?;
     print(&report, args.json)?;
     running.stop().await;
@@ -312,7 +318,7 @@ impl Running {
     /// embedded shop runs it as it is.
     pub(crate) async fn supervised<T>(&mut self, quiet: bool, work: impl Future<Output = T>) -> T {
         match self {
-            Self::Embedded(_) => work.await,
+            Self::Embedded(..) => work.await,
             Self::Distributed(supervisor) => {
                 let (done, finished) = tokio::sync::oneshot::channel::<()>();
                 let until = async {
@@ -336,7 +342,12 @@ impl Running {
 
     pub(crate) async fn stop(self) {
         match self {
-            Self::Embedded(shop) => drop(shop),
+            Self::Embedded(shop, server) => {
+                if let Some(server) = server {
+                    let _ = server.shutdown().await;
+                }
+                drop(shop);
+            }
             Self::Distributed(supervisor) => supervisor.stop().await,
         }
     }
@@ -360,38 +371,62 @@ impl From<Deployment> for Mode {
     }
 }
 
-/// Starts the shop in `mode` on `data_dir` and returns its APIs.
-pub(crate) async fn start(
-    mode: Mode,
-    saga: SagaStyle,
-    data_dir: &Path,
-    config: Option<PathBuf>,
-    quiet: bool,
-    read_side: bool,
-) -> anyhow::Result<(Apis, Running)> {
-    match mode {
+/// How to start the shop.
+pub(crate) struct Start {
+    pub(crate) mode: Mode,
+    pub(crate) saga: SagaStyle,
+    /// Distributed mode's configuration file.
+    pub(crate) config: Option<PathBuf>,
+    /// Say nothing on stderr.
+    pub(crate) quiet: bool,
+    pub(crate) read_side: bool,
+}
+
+/// Starts the shop on `data_dir` and returns its APIs; with `listen`, its
+/// gateway is also served there (the distributed shop's gateway listens
+/// there instead of on a free port).
+pub(crate) async fn start(how: &Start, data_dir: &Path, listen: Option<SocketAddr>) -> anyhow::Result<(Apis, Running)> {
+    let say = |line: String| {
+        if !how.quiet {
+            eprintln!("polis: {line}");
+        }
+    };
+    match how.mode {
         Mode::Embedded => {
-            anyhow::ensure!(config.is_none(), "--config is for --mode distributed");
-            let config = shop::ShopConfig { saga, read_side, ..shop::ShopConfig::default() };
+            anyhow::ensure!(how.config.is_none(), "--config is for --mode distributed");
+            let config = shop::ShopConfig { saga: how.saga, read_side: how.read_side, ..shop::ShopConfig::default() };
             let shop = shop::Embedded::start(data_dir, &config).await?;
             let http = polis_runtime::HttpOptions::default();
+            let server = match listen {
+                Some(addr) => {
+                    let listener = polis_runtime::serve::bind(addr).await.context("binding the gateway")?;
+                    let app = polis_runtime::with_standard_stack(shop.gateway(), &http);
+                    let server = polis_runtime::serve::spawn(listener, app, &http)?;
+                    say(format!("the gateway is served at {}; watch it at {}/dashboard", server.url(), server.url()));
+                    Some(server)
+                }
+                None => None,
+            };
             let apis = Apis::new(|service| {
                 Ok(match service {
                     Service::Gateway => Endpoint::local(polis_runtime::with_standard_stack(shop.gateway(), &http)),
                     service => Endpoint::local(shop.router(service)),
                 })
             })?;
-            let apis = if read_side { apis } else { apis.without_view() };
-            Ok((apis, Running::Embedded(Box::new(shop))))
+            let apis = if how.read_side { apis } else { apis.without_view() };
+            Ok((apis, Running::Embedded(Box::new(shop), server)))
         }
         Mode::Distributed => {
-            anyhow::ensure!(read_side, "--without-read-side is for the embedded mode");
-            let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-            let options = crate::up::supervisor_options(data_dir.to_path_buf(), Some(saga), listen, config)?;
-            if !quiet {
-                eprintln!("polis: starting the distributed shop (a process per service)…");
-            }
+            anyhow::ensure!(how.read_side, "--without-read-side is for the embedded mode");
+            let gateway = listen.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+            let options =
+                crate::up::supervisor_options(data_dir.to_path_buf(), Some(how.saga), gateway, how.config.clone())?;
+            say("starting the distributed shop (a process per service)…".to_owned());
             let supervisor = Supervisor::start(options).await.context("starting the distributed shop")?;
+            if listen.is_some() {
+                let url = supervisor.gateway_url();
+                say(format!("the gateway is served at {url}; watch it at {url}/dashboard"));
+            }
             Ok((supervisor.apis()?, Running::Distributed(Box::new(supervisor))))
         }
     }

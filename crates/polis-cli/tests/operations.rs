@@ -208,6 +208,21 @@ async fn distributed_processes_serve_metrics_and_readiness_that_sees_a_frozen_br
     let payment = Scrape::of(&Endpoint::remote(&supervisor.url(Service::Payment)).unwrap()).await;
     assert!(payment.value("polis_consumer_lag_seconds_count", &[r#"service="payment""#]) >= 1.0);
 
+    // The dashboard's snapshot reads every process's metrics, and the order.
+    let snapshot: gateway::dashboard::Snapshot = gateway.get("/api/dashboard").await.unwrap();
+    assert!(snapshot.unavailable.is_empty(), "{:?}", snapshot.unavailable);
+    let processes: Vec<&str> = snapshot.processes.iter().map(|p| p.process.as_str()).collect();
+    assert_eq!(processes.len(), Service::BUSINESS.len(), "one per service process: {processes:?}");
+    assert!(snapshot.processes.iter().all(|p| p.resident_memory_bytes > 0), "{:?}", snapshot.processes);
+    for service in ["order", "inventory", "payment", "shipping", "order-history"] {
+        let handled = snapshot.consumers.iter().find(|c| c.service == service).map(|c| c.handled_total);
+        assert!(handled.is_some_and(|n| n >= 1), "{service}'s consumer: {:?}", snapshot.consumers);
+    }
+    assert_eq!(snapshot.orders.placed_total, 1);
+    assert_eq!(snapshot.orders.decided_total.get("approved"), Some(&1));
+    assert!(snapshot.recent_orders.iter().any(|r| r.order.id == order && r.timeline.len() >= 2), "{snapshot:?}");
+    assert!(snapshot.outboxes.iter().any(|o| o.service == "order"), "{:?}", snapshot.outboxes);
+
     let nats = std::fs::read_to_string(dir.path().join("run/nats-server.pid")).unwrap();
     let signal = |name: &str| {
         let sent = Command::new("kill").args([name, nats.trim()]).status().unwrap();

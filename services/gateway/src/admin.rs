@@ -305,13 +305,23 @@ pub(crate) async fn list_dead_letters(
             _ => {}
         }
     }
+    Ok(Json(dead_letters(&gateway, only, &page, request_id(&id)).await?).into_response())
+}
+
+/// A page of the dead letters of every service (or of `only`), by id.
+pub(crate) async fn dead_letters(
+    gateway: &Gateway,
+    only: Option<Service>,
+    page: &Page<Uuid>,
+    request_id: Option<&RequestId>,
+) -> Result<Vec<DeadLetter>, ApiError> {
     let path = format!("/admin/dead-letters?{}", page.query());
     let answers =
-        call_each(&gateway, Method::GET, &asked(only), |_| path.clone(), request_id(&id), gateway.call_timeout()).await;
+        call_each(gateway, Method::GET, &asked(only), |_| path.clone(), request_id, gateway.call_timeout()).await;
     let mut letters: Vec<DeadLetter> = merged(answers)?;
     letters.sort_by_key(|letter| letter.id);
     letters.truncate(page.limit);
-    Ok(Json(letters).into_response())
+    Ok(letters)
 }
 
 #[utoipa::path(
@@ -501,16 +511,18 @@ pub(crate) async fn sagas_in_flight(
     id: MaybeRequestId,
 ) -> Result<Response, ApiError> {
     let only = only_service(query.as_deref(), &["service"])?;
-    let answers = call_each(
-        &gateway,
-        Method::GET,
-        &asked(only),
-        |_| "/admin/sagas/in-flight".to_owned(),
-        request_id(&id),
-        gateway.call_timeout(),
-    )
-    .await;
-    Ok(Json(merged::<SagasInFlight>(answers)?).into_response())
+    Ok(Json(in_flight(&gateway, only, request_id(&id)).await?).into_response())
+}
+
+/// The unfinished sagas of every service (or of `only`), counted by type
+/// and state.
+pub(crate) async fn in_flight(
+    gateway: &Gateway,
+    only: Option<Service>,
+    request_id: Option<&RequestId>,
+) -> Result<Vec<SagasInFlight>, ApiError> {
+    let path = |_| "/admin/sagas/in-flight".to_owned();
+    merged(call_each(gateway, Method::GET, &asked(only), path, request_id, gateway.call_timeout()).await)
 }
 
 /// The `service` of a query that reads only `known`, after refusing the others.

@@ -17,6 +17,8 @@
 //! - **`/api/admin/...`** is the operators' API: every service's dead
 //!   letters, sagas and event streams, asked of all services at once and
 //!   merged, each item naming its service ([`admin`]);
+//! - **`GET /dashboard`** is the operators' live page, fed by
+//!   `GET /api/dashboard/stream` ([`dashboard`]);
 //! - **`GET /api/openapi.json`** describes all of it.
 //!
 //! A service that does not answer in time is a 504 problem, one that cannot
@@ -55,6 +57,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod admin;
 mod compose;
+pub mod dashboard;
 pub mod openapi;
 pub(crate) mod ready;
 mod routes;

@@ -40,7 +40,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi};
 
 use crate::compose::{self, OrderDetails, Part};
-use crate::{admin, routes};
+use crate::{admin, dashboard, routes};
 
 /// The media type of every error answer.
 const PROBLEM_JSON: &str = "application/problem+json";
@@ -381,6 +381,16 @@ fn healthz() {}
 #[allow(dead_code)]
 fn metrics() {}
 
+/// Served by [`crate::dashboard`].
+#[utoipa::path(
+    get, path = "/dashboard", tag = "operations",
+    responses((status = 200, description = "The operators' live dashboard: one page (HTML with its style and \
+        script) that follows `GET /api/dashboard/stream` and replays or discards dead letters.",
+        content_type = "text/html", body = String))
+)]
+#[allow(dead_code)]
+fn dashboard_page() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -422,6 +432,9 @@ fn metrics() {}
         routes::openapi_document,
         routes::last_audit,
         routes::run_audit,
+        dashboard_page,
+        crate::dashboard::snapshot,
+        crate::dashboard::stream,
     ),
     components(schemas(
         Problem, ProblemField, Health, Readiness, ReadinessCheck, Address, Customer, RegisterCustomer, UpdateCustomer, Product, UpdateProduct, SetStock, StockLevel,
@@ -429,7 +442,8 @@ fn metrics() {}
         HistoryItem, Freshness, RejectionReason, Payment, PaymentStatus,
         Shipment, ShipmentStatus, OrderDetails, Part, admin::DeadLetter, admin::DeadLetterStatus, admin::DeadMessage,
         admin::Resolved, admin::ResolveAction, admin::ParkedFailure, admin::Saga, admin::SagasInFlight,
-        admin::StreamEvent,
+        admin::StreamEvent, dashboard::Snapshot, dashboard::Orders, dashboard::ConsumerFigures,
+        dashboard::ProjectionFigures, dashboard::OutboxFigures, dashboard::ProcessFigures, dashboard::RecentOrder,
     )),
     modifiers(&SharedErrors, &Links),
     tags(
@@ -438,7 +452,8 @@ fn metrics() {}
         (name = "inventory", description = "Stock per sku (inventory service)."),
         (name = "orders", description = "Placing, following and cancelling orders (order service), and their \
             details composed from every service."),
-        (name = "operations", description = "Health, readiness, metrics, the audit and this document."),
+        (name = "operations", description = "Health, readiness, metrics, the audit, the live dashboard and this \
+            document."),
         (name = "admin", description = "Operating the shop: every service's dead letters (list, show, replay, \
             discard), sagas (by state, and how many are in flight) and event streams, each answer naming its \
             service."),
@@ -457,6 +472,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// `components.responses`.
 struct SharedErrors;
 
+/// The dashboard's operations: they name a part they cannot read in the
+/// answer instead of failing.
+const DASHBOARD_PATHS: &str = "/api/dashboard";
+
 /// Which operations a shared answer applies to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Applies {
@@ -469,7 +488,8 @@ enum Applies {
     WithSku,
     /// Operations on a path with a `{stream}`.
     WithStream,
-    /// Operations that call a service (every `/api` one but this document).
+    /// Operations that call a service and fail when one fails (every `/api`
+    /// one but this document and the dashboard's, which show what they can).
     CallingServices,
 }
 
@@ -481,7 +501,9 @@ impl Applies {
             Self::WithId => path.contains("{id}"),
             Self::WithSku => path.contains("{sku}"),
             Self::WithStream => path.contains("{stream}"),
-            Self::CallingServices => path.starts_with("/api/") && path != DOCUMENT_PATH,
+            Self::CallingServices => {
+                path.starts_with("/api/") && path != DOCUMENT_PATH && !path.starts_with(DASHBOARD_PATHS)
+            }
         }
     }
 }

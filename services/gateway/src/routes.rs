@@ -37,7 +37,7 @@ use serde_json::value::RawValue;
 use crate::openapi::{EventPage, OrderWait, Problem, ProductPage, SkuPath};
 use crate::upstream::{UpstreamError, UpstreamResponse, Upstreams};
 use crate::{GatewayConfig, Upstream};
-use crate::{admin, compose};
+use crate::{admin, compose, dashboard};
 use contracts::Service;
 
 /// The router's state: cheap to clone.
@@ -130,6 +130,9 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint(Method::GET, polis_runtime::ready::READY_PATH, on(MethodFilter::GET, crate::ready::readyz)),
         endpoint(Method::GET, "/api/audit", on(MethodFilter::GET, last_audit)),
         endpoint(Method::POST, "/api/audit/runs", on(MethodFilter::POST, run_audit)),
+        endpoint(Method::GET, "/api/dashboard", on(MethodFilter::GET, dashboard::snapshot)),
+        endpoint(Method::GET, "/api/dashboard/stream", on(MethodFilter::GET, dashboard::stream)),
+        endpoint(Method::GET, "/dashboard", on(MethodFilter::GET, dashboard::page)),
     ]
 }
 

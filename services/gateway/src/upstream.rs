@@ -150,6 +150,12 @@ impl Upstream {
         Ok(Self { kind: Kind::Remote(Remote { base, client }) })
     }
 
+    /// Whether the service runs in this process: then its metrics are this
+    /// process's own.
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind, Kind::Local(_))
+    }
+
     /// Calls the service: `method` on `path_and_query` (the service's own
     /// path, starting with `/`, already percent-encoded), with `body` sent
     /// as `application/json`, `request_id` as `x-request-id`, and the whole

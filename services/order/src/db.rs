@@ -160,6 +160,15 @@ where
     store.query(&sql, args![page.after_key(), page.sql_limit()]).await
 }
 
+/// The `limit` newest orders' rows, newest first, with [`COLUMNS`].
+pub(crate) async fn newest<S: SqlStore>(store: &S, limit: usize) -> Result<Vec<Row>, StoreError>
+where
+    S::Tx: Sql,
+{
+    let sql = format!("SELECT {COLUMNS} FROM orders ORDER BY order_id DESC LIMIT $1");
+    store.query(&sql, args![i64::try_from(limit).unwrap_or(i64::MAX)]).await
+}
+
 /// A page of the customer's orders' rows, in id order, with [`COLUMNS`].
 pub(crate) async fn of_customer<S: SqlStore>(store: &S, customer_id: Uuid, page: &Page) -> Result<Vec<Row>, StoreError>
 where

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /orders` | 202 `Accepted` (`Idempotency-Key` optional); 422 |
 //! | `GET /orders?limit=N&after=ID` | 200 a page of every order, by id (admin list) |
+//! | `GET /orders/recent?limit=N` | 200 the `N` (default 10, at most 100) newest orders, newest first |
 //! | `GET /orders/{id}?wait_ms=N` | 200 `OrderView`, once decided or after `N` ms; 404 |
 //! | `GET /orders/{id}?version=N` or `?as_of=T` | 200 `OrderView` as it was then (event store); 404; 422 |
 //! | `GET /orders/{id}/events?limit=N&after=V` | 200 a page of the order's events by version; 404 |
@@ -37,6 +38,7 @@ where
 {
     Router::new()
         .route("/orders", post(place::<S>).get(list_all::<S>))
+        .route("/orders/recent", get(recent::<S>))
         .route("/orders/{id}", get(get_one::<S>))
         .route("/orders/{id}/cancel", post(cancel::<S>))
         .route("/orders/{id}/events", get(events::<S>))
@@ -226,6 +228,31 @@ where
     S::Tx: Sql,
 {
     let rows = db::all(service.store().as_ref(), &page).await?;
+    Ok(Json(rows.iter().map(view).collect::<Result<_, _>>()?))
+}
+
+/// How many orders `GET /orders/recent` lists by default, and at most.
+const RECENT: (usize, usize) = (10, 100);
+
+/// The newest orders, newest first (ids are UUIDv7: the order they were
+/// placed in, to the millisecond): what an operator's dashboard shows.
+async fn recent<S>(
+    State(service): State<OrderService<S>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<OrderView>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    polis_runtime::query::refuse_unknown(query.as_deref(), &["limit"])?;
+    let mut limit = RECENT.0;
+    for (_, value) in polis_runtime::query::pairs(query.as_deref()) {
+        limit =
+            value.parse::<usize>().ok().filter(|n| (1..=RECENT.1).contains(n)).ok_or_else(|| {
+                ApiError::validation("limit", format!("must be a whole number from 1 to {}", RECENT.1))
+            })?;
+    }
+    let rows = db::newest(service.store().as_ref(), limit).await?;
     Ok(Json(rows.iter().map(view).collect::<Result<_, _>>()?))
 }
 

@@ -1,6 +1,7 @@
 //! The order service's HTTP API behind polis-runtime's standard layers, on
 //! SQLite and PostgreSQL: a customer's orders are read a page at a time,
-//! and every id in a path is a UUID in its canonical form or a 400.
+//! the newest orders newest first, and every id in a path is a UUID in its
+//! canonical form or a 400.
 
 #![allow(clippy::unwrap_used)]
 
@@ -85,6 +86,35 @@ where
         assert_eq!(answer.content_type(), PROBLEM, "{query}");
         assert_eq!(answer.fields(), [field], "{query}");
     }
+}
+
+async fn the_newest_orders_are_listed_newest_first<S>(app: App<S>)
+where
+    S: SqlStore + 'static,
+    S::Tx: Sql,
+{
+    let recent = |query: &'static str| {
+        let app = &app;
+        async move {
+            let answer = app.get(&format!("/orders/recent{query}")).await;
+            assert_eq!(answer.status, StatusCode::OK, "{query}: {}", answer.body);
+            answer.json::<Vec<OrderView>>().into_iter().map(|o| o.id).collect::<Vec<Uuid>>()
+        }
+    };
+    assert_eq!(recent("").await, Vec::<Uuid>::new());
+    let mut placed = Vec::new();
+    for _ in 0..12 {
+        placed.push(app.place(Uuid::now_v7()).await);
+    }
+    placed.reverse();
+    assert_eq!(recent("").await, placed[..10], "ten by default");
+    assert_eq!(recent("?limit=3").await, placed[..3]);
+    assert_eq!(recent("?limit=100").await, placed);
+    for query in ["limit=0", "limit=101", "limit=x", "limit=-1"] {
+        let answer = app.get(&format!("/orders/recent?{query}")).await;
+        assert_eq!(answer.fields(), ["limit"], "{query}");
+    }
+    assert_eq!(app.get("/orders/recent?after=x").await.status, StatusCode::BAD_REQUEST);
 }
 
 async fn ids_in_paths_are_canonical_uuids_or_a_400<S>(app: App<S>)
@@ -172,6 +202,7 @@ testsupport::suite! {
     open: App::new,
     cases: [
         a_customers_orders_are_read_page_by_page,
+        the_newest_orders_are_listed_newest_first,
         ids_in_paths_are_canonical_uuids_or_a_400,
         an_order_is_read_as_it_was_and_its_events_listed,
     ],

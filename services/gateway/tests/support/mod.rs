@@ -526,7 +526,7 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub raw: Bytes,
-    /// The body as JSON; `Null` if empty.
+    /// The body as JSON; `Null` if empty or not JSON.
     pub body: Value,
 }
 
@@ -563,7 +563,8 @@ pub async fn send(app: &Router, method: Method, uri: &str, body: Option<&Value>,
     let status = response.status();
     let headers = response.headers().clone();
     let raw = response.into_body().collect().await.unwrap().to_bytes();
-    let body = if raw.is_empty() { Value::Null } else { serde_json::from_slice(&raw).unwrap() };
+    let json = headers.get("content-type").is_some_and(|t| t.to_str().unwrap().contains("json"));
+    let body = if raw.is_empty() || !json { Value::Null } else { serde_json::from_slice(&raw).unwrap() };
     Answer { status, headers, raw, body }
 }
 

@@ -72,8 +72,23 @@ async fn send(app: &Router, request: Request<HttpBody>) -> Answer {
     let header = |name| response.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let (content_type, location) = (header(header::CONTENT_TYPE), header(header::LOCATION));
     let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes().to_vec();
+    let body = if content_type.as_deref() == Some("text/event-stream") {
+        first_event(response.into_body()).await
+    } else {
+        response.into_body().collect().await.unwrap().to_bytes().to_vec()
+    };
     Answer { status, content_type, location, body }
+}
+
+/// The first event of a stream of server-sent events, which never ends.
+async fn first_event(mut body: axum::body::Body) -> Vec<u8> {
+    let mut read = Vec::new();
+    while !read.windows(2).any(|two| two == b"\n\n") {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(30), body.frame()).await;
+        let frame = frame.expect("no event within 30 s").expect("the stream ended").unwrap();
+        read.extend_from_slice(frame.data_ref().map_or(&[][..], |data| &data[..]));
+    }
+    read
 }
 
 /// The request a plan describes, with the pools' values filled in.
@@ -194,8 +209,10 @@ fn judge(
                 let declared: Vec<&String> = content.keys().collect();
                 format!("content type {:?} is not declared (only {declared:?})", answer.content_type)
             })?;
-            // Text (the metrics) is held to its schema as a JSON string.
-            let body: Value = if media_type == Some("text/plain") {
+            // Text (the metrics, the dashboard's page, its stream's first
+            // event) is held to its schema as a JSON string.
+            let text = ["text/plain", "text/html", "text/event-stream"];
+            let body: Value = if media_type.is_some_and(|m| text.contains(&m)) {
                 let text = String::from_utf8(answer.body.to_vec()).map_err(|_| "text that is not UTF-8".to_owned())?;
                 Value::String(text)
             } else {
