@@ -2,7 +2,9 @@
 //!
 //! It reads the other services' facts through their APIs ([`rules::Facts`],
 //! given by the host: in-process routers or URLs), judges them with the
-//! shop's [`rules`] every `interval_ms` (`polis_audit::Auditor`: a
+//! shop's [`rules`] (orders against what the other services hold for them)
+//! and [`read_side`] (replicas and the order-history view against their
+//! sources) every `interval_ms` (`polis_audit::Auditor`: a
 //! disagreement is a drift once it lasted `settle_ms`), and repairs what it
 //! safely can by sending the owning service a command through its own
 //! outbox, once. The replies to those commands come back to it and confirm
@@ -14,6 +16,7 @@
 //! | `GET /audit` | 200 the last pass's `polis_audit::Report`; 503 before the first |
 //! | `POST /audit/runs` | 200 the `Report` of a pass run now |
 
+pub mod read_side;
 pub mod rules;
 
 use std::sync::Arc;
@@ -91,6 +94,18 @@ impl Facts for NoFacts {
     async fn shipments(&self) -> Result<Vec<contracts::shipping::Shipment>, polis_audit::BoxError> {
         self.orders().await.map(|_| Vec::new())
     }
+    async fn customers(&self) -> Result<Vec<contracts::customer::Customer>, polis_audit::BoxError> {
+        self.orders().await.map(|_| Vec::new())
+    }
+    async fn credit_replica(&self) -> Result<Vec<contracts::payment::Credit>, polis_audit::BoxError> {
+        self.orders().await.map(|_| Vec::new())
+    }
+    async fn address_replica(&self) -> Result<Vec<contracts::shipping::CustomerAddress>, polis_audit::BoxError> {
+        self.orders().await.map(|_| Vec::new())
+    }
+    async fn history(&self) -> Result<Option<Vec<contracts::order_history::HistoryOrder>>, polis_audit::BoxError> {
+        self.orders().await.map(|_| None)
+    }
 }
 
 /// The audit service over its own store.
@@ -135,7 +150,9 @@ where
         let facts = config.facts.0.clone().unwrap_or_else(|| Arc::new(NoFacts));
         let options =
             AuditOptions::new(Duration::from_millis(config.settle_ms), Duration::from_millis(config.interval_ms));
-        let auditor = Auditor::new(SERVICE, store.clone(), options).rule(rules::OrdersAgree::new(facts));
+        let auditor = Auditor::new(SERVICE, store.clone(), options)
+            .rule(rules::OrdersAgree::new(facts.clone()))
+            .rule(read_side::ReadSideAgrees::new(facts));
         let (last, _) = watch::channel(None);
         Ok(Self { store, auditor: Arc::new(auditor), interval: Duration::from_millis(config.interval_ms), last })
     }

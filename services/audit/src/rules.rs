@@ -69,6 +69,15 @@ pub trait Facts: Send + Sync + 'static {
     async fn payments(&self) -> Result<Vec<Payment>, BoxError>;
     /// Every shipment (the shipping service).
     async fn shipments(&self) -> Result<Vec<Shipment>, BoxError>;
+    /// Every customer (the customer service).
+    async fn customers(&self) -> Result<Vec<contracts::customer::Customer>, BoxError>;
+    /// Every customer's credit as the payment service's replica has it.
+    async fn credit_replica(&self) -> Result<Vec<contracts::payment::Credit>, BoxError>;
+    /// Every customer's address as the shipping service's replica has it.
+    async fn address_replica(&self) -> Result<Vec<contracts::shipping::CustomerAddress>, BoxError>;
+    /// Every order as the order-history view shows it; `None` when the
+    /// shop runs without the view.
+    async fn history(&self) -> Result<Option<Vec<contracts::order_history::HistoryOrder>>, BoxError>;
 }
 
 /// The rule comparing orders with what the other services hold for them.

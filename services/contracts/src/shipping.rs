@@ -68,6 +68,14 @@ pub enum ShipmentStatus {
     Failed,
 }
 
+/// One row of the shipping service's replica of customer addresses
+/// (`GET /addresses`): the address the customer service last announced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerAddress {
+    pub customer_id: Uuid,
+    pub address: Address,
+}
+
 /// `GET /shipments/{order_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Shipment {

@@ -42,6 +42,21 @@ where
     Ok(orders)
 }
 
+/// A page of every order the view has, by id.
+pub(crate) async fn orders<S>(store: &S, page: &Page) -> Result<Vec<HistoryOrder>, Error>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM history_orders WHERE status IS NOT NULL AND order_id > $1 ORDER BY order_id LIMIT $2"
+    );
+    let rows = store.query(&sql, args![page.after_key(), page.sql_limit()]).await?;
+    let mut orders = rows.iter().map(order_row).collect::<Result<Vec<_>, _>>()?;
+    attach_items(store, &mut orders).await?;
+    Ok(orders)
+}
+
 /// One order, if the view has it.
 pub(crate) async fn order<S>(store: &S, order_id: Uuid) -> Result<Option<HistoryOrder>, Error>
 where

@@ -3,6 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /customers/{id}/orders?status=S&limit=N&after=ID&order=ID&wait_ms=N` | 200 `CustomerOrders`; 400 unknown parameter; 422; 503 while the view is first built |
+//! | `GET /orders?limit=N&after=ID` | 200 a page of every order the view has, by id (for the auditor) |
 //! | `GET /orders/{id}` | 200 `HistoryOrder`; 404 |
 //!
 //! `order=ID` waits (up to `wait_ms`, 2 s when absent, at most 10 s) until
@@ -15,7 +16,7 @@ use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use contracts::order_history::{CustomerOrders, HistoryOrder};
-use polis_runtime::{ApiError, Json, NoQuery, PathId};
+use polis_runtime::{ApiError, Json, NoQuery, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
 use uuid::Uuid;
 
@@ -28,6 +29,7 @@ where
 {
     Router::new()
         .route("/customers/{id}/orders", get(customer_orders::<S>))
+        .route("/orders", get(orders::<S>))
         .route("/orders/{id}", get(order::<S>))
         .with_state(service)
 }
@@ -62,6 +64,16 @@ where
 {
     let order = db::order(service.store.as_ref(), id).await?;
     Ok(Json(order.ok_or_else(|| ApiError::not_found(format!("the view has no order {id}")))?))
+}
+
+/// Every order the view has, a page at a time by id: how the auditor holds
+/// the view against the services it is built from.
+async fn orders<S>(State(service): State<OrderHistory<S>>, page: Page) -> Result<Json<Vec<HistoryOrder>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Ok(Json(db::orders(service.store.as_ref(), &page).await?))
 }
 
 /// Polls the view until it shows `order_id`, for at most `wait`.

@@ -198,6 +198,28 @@ where
     store.query(&sql, args![page.after_key(), page.sql_limit()]).await?.iter().map(stored).collect()
 }
 
+/// A page of the replicated customers' credit, by customer id.
+pub(crate) async fn credits<S>(store: &S, page: Page) -> Result<Vec<Credit>, StoreError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let sql = "SELECT c.id, c.credit_limit, CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) AS exposure \
+               FROM payment_customers c LEFT JOIN payments p \
+               ON p.customer_id = c.id AND p.status IN ('AUTHORIZED', 'CAPTURED') \
+               WHERE c.id > $1 GROUP BY c.id, c.credit_limit ORDER BY c.id LIMIT $2";
+    let rows = store.query(sql, args![page.after_key(), page.sql_limit()]).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Credit {
+                customer_id: row.uuid("id")?,
+                credit_limit: row.int("credit_limit")?,
+                exposure: row.int("exposure")?,
+            })
+        })
+        .collect()
+}
+
 pub(crate) async fn credit<S>(store: &S, customer_id: Uuid) -> Result<Option<Credit>, StoreError>
 where
     S: SqlStore,

@@ -20,6 +20,7 @@ where
     Router::new()
         .route("/payments", get(list_payments::<S>))
         .route("/payments/{order_id}", get(get_payment::<S>))
+        .route("/credit", get(list_credit::<S>))
         .route("/credit/{customer_id}", get(get_credit::<S>))
         .with_state(service)
 }
@@ -66,4 +67,14 @@ where
         Some(credit) => Ok(Json(credit)),
         None => Err(ApiError::not_found(format!("customer {customer_id} is not known to the payment service"))),
     }
+}
+
+/// Every replicated customer's credit, a page at a time by customer id: how
+/// the auditor holds the replica against the customer service.
+async fn list_credit<S>(State(service): State<Payment<S>>, page: Page) -> Result<Json<Vec<Credit>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Ok(Json(db::credits(&*service.store, page).await?))
 }

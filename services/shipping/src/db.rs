@@ -16,7 +16,9 @@
 //! - **The address replica is a projection** (`customer_addresses`, a view;
 //!   [`crate::replica`]): read here, written by the projection alone.
 
-use contracts::shipping::{Shipment, ShipmentCancelled, ShipmentFailed, ShipmentScheduled, ShipmentStatus};
+use contracts::shipping::{
+    CustomerAddress, Shipment, ShipmentCancelled, ShipmentFailed, ShipmentScheduled, ShipmentStatus,
+};
 use contracts::{Address, RejectionReason};
 use polis_runtime::Page;
 use polis_store::args;
@@ -195,15 +197,30 @@ where
             args![customer_id],
         )
         .await?;
-    row.map(|row| {
-        Ok(Address {
-            line1: row.text("line1")?,
-            city: row.text("city")?,
-            postal_code: row.text("postal_code")?,
-            country: row.text("country")?,
-        })
+    row.as_ref().map(address_of).transpose()
+}
+
+/// A page of the address replica, by customer id.
+pub async fn addresses<S>(store: &S, page: Page) -> Result<Vec<CustomerAddress>, ShippingError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let sql = "SELECT customer_id, line1, city, postal_code, country FROM customer_addresses \
+               WHERE customer_id > $1 ORDER BY customer_id LIMIT $2";
+    let rows = store.query(sql, args![page.after_key(), page.sql_limit()]).await?;
+    rows.iter()
+        .map(|row| Ok(CustomerAddress { customer_id: row.uuid("customer_id")?, address: address_of(row)? }))
+        .collect()
+}
+
+fn address_of(row: &Row) -> Result<Address, ShippingError> {
+    Ok(Address {
+        line1: row.text("line1")?,
+        city: row.text("city")?,
+        postal_code: row.text("postal_code")?,
+        country: row.text("country")?,
     })
-    .transpose()
 }
 
 fn shipment_view(row: &Row) -> Result<Shipment, ShippingError> {

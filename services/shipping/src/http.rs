@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /shipments/{order_id}` | 200 `Shipment` / 404; 400 not an id (`polis_runtime::PathId`) |
 //! | `GET /shipments?limit=N&after=ID` | 200 a page of `Shipment`s by order id (admin list, see `polis_runtime::Page`) |
+//! | `GET /addresses?limit=N&after=ID` | 200 a page of the address replica (`CustomerAddress`) by customer id (for the auditor) |
 //!
 //! A query parameter a route does not read is a 400 (`NoQuery`, `Page`).
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use contracts::shipping::Shipment;
+use contracts::shipping::{CustomerAddress, Shipment};
 use polis_runtime::{ApiError, Json, NoQuery, Page, PathId};
 use polis_store::sql::{Sql, SqlStore};
 
@@ -26,6 +27,7 @@ where
 {
     Router::new()
         .route("/shipments", get(list_shipments::<S>))
+        .route("/addresses", get(list_addresses::<S>))
         .route("/shipments/{order_id}", get(get_shipment::<S>))
         .with_state(store)
 }
@@ -51,4 +53,12 @@ where
     S::Tx: Sql,
 {
     Ok(Json(db::shipments(&*store, page).await?))
+}
+
+async fn list_addresses<S>(State(store): State<Arc<S>>, page: Page) -> Result<Json<Vec<CustomerAddress>>, ApiError>
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    Ok(Json(db::addresses(&*store, page).await?))
 }

@@ -5,10 +5,12 @@
 use async_trait::async_trait;
 use audit::Facts;
 use contracts::Service;
+use contracts::customer::Customer;
 use contracts::inventory::{Reservation, StockLevel};
 use contracts::order::OrderView;
-use contracts::payment::Payment;
-use contracts::shipping::Shipment;
+use contracts::order_history::HistoryOrder;
+use contracts::payment::{Credit, Payment};
+use contracts::shipping::{CustomerAddress, Shipment};
 use gateway::Upstreams;
 use polis_audit::BoxError;
 
@@ -21,6 +23,9 @@ pub struct ApiFacts {
     inventory: Endpoint,
     payment: Endpoint,
     shipping: Endpoint,
+    customer: Endpoint,
+    /// `None` when the shop runs without its order-history view.
+    order_history: Option<Endpoint>,
 }
 
 impl ApiFacts {
@@ -32,7 +37,16 @@ impl ApiFacts {
             inventory: endpoint(Service::Inventory)?,
             payment: endpoint(Service::Payment)?,
             shipping: endpoint(Service::Shipping)?,
+            customer: endpoint(Service::Customer)?,
+            order_history: endpoint(Service::OrderHistory),
         })
+    }
+
+    /// These facts without the order-history view: for a shop that runs
+    /// without it.
+    pub fn without_view(mut self) -> Self {
+        self.order_history = None;
+        self
     }
 }
 
@@ -56,5 +70,22 @@ impl Facts for ApiFacts {
 
     async fn shipments(&self) -> Result<Vec<Shipment>, BoxError> {
         Ok(self.shipping.get_all("/shipments", |s: &Shipment| s.order_id).await?)
+    }
+
+    async fn customers(&self) -> Result<Vec<Customer>, BoxError> {
+        Ok(self.customer.get_all("/customers", |c: &Customer| c.id).await?)
+    }
+
+    async fn credit_replica(&self) -> Result<Vec<Credit>, BoxError> {
+        Ok(self.payment.get_all("/credit", |c: &Credit| c.customer_id).await?)
+    }
+
+    async fn address_replica(&self) -> Result<Vec<CustomerAddress>, BoxError> {
+        Ok(self.shipping.get_all("/addresses", |a: &CustomerAddress| a.customer_id).await?)
+    }
+
+    async fn history(&self) -> Result<Option<Vec<HistoryOrder>>, BoxError> {
+        let Some(view) = &self.order_history else { return Ok(None) };
+        Ok(Some(view.get_all("/orders", |o: &HistoryOrder| o.id).await?))
     }
 }

@@ -33,6 +33,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -229,6 +230,10 @@ impl DataDir {
     }
 }
 
+/// How often a lock held under this process's own pid is tried (10 ms
+/// apart) before it counts as in use.
+const OWN_LOCK_TRIES: u32 = 50;
+
 /// Takes the directory's lock and writes this process's pid into it.
 fn lock(dir: &Path) -> Result<File, DataDirError> {
     let path = dir.join(LOCK_FILE);
@@ -239,15 +244,28 @@ fn lock(dir: &Path) -> Result<File, DataDirError> {
         .truncate(false)
         .open(&path)
         .map_err(io_err(format!("opening {}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let pid = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
-            return Err(DataDirError::InUse { path: dir.to_path_buf(), pid });
-        }
-        Err(std::fs::TryLockError::Error(source)) => {
-            return Err(DataDirError::Io { context: format!("locking {}", path.display()), source });
+    let mut tries = 0;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.seek(SeekFrom::Start(0));
+                let pid = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
+                // A lock this process let go of can outlive it for a moment:
+                // a child forked by another thread shares the lock until it
+                // executes its program. Only this process's own lock is
+                // worth a second look; another's is refused at once.
+                tries += 1;
+                if pid == Some(std::process::id()) && tries < OWN_LOCK_TRIES {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                return Err(DataDirError::InUse { path: dir.to_path_buf(), pid });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(DataDirError::Io { context: format!("locking {}", path.display()), source });
+            }
         }
     }
     let pid = std::process::id();

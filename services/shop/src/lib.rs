@@ -186,7 +186,10 @@ where
             host::<order_history::OrderHistory<S>, S>(service, store, bus, settings, &options).await
         }
         Service::Audit => {
-            let facts = upstreams.and_then(audit::ApiFacts::new).map(|f| ::audit::FactsSource::new(Arc::new(f)));
+            let facts = upstreams
+                .and_then(audit::ApiFacts::new)
+                .map(|facts| if config.read_side { facts } else { facts.without_view() })
+                .map(|f| ::audit::FactsSource::new(Arc::new(f)));
             let settings = ::audit::Config { facts: facts.unwrap_or_default(), ..config.audit.clone() };
             host::<::audit::Audit<S>, S>(service, store, bus, settings, &options).await
         }

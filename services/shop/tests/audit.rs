@@ -1,10 +1,13 @@
 //! The auditor on the embedded shop under load: rows changed behind the
 //! services' backs while orders flow — a rejected order's stock reserved
 //! again (its reservation set back to RESERVED, the stock moved with it),
-//! an approved order's shipment deleted — are reported as drifts; the first
-//! is repaired through the outbox (the inventory releases the stock, the
-//! reply confirms the repair), the second, which has no safe repair, stays
-//! reported; nothing else is ever reported, in flight or after.
+//! an approved order's shipment deleted, a customer's credit limit changed
+//! in payment's replica, an approved order deleted from the order-history
+//! view — are reported as drifts; the first is repaired through the outbox
+//! (the inventory releases the stock, the reply confirms the repair), the
+//! others, which have no safe repair, stay reported (the deleted shipment
+//! twice: the view still shows it); nothing else is ever reported, in
+//! flight or after.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -24,6 +27,14 @@ fn sqlite(dir: &Path, service: Service) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(dir.join(format!("{service}.db"))).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     conn
+}
+
+/// The live generation's table behind the view `name` (`name_g<N>`).
+fn live_table(conn: &rusqlite::Connection, name: &str) -> String {
+    let sql = "SELECT sql FROM sqlite_master WHERE type = 'view' AND name = ?1";
+    let definition: String = conn.query_row(sql, [name], |row| row.get(0)).unwrap();
+    let table = regex::Regex::new(&format!(r"\b{name}_g\d+\b")).unwrap();
+    table.find(&definition).unwrap_or_else(|| panic!("no generation table in {definition}")).as_str().to_owned()
 }
 
 async fn report(apis: &Apis) -> Option<Report> {
@@ -79,6 +90,8 @@ async fn drift_made_behind_the_services_backs_is_reported_and_repaired_where_saf
         o.status == OrderStatus::Rejected && r.is_some_and(|r| r.status == ReservationStatus::Released)
     })
     .await;
+    let unseen = an_order(&apis, |o, _| o.status == OrderStatus::Approved && o.id != shipped.id).await;
+    // All at once, so that each is seen before the repairable one is repaired.
     let deleted = sqlite(dir.path(), Service::Shipping)
         .execute("DELETE FROM shipments WHERE order_id = ?1", [shipped.id.to_string()])
         .unwrap();
@@ -94,13 +107,28 @@ async fn drift_made_behind_the_services_backs_is_reported_and_repaired_where_saf
     }
     tx.execute("UPDATE reservations SET status = 'RESERVED' WHERE order_id = ?1", [released.id.to_string()]).unwrap();
     tx.commit().unwrap();
+    // The read side: a customer's credit limit changed in payment's replica,
+    // another approved order deleted from the order-history view (each in
+    // its projection's live generation table, behind the view of its name).
+    let payment = sqlite(dir.path(), Service::Payment);
+    let replica = live_table(&payment, "payment_customers");
+    let changed: String = payment
+        .query_row(&format!("UPDATE {replica} SET credit_limit = credit_limit + 1 WHERE id = (SELECT MIN(id) FROM {replica}) RETURNING id"), [], |row| row.get(0))
+        .unwrap();
+    let history = sqlite(dir.path(), Service::OrderHistory);
+    let view = live_table(&history, "history_orders");
+    let deleted = history.execute(&format!("DELETE FROM {view} WHERE order_id = ?1"), [unseen.id.to_string()]).unwrap();
+    assert_eq!(deleted, 1);
     let injected = Instant::now();
 
     // Seen once it lasted the settle time; the reservation released again.
     let (lost, leftover) = (shipped.id.to_string(), released.id.to_string());
+    let (changed_credit, unseen) = (format!("payment/{changed}"), unseen.id.to_string());
     let seen = polis_testkit::wait_for(WAIT, || async {
         let Some(report) = report(&apis).await else { return false };
         report.drifts.iter().any(|d| d.kind == "approved-order-without-shipment" && d.subject == lost)
+            && report.drifts.iter().any(|d| d.kind == "replica-differs" && d.subject == changed_credit)
+            && report.drifts.iter().any(|d| d.kind == "view-missing-order" && d.subject == unseen)
             && report.drifts.iter().any(|d| {
                 d.kind == "undone-order-keeps-reservation"
                     && d.subject == leftover
@@ -109,7 +137,7 @@ async fn drift_made_behind_the_services_backs_is_reported_and_repaired_where_saf
     })
     .await;
     assert!(seen.is_ok(), "the drifts were not reported: {:#?}", report(&apis).await);
-    println!("both drifts reported {:?} after they were made (settle 1.5 s, a pass every 0.25 s)", injected.elapsed());
+    println!("every drift reported {:?} after they were made (settle 1.5 s, a pass every 0.25 s)", injected.elapsed());
     assert!(!load.is_finished(), "the orders were all placed before the drifts were seen: not under load");
     let repaired = polis_testkit::wait_for(WAIT, || async {
         let path = format!("/reservations/{}", released.id);
@@ -125,19 +153,28 @@ async fn drift_made_behind_the_services_backs_is_reported_and_repaired_where_saf
     assert_eq!(placed.len(), ORDERS);
     workload::wait_terminal(&apis, Scope::Placed(&placed), WAIT, &|_| {}).await.unwrap();
 
-    // In the end: the deleted shipment is the one drift left, unrepaired;
-    // the repair was sent once and its reply confirmed it.
+    // In the end: what has no repair is left, unrepaired — the deleted
+    // shipment (which the view, still showing it, now disagrees with too),
+    // the changed replica, the order missing from the view; the repair was
+    // sent once and its reply confirmed it.
     let settled = polis_testkit::wait_for(WAIT, || async {
-        report(&apis).await.is_some_and(|r| r.drifts.len() == 1 && r.suspected.is_empty())
+        report(&apis).await.is_some_and(|r| r.drifts.len() == 4 && r.suspected.is_empty())
     })
     .await;
     let last = report(&apis).await.unwrap();
     assert!(settled.is_ok(), "other drift or findings: {last:#?}");
+    let mut left: Vec<(&str, &str)> = last.drifts.iter().map(|d| (d.kind.as_str(), d.subject.as_str())).collect();
+    left.sort_unstable();
     assert_eq!(
-        (last.drifts[0].kind.as_str(), last.drifts[0].subject.as_str()),
-        ("approved-order-without-shipment", lost.as_str())
+        left,
+        [
+            ("approved-order-without-shipment", lost.as_str()),
+            ("replica-differs", changed_credit.as_str()),
+            ("view-differs", lost.as_str()),
+            ("view-missing-order", unseen.as_str()),
+        ]
     );
-    assert_eq!(last.unrepaired(), 1);
+    assert_eq!(last.unrepaired(), 4);
     let repairs: Vec<(String, String, Option<i64>)> = sqlite(dir.path(), Service::Audit)
         .prepare("SELECT kind, subject, confirmed_at_us FROM polis_audit_repairs")
         .unwrap()
