@@ -26,7 +26,8 @@
 //! `polis_handler_retries_total`, `polis_dead_letters_total`.
 //!
 //! Traces (ADR 0010): each delivery is handled in a `handle_message` span
-//! (consumer, message id, type, key, attempt, and the outcome once known)
+//! (consumer, message id, type, key, attempt, and the outcome once known;
+//! at `debug` for a message the handler declines, which is no hop)
 //! that continues the trace of the message's `traceparent`, as the remote
 //! child of the span that wrote the message; the handler runs in it, so what
 //! the handler sends continues the same trace. A redelivery (attempt > 1) is
@@ -342,15 +343,19 @@ impl<S: TransactionalStore> Consumer<S> {
     /// consumer is) and `polis_consumer_handling_seconds` by outcome, and
     /// runs in the delivery's `handle_message` span (module docs).
     pub async fn process(&self, handler: &Arc<dyn Handler<S::Tx>>, delivery: Delivery) -> Outcome {
-        let span = self.message_span(&delivery);
+        let declined = delivery.message.as_ref().is_ok_and(|message| !handler.accepts(message));
+        let span = self.message_span(&delivery, declined);
         let outcome = self.process_in_span(handler, delivery).instrument(span.clone()).await;
         span.record("outcome", outcome.as_str());
         outcome
     }
 
     /// The span a delivery is handled in: a new root in `tracing`'s terms
-    /// (whatever task it runs on), continuing the message's trace.
-    fn message_span(&self, delivery: &Delivery) -> tracing::Span {
+    /// (whatever task it runs on), continuing the message's trace. A
+    /// message the handler declines is no hop of its trace (nothing
+    /// happens here): its span is at `debug`, so a debug log shows it and
+    /// the traces' default filter leaves it out.
+    fn message_span(&self, delivery: &Delivery, declined: bool) -> tracing::Span {
         let Ok(message) = &delivery.message else {
             return tracing::info_span!(
                 parent: None,
@@ -361,17 +366,22 @@ impl<S: TransactionalStore> Consumer<S> {
                 outcome = tracing::field::Empty,
             );
         };
-        let span = tracing::info_span!(
-            parent: None,
-            "handle_message",
-            otel.kind = "consumer",
-            consumer = self.name,
-            message_id = %message.id,
-            message_type = message.message_type,
-            key = message.key,
-            attempt = delivery.attempt,
-            outcome = tracing::field::Empty,
-        );
+        macro_rules! message_span {
+            ($span:ident) => {
+                tracing::$span!(
+                    parent: None,
+                    "handle_message",
+                    otel.kind = "consumer",
+                    consumer = self.name,
+                    message_id = %message.id,
+                    message_type = message.message_type,
+                    key = message.key,
+                    attempt = delivery.attempt,
+                    outcome = tracing::field::Empty,
+                )
+            };
+        }
+        let span = if declined { message_span!(debug_span) } else { message_span!(info_span) };
         let traceparent = message.metadata.traceparent.as_deref();
         polis_core::trace::set_remote_parent(&span, traceparent);
         if delivery.attempt > 1 {
