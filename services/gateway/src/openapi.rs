@@ -444,6 +444,7 @@ fn dashboard_page() {}
         admin::Resolved, admin::ResolveAction, admin::ParkedFailure, admin::Saga, admin::SagasInFlight,
         admin::StreamEvent, dashboard::Snapshot, dashboard::Orders, dashboard::ConsumerFigures,
         dashboard::ProjectionFigures, dashboard::OutboxFigures, dashboard::ProcessFigures, dashboard::RecentOrder,
+        dashboard::AuditFigures, dashboard::DriftFigures,
     )),
     modifiers(&SharedErrors, &Links),
     tags(

@@ -40,6 +40,8 @@ async fn a_snapshot_shows_what_it_can_read_and_names_the_rest() {
     assert_eq!(snapshot.unavailable.len(), 1, "{:?}", snapshot.unavailable);
     assert!(snapshot.unavailable[0].starts_with("recent orders: the order service"), "{:?}", snapshot.unavailable);
     assert!(snapshot.recent_orders.is_empty());
+    let audit = snapshot.audit.unwrap();
+    assert_eq!((audit.at.as_str(), audit.drifts_total, audit.incomplete), ("2026-12-06T05:00:00Z", 0, false));
     assert_eq!(get(&app, "/api/dashboard?limit=1").await.status, StatusCode::BAD_REQUEST);
 }
 

@@ -252,6 +252,14 @@ async fn the_dashboard_shows_the_shop_live_and_its_buttons_resolve_dead_letters(
         "return document.querySelectorAll('#processes tbody tr').length === 1",
     )
     .await;
+    // The audit's last pass: the services agree (a pass runs at start, then every 30 s).
+    until(
+        &browser,
+        "the audit's last pass",
+        "return document.getElementById('audit-pass').textContent.startsWith('Last pass at') \
+         && document.querySelector('#drifts tbody td.empty') !== null",
+    )
+    .await;
 
     // Both dead letters, each with its buttons.
     for id in [&letter, &hopeless_letter] {

@@ -13,7 +13,9 @@
 //!   between), the way a Prometheus `rate()` reads them;
 //! - **sagas in flight** and **dead letters** from the admin API
 //!   (`/admin/...` of every service), so they are as fresh as the request;
-//! - **recent orders** and their timelines from the order service.
+//! - **recent orders** and their timelines from the order service;
+//! - **the audit**'s last pass (drifts, suspected, repairs) from the audit
+//!   service: whether the services agree.
 //!
 //! A part that cannot be read (a service down) is left empty and named in
 //! `unavailable`; the rest is shown. The page replays and discards dead
@@ -77,8 +79,71 @@ pub struct Snapshot {
     pub recent_orders: Vec<RecentOrder>,
     /// Every process's memory and CPU (one in the embedded shop).
     pub processes: Vec<ProcessFigures>,
+    /// The audit service's last pass: whether the services agree. Absent
+    /// before its first pass (and when it cannot be read: see
+    /// `unavailable`).
+    pub audit: Option<AuditFigures>,
     /// What could not be read, each naming its source; the rest is shown.
     pub unavailable: Vec<String>,
+}
+
+/// The audit service's last pass (`GET /api/audit` has it whole).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditFigures {
+    /// When the pass ran (RFC 3339).
+    pub at: String,
+    /// Disagreements that outlasted the settle time: the first [`SHOWN`].
+    pub drifts: Vec<DriftFigures>,
+    /// How many drifts there are in all.
+    pub drifts_total: usize,
+    /// How many of them have no repair under way: an operator must look.
+    pub unrepaired: usize,
+    /// Disagreements still within the settle time (work in flight, most likely).
+    pub suspected: usize,
+    /// Whether a rule could not judge (a service it reads was out of reach).
+    pub incomplete: bool,
+}
+
+/// One drift of the last pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DriftFigures {
+    pub kind: String,
+    pub subject: String,
+    pub detail: String,
+    /// Since when it has been seen (RFC 3339).
+    pub since: String,
+    /// What was done: `none`, `sent` or `failed`.
+    pub repair: String,
+}
+
+impl AuditFigures {
+    /// The figures of a pass as the audit service writes it (a
+    /// `polis_audit::Report`), or `None` if `report` is not one.
+    fn of(report: &serde_json::Value) -> Option<Self> {
+        let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+        let drifts = report["drifts"].as_array()?;
+        let figures = drifts
+            .iter()
+            .map(|drift| {
+                Some(DriftFigures {
+                    kind: text(&drift["kind"])?,
+                    subject: text(&drift["subject"])?,
+                    detail: text(&drift["detail"])?,
+                    since: text(&drift["since"])?,
+                    repair: text(&drift["repair"]["state"])?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            at: text(&report["at"])?,
+            drifts_total: figures.len(),
+            unrepaired: figures.iter().filter(|d| d.repair != "sent").count(),
+            drifts: figures.into_iter().take(SHOWN).collect(),
+            suspected: report["suspected"].as_object()?.values().filter_map(serde_json::Value::as_u64).sum::<u64>()
+                as usize,
+            incomplete: report["rules"].as_array()?.iter().any(|rule| !rule["error"].is_null()),
+        })
+    }
 }
 
 /// Orders placed and decided.
@@ -221,11 +286,12 @@ async fn take(
 ) -> (Snapshot, Taken) {
     let mut unavailable = Vec::new();
     let shown = Page::first(SHOWN);
-    let (scrape, in_flight, letters, recent) = tokio::join!(
+    let (scrape, in_flight, letters, recent, audit) = tokio::join!(
         scrape_all(gateway),
         admin::in_flight(gateway, None, request_id),
         admin::dead_letters(gateway, None, &shown, request_id),
         recent_orders(gateway, request_id),
+        last_audit(gateway, request_id),
     );
     let (scrape, failed) = scrape;
     unavailable.extend(failed);
@@ -233,6 +299,10 @@ async fn take(
     let sagas_in_flight = part("sagas in flight", in_flight, &mut unavailable);
     let dead_letters = part("dead letters", letters, &mut unavailable);
     let recent_orders = part("recent orders", recent, &mut unavailable);
+    let audit = audit.unwrap_or_else(|err| {
+        unavailable.push(format!("audit: {}", err.detail().unwrap_or(err.title())));
+        None
+    });
     let figures = Figures { now: &taken, before: previous };
     let snapshot = Snapshot {
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -245,6 +315,7 @@ async fn take(
         dead_letters,
         recent_orders,
         processes: figures.processes(),
+        audit,
         unavailable,
     };
     (snapshot, taken)
@@ -295,27 +366,42 @@ async fn recent_orders(
     let order = gateway.upstream(Service::Order);
     let timeout = gateway.call_timeout();
     let path = format!("/orders/recent?limit={RECENT_ORDERS}");
-    let orders: Vec<OrderView> = read(order.call(Method::GET, &path, None, request_id, timeout).await)?;
+    let orders: Vec<OrderView> = read(Service::Order, order.call(Method::GET, &path, None, request_id, timeout).await)?;
     let timelines = orders.iter().map(|view| async move {
         let path = format!("/orders/{}/events?limit=20", view.id);
-        read::<Vec<OrderEvent>>(order.call(Method::GET, &path, None, request_id, timeout).await)
+        read::<Vec<OrderEvent>>(Service::Order, order.call(Method::GET, &path, None, request_id, timeout).await)
     });
     let timelines = futures::future::join_all(timelines).await;
     orders.into_iter().zip(timelines).map(|(order, timeline)| Ok(RecentOrder { order, timeline: timeline? })).collect()
 }
 
-/// The order service's 200 answer as JSON, or why there is none.
+/// The audit service's last pass; `None` before its first (a 503).
+async fn last_audit(
+    gateway: &Gateway,
+    request_id: Option<&polis_runtime::RequestId>,
+) -> Result<Option<AuditFigures>, ApiError> {
+    let called =
+        gateway.upstream(Service::Audit).call(Method::GET, "/audit", None, request_id, gateway.call_timeout()).await;
+    if called.as_ref().is_ok_and(|answer| answer.status == StatusCode::SERVICE_UNAVAILABLE) {
+        return Ok(None);
+    }
+    let report: serde_json::Value = read(Service::Audit, called)?;
+    AuditFigures::of(&report).map(Some).ok_or_else(|| bad_gateway(Service::Audit, "not a report of a pass"))
+}
+
+/// A service's 200 answer as JSON, or why there is none.
 fn read<T: serde::de::DeserializeOwned>(
+    service: Service,
     called: Result<crate::UpstreamResponse, crate::UpstreamError>,
 ) -> Result<T, ApiError> {
-    let answer = called.map_err(|err| call_failed(Service::Order, err))?;
+    let answer = called.map_err(|err| call_failed(service, err))?;
     if answer.status.is_server_error() {
-        return Err(service_failed(Service::Order, answer.status));
+        return Err(service_failed(service, answer.status));
     }
     if answer.status != StatusCode::OK {
-        return Err(bad_gateway(Service::Order, format!("it answered {}", answer.status)));
+        return Err(bad_gateway(service, format!("it answered {}", answer.status)));
     }
-    serde_json::from_slice(&answer.body).map_err(|err| bad_gateway(Service::Order, err))
+    serde_json::from_slice(&answer.body).map_err(|err| bad_gateway(service, err))
 }
 
 /// The figures of a scrape, and their rates since an earlier one.
@@ -525,6 +611,28 @@ process_resident_memory_bytes 2000
         assert_eq!((orders.placed_total, orders.placed_per_second, orders.decided_per_second), (30, None, None));
         assert!(figures.consumers().iter().all(|c| c.handled_per_second.is_none() && c.lag_seconds.is_none()));
         assert_eq!(figures.processes()[0].cpu_per_second, None);
+    }
+
+    #[test]
+    fn an_audit_report_is_summed_up_and_anything_else_refused() {
+        let report = serde_json::json!({
+            "at": "2026-12-06T05:00:00Z", "settle_ms": 1500,
+            "rules": [{"rule": "orders-agree", "findings": 2}, {"rule": "read-side-agrees", "findings": 0}],
+            "drifts": [
+                {"kind": "approved-order-without-shipment", "subject": "o-1", "detail": "d", "since": "2026-12-06T04:59:00Z",
+                 "repair": {"state": "none"}},
+                {"kind": "undone-order-keeps-reservation", "subject": "o-2", "detail": "d", "since": "2026-12-06T04:59:00Z",
+                 "repair": {"state": "sent", "message_id": "m", "at": "2026-12-06T04:59:30Z"}},
+            ],
+            "suspected": {"view-differs": 1},
+        });
+        let figures = AuditFigures::of(&report).unwrap();
+        assert_eq!((figures.drifts_total, figures.unrepaired, figures.suspected, figures.incomplete), (2, 1, 1, false));
+        assert_eq!(figures.drifts[1].repair, "sent");
+        let mut failed = report.clone();
+        failed["rules"][1]["error"] = "the order service is unreachable".into();
+        assert!(AuditFigures::of(&failed).unwrap().incomplete);
+        assert_eq!(AuditFigures::of(&serde_json::json!({"title": "Service unavailable"})), None);
     }
 
     #[test]

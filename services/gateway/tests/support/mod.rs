@@ -327,7 +327,9 @@ pub fn history(order_id: &str) -> Option<contracts::order_history::HistoryOrder>
 
 /// The audit service: a report with no drift, the same on both routes.
 fn audit_service() -> Router {
-    let report = || async { Json(serde_json::json!({ "rules": [], "suspected": {}, "drifts": [] })) };
+    let report = || async {
+        Json(serde_json::json!({ "at": "2026-12-06T05:00:00Z", "rules": [], "suspected": {}, "drifts": [] }))
+    };
     Router::new().route("/audit", axum::routing::get(report)).route("/audit/runs", axum::routing::post(report))
 }
 
