@@ -70,11 +70,18 @@ async fn a_store_skips_its_own_outbox_hint() {
             }
         }
     });
+    // Let the counter task start waiting on `own` before the signal. (Were
+    // it to start late, the direct wake is still counted: `changed` reports
+    // a value sent before it was first polled.)
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     sender.signal_outbox();
     tokio::time::timeout(Duration::from_secs(10), elsewhere.changed()).await.expect("woken by NOTIFY").unwrap();
     // The NOTIFY reached the other store; this store's listener got it too.
+    // That it did not wake this store again is an absence, which no
+    // condition can wait for: 300 ms is many times a local NOTIFY's round trip
+    // (milliseconds), and a second wake that came later would be the bug seen
+    // only on a slower machine, never a false failure.
     tokio::time::sleep(Duration::from_millis(300)).await;
     counter.abort();
     assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1, "woken directly, and not again by its own hint");
