@@ -81,18 +81,24 @@ pub enum Part {
 }
 
 /// An essential call's answer: the thing, or `None` for a 404.
-async fn essential<T: DeserializeOwned>(
+pub(crate) async fn essential<T: DeserializeOwned>(
     gateway: &Gateway,
     service: Service,
     path: &str,
     request_id: Option<&RequestId>,
     timeout: Duration,
 ) -> Result<Option<T>, ApiError> {
-    let answer = gateway
-        .upstream(service)
-        .call(Method::GET, path, None, request_id, timeout)
-        .await
-        .map_err(|err| call_failed(service, err))?;
+    let called = gateway.upstream(service).call(Method::GET, path, None, request_id, timeout).await;
+    essential_answer(service, path, called)
+}
+
+/// What [`essential`] makes of `GET path`'s answer.
+pub(crate) fn essential_answer<T: DeserializeOwned>(
+    service: Service,
+    path: &str,
+    called: Result<crate::UpstreamResponse, crate::UpstreamError>,
+) -> Result<Option<T>, ApiError> {
+    let answer = called.map_err(|err| call_failed(service, err))?;
     match answer.status {
         StatusCode::OK => serde_json::from_slice(&answer.body).map(Some).map_err(|err| bad_gateway(service, err)),
         StatusCode::NOT_FOUND => Ok(None),

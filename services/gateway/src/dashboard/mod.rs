@@ -40,7 +40,8 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::admin::{self, DeadLetter, SagasInFlight};
-use crate::routes::{Gateway, MaybeRequestId, bad_gateway, call_failed, request_id, service_failed};
+use crate::compose::{essential, essential_answer};
+use crate::routes::{Gateway, MaybeRequestId, bad_gateway, request_id};
 use scrape::{Scrape, Sums};
 
 /// How often the stream sends a snapshot.
@@ -363,13 +364,17 @@ async fn recent_orders(
     gateway: &Gateway,
     request_id: Option<&polis_runtime::RequestId>,
 ) -> Result<Vec<RecentOrder>, ApiError> {
-    let order = gateway.upstream(Service::Order);
     let timeout = gateway.call_timeout();
     let path = format!("/orders/recent?limit={RECENT_ORDERS}");
-    let orders: Vec<OrderView> = read(Service::Order, order.call(Method::GET, &path, None, request_id, timeout).await)?;
+    // Both are lists the order service always has: a 404 is a broken answer.
+    let missing = |path: &str| bad_gateway(Service::Order, format!("GET {path} answered 404 Not Found"));
+    let orders: Vec<OrderView> =
+        essential(gateway, Service::Order, &path, request_id, timeout).await?.ok_or_else(|| missing(&path))?;
     let timelines = orders.iter().map(|view| async move {
         let path = format!("/orders/{}/events?limit=20", view.id);
-        read::<Vec<OrderEvent>>(Service::Order, order.call(Method::GET, &path, None, request_id, timeout).await)
+        essential::<Vec<OrderEvent>>(gateway, Service::Order, &path, request_id, timeout)
+            .await?
+            .ok_or_else(|| missing(&path))
     });
     let timelines = futures::future::join_all(timelines).await;
     orders.into_iter().zip(timelines).map(|(order, timeline)| Ok(RecentOrder { order, timeline: timeline? })).collect()
@@ -380,28 +385,16 @@ async fn last_audit(
     gateway: &Gateway,
     request_id: Option<&polis_runtime::RequestId>,
 ) -> Result<Option<AuditFigures>, ApiError> {
+    let path = "/audit";
     let called =
-        gateway.upstream(Service::Audit).call(Method::GET, "/audit", None, request_id, gateway.call_timeout()).await;
+        gateway.upstream(Service::Audit).call(Method::GET, path, None, request_id, gateway.call_timeout()).await;
     if called.as_ref().is_ok_and(|answer| answer.status == StatusCode::SERVICE_UNAVAILABLE) {
         return Ok(None);
     }
-    let report: serde_json::Value = read(Service::Audit, called)?;
+    let Some(report) = essential_answer::<serde_json::Value>(Service::Audit, path, called)? else {
+        return Err(bad_gateway(Service::Audit, "GET /audit answered 404 Not Found"));
+    };
     AuditFigures::of(&report).map(Some).ok_or_else(|| bad_gateway(Service::Audit, "not a report of a pass"))
-}
-
-/// A service's 200 answer as JSON, or why there is none.
-fn read<T: serde::de::DeserializeOwned>(
-    service: Service,
-    called: Result<crate::UpstreamResponse, crate::UpstreamError>,
-) -> Result<T, ApiError> {
-    let answer = called.map_err(|err| call_failed(service, err))?;
-    if answer.status.is_server_error() {
-        return Err(service_failed(service, answer.status));
-    }
-    if answer.status != StatusCode::OK {
-        return Err(bad_gateway(service, format!("it answered {}", answer.status)));
-    }
-    serde_json::from_slice(&answer.body).map_err(|err| bad_gateway(service, err))
 }
 
 /// The figures of a scrape, and their rates since an earlier one.
