@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use polis_core::bus::{Bus, Delivery, Subscription, Topic};
-use polis_core::{Message, Metadata};
+use polis_core::{Message, MessageKind, Metadata};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -21,7 +21,7 @@ async fn in_process() -> (Arc<dyn Bus>, Guard) {
 
 async fn nats() -> (Arc<dyn Bus>, Guard) {
     let server = polis_testkit::nats().await;
-    let options = polis_bus::nats::NatsOptions { ack_wait: Duration::from_secs(2), ..Default::default() };
+    let options = polis_bus::nats::NatsOptions { ack_wait: ACK_WAIT, ..Default::default() };
     let bus = polis_bus::NatsBus::connect(server.url(), options).await.unwrap();
     (Arc::new(bus), Box::new(server))
 }
@@ -35,8 +35,43 @@ async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
     tokio::time::timeout(Duration::from_secs(20), sub.next()).await.expect("a delivery within 20 s").unwrap()
 }
 
-async fn nothing_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> bool {
-    tokio::time::timeout(wait, sub.next()).await.is_err()
+/// How long NATS (as these tests configure it) waits for an acknowledgement
+/// before delivering again.
+const ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits out the bus's redelivery time: a delivery whose acknowledgement did
+/// not take comes back only then, and nothing but waiting shows that it
+/// does not. (The in-process bus redelivers only on a new subscription.)
+async fn past_the_ack_wait() {
+    tokio::time::sleep(ACK_WAIT + Duration::from_millis(500)).await;
+}
+
+/// A message on `topic` that nothing else in a test sends.
+fn marker(topic: &Topic) -> Message {
+    match topic.kind {
+        MessageKind::Event => Message::event(&topic.service, "marker.set.v1", "marker", json!({})),
+        MessageKind::Command => Message::command("caller", &topic.service, "marker.set.v1", "marker", json!({})),
+        MessageKind::Reply => {
+            let command = Message::command(&topic.service, "other", "marker.set.v1", "marker", json!({}));
+            Message::reply_to(&command, "marker.set.v1", json!({}))
+        }
+    }
+}
+
+/// Checks that `marker`, published last, is the subscription's next
+/// delivery: anything else stored for it before (a duplicate, another
+/// topic's message, a redelivery that is due) would come first.
+async fn the_next_is(sub: &mut Box<dyn Subscription>, marker: &Message) {
+    let d = next(sub).await;
+    assert_eq!(d.message.as_ref().unwrap().id, marker.id, "only the marker follows: {:?}", d.message);
+    d.ack().await.unwrap();
+}
+
+/// Publishes a marker on `topic`; [`the_next_is`] it.
+async fn the_next_is_a_marker(bus: &Arc<dyn Bus>, sub: &mut Box<dyn Subscription>, topic: &Topic) {
+    let marker = marker(topic);
+    bus.publish(std::slice::from_ref(&marker)).await.unwrap();
+    the_next_is(sub, &marker).await;
 }
 
 fn events(service: &str, n: usize) -> Vec<Message> {
@@ -87,7 +122,8 @@ mod cases {
             assert_eq!(d.message.as_ref().unwrap(), expected);
             d.ack().await.unwrap();
         }
-        assert!(nothing_within(&mut sub, Duration::from_millis(300)).await);
+        past_the_ack_wait().await;
+        the_next_is_a_marker(&bus, &mut sub, &Topic::events_of(&svc)).await;
     }
 
     pub async fn acknowledged_messages_are_not_redelivered_to_a_resumed_consumer(bus: Arc<dyn Bus>) {
@@ -106,7 +142,8 @@ mod cases {
             assert_eq!(d.message.as_ref().unwrap().id, expected.id);
             d.ack().await.unwrap();
         }
-        assert!(nothing_within(&mut resumed, Duration::from_millis(300)).await);
+        past_the_ack_wait().await;
+        the_next_is_a_marker(&bus, &mut resumed, &Topic::events_of(&svc)).await;
     }
 
     pub async fn unacknowledged_messages_are_redelivered(bus: Arc<dyn Bus>) {
@@ -140,7 +177,8 @@ mod cases {
             d.nack(Duration::from_millis(50)).await.unwrap();
         }
         next(&mut sub).await.ack().await.unwrap();
-        assert!(nothing_within(&mut sub, Duration::from_millis(300)).await);
+        past_the_ack_wait().await;
+        the_next_is_a_marker(&bus, &mut sub, &Topic::events_of(&svc)).await;
     }
 
     pub async fn a_message_id_is_stored_once(bus: Arc<dyn Bus>) {
@@ -155,7 +193,8 @@ mod cases {
             assert_eq!(d.message.as_ref().unwrap().id, expected.id);
             d.ack().await.unwrap();
         }
-        assert!(nothing_within(&mut sub, Duration::from_millis(300)).await, "no duplicate was stored");
+        // No duplicate was stored.
+        the_next_is_a_marker(&bus, &mut sub, &Topic::events_of(&svc)).await;
     }
 
     pub async fn topics_and_consumers_are_independent(bus: Arc<dyn Bus>) {
@@ -175,7 +214,18 @@ mod cases {
             let d = next(sub).await;
             assert_eq!(d.message.as_ref().unwrap(), expected);
             d.ack().await.unwrap();
-            assert!(nothing_within(sub, Duration::from_millis(200)).await);
+        }
+        // Nothing of the other topics: only each one's own marker follows.
+        let markers =
+            [Topic::events_of(&svc), Topic::commands_to(&svc), Topic::replies_to("caller")].map(|t| marker(&t));
+        bus.publish(&markers).await.unwrap();
+        for (sub, marker) in [
+            (&mut events_a, &markers[0]),
+            (&mut events_b, &markers[0]),
+            (&mut commands, &markers[1]),
+            (&mut replies, &markers[2]),
+        ] {
+            the_next_is(sub, marker).await;
         }
     }
 }

@@ -50,7 +50,7 @@ macro_rules! combos {
         mod $name {
             combos!(@cases $store, $bus;
                 effects_happen_once_end_to_end,
-                a_producer_killed_between_commit_and_publish_delivers_after_restart,
+                a_relay_killed_mid_batch_delivers_everything_once_after_restart,
                 every_message_delivered_three_times_has_its_effects_once,
                 a_poison_message_is_dead_lettered_and_the_others_keep_flowing,
                 malformed_and_unknown_messages_go_straight_to_dead_letters,
@@ -107,25 +107,39 @@ impl Acker for NoAck {
 mod cases {
     use super::*;
 
+    /// Every delivery reaches the consumer twice (the second as a
+    /// redelivery, as after a lost acknowledgement): each effect happens once.
     pub async fn effects_happen_once_end_to_end<S: Applied>(producer: Arc<S>, store: Arc<S>, bus: Arc<dyn Bus>) {
         let recorder = Arc::new(Recorder::new());
+        let duplicating = support::Duplicating::new(bus.clone());
         let _consumer =
-            consumer(&store, Topic::events_of(producer.service()), &recorder).spawn(bus.clone()).await.unwrap();
+            consumer(&store, Topic::events_of(producer.service()), &recorder).spawn(duplicating.clone()).await.unwrap();
         let _relay = Relay::new(producer.clone(), bus.clone(), relay_options()).spawn();
         let sent: Vec<_> = (0..20).map(|i| event(producer.service(), &format!("k{}", i % 4), i)).collect();
         send_all(&*producer, sent.clone()).await;
-        let applied = wait_applied(&*store, 20).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(store.applied().await.len(), 20, "no effect twice");
+        wait_applied(&*store, 20).await;
+        // Every second copy handled (as a duplicate, or this fails below).
+        wait_for(WAIT, || async { duplicating.copies_acked.load(Ordering::SeqCst) == 20 }).await.unwrap();
+        let applied = store.applied().await;
+        assert_eq!(applied.len(), 20, "no effect twice");
         let mut ids: Vec<_> = applied.iter().map(|a| a.2).collect();
         ids.sort();
         let mut expected: Vec<_> = sent.iter().map(|m| m.id).collect();
         expected.sort();
         assert_eq!(ids, expected);
+        for k in 0..4 {
+            let seqs: Vec<_> = applied.iter().filter(|a| a.0 == format!("k{k}")).map(|a| a.1).collect();
+            assert!(seqs.is_sorted(), "key k{k} in order: {seqs:?}");
+        }
         wait_for(WAIT, || async { producer.outbox_backlog().await.unwrap().unpublished == 0 }).await.unwrap();
     }
 
-    pub async fn a_producer_killed_between_commit_and_publish_delivers_after_restart<S: Applied>(
+    /// The relay dies in the middle of a batch: some of it is on the bus,
+    /// the rest never left, nothing is marked published. A new relay sends
+    /// the whole batch again; the bus drops what it already had, and each
+    /// message takes effect once, in order. (A producer *process* killed
+    /// right after its commits is `producer_crash.rs`.)
+    pub async fn a_relay_killed_mid_batch_delivers_everything_once_after_restart<S: Applied>(
         producer: Arc<S>,
         store: Arc<S>,
         bus: Arc<dyn Bus>,
@@ -133,15 +147,23 @@ mod cases {
         let recorder = Arc::new(Recorder::new());
         let _consumer =
             consumer(&store, Topic::events_of(producer.service()), &recorder).spawn(bus.clone()).await.unwrap();
-        // Committed while no relay runs: the process died right after the commit.
-        send_all(&*producer, (0..5).map(|i| event(producer.service(), "k", i)).collect()).await;
-        let relay = Relay::new(producer.clone(), bus.clone(), relay_options()).spawn();
-        drop(relay);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // The restarted relay finds the outbox as the commit left it.
+        let src = producer.service().to_owned();
+        send_all(&*producer, (0..10).map(|i| event(&src, "k", i)).collect()).await;
+        let stalling = support::Stalling::new(bus.clone(), 4);
+        let relay = Relay::new(producer.clone(), stalling.clone(), relay_options()).spawn();
+        wait_for(WAIT, || async { stalling.stalled() }).await.unwrap();
+        relay.shutdown().await;
+        let before = wait_applied(&*store, 4).await;
+        assert_eq!(before.iter().map(|a| a.1).collect::<Vec<_>>(), vec![0, 1, 2, 3], "the part that got out");
+        assert_eq!(producer.outbox_backlog().await.unwrap().unpublished, 10, "nothing was marked published");
+
         let _relay = Relay::new(producer.clone(), bus.clone(), relay_options()).spawn();
-        let applied = wait_applied(&*store, 5).await;
-        assert_eq!(applied.iter().map(|a| a.1).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        wait_for(WAIT, || async { producer.outbox_backlog().await.unwrap().unpublished == 0 }).await.unwrap();
+        // A last message of the key: once it is applied, anything published
+        // before it on this key has been delivered (per-key order).
+        send_all(&*producer, vec![event(&src, "k", 10)]).await;
+        let applied = wait_applied(&*store, 11).await;
+        assert_eq!(applied.iter().map(|a| a.1).collect::<Vec<_>>(), (0..11).collect::<Vec<_>>(), "once each, in order");
     }
 
     /// A message its handler declines leaves nothing behind: no effect, and
@@ -397,4 +419,52 @@ mod cases {
         assert_eq!(store.applied().await.len(), 1);
         assert!(consumer.dead_letters().await.unwrap().is_empty());
     }
+}
+
+/// A message of a blocked key arrives while the key's dead letter is being
+/// replayed: its first look still sees the dead letter, but by the time it
+/// would park, the replay (and the release of whatever was parked) is over.
+/// Parking it then would strand it behind nothing; the consumer looks again
+/// under the key's lock and handles it. PostgreSQL only: SQLite runs one
+/// transaction at a time, so no replay can finish inside a delivery's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_message_meeting_a_finishing_replay_is_handled_not_parked() {
+    let (store, _guard) = support::postgres(&unique("billing")).await;
+    store.create_applied().await;
+    let recorder = Arc::new(Recorder::new());
+    let consumer = consumer(&store, Topic::events_of("shop"), &recorder);
+    let handler: Arc<dyn Handler<polis_store::PgTx>> =
+        Arc::new(RecorderFor::<polis_store::PgEventStore>::new(recorder.clone()));
+    let mut poison = event("shop", "a", 0);
+    poison.data["poison"] = json!(true);
+    let first = consumer.process(&handler, Delivery::new(Ok(poison), 1, Box::new(NoAck))).await;
+    assert_eq!(first, Outcome::DeadLettered);
+    let dead = consumer.dead_letters().await.unwrap()[0].id;
+
+    // Hold the next message's first look back: another transaction has
+    // inserted its inbox row and not committed, so the delivery's insert
+    // waits there, with its snapshot (which sees the dead letter) taken.
+    let next = event("shop", "a", 1);
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO polis_inbox (consumer, message_id) VALUES ($1, $2)")
+        .bind(store.service())
+        .bind(next.id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let delivering = consumer.process(&handler, Delivery::new(Ok(next), 1, Box::new(NoAck)));
+    let meanwhile = async {
+        let waiting = polis_testkit::wait_for_lock_waiter(store.pool(), WAIT).await;
+        assert!(waiting.is_ok(), "the delivery never waited on its inbox row");
+        // Meanwhile the cause is fixed and the dead letter replayed: nothing
+        // is parked behind it yet, so its release finds nothing to release.
+        recorder.poison_active.store(false, Ordering::SeqCst);
+        consumer.replay(dead).await.unwrap();
+        holder.rollback().await.unwrap();
+    };
+    let (outcome, ()) = tokio::time::timeout(WAIT, async { tokio::join!(delivering, meanwhile) }).await.unwrap();
+    assert_eq!(outcome, Outcome::Handled, "parked behind a dead letter that was already gone");
+    assert!(consumer.dead_letters().await.unwrap().is_empty());
+    let applied: Vec<_> = store.applied().await.into_iter().map(|a| a.1).collect();
+    assert_eq!(applied, vec![0, 1]);
 }

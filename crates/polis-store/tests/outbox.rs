@@ -32,6 +32,8 @@ impl Orders for SqliteEventStore {
     async fn create_table(&self) {
         self.transaction::<_, _, StoreError>(async move |tx: &mut SqliteTx| {
             tx.execute("CREATE TABLE orders (id TEXT PRIMARY KEY)", &[]).await.unwrap();
+            tx.execute("CREATE TABLE commit_clock (n BIGINT NOT NULL)", &[]).await.unwrap();
+            tx.execute("INSERT INTO commit_clock (n) VALUES (0)", &[]).await.unwrap();
             Ok(())
         })
         .await
@@ -49,7 +51,13 @@ impl Orders for SqliteEventStore {
 #[async_trait]
 impl Orders for PgEventStore {
     async fn create_table(&self) {
-        sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)").execute(self.pool()).await.unwrap();
+        for statement in [
+            "CREATE TABLE orders (id TEXT PRIMARY KEY)",
+            "CREATE TABLE commit_clock (n BIGINT NOT NULL)",
+            "INSERT INTO commit_clock (n) VALUES (0)",
+        ] {
+            sqlx::query(statement).execute(self.pool()).await.unwrap();
+        }
     }
     async fn insert_in(tx: &mut PgTx, id: &str) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO orders (id) VALUES ($1)").bind(id).execute(tx.conn()).await.unwrap();
@@ -316,28 +324,33 @@ mod cases {
         assert_eq!(store.unpublished(10).await.unwrap().len(), 1, "unpublished messages are never purged");
     }
 
-    pub async fn per_key_order_is_commit_order<S: Orders>(store: Arc<S>) {
+    pub async fn per_key_order_is_commit_order<S: Orders>(store: Arc<S>)
+    where
+        S::Tx: Sql,
+    {
         // Writers race on three keys; each transaction holds on a while after
         // writing its message. Per key, outbox position order must equal the
-        // order the transactions commit in, which each one notes while it
-        // still holds its key (the writer on SQLite, the key lock on PostgreSQL).
-        let clock = Arc::new(AtomicU64::new(0));
-        let noted = Arc::new(std::sync::Mutex::new(Vec::<(u64, Uuid)>::new()));
+        // order the transactions commit in. Each one's last statement takes
+        // the next number of a one-row clock, whose row stays locked until
+        // that transaction ends: the numbers are handed out in commit order.
+        // (Without the key lock on PostgreSQL, positions would follow the
+        // sends and the numbers the varied holds, and they would differ.)
+        let noted = Arc::new(std::sync::Mutex::new(Vec::<(i64, Uuid)>::new()));
         let tasks: Vec<_> = (0..24u64)
             .map(|i| {
-                let (store, clock, noted) = (store.clone(), clock.clone(), noted.clone());
+                let (store, noted) = (store.clone(), noted.clone());
                 tokio::spawn(async move {
                     let m = order_created(&format!("k-{}", i % 3));
-                    store
+                    let id = m.id;
+                    let committed_as = store
                         .transaction::<_, _, StoreError>(async move |tx| {
                             tx.send(&m).await?;
-                            let seq = clock.fetch_add(1, Ordering::SeqCst);
-                            noted.lock().unwrap().push((seq, m.id));
                             tokio::time::sleep(Duration::from_millis(3 + (i * 7) % 11)).await;
-                            Ok(())
+                            tx.fetch_one("UPDATE commit_clock SET n = n + 1 RETURNING n", &[]).await?.int("n")
                         })
                         .await
                         .unwrap();
+                    noted.lock().unwrap().push((committed_as, id));
                 })
             })
             .collect();
@@ -346,6 +359,7 @@ mod cases {
         }
         let mut noted = noted.lock().unwrap().clone();
         noted.sort_unstable();
+        assert_eq!(noted.iter().map(|n| n.0).collect::<Vec<_>>(), (1..=24).collect::<Vec<_>>());
         let outbox = store.unpublished(100).await.unwrap();
         for key in ["k-0", "k-1", "k-2"] {
             let by_position: Vec<_> = outbox.iter().filter(|e| e.message.key == key).map(|e| e.message.id).collect();

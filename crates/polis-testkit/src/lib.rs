@@ -278,6 +278,27 @@ where
     }
 }
 
+/// Waits until some session of the database `pool` connects to is blocked
+/// waiting for a lock (`pg_stat_activity.wait_event_type = 'Lock'`): the
+/// way to know that a concurrent statement is *waiting* for a transaction,
+/// not merely slow.
+///
+/// # Panics
+///
+/// If `pg_stat_activity` cannot be read.
+pub async fn wait_for_lock_waiter(pool: &sqlx::PgPool, timeout: Duration) -> Result<(), TimedOut> {
+    wait_for(timeout, || async {
+        let waiters: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("polis-testkit: reading pg_stat_activity");
+        waiters >= 1
+    })
+    .await
+}
+
 /// A port on 127.0.0.1 that was free a moment ago and that this process has
 /// not handed out before.
 ///

@@ -74,16 +74,7 @@ async fn repeat_while_held(
     });
     // Waiting, not merely slow: a backend of this database waits for a lock
     // (the key's row, which the first request's transaction holds).
-    let waiting = polis_testkit::wait_for(Duration::from_secs(10), || async {
-        let waiters: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        waiters >= 1
-    })
-    .await;
+    let waiting = polis_testkit::wait_for_lock_waiter(store.pool(), Duration::from_secs(10)).await;
     assert!(waiting.is_ok(), "the repeat never waited for the key's lock");
     assert!(!repeat.is_finished(), "the repeat must wait for the transaction holding its key");
     if commit {

@@ -20,8 +20,11 @@ use std::ops::Deref;
 use std::path::Path;
 use std::str::FromStr;
 
-use contracts::SagaStyle;
+use std::time::Duration;
+
 use contracts::order::OrderStatus;
+use contracts::shipping::ShipmentStatus;
+use contracts::{RejectionReason, SagaStyle};
 use polis_runtime::Secret;
 use polis_testkit::{NatsServer, TestDatabase};
 use shop::client::Endpoint;
@@ -46,6 +49,12 @@ impl Shop {
 
     /// The shop with the `silent` services' consumers not running.
     async fn start_with(style: SagaStyle, silent: &[Service]) -> Self {
+        Self::start_timed(style, silent, 3_000).await
+    }
+
+    /// [`Shop::start_with`], a step's deadline `step_timeout_ms` after it
+    /// starts (an order's, in choreography, twice that).
+    async fn start_timed(style: SagaStyle, silent: &[Service], step_timeout_ms: u64) -> Self {
         let server = polis_testkit::postgres().await;
         let nats = NatsServer::start().await.unwrap();
         let mut config = DistributedConfig::default();
@@ -54,8 +63,8 @@ impl Shop {
         // The test database's name is unique: `t_<hex>_order`, ... never collide.
         config.database_prefix = server.name().to_owned();
         config.saga = style;
-        config.order.step_timeout_ms = 3_000;
-        config.order.order_timeout_ms = 6_000;
+        config.order.step_timeout_ms = step_timeout_ms;
+        config.order.order_timeout_ms = 2 * step_timeout_ms;
         config.silent = silent.to_vec();
         let nodes = support::start_nodes(&mut config).await;
         let endpoint = |service: Service| Endpoint::remote(&nodes[&service].url()).unwrap();
@@ -71,6 +80,17 @@ impl Shop {
     /// A connection to `database` on the test's server.
     async fn connect(&self, database: &str) -> PgConnection {
         PgConnectOptions::from_str(self.server.url()).unwrap().database(database).connect().await.unwrap()
+    }
+
+    /// Stops `service`'s node and starts it again on the same address (the
+    /// gateway knows it there), with its consumers running.
+    async fn restart_consuming(&mut self, service: Service) {
+        let node = self.nodes.remove(&service).unwrap();
+        let addr = node.addr();
+        node.shutdown().await.unwrap();
+        self.config.silent.retain(|s| *s != service);
+        self.config.listen.insert(service, addr);
+        self.nodes.insert(service, Node::start(service, &self.config).await.unwrap());
     }
 
     async fn shutdown(self) {
@@ -114,6 +134,38 @@ async fn each_rejection_reason_compensates(style: SagaStyle) {
 async fn a_service_that_never_answers_times_the_order_out(style: SagaStyle) {
     let shop = Shop::start_with(style, &[Service::Shipping]).await;
     shop.times_out().await;
+    shop.shutdown().await;
+}
+
+/// A participant that acts after its step's deadline passed: shipping,
+/// whose consumers start only once the order was rejected for the timeout,
+/// finds the schedule command (or, in choreography, the payment event)
+/// waiting, and the compensation behind it. The shipment ends cancelled
+/// either way: scheduled late and then cancelled, or refused because the
+/// cancellation came first. Never left scheduled for a rejected order.
+async fn a_participant_acting_after_its_deadline_is_compensated(style: SagaStyle) {
+    // Deadlines long enough that only the silent step can miss one.
+    let mut shop = Shop::start_timed(style, &[Service::Shipping], 6_000).await;
+    let customer = shop.customer("DE", 1_000_000, "late").await;
+    let sku = shop.product(100, 5).await;
+    let id = shop.order(customer, &[(&sku, 2)]).await;
+    let order = shop.wait_status(id, OrderStatus::Rejected).await;
+    assert_eq!(order.reason, Some(RejectionReason::Timeout), "{order:?}");
+    shop.wait_undone(id, &sku, 5).await;
+    assert!(shop.shipment(id).await.is_none(), "a silent shipping service scheduled a shipment");
+
+    shop.restart_consuming(Service::Shipping).await;
+    let cancelled = polis_testkit::wait_for(Duration::from_secs(30), || async {
+        shop.shipment(id).await.is_some_and(|s| s.status == ShipmentStatus::Cancelled)
+    })
+    .await;
+    let shipment = shop.shipment(id).await;
+    assert!(cancelled.is_ok(), "the late shipment was never compensated: {shipment:?}");
+    if style == SagaStyle::Orchestration {
+        // The saga sent the schedule command before its deadline passed, so
+        // shipping acted on it and then undid it: a real shipment, cancelled.
+        assert!(shipment.unwrap().address.is_some(), "scheduled, then cancelled");
+    }
     shop.shutdown().await;
 }
 
@@ -180,6 +232,7 @@ both_styles!(
     the_order_history_view_follows_every_service,
     each_rejection_reason_compensates,
     a_service_that_never_answers_times_the_order_out,
+    a_participant_acting_after_its_deadline_is_compensated,
     order_details_compose_and_degrade_when_a_service_is_down,
     the_last_units_go_to_exactly_as_many_orders,
 );

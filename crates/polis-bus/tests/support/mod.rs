@@ -1,15 +1,17 @@
-//! Test support: stores and buses for every combination, and a consumer
-//! service whose handler records what it applied in its own table.
+//! Test support: stores and buses for every combination, a consumer
+//! service whose handler records what it applied in its own table, and
+//! buses that misbehave on purpose (duplicating deliveries, stalling a
+//! publish).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use polis_bus::{Handler, HandlerError};
 use polis_core::Message;
-use polis_core::bus::Bus;
+use polis_core::bus::{Acker, Bus, BusError, Delivery, Subscription, Topic};
 use polis_core::outbox::TransactionalStore;
 use polis_store::args;
 use polis_store::sql::{Sql, SqlStore};
@@ -148,5 +150,109 @@ pub struct RecorderFor<S>(pub Arc<Recorder>, pub std::marker::PhantomData<fn() -
 impl<S> RecorderFor<S> {
     pub fn new(recorder: Arc<Recorder>) -> Self {
         Self(recorder, std::marker::PhantomData)
+    }
+}
+
+/// A bus that hands every delivery to its consumer twice: as the bus
+/// delivered it, then once more as a redelivery (attempt + 1), which is what
+/// a lost acknowledgement looks like. `copies_acked` counts the copies the
+/// consumer has settled, so a test can wait until every copy was handled.
+pub struct Duplicating {
+    inner: Arc<dyn Bus>,
+    pub copies_acked: Arc<AtomicUsize>,
+}
+
+impl Duplicating {
+    pub fn new(inner: Arc<dyn Bus>) -> Arc<Self> {
+        Arc::new(Self { inner, copies_acked: Arc::default() })
+    }
+}
+
+#[async_trait]
+impl Bus for Duplicating {
+    async fn publish(&self, messages: &[Message]) -> Result<(), BusError> {
+        self.inner.publish(messages).await
+    }
+
+    async fn subscribe(&self, consumer: &str, topic: &Topic) -> Result<Box<dyn Subscription>, BusError> {
+        let inner = self.inner.subscribe(consumer, topic).await?;
+        Ok(Box::new(DuplicatingSubscription { inner, copy: None, acked: self.copies_acked.clone() }))
+    }
+}
+
+struct DuplicatingSubscription {
+    inner: Box<dyn Subscription>,
+    copy: Option<Delivery>,
+    acked: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Subscription for DuplicatingSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        if let Some(copy) = self.copy.take() {
+            return Ok(copy);
+        }
+        let delivery = self.inner.next().await?;
+        if let Ok(message) = &delivery.message {
+            let acker = Box::new(CountedAck(self.acked.clone()));
+            self.copy = Some(Delivery::new(Ok(message.clone()), delivery.attempt + 1, acker));
+        }
+        Ok(delivery)
+    }
+}
+
+#[derive(Debug)]
+struct CountedAck(Arc<AtomicUsize>);
+
+#[async_trait]
+impl Acker for CountedAck {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn nack(self: Box<Self>, _: Duration) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// A bus whose publishing stops dead after `passes` messages: the publish
+/// that crosses the limit stores its first messages and then never returns,
+/// as if the process publishing had been killed in the middle of a batch.
+pub struct Stalling {
+    inner: Arc<dyn Bus>,
+    passes: std::sync::Mutex<usize>,
+    stalled: AtomicBool,
+}
+
+impl Stalling {
+    pub fn new(inner: Arc<dyn Bus>, passes: usize) -> Arc<Self> {
+        Arc::new(Self { inner, passes: std::sync::Mutex::new(passes), stalled: AtomicBool::new(false) })
+    }
+
+    /// Whether a publish has reached the limit (and hangs there).
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Bus for Stalling {
+    async fn publish(&self, messages: &[Message]) -> Result<(), BusError> {
+        let through = {
+            let mut passes = self.passes.lock().unwrap();
+            let through = messages.len().min(*passes);
+            *passes -= through;
+            through
+        };
+        self.inner.publish(&messages[..through]).await?;
+        if through < messages.len() {
+            self.stalled.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, consumer: &str, topic: &Topic) -> Result<Box<dyn Subscription>, BusError> {
+        self.inner.subscribe(consumer, topic).await
     }
 }
