@@ -362,7 +362,7 @@ where
                 }
             }
             tx.execute("DELETE FROM polis_projections WHERE name = $1", args![NAME]).await?;
-            tx.execute("DELETE FROM polis_projection_leases WHERE name = $1", args![NAME]).await?;
+            tx.execute("DELETE FROM polis_leases WHERE name = $1", args![format!("projection:{NAME}")]).await?;
             Ok::<_, StoreError>(())
         })
         .await

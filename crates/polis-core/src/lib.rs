@@ -36,6 +36,7 @@ pub mod aggregate;
 pub mod bus;
 pub mod envelope;
 pub mod error;
+pub mod lease;
 pub mod message;
 pub mod outbox;
 pub mod projection;

@@ -118,6 +118,37 @@ pub trait Transaction: Send {
 
     /// Removes a dead letter (after a successful replay, or a discard).
     async fn remove_dead_letter(&mut self, id: Uuid) -> Result<bool, StoreError>;
+
+    /// [`TransactionalStore::release_due`] inside this transaction, so that
+    /// it commits with whatever else the transaction does (a lease check:
+    /// [`Transaction::hold_lease`]).
+    async fn release_due(&mut self, now: DateTime<Utc>, max: usize) -> Result<usize, StoreError>;
+
+    /// Takes the lease `name` for `owner` until `now + ttl` if it is free,
+    /// expired or already `owner`'s, and returns its fencing token; `None`
+    /// if another owner holds it. The token grows at every change of owner,
+    /// so a token tells one tenure from every other (see [`crate::lease`]).
+    async fn acquire_lease(
+        &mut self,
+        name: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Renews `fence`'s lease until `now + ttl` if that tenure still holds
+    /// it (same owner, same token, not expired); `false` if it was lost, and
+    /// then the transaction must not commit what it did on the lease's behalf.
+    async fn hold_lease(
+        &mut self,
+        fence: &crate::lease::Fence,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Lets `owner`'s lease `name` go (a clean shutdown): another owner can
+    /// take it at once. Nothing happens if `owner` does not hold it.
+    async fn release_lease(&mut self, name: &str, owner: Uuid) -> Result<(), StoreError>;
 }
 
 /// The work a transaction runs, boxed: what a backend's

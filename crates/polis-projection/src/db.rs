@@ -1,8 +1,11 @@
 //! The runtime's SQL: generations, checkpoints and leases, written once in
 //! the dialect both backends share (polis-store's portable SQL).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
-use polis_core::{Generation, StoreError};
+use polis_core::lease::Fence;
+use polis_core::{Generation, StoreError, Transaction};
 use polis_store::args;
 use polis_store::sql::{Row, Sql, SqlStore};
 use uuid::Uuid;
@@ -173,55 +176,40 @@ pub(crate) async fn advance<Tx: Sql + ?Sized>(
     Ok(changed == 1)
 }
 
-/// Takes the lease of `name` for `owner` until `now + ttl` if it is free,
-/// expired, or already `owner`'s; true if `owner` holds it now.
-pub(crate) async fn acquire<Tx: Sql + ?Sized>(
-    tx: &mut Tx,
-    name: &str,
-    owner: Uuid,
-    now: DateTime<Utc>,
-    ttl: chrono::Duration,
-) -> Result<bool, StoreError> {
-    let changed = tx
-        .execute(
-            "INSERT INTO polis_projection_leases (name, owner, expires_at_us, token) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at_us = excluded.expires_at_us, \
-             token = polis_projection_leases.token + \
-                 CASE WHEN polis_projection_leases.owner = excluded.owner THEN 0 ELSE 1 END \
-             WHERE polis_projection_leases.owner = excluded.owner OR polis_projection_leases.expires_at_us < $4",
-            args![name, owner, micros(now + ttl), micros(now)],
-        )
-        .await?;
-    Ok(changed == 1)
+/// The lease of projection `name` (polis-core's `lease` module).
+fn lease(name: &str) -> String {
+    format!("projection:{name}")
 }
 
-/// Renews `owner`'s lease of `name` if it still holds it; false if it was
-/// lost (expired and taken, or expired): the transaction must not commit.
-pub(crate) async fn renew<Tx: Sql + ?Sized>(
+/// Takes the lease of projection `name` for `owner` until `now + ttl` if it
+/// is free, expired, or already `owner`'s; its token if `owner` holds it now.
+pub(crate) async fn acquire<Tx: Transaction + ?Sized>(
     tx: &mut Tx,
     name: &str,
     owner: Uuid,
     now: DateTime<Utc>,
-    ttl: chrono::Duration,
+    ttl: Duration,
+) -> Result<Option<u64>, StoreError> {
+    tx.acquire_lease(&lease(name), owner, now, ttl).await
+}
+
+/// Renews `owner`'s lease of projection `name` if its tenure `token` still
+/// holds it; false if it was lost (expired and taken, or expired): the
+/// transaction must not commit.
+pub(crate) async fn renew<Tx: Transaction + ?Sized>(
+    tx: &mut Tx,
+    name: &str,
+    owner: Uuid,
+    token: u64,
+    now: DateTime<Utc>,
+    ttl: Duration,
 ) -> Result<bool, StoreError> {
-    let changed = tx
-        .execute(
-            "UPDATE polis_projection_leases SET expires_at_us = $1 \
-             WHERE name = $2 AND owner = $3 AND expires_at_us >= $4",
-            args![micros(now + ttl), name, owner, micros(now)],
-        )
-        .await?;
-    Ok(changed == 1)
+    tx.hold_lease(&Fence { name: lease(name), owner, token }, now, ttl).await
 }
 
 /// Lets the lease go (a clean shutdown): another instance takes over at once.
-pub(crate) async fn release<Tx: Sql + ?Sized>(tx: &mut Tx, name: &str, owner: Uuid) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE polis_projection_leases SET expires_at_us = 0 WHERE name = $1 AND owner = $2",
-        args![name, owner],
-    )
-    .await?;
-    Ok(())
+pub(crate) async fn release<Tx: Transaction + ?Sized>(tx: &mut Tx, name: &str, owner: Uuid) -> Result<(), StoreError> {
+    tx.release_lease(&lease(name), owner).await
 }
 
 /// Points the view of every table at `generation`'s copy.

@@ -322,6 +322,7 @@ where
                     status: status_tx.clone(),
                     samples: samples.clone(),
                     owned: false,
+                    token: 0,
                     live: None,
                     building: None,
                     renewed: None,
@@ -480,6 +481,8 @@ where
     status: Arc<watch::Sender<BTreeMap<String, ProjectionStatus>>>,
     samples: SharedSamples,
     owned: bool,
+    /// The fencing token of this instance's tenure, while `owned`.
+    token: u64,
     /// The live generation, and whether this code maintains it (same version).
     live: Option<(Gen, bool)>,
     building: Option<Gen>,
@@ -495,8 +498,8 @@ where
         self.projection.name()
     }
 
-    fn ttl(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.options.lease_ttl).unwrap_or(chrono::Duration::seconds(5))
+    fn ttl(&self) -> Duration {
+        self.options.lease_ttl
     }
 
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
@@ -611,10 +614,11 @@ where
         let (name, owner, ttl) = (self.name().to_owned(), self.owner, self.ttl());
         let acquired =
             self.store.transaction(async move |tx| db::acquire(tx, &name, owner, Utc::now(), ttl).await).await?;
-        if !acquired {
+        let Some(token) = acquired else {
             return Err(ProjectorError::NotOwner(self.name().to_owned()));
-        }
+        };
         self.owned = true;
+        self.token = token;
         self.renewed = Some(tokio::time::Instant::now());
         tracing::info!(projection = self.name(), "took over the projection");
         Ok(())
@@ -624,13 +628,13 @@ where
     /// abandoned ones, turns a rebuild request into a build, starts a build
     /// when there is nothing live or the live one is of an older version.
     async fn reconcile(&mut self) -> Result<(), ProjectorError> {
-        let (name, owner, ttl) = (self.name().to_owned(), self.owner, self.ttl());
+        let (name, owner, token, ttl) = (self.name().to_owned(), self.owner, self.token, self.ttl());
         let projection = self.projection.clone();
         let code = projection.version();
         let result = self
             .store
             .transaction(async move |tx| {
-                if !db::renew(tx, &name, owner, Utc::now(), ttl).await? {
+                if !db::renew(tx, &name, owner, token, Utc::now(), ttl).await? {
                     return Err(ProjectorError::NotOwner(name));
                 }
                 let rows = db::generations_in(tx, &name).await?;
@@ -708,13 +712,13 @@ where
         let (to, last_event_at) = (last.global_position, last.time);
         let full = events.len() >= self.options.batch_size.max(1);
         let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time).collect();
-        let (name, owner, ttl) = (self.name().to_owned(), self.owner, self.ttl());
+        let (name, owner, token, ttl) = (self.name().to_owned(), self.owner, self.token, self.ttl());
         let projection = self.projection.clone();
         let generation = cur.generation;
         let from = cur.position;
         self.store
             .transaction(async move |tx| {
-                if !db::renew(tx, &name, owner, Utc::now(), ttl).await? {
+                if !db::renew(tx, &name, owner, token, Utc::now(), ttl).await? {
                     return Err(ProjectorError::NotOwner(name));
                 }
                 apply_all(tx, &*projection, generation, &events).await?;
@@ -760,13 +764,13 @@ where
 
     /// Makes `building` live in one transaction, then drops the old tables.
     async fn cut_over(&mut self, building: Gen) -> Result<(), ProjectorError> {
-        let (name, owner, ttl) = (self.name().to_owned(), self.owner, self.ttl());
+        let (name, owner, token, ttl) = (self.name().to_owned(), self.owner, self.token, self.ttl());
         let projection = self.projection.clone();
         let old = self.live.map(|(g, _)| g);
         let code = projection.version();
         self.store
             .transaction(async move |tx| {
-                if !db::renew(tx, &name, owner, Utc::now(), ttl).await? {
+                if !db::renew(tx, &name, owner, token, Utc::now(), ttl).await? {
                     return Err(ProjectorError::NotOwner(name));
                 }
                 if let Some(old) = old {

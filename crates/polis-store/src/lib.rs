@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+mod lease;
 pub mod migrations;
 pub mod postgres;
 pub mod sql;

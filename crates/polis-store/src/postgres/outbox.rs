@@ -185,6 +185,33 @@ impl Transaction for PgTx {
             .map_err(backend)?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn release_due(&mut self, now: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
+        super::schedule::release_due(self, now, max).await
+    }
+
+    async fn acquire_lease(
+        &mut self,
+        name: &str,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        crate::lease::acquire(self, name, owner, now, ttl).await
+    }
+
+    async fn hold_lease(
+        &mut self,
+        fence: &polis_core::lease::Fence,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        crate::lease::hold(self, fence, now, ttl).await
+    }
+
+    async fn release_lease(&mut self, name: &str, owner: Uuid) -> Result<(), StoreError> {
+        crate::lease::release(self, name, owner).await
+    }
 }
 
 pub(super) async fn unpublished(pool: &PgPool, max: usize, in_flight: &[u64]) -> Result<Vec<OutboxEntry>, StoreError> {
