@@ -1,6 +1,6 @@
 //! The outbox relay: publishes a service's outbox to a bus.
 //!
-//! One relay runs per service. It reads unpublished outbox entries in
+//! One relay publishes a service's outbox at a time. It reads unpublished outbox entries in
 //! position order (commit order per key), publishes them as one ordered
 //! batch, and only then marks them published. A crash in between publishes
 //! the batch again on restart; the bus drops the duplicates by message id, so
@@ -25,6 +25,21 @@
 //! PostgreSQL) and polls as a fallback. It also purges published entries and
 //! inbox records older than the retention period, so tables stay bounded.
 //!
+//! **One instance at a time.** With [`RelayOptions::lease`] set, the relay
+//! publishes only while it holds the service's `relay` lease (polis-core's
+//! `lease` module); in the other instances of the service it stands by, and
+//! takes over within the lease's time-to-live of the owner dying (at once
+//! when the owner shut down cleanly). A publish is a call to the broker,
+//! which no database transaction can fence, so the relay publishes a batch
+//! only before its own conservative view of the lease runs out
+//! ([`LeaseKeeper::valid_until`]); after that it renews first. A relay paused
+//! in the middle of a publish (a stopped process) can, on waking, finish
+//! sending the batch it held: only entries still unpublished when it read
+//! them. Those the new owner sent already are copies, which the bus drops
+//! by message id (past its de-duplication window, the consumers' inboxes
+//! do), so nothing takes effect twice and each message's first delivery
+//! keeps its key's order. It reads, marks or starts no further batch.
+//!
 //! Metrics: `polis_outbox_backlog` and `polis_outbox_oldest_age_seconds`
 //! (gauges), `polis_outbox_commit_to_publish_seconds` (histogram),
 //! `polis_outbox_published_total` and `polis_relay_failures_total` (counters),
@@ -36,9 +51,11 @@ use std::time::Duration;
 use chrono::Utc;
 use polis_core::StoreError;
 use polis_core::bus::{Bus, BusError};
+use polis_core::lease::{LeaseKeeper, LeaseOptions, Release};
 use polis_core::outbox::{OutboxEntry, TransactionalStore};
 use tokio::sync::{Mutex, watch};
 use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
 
 use crate::health::Progress;
 
@@ -59,7 +76,14 @@ pub struct RelayOptions {
     pub retention: Duration,
     /// How often to purge and to refresh the backlog gauges.
     pub housekeeping_interval: Duration,
+    /// Publish only while holding the service's [`RELAY_LEASE`] (module
+    /// docs): set it wherever several instances of a service may run. `None`
+    /// (the default) publishes unconditionally.
+    pub lease: Option<LeaseOptions>,
 }
+
+/// The name of the relay's lease in the service's database.
+pub const RELAY_LEASE: &str = "relay";
 
 impl Default for RelayOptions {
     fn default() -> Self {
@@ -70,6 +94,7 @@ impl Default for RelayOptions {
             retry_max: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
             housekeeping_interval: Duration::from_secs(10),
+            lease: None,
         }
     }
 }
@@ -87,6 +112,10 @@ pub enum RelayError {
     /// A read or mark running beside a publish panicked or was cancelled.
     #[error("a relay task failed")]
     Task(#[from] JoinError),
+    /// The relay's view of its lease ran out before it could publish the
+    /// batch; it renews (or stands by) and reads again.
+    #[error("the relay's lease must be renewed before it publishes")]
+    LeaseExpired,
 }
 
 /// Publishes one service's outbox to a bus.
@@ -129,7 +158,7 @@ impl Pipeline {
 /// A running relay; stops when dropped, or when
 /// [`shutdown`](RelayHandle::shutdown), which waits for it to be gone.
 #[derive(Debug)]
-pub struct RelayHandle(JoinHandle<()>, Progress);
+pub struct RelayHandle(JoinHandle<()>, Progress, Release);
 
 impl RelayHandle {
     /// Whether the relay is publishing (or has nothing to publish), for a
@@ -141,9 +170,13 @@ impl RelayHandle {
     /// Stops the relay and returns once its task has ended. A batch being
     /// published is cut short: its entries stay unpublished in the outbox
     /// and go out again later (the bus drops what had already arrived).
+    ///
+    /// With a lease, lets it go afterwards: another instance takes over at
+    /// once rather than when it expires.
     pub async fn shutdown(mut self) {
         self.0.abort();
         let _ = (&mut self.0).await; // cancelled at its next await
+        self.2.run().await;
     }
 }
 
@@ -169,15 +202,20 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
     /// whatever was published and not yet marked goes out again, and the bus
     /// drops it as a duplicate.
     pub async fn step(&self) -> Result<usize, RelayError> {
+        self.step_until(None).await
+    }
+
+    /// [`step`](Self::step), publishing nothing at or after `deadline`.
+    async fn step_until(&self, deadline: Option<Instant>) -> Result<usize, RelayError> {
         let mut pipeline = self.pipeline.lock().await;
-        let result = self.advance(&mut pipeline).await;
+        let result = self.advance(&mut pipeline, deadline).await;
         if result.is_err() {
             pipeline.reset();
         }
         result
     }
 
-    async fn advance(&self, pipeline: &mut Pipeline) -> Result<usize, RelayError> {
+    async fn advance(&self, pipeline: &mut Pipeline, deadline: Option<Instant>) -> Result<usize, RelayError> {
         let entries = match pipeline.next.take() {
             Some(next) => next.await??,
             None => {
@@ -224,6 +262,9 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
         // blocks the relay rather than being skipped: skipping would break
         // "nothing lost" and the key's order; the failure metric and log make
         // it loud.
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(RelayError::LeaseExpired);
+        }
         self.bus.publish(&messages).await?;
         drop(messages);
         let service = self.store.service().to_owned();
@@ -260,14 +301,38 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
         let _ended = self.progress.on_drop("the relay's task ended");
         let mut backoff = self.options.retry_min;
         let mut last_housekeeping = tokio::time::Instant::now();
+        let mut keeper = self.options.lease.map(|lease| LeaseKeeper::new(self.store.clone(), RELAY_LEASE, lease));
         loop {
+            let deadline = match &mut keeper {
+                None => None,
+                Some(keeper) => match keeper.keep().await {
+                    Ok(Some(_)) => keeper.valid_until(),
+                    Ok(None) => {
+                        // Another instance publishes: stand by, ready to take over.
+                        self.pipeline.lock().await.reset();
+                        self.progress.ok();
+                        tokio::time::sleep(keeper.ttl() / 3).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        let e = RelayError::Store(e);
+                        self.progress.failed(&e);
+                        tracing::warn!(service = self.store.service(), error = %polis_core::error::chain(&e), retry_in = ?backoff, "relay lease check failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.options.retry_max);
+                        continue;
+                    }
+                },
+            };
             // Also while draining a backlog or while the bus is down: that is
             // when the gauges matter most.
             if last_housekeeping.elapsed() >= self.options.housekeeping_interval {
                 self.housekeeping().await;
                 last_housekeeping = tokio::time::Instant::now();
             }
-            match self.step().await {
+            match self.step_until(deadline).await {
+                // Renew (or stand by) before publishing again.
+                Err(RelayError::LeaseExpired) => continue,
                 // A batch read ahead may be waiting: keep going until a read
                 // finds nothing.
                 Ok(n) if n > 0 => {
@@ -295,9 +360,12 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                 None => self.store.outbox_wakeups(),
             };
             let until_housekeeping = self.options.housekeeping_interval.saturating_sub(last_housekeeping.elapsed());
+            // A lease is renewed on time even while nothing happens.
+            let until_renewal = keeper.as_ref().map_or(Duration::MAX, |keeper| keeper.ttl() / 3);
+            let pause = self.options.poll_interval.min(until_housekeeping).min(until_renewal);
             tokio::select! {
                 _ = wakeups.changed() => {}
-                () = tokio::time::sleep(self.options.poll_interval.min(until_housekeeping)) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -309,7 +377,11 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
         B: 'static,
     {
         let progress = self.progress.clone();
-        RelayHandle(tokio::spawn(self.run()), progress)
+        let release = match self.options.lease {
+            Some(lease) => Release::of(self.store.clone(), RELAY_LEASE, lease.owner),
+            None => Release::none(),
+        };
+        RelayHandle(tokio::spawn(self.run()), progress, release)
     }
 
     async fn housekeeping(&self) {

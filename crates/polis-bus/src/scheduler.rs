@@ -1,7 +1,7 @@
 //! The scheduler: releases a service's scheduled messages when they are due.
 //!
 //! A transaction schedules a message with a due time
-//! ([`Transaction::schedule`](polis_core::Transaction::schedule)); the
+//! ([`Transaction::schedule`]); the
 //! message waits in the store, across restarts, until this task moves it into
 //! the outbox with [`TransactionalStore::release_due`]. From there the relay
 //! publishes it like any sent message. That makes a durable deadline: "if
@@ -17,7 +17,14 @@
 //! back-off; nothing is lost, deadlines just fire late.
 //!
 //! Running a scheduler in several processes of one service is safe: each due
-//! message is released by exactly one of them.
+//! message is released by exactly one of them. With
+//! [`SchedulerOptions::lease`] set, only the holder of the service's
+//! `scheduler` lease (polis-core's `lease` module) releases anything, and
+//! every release is fenced: the transaction that moves due messages into the
+//! outbox renews the lease with its token and releases nothing if that
+//! tenure is over. A scheduler paused past its lease (a stopped process)
+//! cannot fire a deadline on waking; another instance has taken over within
+//! the lease's time-to-live.
 //!
 //! Metrics: `polis_scheduled_released_total` and `polis_scheduler_failures_total`
 //! (counters), `polis_scheduled_pending` (gauge), each labelled with the service.
@@ -27,7 +34,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use polis_core::StoreError;
-use polis_core::outbox::TransactionalStore;
+use polis_core::lease::{Fence, LeaseKeeper, LeaseOptions, Release};
+use polis_core::outbox::{Transaction, TransactionalStore};
 use tokio::task::JoinHandle;
 
 /// Tuning for a [`Scheduler`].
@@ -44,7 +52,14 @@ pub struct SchedulerOptions {
     pub retry_max: Duration,
     /// How often to refresh the pending gauge (a count over the schedule).
     pub gauge_interval: Duration,
+    /// Release only while holding the service's [`SCHEDULER_LEASE`], every
+    /// release fenced by it (module docs). `None` (the default): release
+    /// unconditionally.
+    pub lease: Option<LeaseOptions>,
 }
+
+/// The name of the scheduler's lease in the service's database.
+pub const SCHEDULER_LEASE: &str = "scheduler";
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
@@ -54,6 +69,7 @@ impl Default for SchedulerOptions {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             gauge_interval: Duration::from_secs(10),
+            lease: None,
         }
     }
 }
@@ -68,14 +84,16 @@ pub struct Scheduler<S> {
 /// A running scheduler; stops when dropped, or when
 /// [`shutdown`](SchedulerHandle::shutdown), which waits for it to be gone.
 #[derive(Debug)]
-pub struct SchedulerHandle(JoinHandle<()>);
+pub struct SchedulerHandle(JoinHandle<()>, Release);
 
 impl SchedulerHandle {
     /// Stops the scheduler and returns once its task has ended. A release in
-    /// progress is rolled back; its messages stay scheduled.
+    /// progress is rolled back; its messages stay scheduled. With a lease,
+    /// lets it go afterwards: another instance takes over at once.
     pub async fn shutdown(mut self) {
         self.0.abort();
         let _ = (&mut self.0).await; // cancelled at its next await
+        self.1.run().await;
     }
 }
 
@@ -94,12 +112,38 @@ impl<S: TransactionalStore> Scheduler<S> {
 
     /// Releases one batch of messages due at `now`; returns how many.
     pub async fn step(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let released = self.store.release_due(now, self.options.batch_size.max(1)).await?;
+        Ok(self.step_fenced(now, None).await?.unwrap_or_default())
+    }
+
+    /// [`step`](Self::step) as the tenure `fence` of the scheduler's lease:
+    /// `None` (nothing released) if that tenure is over.
+    async fn step_fenced(
+        &self,
+        now: DateTime<Utc>,
+        fence: Option<(Fence, Duration)>,
+    ) -> Result<Option<usize>, StoreError> {
+        let max = self.options.batch_size.max(1);
+        let released = match fence {
+            None => self.store.release_due(now, max).await?,
+            Some((fence, ttl)) => {
+                let released = self
+                    .store
+                    .transaction::<_, _, StoreError>(async move |tx| {
+                        if !tx.hold_lease(&fence, Utc::now(), ttl).await? {
+                            return Ok(None);
+                        }
+                        tx.release_due(now, max).await.map(Some)
+                    })
+                    .await?;
+                let Some(released) = released else { return Ok(None) };
+                released
+            }
+        };
         if released > 0 {
             metrics::counter!("polis_scheduled_released_total", "service" => self.store.service().to_owned())
                 .increment(released as u64);
         }
-        Ok(released)
+        Ok(Some(released))
     }
 
     /// Runs until the task is aborted (or the handle dropped).
@@ -107,18 +151,43 @@ impl<S: TransactionalStore> Scheduler<S> {
         let batch = self.options.batch_size.max(1);
         let mut backoff = self.options.retry_min;
         let mut last_gauge: Option<tokio::time::Instant> = None;
+        let mut keeper = self.options.lease.map(|lease| LeaseKeeper::new(self.store.clone(), SCHEDULER_LEASE, lease));
         loop {
+            let fence = match &mut keeper {
+                None => None,
+                Some(keeper) => match keeper.keep().await {
+                    Ok(Some(fence)) => Some((fence, keeper.ttl())),
+                    Ok(None) => {
+                        // Another instance releases: stand by, ready to take over.
+                        tokio::time::sleep(keeper.ttl() / 3).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.failed(&e, backoff, "checking the scheduler's lease failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.options.retry_max);
+                        continue;
+                    }
+                },
+            };
             if last_gauge.is_none_or(|at| at.elapsed() >= self.options.gauge_interval) {
                 self.refresh_gauge().await;
                 last_gauge = Some(tokio::time::Instant::now());
             }
             let now = Utc::now();
-            match self.step(now).await {
-                Ok(n) if n >= batch => {
+            match self.step_fenced(now, fence).await {
+                Ok(None) => {
+                    // The lease was lost between its check and the release.
+                    if let Some(keeper) = &mut keeper {
+                        keeper.lost();
+                    }
+                    continue;
+                }
+                Ok(Some(n)) if n >= batch => {
                     backoff = self.options.retry_min;
                     continue;
                 }
-                Ok(_) => backoff = self.options.retry_min,
+                Ok(Some(_)) => backoff = self.options.retry_min,
                 Err(e) => {
                     self.failed(&e, backoff, "releasing due messages failed");
                     tokio::time::sleep(backoff).await;
@@ -139,6 +208,8 @@ impl<S: TransactionalStore> Scheduler<S> {
                     self.options.poll_interval
                 }
             };
+            // A lease is renewed on time even while nothing is due.
+            let pause = keeper.as_ref().map_or(pause, |keeper| pause.min(keeper.ttl() / 3));
             tokio::time::sleep(pause).await;
         }
     }
@@ -148,7 +219,11 @@ impl<S: TransactionalStore> Scheduler<S> {
     where
         S: 'static,
     {
-        SchedulerHandle(tokio::spawn(self.run()))
+        let release = match self.options.lease {
+            Some(lease) => Release::of(self.store.clone(), SCHEDULER_LEASE, lease.owner),
+            None => Release::none(),
+        };
+        SchedulerHandle(tokio::spawn(self.run()), release)
     }
 
     fn failed(&self, error: &StoreError, retry_in: Duration, what: &'static str) {

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -64,6 +65,22 @@ impl LeaseOptions {
     pub fn new(ttl: Duration) -> Self {
         Self { owner: Uuid::now_v7(), ttl }
     }
+
+    /// A stable identity derived from `name`, which must name one running
+    /// instance at a time (a service and its listening address, say): the
+    /// instance restarted after a crash takes its leases back at once,
+    /// where a new identity would wait up to the time-to-live for the dead
+    /// one's to expire.
+    pub fn instance(self, name: &str) -> Self {
+        Self { owner: instance_owner(name), ..self }
+    }
+}
+
+/// The owner identity of the instance `name` ([`LeaseOptions::instance`]):
+/// two FNV-1a hashes of it.
+pub fn instance_owner(name: &str) -> Uuid {
+    let hash = |seed: u64| name.bytes().fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    Uuid::from_u64_pair(hash(0xcbf2_9ce4_8422_2325), hash(0x6c62_272e_07bb_0142))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,5 +197,42 @@ impl<S: TransactionalStore> LeaseKeeper<S> {
         }
         let (name, owner) = (self.name.clone(), self.options.owner);
         self.store.transaction::<_, _, StoreError>(async move |tx| tx.release_lease(&name, owner).await).await
+    }
+}
+
+/// A lease to let go once the task that held it is gone: what a task
+/// handle's `shutdown` runs after the task ended, so that another instance
+/// takes over at once instead of when the lease expires.
+pub struct Release(Option<BoxFuture<'static, ()>>);
+
+impl Release {
+    /// Nothing to let go (the task ran without a lease).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Lets `owner`'s lease `name` of `store` go, when [`run`](Self::run).
+    pub fn of<S: TransactionalStore>(store: Arc<S>, name: &'static str, owner: Uuid) -> Self {
+        Self(Some(Box::pin(async move {
+            let released =
+                store.transaction::<_, _, StoreError>(async move |tx| tx.release_lease(name, owner).await).await;
+            if let Err(e) = released {
+                let error = crate::error::chain(&e);
+                tracing::warn!(service = store.service(), lease = name, %error, "could not release a lease; it expires on its own");
+            }
+        })))
+    }
+
+    /// Lets the lease go (once; later calls do nothing).
+    pub async fn run(&mut self) {
+        if let Some(release) = self.0.take() {
+            release.await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Release(lease)" } else { "Release(none)" })
     }
 }

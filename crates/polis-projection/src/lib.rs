@@ -95,8 +95,7 @@ impl ProjectorOptions {
     /// applies its projections again at once, where a new identity would
     /// wait up to [`ProjectorOptions::lease_ttl`] for the dead one's leases.
     pub fn instance(mut self, name: &str) -> Self {
-        let hash = |seed: u64| name.bytes().fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
-        self.owner = Some(Uuid::from_u64_pair(hash(0xcbf2_9ce4_8422_2325), hash(0x6c62_272e_07bb_0142)));
+        self.owner = Some(polis_core::lease::instance_owner(name));
         self
     }
 }

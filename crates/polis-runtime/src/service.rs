@@ -65,6 +65,7 @@ use polis_bus::{
     Consumer, ConsumerHandle, ConsumerOptions, Relay, RelayHandle, RelayOptions, Scheduler, SchedulerHandle,
     SchedulerOptions,
 };
+use polis_core::lease::LeaseOptions;
 use polis_core::{Bus, BusError, Projection, StoreError};
 use polis_projection::{
     Bootstrap, BootstrapHandle, BootstrapOptions, BootstrapStatus, ProjectionStatus, Projector, ProjectorHandle,
@@ -156,11 +157,32 @@ pub struct HostOptions {
     pub sample_interval: Duration,
 }
 
+impl HostOptions {
+    /// Gives this instance of the service a stable identity to the leases
+    /// of its relay, scheduler and projections, derived from `name`, which
+    /// must name one running instance at a time (see
+    /// [`LeaseOptions::instance`]): restarted after a crash, it takes its
+    /// leases back at once.
+    pub fn instance(mut self, name: &str) -> Self {
+        let lease = |lease: Option<LeaseOptions>| Some(lease.unwrap_or(LeaseOptions::new(LEASE_TTL)).instance(name));
+        self.relay.lease = lease(self.relay.lease);
+        self.scheduler.lease = lease(self.scheduler.lease);
+        self.projector = self.projector.instance(name);
+        self
+    }
+}
+
+/// The time-to-live of a hosted service's relay and scheduler leases, as of
+/// its projections' (`ProjectorOptions::lease_ttl`).
+const LEASE_TTL: Duration = Duration::from_secs(5);
+
 impl Default for HostOptions {
     fn default() -> Self {
         Self {
-            relay: RelayOptions::default(),
-            scheduler: SchedulerOptions::default(),
+            // Several instances of a service may run (distributed mode): one
+            // relay and one scheduler publish and fire at a time.
+            relay: RelayOptions { lease: Some(LeaseOptions::new(LEASE_TTL)), ..RelayOptions::default() },
+            scheduler: SchedulerOptions { lease: Some(LeaseOptions::new(LEASE_TTL)), ..SchedulerOptions::default() },
             consumer: ConsumerOptions::default(),
             projector: ProjectorOptions::default(),
             bootstrap: BootstrapOptions::default(),

@@ -495,7 +495,7 @@ async fn start_service(service: Service, config: &DistributedConfig) -> Result<(
     let upstreams = gateway::Upstreams::try_new(|service| gateway::Upstream::remote(&config.upstream_url(service)))?;
     let mut shop = config.shop();
     if let Some(instance) = &config.instance {
-        shop.host.projector = shop.host.projector.clone().instance(&format!("{service}@{instance}"));
+        shop.host = shop.host.clone().instance(&format!("{service}@{instance}"));
     }
     let hosted = crate::start_service(service, store, bus, &shop, Some(&upstreams)).await?;
     let router = hosted.router();

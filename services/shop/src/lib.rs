@@ -272,9 +272,9 @@ impl Embedded {
                 gateway::Upstream::local(router.unwrap_or_else(not_running))
             });
             // The data directory is this process's alone: a restarted shop
-            // takes its projections' leases back at once.
+            // takes its leases back at once.
             let mut config = config.clone();
-            config.host.projector = config.host.projector.clone().instance(service.as_str());
+            config.host = config.host.clone().instance(service.as_str());
             let started = start_service(service, store, bus.clone(), &config, Some(&upstreams))
                 .await
                 .with_context(|| format!("starting the {service} service"))?;

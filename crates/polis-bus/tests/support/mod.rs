@@ -256,3 +256,32 @@ impl Bus for Stalling {
         self.inner.subscribe(consumer, topic).await
     }
 }
+
+/// A bus that counts the messages published through it.
+pub struct Counting {
+    inner: Arc<dyn Bus>,
+    pub published: AtomicUsize,
+}
+
+impl Counting {
+    pub fn new(inner: Arc<dyn Bus>) -> Arc<Self> {
+        Arc::new(Self { inner, published: AtomicUsize::new(0) })
+    }
+
+    pub fn published(&self) -> usize {
+        self.published.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Bus for Counting {
+    async fn publish(&self, messages: &[Message]) -> Result<(), BusError> {
+        self.inner.publish(messages).await?;
+        self.published.fetch_add(messages.len(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn subscribe(&self, consumer: &str, topic: &Topic) -> Result<Box<dyn Subscription>, BusError> {
+        self.inner.subscribe(consumer, topic).await
+    }
+}
