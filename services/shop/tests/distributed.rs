@@ -258,6 +258,15 @@ fn declared_tables(dir: &Path) -> BTreeSet<String> {
         for statement in sql.split("create table").skip(1) {
             tables.insert(name_after(statement));
         }
+        // `alter table <old> rename to <new>`: the table goes by its new name.
+        for statement in sql.split("alter table").skip(1) {
+            let old = name_after(statement);
+            if let Some((_, renamed)) = statement.split_once("rename to")
+                && tables.remove(&old)
+            {
+                tables.insert(name_after(renamed));
+            }
+        }
     }
     tables
 }

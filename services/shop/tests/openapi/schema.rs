@@ -247,6 +247,9 @@ fn number_has_format(value: &Value, format: &str) -> Result<bool, String> {
     Ok(match format {
         "int64" => value.is_i64(),
         "int32" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        // JSON numbers are read as f64 already; a float must fit an f32.
+        "double" => value.is_number(),
+        "float" => value.as_f64().is_some_and(|n| n.abs() <= f64::from(f32::MAX)),
         other => return Err(format!("the validator does not support the number format `{other}`")),
     })
 }
