@@ -21,6 +21,20 @@
 //! Messages with different keys are handled concurrently (up to
 //! `max_in_flight`), messages with one key one at a time, in delivery order.
 //!
+//! **Instances.** Several instances of a service run one consumer (one
+//! name) together when the bus splits topics into partitions
+//! ([`Bus::partitions`]) and [`ConsumerOptions::lease`] is set (ADR 0011).
+//! Each instance announces itself with a member lease and holds its fair
+//! share of the routed topics' partitions (their count over the instances
+//! announced), each under a lease `partition:<consumer>:<service>:<kind>:<n>`
+//! in the store; a third of the lease's time-to-live at a time it renews
+//! them, gives back what exceeds its share (a newcomer's turn) and takes
+//! free or expired ones (a dead instance's). A partition is read one
+//! delivery at a time (its subscription holds one unacknowledged message),
+//! and every transaction of a delivery renews the partition's lease with
+//! its token first: an instance that lost the lease commits nothing more
+//! of it ([`Outcome::NotOwner`]) and hands the message back.
+//!
 //! Metrics (labelled with the consumer): `polis_messages_handled_total`,
 //! `polis_inbox_duplicates_total`, `polis_redeliveries_total`,
 //! `polis_handler_retries_total`, `polis_dead_letters_total`.
@@ -44,6 +58,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures::FutureExt;
 use polis_core::bus::{Bus, BusError, Delivery, Malformed, Topic};
+use polis_core::lease::{Fence, LeaseOptions};
 use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, TransactionalStore};
 use polis_core::{Message, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -126,6 +141,10 @@ pub struct ConsumerOptions {
     pub retry_max: Duration,
     /// Deliveries being handled at once (across keys).
     pub max_in_flight: usize,
+    /// On a bus with partitions ([`Bus::partitions`]), share them with the
+    /// consumer's other instances through leases in the store (module
+    /// docs). `None`, or a bus without partitions: subscribe to whole topics.
+    pub lease: Option<LeaseOptions>,
 }
 
 impl Default for ConsumerOptions {
@@ -135,6 +154,7 @@ impl Default for ConsumerOptions {
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
             max_in_flight: 256,
+            lease: None,
         }
     }
 }
@@ -192,6 +212,9 @@ pub enum Outcome {
     /// The handler declined it ([`Handler::accepts`]): acknowledged without
     /// a transaction.
     Declined,
+    /// Its partition's lease was no longer this instance's: nothing was
+    /// committed, and the message goes back to the bus for the new owner.
+    NotOwner,
 }
 
 impl Outcome {
@@ -203,6 +226,7 @@ impl Outcome {
             Outcome::Parked => "parked",
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Declined => "declined",
+            Outcome::NotOwner => "not_owner",
         }
     }
 }
@@ -292,10 +316,23 @@ impl<S: TransactionalStore> Consumer<S> {
     }
 
     /// Subscribes to every routed topic and handles deliveries until dropped.
+    ///
+    /// On a bus with partitions ([`Bus::partitions`]) and with
+    /// [`ConsumerOptions::lease`] set, it takes this instance's share of the
+    /// topics' partitions instead, and keeps rebalancing it as instances
+    /// come and go (module docs).
     pub async fn spawn(self: Arc<Self>, bus: Arc<dyn Bus>) -> Result<ConsumerHandle, BusError> {
         let max_in_flight = u32::try_from(self.options.max_in_flight.max(1)).unwrap_or(u32::MAX >> 3);
         let permits = Arc::new(Semaphore::new(max_in_flight as usize));
         let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(lease) = self.options.lease
+            && bus.partitions() > 1
+        {
+            let progress: Vec<_> = self.routes.iter().map(|(topic, _)| (topic.clone(), Progress::default())).collect();
+            let sharing = Sharing { bus, lease, progress: progress.clone(), permits: permits.clone() };
+            let task = tokio::spawn(self.share_partitions(sharing));
+            return Ok(ConsumerHandle { readers: vec![task], progress, stopped, permits, max_in_flight });
+        }
         let mut tasks = Vec::new();
         let mut readers = Vec::new();
         for (topic, handler) in &self.routes {
@@ -343,9 +380,22 @@ impl<S: TransactionalStore> Consumer<S> {
     /// consumer is) and `polis_consumer_handling_seconds` by outcome, and
     /// runs in the delivery's `handle_message` span (module docs).
     pub async fn process(&self, handler: &Arc<dyn Handler<S::Tx>>, delivery: Delivery) -> Outcome {
+        self.process_fenced(handler, delivery, None).await
+    }
+
+    /// [`process`](Self::process) as the holder of a partition's lease:
+    /// every transaction renews it with its token first, and the delivery
+    /// is [`Outcome::NotOwner`] (handed back to the bus, nothing committed)
+    /// if that tenure is over.
+    async fn process_fenced(
+        &self,
+        handler: &Arc<dyn Handler<S::Tx>>,
+        delivery: Delivery,
+        fence: Option<&(Fence, Duration)>,
+    ) -> Outcome {
         let declined = delivery.message.as_ref().is_ok_and(|message| !handler.accepts(message));
         let span = self.message_span(&delivery, declined);
-        let outcome = self.process_in_span(handler, delivery).instrument(span.clone()).await;
+        let outcome = self.process_in_span(handler, delivery, fence).instrument(span.clone()).await;
         span.record("outcome", outcome.as_str());
         outcome
     }
@@ -390,7 +440,12 @@ impl<S: TransactionalStore> Consumer<S> {
         span
     }
 
-    async fn process_in_span(&self, handler: &Arc<dyn Handler<S::Tx>>, delivery: Delivery) -> Outcome {
+    async fn process_in_span(
+        &self,
+        handler: &Arc<dyn Handler<S::Tx>>,
+        delivery: Delivery,
+        fence: Option<&(Fence, Duration)>,
+    ) -> Outcome {
         let started = std::time::Instant::now();
         if delivery.attempt > 1 {
             metrics::counter!("polis_redeliveries_total", &self.labels()).increment(1);
@@ -405,12 +460,12 @@ impl<S: TransactionalStore> Consumer<S> {
         let mut pause = self.options.retry_min;
         let outcome = loop {
             let settled = match &delivery.message {
-                Err(malformed) => self.bury_malformed(malformed).await,
+                Err(malformed) => self.bury_malformed(malformed, fence).await,
                 Ok(message) if !handler.accepts(message) => {
                     metrics::counter!("polis_messages_declined_total", &self.labels()).increment(1);
                     Ok(Outcome::Declined)
                 }
-                Ok(message) => self.handle_with_retries(handler, message).await,
+                Ok(message) => self.handle_with_retries(handler, message, fence).await,
             };
             match settled {
                 Ok(outcome) => break outcome,
@@ -421,9 +476,15 @@ impl<S: TransactionalStore> Consumer<S> {
                 }
             }
         };
-        if let Err(e) = delivery.ack().await {
+        let settled = if outcome == Outcome::NotOwner {
+            // Not ours to settle: straight back to the bus, for the new owner.
+            delivery.nack(Duration::ZERO).await
+        } else {
+            delivery.ack().await
+        };
+        if let Err(e) = settled {
             // The message will come again; the inbox recognizes it.
-            tracing::warn!(consumer = self.name, error = %polis_core::error::chain(&e), "acknowledgement failed");
+            tracing::warn!(consumer = self.name, error = %polis_core::error::chain(&e), "settling a delivery failed");
         }
         let [service, consumer] = self.labels();
         metrics::histogram!(
@@ -438,13 +499,14 @@ impl<S: TransactionalStore> Consumer<S> {
         &self,
         handler: &Arc<dyn Handler<S::Tx>>,
         message: &Message,
+        fence: Option<&(Fence, Duration)>,
     ) -> Result<Outcome, StoreError> {
         let mut pause = self.options.retry_min;
         let mut attempt = 0;
         let mut previous = tracing::Span::current();
         loop {
             attempt += 1;
-            let handling = self.handle_once(handler, message);
+            let handling = self.handle_once(handler, message, fence.cloned());
             let handled = if attempt == 1 {
                 handling.await
             } else {
@@ -455,6 +517,7 @@ impl<S: TransactionalStore> Consumer<S> {
                 handling.instrument(retry).await
             };
             match handled {
+                Ok(Outcome::NotOwner) => return Ok(Outcome::NotOwner),
                 Ok(outcome) => {
                     if outcome == Outcome::Handled {
                         handler.committed(message);
@@ -472,15 +535,23 @@ impl<S: TransactionalStore> Consumer<S> {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(self.options.retry_max);
                 }
-                Err(e) => return self.bury(message, &e, attempt).await,
+                Err(e) => return self.bury(message, &e, attempt, fence).await,
             }
         }
     }
 
-    async fn handle_once(&self, handler: &Arc<dyn Handler<S::Tx>>, message: &Message) -> Result<Outcome, HandlerError> {
+    async fn handle_once(
+        &self,
+        handler: &Arc<dyn Handler<S::Tx>>,
+        message: &Message,
+        fence: Option<(Fence, Duration)>,
+    ) -> Result<Outcome, HandlerError> {
         let (name, handler, message) = (self.name.clone(), handler.clone(), message.clone());
         self.store
             .transaction::<_, _, HandlerError>(async move |tx| {
+                if !holds(tx, fence.as_ref()).await? {
+                    return Ok(Outcome::NotOwner);
+                }
                 // The inbox first: a redelivery of a message that is already
                 // a dead letter (or parked) is a duplicate, not a new letter.
                 let handling = tx.begin_handling(&name, message.id, &message.key).await?;
@@ -504,20 +575,35 @@ impl<S: TransactionalStore> Consumer<S> {
     }
 
     /// Stores `message` as a dead letter (and as processed, so redeliveries skip it).
-    async fn bury(&self, message: &Message, error: &HandlerError, attempts: u32) -> Result<Outcome, StoreError> {
-        let (name, message, reason) = (self.name.clone(), message.clone(), error.to_string());
+    async fn bury(
+        &self,
+        message: &Message,
+        error: &HandlerError,
+        attempts: u32,
+        fence: Option<&(Fence, Duration)>,
+    ) -> Result<Outcome, StoreError> {
+        let (name, message, reason, fence) = (self.name.clone(), message.clone(), error.to_string(), fence.cloned());
         tracing::warn!(consumer = self.name, message_id = %message.id, attempts, reason, "dead-lettering a message");
         let stored = self
             .store
             .transaction::<_, _, StoreError>(async move |tx| {
+                if !holds(tx, fence.as_ref()).await? {
+                    return Ok(false);
+                }
                 tx.record_processed(&name, message.id).await?;
-                tx.dead_letter(&letter(&name, DeadLetterStatus::Dead, &message, reason, attempts)).await
+                tx.dead_letter(&letter(&name, DeadLetterStatus::Dead, &message, reason, attempts)).await?;
+                Ok(true)
             })
             .await;
         self.after_burial(stored)
     }
 
-    async fn bury_malformed(&self, malformed: &Malformed) -> Result<Outcome, StoreError> {
+    async fn bury_malformed(
+        &self,
+        malformed: &Malformed,
+        fence: Option<&(Fence, Duration)>,
+    ) -> Result<Outcome, StoreError> {
+        let fence = fence.cloned();
         let dead = DeadLetter {
             id: Uuid::now_v7(),
             consumer: self.name.clone(),
@@ -534,20 +620,27 @@ impl<S: TransactionalStore> Consumer<S> {
         let stored = self
             .store
             .transaction::<_, _, StoreError>(async move |tx| {
+                if !holds(tx, fence.as_ref()).await? {
+                    return Ok(false);
+                }
                 // With a readable id, a redelivery is recognized as a duplicate.
                 if let Some(id) = dead.message_id
                     && !tx.record_processed(&dead.consumer, id).await?
                 {
-                    return Ok(());
+                    return Ok(true);
                 }
-                tx.dead_letter(&dead).await
+                tx.dead_letter(&dead).await?;
+                Ok(true)
             })
             .await;
         self.after_burial(stored)
     }
 
-    fn after_burial(&self, stored: Result<(), StoreError>) -> Result<Outcome, StoreError> {
-        stored?;
+    /// `stored`: whether the burial's transaction ran as the owner.
+    fn after_burial(&self, stored: Result<bool, StoreError>) -> Result<Outcome, StoreError> {
+        if !stored? {
+            return Ok(Outcome::NotOwner);
+        }
         metrics::counter!("polis_dead_letters_total", &self.labels()).increment(1);
         Ok(Outcome::DeadLettered)
     }
@@ -675,6 +768,15 @@ impl<S: TransactionalStore> Consumer<S> {
     }
 }
 
+/// Whether this transaction runs as the holder of `fence`'s lease (renewing
+/// it): always, without one.
+async fn holds<Tx: Transaction>(tx: &mut Tx, fence: Option<&(Fence, Duration)>) -> Result<bool, StoreError> {
+    match fence {
+        Some((fence, ttl)) => tx.hold_lease(fence, Utc::now(), *ttl).await,
+        None => Ok(true),
+    }
+}
+
 /// Runs a handler, turning a panic into a permanent failure: a panicking
 /// handler must not take its key's lane (and the deliveries queued in it) down.
 async fn guarded(handling: impl std::future::Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
@@ -754,5 +856,196 @@ impl Lanes {
                 drop(permit);
             }
         });
+    }
+}
+
+/// What [`Consumer::share_partitions`] works with.
+struct Sharing {
+    bus: Arc<dyn Bus>,
+    lease: LeaseOptions,
+    /// Each route's progress, shared by its partitions' readers.
+    progress: Vec<(Topic, Progress)>,
+    permits: Arc<Semaphore>,
+}
+
+/// One partition this instance reads: its lease's tenure and its reader.
+struct Partition {
+    fence: Fence,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Partition {
+    /// Stops pulling, lets the message being handled finish (up to `grace`),
+    /// hands back what had already arrived.
+    async fn stop(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<S: TransactionalStore> Consumer<S> {
+    /// The lease of one partition of route `route`'s topic.
+    fn partition_lease(&self, route: usize, partition: u32) -> String {
+        let topic = &self.routes[route].0;
+        format!("partition:{}:{}:{}:{partition}", self.name, topic.service, topic.kind.segment())
+    }
+
+    /// Holds this instance's fair share of the partitions of every routed
+    /// topic, a third of the lease's time-to-live at a time, until aborted.
+    async fn share_partitions(self: Arc<Self>, sharing: Sharing) {
+        let count = sharing.bus.partitions();
+        let units: Vec<(usize, u32)> =
+            (0..self.routes.len()).flat_map(|route| (0..count).map(move |partition| (route, partition))).collect();
+        // Each instance reaches first for a different partition.
+        let offset = usize::try_from(sharing.lease.owner.as_u128() % units.len().max(1) as u128).unwrap_or(0);
+        let mut running: std::collections::BTreeMap<usize, Partition> = std::collections::BTreeMap::new();
+        loop {
+            if let Err(e) = self.rebalance(&sharing, &units, offset, &mut running).await {
+                tracing::warn!(consumer = self.name, error = %polis_core::error::chain(&e), "sharing the partitions failed");
+            }
+            tokio::time::sleep(sharing.lease.ttl / 3).await;
+        }
+    }
+
+    /// One round: announces this instance, renews what it holds (dropping
+    /// what it lost), then gives back or takes partitions towards its share.
+    async fn rebalance(
+        self: &Arc<Self>,
+        sharing: &Sharing,
+        units: &[(usize, u32)],
+        offset: usize,
+        running: &mut std::collections::BTreeMap<usize, Partition>,
+    ) -> Result<(), StoreError> {
+        let LeaseOptions { owner, ttl } = sharing.lease;
+        let members = format!("member:{}:", self.name);
+        let me = format!("{members}{owner}");
+        let held: Vec<(usize, Fence)> = running.iter().map(|(unit, p)| (*unit, p.fence.clone())).collect();
+        let (instances, kept) = self
+            .store
+            .transaction::<_, _, StoreError>(async move |tx| {
+                let now = Utc::now();
+                tx.acquire_lease(&me, owner, now, ttl).await?;
+                let instances = tx.leases_held(&members, now).await?.len();
+                let mut kept = Vec::with_capacity(held.len());
+                for (unit, fence) in held {
+                    if tx.hold_lease(&fence, now, ttl).await? {
+                        kept.push(unit);
+                    }
+                }
+                Ok((instances, kept))
+            })
+            .await?;
+        // Lost (taken after a pause) or ended: its reader stops, if it has not.
+        running.retain(|unit, partition| kept.contains(unit) && !partition.task.is_finished());
+        let share = units.len().div_ceil(instances.max(1));
+        while running.len() > share {
+            let Some((unit, partition)) = running.pop_last() else { break };
+            let name = self.partition_lease(units[unit].0, units[unit].1);
+            partition.stop(ttl).await;
+            self.store.transaction::<_, _, StoreError>(async move |tx| tx.release_lease(&name, owner).await).await?;
+            tracing::info!(
+                consumer = self.name,
+                lease = self.partition_lease(units[unit].0, units[unit].1),
+                "partition handed back"
+            );
+        }
+        if running.len() >= share {
+            return Ok(());
+        }
+        let wanted = share - running.len();
+        let candidates: Vec<(usize, String)> = (0..units.len())
+            .map(|k| (offset + k) % units.len())
+            .filter(|unit| !running.contains_key(unit))
+            .map(|unit| (unit, self.partition_lease(units[unit].0, units[unit].1)))
+            .collect();
+        let taken = self
+            .store
+            .transaction::<_, _, StoreError>(async move |tx| {
+                let now = Utc::now();
+                let mut taken = Vec::new();
+                for (unit, name) in candidates {
+                    if let Some(token) = tx.acquire_lease(&name, owner, now, ttl).await? {
+                        taken.push((unit, Fence { name, owner, token }));
+                        if taken.len() == wanted {
+                            break;
+                        }
+                    }
+                }
+                Ok(taken)
+            })
+            .await?;
+        for (unit, fence) in taken {
+            let (route, partition) = units[unit];
+            tracing::info!(consumer = self.name, lease = fence.name, token = fence.token, "partition taken");
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let reader = self.clone().read_partition(sharing, route, partition, (fence.clone(), ttl), stopped);
+            running.insert(unit, Partition { fence, stop, task: tokio::spawn(reader) });
+        }
+        Ok(())
+    }
+
+    /// Reads one partition, one delivery at a time, as the holder of
+    /// `fence`, until told to stop or the lease turns out lost.
+    fn read_partition(
+        self: Arc<Self>,
+        sharing: &Sharing,
+        route: usize,
+        partition: u32,
+        fence: (Fence, Duration),
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (bus, permits, progress) =
+            (sharing.bus.clone(), sharing.permits.clone(), sharing.progress[route].1.clone());
+        async move {
+            let (topic, handler) = &self.routes[route];
+            let mut subscription = loop {
+                match bus.subscribe_partition(&self.name, topic, partition).await {
+                    Ok(subscription) => break subscription,
+                    Err(e) => {
+                        progress.failed(&e);
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    next = subscription.next() => next,
+                };
+                match next {
+                    Ok(delivery) => {
+                        progress.ok();
+                        let Ok(_permit) = permits.acquire().await else { return };
+                        if self.process_fenced(handler, delivery, Some(&fence)).await == Outcome::NotOwner {
+                            return;
+                        }
+                    }
+                    Err(BusError::Closed) => return,
+                    Err(e) => {
+                        progress.failed(&e);
+                        tracing::warn!(consumer = self.name, topic = %topic, partition, error = %polis_core::error::chain(&e), "partition subscription failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            // Handing the partition back: what has arrived goes back to the
+            // bus now rather than when its acknowledgement wait runs out.
+            while let Ok(Ok(delivery)) = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await {
+                let _ = delivery.nack(Duration::ZERO).await;
+            }
+        }
     }
 }

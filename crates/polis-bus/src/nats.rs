@@ -11,6 +11,14 @@
 //! - **Subjects** are [`Message::subject`]:
 //!   `polis.<target>.<events|commands|replies>.<type>`. The subject carries
 //!   the message's kind and target; everything else travels in the headers.
+//!   With [`NatsOptions::partitions`] above 1, the key's partition
+//!   ([`partition_of`]) comes before the type:
+//!   `polis.<target>.<kind>.p<partition>.<type>`.
+//! - **Partitions.** [`Bus::subscribe_partition`] is a durable consumer
+//!   named `<consumer>_<kind>_p<partition>`, filtered to
+//!   `polis.<target>.<kind>.p<partition>.>`, with at most one message
+//!   unacknowledged: its order holds across the instances that take turns
+//!   pulling it (ADR 0011). A plain subscription still sees every partition.
 //! - **CloudEvents binary mode.** The body is the JSON `data`; the attributes
 //!   are headers:
 //!
@@ -83,7 +91,7 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt as _;
-use polis_core::bus::{Acker, Bus, BusError, Delivery, Malformed, Subscription, Topic};
+use polis_core::bus::{Acker, Bus, BusError, Delivery, Malformed, Subscription, Topic, partition_of};
 use polis_core::error::BoxError;
 use polis_core::message::{Message, MessageKind, validate_message};
 use polis_core::{Metadata, envelope};
@@ -147,6 +155,11 @@ pub struct NatsOptions {
     /// but not yet handed out when a subscription is dropped come back only
     /// after `ack_wait`.
     pub pull_batch: usize,
+    /// Into how many partitions every topic is split by ordering key
+    /// ([`Bus::partitions`], the module docs). 1, the default, splits
+    /// nothing and leaves subjects as they are. Every publisher and
+    /// consumer of a deployment must agree on it.
+    pub partitions: u32,
 }
 
 impl Default for NatsOptions {
@@ -157,6 +170,7 @@ impl Default for NatsOptions {
             max_ack_pending: 1000,
             publish_timeout: Duration::from_secs(10),
             pull_batch: 64,
+            partitions: 1,
         }
     }
 }
@@ -442,7 +456,7 @@ mod names {
 ///
 /// Runs once per relayed message, so it allocates little: static header
 /// names, each value formatted straight into the `String` the header keeps.
-fn encode(message: &Message) -> Result<Outgoing, String> {
+fn encode(message: &Message, partitions: u32) -> Result<Outgoing, String> {
     let mut headers = HeaderMap::new();
     let mut put = |name: HeaderName, value: String| -> Result<(), String> {
         let value = match percent_encode(&value) {
@@ -477,7 +491,22 @@ fn encode(message: &Message) -> Result<Outgoing, String> {
     }
     put(names::NATS_MSG_ID, id)?;
     let body = serde_json::to_vec(&message.data).map_err(|e| format!("cannot serialize data: {e}"))?;
-    Ok(Outgoing { subject: message.subject(), headers, body })
+    let subject = if partitions > 1 {
+        let partition = partition_of(&message.key, partitions);
+        format!("polis.{}.{}.p{partition}.{}", message.target, message.kind.segment(), message.message_type)
+    } else {
+        message.subject()
+    };
+    Ok(Outgoing { subject, headers, body })
+}
+
+/// Whether the type part of a subject names `message_type`, after the
+/// partition token if there is one (`p<digits>.`).
+fn is_subject_type(subject_type: &str, message_type: &str) -> bool {
+    subject_type == message_type
+        || subject_type.strip_prefix('p').and_then(|rest| rest.split_once('.')).is_some_and(|(digits, rest)| {
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && rest == message_type
+        })
 }
 
 /// Reads a message back from its subject, headers and body.
@@ -510,7 +539,7 @@ fn decode(subject: &str, headers: Option<&HeaderMap>, body: &[u8]) -> Result<Mes
             }
         }
         let message_type = required(headers::TYPE)?;
-        if message_type != subject_type {
+        if !is_subject_type(subject_type, &message_type) {
             return Err(format!("type `{message_type}` does not match subject `{subject}`"));
         }
         let time = required(headers::TIME)?;
@@ -626,7 +655,7 @@ impl Bus for NatsBus {
         for message in messages {
             let invalid = |reason: String| BusError::InvalidMessage { id: message.id, reason };
             validate_message(message).map_err(invalid)?;
-            let encoded = encode(message).map_err(invalid)?;
+            let encoded = encode(message, inner.options.partitions).map_err(invalid)?;
             if max_payload > 0 && encoded.wire_len() > max_payload {
                 let size = encoded.wire_len();
                 return Err(invalid(format!("{size} bytes exceed the server's limit of {max_payload}")));
@@ -652,7 +681,8 @@ impl Bus for NatsBus {
             let ack = loop {
                 let Outgoing { subject, headers, body } = match encoded.take() {
                     Some(encoded) => encoded,
-                    None => encode(message).map_err(|reason| BusError::InvalidMessage { id: message.id, reason })?,
+                    None => encode(message, inner.options.partitions)
+                        .map_err(|reason| BusError::InvalidMessage { id: message.id, reason })?,
                 };
                 let publish = PublishMessage::build().headers(headers).payload(body.into());
                 match inner.jetstream.send_publish(subject, publish).await {
@@ -687,6 +717,45 @@ impl Bus for NatsBus {
     }
 
     async fn subscribe(&self, consumer: &str, topic: &Topic) -> Result<Box<dyn Subscription>, BusError> {
+        let durable = durable_name(consumer, topic.kind);
+        self.open(consumer, topic, durable, topic.filter(), self.inner.options.max_ack_pending).await
+    }
+
+    fn partitions(&self) -> u32 {
+        self.inner.options.partitions.max(1)
+    }
+
+    async fn subscribe_partition(
+        &self,
+        consumer: &str,
+        topic: &Topic,
+        partition: u32,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let partitions = self.partitions();
+        if partitions <= 1 && partition == 0 {
+            return self.subscribe(consumer, topic).await;
+        }
+        if partition >= partitions {
+            let reason = format!("partition {partition} of {topic}: the bus has {partitions}");
+            return Err(BusError::backend(NatsError::InvalidSubscription(reason)));
+        }
+        let durable = format!("{}_p{partition}", durable_name(consumer, topic.kind));
+        let filter = format!("polis.{}.{}.p{partition}.>", topic.service, topic.kind.segment());
+        self.open(consumer, topic, durable, filter, 1).await
+    }
+}
+
+impl NatsBus {
+    /// Opens (creating or updating) the durable pull consumer `durable` of
+    /// `topic`'s stream, filtered to `filter`.
+    async fn open(
+        &self,
+        consumer: &str,
+        topic: &Topic,
+        durable: String,
+        filter: String,
+        max_ack_pending: i64,
+    ) -> Result<Box<dyn Subscription>, BusError> {
         if consumer.is_empty() || consumer.contains('\0') {
             let reason = format!("invalid consumer name `{consumer}`");
             return Err(BusError::backend(NatsError::InvalidSubscription(reason)));
@@ -696,16 +765,15 @@ impl Bus for NatsBus {
             return Err(BusError::backend(NatsError::InvalidSubscription(reason)));
         }
         let options = &self.inner.options;
-        let durable = durable_name(consumer, topic.kind);
         let config = pull::Config {
             durable_name: Some(durable.clone()),
-            description: Some(format!("polis consumer {consumer} of {}", topic.filter())),
+            description: Some(format!("polis consumer {consumer} of {filter}")),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: options.ack_wait,
             max_deliver: -1,
-            filter_subject: topic.filter(),
-            max_ack_pending: options.max_ack_pending,
+            filter_subject: filter,
+            max_ack_pending,
             ..Default::default()
         };
         let mut subscription = NatsSubscription {
@@ -877,7 +945,7 @@ mod tests {
     #[test]
     fn a_message_round_trips_through_headers_and_body() {
         let message = sample();
-        let out = encode(&message).unwrap();
+        let out = encode(&message, 1).unwrap();
         assert_eq!(out.subject, "polis.order.replies.payment.authorized.v1");
         assert_eq!(out.headers.get(headers::SUBJECT).unwrap().as_str(), "order%201%0D%0A%22%25%C3%BC");
         assert_eq!(out.headers.get(headers::NATS_MSG_ID).unwrap().as_str(), message.id.to_string());
@@ -894,7 +962,7 @@ mod tests {
     #[test]
     fn bad_payloads_are_malformed_not_panics() {
         let message = sample();
-        let out = encode(&message).unwrap();
+        let out = encode(&message, 1).unwrap();
 
         let not_json = decode(&out.subject, Some(&out.headers), b"{nope").unwrap_err();
         assert_eq!(not_json.id, Some(message.id));

@@ -47,6 +47,15 @@ impl BusError {
     }
 }
 
+/// The partition (`0..partitions`) of the messages with ordering `key`:
+/// FNV-1a of the key, modulo the count. Every publisher and consumer of a
+/// deployment must use the same count.
+pub fn partition_of(key: &str, partitions: u32) -> u32 {
+    let hash =
+        key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
+}
+
 /// What a consumer subscribes to: one kind of message on one service's stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Topic {
@@ -153,6 +162,33 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Opens, or resumes, `consumer`'s durable subscription to `topic`.
     async fn subscribe(&self, consumer: &str, topic: &Topic) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Into how many partitions this bus splits every topic by ordering key
+    /// ([`partition_of`]); 1 (the default) means none.
+    fn partitions(&self) -> u32 {
+        1
+    }
+
+    /// Opens, or resumes, `consumer`'s durable subscription to partition
+    /// `partition` (`0..partitions()`) of `topic`: the messages whose key
+    /// falls in it, in order, **at most one unacknowledged at a time** — so
+    /// whoever subscribes next (another instance, after this one died) gets
+    /// the message this one held before anything after it. With one
+    /// partition, partition 0 is [`subscribe`](Self::subscribe).
+    async fn subscribe_partition(
+        &self,
+        consumer: &str,
+        topic: &Topic,
+        partition: u32,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        if partition == 0 && self.partitions() <= 1 {
+            return self.subscribe(consumer, topic).await;
+        }
+        Err(BusError::backend(format!(
+            "partition {partition} of {topic}: this bus has {} partition(s)",
+            self.partitions()
+        )))
+    }
 
     /// Whether the bus can be reached now, for a readiness check: at most
     /// one cheap round trip to the broker, `Err` saying why not. The caller

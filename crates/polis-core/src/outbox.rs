@@ -149,6 +149,10 @@ pub trait Transaction: Send {
     /// Lets `owner`'s lease `name` go (a clean shutdown): another owner can
     /// take it at once. Nothing happens if `owner` does not hold it.
     async fn release_lease(&mut self, name: &str, owner: Uuid) -> Result<(), StoreError>;
+
+    /// The leases whose name starts with `prefix` that are held at `now`
+    /// (not expired), as (name, owner), by name.
+    async fn leases_held(&mut self, prefix: &str, now: DateTime<Utc>) -> Result<Vec<(String, Uuid)>, StoreError>;
 }
 
 /// The work a transaction runs, boxed: what a backend's

@@ -167,6 +167,7 @@ impl HostOptions {
         let lease = |lease: Option<LeaseOptions>| Some(lease.unwrap_or(LeaseOptions::new(LEASE_TTL)).instance(name));
         self.relay.lease = lease(self.relay.lease);
         self.scheduler.lease = lease(self.scheduler.lease);
+        self.consumer.lease = lease(self.consumer.lease);
         self.projector = self.projector.instance(name);
         self
     }
@@ -183,7 +184,8 @@ impl Default for HostOptions {
             // relay and one scheduler publish and fire at a time.
             relay: RelayOptions { lease: Some(LeaseOptions::new(LEASE_TTL)), ..RelayOptions::default() },
             scheduler: SchedulerOptions { lease: Some(LeaseOptions::new(LEASE_TTL)), ..SchedulerOptions::default() },
-            consumer: ConsumerOptions::default(),
+            // Shares the consumer's partitions when the bus has them.
+            consumer: ConsumerOptions { lease: Some(LeaseOptions::new(LEASE_TTL)), ..ConsumerOptions::default() },
             projector: ProjectorOptions::default(),
             bootstrap: BootstrapOptions::default(),
             consume: true,

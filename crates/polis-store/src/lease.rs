@@ -67,3 +67,20 @@ pub(crate) async fn release<Tx: Sql + ?Sized>(tx: &mut Tx, name: &str, owner: Uu
     .await?;
     Ok(())
 }
+
+/// See `Transaction::leases_held`.
+pub(crate) async fn held<Tx: Sql + ?Sized>(
+    tx: &mut Tx,
+    prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, Uuid)>, StoreError> {
+    // A prefix compared as a prefix: LIKE would read `_` and `%` in names.
+    let rows = tx
+        .fetch_all(
+            "SELECT name, owner FROM polis_leases \
+             WHERE substr(name, 1, length($1)) = $1 AND expires_at_us >= $2 ORDER BY name",
+            args![prefix, micros(now)],
+        )
+        .await?;
+    rows.iter().map(|row| Ok((row.text("name")?, row.uuid("owner")?))).collect()
+}

@@ -104,6 +104,7 @@ pub enum DistributedError {
 ///
 /// [nats]
 /// ack_wait_ms = 30000
+/// partitions = 1                # > 1 to run several instances of a service
 ///
 /// [http]                        # every process's HTTP server (its listen address is in [listen])
 /// max_body_bytes = 65536
@@ -197,6 +198,10 @@ impl Default for DistributedConfig {
     }
 }
 
+/// The most partitions a topic may be split into: each is a durable
+/// JetStream consumer per routed topic of every service.
+const MAX_PARTITIONS: u32 = 64;
+
 /// The `nats` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -206,11 +211,17 @@ pub struct NatsSettings {
     /// delivers it again: after a service process dies, what it had pulled
     /// but not finished comes back after this. Default 30 000.
     pub ack_wait_ms: u64,
+    /// Into how many partitions each topic is split by ordering key, so
+    /// that several instances of a service share its consumer (ADR 0011).
+    /// Every process of a deployment must use the same count, and changing
+    /// it needs the consumers drained. Default 1: no partitions, one
+    /// instance per service.
+    pub partitions: u32,
 }
 
 impl Default for NatsSettings {
     fn default() -> Self {
-        Self { ack_wait_ms: NatsOptions::default().ack_wait.as_millis().try_into().unwrap_or(u64::MAX) }
+        Self { ack_wait_ms: NatsOptions::default().ack_wait.as_millis().try_into().unwrap_or(u64::MAX), partitions: 1 }
     }
 }
 
@@ -254,6 +265,12 @@ impl DistributedConfig {
         }
         if self.nats.ack_wait_ms == 0 {
             return Err(DistributedError::Config("nats.ack_wait_ms must be above 0".into()));
+        }
+        if !(1..=MAX_PARTITIONS).contains(&self.nats.partitions) {
+            return Err(DistributedError::Config(format!(
+                "nats.partitions must be 1 to {MAX_PARTITIONS}, got {}",
+                self.nats.partitions
+            )));
         }
         self.payment.validate().map_err(|err| DistributedError::Config(err.to_string()))?;
         Ok(())
@@ -300,7 +317,11 @@ impl DistributedConfig {
     }
 
     fn nats_options(&self) -> NatsOptions {
-        NatsOptions { ack_wait: Duration::from_millis(self.nats.ack_wait_ms), ..NatsOptions::default() }
+        NatsOptions {
+            ack_wait: Duration::from_millis(self.nats.ack_wait_ms),
+            partitions: self.nats.partitions,
+            ..NatsOptions::default()
+        }
     }
 }
 

@@ -44,7 +44,7 @@ use anyhow::Context;
 use axum::Router;
 use contracts::SagaStyle;
 pub use contracts::Service;
-use polis_bus::{ConsumerOptions, InProcessBus};
+use polis_bus::InProcessBus;
 use polis_core::{Bus, BusError, StoreError};
 use polis_projection::ReplicaSource;
 use polis_runtime::{HostOptions, Hosted};
@@ -108,7 +108,7 @@ impl Default for ShopConfig {
 /// every later message of that order, its compensations included.
 pub fn host_options() -> HostOptions {
     let mut options = HostOptions::default();
-    options.consumer = ConsumerOptions { max_attempts: 10, ..ConsumerOptions::default() };
+    options.consumer.max_attempts = 10;
     options
 }
 

@@ -212,6 +212,10 @@ impl Transaction for PgTx {
     async fn release_lease(&mut self, name: &str, owner: Uuid) -> Result<(), StoreError> {
         crate::lease::release(self, name, owner).await
     }
+
+    async fn leases_held(&mut self, prefix: &str, now: DateTime<Utc>) -> Result<Vec<(String, Uuid)>, StoreError> {
+        crate::lease::held(self, prefix, now).await
+    }
 }
 
 pub(super) async fn unpublished(pool: &PgPool, max: usize, in_flight: &[u64]) -> Result<Vec<OutboxEntry>, StoreError> {

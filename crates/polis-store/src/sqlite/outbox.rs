@@ -184,6 +184,10 @@ impl Transaction for SqliteTx {
     async fn release_lease(&mut self, name: &str, owner: Uuid) -> Result<(), StoreError> {
         crate::lease::release(self, name, owner).await
     }
+
+    async fn leases_held(&mut self, prefix: &str, now: DateTime<Utc>) -> Result<Vec<(String, Uuid)>, StoreError> {
+        crate::lease::held(self, prefix, now).await
+    }
 }
 
 /// Runs `statement` with `message`'s outbox columns bound to `?1`..`?12`, in
