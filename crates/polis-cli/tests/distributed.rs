@@ -15,8 +15,6 @@ use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
@@ -277,26 +275,11 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
     let mut rng = workload::rng(11);
     let seeded = workload::seed(&apis, &workload::run_tag(), ORDERS, &mut rng).await.unwrap();
     let plan = workload::plan(&seeded, ORDERS, &mut rng);
-    let placed_so_far = Arc::new(AtomicUsize::new(0));
-    let placing = tokio::spawn({
-        let (apis, placed_so_far) = (apis.clone(), placed_so_far.clone());
-        async move {
-            workload::place_orders(&apis, &plan, 8, workload::Pacing::Accepted, &|n| {
-                placed_so_far.store(n, Ordering::Relaxed)
-            })
-            .await
-            .unwrap()
-        }
-    });
+    let placing = workload::place_in_background(&apis, plan, 8, workload::Pacing::Accepted);
 
     // Kill mid-stream; keep it down until plenty of orders wait on it (or
     // on what it would have sent); bring it back.
-    let placed = placed_so_far.clone();
-    polis_testkit::wait_for(Duration::from_secs(60), || {
-        std::future::ready(placed.load(Ordering::Relaxed) >= ORDERS / 4)
-    })
-    .await
-    .unwrap();
+    placing.until_placed(ORDERS / 4, Duration::from_secs(60)).await.unwrap();
     supervisor.kill(victim).unwrap();
     let waiting = polis_testkit::wait_for(Duration::from_secs(60), || async {
         let orders: Vec<OrderView> = apis.get(Service::Order).get_all("/orders", |o: &OrderView| o.id).await.unwrap();
@@ -305,7 +288,7 @@ async fn a_killed_service_process_loses_nothing(style: SagaStyle, victim: Servic
     .await;
     assert!(waiting.is_ok(), "orders did not pile up behind the dead {victim}");
     supervisor.restart(victim).await.unwrap();
-    let placed = placing.await.unwrap();
+    let placed = placing.finish().await.unwrap();
     assert_eq!(placed.len(), ORDERS);
 
     // Which reasons occur depends on when the victim was down (a step may

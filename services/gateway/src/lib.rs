@@ -64,7 +64,7 @@ mod routes;
 pub mod upstream;
 
 pub use compose::{MAX_ITEMS, OrderDetails, Part};
-pub use upstream::{Upstream, UpstreamError, UpstreamResponse, Upstreams};
+pub use upstream::{InstanceStatus, Upstream, UpstreamError, UpstreamResponse, Upstreams};
 
 /// What can go wrong setting up the gateway.
 #[derive(Debug, thiserror::Error)]

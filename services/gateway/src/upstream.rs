@@ -14,10 +14,24 @@
 //! A timed-out in-process call is dropped mid-flight, exactly as a service's
 //! HTTP server drops a handler whose client went away: the service may or may
 //! not have applied the request.
+//!
+//! **Several instances.** A remote upstream may name several instances of
+//! the service (`http://a:8084,http://b:8084`, ADR 0011). Calls go to them
+//! in turn. An instance that cannot be reached, or does not answer in time,
+//! is *ejected*: skipped for a second, then two, doubling up to
+//! [`MAX_EJECTION`] while it keeps failing, and tried again once that has
+//! passed (an answer ends its ejection). When every instance is ejected the
+//! least recently ejected is tried all the same. A call that failed on one
+//! instance is made again on the next, within the same timeout, when that
+//! is safe: the connection was never made (nothing was sent), or the call
+//! can be repeated (`GET`, `HEAD`, `PUT`, `DELETE`, or a request with an
+//! `idempotency-key`).
 
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,13 +39,14 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use contracts::Service;
-use contracts::order::IDEMPOTENT_REPLAYED;
+use contracts::order::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use polis_runtime::RequestId;
 use polis_runtime::layers::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::GatewayError;
@@ -50,6 +65,13 @@ pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// How long a pooled connection to a remote service may stay idle.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long an instance is first skipped after a failure; doubled per
+/// failure in a row, up to [`MAX_EJECTION`].
+pub const FIRST_EJECTION: Duration = Duration::from_secs(1);
+
+/// The longest an instance that keeps failing is skipped at a time.
+pub const MAX_EJECTION: Duration = Duration::from_secs(30);
+
 /// One service, as the gateway reaches it (see the module docs).
 ///
 /// Cloning is cheap: clones share the router or the connection pool.
@@ -61,23 +83,86 @@ pub struct Upstream {
 #[derive(Clone)]
 enum Kind {
     Local(Router),
-    Remote(Remote),
+    Remote(Arc<Remote>),
 }
 
-#[derive(Clone)]
 struct Remote {
+    instances: Vec<Instance>,
+    /// The instance the next call starts with (round robin).
+    next: AtomicUsize,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+struct Instance {
     /// `http://host:port` plus an optional path prefix, without a trailing slash.
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    health: Mutex<Health>,
+}
+
+/// An instance's failures in a row and, after one, until when it is skipped.
+#[derive(Debug, Default)]
+struct Health {
+    failures: u32,
+    ejected_until: Option<Instant>,
+}
+
+impl Instance {
+    fn ejected_until(&self) -> Option<Instant> {
+        let health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        health.ejected_until.filter(|until| *until > Instant::now())
+    }
+
+    fn answered(&self) {
+        let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *health = Health::default();
+    }
+
+    fn failed(&self, error: &UpstreamError) {
+        let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ejection = FIRST_EJECTION.saturating_mul(1 << health.failures.min(5)).min(MAX_EJECTION);
+        health.failures = health.failures.saturating_add(1);
+        health.ejected_until = Some(Instant::now() + ejection);
+        tracing::warn!(instance = self.base, %error, ejected_for = ?ejection, "an upstream instance failed; skipping it");
+    }
+}
+
+impl Remote {
+    /// The instances in the order this call tries them: the available ones
+    /// from the round robin's turn on, then the ejected ones, soonest back first.
+    fn order(&self) -> Vec<&Instance> {
+        let n = self.instances.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let turn = (0..n).map(|k| &self.instances[(start + k) % n]);
+        let (mut available, mut ejected): (Vec<_>, Vec<_>) = turn.partition(|i| i.ejected_until().is_none());
+        ejected.sort_by_key(|i| i.ejected_until());
+        available.append(&mut ejected);
+        available
+    }
 }
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Local(_) => f.write_str("Upstream::Local"),
-            Kind::Remote(remote) => f.debug_tuple("Upstream::Remote").field(&remote.base).finish(),
+            Kind::Remote(remote) => {
+                let mut tuple = f.debug_tuple("Upstream::Remote");
+                for instance in &remote.instances {
+                    tuple.field(&instance.base);
+                }
+                tuple.finish()
+            }
         }
     }
+}
+
+/// One instance of a remote upstream, as [`Upstream::instances`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InstanceStatus {
+    /// Its base URL.
+    pub url: String,
+    /// Whether it is being skipped after failing.
+    pub ejected: bool,
 }
 
 /// A service's answer, read in full.
@@ -120,25 +205,16 @@ impl Upstream {
     }
 
     /// A service in another process, at `base_url`: `http://host:port`,
-    /// optionally with a path prefix (`http://proxy:8080/customer`). Plain
-    /// `http` only: services talk inside the deployment, without TLS.
+    /// optionally with a path prefix (`http://proxy:8080/customer`), or
+    /// several instances of it, comma-separated (see the module docs).
+    /// Plain `http` only: services talk inside the deployment, without TLS.
     ///
     /// Builds the connection pool; needs no runtime until the first call.
     pub fn remote(base_url: &str) -> Result<Self, GatewayError> {
-        let invalid =
-            |reason: &str| GatewayError::InvalidUpstreamUrl { url: base_url.to_owned(), reason: reason.into() };
-        let uri: Uri = base_url.parse().map_err(|err: axum::http::uri::InvalidUri| invalid(&err.to_string()))?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(invalid("the scheme must be http (https is not supported)"));
-        }
-        let Some(authority) = uri.authority() else {
-            return Err(invalid("the url has no host"));
-        };
-        if uri.query().is_some() {
-            return Err(invalid("the url must not have a query"));
-        }
-        let prefix = uri.path().trim_end_matches('/');
-        let base = format!("http://{authority}{prefix}");
+        let instances = base_url
+            .split(',')
+            .map(|url| base(url.trim()).map(|base| Instance { base, health: Mutex::default() }))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mut connector = HttpConnector::new();
         // Small request/response exchanges: do not wait to coalesce packets.
@@ -147,7 +223,21 @@ impl Upstream {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(Self { kind: Kind::Remote(Remote { base, client }) })
+        let remote = Remote { instances, next: AtomicUsize::new(0), client };
+        Ok(Self { kind: Kind::Remote(Arc::new(remote)) })
+    }
+
+    /// A remote upstream's instances and whether each is being skipped;
+    /// none for a local one.
+    pub fn instances(&self) -> Vec<InstanceStatus> {
+        match &self.kind {
+            Kind::Local(_) => Vec::new(),
+            Kind::Remote(remote) => remote
+                .instances
+                .iter()
+                .map(|i| InstanceStatus { url: i.base.clone(), ejected: i.ejected_until().is_some() })
+                .collect(),
+        }
     }
 
     /// Whether the service runs in this process: then its metrics are this
@@ -187,27 +277,76 @@ impl Upstream {
         if !path.path().starts_with('/') {
             return Err(UpstreamError::InvalidRequest(format!("path {path_and_query:?} does not start with /")));
         }
-        let exchange = async {
-            match &self.kind {
-                Kind::Local(router) => {
+        let remote = match &self.kind {
+            Kind::Local(router) => {
+                let exchange = async {
                     let request = build(method, path.as_str(), body.map(Body::from), request_id, headers)?;
                     let response = match router.clone().oneshot(request).await {
                         Ok(response) => response,
                         Err(never) => match never {},
                     };
                     read(response).await
-                }
-                Kind::Remote(remote) => {
-                    let uri = format!("{}{}", remote.base, path.as_str());
-                    let request = build(method, &uri, Some(Full::new(body.unwrap_or_default())), request_id, headers)?;
-                    let response =
-                        remote.client.request(request).await.map_err(|err| UpstreamError::Unavailable(err.into()))?;
-                    read(response).await
-                }
+                };
+                return tokio::time::timeout(timeout, exchange).await.map_err(|_| UpstreamError::Timeout(timeout))?;
             }
+            Kind::Remote(remote) => remote,
         };
-        tokio::time::timeout(timeout, exchange).await.map_err(|_| UpstreamError::Timeout(timeout))?
+        let repeatable = matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE)
+            || headers.iter().any(|(name, _)| *name == IDEMPOTENCY_KEY);
+        let deadline = Instant::now() + timeout;
+        let mut failure = UpstreamError::Timeout(timeout);
+        for instance in remote.order() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) else {
+                break;
+            };
+            let uri = format!("{}{}", instance.base, path.as_str());
+            let body = Full::new(body.clone().unwrap_or_default());
+            let request = build(method.clone(), &uri, Some(body), request_id, headers)?;
+            let exchange = async {
+                match remote.client.request(request).await {
+                    Ok(response) => read(response).await.map_err(|err| (err, false)),
+                    // Not connected: nothing was sent, so any call may go elsewhere.
+                    Err(err) => {
+                        let unsent = err.is_connect();
+                        Err((UpstreamError::Unavailable(err.into()), unsent))
+                    }
+                }
+            };
+            let (error, unsent) = match tokio::time::timeout(left, exchange).await {
+                Ok(Ok(response)) => {
+                    instance.answered();
+                    return Ok(response);
+                }
+                Ok(Err((error @ UpstreamError::Unavailable(_), unsent))) => (error, unsent),
+                Ok(Err((error, _))) => return Err(error),
+                Err(_) => (UpstreamError::Timeout(timeout), false),
+            };
+            instance.failed(&error);
+            failure = error;
+            if !(unsent || repeatable) {
+                break;
+            }
+        }
+        Err(failure)
     }
+}
+
+/// `url` as a base: `http://host:port` and its path prefix without a
+/// trailing slash.
+fn base(url: &str) -> Result<String, GatewayError> {
+    let invalid = |reason: &str| GatewayError::InvalidUpstreamUrl { url: url.to_owned(), reason: reason.into() };
+    let uri: Uri = url.parse().map_err(|err: axum::http::uri::InvalidUri| invalid(&err.to_string()))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(invalid("the scheme must be http (https is not supported)"));
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(invalid("the url has no host"));
+    };
+    if uri.query().is_some() {
+        return Err(invalid("the url must not have a query"));
+    }
+    let prefix = uri.path().trim_end_matches('/');
+    Ok(format!("http://{authority}{prefix}"))
 }
 
 /// The request as both kinds send it. `body` is `None` for a local call
@@ -353,6 +492,9 @@ mod tests {
         assert_eq!(format!("{upstream:?}"), r#"Upstream::Remote("http://127.0.0.1:8081/prefix")"#);
         let upstream = Upstream::remote("http://127.0.0.1:8081").unwrap();
         assert_eq!(format!("{upstream:?}"), r#"Upstream::Remote("http://127.0.0.1:8081")"#);
+        let upstream = Upstream::remote("http://a:8081/, http://b:8081").unwrap();
+        assert_eq!(format!("{upstream:?}"), r#"Upstream::Remote("http://a:8081", "http://b:8081")"#);
+        assert!(Upstream::remote("http://a:8081,").is_err(), "an empty instance is refused");
     }
 
     #[tokio::test]

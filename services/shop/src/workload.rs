@@ -410,6 +410,47 @@ pub enum Pacing {
     Accepted,
 }
 
+/// Orders being placed by a task of their own ([`place_in_background`]),
+/// while a test does something to the shop.
+#[derive(Debug)]
+pub struct Placing {
+    placed: std::sync::Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<(Uuid, Planned)>>>,
+}
+
+impl Placing {
+    /// How many orders were accepted so far.
+    pub fn placed(&self) -> usize {
+        self.placed.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` orders were accepted, at most `patience`.
+    pub async fn until_placed(&self, n: usize, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        while self.placed() < n {
+            anyhow::ensure!(!self.task.is_finished(), "placing ended after {} of {n} orders", self.placed());
+            anyhow::ensure!(Instant::now() < deadline, "{} of {n} orders placed within {patience:?}", self.placed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Every order placed, once they all are.
+    pub async fn finish(self) -> anyhow::Result<Vec<(Uuid, Planned)>> {
+        self.task.await.context("the placing task failed")?
+    }
+}
+
+/// [`place_orders`] on a task of its own.
+pub fn place_in_background(apis: &Apis, plan: Vec<Planned>, concurrency: usize, pacing: Pacing) -> Placing {
+    let placed = std::sync::Arc::new(AtomicUsize::new(0));
+    let (apis, counter) = (apis.clone(), placed.clone());
+    let task = tokio::spawn(async move {
+        place_orders(&apis, &plan, concurrency, pacing, &|n| counter.store(n, Ordering::Relaxed)).await
+    });
+    Placing { placed, task }
+}
+
 /// Places every planned order through the gateway, `concurrency` clients at
 /// a time, each paced by `pacing`.
 pub async fn place_orders(
