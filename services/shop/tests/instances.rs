@@ -62,22 +62,29 @@ async fn two_of_every_service_survive_losing_one(style: SagaStyle) {
     let plan = workload::plan(&seeded, ORDERS, &mut rng);
     let placing = workload::place_in_background(&apis, plan, 8, Pacing::Accepted);
     placing.until_placed(ORDERS / 4, Duration::from_secs(120)).await.unwrap();
-    // Both instances of the order service hold some of its partitions.
+    // Both instances of the order service hold some of its partitions:
+    // the owners of its live partition leases, with how many each holds,
+    // and how many partition leases there are.
     let owners = async || {
         let url =
             format!("{}/{}", postgres.url().rsplit_once('/').unwrap().0, config.database(Service::Order).unwrap());
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
         let now = chrono::Utc::now().timestamp_micros();
-        let owners: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT owner FROM polis_leases WHERE name LIKE 'partition:%' AND expires_at_us >= $1",
+        let held: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT owner, count(*) FROM polis_leases WHERE name LIKE 'partition:%' AND expires_at_us >= $1 \
+             GROUP BY owner ORDER BY owner",
         )
         .bind(now)
         .fetch_all(&mut conn)
         .await
         .unwrap();
-        owners
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM polis_leases WHERE name LIKE 'partition:%'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        (held, total)
     };
-    let shared = polis_testkit::wait_for(Duration::from_secs(30), || async { owners().await.len() == 2 }).await;
+    let shared = polis_testkit::wait_for(Duration::from_secs(30), || async { owners().await.0.len() == 2 }).await;
     assert!(shared.is_ok(), "the order service's partitions are not shared: {:?}", owners().await);
 
     // The first instance of every service dies at once.
@@ -85,8 +92,15 @@ async fn two_of_every_service_survive_losing_one(style: SagaStyle) {
     let placed = placing.finish().await.unwrap();
     assert_eq!(placed.len(), ORDERS);
     workload::wait_safe(&apis, &seeded, &placed, Duration::from_secs(180)).await.unwrap();
+    // The dead instance's leases expire (5 s) and the survivor takes them,
+    // whether or not its partitions had anything left to do.
     let survivor = polis_core::lease::instance_owner("order@order-1").to_string();
-    assert_eq!(owners().await, vec![survivor], "the survivor took every partition");
+    let taken = polis_testkit::wait_for(Duration::from_secs(30), || async {
+        let (held, total) = owners().await;
+        held == [(survivor.clone(), total)]
+    })
+    .await;
+    assert!(taken.is_ok(), "the survivor did not take every partition: {:?}", owners().await);
 
     gateway.shutdown().await.unwrap();
     for (_, node) in second.into_iter().rev() {
