@@ -76,7 +76,15 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<CheckReport> {
             record.tag
         );
     }
-    let how = shop_demo::Start { mode, saga: record.saga, config: args.config, quiet: args.json, read_side: true };
+    // One process per service: a demo's extra instances only shared its work.
+    let how = shop_demo::Start {
+        mode,
+        saga: record.saga,
+        config: args.config,
+        instances: 1,
+        quiet: args.json,
+        read_side: true,
+    };
     let (apis, mut running) = shop_demo::start(&how, &args.data_dir, None).await?;
     let scope = Scope::Run(&record.seeded);
     let checked = running.supervised(args.json, async {

@@ -74,6 +74,9 @@ pub(crate) struct DemoArgs {
     /// Distributed mode: a TOML file with the deployment's settings, read by every process.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Distributed mode: processes per service (1 to 8), sharing its work.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    instances: u8,
     /// Embedded mode: run without the read side (the order-history service
     /// and its invariant), to measure what it costs.
     #[arg(long)]
@@ -205,7 +208,14 @@ async fn remove_temporary(temp: tempfile::TempDir) {
 
 async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Report> {
     let read_side = !args.without_read_side;
-    let shop = Start { mode: args.mode, saga: args.saga, config: args.config.clone(), quiet: args.json, read_side };
+    let shop = Start {
+        mode: args.mode,
+        saga: args.saga,
+        config: args.config.clone(),
+        instances: args.instances,
+        quiet: args.json,
+        read_side,
+    };
     let (apis, mut running) = start(&shop, data_dir, args.listen).await?;
     let report = running.supervised(args.json, workload_run(args, &apis, data_dir, keep)).await?;
     print(&report, args.json)?;
@@ -377,6 +387,8 @@ pub(crate) struct Start {
     pub(crate) saga: SagaStyle,
     /// Distributed mode's configuration file.
     pub(crate) config: Option<PathBuf>,
+    /// Distributed mode's processes per service.
+    pub(crate) instances: u8,
     /// Say nothing on stderr.
     pub(crate) quiet: bool,
     pub(crate) read_side: bool,
@@ -394,6 +406,7 @@ pub(crate) async fn start(how: &Start, data_dir: &Path, listen: Option<SocketAdd
     match how.mode {
         Mode::Embedded => {
             anyhow::ensure!(how.config.is_none(), "--config is for --mode distributed");
+            anyhow::ensure!(how.instances == 1, "--instances is for --mode distributed");
             let config = shop::ShopConfig { saga: how.saga, read_side: how.read_side, ..shop::ShopConfig::default() };
             let shop = shop::Embedded::start(data_dir, &config).await?;
             let http = polis_runtime::HttpOptions::default();
@@ -419,8 +432,13 @@ pub(crate) async fn start(how: &Start, data_dir: &Path, listen: Option<SocketAdd
         Mode::Distributed => {
             anyhow::ensure!(how.read_side, "--without-read-side is for the embedded mode");
             let gateway = listen.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-            let options =
-                crate::up::supervisor_options(data_dir.to_path_buf(), Some(how.saga), gateway, how.config.clone())?;
+            let options = crate::up::supervisor_options(
+                data_dir.to_path_buf(),
+                Some(how.saga),
+                gateway,
+                how.config.clone(),
+                how.instances,
+            )?;
             say("starting the distributed shop (a process per service)…".to_owned());
             let supervisor = Supervisor::start(options).await.context("starting the distributed shop")?;
             if listen.is_some() {

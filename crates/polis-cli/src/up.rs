@@ -5,8 +5,9 @@
 //! - `--mode distributed`: a supervisor. It starts local PostgreSQL and NATS
 //!   servers under `<data-dir>/servers/` unless `POLIS_POSTGRES_URL` /
 //!   `POLIS_NATS_URL` (or `--config`) name servers, then one `polis serve
-//!   <service>` process per service and the gateway, waits until they all
-//!   answer, and serves nothing itself. A process that exits, a service or
+//!   <service>` process per service (`--instances N` of each, sharing its
+//!   work: ADR 0011) and the gateway, waits until they all answer, and
+//!   serves nothing itself. A process that exits, a service or
 //!   a local server, is started again after a back-off (1 s, doubling up to
 //!   30 s; reset once it has run for a minute). Ctrl-c stops the processes,
 //!   then the local servers.
@@ -43,6 +44,10 @@ pub(crate) struct UpArgs {
     /// Distributed mode: a TOML file with the deployment's settings, read by every process.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Distributed mode: processes per service (1 to 8). Above 1 they
+    /// share each service's work, and the gateway spreads calls over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    instances: u8,
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -57,6 +62,7 @@ async fn embedded(args: UpArgs) -> anyhow::Result<()> {
         args.config.is_none(),
         "--config is for --mode distributed; the embedded shop has no settings file"
     );
+    anyhow::ensure!(args.instances == 1, "--instances is for --mode distributed; the embedded shop is one process");
     let saga = args.saga.unwrap_or_default();
     let config = shop::ShopConfig { saga, ..shop::ShopConfig::default() };
     let shop = shop::Embedded::start(&args.data_dir, &config).await?;
@@ -76,9 +82,10 @@ pub(crate) fn supervisor_options(
     saga: Option<SagaStyle>,
     listen: SocketAddr,
     config: Option<PathBuf>,
+    instances: u8,
 ) -> anyhow::Result<SupervisorOptions> {
     let program = std::env::current_exe().context("finding the polis binary to start the services with")?;
-    let mut options = SupervisorOptions::new(program, data_dir).with_gateway_listen(listen);
+    let mut options = SupervisorOptions::new(program, data_dir).with_gateway_listen(listen).with_instances(instances);
     if let Some(saga) = saga {
         options = options.with_saga(saga);
     }
@@ -89,12 +96,13 @@ pub(crate) fn supervisor_options(
 }
 
 async fn distributed(args: UpArgs) -> anyhow::Result<()> {
-    let options = supervisor_options(args.data_dir.clone(), args.saga, args.listen, args.config)?;
+    let options = supervisor_options(args.data_dir.clone(), args.saga, args.listen, args.config, args.instances)?;
     let mut supervisor = Supervisor::start(options).await.context("starting the distributed shop")?;
     tracing::info!(gateway = %supervisor.gateway_url(), data_dir = %args.data_dir.display(), "the shop is up");
     eprintln!(
-        "polis: the shop is up at {}/api (distributed: a process per service; data and logs in {}); ctrl-c stops it",
+        "polis: the shop is up at {}/api (distributed: {} per service; data and logs in {}); ctrl-c stops it",
         supervisor.gateway_url(),
+        if args.instances == 1 { "a process".to_owned() } else { format!("{} processes", args.instances) },
         args.data_dir.display()
     );
 

@@ -21,3 +21,15 @@ pub async fn spawn_tethered(cmd: Command) -> io::Result<Child> {
 pub fn terminate(child: &Child) {
     crate::sys::signal(child, libc::SIGTERM);
 }
+
+/// Stops `child` where it is (SIGSTOP), as a process that hangs or a host
+/// that freezes would: it holds its connections and does nothing until
+/// [`resume`]d. The same condition on `child` as [`terminate`].
+pub fn pause(child: &Child) {
+    crate::sys::signal(child, libc::SIGSTOP);
+}
+
+/// Lets a [`pause`]d `child` go on (SIGCONT).
+pub fn resume(child: &Child) {
+    crate::sys::signal(child, libc::SIGCONT);
+}

@@ -321,7 +321,10 @@ impl Upstream {
                 Ok(Err((error, _))) => return Err(error),
                 Err(_) => (UpstreamError::Timeout(timeout), false),
             };
-            instance.failed(&error);
+            // With one instance there is nothing to skip it for.
+            if remote.instances.len() > 1 {
+                instance.failed(&error);
+            }
             failure = error;
             if !(unsent || repeatable) {
                 break;

@@ -1,10 +1,14 @@
 //! Running the distributed shop on one machine: `polis up --mode
 //! distributed` and `polis demo --mode distributed`.
 //!
-//! The [`Supervisor`] starts each of the seven processes as a child
+//! The [`Supervisor`] starts each of the processes as a child
 //! (`<program> serve <service>`, the `polis` binary itself), each on a free
 //! port of 127.0.0.1 (the gateway on the address asked for), and waits until
-//! every one is ready (`GET /readyz`: its database answers, its bus is
+//! every one is ready. With [`SupervisorOptions::instances`] above 1 it
+//! starts that many of each business service (the gateway stays one): each
+//! gets its own address and instance name, the gateway all of their URLs,
+//! and the topics [`PARTITIONS`] partitions, so that they share the work
+//! (ADR 0011). A [`Process`] names one of them. Every process must be ready (`GET /readyz`: its database answers, its bus is
 //! connected, its relay and consumer run). The gateway starts last, and is
 //! ready when every service behind it is. The servers come from the configuration
 //! (`POLIS_POSTGRES_URL`, `POLIS_NATS_URL` or a config file, see
@@ -16,8 +20,9 @@
 //! Children get their settings through the environment, which beats any
 //! config file: `POLIS__LISTEN__<SERVICE>`, `POLIS__UPSTREAMS__<SERVICE>`,
 //! `POLIS__SAGA`, and the URLs of the servers started here. Their output goes
-//! to `<data-dir>/logs/<service>.log`, their pids to
-//! `<data-dir>/run/<service>.pid` (removed when they stop). They are tied to the supervisor: if
+//! to `<data-dir>/logs/<process>.log`, their pids to
+//! `<data-dir>/run/<process>.pid` (removed when they stop), where a process
+//! is named after its service, `<service>-<n>` for a second or later instance. They are tied to the supervisor: if
 //! it dies, however it dies, the kernel sends them SIGTERM (and the local
 //! servers their shutdown signal).
 //!
@@ -110,8 +115,9 @@ pub enum SupervisorError {
 /// server it started because none was configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Process {
-    /// `polis serve <service>`.
-    Service(Service),
+    /// `polis serve <service>`: instance 0, 1, ... of the service (the
+    /// gateway has one).
+    Service(Service, u8),
     /// The local PostgreSQL under `<data-dir>/servers/postgres`.
     Postgres,
     /// The local NATS server under `<data-dir>/servers/nats`.
@@ -119,27 +125,37 @@ pub enum Process {
 }
 
 impl Process {
-    /// The name in logs and pid files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Service(service) => service.as_str(),
-            Self::Postgres => "postgres",
-            Self::Nats => "nats-server",
-        }
+    /// The first (or only) instance of `service`.
+    pub fn service(service: Service) -> Self {
+        Self::Service(service, 0)
     }
 }
 
 impl From<Service> for Process {
     fn from(service: Service) -> Self {
-        Self::Service(service)
+        Self::service(service)
     }
 }
 
+/// The name in logs and pid files: the service for its first instance,
+/// `<service>-<n>` for the others; `postgres`, `nats-server`.
 impl std::fmt::Display for Process {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            Self::Service(service, 0) => f.write_str(service.as_str()),
+            Self::Service(service, n) => write!(f, "{service}-{n}"),
+            Self::Postgres => f.write_str("postgres"),
+            Self::Nats => f.write_str("nats-server"),
+        }
     }
 }
+
+/// The most instances of a service [`SupervisorOptions::instances`] allows.
+pub const MAX_INSTANCES: u8 = 8;
+
+/// The partitions of every topic when services run several instances
+/// (`[nats] partitions`, ADR 0011), unless the configuration says otherwise.
+pub const PARTITIONS: u32 = 8;
 
 /// How to start the distributed shop.
 #[derive(Debug, Clone)]
@@ -162,6 +178,10 @@ pub struct SupervisorOptions {
     /// count as configured servers.
     pub env: Vec<(String, String)>,
     pub ready_timeout: Duration,
+    /// Processes per business service (1 to [`MAX_INSTANCES`]); above 1
+    /// they share each service's work (ADR 0011): the topics are split into
+    /// [`PARTITIONS`] partitions and the gateway spreads calls over them.
+    pub instances: u8,
 }
 
 impl SupervisorOptions {
@@ -174,7 +194,13 @@ impl SupervisorOptions {
             gateway_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             env: Vec::new(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            instances: 1,
         }
+    }
+
+    pub fn with_instances(mut self, instances: u8) -> Self {
+        self.instances = instances;
+        self
     }
 
     pub fn with_config_file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -209,10 +235,13 @@ impl SupervisorOptions {
 #[derive(Debug)]
 pub struct Supervisor {
     options: SupervisorOptions,
-    /// Every child's variables, computed once so that a restart gets the same.
+    /// Every child's variables, computed once so that a restart gets the
+    /// same (each child adds its own listen address and instance name).
     env: Vec<(String, String)>,
-    addrs: BTreeMap<Service, SocketAddr>,
-    children: BTreeMap<Service, Child>,
+    /// The supervisor's name for this run, each instance's name derives from.
+    instance: String,
+    addrs: BTreeMap<Process, SocketAddr>,
+    children: BTreeMap<Process, Child>,
     // Declared after `children` so that, when dropped, services stop before their servers.
     postgres: Option<PostgresServer>,
     nats: Option<NatsServer>,
@@ -224,6 +253,12 @@ impl Supervisor {
     /// Starts the servers that are not configured, then every process, and
     /// waits until all of them answer.
     pub async fn start(options: SupervisorOptions) -> Result<Self, SupervisorError> {
+        if !(1..=MAX_INSTANCES).contains(&options.instances) {
+            return Err(SupervisorError::Io {
+                context: format!("starting {} instances of each service", options.instances),
+                source: std::io::Error::other(format!("the instances must be 1 to {MAX_INSTANCES}")),
+            });
+        }
         let infra = load_infra(&options)?;
         let place = |url: &Option<polis_runtime::Secret<String>>| match url {
             Some(url) => ServerPlace::of_url(url.expose()),
@@ -264,37 +299,51 @@ impl Supervisor {
             }
         };
 
-        let addrs = assign_addresses(options.gateway_listen)?;
+        let addrs = assign_addresses(options.gateway_listen, options.instances)?;
         if let Some(saga) = options.saga {
             env.push(("POLIS__SAGA".to_owned(), saga.as_str().to_owned()));
         }
-        for (service, addr) in &addrs {
+        for service in Service::ALL {
             let upper = service.ident().to_ascii_uppercase();
-            env.push((format!("POLIS__LISTEN__{upper}"), addr.to_string()));
-            if *service != Service::Gateway {
-                env.push((format!("POLIS__UPSTREAMS__{upper}"), format!("http://{addr}")));
+            // Every instance of a service, for the gateway to take turns.
+            let urls: Vec<String> = addrs
+                .iter()
+                .filter(|(process, _)| matches!(process, Process::Service(s, _) if *s == service))
+                .map(|(_, addr)| format!("http://{addr}"))
+                .collect();
+            if service != Service::Gateway {
+                env.push((format!("POLIS__UPSTREAMS__{upper}"), urls.join(",")));
             }
         }
-        // One process per service under this supervisor: a service it
-        // restarts after a crash is the same instance to its projections'
-        // leases, and takes them back at once.
-        env.push(("POLIS__INSTANCE".to_owned(), format!("supervisor-{}", uuid::Uuid::now_v7())));
+        if options.instances > 1 {
+            env.push(("POLIS__NATS__PARTITIONS".to_owned(), PARTITIONS.to_string()));
+        }
         // The caller's extras last: they win over everything above.
         env.extend(options.env.iter().cloned());
+        // A process it restarts after a crash is the same instance to its
+        // leases (same name), and takes them back at once.
+        let instance = format!("supervisor-{}", uuid::Uuid::now_v7());
 
-        let mut supervisor = Self { options, env, addrs, children: BTreeMap::new(), postgres, nats, data_dir: owned };
+        let mut supervisor =
+            Self { options, env, instance, addrs, children: BTreeMap::new(), postgres, nats, data_dir: owned };
         for process in [Process::Postgres, Process::Nats] {
             supervisor.write_server_pid(process);
         }
-        for service in Service::BUSINESS {
-            supervisor.spawn(service).await?;
+        let business: Vec<Process> = supervisor
+            .addrs
+            .keys()
+            .copied()
+            .filter(|p| matches!(p, Process::Service(s, _) if *s != Service::Gateway))
+            .collect();
+        for process in &business {
+            supervisor.spawn(*process).await?;
         }
-        for service in Service::BUSINESS {
-            supervisor.wait_ready(service).await?;
+        for process in &business {
+            supervisor.wait_ready(*process).await?;
         }
         // The gateway last: once it answers, the whole shop does.
-        supervisor.spawn(Service::Gateway).await?;
-        supervisor.wait_ready(Service::Gateway).await?;
+        supervisor.spawn(Service::Gateway.into()).await?;
+        supervisor.wait_ready(Service::Gateway.into()).await?;
         supervisor.data_dir.record()?;
         Ok(supervisor)
     }
@@ -309,19 +358,33 @@ impl Supervisor {
         self.url(Service::Gateway)
     }
 
-    /// `http://<address>` of a process.
+    /// `http://<address>` of a service: of each of its instances,
+    /// comma-separated, when it runs several (what `gateway::Upstream::remote` takes).
     pub fn url(&self, service: Service) -> String {
-        format!("http://{}", crate::distributed::connectable(self.addr(service)))
+        let urls: Vec<String> =
+            (0..self.instances(service)).map(|n| self.instance_url(Process::Service(service, n))).collect();
+        urls.join(",")
     }
 
-    pub fn addr(&self, service: Service) -> SocketAddr {
+    /// `http://<address>` of one process of the shop.
+    pub fn instance_url(&self, process: Process) -> String {
+        format!("http://{}", crate::distributed::connectable(self.addr(process)))
+    }
+
+    /// How many instances of `service` run (the gateway: one).
+    pub fn instances(&self, service: Service) -> u8 {
+        if service == Service::Gateway { 1 } else { self.options.instances }
+    }
+
+    /// The address of a process of the shop (of a service: its first instance).
+    pub fn addr(&self, process: impl Into<Process>) -> SocketAddr {
         // Every service gets an address in `start`.
-        self.addrs.get(&service).copied().unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        self.addrs.get(&process.into()).copied().unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
     }
 
-    /// The pid of a running process.
-    pub fn pid(&self, service: Service) -> Option<u32> {
-        self.children.get(&service).map(Child::id)
+    /// The pid of a running process (of a service: its first instance).
+    pub fn pid(&self, process: impl Into<Process>) -> Option<u32> {
+        self.children.get(&process.into()).map(Child::id)
     }
 
     /// The data directory.
@@ -329,9 +392,9 @@ impl Supervisor {
         &self.options.data_dir
     }
 
-    /// A process's log file.
-    pub fn log_path(&self, service: Service) -> PathBuf {
-        self.options.data_dir.join("logs").join(format!("{service}.log"))
+    /// A process's log file (of a service: its first instance's).
+    pub fn log_path(&self, process: impl Into<Process>) -> PathBuf {
+        self.options.data_dir.join("logs").join(format!("{}.log", process.into()))
     }
 
     /// A process's pid file, present while it runs: a service's, or a
@@ -345,13 +408,31 @@ impl Supervisor {
         &self.data_dir
     }
 
-    /// SIGKILLs a process, like a crash, and reaps it.
-    pub fn kill(&mut self, service: Service) -> Result<(), SupervisorError> {
-        let mut child = self.children.remove(&service).ok_or(SupervisorError::NotRunning(service.into()))?;
+    /// SIGKILLs a process of the shop (of a service: its first instance),
+    /// like a crash, and reaps it.
+    pub fn kill(&mut self, process: impl Into<Process>) -> Result<(), SupervisorError> {
+        let process = process.into();
+        let mut child = self.children.remove(&process).ok_or(SupervisorError::NotRunning(process))?;
         let _ = child.kill();
-        child.wait().map_err(io_err(format!("reaping {service}")))?;
-        self.forget_pid(service.into());
-        tracing::warn!(%service, "killed");
+        child.wait().map_err(io_err(format!("reaping {process}")))?;
+        self.forget_pid(process);
+        tracing::warn!(%process, "killed");
+        Ok(())
+    }
+
+    /// Stops a running process of the shop where it is (SIGSTOP), as if it
+    /// hung: it holds its connections and leases and does nothing until
+    /// [`resume`](Self::resume)d.
+    pub fn pause(&self, process: impl Into<Process>) -> Result<(), SupervisorError> {
+        let process = process.into();
+        polis_testkit::process::pause(self.children.get(&process).ok_or(SupervisorError::NotRunning(process))?);
+        Ok(())
+    }
+
+    /// Lets a [`pause`](Self::pause)d process go on (SIGCONT).
+    pub fn resume(&self, process: impl Into<Process>) -> Result<(), SupervisorError> {
+        let process = process.into();
+        polis_testkit::process::resume(self.children.get(&process).ok_or(SupervisorError::NotRunning(process))?);
         Ok(())
     }
 
@@ -360,9 +441,9 @@ impl Supervisor {
     /// [`Supervisor::restart`].
     pub fn exited(&mut self) -> Vec<(Process, ExitStatus)> {
         let mut ended = Vec::new();
-        self.children.retain(|service, child| match child.try_wait() {
+        self.children.retain(|process, child| match child.try_wait() {
             Ok(Some(status)) => {
-                ended.push((Process::Service(*service), status));
+                ended.push((*process, status));
                 false
             }
             _ => true,
@@ -387,13 +468,13 @@ impl Supervisor {
     pub async fn restart(&mut self, process: impl Into<Process>) -> Result<(), SupervisorError> {
         let process = process.into();
         match process {
-            Process::Service(service) => {
-                if let Some(child) = self.children.remove(&service) {
-                    stop_child(service, child, STOP_TIMEOUT).await;
+            Process::Service(..) => {
+                if let Some(child) = self.children.remove(&process) {
+                    stop_child(process, child, STOP_TIMEOUT).await;
                     self.forget_pid(process);
                 }
-                self.spawn(service).await?;
-                self.wait_ready(service).await
+                self.spawn(process).await?;
+                self.wait_ready(process).await
             }
             Process::Postgres => {
                 let server = self.postgres.as_mut().ok_or(SupervisorError::NotRunning(process))?;
@@ -459,7 +540,7 @@ impl Supervisor {
                 started.insert(process, Instant::now());
                 match restarted {
                     Ok(()) => match process {
-                        Process::Service(service) => report(&format!("{service} is back at {}", self.url(service))),
+                        Process::Service(..) => report(&format!("{process} is back at {}", self.instance_url(process))),
                         _ => report(&format!("{process} is back")),
                     },
                     Err(err) => {
@@ -477,11 +558,10 @@ impl Supervisor {
     /// Stops every process (the gateway first, so no new work comes in),
     /// letting each finish what it is doing, then the local servers.
     pub async fn stop(mut self) {
-        for service in Service::ALL.into_iter().rev() {
-            if let Some(child) = self.children.remove(&service) {
-                stop_child(service, child, STOP_TIMEOUT).await;
-                self.forget_pid(service.into());
-            }
+        // Processes sort by service in `Service::ALL` order, the gateway last.
+        while let Some((process, child)) = self.children.pop_last() {
+            stop_child(process, child, STOP_TIMEOUT).await;
+            self.forget_pid(process);
         }
         if let Some(server) = &mut self.nats {
             server.stop().await;
@@ -494,15 +574,16 @@ impl Supervisor {
         }
     }
 
-    async fn spawn(&mut self, service: Service) -> Result<(), SupervisorError> {
-        let log_path = self.log_path(service);
+    async fn spawn(&mut self, process: Process) -> Result<(), SupervisorError> {
+        let Process::Service(service, n) = process else { return Err(SupervisorError::NotRunning(process)) };
+        let log_path = self.log_path(process);
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .map_err(io_err(format!("opening {}", log_path.display())))?;
         // Restarts append to the same log; mark where each run begins.
-        writeln!(log, "--- polis supervisor: starting {service} on {} ---", self.addr(service))
+        writeln!(log, "--- polis supervisor: starting {process} on {} ---", self.addr(process))
             .map_err(io_err(format!("writing {}", log_path.display())))?;
         let stderr = log.try_clone().map_err(io_err(format!("duplicating {}", log_path.display())))?;
 
@@ -511,14 +592,18 @@ impl Supervisor {
         if let Some(file) = &self.options.config_file {
             command.arg("--config").arg(file);
         }
-        command.envs(self.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(log).stderr(stderr);
+        let listen = format!("POLIS__LISTEN__{}", service.ident().to_ascii_uppercase());
+        let instance = if n == 0 { self.instance.clone() } else { format!("{}-{n}", self.instance) };
+        let own = [(listen, self.addr(process).to_string()), ("POLIS__INSTANCE".to_owned(), instance)];
+        // Its own address and name first, the caller's extras (in `env`) over them.
+        command.envs(own).envs(self.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(log).stderr(stderr);
         let child = polis_testkit::process::spawn_tethered(command)
             .await
             .map_err(io_err(format!("starting `{} serve {service}`", self.options.program.display())))?;
-        tracing::info!(%service, pid = child.id(), addr = %self.addr(service), "started");
-        let pid_path = self.pid_path(service);
+        tracing::info!(%process, pid = child.id(), addr = %self.addr(process), "started");
+        let pid_path = self.pid_path(process);
         let written = write_pid(&pid_path, child.id());
-        self.children.insert(service, child);
+        self.children.insert(process, child);
         written.map_err(io_err(format!("writing {}", pid_path.display())))
     }
 
@@ -532,7 +617,7 @@ impl Supervisor {
         let pid = match process {
             Process::Postgres => self.postgres.as_ref().and_then(PostgresServer::pid),
             Process::Nats => self.nats.as_ref().and_then(NatsServer::pid),
-            Process::Service(_) => None,
+            Process::Service(..) => None,
         };
         if let Some(pid) = pid {
             let path = self.pid_path(process);
@@ -542,19 +627,20 @@ impl Supervisor {
         }
     }
 
-    async fn wait_ready(&mut self, service: Service) -> Result<(), SupervisorError> {
-        let url = self.url(service);
+    async fn wait_ready(&mut self, process: Process) -> Result<(), SupervisorError> {
+        let Process::Service(service, _) = process else { return Ok(()) };
+        let url = self.instance_url(process);
         let upstream = gateway::Upstream::remote(&url).map_err(|err| SupervisorError::Io {
-            context: format!("checking {service} at {url}"),
+            context: format!("checking {process} at {url}"),
             source: std::io::Error::other(err),
         })?;
         let deadline = Instant::now() + self.options.ready_timeout;
         loop {
-            let child = self.children.get_mut(&service).ok_or(SupervisorError::NotRunning(service.into()))?;
+            let child = self.children.get_mut(&process).ok_or(SupervisorError::NotRunning(process))?;
             if let Ok(Some(status)) = child.try_wait() {
-                self.children.remove(&service);
-                self.forget_pid(service.into());
-                let log = self.log_path(service);
+                self.children.remove(&process);
+                self.forget_pid(process);
+                let log = self.log_path(process);
                 return Err(SupervisorError::Exited {
                     program: self.options.program.display().to_string(),
                     service,
@@ -572,7 +658,7 @@ impl Supervisor {
                 Err(err) => format!("/readyz: {err}"),
             };
             if Instant::now() >= deadline {
-                let log = self.log_path(service);
+                let log = self.log_path(process);
                 return Err(SupervisorError::NotReady {
                     service,
                     timeout: self.options.ready_timeout,
@@ -593,17 +679,17 @@ impl Drop for Supervisor {
             polis_testkit::process::terminate(child);
         }
         let deadline = Instant::now() + DROP_TIMEOUT;
-        for (service, mut child) in std::mem::take(&mut self.children) {
+        for (process, mut child) in std::mem::take(&mut self.children) {
             while !matches!(child.try_wait(), Ok(Some(_))) {
                 if Instant::now() >= deadline {
-                    tracing::warn!(%service, "did not stop in time; killing it");
+                    tracing::warn!(%process, "did not stop in time; killing it");
                     let _ = child.kill();
                     let _ = child.wait();
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.forget_pid(service.into());
+            self.forget_pid(process);
         }
         for process in [Process::Nats, Process::Postgres] {
             self.forget_pid(process);
@@ -679,7 +765,7 @@ fn crashed_postmaster(data: &Path) -> Option<u32> {
 }
 
 /// SIGTERM, then up to `timeout` for a graceful exit, then SIGKILL.
-async fn stop_child(service: Service, mut child: Child, timeout: Duration) {
+async fn stop_child(process: Process, mut child: Child, timeout: Duration) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
@@ -688,12 +774,12 @@ async fn stop_child(service: Service, mut child: Child, timeout: Duration) {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
-                tracing::info!(%service, %status, "stopped");
+                tracing::info!(%process, %status, "stopped");
                 return;
             }
             Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
             _ => {
-                tracing::warn!(%service, "did not stop in time; killing it");
+                tracing::warn!(%process, "did not stop in time; killing it");
                 let _ = child.kill();
                 let _ = child.wait();
                 return;
@@ -717,21 +803,23 @@ fn load_infra(options: &SupervisorOptions) -> Result<Infra, SupervisorError> {
     Ok(loader.load_infra()?)
 }
 
-/// A free port on 127.0.0.1 for each service, and the gateway's address
-/// (a free port too if it asks for port 0). The probes are held together,
-/// so the ports differ; another process may still take one before its
-/// service binds it, which fails that service's start, named.
-fn assign_addresses(gateway: SocketAddr) -> Result<BTreeMap<Service, SocketAddr>, SupervisorError> {
+/// A free port on 127.0.0.1 for each instance of each service, and the
+/// gateway's address (a free port too if it asks for port 0). The probes
+/// are held together, so the ports differ; another process may still take
+/// one before its service binds it, which fails that service's start, named.
+fn assign_addresses(gateway: SocketAddr, instances: u8) -> Result<BTreeMap<Process, SocketAddr>, SupervisorError> {
     let mut probes = Vec::new();
     let mut addrs = BTreeMap::new();
     for service in Service::ALL {
         // A fixed gateway address is probed too: if something else holds it,
         // say so now rather than after its health check answered for it.
-        let addr = match service {
-            Service::Gateway => probe(gateway, &mut probes)?,
-            _ => probe(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &mut probes)?,
-        };
-        addrs.insert(service, addr);
+        if service == Service::Gateway {
+            addrs.insert(Process::service(service), probe(gateway, &mut probes)?);
+            continue;
+        }
+        for n in 0..instances {
+            addrs.insert(Process::Service(service, n), probe(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &mut probes)?);
+        }
     }
     Ok(addrs)
 }
