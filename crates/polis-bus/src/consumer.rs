@@ -549,12 +549,19 @@ impl<S: TransactionalStore> Consumer<S> {
         let (name, handler, message) = (self.name.clone(), handler.clone(), message.clone());
         self.store
             .transaction::<_, _, HandlerError>(async move |tx| {
-                if !holds(tx, fence.as_ref()).await? {
-                    return Ok(Outcome::NotOwner);
-                }
                 // The inbox first: a redelivery of a message that is already
                 // a dead letter (or parked) is a duplicate, not a new letter.
-                let handling = tx.begin_handling(&name, message.id, &message.key).await?;
+                // As a partition's holder, the lease's renewal comes with it.
+                let handling = match &fence {
+                    None => tx.begin_handling(&name, message.id, &message.key).await?,
+                    Some((fence, ttl)) => {
+                        let handling = tx.begin_handling_as(fence, Utc::now(), *ttl, &name, message.id, &message.key);
+                        match handling.await? {
+                            Some(handling) => handling,
+                            None => return Ok(Outcome::NotOwner),
+                        }
+                    }
+                };
                 if !handling.first {
                     return Ok(Outcome::Duplicate);
                 }

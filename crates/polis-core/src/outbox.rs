@@ -105,6 +105,26 @@ pub trait Transaction: Send {
         Ok(Handling { first, blocked })
     }
 
+    /// [`Transaction::begin_handling`] as the holder of `fence`'s lease (a
+    /// consumer partition's): renews the lease until `now + ttl` first
+    /// ([`Transaction::hold_lease`]) and records nothing, answering `None`,
+    /// if that tenure is over. Backends that pay a round trip per statement
+    /// answer all of it in one.
+    async fn begin_handling_as(
+        &mut self,
+        fence: &crate::lease::Fence,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+        consumer: &str,
+        message_id: Uuid,
+        key: &str,
+    ) -> Result<Option<Handling>, StoreError> {
+        if !self.hold_lease(fence, now, ttl).await? {
+            return Ok(None);
+        }
+        self.begin_handling(consumer, message_id, key).await.map(Some)
+    }
+
     /// Serializes, until the end of the transaction, every transaction that
     /// parks or releases messages of `consumer`'s `key`. Backends with a single
     /// writer need nothing; the default does nothing.

@@ -11,11 +11,11 @@ use uuid::Uuid;
 use crate::args;
 use crate::sql::Sql;
 
-fn micros(t: DateTime<Utc>) -> i64 {
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn until(now: DateTime<Utc>, ttl: Duration) -> i64 {
+pub(crate) fn until(now: DateTime<Utc>, ttl: Duration) -> i64 {
     micros(now).saturating_add(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
 }
 

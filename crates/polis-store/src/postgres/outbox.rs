@@ -130,6 +130,45 @@ impl Transaction for PgTx {
         Ok(Handling { first, blocked: first && blocked })
     }
 
+    async fn begin_handling_as(
+        &mut self,
+        fence: &polis_core::lease::Fence,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+        consumer: &str,
+        message_id: Uuid,
+        key: &str,
+    ) -> Result<Option<Handling>, StoreError> {
+        // The lease's renewal, the inbox record and the dead-letter check in
+        // one round trip; nothing is recorded if the tenure is over.
+        let row = sqlx::query(
+            "WITH held AS (UPDATE polis_leases SET expires_at_us = $4 \
+                           WHERE name = $5 AND owner = $6 AND token = $7 AND expires_at_us >= $8 RETURNING 1), \
+                  recorded AS (INSERT INTO polis_inbox (consumer, message_id) \
+                               SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM held) \
+                               ON CONFLICT DO NOTHING RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM held) AS held, EXISTS (SELECT 1 FROM recorded) AS first, \
+                    EXISTS (SELECT 1 FROM polis_dead_letters WHERE consumer = $1 AND key = $3) AS blocked",
+        )
+        .bind(consumer)
+        .bind(message_id)
+        .bind(key)
+        .bind(crate::lease::until(now, ttl))
+        .bind(&fence.name)
+        .bind(fence.owner.to_string())
+        .bind(i64::try_from(fence.token).unwrap_or(i64::MAX))
+        .bind(crate::lease::micros(now))
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        if !row.try_get::<bool, _>("held").map_err(backend)? {
+            return Ok(None);
+        }
+        let first: bool = row.try_get("first").map_err(backend)?;
+        let blocked: bool = row.try_get("blocked").map_err(backend)?;
+        Ok(Some(Handling { first, blocked: first && blocked }))
+    }
+
     async fn key_blocked(&mut self, consumer: &str, key: &str) -> Result<bool, StoreError> {
         let blocked: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM polis_dead_letters WHERE consumer = $1 AND key = $2 LIMIT 1")
