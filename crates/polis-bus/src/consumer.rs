@@ -58,7 +58,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures::FutureExt;
 use polis_core::bus::{Bus, BusError, Delivery, Malformed, Topic};
-use polis_core::lease::{Fence, LeaseOptions};
+use polis_core::lease::{Fence, LeaseOptions, Release};
 use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, TransactionalStore};
 use polis_core::{Message, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -262,6 +262,8 @@ pub struct ConsumerHandle {
     /// One permit per delivery in flight: holding them all means none is.
     permits: Arc<Semaphore>,
     max_in_flight: u32,
+    /// The partition and member leases to let go at a clean stop.
+    release: Release,
 }
 
 impl ConsumerHandle {
@@ -288,6 +290,8 @@ impl ConsumerHandle {
         }
         // Every permit back means no lane is inside a handler any more.
         let _all = self.permits.acquire_many(self.max_in_flight).await;
+        // Then the partitions go to the other instances at once.
+        self.release.run().await;
     }
 }
 
@@ -330,8 +334,10 @@ impl<S: TransactionalStore> Consumer<S> {
         {
             let progress: Vec<_> = self.routes.iter().map(|(topic, _)| (topic.clone(), Progress::default())).collect();
             let sharing = Sharing { bus, lease, progress: progress.clone(), permits: permits.clone() };
+            let prefixes = vec![format!("partition:{}:", self.name), format!("member:{}:", self.name)];
+            let release = Release::held_by(self.store.clone(), prefixes, lease.owner);
             let task = tokio::spawn(self.share_partitions(sharing));
-            return Ok(ConsumerHandle { readers: vec![task], progress, stopped, permits, max_in_flight });
+            return Ok(ConsumerHandle { readers: vec![task], progress, stopped, permits, max_in_flight, release });
         }
         let mut tasks = Vec::new();
         let mut readers = Vec::new();
@@ -364,7 +370,8 @@ impl<S: TransactionalStore> Consumer<S> {
                 }
             }));
         }
-        Ok(ConsumerHandle { readers: tasks, progress: readers, stopped, permits, max_in_flight })
+        let release = Release::none();
+        Ok(ConsumerHandle { readers: tasks, progress: readers, stopped, permits, max_in_flight, release })
     }
 
     /// The labels of this consumer's series: its service and its name.
@@ -912,11 +919,9 @@ impl<S: TransactionalStore> Consumer<S> {
         let count = sharing.bus.partitions();
         let units: Vec<(usize, u32)> =
             (0..self.routes.len()).flat_map(|route| (0..count).map(move |partition| (route, partition))).collect();
-        // Each instance reaches first for a different partition.
-        let offset = usize::try_from(sharing.lease.owner.as_u128() % units.len().max(1) as u128).unwrap_or(0);
         let mut running: std::collections::BTreeMap<usize, Partition> = std::collections::BTreeMap::new();
         loop {
-            if let Err(e) = self.rebalance(&sharing, &units, offset, &mut running).await {
+            if let Err(e) = self.rebalance(&sharing, &units, &mut running).await {
                 tracing::warn!(consumer = self.name, error = %polis_core::error::chain(&e), "sharing the partitions failed");
             }
             tokio::time::sleep(sharing.lease.ttl / 3).await;
@@ -929,17 +934,18 @@ impl<S: TransactionalStore> Consumer<S> {
         self: &Arc<Self>,
         sharing: &Sharing,
         units: &[(usize, u32)],
-        offset: usize,
         running: &mut std::collections::BTreeMap<usize, Partition>,
     ) -> Result<(), StoreError> {
         let LeaseOptions { owner, ttl } = sharing.lease;
         let members = format!("member:{}:", self.name);
         let me = format!("{members}{owner}");
         let held: Vec<(usize, Fence)> = running.iter().map(|(unit, p)| (*unit, p.fence.clone())).collect();
-        let (instances, kept) = self
+        let partitions = format!("partition:{}:", self.name);
+        let (instances, kept, taken_by_others) = self
             .store
             .transaction::<_, _, StoreError>(async move |tx| {
                 let now = Utc::now();
+                // Announce this instance (nothing is fenced by this lease).
                 tx.acquire_lease(&me, owner, now, ttl).await?;
                 let instances = tx.leases_held(&members, now).await?.len();
                 let mut kept = Vec::with_capacity(held.len());
@@ -948,7 +954,15 @@ impl<S: TransactionalStore> Consumer<S> {
                         kept.push(unit);
                     }
                 }
-                Ok((instances, kept))
+                // Read without a lock: only free or expired ones are tried below.
+                let others: Vec<String> = tx
+                    .leases_held(&partitions, now)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, o)| *o != owner)
+                    .map(|(n, _)| n)
+                    .collect();
+                Ok((instances, kept, others))
             })
             .await?;
         // Lost (taken after a pause) or ended: its reader stops, if it has not.
@@ -957,7 +971,8 @@ impl<S: TransactionalStore> Consumer<S> {
         while running.len() > share {
             let Some((unit, partition)) = running.pop_last() else { break };
             let name = self.partition_lease(units[unit].0, units[unit].1);
-            partition.stop(ttl).await;
+            // Not a whole ttl: the other leases wait for this round's end.
+            partition.stop(ttl / 3).await;
             self.store.transaction::<_, _, StoreError>(async move |tx| tx.release_lease(&name, owner).await).await?;
             tracing::info!(
                 consumer = self.name,
@@ -969,10 +984,12 @@ impl<S: TransactionalStore> Consumer<S> {
             return Ok(());
         }
         let wanted = share - running.len();
+        // Free or expired ones only, in one order for every instance: an
+        // upsert on a row another instance holds would lock it.
         let candidates: Vec<(usize, String)> = (0..units.len())
-            .map(|k| (offset + k) % units.len())
             .filter(|unit| !running.contains_key(unit))
             .map(|unit| (unit, self.partition_lease(units[unit].0, units[unit].1)))
+            .filter(|(_, name)| !taken_by_others.contains(name))
             .collect();
         let taken = self
             .store
@@ -1048,11 +1065,12 @@ impl<S: TransactionalStore> Consumer<S> {
                     }
                 }
             }
-            // Handing the partition back: what has arrived goes back to the
-            // bus now rather than when its acknowledgement wait runs out.
-            while let Ok(Ok(delivery)) = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await {
-                let _ = delivery.nack(Duration::ZERO).await;
-            }
+            // Handing the partition back. A message that had arrived and was
+            // not started comes back once its acknowledgement wait runs out:
+            // handing it back now (a nack) would have it redelivered at once
+            // to the pull request this subscription still has open at the
+            // broker, which nobody reads any more.
+            drop(subscription);
         }
     }
 }

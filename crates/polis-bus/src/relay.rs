@@ -349,7 +349,8 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
                     metrics::counter!("polis_relay_failures_total", "service" => self.store.service().to_owned())
                         .increment(1);
                     tracing::warn!(service = self.store.service(), error = %polis_core::error::chain(&e), retry_in = ?backoff, "relay step failed");
-                    tokio::time::sleep(backoff).await;
+                    // Never so long that a lease held meanwhile runs out.
+                    tokio::time::sleep(keeper.as_ref().map_or(backoff, |k| backoff.min(k.ttl() / 3))).await;
                     backoff = (backoff * 2).min(self.options.retry_max);
                     continue;
                 }

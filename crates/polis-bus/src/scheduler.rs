@@ -190,7 +190,8 @@ impl<S: TransactionalStore> Scheduler<S> {
                 Ok(Some(_)) => backoff = self.options.retry_min,
                 Err(e) => {
                     self.failed(&e, backoff, "releasing due messages failed");
-                    tokio::time::sleep(backoff).await;
+                    // Never so long that the lease held meanwhile runs out.
+                    tokio::time::sleep(keeper.as_ref().map_or(backoff, |k| backoff.min(k.ttl() / 3))).await;
                     backoff = (backoff * 2).min(self.options.retry_max);
                     continue;
                 }

@@ -208,3 +208,26 @@ async fn an_instance_that_lost_a_partition_commits_nothing_of_it() {
     let seqs: Vec<_> = store.applied().await.into_iter().filter(|a| a.0 == stolen_key).map(|a| a.1).collect();
     assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
 }
+
+/// A clean stop lets every partition go at once, for the other instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_releases_every_partition() {
+    let server = polis_testkit::nats().await;
+    let bus: Arc<dyn Bus> = bus(&server).await;
+    let name = unique("billing");
+    let (store, _db) = support::postgres(&name).await;
+    store.create_applied().await;
+    let options = ConsumerOptions { lease: Some(LeaseOptions::new(Duration::from_secs(30))), ..Default::default() };
+    let consumer = Arc::new(
+        Consumer::new(name.clone(), store.clone(), options)
+            .route(Topic::events_of("shop"), RecorderFor::<PgEventStore>::new(Arc::new(Recorder::new()))),
+    );
+    let running = consumer.spawn(bus).await.unwrap();
+    let held = async || {
+        let prefix = format!("partition:{name}:");
+        store.transaction::<_, _, StoreError>(async move |tx| tx.leases_held(&prefix, Utc::now()).await).await.unwrap()
+    };
+    wait_for(WAIT, || async { held().await.len() == PARTITIONS as usize }).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(held().await, vec![], "held after a clean stop (30 s leases)");
+}

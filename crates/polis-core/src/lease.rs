@@ -4,7 +4,7 @@
 //! in one place at a time — the outbox relay, the scheduler, a projection —
 //! is guarded by a lease row in that database: a `name`, an `owner` (an
 //! instance's identity, new at every start), an expiry, and a fencing
-//! token that grows at every change of owner.
+//! token that grows at every acquisition: each tenure has its own.
 //!
 //! - An instance takes a lease that is free, expired or already its own
 //!   ([`Transaction::acquire_lease`]) and renews it while it works, a third
@@ -219,6 +219,30 @@ impl Release {
             if let Err(e) = released {
                 let error = crate::error::chain(&e);
                 tracing::warn!(service = store.service(), lease = name, %error, "could not release a lease; it expires on its own");
+            }
+        })))
+    }
+
+    /// Lets go every lease `owner` holds in `store` whose name starts with
+    /// one of `prefixes`, when [`run`](Self::run).
+    pub fn held_by<S: TransactionalStore>(store: Arc<S>, prefixes: Vec<String>, owner: Uuid) -> Self {
+        Self(Some(Box::pin(async move {
+            let released = store
+                .transaction::<_, _, StoreError>(async move |tx| {
+                    let now = Utc::now();
+                    for prefix in &prefixes {
+                        for (name, holder) in tx.leases_held(prefix, now).await? {
+                            if holder == owner {
+                                tx.release_lease(&name, owner).await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = released {
+                let error = crate::error::chain(&e);
+                tracing::warn!(service = store.service(), %error, "could not release leases; they expire on their own");
             }
         })))
     }

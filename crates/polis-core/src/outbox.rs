@@ -146,8 +146,10 @@ pub trait Transaction: Send {
 
     /// Takes the lease `name` for `owner` until `now + ttl` if it is free,
     /// expired or already `owner`'s, and returns its fencing token; `None`
-    /// if another owner holds it. The token grows at every change of owner,
-    /// so a token tells one tenure from every other (see [`crate::lease`]).
+    /// if another owner holds it. Every acquisition is a new tenure with the
+    /// next token, even by the same owner (two processes that share an
+    /// identity by mistake then fence each other out rather than share a
+    /// tenure); renewing a tenure is [`Transaction::hold_lease`].
     async fn acquire_lease(
         &mut self,
         name: &str,

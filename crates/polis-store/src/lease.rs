@@ -31,7 +31,7 @@ pub(crate) async fn acquire<Tx: Sql + ?Sized>(
         .fetch_optional(
             "INSERT INTO polis_leases (name, owner, expires_at_us, token) VALUES ($1, $2, $3, 1) \
              ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at_us = excluded.expires_at_us, \
-             token = polis_leases.token + CASE WHEN polis_leases.owner = excluded.owner THEN 0 ELSE 1 END \
+             token = polis_leases.token + 1 \
              WHERE polis_leases.owner = excluded.owner OR polis_leases.expires_at_us < $4 \
              RETURNING token",
             args![name, owner.to_string(), until(now, ttl), micros(now)],

@@ -63,7 +63,7 @@ mod cases {
         let (a, b, t0) = (Uuid::now_v7(), Uuid::now_v7(), Utc::now());
         assert_eq!(acquire(&*store, "relay", a, t0).await, Some(1), "a free lease is taken");
         assert_eq!(acquire(&*store, "relay", b, t0 + secs(5)).await, None, "held until it expires");
-        assert_eq!(acquire(&*store, "relay", a, t0 + secs(5)).await, Some(1), "its owner takes it again: a renewal");
+        assert_eq!(acquire(&*store, "relay", a, t0 + secs(5)).await, Some(2), "its owner takes it again: a new tenure");
         // Renewed at t0 + 5: still held at t0 + 12.
         assert_eq!(acquire(&*store, "relay", b, t0 + secs(12)).await, None);
         assert_eq!(acquire(&*store, "scheduler", b, t0).await, Some(1), "leases are independent by name");
@@ -83,8 +83,12 @@ mod cases {
         // Even the same owner's old token is refused once the lease changed hands twice.
         let back = acquire(&*store, "relay", a, t0 + secs(40)).await;
         assert_eq!(back, Some(first.token + 2));
+        assert_eq!(acquire(&*store, "relay", a, t0 + secs(40)).await, Some(first.token + 3), "again: a new tenure");
+        let back = first.token + 3;
+        let previous = Fence { token: first.token + 2, ..first.clone() };
+        assert!(!hold(&*store, &previous, t0 + secs(41)).await, "the same owner's previous tenure is over too");
         assert!(!hold(&*store, &first, t0 + secs(41)).await, "a token names one tenure");
-        assert!(hold(&*store, &Fence { token: back.unwrap(), ..first }, t0 + secs(41)).await);
+        assert!(hold(&*store, &Fence { token: back, ..first }, t0 + secs(41)).await);
     }
 
     pub async fn a_released_lease_is_free_at_once<S: TransactionalStore>(store: Arc<S>) {

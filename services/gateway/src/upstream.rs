@@ -119,6 +119,10 @@ impl Instance {
 
     fn failed(&self, error: &UpstreamError) {
         let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if health.ejected_until.is_some_and(|until| until > Instant::now()) {
+            // Calls that were under way when it was ejected: one failure.
+            return;
+        }
         let ejection = FIRST_EJECTION.saturating_mul(1 << health.failures.min(5)).min(MAX_EJECTION);
         health.failures = health.failures.saturating_add(1);
         health.ejected_until = Some(Instant::now() + ejection);

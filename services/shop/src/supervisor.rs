@@ -595,8 +595,9 @@ impl Supervisor {
         let listen = format!("POLIS__LISTEN__{}", service.ident().to_ascii_uppercase());
         let instance = if n == 0 { self.instance.clone() } else { format!("{}-{n}", self.instance) };
         let own = [(listen, self.addr(process).to_string()), ("POLIS__INSTANCE".to_owned(), instance)];
-        // Its own address and name first, the caller's extras (in `env`) over them.
-        command.envs(own).envs(self.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(log).stderr(stderr);
+        // Its own address and name over everything else: two instances must
+        // never share either.
+        command.envs(self.env.iter().map(|(k, v)| (k, v))).envs(own).stdin(Stdio::null()).stdout(log).stderr(stderr);
         let child = polis_testkit::process::spawn_tethered(command)
             .await
             .map_err(io_err(format!("starting `{} serve {service}`", self.options.program.display())))?;
