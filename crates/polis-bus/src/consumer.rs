@@ -21,6 +21,19 @@
 //! Messages with different keys are handled concurrently (up to
 //! `max_in_flight`), messages with one key one at a time, in delivery order.
 //!
+//! **Batches.** Deliveries of different keys that are ready together are
+//! handled in one transaction (group commit): up to `batch_workers`
+//! transactions run at once, and each takes what queued while they were
+//! busy, up to `max_batch` deliveries — so an idle consumer handles each
+//! delivery at once, alone, and a busy one pays one `BEGIN`, one inbox
+//! statement and one `COMMIT` for many ([`Transaction::begin_handling_many`]).
+//! The handlers run one after the other in the transaction, each in its
+//! delivery's span. A batch commits as a whole or not at all: if anything
+//! fails (a handler's error, a key blocked by a dead letter, a conflict or
+//! deadlock, the commit), every delivery of it is handled again on its own,
+//! as above, with the retries and dead letters described there. A
+//! partition's deliveries (below) are handled alone.
+//!
 //! **Instances.** Several instances of a service run one consumer (one
 //! name) together when the bus splits topics into partitions
 //! ([`Bus::partitions`]) and [`ConsumerOptions::lease`] is set (ADR 0011).
@@ -145,6 +158,11 @@ pub struct ConsumerOptions {
     /// consumer's other instances through leases in the store (module
     /// docs). `None`, or a bus without partitions: subscribe to whole topics.
     pub lease: Option<LeaseOptions>,
+    /// Most deliveries handled together in one transaction (module docs,
+    /// *Batches*); 1 handles each in a transaction of its own.
+    pub max_batch: usize,
+    /// Batches being handled at once, each in its own transaction.
+    pub batch_workers: usize,
 }
 
 impl Default for ConsumerOptions {
@@ -155,6 +173,8 @@ impl Default for ConsumerOptions {
             retry_max: Duration::from_secs(5),
             max_in_flight: 256,
             lease: None,
+            max_batch: 64,
+            batch_workers: 1,
         }
     }
 }
@@ -240,6 +260,9 @@ pub struct Consumer<S: TransactionalStore> {
     store: Arc<S>,
     routes: Vec<(Topic, SharedHandler<S::Tx>)>,
     options: ConsumerOptions,
+    /// Where deliveries queue for a batch, once [`spawn`](Self::spawn)
+    /// started the batch workers.
+    batches: std::sync::OnceLock<mpsc::UnboundedSender<Job<S::Tx>>>,
 }
 
 impl<S: TransactionalStore> std::fmt::Debug for Consumer<S> {
@@ -304,7 +327,7 @@ impl Drop for ConsumerHandle {
 impl<S: TransactionalStore> Consumer<S> {
     /// A consumer named `name` (its durable subscriptions and inbox use the name).
     pub fn new(name: impl Into<String>, store: Arc<S>, options: ConsumerOptions) -> Self {
-        Self { name: name.into(), store, routes: Vec::new(), options }
+        Self { name: name.into(), store, routes: Vec::new(), options, batches: std::sync::OnceLock::new() }
     }
 
     /// Handles messages of `topic` with `handler`.
@@ -339,6 +362,7 @@ impl<S: TransactionalStore> Consumer<S> {
             let task = tokio::spawn(self.share_partitions(sharing));
             return Ok(ConsumerHandle { readers: vec![task], progress, stopped, permits, max_in_flight, release });
         }
+        self.start_batches();
         let mut tasks = Vec::new();
         let mut readers = Vec::new();
         for (topic, handler) in &self.routes {
@@ -465,6 +489,7 @@ impl<S: TransactionalStore> Consumer<S> {
         // here, holding its key: handing it back to the bus (a nack) would let
         // later messages of the key overtake it.
         let mut pause = self.options.retry_min;
+        let mut first_try = true;
         let outcome = loop {
             let settled = match &delivery.message {
                 Err(malformed) => self.bury_malformed(malformed, fence).await,
@@ -472,8 +497,13 @@ impl<S: TransactionalStore> Consumer<S> {
                     metrics::counter!("polis_messages_declined_total", &self.labels()).increment(1);
                     Ok(Outcome::Declined)
                 }
+                Ok(message) if fence.is_none() && first_try => match self.handle_in_batch(handler, message).await {
+                    Some(outcome) => Ok(outcome),
+                    None => self.handle_with_retries(handler, message, fence).await,
+                },
                 Ok(message) => self.handle_with_retries(handler, message, fence).await,
             };
+            first_try = false;
             match settled {
                 Ok(outcome) => break outcome,
                 Err(e) => {
@@ -525,17 +555,7 @@ impl<S: TransactionalStore> Consumer<S> {
             };
             match handled {
                 Ok(Outcome::NotOwner) => return Ok(Outcome::NotOwner),
-                Ok(outcome) => {
-                    if outcome == Outcome::Handled {
-                        handler.committed(message);
-                    }
-                    let counter = match outcome {
-                        Outcome::Duplicate => "polis_inbox_duplicates_total",
-                        _ => "polis_messages_handled_total",
-                    };
-                    metrics::counter!(counter, &self.labels()).increment(1);
-                    return Ok(outcome);
-                }
+                Ok(outcome) => return Ok(self.committed(handler, message, outcome)),
                 Err(HandlerError::Transient(reason)) if attempt < self.options.max_attempts => {
                     metrics::counter!("polis_handler_retries_total", &self.labels()).increment(1);
                     tracing::debug!(consumer = self.name, message_id = %message.id, attempt, reason, "retrying");
@@ -545,6 +565,68 @@ impl<S: TransactionalStore> Consumer<S> {
                 Err(e) => return self.bury(message, &e, attempt, fence).await,
             }
         }
+    }
+
+    /// What follows a committed transaction of `message`: the handler's
+    /// [`Handler::committed`] and the counters.
+    fn committed(&self, handler: &Arc<dyn Handler<S::Tx>>, message: &Message, outcome: Outcome) -> Outcome {
+        if outcome == Outcome::Handled {
+            handler.committed(message);
+        }
+        let counter = match outcome {
+            Outcome::Duplicate => "polis_inbox_duplicates_total",
+            _ => "polis_messages_handled_total",
+        };
+        metrics::counter!(counter, &self.labels()).increment(1);
+        outcome
+    }
+
+    /// Starts the batch workers (module docs, *Batches*), unless batches
+    /// are off or they run already. They end once the consumer is dropped.
+    fn start_batches(&self) {
+        if self.options.max_batch <= 1 {
+            return;
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        if self.batches.set(sender).is_err() {
+            return;
+        }
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..self.options.batch_workers.max(1) {
+            let (store, labels, receiver) = (self.store.clone(), self.labels(), receiver.clone());
+            let max = self.options.max_batch;
+            tokio::spawn(async move {
+                loop {
+                    let mut jobs = Vec::new();
+                    {
+                        // One worker gathers at a time: what queued while
+                        // every worker was busy goes into one batch.
+                        let mut receiver = receiver.lock().await;
+                        let Some(first) = receiver.recv().await else { return };
+                        jobs.push(first);
+                        while jobs.len() < max
+                            && let Ok(job) = receiver.try_recv()
+                        {
+                            jobs.push(job);
+                        }
+                    }
+                    run_batch(&*store, &labels, jobs).await;
+                }
+            });
+        }
+    }
+
+    /// Hands `message` to a batch. `Some` outcome once that batch's
+    /// transaction committed (handled or duplicate); `None` if there are no
+    /// batches or the batch could not commit as a whole: nothing of it was
+    /// committed, and the message is handled on its own.
+    async fn handle_in_batch(&self, handler: &Arc<dyn Handler<S::Tx>>, message: &Message) -> Option<Outcome> {
+        let batches = self.batches.get()?;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let job = Job { handler: handler.clone(), message: message.clone(), span: tracing::Span::current(), done };
+        batches.send(job).ok()?;
+        let outcome = outcome.await.ok().flatten()?;
+        Some(self.committed(handler, message, outcome))
     }
 
     async fn handle_once(
@@ -784,6 +866,69 @@ impl<S: TransactionalStore> Consumer<S> {
 
 /// Whether this transaction runs as the holder of `fence`'s lease (renewing
 /// it): always, without one.
+/// A delivery waiting for a batch: its handler, its message, the span it
+/// is handled in, and where its outcome goes (`None`: handle it alone).
+struct Job<Tx> {
+    handler: SharedHandler<Tx>,
+    message: Message,
+    span: tracing::Span,
+    done: tokio::sync::oneshot::Sender<Option<Outcome>>,
+}
+
+/// Why a batch's transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("a key of the batch is blocked by a dead letter")]
+    Blocked,
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Handles `jobs` (of different keys: each lane has one delivery in
+/// flight) in one transaction, in order: one inbox statement for all of
+/// them, each handler in its delivery's span, one commit. Anything but a
+/// commit — a handler's error, a blocked key, a conflict, a failed commit —
+/// leaves nothing behind, and every job is then handled on its own.
+async fn run_batch<S: TransactionalStore>(store: &S, labels: &[(&'static str, String); 2], jobs: Vec<Job<S::Tx>>) {
+    let work: Vec<_> = jobs.iter().map(|job| (job.handler.clone(), job.message.clone(), job.span.clone())).collect();
+    let consumer = labels[1].1.clone();
+    let handled = store
+        .transaction::<_, _, BatchError>(async move |tx| {
+            let messages: Vec<(Uuid, String)> = work.iter().map(|(_, m, _)| (m.id, m.key.clone())).collect();
+            let handlings = tx.begin_handling_many(&consumer, &messages).await?;
+            if handlings.iter().any(|h| h.blocked) {
+                return Err(BatchError::Blocked);
+            }
+            let mut outcomes = Vec::with_capacity(work.len());
+            for ((handler, message, span), handling) in work.iter().zip(handlings) {
+                if !handling.first {
+                    outcomes.push(Outcome::Duplicate);
+                    continue;
+                }
+                guarded(handler.handle(tx, message)).instrument(span.clone()).await?;
+                outcomes.push(Outcome::Handled);
+            }
+            Ok(outcomes)
+        })
+        .await;
+    match handled {
+        Ok(outcomes) => {
+            metrics::histogram!("polis_consumer_batch_size", labels).record(jobs.len() as f64);
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                let _ = job.done.send(Some(outcome));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(consumer = labels[1].1, deliveries = jobs.len(), reason = %e, "a batch rolled back; its deliveries are handled one by one");
+            for job in jobs {
+                let _ = job.done.send(None);
+            }
+        }
+    }
+}
+
 async fn holds<Tx: Transaction>(tx: &mut Tx, fence: Option<&(Fence, Duration)>) -> Result<bool, StoreError> {
     match fence {
         Some((fence, ttl)) => tx.hold_lease(fence, Utc::now(), *ttl).await,

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use polis_bus::{Consumer, ConsumerOptions, Handler, HandlerError, Outcome, Relay, RelayOptions};
-use polis_core::bus::{Acker, Bus, BusError, Delivery, Malformed, Topic};
+use polis_core::bus::{Bus, Delivery, Malformed, Topic};
 use polis_core::outbox::{DeadLetterStatus, Transaction, TransactionalStore};
 use polis_core::{Message, StoreError};
 use polis_testkit::wait_for;
 use serde_json::json;
-use support::{Applied, Recorder, RecorderFor, unique};
+use support::{Applied, NoAck, Recorder, RecorderFor, unique};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -88,19 +88,6 @@ fn consumer<S: Applied>(store: &Arc<S>, topic: Topic, recorder: &Arc<Recorder>) 
         Consumer::new(store.service().to_owned(), store.clone(), fast())
             .route(topic, RecorderFor::<S>::new(recorder.clone())),
     )
-}
-
-#[derive(Debug)]
-struct NoAck;
-
-#[async_trait]
-impl Acker for NoAck {
-    async fn ack(self: Box<Self>) -> Result<(), BusError> {
-        Ok(())
-    }
-    async fn nack(self: Box<Self>, _: Duration) -> Result<(), BusError> {
-        Ok(())
-    }
 }
 
 #[allow(unreachable_pub)]
@@ -305,8 +292,9 @@ mod cases {
             consumer(&store, Topic::events_of(producer.service()), &recorder).spawn(bus.clone()).await.unwrap();
         let _relay = Relay::new(producer.clone(), bus.clone(), relay_options()).spawn();
         // Per key, the sequence number is taken while the key is held (after
-        // the send, which takes the key lock on PostgreSQL; SQLite runs one
-        // transaction at a time), so it numbers the key's commits in order.
+        // the flush of a send, which takes the key lock on PostgreSQL;
+        // SQLite runs one transaction at a time), so it numbers the key's
+        // commits in order.
         let counters: Arc<Vec<std::sync::atomic::AtomicI64>> = Arc::new((0..4).map(|_| Default::default()).collect());
         let tasks: Vec<_> = (0..8)
             .map(|w| {
@@ -321,6 +309,7 @@ mod cases {
                                 let mut m = event(&src, &format!("k{k}"), -1);
                                 // Take the key first with a marker message, then number it.
                                 tx.send(&Message::event(&src, "key.taken.v1", &m.key, json!({}))).await?;
+                                tx.flush().await?;
                                 m.data["seq"] = json!(counters[k].fetch_add(1, Ordering::SeqCst));
                                 tx.send(&m).await
                             })

@@ -8,28 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use polis_bus::{Consumer, ConsumerOptions, Handler, Relay, RelayOptions};
-use polis_core::bus::{Acker, BusError, Delivery, Topic};
+use polis_core::bus::{Delivery, Topic};
 use polis_core::outbox::{Transaction, TransactionalStore};
 use polis_core::{Message, StoreError};
 use polis_store::SqliteEventStore;
 use serde_json::json;
-use support::{Applied, Recorder, RecorderFor};
-
-#[derive(Debug)]
-struct NoAck;
-
-#[async_trait]
-impl Acker for NoAck {
-    async fn ack(self: Box<Self>) -> Result<(), BusError> {
-        Ok(())
-    }
-    async fn nack(self: Box<Self>, _: Duration) -> Result<(), BusError> {
-        Ok(())
-    }
-}
+use support::{Applied, NoAck, Recorder, RecorderFor};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_consumer_report_their_metrics() {

@@ -156,7 +156,8 @@ mod cases {
         let bus = Arc::new(RecordingBus::default());
         let _relay = Relay::new(store.clone(), bus.clone(), options(7)).spawn();
         // Per key, the order transactions commit in is noted while the key is
-        // still held (the writer on SQLite, the key lock on PostgreSQL).
+        // still held (the writer on SQLite, the key lock on PostgreSQL,
+        // taken by the flush).
         let clock = Arc::new(AtomicU64::new(0));
         let noted = Arc::new(Mutex::new(Vec::<(u64, Uuid)>::new()));
         let keys: Arc<Mutex<HashMap<Uuid, String>>> = Arc::default();
@@ -171,6 +172,7 @@ mod cases {
                         store
                             .transaction::<_, _, StoreError>(async move |tx| {
                                 tx.send(&m).await?;
+                                tx.flush().await?;
                                 let at = clock.fetch_add(1, Ordering::SeqCst);
                                 noted.lock().unwrap().push((at, m.id));
                                 Ok(())

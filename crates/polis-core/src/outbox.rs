@@ -62,7 +62,19 @@ pub trait Transaction: Send {
     ) -> Result<Vec<crate::envelope::RecordedEvent>, StoreError>;
 
     /// Writes `message` to the outbox; it is published after the commit.
+    /// The write may wait until the commit ([`flush`](Self::flush)).
     async fn send(&mut self, message: &Message) -> Result<(), StoreError>;
+
+    /// Writes what [`send`](Self::send) accepted so far to the outbox. A
+    /// backend may keep sent messages until the commit and write them all
+    /// in one statement (PostgreSQL does); it writes them at the latest
+    /// just before committing, and an error there (an id already in the
+    /// outbox) fails the transaction. After a flush the messages' keys are
+    /// held until the end of the transaction, as position order is commit
+    /// order per key. The default has nothing to write.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Stores `message` in the schedule, to be sent once `due_at` has come.
     ///
@@ -103,6 +115,23 @@ pub trait Transaction: Send {
         let first = self.record_processed(consumer, message_id).await?;
         let blocked = if first { self.key_blocked(consumer, key).await? } else { false };
         Ok(Handling { first, blocked })
+    }
+
+    /// [`Transaction::begin_handling`] for several messages at once, each
+    /// given as (message id, key), answered in the same order: how a
+    /// consumer starts on a batch of deliveries of different keys that it
+    /// handles in one transaction. Backends that pay a round trip per
+    /// statement answer all of them in one.
+    async fn begin_handling_many(
+        &mut self,
+        consumer: &str,
+        messages: &[(Uuid, String)],
+    ) -> Result<Vec<Handling>, StoreError> {
+        let mut handlings = Vec::with_capacity(messages.len());
+        for (message_id, key) in messages {
+            handlings.push(self.begin_handling(consumer, *message_id, key).await?);
+        }
+        Ok(handlings)
     }
 
     /// [`Transaction::begin_handling`] as the holder of `fence`'s lease (a

@@ -76,6 +76,8 @@ macro_rules! suite {
                 a_failed_transaction_leaves_nothing,
                 relay_view_of_the_outbox,
                 inbox_recognizes_duplicates,
+                a_batch_starts_in_one_call,
+                a_repeated_message_id_fails_the_transaction,
                 dead_letters_block_their_key_until_removed,
                 dead_letters_are_read_a_page_or_one_at_a_time,
                 purge_keeps_tables_bounded,
@@ -219,6 +221,86 @@ mod cases {
         }
         assert_eq!(applied.load(Ordering::SeqCst), 1);
         assert_eq!(store.count().await, 1);
+    }
+
+    /// `begin_handling_many` answers like `begin_handling` would, one by
+    /// one, in the order asked: new or duplicate, blocked or not.
+    pub async fn a_batch_starts_in_one_call<S: Orders>(store: Arc<S>) {
+        let (seen, fresh, blocked, other) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let letter = DeadLetter {
+            id: Uuid::now_v7(),
+            consumer: "c".into(),
+            status: DeadLetterStatus::Dead,
+            message: None,
+            message_id: None,
+            key: Some("stuck".into()),
+            raw: Some("{".into()),
+            error: "malformed".into(),
+            attempts: 1,
+            failed_at: Utc::now(),
+        };
+        store
+            .transaction::<_, _, StoreError>(async move |tx| {
+                tx.record_processed("c", seen).await?;
+                tx.dead_letter(&letter).await
+            })
+            .await
+            .unwrap();
+        let asked = vec![
+            (fresh, "a".to_owned()),
+            (seen, "b".to_owned()),
+            (blocked, "stuck".to_owned()),
+            (other, "stuck".to_owned()),
+        ];
+        let handlings = store
+            .transaction::<_, _, StoreError>(async move |tx| tx.begin_handling_many("c", &asked).await)
+            .await
+            .unwrap();
+        let answers: Vec<_> = handlings.iter().map(|h| (h.first, h.blocked)).collect();
+        assert_eq!(answers, [(true, false), (false, false), (true, true), (true, true)]);
+        let again = store
+            .transaction::<_, _, StoreError>(async move |tx| {
+                tx.begin_handling_many("c", &[(fresh, "a".to_owned()), (other, "d".to_owned())]).await
+            })
+            .await
+            .unwrap();
+        assert_eq!(again.iter().map(|h| h.first).collect::<Vec<_>>(), [false, false], "recorded by the first call");
+        let none = store.transaction::<_, _, StoreError>(async move |tx| tx.begin_handling_many("c", &[]).await);
+        assert!(none.await.unwrap().is_empty());
+    }
+
+    /// A message id sent twice, or sent again once in the outbox, fails the
+    /// transaction (however late the backend writes it): none of its
+    /// messages or rows commit.
+    pub async fn a_repeated_message_id_fails_the_transaction<S: Orders>(store: Arc<S>) {
+        let first = order_created("o-1");
+        let sent = first.clone();
+        store.transaction::<_, _, StoreError>(async move |tx| tx.send(&sent).await).await.unwrap();
+        let (again, other) = (first.clone(), order_created("o-2"));
+        let result = store
+            .transaction::<_, _, StoreError>(async move |tx| {
+                S::insert_in(tx, "o-2").await?;
+                tx.send(&other).await?;
+                tx.send(&again).await
+            })
+            .await;
+        assert!(
+            matches!(&result, Err(StoreError::InvalidRequest(r)) if r.contains("already in the outbox")),
+            "{result:?}"
+        );
+        let twice = order_created("o-3");
+        let result = store
+            .transaction::<_, _, StoreError>(async move |tx| {
+                tx.send(&twice).await?;
+                tx.send(&twice).await
+            })
+            .await;
+        assert!(
+            matches!(&result, Err(StoreError::InvalidRequest(r)) if r.contains("already in the outbox")),
+            "{result:?}"
+        );
+        assert_eq!(store.count().await, 0, "the row rolled back with the messages");
+        assert_eq!(store.outbox_backlog().await.unwrap().unpublished, 1, "only the first send");
     }
 
     pub async fn dead_letters_block_their_key_until_removed<S: Orders>(store: Arc<S>) {

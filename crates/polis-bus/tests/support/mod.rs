@@ -46,6 +46,21 @@ pub async fn nats_bus() -> (Arc<dyn Bus>, Guard) {
     (Arc::new(bus), Box::new(server))
 }
 
+/// An acknowledgement that goes nowhere: for deliveries a test hands to
+/// a consumer itself.
+#[derive(Debug)]
+pub struct NoAck;
+
+#[async_trait]
+impl Acker for NoAck {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        Ok(())
+    }
+    async fn nack(self: Box<Self>, _: Duration) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
 /// A service name unique to this test (servers are shared per test binary).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &Uuid::now_v7().simple().to_string()[22..])

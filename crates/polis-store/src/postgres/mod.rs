@@ -445,8 +445,13 @@ impl TransactionalStore for PgEventStore {
         E: From<StoreError> + Send + 'static,
     {
         let tx = self.inner.pool.begin().await.map_err(|e| E::from(backend(e)))?;
-        let mut tx = PgTx { tx, store: self.clone(), appended: false, sent: false };
-        let result = work(&mut tx).await;
+        let mut tx = PgTx { tx, store: self.clone(), appended: false, sent: false, pending: Vec::new() };
+        let mut result = work(&mut tx).await;
+        if result.is_ok()
+            && let Err(e) = tx.write_pending().await
+        {
+            result = Err(E::from(e));
+        }
         let PgTx { tx, appended, sent, .. } = tx;
         match result {
             Ok(value) => {

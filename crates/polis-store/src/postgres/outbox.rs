@@ -18,13 +18,90 @@ pub struct PgTx {
     pub(super) store: PgEventStore,
     pub(super) appended: bool,
     pub(super) sent: bool,
+    /// Messages sent and not yet written: [`PgTx::flush`] writes them all
+    /// in one statement, at the latest just before the commit.
+    pub(super) pending: Vec<Pending>,
+}
+
+/// A message [`Transaction::send`] accepted, with the `traceparent` taken
+/// when it was sent (in the sender's span, not the flush's).
+#[derive(Debug)]
+pub(super) struct Pending {
+    message: Message,
+    traceparent: Option<String>,
 }
 
 impl PgTx {
     /// The connection, for the service's own tables. Everything written
     /// through it commits or rolls back with the transaction.
+    ///
+    /// Messages [`send`](Transaction::send) accepted are written to the
+    /// outbox when the transaction commits (or [`flush`](Transaction::flush)es),
+    /// not at once: a query of `polis_outbox` through this connection sees
+    /// them only after a flush.
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
+    }
+
+    /// Scheduling an id this transaction sent is refused, as scheduling
+    /// one already in the outbox is.
+    fn refuse_pending(&self, message: &Message) -> Result<(), StoreError> {
+        match self.pending.iter().any(|p| p.message.id == message.id) {
+            true => Err(StoreError::InvalidRequest(format!("message {} is already in the outbox", message.id))),
+            false => Ok(()),
+        }
+    }
+
+    /// [`Transaction::flush`]: one statement for all the messages sent so
+    /// far, which first takes their keys' locks in key order (held to
+    /// commit, they make position order the commit order per key) and
+    /// inserts them in the order they were sent.
+    pub(super) async fn write_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let column = |f: fn(&Pending) -> String| pending.iter().map(f).collect::<Vec<_>>();
+        let ids: Vec<Uuid> = pending.iter().map(|p| p.message.id).collect();
+        let times: Vec<DateTime<Utc>> = pending.iter().map(|p| p.message.time).collect();
+        let data: Vec<&serde_json::Value> = pending.iter().map(|p| &p.message.data).collect();
+        let correlations: Vec<Option<Uuid>> = pending.iter().map(|p| p.message.metadata.correlation_id).collect();
+        let causations: Vec<Option<Uuid>> = pending.iter().map(|p| p.message.metadata.causation_id).collect();
+        let traceparents: Vec<Option<&str>> = pending.iter().map(|p| p.traceparent.as_deref()).collect();
+        sqlx::query(
+            "INSERT INTO polis_outbox (message_id, kind, source, target, message_type, key, time, data, \
+             correlation_id, causation_id, traceparent) \
+             SELECT m.id, m.kind, m.source, m.target, m.message_type, m.key, m.time, m.data, m.correlation_id, \
+                    m.causation_id, m.traceparent \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                         $7::timestamptz[], $8::jsonb[], $9::uuid[], $10::uuid[], $11::text[]) WITH ORDINALITY \
+                  AS m (id, kind, source, target, message_type, key, time, data, correlation_id, causation_id, \
+                        traceparent, n), \
+                  (SELECT count(pg_advisory_xact_lock(hashtextextended(k, 7041))) \
+                   FROM (SELECT DISTINCT k FROM unnest($6::text[]) AS k ORDER BY k) AS keys) AS key_locks \
+             ORDER BY m.n",
+        )
+        .bind(&ids)
+        .bind(column(|p| p.message.kind.as_str().to_owned()))
+        .bind(column(|p| p.message.source.clone()))
+        .bind(column(|p| p.message.target.clone()))
+        .bind(column(|p| p.message.message_type.clone()))
+        .bind(column(|p| p.message.key.clone()))
+        .bind(&times)
+        .bind(&data)
+        .bind(&correlations)
+        .bind(&causations)
+        .bind(&traceparents)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| {
+            if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+                StoreError::InvalidRequest(format!("a message of {ids:?} is already in the outbox"))
+            } else {
+                backend(e)
+            }
+        })?;
+        Ok(())
     }
 }
 
@@ -56,39 +133,19 @@ impl Transaction for PgTx {
         if polis_core::store::json_has_nul(&message.data) {
             return Err(StoreError::InvalidRequest(format!("message {} contains a NUL character", message.id)));
         }
-        let traceparent = polis_core::trace::for_outbox(message);
-        // The key lock (held to commit) makes position order = commit order per key.
-        sqlx::query(
-            "INSERT INTO polis_outbox (message_id, kind, source, target, message_type, key, time, data, \
-             correlation_id, causation_id, traceparent) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
-             FROM (SELECT pg_advisory_xact_lock(hashtextextended($6, 7041))) AS key_lock",
-        )
-        .bind(message.id)
-        .bind(message.kind.as_str())
-        .bind(&message.source)
-        .bind(&message.target)
-        .bind(&message.message_type)
-        .bind(&message.key)
-        .bind(message.time)
-        .bind(&message.data)
-        .bind(message.metadata.correlation_id)
-        .bind(message.metadata.causation_id)
-        .bind(traceparent.as_deref())
-        .execute(&mut *self.tx)
-        .await
-        .map_err(|e| {
-            if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
-                StoreError::InvalidRequest(format!("message {} is already in the outbox", message.id))
-            } else {
-                backend(e)
-            }
-        })?;
+        // Written at the flush, which refuses an id already in the outbox.
+        let traceparent = polis_core::trace::for_outbox(message).map(std::borrow::Cow::into_owned);
+        self.pending.push(Pending { message: message.clone(), traceparent });
         self.sent = true;
         Ok(())
     }
 
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        self.write_pending().await
+    }
+
     async fn schedule(&mut self, message: &Message, due_at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.refuse_pending(message)?;
         super::schedule::schedule(&mut self.tx, message, due_at).await
     }
 
@@ -97,6 +154,7 @@ impl Transaction for PgTx {
     }
 
     async fn reschedule(&mut self, old: Uuid, message: &Message, due_at: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.refuse_pending(message)?;
         super::schedule::reschedule(&mut self.tx, old, message, due_at).await
     }
 
@@ -128,6 +186,36 @@ impl Transaction for PgTx {
         let first: bool = row.try_get("first").map_err(backend)?;
         let blocked: bool = row.try_get("blocked").map_err(backend)?;
         Ok(Handling { first, blocked: first && blocked })
+    }
+
+    async fn begin_handling_many(
+        &mut self,
+        consumer: &str,
+        messages: &[(Uuid, String)],
+    ) -> Result<Vec<Handling>, StoreError> {
+        let ids: Vec<Uuid> = messages.iter().map(|(id, _)| *id).collect();
+        let keys: Vec<&str> = messages.iter().map(|(_, key)| key.as_str()).collect();
+        let rows = sqlx::query(
+            "WITH m AS (SELECT * FROM unnest($2::uuid[], $3::text[]) WITH ORDINALITY AS m (id, key, n)), \
+                  recorded AS (INSERT INTO polis_inbox (consumer, message_id) SELECT $1, id FROM m \
+                               ON CONFLICT DO NOTHING RETURNING message_id) \
+             SELECT EXISTS (SELECT 1 FROM recorded WHERE recorded.message_id = m.id) AS first, \
+                    EXISTS (SELECT 1 FROM polis_dead_letters d WHERE d.consumer = $1 AND d.key = m.key) AS blocked \
+             FROM m ORDER BY m.n",
+        )
+        .bind(consumer)
+        .bind(&ids)
+        .bind(&keys)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let first: bool = row.try_get("first").map_err(backend)?;
+                let blocked: bool = row.try_get("blocked").map_err(backend)?;
+                Ok(Handling { first, blocked: first && blocked })
+            })
+            .collect()
     }
 
     async fn begin_handling_as(
@@ -226,6 +314,8 @@ impl Transaction for PgTx {
     }
 
     async fn release_due(&mut self, now: DateTime<Utc>, max: usize) -> Result<usize, StoreError> {
+        // What this transaction sent goes first, as if written at `send`.
+        self.write_pending().await?;
         super::schedule::release_due(self, now, max).await
     }
 
