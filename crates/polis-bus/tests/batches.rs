@@ -111,19 +111,24 @@ impl<S: Applied> Setup<S> {
         tokio::spawn(async move { consumer.process(&handler, Delivery::new(Ok(message), 1, Box::new(NoAck))).await })
     }
 
-    /// Holds the batch worker in `gate`'s handler while `queued` arrive,
-    /// then lets it go: they form the next batch. Their outcomes, in order.
-    async fn behind_the_gate(&self, gate: &Message, queued: &[Message]) -> (Outcome, Vec<Outcome>) {
+    /// Holds the batch worker in `gate`'s handler while `queued` arrive
+    /// (in any order among themselves), then `last` after all of them,
+    /// then lets it go: they form the next batch. Their outcomes, in order,
+    /// `last`'s at the end.
+    async fn behind_the_gate(&self, gate: &Message, queued: &[Message], last: &[Message]) -> (Outcome, Vec<Outcome>) {
         let holding = self.deliver(gate);
         let runs = Arc::clone(&self.runs);
         wait_for(WAIT, || async { runs.lock().unwrap().contains_key(&gate.id) }).await.unwrap();
-        let waiting: Vec<_> = queued.iter().map(|m| self.deliver(m)).collect();
-        let arrived = Arc::clone(&self.arrived);
-        let all_arrived = || async { queued.iter().all(|m| arrived.lock().unwrap().contains(&m.id)) };
-        wait_for(WAIT, all_arrived).await.unwrap();
-        // `accepts` runs just before a delivery queues, with no await in
-        // between; this pause lets those tasks take that last step.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut waiting = Vec::new();
+        for group in [queued, last] {
+            waiting.extend(group.iter().map(|m| self.deliver(m)));
+            let arrived = Arc::clone(&self.arrived);
+            let all_arrived = || async { group.iter().all(|m| arrived.lock().unwrap().contains(&m.id)) };
+            wait_for(WAIT, all_arrived).await.unwrap();
+            // `accepts` runs just before a delivery queues, with no await in
+            // between; this pause lets those tasks take that last step.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         self.gate.notify_one();
         let gate_outcome = holding.await.unwrap();
         let mut outcomes = Vec::new();
@@ -159,7 +164,7 @@ mod cases {
         let good: Vec<_> = (0..6).map(|i| event(&format!("k{i}"), json!({ "seq": i }))).collect();
         let mut queued = good.clone();
         queued.push(seen.clone());
-        let (gate_outcome, outcomes) = s.behind_the_gate(&gate, &queued).await;
+        let (gate_outcome, outcomes) = s.behind_the_gate(&gate, &queued, &[]).await;
         assert_eq!(gate_outcome, Outcome::Handled);
         assert_eq!(outcomes[..6], [Outcome::Handled; 6]);
         assert_eq!(outcomes[6], Outcome::Duplicate, "the inbox has it");
@@ -177,7 +182,7 @@ mod cases {
         let others: Vec<_> = (0..3).map(|i| event(&format!("q{i}"), json!({}))).collect();
         let mut queued = vec![after.clone()];
         queued.extend(others.clone());
-        let (gate_outcome, outcomes) = s.behind_the_gate(&gate, &queued).await;
+        let (gate_outcome, outcomes) = s.behind_the_gate(&gate, &queued, &[]).await;
         assert_eq!(gate_outcome, Outcome::Handled);
         assert_eq!(outcomes, [Outcome::Parked, Outcome::Handled, Outcome::Handled, Outcome::Handled]);
         assert_eq!(s.runs_of(&after), 0, "parked, never handled");
@@ -195,16 +200,12 @@ mod cases {
         let gate = event("gate", json!({ "gate": true }));
         let good: Vec<_> = (0..8).map(|i| event(&format!("k{i}"), json!({ "seq": i }))).collect();
         let poison = event("p", json!({ "poison": true }));
-        let mut queued = good[..4].to_vec();
-        queued.push(poison.clone());
-        queued.extend_from_slice(&good[4..]);
-        let (gate_outcome, outcomes) = s.behind_the_gate(&gate, &queued).await;
+        // The poison queues last, so the whole batch runs before it fails.
+        let (gate_outcome, outcomes) = s.behind_the_gate(&gate, &good, std::slice::from_ref(&poison)).await;
         assert_eq!(gate_outcome, Outcome::Handled);
-        for (m, outcome) in queued.iter().zip(&outcomes) {
-            let expected = if m.id == poison.id { Outcome::DeadLettered } else { Outcome::Handled };
-            assert_eq!(*outcome, expected);
-        }
-        for m in &good[..4] {
+        assert_eq!(outcomes[..8], [Outcome::Handled; 8]);
+        assert_eq!(outcomes[8], Outcome::DeadLettered);
+        for m in &good {
             assert_eq!(s.runs_of(m), 2, "ran in the batch that rolled back, then alone");
         }
         let mut applied = s.applied_ids().await;

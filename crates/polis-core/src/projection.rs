@@ -75,4 +75,15 @@ pub trait Projection<Tx: Send>: Send + Sync + 'static {
 
     /// Applies one event to the generation's tables.
     async fn apply(&self, tx: &mut Tx, generation: Generation, event: &RecordedEvent) -> Result<(), StoreError>;
+
+    /// Called once per batch, in its transaction, after
+    /// [`apply`](Self::apply) ran for each event of it the projection
+    /// [`wants`](Self::wants) (`events`, in log order): for what only the
+    /// batch as a whole decides, such as a bookmark of the last event seen
+    /// per source, written once instead of once per event. Nothing by
+    /// default.
+    async fn applied(&self, tx: &mut Tx, generation: Generation, events: &[&RecordedEvent]) -> Result<(), StoreError> {
+        let _ = (tx, generation, events);
+        Ok(())
+    }
 }

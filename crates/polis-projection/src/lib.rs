@@ -818,12 +818,14 @@ async fn apply_all<Tx: Send + 'static>(
     generation: Generation,
     events: &[RecordedEvent],
 ) -> Result<(), StoreError> {
-    for event in events {
-        if projection.wants(event) {
-            projection.apply(tx, generation, event).await?;
-        }
+    let wanted: Vec<&RecordedEvent> = events.iter().filter(|event| projection.wants(event)).collect();
+    for event in &wanted {
+        projection.apply(tx, generation, event).await?;
     }
-    Ok(())
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    projection.applied(tx, generation, &wanted).await
 }
 
 impl From<ProjectorError> for StoreError {

@@ -134,6 +134,38 @@ impl<Tx: Sql + Send + 'static> Projection<Tx> for OrderHistoryProjection {
             other => other,
         }
     }
+
+    /// Each source's bookmark moves to its last event of the batch: one
+    /// statement per batch, not one per event.
+    async fn applied(&self, tx: &mut Tx, g: Generation, events: &[&RecordedEvent]) -> Result<(), StoreError> {
+        let mut last: Vec<(&str, i64, i64)> = Vec::new();
+        for event in events {
+            let source = event.stream_id.split_once('/').map_or(event.source.as_str(), |(source, _)| source);
+            let position = i64::try_from(event.global_position).unwrap_or(i64::MAX);
+            match last.iter_mut().find(|(s, _, _)| *s == source) {
+                Some(entry) => *entry = (source, micros(event), position),
+                None => last.push((source, micros(event), position)),
+            }
+        }
+        let rows: Vec<String> =
+            (0..last.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+        let values: Vec<Value> = last
+            .iter()
+            .flat_map(|(source, at, position)| [(*source).into(), (*at).into(), (*position).into()])
+            .collect();
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (source, last_event_at_us, position) VALUES {} \
+                 ON CONFLICT (source) DO UPDATE SET last_event_at_us = excluded.last_event_at_us, \
+                 position = excluded.position",
+                g.table("history_sources"),
+                rows.join(", ")
+            ),
+            &values,
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 async fn apply<Tx: Sql + Send>(tx: &mut Tx, g: Generation, event: &RecordedEvent) -> Result<(), StoreError> {
@@ -270,20 +302,7 @@ async fn apply<Tx: Sql + Send>(tx: &mut Tx, g: Generation, event: &RecordedEvent
                 args![order_id, status.as_str(), rank(&status), at],
             )
             .await?;
-        } else {
-            return Ok(());
         }
-        let source = event.stream_id.split_once('/').map_or(event.source.as_str(), |(source, _)| source);
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (source, last_event_at_us, position) VALUES ($1, $2, $3) \
-                 ON CONFLICT (source) DO UPDATE SET last_event_at_us = excluded.last_event_at_us, \
-                 position = excluded.position",
-                g.table("history_sources")
-            ),
-            args![source, at, i64::try_from(event.global_position).unwrap_or(i64::MAX)],
-        )
-        .await?;
         Ok(())
     }
 }
