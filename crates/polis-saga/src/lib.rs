@@ -34,6 +34,7 @@ pub mod testing;
 pub use listing::{InFlight, SagaFilter, SagaKey, SagaSummary, in_flight, list};
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use polis_core::{Message, StoreError, Transaction};
@@ -229,12 +230,14 @@ pub enum SagaError {
 #[derive(Debug)]
 pub struct Sagas<S> {
     service: String,
+    /// The statement [`Sagas::lock_with`] runs with each load, if any.
+    lock: Option<Arc<str>>,
     _saga: PhantomData<fn() -> S>,
 }
 
 impl<S> Clone for Sagas<S> {
     fn clone(&self) -> Self {
-        Self { service: self.service.clone(), _saga: PhantomData }
+        Self { service: self.service.clone(), lock: self.lock.clone(), _saga: PhantomData }
     }
 }
 
@@ -242,7 +245,27 @@ impl<S: Saga> Sagas<S> {
     /// `service` is the owning service: deadlines are commands it sends itself.
     pub fn new(service: impl Into<String>) -> Self {
         debug_assert!(is_type_name(S::TYPE), "saga type {:?} is not a valid type name", S::TYPE);
-        Self { service: service.into(), _saga: PhantomData }
+        Self { service: service.into(), lock: None, _saga: PhantomData }
+    }
+
+    /// Takes the instance's lock in the statement that loads it, one round
+    /// trip instead of two: `lock` is a data-modifying statement
+    /// (PostgreSQL: it runs as a `WITH` query of the load, so SQLite, which
+    /// has no such queries and needs no locks, must not be given one) with
+    /// the instance id as `$1`, typically an `UPDATE` of the row every
+    /// transaction about the instance locks first.
+    ///
+    /// The load reads the snapshot its statement started with. If the lock
+    /// was held by another transaction that changed the instance and
+    /// committed while this one waited, the state read is the one before
+    /// that change: [`save`](Self::save) then fails with
+    /// [`SagaError::Conflict`] (retry), and a step that writes nothing (a
+    /// late reply) is what the transaction would have done had it taken the
+    /// lock first.
+    #[must_use]
+    pub fn lock_with(mut self, lock: impl Into<String>) -> Self {
+        self.lock = Some(lock.into().into());
+        self
     }
 
     /// A new instance of `state` under `id`, not stored yet (version 0, no
@@ -252,20 +275,28 @@ impl<S: Saga> Sagas<S> {
         Instance { id: id.into(), state, version: 0, deadline: None }
     }
 
-    /// The instance `id`, if it exists, as `tx` sees it.
+    /// The instance `id`, if it exists, as `tx` sees it (having taken the
+    /// lock of [`lock_with`](Self::lock_with) first, if there is one).
     ///
     /// # Errors
     ///
     /// [`SagaError::Corrupt`] if its stored state or deadline cannot be read,
     /// [`SagaError::Store`] if the query fails.
     pub async fn load<Tx: Transaction + Sql>(&self, tx: &mut Tx, id: &str) -> Result<Option<Instance<S>>, SagaError> {
-        let row = tx
-            .fetch_optional(
-                "SELECT state, version, deadline_id, deadline_at_us FROM polis_sagas \
-                 WHERE saga_type = $1 AND saga_id = $2",
-                args![S::TYPE, id],
-            )
-            .await?;
+        let row = match &self.lock {
+            None => {
+                let sql = "SELECT state, version, deadline_id, deadline_at_us FROM polis_sagas \
+                           WHERE saga_type = $1 AND saga_id = $2";
+                tx.fetch_optional(sql, args![S::TYPE, id]).await?
+            }
+            Some(lock) => {
+                let sql = format!(
+                    "WITH polis_lock AS ({lock}) SELECT state, version, deadline_id, deadline_at_us \
+                     FROM polis_sagas WHERE saga_id = $1 AND saga_type = $2"
+                );
+                tx.fetch_optional(&sql, args![id, S::TYPE]).await?
+            }
+        };
         let Some(row) = row else { return Ok(None) };
         let corrupt = |reason: String| SagaError::Corrupt { saga_type: S::TYPE, saga_id: id.to_owned(), reason };
         let state: S = serde_json::from_str(&row.text("state")?).map_err(|e| corrupt(e.to_string()))?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use polis_core::Message;
+use polis_core::outbox::TransactionalStore;
 use polis_saga::{DEADLINE_TYPE, Deadline, Saga, SagaError, Sagas, Step};
 use polis_store::sql::{Sql, SqlStore};
 use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
@@ -173,4 +174,56 @@ async fn the_runner_keeps_state_commands_and_deadlines_together_on_postgres() {
     let db = polis_testkit::postgres().await;
     let store = PgEventStore::connect(db.url(), PgOptions::new("pinger")).await.unwrap();
     exercise(Arc::new(store)).await;
+}
+
+/// `lock_with`: the load takes the lock in its own statement. It waits for
+/// a transaction holding it; if that one changed the instance meanwhile,
+/// the load read the state before the change, and saving over it is a
+/// conflict, which a retry resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_takes_the_lock_waits_for_it_and_a_stale_read_conflicts_on_postgres() {
+    let db = polis_testkit::postgres().await;
+    let store = Arc::new(PgEventStore::connect(db.url(), PgOptions::new("pinger")).await.unwrap());
+    sqlx::query("CREATE TABLE things (id TEXT PRIMARY KEY, touched BIGINT NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO things VALUES ('k1', 0)").execute(store.pool()).await.unwrap();
+    let sagas = Sagas::<PingSaga>::new("pinger").lock_with("UPDATE things SET touched = touched + 1 WHERE id = $1");
+    let s = sagas.clone();
+    store
+        .transaction::<_, _, SagaError>(async move |tx| {
+            let mut instance = s.begin("k1", PingSaga { pongs: 0, gave_up: false });
+            s.save(tx, &mut instance, &Step::<&str>::nothing()).await
+        })
+        .await
+        .unwrap();
+
+    // Another transaction holds the lock and moves the instance on.
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("UPDATE things SET touched = touched + 1 WHERE id = 'k1'").execute(&mut *holder).await.unwrap();
+    sqlx::query("UPDATE polis_sagas SET version = version + 1 WHERE saga_id = 'k1'")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let pong = || Message::command("ponger", "pinger", "pong", "k1", serde_json::json!({}));
+    let (s, first) = (sagas.clone(), pong());
+    let replying = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store.transaction::<_, _, SagaError>(async move |tx| s.on_reply(tx, "k1", &first, Utc::now()).await).await
+        }
+    });
+    let waited = polis_testkit::wait_for_lock_waiter(store.pool(), std::time::Duration::from_secs(30)).await;
+    assert!(waited.is_ok(), "the load did not wait for the lock");
+    holder.commit().await.unwrap();
+    let result = replying.await.unwrap();
+    assert!(matches!(result, Err(SagaError::Conflict { .. })), "{result:?}");
+
+    let (s, again) = (sagas.clone(), pong());
+    let effects =
+        store.transaction::<_, _, SagaError>(async move |tx| s.on_reply(tx, "k1", &again, Utc::now()).await).await;
+    assert_eq!(effects.unwrap(), ["ponged"], "the retry reads the state as it is now");
+    let touched: i64 = sqlx::query_scalar("SELECT touched FROM things").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(touched, 2, "the holder's and the retry's (the conflict rolled back)");
 }

@@ -59,16 +59,21 @@ pub(crate) async fn write_read_model<Tx: Sql + ?Sized>(
 /// one lock instead of taking the stream, saga and outbox-key locks in
 /// opposite orders and deadlocking on PostgreSQL. SQLite runs one write
 /// transaction at a time, so there is nothing to take.
+/// Where a saga instance is loaded, the load takes the lock itself
+/// ([`LOCK_ORDER`] given to `Sagas::lock_with`): one round trip fewer.
 pub(crate) async fn lock_order<Tx: Sql + ?Sized>(
     tx: &mut Tx,
     dialect: Dialect,
     order_id: Uuid,
 ) -> Result<(), StoreError> {
     if dialect == Dialect::Postgres {
-        tx.execute("UPDATE orders SET version = version WHERE order_id = $1", args![order_id]).await?;
+        tx.execute(LOCK_ORDER, args![order_id]).await?;
     }
     Ok(())
 }
+
+/// The order's lock, the order id as `$1` (PostgreSQL).
+pub(crate) const LOCK_ORDER: &str = "UPDATE orders SET version = version WHERE order_id = $1";
 
 /// The id of the order's pending choreography deadline, if it has one.
 pub(crate) async fn deadline_id<Tx: Sql + ?Sized>(tx: &mut Tx, order_id: Uuid) -> Result<Option<String>, StoreError> {

@@ -43,7 +43,7 @@ where
                     return Err(HandlerError::Permanent("a saga deadline for an unknown saga type".into()));
                 };
                 let order_id = parse_order_id(&saga_id)?;
-                service.lock_order(tx, order_id).await?;
+                // Loading the saga takes the order's lock.
                 let effects = service.sagas.fire_deadline(tx, message, now).await.map_err(OrderFailure::from)?;
                 service.apply_effects(tx, order_id, effects, &message.caused()).await?;
             }
@@ -56,7 +56,7 @@ where
             }
             MessageKind::Reply => {
                 let order_id = parse_key(message)?;
-                service.lock_order(tx, order_id).await?;
+                // Loading the saga takes the order's lock.
                 let effects =
                     service.sagas.on_reply(tx, &message.key, message, now).await.map_err(OrderFailure::from)?;
                 service.apply_effects(tx, order_id, effects, &message.caused()).await?;

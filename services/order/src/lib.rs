@@ -136,7 +136,12 @@ where
         }
         store.migrate(&polis_store::service_migrator!(store.dialect())).await?;
         let orders = Arc::new(Repository::new(store.clone()));
-        Ok(Self { store, config, orders, sagas: Sagas::new(SERVICE), decisions: Arc::default(), kpis: Arc::default() })
+        // Loading an order's saga takes the order's lock (db::lock_order).
+        let sagas = match store.dialect() {
+            polis_store::sql::Dialect::Postgres => Sagas::new(SERVICE).lock_with(db::LOCK_ORDER),
+            polis_store::sql::Dialect::Sqlite => Sagas::new(SERVICE),
+        };
+        Ok(Self { store, config, orders, sagas, decisions: Arc::default(), kpis: Arc::default() })
     }
 
     fn store(&self) -> &Arc<S> {
@@ -263,10 +268,10 @@ where
         let service = self.clone();
         self.store
             .transaction(async move |tx: &mut S::Tx| {
-                service.lock_order(tx, order_id).await?;
                 // The order's own style, whatever the service runs new
                 // orders in; an order from before orders recorded it is
-                // orchestrated if and only if it has a saga.
+                // orchestrated if and only if it has a saga. Loading it
+                // takes the order's lock.
                 let instance = service.sagas.load(tx, &order_id.to_string()).await?;
                 let flow = if instance.is_some() { SagaStyle::Orchestration } else { SagaStyle::Choreography };
                 let command = OrderCommand::RequestCancel { flow };
