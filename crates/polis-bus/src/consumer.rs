@@ -32,7 +32,8 @@
 //! fails (a handler's error, a key blocked by a dead letter, a conflict or
 //! deadlock, the commit), every delivery of it is handled again on its own,
 //! as above, with the retries and dead letters described there. A
-//! partition's deliveries (below) are handled alone.
+//! partition's deliveries (below) are handled alone, and so, by default,
+//! are deliveries on a store that commits in groups itself (SQLite).
 //!
 //! **Instances.** Several instances of a service run one consumer (one
 //! name) together when the bus splits topics into partitions
@@ -80,6 +81,9 @@ use tracing::Instrument;
 
 use crate::health::Progress;
 use uuid::Uuid;
+
+/// [`ConsumerOptions::max_batch`] unless set otherwise.
+const DEFAULT_MAX_BATCH: usize = 64;
 
 /// Why a handler could not handle a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,8 +163,10 @@ pub struct ConsumerOptions {
     /// docs). `None`, or a bus without partitions: subscribe to whole topics.
     pub lease: Option<LeaseOptions>,
     /// Most deliveries handled together in one transaction (module docs,
-    /// *Batches*); 1 handles each in a transaction of its own.
-    pub max_batch: usize,
+    /// *Batches*); 1 handles each in a transaction of its own. `None`: 64,
+    /// or 1 on a store that groups commits itself
+    /// ([`TransactionalStore::groups_commits`]).
+    pub max_batch: Option<usize>,
     /// Batches being handled at once, each in its own transaction.
     pub batch_workers: usize,
 }
@@ -173,7 +179,7 @@ impl Default for ConsumerOptions {
             retry_max: Duration::from_secs(5),
             max_in_flight: 256,
             lease: None,
-            max_batch: 64,
+            max_batch: None,
             batch_workers: 1,
         }
     }
@@ -584,7 +590,12 @@ impl<S: TransactionalStore> Consumer<S> {
     /// Starts the batch workers (module docs, *Batches*), unless batches
     /// are off or they run already. They end once the consumer is dropped.
     fn start_batches(&self) {
-        if self.options.max_batch <= 1 {
+        let max = match self.options.max_batch {
+            Some(max) => max,
+            None if self.store.groups_commits() => 1,
+            None => DEFAULT_MAX_BATCH,
+        };
+        if max <= 1 {
             return;
         }
         let (sender, receiver) = mpsc::unbounded_channel();
@@ -594,7 +605,6 @@ impl<S: TransactionalStore> Consumer<S> {
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         for _ in 0..self.options.batch_workers.max(1) {
             let (store, labels, receiver) = (self.store.clone(), self.labels(), receiver.clone());
-            let max = self.options.max_batch;
             tokio::spawn(async move {
                 loop {
                     let mut jobs = Vec::new();

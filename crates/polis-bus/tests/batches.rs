@@ -80,7 +80,7 @@ async fn setup<S: Applied>(store: Arc<S>, bus: Arc<dyn Bus>) -> Setup<S> {
     let options = ConsumerOptions {
         retry_min: Duration::from_millis(5),
         retry_max: Duration::from_millis(50),
-        max_batch: 64,
+        max_batch: Some(64),
         batch_workers: 1,
         ..ConsumerOptions::default()
     };

@@ -239,6 +239,14 @@ pub trait TransactionalStore: Send + Sync + 'static {
     /// The service that owns this database (the `source` of its messages).
     fn service(&self) -> &str;
 
+    /// Whether the store itself commits concurrent transactions in groups
+    /// (SQLite's single writer does, ADR 0002): then a consumer gains
+    /// nothing by batching deliveries into one transaction, and by default
+    /// it does not. `false` by default.
+    fn groups_commits(&self) -> bool {
+        false
+    }
+
     /// Runs `work` in one transaction: commits if it returns `Ok`, rolls back
     /// everything it did otherwise.
     ///

@@ -333,6 +333,10 @@ impl TransactionalStore for SqliteEventStore {
         &self.inner.source
     }
 
+    fn groups_commits(&self) -> bool {
+        true
+    }
+
     async fn transaction_boxed<T, E>(&self, work: Work<SqliteTx, T, E>) -> Result<T, E>
     where
         T: Send + 'static,
