@@ -56,11 +56,18 @@ async fn a_store_skips_its_own_outbox_hint() {
     let other = PgEventStore::connect(db.url(), PgOptions::new("b")).await.unwrap();
     let mut own = sender.outbox_wakeups();
     let mut elsewhere = other.outbox_wakeups();
-    // Each listener wakes its store once when it has connected.
-    for rx in [&mut own, &mut elsewhere] {
-        tokio::time::timeout(Duration::from_secs(10), rx.changed()).await.expect("listening").unwrap();
-        rx.borrow_and_update();
+    // Until both listen and have greeted each other, hints are not sent:
+    // the other store's hint reaching the sender says they have.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(std::time::Instant::now() < until, "the stores never heard each other");
+        other.signal_outbox();
+        if tokio::time::timeout(Duration::from_secs(1), own.changed()).await.is_ok() {
+            break;
+        }
     }
+    own.borrow_and_update();
+    elsewhere.borrow_and_update();
     let wakes = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = tokio::spawn({
         let wakes = wakes.clone();
@@ -85,4 +92,36 @@ async fn a_store_skips_its_own_outbox_hint() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     counter.abort();
     assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1, "woken directly, and not again by its own hint");
+}
+
+/// A store sends hints only while another store of the database is there
+/// to hear them: alone, a commit costs no NOTIFY; once a second store has
+/// said hello, hints flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_store_sends_no_hints_until_another_is_there() {
+    use polis_store::postgres::{NOTIFY_CHANNEL, OUTBOX_CHANNEL};
+
+    let db = polis_testkit::postgres().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    // A bare LISTEN, not a store: it takes part in no greeting.
+    let mut overhearing = sqlx::postgres::PgListener::connect_with(&pool).await.unwrap();
+    overhearing.listen_all([NOTIFY_CHANNEL, OUTBOX_CHANNEL]).await.unwrap();
+    let alone = PgEventStore::connect(db.url(), PgOptions::new("a")).await.unwrap();
+    alone.signal_outbox();
+    alone.append("s", ExpectedVersion::Any, vec![event("t", 1)]).await.unwrap();
+    // An absence: 300 ms is many times a local NOTIFY's round trip, and a
+    // hint sent later would be the bug seen only on a slower machine.
+    let heard = tokio::time::timeout(Duration::from_millis(300), overhearing.recv()).await;
+    assert!(heard.is_err(), "a lone store sent a hint: {heard:?}");
+
+    let _other = PgEventStore::connect(db.url(), PgOptions::new("b")).await.unwrap();
+    // The greeting takes a round trip or two; until then, signals are unheard.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut hinted = false;
+    while !hinted && std::time::Instant::now() < until {
+        alone.signal_outbox();
+        let heard = tokio::time::timeout(Duration::from_millis(100), overhearing.recv()).await;
+        hinted = matches!(heard, Ok(Ok(n)) if n.channel() == OUTBOX_CHANNEL);
+    }
+    assert!(hinted, "no hint once another store was there");
 }

@@ -25,6 +25,17 @@
 //! Writers pay nothing for this; readers pay one small query (and one xid,
 //! without a WAL flush) per poll, and wait for in-flight appends
 //! (milliseconds) before they pass them.
+//!
+//! **Wake-up hints.** After a commit that appended events or sent messages,
+//! the store wakes its own readers and relay in-process, and other
+//! processes on the same database (other instances of the service) through
+//! a NOTIFY, at most one per channel and millisecond. It sends those only
+//! while it knows another process listens: each store LISTENs from the
+//! start, says `hello` on [`PEERS_CHANNEL`] when its listener connects
+//! (the others answer `here`) and `here` every [`PRESENCE_EVERY`]; a store
+//! that heard from no other process for three times that sends no hints.
+//! A lone instance thus pays no round trip for hints, and a hint that is
+//! not sent is only a wake-up later: readers and relays also poll.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +66,13 @@ pub use outbox::PgTx;
 pub const NOTIFY_CHANNEL: &str = "polis_events";
 /// The LISTEN/NOTIFY channel that carries the "outbox has messages" hint.
 pub const OUTBOX_CHANNEL: &str = "polis_outbox";
+/// The LISTEN/NOTIFY channel on which stores of one database tell each
+/// other that they are there (`hello:<sender>`, answered by
+/// `here:<sender>`): hints are sent only while another one is.
+pub const PEERS_CHANNEL: &str = "polis_peers";
+/// How often a store says it is there; one that was not heard from for
+/// three times this is gone.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(5);
 
 const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, schema_version, \
      time, data, correlation_id, causation_id, traceparent";
@@ -102,6 +120,33 @@ struct Inner {
     /// The payload of this store's NOTIFYs.
     sender: String,
     listener: OnceLock<JoinHandle<()>>,
+    /// When another process on this database was last heard from.
+    peers: Arc<Peers>,
+}
+
+/// When another store of the database was last heard from: hints are sent
+/// only while it is recent.
+#[derive(Debug, Default)]
+struct Peers {
+    /// Milliseconds since this store started; 0: never.
+    heard_at_ms: AtomicU64,
+    started: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Peers {
+    fn now_ms(&self) -> u64 {
+        let started = self.started.get_or_init(std::time::Instant::now);
+        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
+    fn heard(&self) {
+        self.heard_at_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn present(&self) -> bool {
+        let heard = self.heard_at_ms.load(Ordering::Relaxed);
+        heard != 0 && self.now_ms().saturating_sub(heard) < 3 * PRESENCE_EVERY.as_millis() as u64
+    }
 }
 
 impl Drop for Inner {
@@ -151,10 +196,13 @@ impl PgEventStore {
         // from other processes' and skip them: local readers were woken
         // directly already.
         let sender = Uuid::now_v7().simple().to_string();
-        let notifier = tokio::spawn(notifier_loop(pool.clone(), notify.clone(), notify_outbox.clone(), sender.clone()));
+        let peers = Arc::new(Peers::default());
+        peers.now_ms();
+        let hints = Hints { events: notify.clone(), outbox: notify_outbox.clone(), peers: peers.clone() };
+        let notifier = tokio::spawn(notifier_loop(pool.clone(), hints, sender.clone()));
         let (wakeups, _) = watch::channel(0);
         let (outbox, _) = watch::channel(0);
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 source: options.source,
                 pool,
@@ -168,8 +216,12 @@ impl PgEventStore {
                 notifier,
                 sender,
                 listener: OnceLock::new(),
+                peers,
             }),
-        })
+        };
+        // From the start, so that other processes learn of this one.
+        store.start_listener();
+        Ok(store)
     }
 
     /// The connection pool, for a service's own queries outside polis's API
@@ -319,7 +371,8 @@ impl PgEventStore {
             let pool = self.inner.pool.clone();
             let wakeups = self.inner.wakeups.clone();
             let outbox = self.inner.outbox.clone();
-            tokio::spawn(listener_loop(pool, wakeups, outbox, self.inner.sender.clone()))
+            let peers = self.inner.peers.clone();
+            tokio::spawn(listener_loop(pool, wakeups, outbox, peers, self.inner.sender.clone()))
         });
     }
 }
@@ -625,23 +678,49 @@ impl Horizon {
     }
 }
 
-async fn notifier_loop(pool: PgPool, events: Arc<Notify>, outbox: Arc<Notify>, sender: String) {
+/// What [`notifier_loop`] hints about, and whether anyone else listens.
+struct Hints {
+    events: Arc<Notify>,
+    outbox: Arc<Notify>,
+    peers: Arc<Peers>,
+}
+
+async fn notifier_loop(pool: PgPool, hints: Hints, sender: String) {
+    let mut presence = tokio::time::interval(PRESENCE_EVERY);
+    presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let channel = tokio::select! {
-            () = events.notified() => NOTIFY_CHANNEL,
-            () = outbox.notified() => OUTBOX_CHANNEL,
+        let (channel, payload) = tokio::select! {
+            () = hints.events.notified() => (NOTIFY_CHANNEL, sender.clone()),
+            () = hints.outbox.notified() => (OUTBOX_CHANNEL, sender.clone()),
+            _ = presence.tick() => (PEERS_CHANNEL, format!("here:{sender}")),
         };
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(&sender).execute(&pool).await {
-            // Only a hint: listeners fall back to polling.
-            tracing::debug!(error = %e, channel, "failed to send a wake-up hint");
+        // Nobody else to wake: the local readers were woken directly.
+        if channel != PEERS_CHANNEL && !hints.peers.present() {
+            continue;
         }
+        notify(&pool, channel, &payload).await;
         // At most one hint per millisecond: every NOTIFY takes a cluster-wide
         // lock at commit; a reader loses at most a millisecond.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
-async fn listener_loop(pool: PgPool, events: watch::Sender<u64>, outbox: watch::Sender<u64>, sender: String) {
+/// Sends one NOTIFY; only a hint, so a failure is logged and forgotten
+/// (listeners fall back to polling).
+async fn notify(pool: &PgPool, channel: &str, payload: &str) {
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(pool).await {
+        tracing::debug!(error = %e, channel, "failed to send a wake-up hint");
+    }
+}
+
+async fn listener_loop(
+    pool: PgPool,
+    events: watch::Sender<u64>,
+    outbox: watch::Sender<u64>,
+    peers: Arc<Peers>,
+    sender: String,
+) {
+    let (hello, here) = (format!("hello:{sender}"), format!("here:{sender}"));
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -651,20 +730,36 @@ async fn listener_loop(pool: PgPool, events: watch::Sender<u64>, outbox: watch::
                 continue;
             }
         };
-        if let Err(e) = listener.listen_all([NOTIFY_CHANNEL, OUTBOX_CHANNEL]).await {
+        if let Err(e) = listener.listen_all([NOTIFY_CHANNEL, OUTBOX_CHANNEL, PEERS_CHANNEL]).await {
             tracing::debug!(error = %e, "LISTEN failed");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        // Whoever else listens answers, and starts sending hints.
+        notify(&pool, PEERS_CHANNEL, &hello).await;
         // After (re)connecting, hints may have been missed: wake everyone once.
         events.send_modify(|_| {});
         outbox.send_modify(|_| {});
         loop {
             match listener.try_recv().await {
-                // This store's own hint: its readers were woken when it was sent.
-                Ok(Some(n)) if n.payload() == sender => {}
-                Ok(Some(n)) if n.channel() == OUTBOX_CHANNEL => outbox.send_modify(|_| {}),
-                Ok(Some(_)) => events.send_modify(|_| {}),
+                // This store's own hint (or greeting): its readers were woken when it was sent.
+                Ok(Some(n)) if n.payload() == sender || n.payload() == hello || n.payload() == here => {}
+                Ok(Some(n)) if n.channel() == PEERS_CHANNEL => {
+                    peers.heard();
+                    if n.payload().starts_with("hello:") {
+                        let pool = pool.clone();
+                        let here = here.clone();
+                        tokio::spawn(async move { notify(&pool, PEERS_CHANNEL, &here).await });
+                    }
+                }
+                Ok(Some(n)) if n.channel() == OUTBOX_CHANNEL => {
+                    peers.heard();
+                    outbox.send_modify(|_| {});
+                }
+                Ok(Some(_)) => {
+                    peers.heard();
+                    events.send_modify(|_| {});
+                }
                 // The connection dropped and will be re-established: hints may be lost.
                 Ok(None) => {
                     events.send_modify(|_| {});
