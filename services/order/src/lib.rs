@@ -268,10 +268,13 @@ where
         let service = self.clone();
         self.store
             .transaction(async move |tx: &mut S::Tx| {
+                // The lock first, in a statement of its own: a request must
+                // not fail because a reply raced it (a load that waited for
+                // the lock would read the saga as it was and conflict).
+                service.lock_order(tx, order_id).await?;
                 // The order's own style, whatever the service runs new
                 // orders in; an order from before orders recorded it is
-                // orchestrated if and only if it has a saga. Loading it
-                // takes the order's lock.
+                // orchestrated if and only if it has a saga.
                 let instance = service.sagas.load(tx, &order_id.to_string()).await?;
                 let flow = if instance.is_some() { SagaStyle::Orchestration } else { SagaStyle::Choreography };
                 let command = OrderCommand::RequestCancel { flow };
