@@ -675,6 +675,7 @@ impl<S: TransactionalStore> Consumer<S> {
                     return Ok(Outcome::Parked);
                 }
                 guarded(handler.handle(tx, &message)).await?;
+                tx.ensure_committable().await?;
                 Ok(Outcome::Handled)
             })
             .await
@@ -920,6 +921,7 @@ async fn run_batch<S: TransactionalStore>(store: &S, labels: &[(&'static str, St
                 guarded(handler.handle(tx, message)).instrument(span.clone()).await?;
                 outcomes.push(Outcome::Handled);
             }
+            tx.ensure_committable().await?;
             Ok(outcomes)
         })
         .await;

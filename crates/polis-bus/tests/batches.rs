@@ -48,7 +48,11 @@ impl<S: Applied> Handler<S::Tx> for Gated<S> {
         if message.data["poison"] == true {
             return Err(HandlerError::Permanent("poison".into()));
         }
-        S::record_in(tx, message).await
+        S::record_in(tx, message).await?;
+        if message.data["careless"] == true {
+            S::fail_quietly_in(tx).await;
+        }
+        Ok(())
     }
 
     fn accepts(&self, message: &Message) -> bool {
@@ -216,6 +220,37 @@ mod cases {
         let letters = s.consumer.dead_letters().await.unwrap();
         assert_eq!(letters.iter().map(|l| l.message_id).collect::<Vec<_>>(), [Some(poison.id)]);
     }
+
+    /// A handler that ignores a failed statement's error and returns `Ok`.
+    /// On PostgreSQL that transaction can only roll back, and its `COMMIT`
+    /// rolls back without an error; the batch must not take that for a
+    /// commit and acknowledge everyone's effects. Whatever counts as
+    /// handled has its effect; the others' effects are there once.
+    pub async fn a_swallowed_error_never_passes_for_a_commit<S: Applied>(store: Arc<S>, bus: Arc<dyn Bus>) {
+        let s = setup(store, bus).await;
+        let gate = event("gate", json!({ "gate": true }));
+        let good: Vec<_> = (0..4).map(|i| event(&format!("k{i}"), json!({ "seq": i }))).collect();
+        // Last, so that everything else in the batch ran before it.
+        let careless = event("c", json!({ "careless": true }));
+        let (gate_outcome, outcomes) = s.behind_the_gate(&gate, &good, std::slice::from_ref(&careless)).await;
+        assert_eq!(gate_outcome, Outcome::Handled);
+        assert_eq!(outcomes[..4], [Outcome::Handled; 4]);
+        let applied = s.applied_ids().await;
+        for m in good.iter().chain([&gate]) {
+            assert_eq!(applied.iter().filter(|id| **id == m.id).count(), 1, "{} applied once: {applied:?}", m.key);
+        }
+        match outcomes[4] {
+            // SQLite: a failed statement leaves the transaction usable.
+            Outcome::Handled => assert!(applied.contains(&careless.id), "handled, so its effect is there"),
+            outcome => {
+                // PostgreSQL: it cannot commit, so it ends as a dead letter.
+                assert_eq!(outcome, Outcome::DeadLettered);
+                assert!(!applied.contains(&careless.id));
+                let letters = s.consumer.dead_letters().await.unwrap();
+                assert_eq!(letters.iter().map(|l| l.message_id).collect::<Vec<_>>(), [Some(careless.id)]);
+            }
+        }
+    }
 }
 
 macro_rules! for_every_store {
@@ -245,4 +280,8 @@ macro_rules! for_every_store {
     };
 }
 
-for_every_store!(ready_deliveries_commit_together, a_failure_in_a_batch_leaves_nothing_of_it);
+for_every_store!(
+    ready_deliveries_commit_together,
+    a_failure_in_a_batch_leaves_nothing_of_it,
+    a_swallowed_error_never_passes_for_a_commit,
+);

@@ -76,6 +76,19 @@ pub trait Transaction: Send {
         Ok(())
     }
 
+    /// [`flush`](Self::flush)es, and fails if the transaction can no longer
+    /// commit. On PostgreSQL a statement that failed (even one whose error
+    /// the caller caught and ignored) leaves the transaction able only to
+    /// roll back, and its `COMMIT` then rolls back *without an error*: a
+    /// consumer calls this before committing a handler's work, so that a
+    /// swallowed error cannot make it acknowledge effects that never
+    /// happened. It costs PostgreSQL a round trip only when nothing was
+    /// pending. The default flushes: elsewhere a failed statement leaves
+    /// the transaction usable.
+    async fn ensure_committable(&mut self) -> Result<(), StoreError> {
+        self.flush().await
+    }
+
     /// Stores `message` in the schedule, to be sent once `due_at` has come.
     ///
     /// Validated like [`send`](Self::send) (plus [`validate_scheduled`]); an
@@ -300,6 +313,15 @@ pub trait TransactionalStore: Send + Sync + 'static {
 
     /// Changes whenever messages may have been written to the outbox.
     fn outbox_wakeups(&self) -> watch::Receiver<u64>;
+
+    /// Changes whenever *another process* may have written to the outbox
+    /// (on PostgreSQL, another instance's hint): a subset of
+    /// [`outbox_wakeups`](Self::outbox_wakeups), for whoever must look at
+    /// what other instances committed, not only at its own commits. `None`
+    /// (the default) for a store no other process writes.
+    fn peer_outbox_wakeups(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 
     /// Unpublished messages and the age of the oldest.
     async fn outbox_backlog(&self) -> Result<Backlog, StoreError>;

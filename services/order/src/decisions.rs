@@ -15,6 +15,13 @@
 //! after its commit: a wait may be registered while its transaction is still
 //! running. A read that fails is tried again after a short pause, not only at
 //! the next commit, which may never come.
+//!
+//! Several instances of the service share one database, and the decision
+//! may commit in another instance than the one waiting. Its commit is not a
+//! candidate here, but its hint is heard
+//! ([`peer_outbox_wakeups`](polis_core::outbox::TransactionalStore::peer_outbox_wakeups)):
+//! on such a wake-up every order waited for is read, at most once per
+//! [`PEER_CHECK_EVERY`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -32,6 +39,10 @@ const CANDIDATE_TTL: Duration = Duration::from_secs(10);
 /// again (it doubles, up to [`RETRY_MAX`]).
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The shortest time between two reads of every order waited for, which
+/// other instances' commits prompt: what commits meanwhile waits that long.
+const PEER_CHECK_EVERY: Duration = Duration::from_millis(5);
 
 /// The longest wait a request may ask for.
 pub(crate) const MAX_WAIT: Duration = Duration::from_millis(contracts::order::MAX_WAIT_MS);
@@ -55,7 +66,7 @@ impl Decisions {
         S::Tx: Sql,
     {
         self.watcher.get_or_init(|| {
-            let wakeups = store.outbox_wakeups();
+            let wakeups = (store.outbox_wakeups(), store.peer_outbox_wakeups());
             tokio::spawn(watch_decisions(Arc::downgrade(store), Arc::downgrade(self), wakeups));
         });
         let (decided, receiver) = oneshot::channel();
@@ -79,6 +90,16 @@ impl Decisions {
         let mut candidates = lock(&self.candidates);
         candidates.retain(|id, at| waiting.contains_key(id) || at.elapsed() < CANDIDATE_TTL);
         candidates.keys().filter(|id| waiting.contains_key(id)).copied().collect()
+    }
+
+    /// Every order waited for (whose request is still there).
+    fn waited_for(&self) -> Vec<Uuid> {
+        let mut waiting = lock(&self.waiting);
+        waiting.retain(|_, waits| {
+            waits.retain(|w| !w.is_closed());
+            !waits.is_empty()
+        });
+        waiting.keys().copied().collect()
     }
 
     fn wake(&self, decided: &[Uuid]) {
@@ -117,27 +138,39 @@ pub(crate) fn wait_param(query: Option<&str>) -> Result<Option<Duration>, String
     }
 }
 
-async fn watch_decisions<S>(store: Weak<S>, decisions: Weak<Decisions>, mut wakeups: watch::Receiver<u64>)
-where
+async fn watch_decisions<S>(
+    store: Weak<S>,
+    decisions: Weak<Decisions>,
+    (mut wakeups, mut peers): (watch::Receiver<u64>, Option<watch::Receiver<u64>>),
+) where
     S: SqlStore,
     S::Tx: Sql,
 {
     // After a failed read the watcher tries again on its own, sooner than
     // the waits time out, instead of waiting for a commit that may not come.
     let mut retry: Option<Duration> = None;
+    let mut peer_checked = Instant::now();
     loop {
-        let woken = match retry {
-            None => wakeups.changed().await,
-            Some(pause) => tokio::select! {
-                changed = wakeups.changed() => changed,
-                () = tokio::time::sleep(pause) => Ok(()),
-            },
+        let pause = retry.unwrap_or_default();
+        let (woken, everyone) = tokio::select! {
+            changed = wakeups.changed() => (changed.is_ok(), false),
+            () = peer_commit(&mut peers) => (true, true),
+            () = tokio::time::sleep(pause), if retry.is_some() => (true, true),
         };
-        if woken.is_err() {
+        if !woken {
             return;
         }
+        if everyone && let Some(early) = PEER_CHECK_EVERY.checked_sub(peer_checked.elapsed()) {
+            // What commits meanwhile is read with it.
+            tokio::time::sleep(early).await;
+        }
         let Some(decisions) = decisions.upgrade() else { return };
-        let ids = decisions.to_check();
+        let ids = if everyone {
+            peer_checked = Instant::now();
+            decisions.waited_for()
+        } else {
+            decisions.to_check()
+        };
         if ids.is_empty() {
             retry = None;
             continue;
@@ -163,6 +196,18 @@ where
             }
         }
     }
+}
+
+/// Returns once another process may have committed to the outbox; never,
+/// if nobody else writes to the store.
+async fn peer_commit(peers: &mut Option<watch::Receiver<u64>>) {
+    if let Some(receiver) = peers {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+        *peers = None;
+    }
+    std::future::pending().await
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -221,5 +266,51 @@ mod tests {
             .await
             .expect("the wait is answered after the failed read")
             .unwrap();
+    }
+
+    /// Two instances on one database: the wait is registered in one, the
+    /// decision commits in the other (which notes no candidate here). The
+    /// other's hint answers the wait.
+    #[tokio::test]
+    async fn a_decision_another_instance_commits_answers_the_wait() {
+        use polis_store::{PgEventStore, PgOptions, PgTx};
+        let db = polis_testkit::postgres().await;
+        let connect = async || Arc::new(PgEventStore::connect(db.url(), PgOptions::new("order")).await.unwrap());
+        let (here, there) = (connect().await, connect().await);
+        <crate::OrderService<_> as polis_runtime::Service<_>>::open(here.clone(), crate::Config::default())
+            .await
+            .unwrap();
+        let id = Uuid::now_v7();
+        let write = async |store: &PgEventStore, sql: String| {
+            store
+                .transaction::<_, _, StoreError>(async move |tx: &mut PgTx| {
+                    sqlx::query(&sql).execute(tx.conn()).await.map_err(|e| StoreError::backend(e.to_string()))?;
+                    tx.send(&Message::command("order", "order", "Nudge", "k", serde_json::json!({}))).await?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        };
+        write(
+            &here,
+            format!(
+                "INSERT INTO orders (order_id, customer_id, status, lines, total, version, created_at_us, updated_at_us) \
+                 VALUES ('{id}', '{}', 'PENDING', '[]', 0, 1, 0, 0)",
+                Uuid::now_v7()
+            ),
+        )
+        .await;
+        let decisions = Arc::new(Decisions::default());
+        let mut decided = decisions.register(&here, id);
+        write(&there, format!("UPDATE orders SET status = 'APPROVED' WHERE order_id = '{id}'")).await;
+        // The instances greet each other as they start; a commit before the
+        // greeting sends no hint, so later commits (any) nudge until then.
+        for _ in 0..20 {
+            if tokio::time::timeout(Duration::from_millis(500), &mut decided).await.is_ok() {
+                return;
+            }
+            write(&there, "SELECT 1".into()).await;
+        }
+        panic!("the wait was not answered");
     }
 }

@@ -73,6 +73,9 @@ pub trait Applied: TransactionalStore {
     async fn record_in(tx: &mut Self::Tx, message: &Message) -> Result<(), HandlerError>;
     /// (key, seq, message id) in the order they were applied.
     async fn applied(&self) -> Vec<(String, i64, Uuid)>;
+    /// Runs a statement that fails, and ignores its error, as a careless
+    /// handler might.
+    async fn fail_quietly_in(tx: &mut Self::Tx);
 }
 
 #[async_trait]
@@ -97,6 +100,9 @@ impl Applied for SqliteEventStore {
         let rows = self.query("SELECT key, seq, id FROM applied ORDER BY n", &[]).await.unwrap();
         rows.iter().map(|r| (r.text("key").unwrap(), r.int("seq").unwrap(), r.uuid("id").unwrap())).collect()
     }
+    async fn fail_quietly_in(tx: &mut SqliteTx) {
+        assert!(tx.execute("INSERT INTO no_such_table VALUES (1)", &[]).await.is_err());
+    }
 }
 
 #[async_trait]
@@ -119,6 +125,9 @@ impl Applied for PgEventStore {
     }
     async fn applied(&self) -> Vec<(String, i64, Uuid)> {
         sqlx::query_as("SELECT key, seq, id FROM applied ORDER BY n").fetch_all(self.pool()).await.unwrap()
+    }
+    async fn fail_quietly_in(tx: &mut PgTx) {
+        assert!(sqlx::query("INSERT INTO no_such_table VALUES (1)").execute(tx.conn()).await.is_err());
     }
 }
 

@@ -113,6 +113,8 @@ struct Inner {
     horizon_wait: Duration,
     wakeups: watch::Sender<u64>,
     outbox: watch::Sender<u64>,
+    /// Changed by other processes' outbox hints only.
+    peer_outbox: watch::Sender<u64>,
     notify_outbox: Arc<Notify>,
     /// Coalesces local appends into one NOTIFY each, sent off the append path.
     notify: Arc<Notify>,
@@ -202,6 +204,7 @@ impl PgEventStore {
         let notifier = tokio::spawn(notifier_loop(pool.clone(), hints, sender.clone()));
         let (wakeups, _) = watch::channel(0);
         let (outbox, _) = watch::channel(0);
+        let (peer_outbox, _) = watch::channel(0);
         let store = Self {
             inner: Arc::new(Inner {
                 source: options.source,
@@ -211,6 +214,7 @@ impl PgEventStore {
                 horizon_wait: options.horizon_wait,
                 wakeups,
                 outbox,
+                peer_outbox,
                 notify_outbox,
                 notify,
                 notifier,
@@ -370,7 +374,7 @@ impl PgEventStore {
         self.inner.listener.get_or_init(|| {
             let pool = self.inner.pool.clone();
             let wakeups = self.inner.wakeups.clone();
-            let outbox = self.inner.outbox.clone();
+            let outbox = [self.inner.outbox.clone(), self.inner.peer_outbox.clone()];
             let peers = self.inner.peers.clone();
             tokio::spawn(listener_loop(pool, wakeups, outbox, peers, self.inner.sender.clone()))
         });
@@ -542,6 +546,13 @@ impl TransactionalStore for PgEventStore {
             self.start_listener();
         }
         self.inner.outbox.subscribe()
+    }
+
+    fn peer_outbox_wakeups(&self) -> Option<watch::Receiver<u64>> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.start_listener();
+        }
+        Some(self.inner.peer_outbox.subscribe())
     }
 
     async fn outbox_backlog(&self) -> Result<Backlog, StoreError> {
@@ -716,10 +727,12 @@ async fn notify(pool: &PgPool, channel: &str, payload: &str) {
 async fn listener_loop(
     pool: PgPool,
     events: watch::Sender<u64>,
-    outbox: watch::Sender<u64>,
+    // All outbox wake-ups, and those of other processes only.
+    outbox: [watch::Sender<u64>; 2],
     peers: Arc<Peers>,
     sender: String,
 ) {
+    let wake_outbox = || outbox.iter().for_each(|o| o.send_modify(|_| {}));
     let (hello, here) = (format!("hello:{sender}"), format!("here:{sender}"));
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
@@ -739,7 +752,7 @@ async fn listener_loop(
         notify(&pool, PEERS_CHANNEL, &hello).await;
         // After (re)connecting, hints may have been missed: wake everyone once.
         events.send_modify(|_| {});
-        outbox.send_modify(|_| {});
+        wake_outbox();
         loop {
             match listener.try_recv().await {
                 // This store's own hint (or greeting): its readers were woken when it was sent.
@@ -754,16 +767,19 @@ async fn listener_loop(
                 }
                 Ok(Some(n)) if n.channel() == OUTBOX_CHANNEL => {
                     peers.heard();
-                    outbox.send_modify(|_| {});
+                    wake_outbox();
                 }
                 Ok(Some(_)) => {
                     peers.heard();
                     events.send_modify(|_| {});
                 }
-                // The connection dropped and will be re-established: hints may be lost.
+                // The connection dropped and will be re-established: hints
+                // may be lost, and peers that came meanwhile are not known.
                 Ok(None) => {
                     events.send_modify(|_| {});
-                    outbox.send_modify(|_| {});
+                    wake_outbox();
+                    let (pool, hello) = (pool.clone(), hello.clone());
+                    tokio::spawn(async move { notify(&pool, PEERS_CHANNEL, &hello).await });
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "LISTEN connection failed");

@@ -144,6 +144,15 @@ impl Transaction for PgTx {
         self.write_pending().await
     }
 
+    async fn ensure_committable(&mut self) -> Result<(), StoreError> {
+        if !self.pending.is_empty() {
+            // In a failed transaction the write fails too.
+            return self.write_pending().await;
+        }
+        sqlx::query("SELECT 1").execute(&mut *self.tx).await.map_err(backend)?;
+        Ok(())
+    }
+
     async fn schedule(&mut self, message: &Message, due_at: DateTime<Utc>) -> Result<(), StoreError> {
         self.refuse_pending(message)?;
         super::schedule::schedule(&mut self.tx, message, due_at).await
