@@ -42,7 +42,7 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The shortest time between two reads of every order waited for, which
 /// other instances' commits prompt: what commits meanwhile waits that long.
-const PEER_CHECK_EVERY: Duration = Duration::from_millis(5);
+const PEER_CHECK_EVERY: Duration = Duration::from_millis(20);
 
 /// The longest wait a request may ask for.
 pub(crate) const MAX_WAIT: Duration = Duration::from_millis(contracts::order::MAX_WAIT_MS);
