@@ -40,7 +40,9 @@
 //! ([`Bus::partitions`]) and [`ConsumerOptions::lease`] is set (ADR 0011).
 //! Each instance announces itself with a member lease and holds its fair
 //! share of the routed topics' partitions (their count over the instances
-//! announced), each under a lease `partition:<consumer>:<service>:<kind>:<n>`
+//! announced; half a share for the instance whose lease owner also holds
+//! the service's relay lease, since publishing the outbox is work too),
+//! each under a lease `partition:<consumer>:<service>:<kind>:<n>`
 //! in the store; a third of the lease's time-to-live at a time it renews
 //! them, gives back what exceeds its share (a newcomer's turn) and takes
 //! free or expired ones (a dead instance's). A partition is read one
@@ -80,6 +82,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::health::Progress;
+use crate::relay::RELAY_LEASE;
 use uuid::Uuid;
 
 /// [`ConsumerOptions::max_batch`] unless set otherwise.
@@ -1030,6 +1033,30 @@ impl Lanes {
     }
 }
 
+/// How much of a consumer's partitions the instance that also holds the
+/// service's relay lease takes: half of another instance's share, as
+/// publishing the service's outbox costs it about as much as half its
+/// consumer work in the shop's order service (`docs/benchmarks.md`,
+/// session 14).
+const RELAY_HOLDER_HALVES: usize = 1;
+
+/// How many of `units` partitions instance `me` of `instances` (the owners
+/// announced) holds: an even share, or a lighter one for the instance
+/// that holds the service's relay lease (`relay`, its owner), whose
+/// publishing would otherwise make it the bound. Rounded up, so that the
+/// shares cover every partition.
+fn share_of(units: usize, instances: &[Uuid], relay: Option<Uuid>, me: Uuid) -> usize {
+    let n = instances.len().max(1);
+    match relay.filter(|r| n > 1 && instances.contains(r)) {
+        None => units.div_ceil(n),
+        Some(relay) => {
+            let total = 2 * (n - 1) + RELAY_HOLDER_HALVES;
+            let mine = if relay == me { RELAY_HOLDER_HALVES } else { 2 };
+            (units * mine).div_ceil(total)
+        }
+    }
+}
+
 /// What [`Consumer::share_partitions`] works with.
 struct Sharing {
     bus: Arc<dyn Bus>,
@@ -1098,13 +1125,14 @@ impl<S: TransactionalStore> Consumer<S> {
         let me = format!("{members}{owner}");
         let held: Vec<(usize, Fence)> = running.iter().map(|(unit, p)| (*unit, p.fence.clone())).collect();
         let partitions = format!("partition:{}:", self.name);
-        let (instances, kept, taken_by_others) = self
+        let (instances, relay, kept, taken_by_others) = self
             .store
             .transaction::<_, _, StoreError>(async move |tx| {
                 let now = Utc::now();
                 // Announce this instance (nothing is fenced by this lease).
                 tx.acquire_lease(&me, owner, now, ttl).await?;
-                let instances = tx.leases_held(&members, now).await?.len();
+                let instances: Vec<Uuid> = tx.leases_held(&members, now).await?.into_iter().map(|(_, o)| o).collect();
+                let relay = tx.leases_held(RELAY_LEASE, now).await?.into_iter().find(|(n, _)| n == RELAY_LEASE);
                 let mut kept = Vec::with_capacity(held.len());
                 for (unit, fence) in held {
                     if tx.hold_lease(&fence, now, ttl).await? {
@@ -1119,12 +1147,12 @@ impl<S: TransactionalStore> Consumer<S> {
                     .filter(|(_, o)| *o != owner)
                     .map(|(n, _)| n)
                     .collect();
-                Ok((instances, kept, others))
+                Ok((instances, relay.map(|(_, o)| o), kept, others))
             })
             .await?;
         // Lost (taken after a pause) or ended: its reader stops, if it has not.
         running.retain(|unit, partition| kept.contains(unit) && !partition.task.is_finished());
-        let share = units.len().div_ceil(instances.max(1));
+        let share = share_of(units.len(), &instances, relay, owner);
         while running.len() > share {
             let Some((unit, partition)) = running.pop_last() else { break };
             let name = self.partition_lease(units[unit].0, units[unit].1);
@@ -1228,6 +1256,32 @@ impl<S: TransactionalStore> Consumer<S> {
             // to the pull request this subscription still has open at the
             // broker, which nobody reads any more.
             drop(subscription);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_holder_takes_a_lighter_share_and_the_shares_cover_every_partition() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(share_of(40, &[a], Some(a), a), 40, "alone, it holds everything");
+        assert_eq!(share_of(40, &[], None, a), 40);
+        assert_eq!([share_of(40, &[a, b], None, a), share_of(40, &[a, b], None, b)], [20, 20]);
+        // The relay held by an instance that does not consume: even shares.
+        assert_eq!(share_of(40, &[a, b], Some(c), a), 20);
+        assert_eq!([share_of(40, &[a, b], Some(a), a), share_of(40, &[a, b], Some(a), b)], [14, 27]);
+        assert_eq!([share_of(8, &[a, b, c], Some(c), a), share_of(8, &[a, b, c], Some(c), c)], [4, 2]);
+        for units in 1..=64 {
+            for n in 1..=8 {
+                let instances: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+                let shares: usize =
+                    instances.iter().map(|me| share_of(units, &instances, Some(instances[0]), *me)).sum();
+                assert!(shares >= units, "{units} partitions, {n} instances: shares {shares}");
+                assert!(instances.iter().all(|me| share_of(units, &instances, Some(instances[0]), *me) <= units));
+            }
         }
     }
 }

@@ -179,13 +179,16 @@ const LEASE_TTL: Duration = Duration::from_secs(5);
 
 impl Default for HostOptions {
     fn default() -> Self {
+        // One identity for the instance's leases: the consumer takes a
+        // lighter share of the partitions where the relay lease is its own.
+        let lease = Some(LeaseOptions::new(LEASE_TTL));
         Self {
             // Several instances of a service may run (distributed mode): one
             // relay and one scheduler publish and fire at a time.
-            relay: RelayOptions { lease: Some(LeaseOptions::new(LEASE_TTL)), ..RelayOptions::default() },
-            scheduler: SchedulerOptions { lease: Some(LeaseOptions::new(LEASE_TTL)), ..SchedulerOptions::default() },
+            relay: RelayOptions { lease, ..RelayOptions::default() },
+            scheduler: SchedulerOptions { lease, ..SchedulerOptions::default() },
             // Shares the consumer's partitions when the bus has them.
-            consumer: ConsumerOptions { lease: Some(LeaseOptions::new(LEASE_TTL)), ..ConsumerOptions::default() },
+            consumer: ConsumerOptions { lease, ..ConsumerOptions::default() },
             projector: ProjectorOptions::default(),
             bootstrap: BootstrapOptions::default(),
             consume: true,
