@@ -164,6 +164,9 @@ pub struct ConsumerOptions {
     /// On a bus with partitions ([`Bus::partitions`]), share them with the
     /// consumer's other instances through leases in the store (module
     /// docs). `None`, or a bus without partitions: subscribe to whole topics.
+    /// The instance whose owner also holds the service's relay lease takes
+    /// half a share: give the relay ([`crate::RelayOptions::lease`]) the
+    /// same owner.
     pub lease: Option<LeaseOptions>,
     /// Most deliveries handled together in one transaction (module docs,
     /// *Batches*); 1 handles each in a transaction of its own. `None`: 64,
@@ -816,6 +819,7 @@ impl<S: TransactionalStore> Consumer<S> {
                     return Ok(false);
                 }
                 guarded(handler.handle(tx, &replayed)).await?;
+                tx.ensure_committable().await?;
                 Ok(true)
             })
             .await;
@@ -924,7 +928,10 @@ async fn run_batch<S: TransactionalStore>(store: &S, labels: &[(&'static str, St
                 guarded(handler.handle(tx, message)).instrument(span.clone()).await?;
                 outcomes.push(Outcome::Handled);
             }
-            tx.ensure_committable().await?;
+            // Nothing to check when every delivery was a duplicate.
+            if outcomes.contains(&Outcome::Handled) {
+                tx.ensure_committable().await?;
+            }
             Ok(outcomes)
         })
         .await;

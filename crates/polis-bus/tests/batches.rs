@@ -69,6 +69,9 @@ struct Setup<S: Applied> {
     gate: Arc<Notify>,
     runs: Arc<Mutex<HashMap<Uuid, usize>>>,
     arrived: Arc<Mutex<HashSet<Uuid>>>,
+    /// The service whose events the consumer routes to the handler (what
+    /// a dead letter's replay looks the handler up by).
+    routed: String,
     _running: polis_bus::ConsumerHandle,
 }
 
@@ -97,12 +100,13 @@ async fn setup<S: Applied>(store: Arc<S>, bus: Arc<dyn Bus>) -> Setup<S> {
     }
     // Spawned (on a topic nobody publishes to) so that its batch worker
     // runs; the deliveries are handed to it directly.
+    let routed = unique("quiet");
     let consumer = Arc::new(
         Consumer::new(store.service().to_owned(), store.clone(), options)
-            .route(Topic::events_of(&unique("quiet")), Shared(handler.clone())),
+            .route(Topic::events_of(&routed), Shared(handler.clone())),
     );
     let running = consumer.clone().spawn(bus).await.unwrap();
-    Setup { store, consumer, handler, gate, runs, arrived, _running: running }
+    Setup { store, consumer, handler, gate, runs, arrived, routed, _running: running }
 }
 
 fn event(key: &str, data: serde_json::Value) -> Message {
@@ -230,8 +234,9 @@ mod cases {
         let s = setup(store, bus).await;
         let gate = event("gate", json!({ "gate": true }));
         let good: Vec<_> = (0..4).map(|i| event(&format!("k{i}"), json!({ "seq": i }))).collect();
-        // Last, so that everything else in the batch ran before it.
-        let careless = event("c", json!({ "careless": true }));
+        // Last, so that everything else in the batch ran before it; of
+        // the routed service, so that a replay finds its handler.
+        let careless = Message::event(&s.routed, "thing.happened.v1", "c", json!({ "careless": true }));
         let (gate_outcome, outcomes) = s.behind_the_gate(&gate, &good, std::slice::from_ref(&careless)).await;
         assert_eq!(gate_outcome, Outcome::Handled);
         assert_eq!(outcomes[..4], [Outcome::Handled; 4]);
@@ -246,6 +251,11 @@ mod cases {
                 // PostgreSQL: it cannot commit, so it ends as a dead letter.
                 assert_eq!(outcome, Outcome::DeadLettered);
                 assert!(!applied.contains(&careless.id));
+                let letters = s.consumer.dead_letters().await.unwrap();
+                assert_eq!(letters.iter().map(|l| l.message_id).collect::<Vec<_>>(), [Some(careless.id)]);
+                assert!(letters[0].error.contains("its error was ignored"), "says why: {}", letters[0].error);
+                // Replaying it cannot commit either: an error, and the letter stays.
+                assert!(s.consumer.replay(letters[0].id).await.is_err(), "the replay did not take effect");
                 let letters = s.consumer.dead_letters().await.unwrap();
                 assert_eq!(letters.iter().map(|l| l.message_id).collect::<Vec<_>>(), [Some(careless.id)]);
             }

@@ -21,7 +21,8 @@
 //! candidate here, but its hint is heard
 //! ([`peer_outbox_wakeups`](polis_core::outbox::TransactionalStore::peer_outbox_wakeups)):
 //! on such a wake-up every order waited for is read, at most once per
-//! [`PEER_CHECK_EVERY`].
+//! [`PEER_CHECK_EVERY`], and at least once per [`PEER_POLL`] while anyone
+//! waits, since a hint can be lost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -43,6 +44,10 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 /// The shortest time between two reads of every order waited for, which
 /// other instances' commits prompt: what commits meanwhile waits that long.
 const PEER_CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// With other instances about, how often every order waited for is read
+/// even without a hint (hints are only hints: one can be lost).
+const PEER_POLL: Duration = Duration::from_secs(1);
 
 /// The longest wait a request may ask for.
 pub(crate) const MAX_WAIT: Duration = Duration::from_millis(contracts::order::MAX_WAIT_MS);
@@ -149,13 +154,18 @@ async fn watch_decisions<S>(
     // After a failed read the watcher tries again on its own, sooner than
     // the waits time out, instead of waiting for a commit that may not come.
     let mut retry: Option<Duration> = None;
+    // A read of every order waited for failed: the next read is one too,
+    // whatever wakes it (a peer's decision is noted nowhere else).
+    let mut owed_everyone = false;
     let mut peer_checked = Instant::now();
     loop {
-        let pause = retry.unwrap_or_default();
+        // With other instances about, also every PEER_POLL: a hint can be lost.
+        let pause = retry.unwrap_or(PEER_POLL);
+        let polling = retry.is_some() || peers.is_some();
         let (woken, everyone) = tokio::select! {
-            changed = wakeups.changed() => (changed.is_ok(), false),
+            changed = wakeups.changed() => (changed.is_ok(), owed_everyone),
             () = peer_commit(&mut peers) => (true, true),
-            () = tokio::time::sleep(pause), if retry.is_some() => (true, true),
+            () = tokio::time::sleep(pause), if polling => (true, true),
         };
         if !woken {
             return;
@@ -173,6 +183,7 @@ async fn watch_decisions<S>(
         };
         if ids.is_empty() {
             retry = None;
+            owed_everyone &= !everyone;
             continue;
         }
         let Some(store) = store.upgrade() else { return };
@@ -182,6 +193,7 @@ async fn watch_decisions<S>(
         match store.query(&sql, &args).await {
             Ok(rows) => {
                 retry = None;
+                owed_everyone &= !everyone;
                 let decided: Vec<Uuid> = rows
                     .iter()
                     .filter(|row| row.text("status").is_ok_and(|s| is_decided(&s)))
@@ -193,6 +205,7 @@ async fn watch_decisions<S>(
                 let pause = retry.map_or(RETRY_MIN, |p| (p * 2).min(RETRY_MAX));
                 tracing::warn!(error = %polis_core::error::chain(&e), retry_in = ?pause, "cannot read the orders waited for");
                 retry = Some(pause);
+                owed_everyone |= everyone;
             }
         }
     }

@@ -33,6 +33,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt as _;
 use polis_bus::{Handler, HandlerError};
+use polis_core::outbox::Transaction as _;
 use polis_core::{Message, MessageKind, MessageType, TransactionalStore};
 use polis_projection::{Projector, ProjectorOptions};
 use polis_runtime::{HttpOptions, with_standard_stack};
@@ -132,7 +133,13 @@ where
     H: Handler<S::Tx>,
 {
     let message = message.clone();
-    store.transaction::<_, _, HandlerError>(async move |tx| handler.handle(tx, &message).await).await
+    store
+        .transaction::<_, _, HandlerError>(async move |tx| {
+            handler.handle(tx, &message).await?;
+            tx.ensure_committable().await?;
+            Ok(())
+        })
+        .await
 }
 
 /// Runs `service`'s projections until they reflect every event in its log,

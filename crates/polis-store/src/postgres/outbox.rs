@@ -145,12 +145,18 @@ impl Transaction for PgTx {
     }
 
     async fn ensure_committable(&mut self) -> Result<(), StoreError> {
-        if !self.pending.is_empty() {
-            // In a failed transaction the write fails too.
-            return self.write_pending().await;
-        }
-        sqlx::query("SELECT 1").execute(&mut *self.tx).await.map_err(backend)?;
-        Ok(())
+        // In a failed transaction the pending write fails too.
+        let checked = match self.pending.is_empty() {
+            false => self.write_pending().await,
+            true => sqlx::query("SELECT 1").execute(&mut *self.tx).await.map(drop).map_err(backend),
+        };
+        checked.map_err(|e| match e {
+            StoreError::Backend(source) if aborted(source.as_ref()) => StoreError::backend(
+                "a statement of this transaction failed earlier and its error was ignored: \
+                 PostgreSQL can only roll the transaction back",
+            ),
+            other => other,
+        })
     }
 
     async fn schedule(&mut self, message: &Message, due_at: DateTime<Utc>) -> Result<(), StoreError> {
@@ -506,4 +512,19 @@ fn decode_entry(row: &PgRow) -> Result<OutboxEntry, StoreError> {
         },
         created_at: row.try_get(12).map_err(backend)?,
     })
+}
+
+/// Whether `error` (or what it wraps) is PostgreSQL's "current transaction
+/// is aborted" (SQLSTATE 25P02).
+fn aborted(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>()
+            && db.code().as_deref() == Some("25P02")
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
