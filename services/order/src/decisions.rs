@@ -87,11 +87,7 @@ impl Decisions {
     /// The candidates still waited for, forgetting waits whose request is
     /// gone and candidates nobody waits for.
     fn to_check(&self) -> Vec<Uuid> {
-        let mut waiting = lock(&self.waiting);
-        waiting.retain(|_, waits| {
-            waits.retain(|w| !w.is_closed());
-            !waits.is_empty()
-        });
+        let waiting = self.pruned();
         let mut candidates = lock(&self.candidates);
         candidates.retain(|id, at| waiting.contains_key(id) || at.elapsed() < CANDIDATE_TTL);
         candidates.keys().filter(|id| waiting.contains_key(id)).copied().collect()
@@ -99,12 +95,17 @@ impl Decisions {
 
     /// Every order waited for (whose request is still there).
     fn waited_for(&self) -> Vec<Uuid> {
+        self.pruned().keys().copied().collect()
+    }
+
+    /// The waits, without those whose request is gone.
+    fn pruned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<()>>>> {
         let mut waiting = lock(&self.waiting);
         waiting.retain(|_, waits| {
             waits.retain(|w| !w.is_closed());
             !waits.is_empty()
         });
-        waiting.keys().copied().collect()
+        waiting
     }
 
     fn wake(&self, decided: &[Uuid]) {

@@ -437,9 +437,6 @@ impl EventStore for PgEventStore {
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.start_listener();
-        }
         self.inner.wakeups.subscribe()
     }
 
@@ -542,16 +539,10 @@ impl TransactionalStore for PgEventStore {
     }
 
     fn outbox_wakeups(&self) -> watch::Receiver<u64> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.start_listener();
-        }
         self.inner.outbox.subscribe()
     }
 
     fn peer_outbox_wakeups(&self) -> Option<watch::Receiver<u64>> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.start_listener();
-        }
         Some(self.inner.peer_outbox.subscribe())
     }
 
