@@ -36,7 +36,7 @@ use contracts::inventory::{Reservation, ReservationStatus, SetStock, StockLevel}
 use contracts::order::{Accepted, CreateOrder, IDEMPOTENCY_KEY, OrderStatus, OrderView};
 use contracts::order_history::{CustomerOrders, HistoryOrder};
 use contracts::payment::{Payment, PaymentStatus};
-use contracts::shipping::{Shipment, ShipmentStatus};
+use contracts::shipping::{CustomerAddress, Shipment, ShipmentStatus};
 use contracts::{Address, Quantity, SagaStyle, Service};
 use futures::StreamExt as _;
 use rand::rngs::StdRng;
@@ -265,7 +265,8 @@ pub fn run_tag() -> String {
 }
 
 /// Registers the customers and adds the products and their stock, sized for
-/// `orders`; waits until the payment service has replicated every customer.
+/// `orders`; waits until the payment and shipping services have replicated
+/// every customer.
 pub async fn seed(apis: &Apis, tag: &str, orders: usize, rng: &mut StdRng) -> anyhow::Result<Seeded> {
     let register = |name: String, email: String, country: &str, credit_limit: i64| RegisterCustomer {
         name,
@@ -330,10 +331,34 @@ pub async fn seed(apis: &Apis, tag: &str, orders: usize, rng: &mut StdRng) -> an
         .await;
         anyhow::ensure!(found, "the payment service never replicated customer {id}");
     }
+    // And shipping's: a shipment for a customer it does not know yet is
+    // retried a few times, then the order's step times out.
+    let found =
+        poll_until(Duration::from_secs(30), || async { shipping_knows(apis, &ids).await.unwrap_or(false) }).await;
+    anyhow::ensure!(found, "the shipping service never replicated the customers {ids:?}");
     let undeliverable = ids.pop().context("customers")?;
     let declined = ids.pop().context("customers")?;
     let low_credit = ids.pop().context("customers")?;
     Ok(Seeded { regular: ids, low_credit, declined, undeliverable, skus, scarce, initial_stock })
+}
+
+/// Whether the shipping service's address replica holds every customer in
+/// `ids`, read from just below the smallest (new customers' ids are
+/// UUIDv7s: the replica's newest rows, whatever came before them).
+async fn shipping_knows(apis: &Apis, ids: &[Uuid]) -> anyhow::Result<bool> {
+    let Some(first) = ids.iter().min() else { return Ok(true) };
+    let mut missing: HashSet<Uuid> = ids.iter().copied().collect();
+    let mut page =
+        Some(polis_runtime::Page { after: Some(Uuid::from_u128(first.as_u128().saturating_sub(1))), limit: 500 });
+    while let Some(current) = page {
+        let items: Vec<CustomerAddress> =
+            apis.get(Service::Shipping).get(&format!("/addresses?{}", current.query())).await?;
+        for item in &items {
+            missing.remove(&item.customer_id);
+        }
+        page = current.next(items.len(), items.last().map(|item| item.customer_id));
+    }
+    Ok(missing.is_empty())
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
