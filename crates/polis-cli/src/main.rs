@@ -21,6 +21,7 @@ mod admin;
 mod audit;
 mod check;
 mod exit;
+mod measure;
 mod serve;
 mod shop_demo;
 mod stock;

@@ -45,6 +45,7 @@ use shop::supervisor::Supervisor;
 use shop::workload::{self, Apis, Check, Deployment, Pacing, RunRecord, Scope};
 
 use crate::Mode;
+use crate::measure::{self, Disk, Recorder, Window};
 
 /// How long the invariants may take to converge once every order is terminal.
 pub(crate) const CONVERGENCE: Duration = Duration::from_secs(30);
@@ -85,6 +86,10 @@ pub(crate) struct DemoArgs {
     /// HOST:PORT), to watch it live on `/dashboard` or scrape `/metrics`.
     #[arg(long, value_parser = crate::listen_address)]
     listen: Option<SocketAddr>,
+    /// Orders per window of the report's throughput, latency and memory
+    /// figures (at least 1).
+    #[arg(long, default_value_t = measure::DEFAULT_WINDOW, value_parser = crate::at_least_one)]
+    window: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -108,6 +113,17 @@ pub(crate) struct Report {
     /// events the view applied last (its own measure, `GET /projections`).
     view_lag_ms_p50: Option<f64>,
     view_lag_ms_p99: Option<f64>,
+    /// Throughput, latency and the shop's memory per window of `--window`
+    /// orders, in the order they were placed (`measure`).
+    windows: Vec<Window>,
+    /// The shop's highest resident memory sampled while orders were placed
+    /// (the checks after them not included).
+    shop_rss_peak_mib: Option<f64>,
+    /// This process's peak resident memory: in embedded mode the shop's,
+    /// the client's and the end-of-run checks' together.
+    process_rss_peak_mib: Option<f64>,
+    /// Each database's files after the run (embedded mode).
+    disk: Vec<Disk>,
     invariants: Vec<Check>,
     /// Where the data is kept; `None` for a temporary directory, which is
     /// removed when the demo ends.
@@ -240,8 +256,17 @@ async fn workload_run(args: &DemoArgs, apis: &Apis, data_dir: &Path, keep: bool)
 
     let started = Instant::now();
     let bar = progress(plan.len(), "placing", args.json);
-    let placed =
-        workload::place_orders(apis, &plan, args.concurrency, Pacing::Decided, &|n| bar.set_position(n as u64)).await?;
+    let shop = match args.mode {
+        Mode::Embedded => measure::Shop::ThisProcess,
+        Mode::Distributed => measure::Shop::Processes(data_dir.join("run")),
+    };
+    let recorder = Recorder::new(shop, args.window, plan.len());
+    let accepted = |n: usize| {
+        bar.set_position(n as u64);
+        recorder.accepted(n);
+    };
+    let placing = workload::place_orders(apis, &plan, args.concurrency, Pacing::Decided, &accepted);
+    let placed = recorder.sampling(placing).await?;
     bar.finish();
     let patience = workload::patience(placed.len());
     let bar = progress(placed.len(), "deciding", args.json);
@@ -263,6 +288,7 @@ async fn workload_run(args: &DemoArgs, apis: &Apis, data_dir: &Path, keep: bool)
         .collect();
     latencies.sort_by(f64::total_cmp);
     let tally = Tally::of(orders.values());
+    let windows = recorder.windows(orders.values());
     let invariants = workload::check_until_converged(apis, &seeded, scope, CONVERGENCE).await?;
     let view_lag = workload::view_lag(apis).await?;
     let report = Report {
@@ -278,6 +304,13 @@ async fn workload_run(args: &DemoArgs, apis: &Apis, data_dir: &Path, keep: bool)
         latency_ms_p99: percentile(&latencies, 0.99).unwrap_or_default(),
         view_lag_ms_p50: view_lag.map(|(p50, _)| p50),
         view_lag_ms_p99: view_lag.map(|(_, p99)| p99),
+        windows,
+        shop_rss_peak_mib: recorder.peak().map(measure::mib),
+        process_rss_peak_mib: measure::own_peak_rss().map(measure::mib),
+        disk: match args.mode {
+            Mode::Embedded => measure::embedded_disk(&data_dir, args.orders),
+            Mode::Distributed => Vec::new(),
+        },
         invariants,
         data_dir: keep.then(|| data_dir.display().to_string()),
     };
@@ -489,8 +522,52 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     if let (Some(p50), Some(p99)) = (report.view_lag_ms_p50, report.view_lag_ms_p99) {
         println!("  event commit → order-history view: p50 {p50:.1} ms, p99 {p99:.1} ms");
     }
+    print_windows(report);
     println!();
     println!("  invariants");
     print_invariants(&report.invariants);
     Ok(())
+}
+
+/// The windows, the memory and the disk, when there is more than one
+/// window (a short run's one window says what the totals say).
+fn print_windows(report: &Report) {
+    let mib = |value: Option<f64>| value.map_or_else(|| "?".to_owned(), |v| format!("{v:.0} MiB"));
+    println!(
+        "  shop memory: peak {} while placing; this process's peak {}",
+        mib(report.shop_rss_peak_mib),
+        mib(report.process_rss_peak_mib)
+    );
+    if report.windows.len() > 1 {
+        println!("  per window           orders  orders/s    p50 ms    p99 ms   shop RSS");
+        let mut first = 0;
+        for window in &report.windows {
+            println!(
+                "    {:>15}  {:>7}  {:>8.1}  {:>8.1}  {:>8.1}  {:>9}",
+                format!("{}-{}", first + 1, first + window.orders),
+                window.orders,
+                window.orders_per_s,
+                window.p50_ms,
+                window.p99_ms,
+                mib(window.shop_rss_mib)
+            );
+            first += window.orders;
+        }
+    }
+    if !report.disk.is_empty() {
+        let total: u64 = report.disk.iter().map(|d| d.bytes).sum();
+        println!(
+            "  on disk: {:.1} MiB, {:.0} bytes per order",
+            measure::mib(total),
+            total as f64 / report.orders.max(1) as f64
+        );
+        for disk in &report.disk {
+            println!(
+                "    {:<16} {:>9.1} MiB  {:>8.0} B/order",
+                disk.database,
+                measure::mib(disk.bytes),
+                disk.bytes_per_order
+            );
+        }
+    }
 }
