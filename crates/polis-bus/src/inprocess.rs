@@ -41,11 +41,16 @@
 //!
 //! # Retention
 //!
-//! The log would otherwise grow for as long as the process lives. A message
-//! is deleted once it is older than [`InProcessOptions::retention`] *and*
-//! every durable consumer of its topic has acknowledged it (it lies at or
-//! below each one's stored ack floor); [`InProcessBus::cleanup`] does that,
-//! every [`InProcessOptions::cleanup_interval`] in the background. So:
+//! The log would otherwise grow for as long as the process lives. Like a
+//! JetStream stream with interest-based retention, a message is deleted
+//! once every durable consumer of its topic has acknowledged it (it lies at
+//! or below each one's stored ack floor) and it is older than
+//! [`InProcessOptions::replay_window`] (none by default); a message of a
+//! topic nobody subscribed to, once older than
+//! [`InProcessOptions::retention`]. [`InProcessBus::cleanup`] does that,
+//! every [`InProcessOptions::cleanup_interval`] in the background, a prefix
+//! of each topic at a time (its cost follows what it deletes, not the
+//! log's length). So:
 //!
 //! - a message some consumer has not acknowledged is never deleted, however
 //!   old, and neither is anything above that consumer's floor;
@@ -56,11 +61,14 @@
 //! - a topic nobody has subscribed to keeps its messages for the retention
 //!   period only, like a JetStream stream with a maximum age: a consumer
 //!   subscribing for the first time later starts from what is left;
-//! - the retention also bounds de-duplication: a message id published again
-//!   after its message was deleted is stored and delivered again (the
-//!   consumers' inboxes still recognize it), so keep it longer than a relay
-//!   can take to republish, i.e. longer than a producer can stay down
-//!   between publishing and marking a batch.
+//! - the log's size follows the consumers' lag (plus the replay window),
+//!   not the history: what every consumer has is gone within a cleanup
+//!   interval;
+//! - the replay window also bounds de-duplication: a message id published
+//!   again after its message was deleted is stored and delivered again
+//!   (the consumers' inboxes still recognize it, as they do any
+//!   redelivery); a window longer than a producer can stay down between
+//!   publishing and marking a batch spares the consumers that work.
 //!
 //! Only acknowledgements already written count (they are written within
 //! moments), which errs on the side of keeping.
@@ -116,9 +124,12 @@ DROP TABLE IF EXISTS bus_acks;
 /// Options for [`InProcessBus::open_with`].
 #[derive(Debug, Clone)]
 pub struct InProcessOptions {
-    /// How long a message stays after every durable consumer of its topic
-    /// acknowledged it (see the module docs, "Retention").
+    /// How long a message of a topic nobody has subscribed to stays (see
+    /// the module docs, "Retention").
     pub retention: Duration,
+    /// How long a message stays after every durable consumer of its topic
+    /// acknowledged it: none by default (deleted at the next cleanup).
+    pub replay_window: Duration,
     /// How often the background cleanup runs.
     pub cleanup_interval: Duration,
     /// How long the integrity check of the bus file at open may take
@@ -130,7 +141,8 @@ impl Default for InProcessOptions {
     fn default() -> Self {
         Self {
             retention: Duration::from_secs(24 * 3600),
-            cleanup_interval: Duration::from_secs(60),
+            replay_window: Duration::ZERO,
+            cleanup_interval: Duration::from_secs(5),
             integrity_check: Some(polis_store::sqlite::INTEGRITY_CHECK_BUDGET),
         }
     }
@@ -266,30 +278,22 @@ impl InProcessBus {
     /// docs); returns how many. The bus also runs this by itself, every
     /// [`InProcessOptions::cleanup_interval`].
     pub async fn cleanup(&self) -> Result<u64, BusError> {
-        let retention = chrono::Duration::from_std(self.inner.options.retention).unwrap_or(chrono::Duration::MAX);
-        let cutoff = Utc::now().checked_sub_signed(retention).map_or(i64::MIN, |t| t.timestamp_micros());
+        let now = Utc::now();
+        let cutoff = |window: Duration| {
+            chrono::Duration::from_std(window)
+                .ok()
+                .and_then(|window| now.checked_sub_signed(window))
+                .map_or(i64::MIN, |t| t.timestamp_micros())
+        };
+        let (replayed, retained) = (cutoff(self.inner.options.replay_window), cutoff(self.inner.options.retention));
         let mut deleted = 0;
         loop {
-            // Per message: old enough, and at or below the stored ack floor of
-            // every consumer of its topic (no consumer: nothing holds it).
             let tails = self.inner.tails.clone();
             let done = self
                 .inner
                 .writer
                 .run(move |conn| {
-                    let mut delete = conn.prepare_cached(
-                        "DELETE FROM bus_messages WHERE seq IN ( \
-                             SELECT m.seq FROM bus_messages m WHERE m.stored_at_us < ?1 AND NOT EXISTS ( \
-                                 SELECT 1 FROM bus_consumers c \
-                                 WHERE c.service = m.service AND c.segment = m.segment AND c.ack_floor < m.seq) \
-                             LIMIT ?2) \
-                         RETURNING service, segment, seq",
-                    )?;
-                    let gone = delete
-                        .query_map(params![cutoff, CLEANUP_CHUNK], |r| {
-                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let gone = delete_chunk(conn, replayed, retained)?;
                     // A consumer subscribing later starts from what is left,
                     // in the tail too (forgotten even if this rolls back: the
                     // log still serves those).
@@ -769,6 +773,49 @@ impl Acker for InProcessAcker {
         lock(&self.state).retry.push(std::cmp::Reverse((Instant::now() + delay, self.seq)));
         Ok(())
     }
+}
+
+/// Deletes up to [`CLEANUP_CHUNK`] messages the retention lets go (module
+/// docs): of each topic with consumers, the oldest ones at or below the
+/// lowest ack floor and stored before `replayed`; then, of topics without
+/// any, those stored before `retained`. Returns them.
+fn delete_chunk(conn: &Connection, replayed: i64, retained: i64) -> rusqlite::Result<Vec<(String, String, i64)>> {
+    let gone_row = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?));
+    let floors = conn
+        .prepare_cached("SELECT service, segment, MIN(ack_floor) FROM bus_consumers GROUP BY service, segment")?
+        .query_map([], gone_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut gone = Vec::new();
+    // A prefix of the topic, by its index.
+    let mut acknowledged = conn.prepare_cached(
+        "DELETE FROM bus_messages WHERE seq IN ( \
+             SELECT seq FROM bus_messages \
+             WHERE service = ?1 AND segment = ?2 AND seq <= ?3 AND stored_at_us < ?4 \
+             ORDER BY seq LIMIT ?5) \
+         RETURNING service, segment, seq",
+    )?;
+    for (service, segment, floor) in floors {
+        let room = CLEANUP_CHUNK - gone.len() as i64;
+        if room <= 0 {
+            return Ok(gone);
+        }
+        let deleted = acknowledged.query_map(params![service, segment, floor, replayed, room], gone_row)?;
+        gone.extend(deleted.collect::<rusqlite::Result<Vec<_>>>()?);
+    }
+    let room = CLEANUP_CHUNK - gone.len() as i64;
+    if room > 0 {
+        // By age: only messages older than the retention are looked at.
+        let mut unsubscribed = conn.prepare_cached(
+            "DELETE FROM bus_messages WHERE seq IN ( \
+                 SELECT m.seq FROM bus_messages m WHERE m.stored_at_us < ?1 AND NOT EXISTS ( \
+                     SELECT 1 FROM bus_consumers c WHERE c.service = m.service AND c.segment = m.segment) \
+                 LIMIT ?2) \
+             RETURNING service, segment, seq",
+        )?;
+        let deleted = unsubscribed.query_map(params![retained, room], gone_row)?;
+        gone.extend(deleted.collect::<rusqlite::Result<Vec<_>>>()?);
+    }
+    Ok(gone)
 }
 
 /// Runs [`InProcessBus::cleanup`] every `interval` until the bus is dropped.

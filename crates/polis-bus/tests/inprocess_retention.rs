@@ -15,10 +15,12 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A bus whose acknowledged messages and unsubscribed topics both keep
+/// their messages for `retention`.
 async fn open(dir: &tempfile::TempDir, retention: Duration, cleanup_interval: Duration) -> InProcessBus {
     InProcessBus::open_with(
         dir.path().join("bus.db"),
-        InProcessOptions { retention, cleanup_interval, ..Default::default() },
+        InProcessOptions { retention, replay_window: retention, cleanup_interval, ..Default::default() },
     )
     .await
     .unwrap()
@@ -158,4 +160,43 @@ async fn retention_keeps_acknowledged_messages_for_its_period_and_forgets_remove
     bus.remove_consumer("gone", &topic).await.unwrap();
     assert_eq!(bus.cleanup().await.unwrap(), 5);
     assert_eq!(bus.stored_messages().await.unwrap(), 0);
+}
+
+/// The defaults: what every consumer acknowledged goes at the next cleanup
+/// (no replay window), while a topic nobody subscribed to keeps its
+/// messages for the retention period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_only_unacknowledged_messages_and_unsubscribed_topics_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = InProcessOptions { cleanup_interval: Duration::from_secs(3600), ..Default::default() };
+    let bus = InProcessBus::open_with(dir.path().join("bus.db"), options).await.unwrap();
+    let topic = Topic::events_of("shop");
+    let mut sub = bus.subscribe("billing", &topic).await.unwrap();
+    bus.publish(&events(10)).await.unwrap();
+    bus.publish(&[Message::event("nobody-listens", "x.happened.v1", "k", json!({}))]).await.unwrap();
+    for _ in 0..6 {
+        next(&mut sub).await.ack().await.unwrap();
+    }
+    // Once the floor is written (within moments), the cleanup takes them.
+    cleaned_up(&bus, 6).await;
+    assert_eq!(bus.stored_messages().await.unwrap(), 5, "four unacknowledged, one nobody subscribed to");
+    for _ in 0..4 {
+        next(&mut sub).await.ack().await.unwrap();
+    }
+    cleaned_up(&bus, 4).await;
+    assert_eq!(bus.stored_messages().await.unwrap(), 1, "the retention keeps the unsubscribed topic's message");
+}
+
+/// Runs the cleanup until it has deleted `n` messages, and checks it
+/// deletes no more.
+async fn cleaned_up(bus: &InProcessBus, n: u64) {
+    let deleted = Arc::new(AtomicU64::new(0));
+    wait_for(WAIT, || async {
+        deleted.fetch_add(bus.cleanup().await.unwrap(), Ordering::SeqCst);
+        deleted.load(Ordering::SeqCst) >= n
+    })
+    .await
+    .unwrap();
+    assert_eq!(deleted.load(Ordering::SeqCst), n);
+    assert_eq!(bus.cleanup().await.unwrap(), 0);
 }
