@@ -95,7 +95,7 @@ const FETCH: i64 = 256;
 const TAIL: usize = 1024;
 /// Messages deleted per statement by a cleanup, so that publishes and ack
 /// writes get the single connection in between.
-const CLEANUP_CHUNK: i64 = 5_000;
+const CLEANUP_CHUNK: i64 = 1_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bus_messages (

@@ -24,6 +24,8 @@ use uuid::Uuid;
 pub(crate) struct CustomerCredit {
     pub(crate) email: String,
     pub(crate) credit_limit: Money,
+    /// The sum of its open payments: what it may still be charged.
+    pub(crate) exposure: Money,
 }
 
 /// A payment row.
@@ -85,14 +87,17 @@ fn now_us() -> i64 {
 
 const PAYMENT_COLUMNS: &str = "order_id, customer_id, amount, status, reason";
 
+/// A payment row's customer (none for a tombstone).
+fn customer_of(row: &Row) -> Result<Option<Uuid>, StoreError> {
+    row.opt_text("customer_id")?
+        .map(|text| {
+            Uuid::parse_str(&text).map_err(|e| StoreError::backend(format!("column `customer_id` is not a uuid: {e}")))
+        })
+        .transpose()
+}
+
 fn stored(row: &Row) -> Result<Stored, StoreError> {
-    let customer_id = match row.opt_text("customer_id")? {
-        Some(text) => Some(
-            Uuid::parse_str(&text)
-                .map_err(|e| StoreError::backend(format!("column `customer_id` is not a uuid: {e}")))?,
-        ),
-        None => None,
-    };
+    let customer_id = customer_of(row)?;
     Ok(Stored {
         order_id: row.uuid("order_id")?,
         customer_id,
@@ -110,7 +115,8 @@ const EXPOSURE: &str = "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS expos
 // ---- inside a transaction ---------------------------------------------------
 
 /// Takes the customer's credit lock until the end of the transaction and
-/// reads the replica; `None` if the customer is not replicated (yet).
+/// reads the replica, and the exposure kept on the lock's row; `None` if
+/// the customer is not replicated (yet).
 ///
 /// The lock is a row of `payment_credit_locks`, the service's own table (the
 /// replica is a projection's view, written by the projection alone): the
@@ -119,18 +125,37 @@ const EXPOSURE: &str = "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS expos
 /// its payment in the exposure (READ COMMITTED reads anew per statement).
 /// On SQLite the single writer serializes them anyway.
 pub(crate) async fn lock_customer<Tx: Sql>(tx: &mut Tx, id: Uuid) -> Result<Option<CustomerCredit>, StoreError> {
-    tx.execute(
-        "INSERT INTO payment_credit_locks (customer_id) VALUES ($1) \
-         ON CONFLICT (customer_id) DO UPDATE SET customer_id = excluded.customer_id",
-        args![id],
-    )
-    .await?;
+    let exposure = tx
+        .fetch_one(
+            "INSERT INTO payment_credit_locks (customer_id) VALUES ($1) \
+             ON CONFLICT (customer_id) DO UPDATE SET customer_id = excluded.customer_id RETURNING exposure",
+            args![id],
+        )
+        .await?
+        .int("exposure")?;
     let row = tx.fetch_optional("SELECT email, credit_limit FROM payment_customers WHERE id = $1", args![id]).await?;
-    row.map(|row| Ok(CustomerCredit { email: row.text("email")?, credit_limit: row.int("credit_limit")? })).transpose()
+    row.map(|row| Ok(CustomerCredit { email: row.text("email")?, credit_limit: row.int("credit_limit")?, exposure }))
+        .transpose()
 }
 
-pub(crate) async fn exposure<Tx: Sql>(tx: &mut Tx, customer_id: Uuid) -> Result<Money, StoreError> {
-    tx.fetch_one(EXPOSURE, args![customer_id]).await?.int("exposure")
+/// Whether a payment in `status` counts in its customer's exposure.
+fn is_open(status: PaymentStatus) -> bool {
+    matches!(status, PaymentStatus::Authorized | PaymentStatus::Captured)
+}
+
+/// Adds `delta` to the customer's exposure. Its lock row exists: the
+/// authorization that opened the payment took the lock.
+async fn add_exposure<Tx: Sql>(tx: &mut Tx, customer_id: Uuid, delta: Money) -> Result<(), StoreError> {
+    let changed = tx
+        .execute(
+            "UPDATE payment_credit_locks SET exposure = exposure + $2 WHERE customer_id = $1",
+            args![customer_id, delta],
+        )
+        .await?;
+    if changed != 1 {
+        return Err(StoreError::backend(format!("no credit lock row for customer {customer_id}")));
+    }
+    Ok(())
 }
 
 pub(crate) async fn load<Tx: Sql>(tx: &mut Tx, order_id: Uuid) -> Result<Option<Stored>, StoreError> {
@@ -156,11 +181,18 @@ pub(crate) async fn insert<Tx: Sql>(tx: &mut Tx, payment: &Stored) -> Result<boo
             ],
         )
         .await?;
+    if inserted == 1
+        && is_open(payment.status)
+        && let Some(customer_id) = payment.customer_id
+    {
+        add_exposure(tx, customer_id, payment.amount).await?;
+    }
     Ok(inserted == 1)
 }
 
-/// Moves the order's payment from `from` to `to`; returns its amount, or
-/// `None` if it was not in `from` (any more).
+/// Moves the order's payment from `from` to `to`, and its customer's
+/// exposure with it; returns its amount, or `None` if it was not in `from`
+/// (any more).
 pub(crate) async fn transition<Tx: Sql>(
     tx: &mut Tx,
     order_id: Uuid,
@@ -169,11 +201,24 @@ pub(crate) async fn transition<Tx: Sql>(
 ) -> Result<Option<Money>, StoreError> {
     let row = tx
         .fetch_optional(
-            "UPDATE payments SET status = $3, updated_at_us = $4 WHERE order_id = $1 AND status = $2 RETURNING amount",
+            "UPDATE payments SET status = $3, updated_at_us = $4 WHERE order_id = $1 AND status = $2 \
+             RETURNING amount, customer_id",
             args![order_id, status_str(from), status_str(to), now_us()],
         )
         .await?;
-    row.map(|row| row.int("amount")).transpose()
+    let Some(row) = row else { return Ok(None) };
+    let amount = row.int("amount")?;
+    let delta = match (is_open(from), is_open(to)) {
+        (true, false) => -amount,
+        (false, true) => amount,
+        _ => 0,
+    };
+    if delta != 0
+        && let Some(customer_id) = customer_of(&row)?
+    {
+        add_exposure(tx, customer_id, delta).await?;
+    }
+    Ok(Some(amount))
 }
 
 // ---- reads outside transactions ----------------------------------------------

@@ -179,7 +179,7 @@ impl PaymentHandler {
                 "customer {customer_id} of order {order_id} is not replicated yet"
             )));
         };
-        let exposure = db::exposure(tx, customer_id).await?;
+        let exposure = customer.exposure;
         let decision = if !rules::within_credit_limit(exposure, amount, customer.credit_limit) {
             Err(RejectionReason::CreditLimitExceeded)
         } else if self.provider.authorize(order_id, &customer.email).await == Decision::Declined {

@@ -225,6 +225,10 @@ mod cases {
         let fits = order();
         handle(&service, style, &authorize(style, fits, customer_id, 400)).await.unwrap();
         assert_eq!(status_of(&*store, fits).await.as_deref(), Some("AUTHORIZED"));
+        // The exposure is kept as payments change, not summed per authorization.
+        assert_eq!(kept_and_summed_exposure(&*store, customer_id).await, (1_000, 1_000));
+        handle(&service, style, &void(style, fits)).await.unwrap();
+        assert_eq!(kept_and_summed_exposure(&*store, customer_id).await, (600, 600));
     }
 
     pub async fn the_provider_declines_marked_emails<S>(service: Payment<S>, style: SagaStyle)

@@ -181,3 +181,29 @@ where
 {
     store.query("SELECT COUNT(*) AS n FROM payments", args![]).await.unwrap()[0].int("n").unwrap()
 }
+
+/// The exposure kept on the customer's credit-lock row, and the sum of its
+/// open payments it stands for.
+pub async fn kept_and_summed_exposure<S>(store: &S, customer_id: Uuid) -> (i64, i64)
+where
+    S: SqlStore,
+    S::Tx: Sql,
+{
+    let kept = store
+        .query("SELECT exposure FROM payment_credit_locks WHERE customer_id = $1", args![customer_id])
+        .await
+        .unwrap()[0]
+        .int("exposure")
+        .unwrap();
+    let summed = store
+        .query(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS s FROM payments \
+             WHERE customer_id = $1 AND status IN ('AUTHORIZED', 'CAPTURED')",
+            args![customer_id],
+        )
+        .await
+        .unwrap()[0]
+        .int("s")
+        .unwrap();
+    (kept, summed)
+}
