@@ -10,8 +10,10 @@
 //! create-order saga:
 //!
 //! - **authorize** (`AuthorizePayment`, or `StockReserved` in choreography):
-//!   the customer's open exposure (its `AUTHORIZED` and `CAPTURED` payments)
-//!   plus the amount must stay within its credit limit, then the simulated
+//!   the customer's open exposure (its `AUTHORIZED` and `CAPTURED` payments,
+//!   kept on its credit-lock row and changed with each payment, so the check
+//!   costs the same however long its history) plus the amount must stay
+//!   within its credit limit, then the simulated
 //!   provider must accept; the outcome is `PaymentAuthorized` or
 //!   `PaymentFailed` (`CREDIT_LIMIT_EXCEEDED`, `PAYMENT_DECLINED`);
 //! - **capture** (`CapturePayment`, or `ShipmentScheduled`): `PaymentCaptured`;
