@@ -142,7 +142,7 @@ impl Default for InProcessOptions {
         Self {
             retention: Duration::from_secs(24 * 3600),
             replay_window: Duration::ZERO,
-            cleanup_interval: Duration::from_secs(5),
+            cleanup_interval: Duration::from_secs(1),
             integrity_check: Some(polis_store::sqlite::INTEGRITY_CHECK_BUDGET),
         }
     }
