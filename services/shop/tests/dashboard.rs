@@ -110,12 +110,26 @@ impl Browser {
         self.eval(&script).await
     }
 
+    /// Clicks the element `selector` selects. The dashboard redraws its
+    /// tables at every snapshot, so an element found can be replaced before
+    /// the click reaches it ("stale element reference"): then it is found
+    /// anew, a few times at most.
     async fn click(&self, selector: &str) {
-        let found = self
-            .session_command(Method::POST, "/element", Some(json!({ "using": "css selector", "value": selector })))
-            .await;
-        let element = found.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap().to_owned();
-        self.session_command(Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await;
+        for _ in 0..5 {
+            let found = self
+                .session_command(Method::POST, "/element", Some(json!({ "using": "css selector", "value": selector })))
+                .await;
+            let element = found.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap().to_owned();
+            let path = format!("/session/{}/element/{element}/click", self.session);
+            let body = Some(Bytes::from(json!({}).to_string()));
+            let answer = self.driver.call(Method::POST, &path, body, None, COMMAND_TIMEOUT).await.unwrap();
+            if answer.status == StatusCode::OK {
+                return;
+            }
+            let value: Value = serde_json::from_slice(&answer.body).unwrap();
+            assert_eq!(value["value"]["error"], "stale element reference", "WebDriver click on {selector}: {value}");
+        }
+        panic!("{selector} was redrawn before every click");
     }
 
     async fn screenshot(&self, path: &Path) {
