@@ -22,8 +22,9 @@
 //! away and the relay starts again from the oldest unpublished entry.
 //!
 //! It wakes on the store's outbox hint (in-process on SQLite, LISTEN/NOTIFY on
-//! PostgreSQL) and polls as a fallback. It also purges published entries and
-//! inbox records older than the retention period, so tables stay bounded.
+//! PostgreSQL) and polls as a fallback. It also purges published entries,
+//! inbox records and finished saga instances older than the retention
+//! period, so tables stay bounded.
 //!
 //! **One instance at a time.** With [`RelayOptions::lease`] set, the relay
 //! publishes only while it holds the service's `relay` lease (polis-core's
@@ -70,9 +71,11 @@ pub struct RelayOptions {
     pub retry_min: Duration,
     /// Longest back-off after repeated failures.
     pub retry_max: Duration,
-    /// Published outbox entries and inbox records older than this are deleted.
-    /// Keep it longer than any redelivery can take, or a very late duplicate
-    /// is no longer recognized.
+    /// Published outbox entries, inbox records and finished saga instances
+    /// older than this are deleted. Keep it longer than any redelivery can
+    /// take, or a very late duplicate is no longer recognized, and longer
+    /// than any participant can be late, or its late reply finds no saga to
+    /// compensate it.
     pub retention: Duration,
     /// How often to purge and to refresh the backlog gauges.
     pub housekeeping_interval: Duration,
@@ -389,8 +392,14 @@ impl<S: TransactionalStore, B: Bus + ?Sized> Relay<S, B> {
         let service = self.store.service().to_owned();
         let retention = chrono::Duration::from_std(self.options.retention).unwrap_or(chrono::Duration::days(7));
         match self.store.purge(Utc::now() - retention).await {
-            Ok(p) if p.outbox + p.inbox > 0 => {
-                tracing::debug!(service, outbox = p.outbox, inbox = p.inbox, "purged old outbox and inbox rows");
+            Ok(p) if p.outbox + p.inbox + p.sagas > 0 => {
+                tracing::debug!(
+                    service,
+                    outbox = p.outbox,
+                    inbox = p.inbox,
+                    sagas = p.sagas,
+                    "purged old outbox and inbox rows and finished sagas"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(service, error = %polis_core::error::chain(&e), "purge failed"),

@@ -326,7 +326,8 @@ pub trait TransactionalStore: Send + Sync + 'static {
     /// Unpublished messages and the age of the oldest.
     async fn outbox_backlog(&self) -> Result<Backlog, StoreError>;
 
-    /// Deletes published outbox rows and inbox records older than `before`.
+    /// Deletes published outbox rows, inbox records and finished saga
+    /// instances older than `before`.
     async fn purge(&self, before: DateTime<Utc>) -> Result<Purged, StoreError>;
 
     /// Moves up to `max` scheduled messages whose due time is at or before
@@ -414,6 +415,10 @@ pub struct Purged {
     /// Inbox records (processed message ids) deleted; a message redelivered
     /// after its record is purged would be handled again.
     pub inbox: u64,
+    /// Finished saga instances deleted (`polis_sagas`, last changed before
+    /// the cut-off); a reply arriving for one later is ignored, as for any
+    /// unknown instance.
+    pub sagas: u64,
 }
 
 /// Why a dead letter is in the store.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use polis_core::outbox::{DeadLetter, DeadLetterStatus, Transaction, TransactionalStore};
+use polis_core::outbox::{DeadLetter, DeadLetterStatus, Purged, Transaction, TransactionalStore};
 use polis_core::{EventStore, ExpectedVersion, Message, StoreError};
 use polis_store::args;
 use polis_store::sql::{Sql, SqlStore};
@@ -386,7 +386,25 @@ mod cases {
         assert_eq!(store.find_dead_letter(Uuid::now_v7()).await.unwrap(), None);
     }
 
-    pub async fn purge_keeps_tables_bounded<S: Orders>(store: Arc<S>) {
+    pub async fn purge_keeps_tables_bounded<S: Orders>(store: Arc<S>)
+    where
+        S::Tx: Sql,
+    {
+        store
+            .transaction::<_, _, StoreError>(async move |tx| {
+                let now = Utc::now().timestamp_micros();
+                for (id, finished) in [("done", true), ("waiting", false)] {
+                    tx.execute(
+                        "INSERT INTO polis_sagas (saga_type, saga_id, state, finished, version, created_at_us, \
+                         updated_at_us, state_name) VALUES ('t', $1, '{}', $2, 1, $3, $3, 'x')",
+                        args![id, finished, now],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
         for i in 0..3 {
             let m = order_created(&format!("p-{i}"));
             store
@@ -400,10 +418,21 @@ mod cases {
         let pending = store.unpublished(10).await.unwrap();
         store.mark_published(&[pending[0].position, pending[1].position]).await.unwrap();
         let none = store.purge(Utc::now() - chrono::Duration::hours(1)).await.unwrap();
-        assert_eq!((none.outbox, none.inbox), (0, 0), "nothing is old enough yet");
+        assert_eq!(none, Purged::default(), "nothing is old enough yet");
         let purged = store.purge(Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
-        assert_eq!((purged.outbox, purged.inbox), (2, 3), "published rows and inbox records go");
+        assert_eq!(
+            purged,
+            Purged { outbox: 2, inbox: 3, sagas: 1 },
+            "published rows, inbox records and finished sagas go"
+        );
         assert_eq!(store.unpublished(10).await.unwrap().len(), 1, "unpublished messages are never purged");
+        let left = store
+            .transaction::<_, _, StoreError>(async |tx| {
+                tx.fetch_one("SELECT saga_id FROM polis_sagas", &[]).await?.text("saga_id")
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, "waiting", "a saga in flight is never purged, however old");
     }
 
     pub async fn per_key_order_is_commit_order<S: Orders>(store: Arc<S>)

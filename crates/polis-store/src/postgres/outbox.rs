@@ -419,7 +419,13 @@ pub(super) async fn purge(pool: &PgPool, before: DateTime<Utc>) -> Result<Purged
         .await
         .map_err(backend)?
         .rows_affected();
-    Ok(Purged { outbox, inbox })
+    let sagas = sqlx::query("DELETE FROM polis_sagas WHERE finished AND updated_at_us < $1")
+        .bind(before.timestamp_micros())
+        .execute(pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+    Ok(Purged { outbox, inbox, sagas })
 }
 
 pub(super) async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {

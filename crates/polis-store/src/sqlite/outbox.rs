@@ -272,7 +272,9 @@ pub(super) fn purge(conn: &Connection, before: DateTime<Utc>) -> Result<Purged, 
     let outbox = conn.execute("DELETE FROM polis_outbox_published WHERE published_at_us < ?1", [before]);
     let outbox = outbox.map_err(backend)? as u64;
     let inbox = conn.execute("DELETE FROM polis_inbox WHERE processed_at_us < ?1", [before]).map_err(backend)? as u64;
-    Ok(Purged { outbox, inbox })
+    let sagas = conn.execute("DELETE FROM polis_sagas WHERE finished AND updated_at_us < ?1", [before]);
+    let sagas = sagas.map_err(backend)? as u64;
+    Ok(Purged { outbox, inbox, sagas })
 }
 
 pub(super) fn backlog(conn: &Connection) -> Result<Backlog, StoreError> {
