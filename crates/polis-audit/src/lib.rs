@@ -22,6 +22,15 @@
 //!   (release a reservation, void an authorization), so one that races the
 //!   saga it doubles is harmless. The reply, when it comes, confirms it
 //!   ([`Repairs::confirm`]);
+//! - a pass's cost must not follow the history: most passes are *recent*
+//!   ([`Scope::Recent`]), judging only what came to be within
+//!   [`AuditOptions::recent`] (the orders of the last minutes, say), and a
+//!   *full* pass ([`Scope::Full`]) judges everything once every
+//!   [`AuditOptions::full_every`]. A finding says when its subject came to
+//!   be ([`Finding::born`]); a recent pass forgets only the findings it
+//!   covered and did not see again, so a drift about an old subject, seen
+//!   by full passes, is reported by every pass in between and settles
+//!   across full passes;
 //! - each pass is a [`Report`]; [`Auditor::spawn`] runs one every
 //!   [`AuditOptions::interval`] and keeps the last. Metrics:
 //!   `polis_audit_drifts{service,kind}` (drifts now, unrepaired or repair
@@ -62,12 +71,30 @@ pub struct Finding {
     /// The command that repairs it, if one is safe; sent from the
     /// auditor's service, through its outbox.
     pub repair: Option<Message>,
+    /// When its subject came to be (an order's creation): a recent pass
+    /// ([`Scope::Recent`]) judges it only if that is within its scope.
+    /// `None` (the default) for what every pass judges, however old;
+    /// [`Finding::judged_in_full_passes`] for what only full passes judge.
+    pub born: Option<DateTime<Utc>>,
 }
 
 impl Finding {
-    /// A finding with no repair.
+    /// A finding with no repair, judged by every pass.
     pub fn new(kind: &'static str, subject: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { kind, subject: subject.into(), detail: detail.into(), repair: None }
+        Self { kind, subject: subject.into(), detail: detail.into(), repair: None, born: None }
+    }
+
+    /// This finding, about a subject that came to be at `born` (see
+    /// [`Finding::born`]).
+    pub fn born(mut self, born: DateTime<Utc>) -> Self {
+        self.born = Some(born);
+        self
+    }
+
+    /// This finding, of a kind only full passes judge (one that needs
+    /// every subject, such as a total over all of them).
+    pub fn judged_in_full_passes(self) -> Self {
+        self.born(DateTime::<Utc>::MIN_UTC)
     }
 
     /// This finding, repaired by sending `command`.
@@ -89,31 +116,80 @@ pub trait Rule: Send + Sync + 'static {
         &[]
     }
 
-    /// The disagreements seen now.
-    async fn check(&self) -> Result<Vec<Finding>, BoxError>;
+    /// The disagreements seen now within `scope`: everything for
+    /// [`Scope::Full`]; for [`Scope::Recent`] at least the subjects born
+    /// since its start (more is allowed), each finding saying when its
+    /// subject was born ([`Finding::born`]).
+    async fn check(&self, scope: Scope) -> Result<Vec<Finding>, BoxError>;
+}
+
+/// What a pass judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Scope {
+    /// Everything.
+    #[default]
+    Full,
+    /// The subjects born since `since`, and what every pass judges.
+    Recent {
+        /// The oldest birth judged.
+        since: DateTime<Utc>,
+    },
+}
+
+impl Scope {
+    /// Whether a pass of this scope judges a finding whose subject was born
+    /// at `born` (see [`Finding::born`]).
+    pub fn covers(self, born: Option<DateTime<Utc>>) -> bool {
+        match (self, born) {
+            (Self::Full, _) | (_, None) => true,
+            (Self::Recent { since }, Some(born)) => born >= since,
+        }
+    }
 }
 
 /// How an [`Auditor`] judges and paces.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AuditOptions {
-    /// How long a finding must last (seen by every pass) before it is a
-    /// drift (default 30 s: longer than a saga step's timeout).
+    /// How long a finding must last (seen by every pass that judges it)
+    /// before it is a drift (default 30 s: longer than a saga step's
+    /// timeout).
     pub settle: Duration,
     /// Time between passes of [`Auditor::spawn`] (default 30 s).
     pub interval: Duration,
+    /// How far back a recent pass looks (default 15 min): well over the
+    /// settle time, so what goes wrong while a subject is new settles
+    /// into a drift within recent passes.
+    pub recent: Duration,
+    /// How often a pass is full (default 1 h); the first pass always is.
+    pub full_every: Duration,
 }
 
 impl Default for AuditOptions {
     fn default() -> Self {
-        Self { settle: Duration::from_secs(30), interval: Duration::from_secs(30) }
+        Self {
+            settle: Duration::from_secs(30),
+            interval: Duration::from_secs(30),
+            recent: Duration::from_secs(15 * 60),
+            full_every: Duration::from_secs(3600),
+        }
     }
 }
 
 impl AuditOptions {
-    /// These options with `settle` and `interval`.
+    /// These options with `settle` and `interval` (and the default
+    /// [`recent`](Self::recent) and [`full_every`](Self::full_every)).
     pub fn new(settle: Duration, interval: Duration) -> Self {
-        Self { settle, interval }
+        Self { settle, interval, ..Self::default() }
+    }
+
+    /// These options with recent passes looking back `recent`, and a full
+    /// pass every `full_every`.
+    pub fn passes(mut self, recent: Duration, full_every: Duration) -> Self {
+        self.recent = recent;
+        self.full_every = full_every;
+        self
     }
 }
 
@@ -180,6 +256,9 @@ pub struct RuleRun {
 pub struct Report {
     /// When the pass ran.
     pub at: DateTime<Utc>,
+    /// What it judged.
+    #[serde(default)]
+    pub scope: Scope,
     /// How long a finding must last to be a drift, in milliseconds.
     pub settle_ms: u64,
     /// Each rule's part.
@@ -290,13 +369,16 @@ struct Recorded {
 
 /// A pass's findings judged: the drifts (with since when) and the
 /// suspects (by kind).
-type Judged<'f> = (Vec<(&'f Finding, DateTime<Utc>)>, BTreeMap<String, usize>);
+type Judged = (Vec<(Finding, DateTime<Utc>)>, BTreeMap<String, usize>);
 
-/// When a finding was first seen, by this auditor.
-#[derive(Debug, Clone, Copy)]
+/// A finding this auditor saw: when first, and as last seen.
+#[derive(Debug, Clone)]
 struct Seen {
     first: Instant,
     since: DateTime<Utc>,
+    finding: Finding,
+    /// Whether it was a drift when last seen.
+    drift: bool,
 }
 
 /// Runs rules and judges their findings (see the crate docs).
@@ -308,6 +390,8 @@ pub struct Auditor<S> {
     seen: Mutex<HashMap<(&'static str, String), Seen>>,
     /// Every kind exported so far: one that is gone reads 0, not its last value.
     exported: Mutex<std::collections::BTreeSet<String>>,
+    /// When the last full pass started.
+    last_full: Mutex<Option<Instant>>,
 }
 
 impl<S> std::fmt::Debug for Auditor<S> {
@@ -332,6 +416,7 @@ where
             options,
             seen: Mutex::default(),
             exported: Mutex::default(),
+            last_full: Mutex::default(),
         }
     }
 
@@ -341,12 +426,39 @@ where
         self
     }
 
-    /// Runs every rule once, judges the findings, sends the repairs due and
-    /// reports. A rule that fails judges nothing: what it found before is
-    /// kept as it was, neither cleared nor aged into a drift by this pass.
+    /// A full pass now ([`run_scoped`](Self::run_scoped) with
+    /// [`Scope::Full`]).
     pub async fn run(&self) -> Report {
+        self.run_scoped(Scope::Full).await
+    }
+
+    /// The pass due now: full if none was for [`AuditOptions::full_every`]
+    /// (or ever), else recent.
+    pub async fn run_due(&self) -> Report {
+        let full_due = lock(&self.last_full).is_none_or(|at| at.elapsed() >= self.options.full_every);
+        let scope = match full_due {
+            true => Scope::Full,
+            false => {
+                let back = chrono::Duration::from_std(self.options.recent).unwrap_or(chrono::Duration::MAX);
+                let since = Utc::now().checked_sub_signed(back).unwrap_or(DateTime::<Utc>::MIN_UTC);
+                // To the millisecond, as UUIDv7 ids and most clocks in messages.
+                Scope::Recent { since: DateTime::from_timestamp_millis(since.timestamp_millis()).unwrap_or(since) }
+            }
+        };
+        self.run_scoped(scope).await
+    }
+
+    /// Runs every rule once within `scope`, judges the findings, sends the
+    /// repairs due and reports. A rule that fails judges nothing: what it
+    /// found before is kept as it was, neither cleared nor aged into a
+    /// drift by this pass; so is what the scope does not cover, and what
+    /// was a drift is reported again.
+    pub async fn run_scoped(&self, scope: Scope) -> Report {
         let at = Utc::now();
-        let checks = self.rules.iter().map(|rule| async move { (rule.name(), rule.check().await) });
+        if scope == Scope::Full {
+            *lock(&self.last_full) = Some(Instant::now());
+        }
+        let checks = self.rules.iter().map(|rule| async move { (rule.name(), rule.check(scope).await) });
         let results = futures::future::join_all(checks).await;
         let mut rules = Vec::new();
         let mut findings = Vec::new();
@@ -364,7 +476,7 @@ where
                 }
             }
         }
-        let (lasting, suspected) = self.judge(&findings, failed, at);
+        let (lasting, suspected) = self.judge(findings, failed, scope, at);
         let mut drifts = Vec::new();
         for (finding, since) in lasting {
             let repair = match &finding.repair {
@@ -396,33 +508,42 @@ where
             });
         }
         drifts.sort_by(|a, b| (&a.kind, &a.subject).cmp(&(&b.kind, &b.subject)));
-        let report = Report { at, settle_ms: millis(self.options.settle), rules, suspected, drifts };
+        let report = Report { at, scope, settle_ms: millis(self.options.settle), rules, suspected, drifts };
         self.export(&report, failed);
         report
     }
 
     /// Splits `findings` into drifts (with since when) and suspects (by
-    /// kind), remembering first sightings and forgetting what went away.
-    fn judge<'f>(&self, findings: &'f [Finding], failed: bool, at: DateTime<Utc>) -> Judged<'f> {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+    /// kind), remembering first sightings and forgetting what went away
+    /// within `scope`.
+    fn judge(&self, findings: Vec<Finding>, failed: bool, scope: Scope, at: DateTime<Utc>) -> Judged {
+        let mut seen = lock(&self.seen);
         let now = Instant::now();
         let mut lasting = Vec::new();
         let mut suspected = BTreeMap::new();
         let mut current = HashMap::new();
         for finding in findings {
             let key = (finding.kind, finding.subject.clone());
-            let first = seen.get(&key).copied().unwrap_or(Seen { first: now, since: at });
-            current.insert(key, first);
-            if now.duration_since(first.first) >= self.options.settle {
-                lasting.push((finding, first.since));
+            let (first, since) = seen.get(&key).map_or((now, at), |s| (s.first, s.since));
+            let drift = now.duration_since(first) >= self.options.settle;
+            if drift {
+                lasting.push((finding.clone(), since));
             } else {
                 *suspected.entry(finding.kind.to_owned()).or_insert(0) += 1;
             }
+            current.insert(key, Seen { first, since, finding, drift });
         }
-        if failed {
-            // What a failed rule would have found stays as it was.
-            for (key, first) in seen.drain() {
-                current.entry(key).or_insert(first);
+        for (key, entry) in seen.drain() {
+            if current.contains_key(&key) {
+                continue;
+            }
+            // What a failed rule would have found, or what this pass did
+            // not look at, stays as it was; a drift is reported again.
+            if failed || !scope.covers(entry.finding.born) {
+                if entry.drift {
+                    lasting.push((entry.finding.clone(), entry.since));
+                }
+                current.insert(key, entry);
             }
         }
         *seen = current;
@@ -452,8 +573,9 @@ where
             .set(report.at.timestamp_millis() as f64 / 1000.0);
     }
 
-    /// Runs a pass now, then one every [`AuditOptions::interval`], until
-    /// the handle is dropped or shut down.
+    /// Runs a full pass now, then the pass due ([`run_due`](Self::run_due))
+    /// every [`AuditOptions::interval`], until the handle is dropped or shut
+    /// down.
     pub fn spawn(self: Arc<Self>) -> AuditHandle
     where
         S: 'static,
@@ -466,12 +588,16 @@ where
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let report = auditor.run().await;
+                let report = auditor.run_due().await;
                 reports.send_replace(Some(Arc::new(report)));
             }
         });
         AuditHandle { task, last }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use polis_audit::{AuditOptions, Auditor, BoxError, Finding, RepairState, Repairs, Rule};
+use chrono::{DateTime, Utc};
+use polis_audit::{AuditOptions, Auditor, BoxError, Finding, RepairState, Repairs, Rule, Scope};
 use polis_core::Message;
 use polis_store::sql::{Sql, SqlStore};
 use polis_store::{PgEventStore, PgOptions, SqliteEventStore, SqliteOptions};
@@ -40,9 +41,15 @@ impl Rule for Scripted {
         "scripted"
     }
 
-    async fn check(&self) -> Result<Vec<Finding>, BoxError> {
-        self.0.lock().unwrap().clone().map_err(Into::into)
+    /// What the test set, within `scope`, as a real rule reads.
+    async fn check(&self, scope: Scope) -> Result<Vec<Finding>, BoxError> {
+        let findings = self.0.lock().unwrap().clone()?;
+        Ok(findings.into_iter().filter(|f| scope.covers(f.born)).collect())
     }
+}
+
+fn born(order: &str, at: DateTime<Utc>) -> Finding {
+    orphan(order).born(at)
 }
 
 fn orphan(order: &str) -> Finding {
@@ -165,4 +172,63 @@ async fn a_finding_becomes_a_drift_once_it_lasted_the_settle_time() {
     assert_eq!(lasted.drifts.len(), 1);
     assert_eq!(lasted.drifts[0].since, first.at, "dated from its first sighting");
     assert_eq!(lasted.unrepaired(), 1);
+}
+
+/// Recent passes judge only what is new: a drift about an old subject, seen
+/// by a full pass, is reported by the recent passes after it (they do not
+/// look at it, so cannot clear it), and only a full pass clears it; what a
+/// recent pass covers and does not see again is forgotten.
+#[tokio::test]
+async fn a_recent_pass_forgets_only_what_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteEventStore::open(dir.path().join("a.db"), SqliteOptions::new("auditor")).await.unwrap());
+    let rule = Scripted::default();
+    let options = AuditOptions::new(Duration::ZERO, Duration::from_secs(1))
+        .passes(Duration::from_secs(600), Duration::from_secs(3600));
+    let auditor = Auditor::new("auditor", store, options).rule(rule.clone());
+    let long_ago = Utc::now() - chrono::Duration::days(30);
+    let total = Finding::new("reserved-stock-differs", "sku-1", "totals differ").judged_in_full_passes();
+    let everywhere = Finding::new("replica-missing", "customer-1", "not replicated");
+    rule.set(vec![born("old", long_ago), born("new", Utc::now()), total.clone(), everywhere.clone()]);
+    let full = auditor.run_due().await;
+    assert_eq!(full.scope, Scope::Full, "the first pass is full");
+    assert_eq!(full.drifts.len(), 4, "{full:?}");
+
+    // Everything went away; a recent pass sees only what it covers.
+    rule.set(Vec::new());
+    let recent = auditor.run_due().await;
+    assert!(matches!(recent.scope, Scope::Recent { since } if since > long_ago), "{recent:?}");
+    let subjects: Vec<&str> = recent.drifts.iter().map(|d| d.subject.as_str()).collect();
+    assert_eq!(subjects, ["old", "sku-1"], "uncovered drifts are reported again, covered ones cleared");
+    assert_eq!(recent.drifts[0].since, full.at);
+
+    let full = auditor.run().await;
+    assert!(full.drifts.is_empty(), "{full:?}");
+}
+
+/// A finding about an old subject settles across full passes: recent
+/// passes in between neither clear it nor count as seeing it.
+#[tokio::test]
+async fn an_old_subject_settles_across_full_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteEventStore::open(dir.path().join("a.db"), SqliteOptions::new("auditor")).await.unwrap());
+    tokio::time::pause();
+    let rule = Scripted::default();
+    let options = AuditOptions::new(Duration::from_secs(30), Duration::from_secs(5))
+        .passes(Duration::from_secs(600), Duration::from_secs(60));
+    let auditor = Auditor::new("auditor", store, options).rule(rule.clone());
+    rule.set(vec![born("old", Utc::now() - chrono::Duration::days(30))]);
+    let first = auditor.run_due().await;
+    assert_eq!((first.scope, first.suspected.get("reservation-without-order")), (Scope::Full, Some(&1)));
+    for _ in 0..11 {
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let recent = auditor.run_due().await;
+        assert!(matches!(recent.scope, Scope::Recent { .. }), "{recent:?}");
+        assert!(recent.drifts.is_empty() && recent.suspected.is_empty(), "not judged: {recent:?}");
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let second = auditor.run_due().await;
+    assert_eq!(second.scope, Scope::Full, "a minute after the first");
+    assert_eq!(second.drifts.len(), 1, "{second:?}");
+    assert_eq!(second.drifts[0].since, first.at, "dated from its first sighting");
 }

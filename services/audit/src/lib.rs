@@ -5,7 +5,9 @@
 //! shop's [`rules`] (orders against what the other services hold for them)
 //! and [`read_side`] (replicas and the order-history view against their
 //! sources) every `interval_ms` (`polis_audit::Auditor`: a
-//! disagreement is a drift once it lasted `settle_ms`), and repairs what it
+//! disagreement is a drift once it lasted `settle_ms`; most passes judge
+//! only the orders of the last `recent_ms`, one every `full_every_ms` all
+//! of them), and repairs what it
 //! safely can by sending the owning service a command through its own
 //! outbox, once. The replies to those commands come back to it and confirm
 //! the repair. It owns no business data: its database holds the outbox, the
@@ -14,7 +16,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /audit` | 200 the last pass's `polis_audit::Report`; 503 before the first |
-//! | `POST /audit/runs` | 200 the `Report` of a pass run now |
+//! | `POST /audit/runs` | 200 the `Report` of a full pass run now |
 
 pub mod read_side;
 pub mod rules;
@@ -64,13 +66,25 @@ pub struct Config {
     pub settle_ms: u64,
     /// Time between passes, in milliseconds (default 30 000).
     pub interval_ms: u64,
+    /// How far back a recent pass looks, in milliseconds: the orders
+    /// created within it (default 900 000, 15 minutes).
+    pub recent_ms: u64,
+    /// How often a pass is full, judging every order, in milliseconds
+    /// (default 3 600 000, an hour); the first pass always is.
+    pub full_every_ms: u64,
     #[serde(skip)]
     pub facts: FactsSource,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { settle_ms: 30_000, interval_ms: 30_000, facts: FactsSource::default() }
+        Self {
+            settle_ms: 30_000,
+            interval_ms: 30_000,
+            recent_ms: 15 * 60 * 1000,
+            full_every_ms: 3_600_000,
+            facts: FactsSource::default(),
+        }
     }
 }
 
@@ -79,32 +93,41 @@ struct NoFacts;
 
 #[async_trait]
 impl Facts for NoFacts {
-    async fn orders(&self) -> Result<Vec<contracts::order::OrderView>, polis_audit::BoxError> {
+    async fn orders(&self, _: Option<uuid::Uuid>) -> Result<Vec<contracts::order::OrderView>, polis_audit::BoxError> {
         Err("the audit service was given no way to read the other services".into())
     }
-    async fn reservations(&self) -> Result<Vec<contracts::inventory::Reservation>, polis_audit::BoxError> {
-        self.orders().await.map(|_| Vec::new())
+    async fn reservations(
+        &self,
+        _: Option<uuid::Uuid>,
+    ) -> Result<Vec<contracts::inventory::Reservation>, polis_audit::BoxError> {
+        self.orders(None).await.map(|_| Vec::new())
     }
     async fn stock(&self) -> Result<Vec<contracts::inventory::StockLevel>, polis_audit::BoxError> {
-        self.orders().await.map(|_| Vec::new())
+        self.orders(None).await.map(|_| Vec::new())
     }
-    async fn payments(&self) -> Result<Vec<contracts::payment::Payment>, polis_audit::BoxError> {
-        self.orders().await.map(|_| Vec::new())
+    async fn payments(&self, _: Option<uuid::Uuid>) -> Result<Vec<contracts::payment::Payment>, polis_audit::BoxError> {
+        self.orders(None).await.map(|_| Vec::new())
     }
-    async fn shipments(&self) -> Result<Vec<contracts::shipping::Shipment>, polis_audit::BoxError> {
-        self.orders().await.map(|_| Vec::new())
+    async fn shipments(
+        &self,
+        _: Option<uuid::Uuid>,
+    ) -> Result<Vec<contracts::shipping::Shipment>, polis_audit::BoxError> {
+        self.orders(None).await.map(|_| Vec::new())
     }
     async fn customers(&self) -> Result<Vec<contracts::customer::Customer>, polis_audit::BoxError> {
-        self.orders().await.map(|_| Vec::new())
+        self.orders(None).await.map(|_| Vec::new())
     }
     async fn credit_replica(&self) -> Result<Vec<contracts::payment::Credit>, polis_audit::BoxError> {
-        self.orders().await.map(|_| Vec::new())
+        self.orders(None).await.map(|_| Vec::new())
     }
     async fn address_replica(&self) -> Result<Vec<contracts::shipping::CustomerAddress>, polis_audit::BoxError> {
-        self.orders().await.map(|_| Vec::new())
+        self.orders(None).await.map(|_| Vec::new())
     }
-    async fn history(&self) -> Result<Option<Vec<contracts::order_history::HistoryOrder>>, polis_audit::BoxError> {
-        self.orders().await.map(|_| None)
+    async fn history(
+        &self,
+        _: Option<uuid::Uuid>,
+    ) -> Result<Option<Vec<contracts::order_history::HistoryOrder>>, polis_audit::BoxError> {
+        self.orders(None).await.map(|_| None)
     }
 }
 
@@ -148,8 +171,16 @@ where
             return Err(StoreError::InvalidRequest("audit config `interval_ms` must be at least 1".into()));
         }
         let facts = config.facts.0.clone().unwrap_or_else(|| Arc::new(NoFacts));
+        if config.recent_ms < config.settle_ms {
+            return Err(StoreError::InvalidRequest(
+                "audit config `recent_ms` must be at least `settle_ms`: what goes wrong with a new order must settle \
+                 within recent passes"
+                    .into(),
+            ));
+        }
         let options =
-            AuditOptions::new(Duration::from_millis(config.settle_ms), Duration::from_millis(config.interval_ms));
+            AuditOptions::new(Duration::from_millis(config.settle_ms), Duration::from_millis(config.interval_ms))
+                .passes(Duration::from_millis(config.recent_ms), Duration::from_millis(config.full_every_ms));
         let auditor = Auditor::new(SERVICE, store.clone(), options)
             .rule(rules::OrdersAgree::new(facts.clone()))
             .rule(read_side::ReadSideAgrees::new(facts));
@@ -172,7 +203,8 @@ where
         Some(consumer.route(Topic::replies_to(SERVICE), RepairReplies::<S>(std::marker::PhantomData)))
     }
 
-    /// A pass at once, then one every `interval_ms`.
+    /// A full pass at once, then the pass due every `interval_ms` (recent,
+    /// or full once every `full_every_ms`).
     fn background(&self) -> Vec<BackgroundTask> {
         let (auditor, last, interval) = (self.auditor.clone(), self.last.clone(), self.interval);
         vec![Box::pin(async move {
@@ -180,7 +212,7 @@ where
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let report = auditor.run().await;
+                let report = auditor.run_due().await;
                 last.send_replace(Some(Arc::new(report)));
             }
         })]

@@ -31,10 +31,15 @@ use contracts::order::{OrderStatus, OrderView};
 use contracts::order_history::HistoryOrder;
 use contracts::payment::{Credit, Payment, PaymentStatus};
 use contracts::shipping::{CustomerAddress, Shipment, ShipmentStatus};
-use polis_audit::{BoxError, Finding, Rule};
+use polis_audit::{BoxError, Finding, Rule, Scope};
 use uuid::Uuid;
 
-use crate::rules::Facts;
+use crate::rules::{Facts, first_key};
+
+/// A finding about the order `id`, born when it was created.
+fn about(kind: &'static str, id: Uuid, detail: impl Into<String>) -> Finding {
+    Finding::new(kind, id.to_string(), detail).born(crate::rules::born(id))
+}
 
 /// Every kind of finding of [`ReadSideAgrees`].
 pub const KINDS: [&str; 6] = [
@@ -73,17 +78,21 @@ impl Rule for ReadSideAgrees {
         &KINDS
     }
 
-    async fn check(&self) -> Result<Vec<Finding>, BoxError> {
+    /// The replicas (one row per customer) are read whole by every pass;
+    /// the view and its sources, keyed by order id, only from the pass's
+    /// first key (see [`crate::rules::first_key`]).
+    async fn check(&self, scope: Scope) -> Result<Vec<Finding>, BoxError> {
+        let from = first_key(scope);
         let read = ReadSide {
-            history: self.facts.history().await?,
+            history: self.facts.history(from).await?,
             credit: self.facts.credit_replica().await?,
             addresses: self.facts.address_replica().await?,
         };
         let sources = Sources {
             customers: self.facts.customers().await?,
-            orders: self.facts.orders().await?,
-            payments: self.facts.payments().await?,
-            shipments: self.facts.shipments().await?,
+            orders: self.facts.orders(from).await?,
+            payments: self.facts.payments(from).await?,
+            shipments: self.facts.shipments(from).await?,
         };
         Ok(judge(&read, &sources))
     }
@@ -156,7 +165,7 @@ pub fn judge(read: &ReadSide, sources: &Sources) -> Vec<Finding> {
     };
     for order in sources.orders.iter().filter(decided) {
         let Some(view) = viewed.get(&order.id) else {
-            findings.push(Finding::new("view-missing-order", order.id.to_string(), order.status.as_str()));
+            findings.push(about("view-missing-order", order.id, order.status.as_str()));
             continue;
         };
         let mut differences = Vec::new();
@@ -172,11 +181,11 @@ pub fn judge(read: &ReadSide, sources: &Sources) -> Vec<Finding> {
         differs("customer name", format!("{:?}", view.customer_name), format!("{:?}", customer.map(|c| &c.name)));
         differs("customer email", format!("{:?}", view.customer_email), format!("{:?}", customer.map(|c| &c.email)));
         if !differences.is_empty() {
-            findings.push(Finding::new("view-differs", order.id.to_string(), differences.join("; ")));
+            findings.push(about("view-differs", order.id, differences.join("; ")));
         }
     }
     for id in viewed.keys().filter(|id| !orders.contains_key(id)) {
-        findings.push(Finding::new("view-without-source", id.to_string(), "no such order"));
+        findings.push(about("view-without-source", *id, "no such order"));
     }
     findings
 }

@@ -16,6 +16,11 @@
 //! | `shipment-without-order` | a shipment scheduled for no order | `CancelShipment` |
 //! | `reserved-stock-differs` | a sku's reserved stock is not the sum of its reservations | — |
 //!
+//! Most passes are recent (`polis_audit::Scope`): they read only the
+//! orders created since the pass's start, and what the other services hold
+//! for them, as one range of each list (all page by order id, a UUIDv7).
+//! The stock's totals, which need every reservation, only full passes judge.
+//!
 //! Work in flight is not judged: a PENDING or CANCEL_PENDING order is
 //! skipped, and the facts are read in the order that makes a fact about an
 //! order always find its order (reservations, payments and shipments first,
@@ -30,11 +35,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use contracts::inventory::{ReleaseStock, Reservation, ReservationStatus, StockLevel};
 use contracts::order::{OrderStatus, OrderView};
 use contracts::payment::{Payment, PaymentStatus, RefundPayment, VoidPayment};
 use contracts::shipping::{CancelShipment, Shipment, ShipmentStatus};
-use polis_audit::{BoxError, Finding, Rule};
+use polis_audit::{BoxError, Finding, Rule, Scope};
 use polis_core::{Message, MessageType};
 use uuid::Uuid;
 
@@ -59,16 +65,19 @@ pub const KINDS: [&str; 11] = [
 /// lists, every page.
 #[async_trait]
 pub trait Facts: Send + Sync + 'static {
-    /// Every order (the order service).
-    async fn orders(&self) -> Result<Vec<OrderView>, BoxError>;
+    /// Every order (the order service) whose id is at least `from`, if
+    /// given; ids are UUIDv7, so that is the orders created since a time
+    /// (see [`first_key`]). The same for the lists of reservations,
+    /// payments, shipments and the view below, all keyed by order id.
+    async fn orders(&self, from: Option<Uuid>) -> Result<Vec<OrderView>, BoxError>;
     /// Every reservation (the inventory service).
-    async fn reservations(&self) -> Result<Vec<Reservation>, BoxError>;
+    async fn reservations(&self, from: Option<Uuid>) -> Result<Vec<Reservation>, BoxError>;
     /// Every sku's stock (the inventory service).
     async fn stock(&self) -> Result<Vec<StockLevel>, BoxError>;
     /// Every payment (the payment service).
-    async fn payments(&self) -> Result<Vec<Payment>, BoxError>;
+    async fn payments(&self, from: Option<Uuid>) -> Result<Vec<Payment>, BoxError>;
     /// Every shipment (the shipping service).
-    async fn shipments(&self) -> Result<Vec<Shipment>, BoxError>;
+    async fn shipments(&self, from: Option<Uuid>) -> Result<Vec<Shipment>, BoxError>;
     /// Every customer (the customer service).
     async fn customers(&self) -> Result<Vec<contracts::customer::Customer>, BoxError>;
     /// Every customer's credit as the payment service's replica has it.
@@ -77,7 +86,10 @@ pub trait Facts: Send + Sync + 'static {
     async fn address_replica(&self) -> Result<Vec<contracts::shipping::CustomerAddress>, BoxError>;
     /// Every order as the order-history view shows it; `None` when the
     /// shop runs without the view.
-    async fn history(&self) -> Result<Option<Vec<contracts::order_history::HistoryOrder>>, BoxError>;
+    async fn history(
+        &self,
+        from: Option<Uuid>,
+    ) -> Result<Option<Vec<contracts::order_history::HistoryOrder>>, BoxError>;
 }
 
 /// The rule comparing orders with what the other services hold for them.
@@ -129,19 +141,51 @@ impl Rule for OrdersAgree {
         &KINDS
     }
 
-    async fn check(&self) -> Result<Vec<Finding>, BoxError> {
+    /// A recent pass reads the orders created since its start and what
+    /// the other services hold for them (lists page by order id, so that
+    /// is a range of each); the stock, whose totals need every
+    /// reservation, only a full pass reads.
+    async fn check(&self, scope: Scope) -> Result<Vec<Finding>, BoxError> {
+        let from = first_key(scope);
         // Everything done for an order is read before the orders: each one's
         // order is then in the list, whenever it was placed.
-        let reservations = self.facts.reservations().await?;
-        let stock = self.facts.stock().await?;
-        let payments = self.facts.payments().await?;
-        let shipments = self.facts.shipments().await?;
-        let orders = self.facts.orders().await?;
+        let reservations = self.facts.reservations(from).await?;
+        let stock = match scope {
+            Scope::Full => self.facts.stock().await?,
+            Scope::Recent { .. } => Vec::new(),
+        };
+        let payments = self.facts.payments(from).await?;
+        let shipments = self.facts.shipments(from).await?;
+        let orders = self.facts.orders(from).await?;
         judge(&orders, &reservations, &stock, &payments, &shipments)
     }
 }
 
-/// The findings over one reading of the facts.
+/// A finding about the order `id`, born when the order was created.
+fn about(kind: &'static str, id: Uuid, detail: impl Into<String>) -> Finding {
+    Finding::new(kind, id.to_string(), detail).born(born(id))
+}
+
+/// When the order `id` was created, as its UUIDv7 says (its first 48 bits,
+/// milliseconds since the epoch): lists page by order id, so this is the
+/// order in which a recent pass reads them (see [`first_key`]).
+pub fn born(id: Uuid) -> DateTime<Utc> {
+    let millis = i64::try_from(id.as_u128() >> 80).unwrap_or(i64::MAX);
+    DateTime::from_timestamp_millis(millis).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The smallest order id a pass of `scope` reads: `None` (every id) for a
+/// full pass; for a recent one, the smallest id of an order created at
+/// or after its start, so that exactly the ids [`born`] since then are read.
+pub fn first_key(scope: Scope) -> Option<Uuid> {
+    match scope {
+        Scope::Full => None,
+        Scope::Recent { since } => Some(Uuid::from_u128(u128::try_from(since.timestamp_millis()).unwrap_or(0) << 80)),
+    }
+}
+
+/// The findings over one reading of the facts (the stock left out, and
+/// with it the stock's totals, in a recent pass).
 pub fn judge(
     orders: &[OrderView],
     reservations: &[Reservation],
@@ -162,34 +206,20 @@ pub fn judge(
         match order.status {
             OrderStatus::Approved => {
                 if reserved != Some(&ReservationStatus::Reserved) {
-                    findings.push(Finding::new(
-                        "approved-order-without-reservation",
-                        id.to_string(),
-                        format!("APPROVED, {}", seen()),
-                    ));
+                    findings.push(about("approved-order-without-reservation", id, format!("APPROVED, {}", seen())));
                 }
                 if paid != Some(&PaymentStatus::Captured) {
-                    findings.push(Finding::new(
-                        "approved-order-without-capture",
-                        id.to_string(),
-                        format!("APPROVED, {}", seen()),
-                    ));
+                    findings.push(about("approved-order-without-capture", id, format!("APPROVED, {}", seen())));
                 }
                 if shipped != Some(&ShipmentStatus::Scheduled) {
-                    findings.push(Finding::new(
-                        "approved-order-without-shipment",
-                        id.to_string(),
-                        format!("APPROVED, {}", seen()),
-                    ));
+                    findings.push(about("approved-order-without-shipment", id, format!("APPROVED, {}", seen())));
                 }
             }
             OrderStatus::Rejected | OrderStatus::Cancelled => {
                 let detail = format!("{}, {}", order.status.as_str(), seen());
                 if reserved == Some(&ReservationStatus::Reserved) {
-                    findings.push(
-                        Finding::new("undone-order-keeps-reservation", id.to_string(), detail.clone())
-                            .repaired_by(release(id)?),
-                    );
+                    findings
+                        .push(about("undone-order-keeps-reservation", id, detail.clone()).repaired_by(release(id)?));
                 }
                 if let Some(&status) = paid
                     && let Some(repair) = give_back(id, status)?
@@ -199,13 +229,10 @@ pub fn judge(
                     } else {
                         "undone-order-keeps-authorization"
                     };
-                    findings.push(Finding::new(kind, id.to_string(), detail.clone()).repaired_by(repair));
+                    findings.push(about(kind, id, detail.clone()).repaired_by(repair));
                 }
                 if shipped == Some(&ShipmentStatus::Scheduled) {
-                    findings.push(
-                        Finding::new("undone-order-keeps-shipment", id.to_string(), detail)
-                            .repaired_by(cancel_shipment(id)?),
-                    );
+                    findings.push(about("undone-order-keeps-shipment", id, detail).repaired_by(cancel_shipment(id)?));
                 }
             }
             // In flight: the saga is still at work.
@@ -215,8 +242,7 @@ pub fn judge(
 
     for r in reservations.iter().filter(|r| r.status == ReservationStatus::Reserved) {
         if !orders.contains_key(&r.order_id) {
-            let finding =
-                Finding::new("reservation-without-order", r.order_id.to_string(), "stock reserved for no order");
+            let finding = about("reservation-without-order", r.order_id, "stock reserved for no order");
             findings.push(finding.repaired_by(release(r.order_id)?));
         }
     }
@@ -225,13 +251,12 @@ pub fn judge(
             && let Some(repair) = give_back(p.order_id, p.status)?
         {
             let detail = format!("a payment {:?} for no order", p.status);
-            findings.push(Finding::new("payment-without-order", p.order_id.to_string(), detail).repaired_by(repair));
+            findings.push(about("payment-without-order", p.order_id, detail).repaired_by(repair));
         }
     }
     for s in shipments.iter().filter(|s| s.status == ShipmentStatus::Scheduled) {
         if !orders.contains_key(&s.order_id) {
-            let finding =
-                Finding::new("shipment-without-order", s.order_id.to_string(), "a shipment scheduled for no order");
+            let finding = about("shipment-without-order", s.order_id, "a shipment scheduled for no order");
             findings.push(finding.repaired_by(cancel_shipment(s.order_id)?));
         }
     }
@@ -245,11 +270,8 @@ pub fn judge(
     for level in stock {
         let reservations_hold = held.get(level.sku.as_str()).copied().unwrap_or(0);
         if level.reserved != reservations_hold {
-            findings.push(Finding::new(
-                "reserved-stock-differs",
-                level.sku.clone(),
-                format!("{} reserved, but its reservations hold {reservations_hold}", level.reserved),
-            ));
+            let detail = format!("{} reserved, but its reservations hold {reservations_hold}", level.reserved);
+            findings.push(Finding::new("reserved-stock-differs", level.sku.clone(), detail).judged_in_full_passes());
         }
     }
     Ok(findings)
@@ -292,6 +314,41 @@ mod tests {
         let mut kinds: Vec<_> = findings.iter().map(|f| (f.kind, f.repair.is_some())).collect();
         kinds.sort_unstable();
         kinds
+    }
+
+    /// A recent pass reads the ids from its first key on, and covers the
+    /// findings born since its start: the same orders.
+    #[test]
+    fn a_recent_pass_reads_the_orders_it_covers() {
+        // As the auditor starts recent passes: to the millisecond, as ids.
+        let since = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let scope = Scope::Recent { since };
+        let from = first_key(scope).unwrap();
+        let before = Uuid::from_u128(from.as_u128() - 1);
+        assert!(!scope.covers(Some(born(before))), "the id just below is older");
+        assert!(scope.covers(Some(born(from))));
+        assert_eq!(born(from).timestamp_millis(), since.timestamp_millis());
+        let now = Uuid::now_v7();
+        assert!(now >= from && scope.covers(Some(born(now))));
+        assert_eq!(first_key(Scope::Full), None);
+        // Every finding of an order is born with it; the stock's totals only in full passes.
+        let (approved, stray) = (order(OrderStatus::Approved), Uuid::now_v7());
+        let stock = [StockLevel { sku: "A-1".into(), available: 0, reserved: 5 }];
+        let found = judge(
+            std::slice::from_ref(&approved),
+            &[reservation(stray, ReservationStatus::Reserved, 1)],
+            &stock,
+            &[],
+            &[],
+        )
+        .unwrap();
+        for finding in &found {
+            match finding.kind {
+                "reserved-stock-differs" => assert!(!scope.covers(finding.born)),
+                _ => assert!(finding.born.is_some() && scope.covers(finding.born), "{finding:?}"),
+            }
+        }
+        assert_eq!(found.len(), 5, "{found:?}");
     }
 
     #[test]

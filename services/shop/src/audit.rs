@@ -1,6 +1,6 @@
 //! The audit service's view of the others: their admin lists, through
-//! [`gateway::Upstream`]s (in-process routers embedded, URLs distributed), every
-//! page.
+//! [`gateway::Upstream`]s (in-process routers embedded, URLs distributed),
+//! every page, or those from an order id on.
 
 use async_trait::async_trait;
 use audit::Facts;
@@ -13,6 +13,7 @@ use contracts::payment::{Credit, Payment};
 use contracts::shipping::{CustomerAddress, Shipment};
 use gateway::Upstreams;
 use polis_audit::BoxError;
+use uuid::Uuid;
 
 use crate::client::Endpoint;
 
@@ -52,24 +53,24 @@ impl ApiFacts {
 
 #[async_trait]
 impl Facts for ApiFacts {
-    async fn orders(&self) -> Result<Vec<OrderView>, BoxError> {
-        Ok(self.order.get_all("/orders", |o: &OrderView| o.id).await?)
+    async fn orders(&self, from: Option<Uuid>) -> Result<Vec<OrderView>, BoxError> {
+        Ok(self.order.get_all_from("/orders", before(from), |o: &OrderView| o.id).await?)
     }
 
-    async fn reservations(&self) -> Result<Vec<Reservation>, BoxError> {
-        Ok(self.inventory.get_all("/reservations", |r: &Reservation| r.order_id).await?)
+    async fn reservations(&self, from: Option<Uuid>) -> Result<Vec<Reservation>, BoxError> {
+        Ok(self.inventory.get_all_from("/reservations", before(from), |r: &Reservation| r.order_id).await?)
     }
 
     async fn stock(&self) -> Result<Vec<StockLevel>, BoxError> {
         Ok(self.inventory.get_all("/inventory", |l: &StockLevel| l.sku.clone()).await?)
     }
 
-    async fn payments(&self) -> Result<Vec<Payment>, BoxError> {
-        Ok(self.payment.get_all("/payments", |p: &Payment| p.order_id).await?)
+    async fn payments(&self, from: Option<Uuid>) -> Result<Vec<Payment>, BoxError> {
+        Ok(self.payment.get_all_from("/payments", before(from), |p: &Payment| p.order_id).await?)
     }
 
-    async fn shipments(&self) -> Result<Vec<Shipment>, BoxError> {
-        Ok(self.shipping.get_all("/shipments", |s: &Shipment| s.order_id).await?)
+    async fn shipments(&self, from: Option<Uuid>) -> Result<Vec<Shipment>, BoxError> {
+        Ok(self.shipping.get_all_from("/shipments", before(from), |s: &Shipment| s.order_id).await?)
     }
 
     async fn customers(&self) -> Result<Vec<Customer>, BoxError> {
@@ -84,8 +85,14 @@ impl Facts for ApiFacts {
         Ok(self.shipping.get_all("/addresses", |a: &CustomerAddress| a.customer_id).await?)
     }
 
-    async fn history(&self) -> Result<Option<Vec<HistoryOrder>>, BoxError> {
+    async fn history(&self, from: Option<Uuid>) -> Result<Option<Vec<HistoryOrder>>, BoxError> {
         let Some(view) = &self.order_history else { return Ok(None) };
-        Ok(Some(view.get_all("/orders", |o: &HistoryOrder| o.id).await?))
+        Ok(Some(view.get_all_from("/orders", before(from), |o: &HistoryOrder| o.id).await?))
     }
+}
+
+/// The key to list after for the items from `from` on: the one just below
+/// (lists answer the keys greater than `after`).
+fn before(from: Option<Uuid>) -> Option<Uuid> {
+    from.map(|id| Uuid::from_u128(id.as_u128().saturating_sub(1)))
 }

@@ -156,8 +156,31 @@ impl Endpoint {
         T: DeserializeOwned,
         K: PageKey + std::fmt::Debug,
     {
+        self.get_pages(path, Page::first(limit), key).await
+    }
+
+    /// The items of a paginated list whose key is greater than `after`
+    /// (every one for `None`), page by page.
+    pub async fn get_all_from<T, K>(
+        &self,
+        path: &str,
+        after: Option<K>,
+        key: impl Fn(&T) -> K,
+    ) -> anyhow::Result<Vec<T>>
+    where
+        T: DeserializeOwned,
+        K: PageKey + std::fmt::Debug,
+    {
+        self.get_pages(path, Page { after, limit: DEFAULT_LIMIT }, key).await
+    }
+
+    async fn get_pages<T, K>(&self, path: &str, first: Page<K>, key: impl Fn(&T) -> K) -> anyhow::Result<Vec<T>>
+    where
+        T: DeserializeOwned,
+        K: PageKey + std::fmt::Debug,
+    {
         let mut all = Vec::new();
-        let mut page = Some(Page::first(limit));
+        let mut page = Some(first);
         let separator = if path.contains('?') { '&' } else { '?' };
         while let Some(current) = page {
             let items: Vec<T> = self.get(&format!("{path}{separator}{}", current.query())).await?;
