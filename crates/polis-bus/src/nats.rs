@@ -6,8 +6,9 @@
 //!   [`stream_name`]) holds the subjects `polis.<service>.>`: the service's
 //!   events and the commands and replies addressed to it. A message goes to
 //!   the stream of its [`Message::target`]. Streams use file storage and keep
-//!   messages until an operator limits them; they are created on first use,
-//!   by a publish or by a subscribe, whichever comes first.
+//!   messages for [`NatsOptions::max_age`] (see "Retention" below); they are
+//!   created on first use, by a publish or by a subscribe, whichever comes
+//!   first.
 //! - **Subjects** are [`Message::subject`]:
 //!   `polis.<target>.<events|commands|replies>.<type>`. The subject carries
 //!   the message's kind and target; everything else travels in the headers.
@@ -70,6 +71,25 @@
 //! again retries, backing off. A publish while the server is away fails
 //! after [`NatsOptions::publish_timeout`]; the relay retries it.
 //!
+//! # Retention
+//!
+//! A stream keeps every message for [`NatsOptions::max_age`] (seven days by
+//! default), acknowledged or not, and deletes it after (JetStream's limits
+//! retention with a maximum age). Its size follows the traffic of that
+//! period, not the history. Interest-based retention, which would delete a
+//! message as soon as every consumer has it, is not used: JetStream drops a
+//! message nobody is subscribed to *yet* at once, and polis creates
+//! consumers when services subscribe, so events published before a new
+//! service's first start would be lost to it. The price is disk: a stream
+//! holds the whole period's messages where the in-process bus holds only
+//! what some consumer still needs. A service stopped for longer than
+//! `max_age` misses what expired meanwhile; set it above the longest outage
+//! you plan for, and no longer than the consumers' inbox retention
+//! ([`RelayOptions::retention`](crate::RelayOptions::retention)), so a
+//! message that can still be redelivered is still recognized. The duplicate
+//! window is cut to `max_age` when longer, as JetStream requires. Changed
+//! options update an existing stream at the next publish or subscribe.
+//!
 //! What the broker guarantees: a publish ack means the message is in the
 //! stream's files (nats-server fsyncs them periodically, not per message).
 //! Consumer positions are written lazily, so after a server *crash* recent
@@ -83,7 +103,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::context::{ContextBuilder, PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::{ContextBuilder, GetStreamErrorKind, PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::{Acker as JetStreamAcker, PublishMessage};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind};
@@ -146,6 +166,15 @@ pub struct NatsOptions {
     pub ack_wait: Duration,
     /// How long the broker remembers message ids to drop duplicates.
     pub duplicate_window: Duration,
+    /// How long a stream keeps a message, acknowledged or not (JetStream's
+    /// `max_age`; zero keeps messages until an operator limits the stream).
+    /// Seven days by default, the relay's default retention of inbox
+    /// records ([`RelayOptions::retention`](crate::RelayOptions::retention)):
+    /// a message the broker still holds can be redelivered, and consumers
+    /// recognize a redelivery only while its inbox record lasts. A consumer
+    /// that stays away longer than this misses what expired meanwhile (see
+    /// the module docs, "Retention").
+    pub max_age: Duration,
     /// Unacknowledged deliveries per consumer before JetStream pauses it.
     pub max_ack_pending: i64,
     /// Bounds each publish acknowledgement, ack / nack confirmation and
@@ -167,11 +196,24 @@ impl Default for NatsOptions {
         Self {
             ack_wait: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(7 * 24 * 3600),
             max_ack_pending: 1000,
             publish_timeout: Duration::from_secs(10),
             pull_batch: 64,
             partitions: 1,
         }
+    }
+}
+
+impl NatsOptions {
+    /// The duplicate window and maximum age a stream gets: the window is
+    /// cut to the age when that is shorter (JetStream refuses a longer one).
+    fn stream_limits(&self) -> (Duration, Duration) {
+        let window = match self.max_age {
+            Duration::ZERO => self.duplicate_window,
+            max_age => self.duplicate_window.min(max_age),
+        };
+        (window, self.max_age)
     }
 }
 
@@ -313,6 +355,38 @@ impl NatsBus {
         let inner = Inner { client, jetstream, options, streams: Mutex::new(HashSet::new()) };
         Ok(NatsBus { inner: Arc::new(inner) })
     }
+
+    /// What `service`'s stream holds now: its messages and their bytes as
+    /// the server counts them; `None` if the stream does not exist (yet).
+    ///
+    /// # Errors
+    ///
+    /// [`BusError::Backend`] if the server cannot be asked.
+    pub async fn stream_usage(&self, service: &str) -> Result<Option<StreamUsage>, BusError> {
+        let name = stream_name(service);
+        let mut stream = match self.inner.jetstream.get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(ref api)
+                    if api.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(BusError::backend(NatsError::Stream { stream: name, source: e.into() })),
+        };
+        let info =
+            stream.info().await.map_err(|e| BusError::backend(NatsError::Stream { stream: name, source: e.into() }))?;
+        Ok(Some(StreamUsage { messages: info.state.messages, bytes: info.state.bytes }))
+    }
+}
+
+/// What a service's stream holds ([`NatsBus::stream_usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamUsage {
+    /// Messages in the stream.
+    pub messages: u64,
+    /// Their bytes, as the server counts them (headers and bodies).
+    pub bytes: u64,
 }
 
 /// The JetStream stream of `service`: `POLIS_` and the service name in
@@ -375,6 +449,7 @@ impl Inner {
         }
         let name = stream_name(service);
         let expected = format!("polis.{service}.>");
+        let (duplicate_window, max_age) = self.options.stream_limits();
         let config = stream::Config {
             name: name.clone(),
             description: Some(format!("polis messages of service {service}")),
@@ -382,7 +457,8 @@ impl Inner {
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
-            duplicate_window: self.options.duplicate_window,
+            duplicate_window,
+            max_age,
             ..Default::default()
         };
         let stream_error = |source: BoxError| BusError::backend(NatsError::Stream { stream: name.clone(), source });
@@ -395,10 +471,10 @@ impl Inner {
                 expected,
             }));
         }
-        if existing.duplicate_window != self.options.duplicate_window {
-            let updated = stream::Config { duplicate_window: self.options.duplicate_window, ..existing.clone() };
+        if (existing.duplicate_window, existing.max_age) != (duplicate_window, max_age) {
+            let updated = stream::Config { duplicate_window, max_age, ..existing.clone() };
             self.jetstream.update_stream(updated).await.map_err(|e| stream_error(e.into()))?;
-            tracing::info!(stream = %name, window = ?self.options.duplicate_window, "updated the duplicate window");
+            tracing::info!(stream = %name, ?duplicate_window, ?max_age, "updated the stream's limits");
         }
         self.streams.lock().unwrap_or_else(PoisonError::into_inner).insert(service.to_owned());
         Ok(())
@@ -1093,8 +1169,12 @@ mod server_tests {
         let svc = service();
         let bus = NatsBus::connect(server.url(), options()).await.unwrap();
         drop(bus.subscribe("c", &Topic::events_of(&svc)).await.unwrap());
-        let longer =
-            NatsOptions { ack_wait: Duration::from_secs(7), duplicate_window: Duration::from_secs(30), ..options() };
+        let longer = NatsOptions {
+            ack_wait: Duration::from_secs(7),
+            duplicate_window: Duration::from_secs(30),
+            max_age: Duration::from_secs(3600),
+            ..options()
+        };
         let bus = NatsBus::connect(server.url(), longer).await.unwrap();
         drop(bus.subscribe("c", &Topic::events_of(&svc)).await.unwrap());
         let stream = bus.inner.jetstream.get_stream(stream_name(&svc)).await.unwrap();
@@ -1102,6 +1182,43 @@ mod server_tests {
         assert_eq!(info.config.ack_wait, Duration::from_secs(7));
         assert_eq!(info.config.filter_subject, Topic::events_of(&svc).filter());
         assert_eq!(stream.cached_info().config.duplicate_window, Duration::from_secs(30));
+        assert_eq!(stream.cached_info().config.max_age, Duration::from_secs(3600));
+    }
+
+    #[tokio::test]
+    async fn a_stream_deletes_messages_older_than_its_maximum_age_acknowledged_or_not() {
+        let server = polis_testkit::nats().await;
+        let svc = service();
+        assert_eq!(options().stream_limits(), (Duration::from_secs(120), Duration::from_secs(7 * 24 * 3600)));
+        let short = NatsOptions { max_age: Duration::from_secs(1), ..options() };
+        assert_eq!(short.stream_limits(), (Duration::from_secs(1), Duration::from_secs(1)));
+        let bus = NatsBus::connect(server.url(), short).await.unwrap();
+        let mut sub = bus.subscribe("c", &Topic::events_of(&svc)).await.unwrap();
+        let sent: Vec<Message> = (0..3).map(|i| Message::event(&svc, "thing.v1", "k", json!({"n": i}))).collect();
+        bus.publish(&sent).await.unwrap();
+        let first = next(&mut sub).await;
+        assert_eq!(first.message.as_ref().unwrap().id, sent[0].id);
+        first.ack().await.unwrap();
+        let mut stream = bus.inner.jetstream.get_stream(stream_name(&svc)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let state = stream.info().await.unwrap().state.clone();
+            if state.messages == 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still {} messages after 15 s", state.messages);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(sub);
+        let later = Message::event(&svc, "thing.v1", "k", json!({"n": 3}));
+        bus.publish(std::slice::from_ref(&later)).await.unwrap();
+        let mut again = bus.subscribe("c", &Topic::events_of(&svc)).await.unwrap();
+        let d = next(&mut again).await;
+        assert_eq!(d.message.as_ref().unwrap().id, later.id, "the unacknowledged messages expired");
+        let usage = bus.stream_usage(&svc).await.unwrap().unwrap();
+        assert_eq!(usage.messages, 1);
+        assert!(usage.bytes > 0, "{usage:?}");
+        assert_eq!(bus.stream_usage(&service()).await.unwrap(), None, "no stream yet");
     }
 
     /// Publishes until the client has reconnected, as a relay would.

@@ -13,7 +13,12 @@
 //!   every order at once, are not in it; in distributed mode the service
 //!   processes of the data directory's `run/*.pid` files (the local
 //!   PostgreSQL and NATS servers excluded).
-//! - **Disk**: each database's files in the data directory (embedded).
+//! - **Disk**: each database's files in the data directory (embedded), and
+//!   how its pages divide among its tables (SQLite's `dbstat`, indexes
+//!   counted with their table). What *stays* per order is the rest once the
+//!   tables whose rows retention deletes are left out ([`RETAINED`]): a
+//!   shop running for months holds those for the retention period only,
+//!   while the others grow with every order.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -198,6 +203,13 @@ impl Recorder {
     }
 }
 
+/// Tables whose rows go after a retention period, or once consumers have
+/// them: processed message ids (`polis_inbox`), records of published
+/// messages (`polis_outbox_published`), saga instances (`polis_sagas`:
+/// finished ones are purged, and at the end of a run every saga has
+/// finished) and the in-process bus's log (`bus_messages`).
+pub(crate) const RETAINED: [&str; 4] = ["polis_inbox", "polis_outbox_published", "polis_sagas", "bus_messages"];
+
 /// One database's files after a run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Disk {
@@ -206,12 +218,48 @@ pub(crate) struct Disk {
     /// Its file, write-ahead log and shared-memory index together.
     pub(crate) bytes: u64,
     pub(crate) bytes_per_order: f64,
+    /// The pages of its tables not in [`RETAINED`] (free pages, which are
+    /// reused, and the write-ahead log left out); `None` when the database
+    /// could not be read.
+    pub(crate) kept_bytes: Option<u64>,
+    pub(crate) kept_bytes_per_order: Option<f64>,
+    /// Its tables, largest first, each with its indexes.
+    pub(crate) tables: Vec<Table>,
+}
+
+/// The pages of one table and its indexes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Table {
+    pub(crate) table: String,
+    pub(crate) bytes: u64,
+    /// Whether retention deletes its rows ([`RETAINED`]).
+    pub(crate) retained: bool,
+}
+
+/// The tables of the SQLite database `path`, largest first.
+fn tables(path: &Path) -> rusqlite::Result<Vec<Table>> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let mut statement = conn.prepare(
+        "SELECT coalesce(m.tbl_name, s.name) AS owner, sum(s.pgsize) AS bytes \
+         FROM dbstat AS s LEFT JOIN sqlite_schema AS m ON m.name = s.name \
+         GROUP BY owner ORDER BY bytes DESC, owner",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let table: String = row.get(0)?;
+        let retained = RETAINED.contains(&table.as_str());
+        Ok(Table { table, bytes: row.get::<_, i64>(1)?.max(0) as u64, retained })
+    })?;
+    rows.collect()
 }
 
 /// Every SQLite database under `data_dir` (`<name>.db` with its `-wal` and
-/// `-shm` files), by name.
+/// `-shm` files), by name, with its tables.
 pub(crate) fn embedded_disk(data_dir: &Path, orders: usize) -> Vec<Disk> {
-    let mut by_database: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_database: BTreeMap<String, (u64, Option<PathBuf>)> = BTreeMap::new();
     let mut pending = vec![data_dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -225,14 +273,76 @@ pub(crate) fn embedded_disk(data_dir: &Path, orders: usize) -> Vec<Disk> {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
             let database = ["", "-wal", "-shm"].iter().find_map(|suffix| name.strip_suffix(&format!(".db{suffix}")));
             if let Some(database) = database {
-                *by_database.entry(database.to_owned()).or_default() += meta.len();
+                let entry = by_database.entry(database.to_owned()).or_default();
+                entry.0 += meta.len();
+                if name.ends_with(".db") {
+                    entry.1 = Some(path.clone());
+                }
             }
         }
     }
+    let per_order = |bytes: u64| bytes as f64 / orders.max(1) as f64;
     by_database
         .into_iter()
-        .map(|(database, bytes)| Disk { database, bytes, bytes_per_order: bytes as f64 / orders.max(1) as f64 })
+        .map(|(database, (bytes, file))| {
+            let tables = match file.as_deref().map(tables) {
+                Some(Ok(tables)) => Some(tables),
+                Some(Err(e)) => {
+                    tracing::warn!(database, error = %e, "cannot read the database's tables");
+                    None
+                }
+                None => None,
+            };
+            let kept_bytes = tables.as_ref().map(|t| t.iter().filter(|t| !t.retained).map(|t| t.bytes).sum());
+            Disk {
+                database,
+                bytes,
+                bytes_per_order: per_order(bytes),
+                kept_bytes,
+                kept_bytes_per_order: kept_bytes.map(per_order),
+                tables: tables.unwrap_or_default(),
+            }
+        })
         .collect()
+}
+
+/// Each service's PostgreSQL database and JetStream stream, as entries
+/// `<service>` and `<service> stream`. A stream keeps its messages for
+/// its maximum age only, so none of it stays.
+pub(crate) fn distributed_disk(usage: Vec<shop::distributed::ServiceDisk>, orders: usize) -> Vec<Disk> {
+    let per_order = |bytes: u64| bytes as f64 / orders.max(1) as f64;
+    let mut disk = Vec::new();
+    for service in usage {
+        if let Some(bytes) = service.database_bytes {
+            let tables: Vec<Table> = service
+                .tables
+                .into_iter()
+                .map(|(table, bytes)| Table { retained: RETAINED.contains(&table.as_str()), table, bytes })
+                .collect();
+            // The database's size counts its catalogs too, which do not
+            // grow with orders: what stays is its other tables.
+            let kept: u64 = tables.iter().filter(|t| !t.retained).map(|t| t.bytes).sum();
+            disk.push(Disk {
+                database: service.service.as_str().to_owned(),
+                bytes,
+                bytes_per_order: per_order(bytes),
+                kept_bytes: Some(kept),
+                kept_bytes_per_order: Some(per_order(kept)),
+                tables,
+            });
+        }
+        if let Some(bytes) = service.stream_bytes {
+            disk.push(Disk {
+                database: format!("{} stream", service.service.as_str()),
+                bytes,
+                bytes_per_order: per_order(bytes),
+                kept_bytes: Some(0),
+                kept_bytes_per_order: Some(0.0),
+                tables: Vec::new(),
+            });
+        }
+    }
+    disk
 }
 
 #[cfg(test)]
@@ -300,5 +410,32 @@ mod tests {
         let disk: Vec<(String, u64)> =
             embedded_disk(dir.path(), 10).into_iter().map(|d| (d.database, d.bytes)).collect();
         assert_eq!(disk, [("bus".to_owned(), 150), ("order".to_owned(), 32)]);
+    }
+
+    #[test]
+    fn what_stays_leaves_out_the_tables_retention_empties() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary directory: {e}"));
+        let conn = rusqlite::Connection::open(dir.path().join("order.db")).unwrap_or_else(|e| panic!("open: {e}"));
+        conn.execute_batch(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, body TEXT);
+             CREATE INDEX orders_by_body ON orders (body);
+             CREATE TABLE polis_inbox (consumer TEXT, message_id BLOB, PRIMARY KEY (consumer, message_id)) WITHOUT ROWID;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+             INSERT INTO orders (body) SELECT printf('%0500d', i) FROM n;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10)
+             INSERT INTO polis_inbox SELECT 'c', randomblob(16) FROM n;",
+        )
+        .unwrap_or_else(|e| panic!("fill: {e}"));
+        drop(conn);
+        let [disk] = embedded_disk(dir.path(), 100).try_into().unwrap_or_else(|d| panic!("one database: {d:?}"));
+        let tables: Vec<(&str, bool)> = disk.tables.iter().map(|t| (t.table.as_str(), t.retained)).collect();
+        assert_eq!(tables, [("orders", false), ("polis_inbox", true), ("sqlite_schema", false)]);
+        let orders = disk.tables[0].bytes;
+        // 100 rows of 500 bytes, in the table and again in its index: at least 25 pages of 4 KiB.
+        assert!(orders >= 25 * 4096, "{orders}");
+        let kept = disk.kept_bytes.unwrap_or_default();
+        assert_eq!(kept, orders + disk.tables[2].bytes);
+        assert_eq!(kept + disk.tables[1].bytes, disk.tables.iter().map(|t| t.bytes).sum::<u64>());
+        assert!(kept < disk.bytes, "the file also holds what retention deletes");
     }
 }

@@ -233,7 +233,12 @@ async fn demo(args: &DemoArgs, data_dir: &Path, keep: bool) -> anyhow::Result<Re
         read_side,
     };
     let (apis, mut running) = start(&shop, data_dir, args.listen).await?;
-    let report = running.supervised(args.json, workload_run(args, &apis, data_dir, keep)).await?;
+    let mut report = running.supervised(args.json, workload_run(args, &apis, data_dir, keep)).await?;
+    if let Running::Distributed(supervisor) = &running {
+        let config = supervisor.config().context("reading the shop's configuration")?;
+        let usage = shop::distributed::disk_usage(&config).await.context("measuring the servers' disk")?;
+        report.disk = measure::distributed_disk(usage, args.orders);
+    }
     print(&report, args.json)?;
     running.stop().await;
     Ok(report)
@@ -291,6 +296,16 @@ async fn workload_run(args: &DemoArgs, apis: &Apis, data_dir: &Path, keep: bool)
     let windows = recorder.windows(orders.values());
     let invariants = workload::check_until_converged(apis, &seeded, scope, CONVERGENCE).await?;
     let view_lag = workload::view_lag(apis).await?;
+    // Reading every page of every database blocks: off the async threads.
+    let disk = match args.mode {
+        Mode::Embedded => {
+            let (dir, orders) = (data_dir.clone(), args.orders);
+            tokio::task::spawn_blocking(move || measure::embedded_disk(&dir, orders))
+                .await
+                .context("measuring the disk")?
+        }
+        Mode::Distributed => Vec::new(),
+    };
     let report = Report {
         mode: args.mode,
         saga: args.saga,
@@ -307,10 +322,7 @@ async fn workload_run(args: &DemoArgs, apis: &Apis, data_dir: &Path, keep: bool)
         windows,
         shop_rss_peak_mib: recorder.peak().map(measure::mib),
         process_rss_peak_mib: measure::own_peak_rss().map(measure::mib),
-        disk: match args.mode {
-            Mode::Embedded => measure::embedded_disk(&data_dir, args.orders),
-            Mode::Distributed => Vec::new(),
-        },
+        disk,
         invariants,
         data_dir: keep.then(|| data_dir.display().to_string()),
     };
@@ -561,12 +573,29 @@ fn print_windows(report: &Report) {
             measure::mib(total),
             total as f64 / report.orders.max(1) as f64
         );
-        for disk in &report.disk {
+        let kept: Option<u64> = report.disk.iter().map(|d| d.kept_bytes).sum();
+        if let Some(kept) = kept {
             println!(
-                "    {:<16} {:>9.1} MiB  {:>8.0} B/order",
+                "  of which stays once retention has run: {:.0} bytes per order (inbox, published-message records, \
+                 finished sagas and the bus left out)",
+                kept as f64 / report.orders.max(1) as f64
+            );
+        }
+        println!("    database               files    B/order    stays B/order   largest tables");
+        for disk in &report.disk {
+            let largest: Vec<String> = disk
+                .tables
+                .iter()
+                .take(3)
+                .map(|t| format!("{} {:.0}", t.table, t.bytes as f64 / report.orders.max(1) as f64))
+                .collect();
+            println!(
+                "    {:<16} {:>9.1} MiB  {:>8.0}  {:>14}   {}",
                 disk.database,
                 measure::mib(disk.bytes),
-                disk.bytes_per_order
+                disk.bytes_per_order,
+                disk.kept_bytes_per_order.map_or_else(|| "?".to_owned(), |b| format!("{b:.0}")),
+                largest.join(", ")
             );
         }
     }

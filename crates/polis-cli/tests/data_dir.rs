@@ -107,6 +107,26 @@ async fn the_demo_runs_without_its_read_side() {
     let names: Vec<&str> = report["invariants"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
     assert!(names.len() >= 6 && !names.iter().any(|n| n.contains("order-history")), "{names:?}");
     assert!(report["view_lag_ms_p99"].is_null(), "{report}");
+    // Each database with its tables; what stays leaves out what retention deletes.
+    let disk = report["disk"].as_array().unwrap();
+    let order = disk.iter().find(|d| d["database"] == "order").unwrap_or_else(|| panic!("{disk:#?}"));
+    let tables = order["tables"].as_array().unwrap();
+    let bytes_of = |name: &str| tables.iter().find(|t| t["table"] == name).and_then(|t| t["bytes"].as_u64());
+    assert!(bytes_of("polis_events").is_some_and(|b| b > 0), "{order:#}");
+    let inbox = tables.iter().find(|t| t["table"] == "polis_inbox").unwrap_or_else(|| panic!("{order:#}"));
+    assert_eq!(inbox["retained"], true);
+    let kept = order["kept_bytes"].as_u64().unwrap();
+    let all: u64 = tables.iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(
+        kept + inbox["bytes"].as_u64().unwrap()
+            + bytes_of("polis_outbox_published").unwrap_or(0)
+            + bytes_of("polis_sagas").unwrap_or(0),
+        all,
+        "{order:#}"
+    );
+    let bus = disk.iter().find(|d| d["database"] == "bus").unwrap_or_else(|| panic!("{disk:#?}"));
+    let log = bus["tables"].as_array().unwrap().iter().find(|t| t["table"] == "bus_messages");
+    assert!(log.is_some_and(|t| t["retained"] == true), "{bus:#}");
 }
 
 /// Waits until a demo under `temp` has recorded its run (it is seeded and

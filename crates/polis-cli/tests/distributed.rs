@@ -61,6 +61,16 @@ async fn demo_in_distributed_mode_keeps_every_invariant() {
     let checks = report["invariants"].as_array().unwrap();
     assert!(checks.len() >= 7, "{checks:#?}");
     assert!(checks.iter().all(|c| c["holds"] == true), "{checks:#?}");
+    // Each service's database, with its tables, and its stream.
+    let disk = report["disk"].as_array().unwrap();
+    let entry = |name: &str| disk.iter().find(|d| d["database"] == name).unwrap_or_else(|| panic!("{name}: {disk:#?}"));
+    let order = entry("order");
+    assert!(order["bytes"].as_u64().unwrap() > order["kept_bytes"].as_u64().unwrap(), "{order:#}");
+    let tables = order["tables"].as_array().unwrap();
+    assert!(tables.iter().any(|t| t["table"] == "polis_events" && t["retained"] == false), "{order:#}");
+    assert!(tables.iter().any(|t| t["table"] == "polis_inbox" && t["retained"] == true), "{order:#}");
+    let stream = entry("order stream");
+    assert!(stream["bytes"].as_u64().unwrap() > 0 && stream["kept_bytes"] == 0, "{stream:#}");
     // PostgreSQL was configured, NATS was not: only NATS ran under the data dir.
     assert!(dir.path().join("servers/nats/jetstream").is_dir());
     assert!(!dir.path().join("servers/postgres").exists());

@@ -104,6 +104,7 @@ pub enum DistributedError {
 ///
 /// [nats]
 /// ack_wait_ms = 30000
+/// max_age_s = 604800            # how long a stream keeps a message (7 days)
 /// partitions = 1                # > 1 to run several instances of a service
 ///
 /// [http]                        # every process's HTTP server (its listen address is in [listen])
@@ -211,6 +212,12 @@ pub struct NatsSettings {
     /// delivers it again: after a service process dies, what it had pulled
     /// but not finished comes back after this. Default 30 000.
     pub ack_wait_ms: u64,
+    /// How long each service's stream keeps a message, acknowledged or not
+    /// (JetStream's maximum age; see polis-bus's NATS module docs,
+    /// "Retention"). A service stopped for longer misses what expired
+    /// meanwhile. Default 604 800 (seven days, the relay's retention of
+    /// inbox records); 0 keeps messages until an operator limits the stream.
+    pub max_age_s: u64,
     /// Into how many partitions each topic is split by ordering key, so
     /// that several instances of a service share its consumer (ADR 0011).
     /// Every process of a deployment must use the same count, and changing
@@ -221,7 +228,12 @@ pub struct NatsSettings {
 
 impl Default for NatsSettings {
     fn default() -> Self {
-        Self { ack_wait_ms: NatsOptions::default().ack_wait.as_millis().try_into().unwrap_or(u64::MAX), partitions: 1 }
+        let defaults = NatsOptions::default();
+        Self {
+            ack_wait_ms: defaults.ack_wait.as_millis().try_into().unwrap_or(u64::MAX),
+            max_age_s: defaults.max_age.as_secs(),
+            partitions: 1,
+        }
     }
 }
 
@@ -319,6 +331,7 @@ impl DistributedConfig {
     fn nats_options(&self) -> NatsOptions {
         NatsOptions {
             ack_wait: Duration::from_millis(self.nats.ack_wait_ms),
+            max_age: Duration::from_secs(self.nats.max_age_s),
             partitions: self.nats.partitions,
             ..NatsOptions::default()
         }
@@ -421,6 +434,61 @@ where
 fn gateway_router(config: &DistributedConfig) -> Result<Router, DistributedError> {
     let upstreams = gateway::Upstreams::try_new(|service| gateway::Upstream::remote(&config.upstream_url(service)))?;
     Ok(gateway::router(upstreams, config.gateway.clone()))
+}
+
+/// What one service's data takes on the servers after a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceDisk {
+    pub service: Service,
+    /// Its database's size (`pg_database_size`); `None` for the gateway.
+    pub database_bytes: Option<u64>,
+    /// The database's tables, each with its indexes and TOAST
+    /// (`pg_total_relation_size`), largest first.
+    pub tables: Vec<(String, u64)>,
+    /// The bytes of the JetStream stream of messages addressed to it
+    /// (see [`NatsBus::stream_usage`]); `None` if it has none.
+    pub stream_bytes: Option<u64>,
+}
+
+/// What each service's database and stream take on the configured servers.
+pub async fn disk_usage(config: &DistributedConfig) -> Result<Vec<ServiceDisk>, DistributedError> {
+    let nats_url = config.infra.nats_url.as_ref().ok_or_else(|| {
+        DistributedError::Config("no NATS server configured: set POLIS_NATS_URL (or infra.nats_url)".into())
+    })?;
+    let mut usage = Vec::new();
+    for service in Service::ALL {
+        let bus = NatsBus::connect(nats_url.expose(), config.nats_options())
+            .await
+            .map_err(|source| DistributedError::Bus { service, source })?;
+        let stream =
+            bus.stream_usage(service.as_str()).await.map_err(|source| DistributedError::Bus { service, source })?;
+        let (database_bytes, tables) = match service.has_database() {
+            false => (None, Vec::new()),
+            true => {
+                let failed = |source| DistributedError::Database {
+                    context: format!("cannot measure the {service} database"),
+                    source,
+                };
+                let mut conn = database_options(service, config)?.connect().await.map_err(failed)?;
+                let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(failed)?;
+                let tables: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT relname::text, pg_total_relation_size(oid) AS bytes FROM pg_class \
+                     WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace \
+                     ORDER BY bytes DESC, relname",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .map_err(failed)?;
+                let tables = tables.into_iter().map(|(name, bytes)| (name, bytes.max(0) as u64)).collect();
+                (Some(size.max(0) as u64), tables)
+            }
+        };
+        usage.push(ServiceDisk { service, database_bytes, tables, stream_bytes: stream.map(|s| s.bytes) });
+    }
+    Ok(usage)
 }
 
 /// The connection options of `service`'s own database.

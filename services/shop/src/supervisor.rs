@@ -387,6 +387,12 @@ impl Supervisor {
         self.children.get(&process.into()).map(Child::id)
     }
 
+    /// The configuration the processes run with: the config file, the
+    /// environment, the local servers' URLs and the options' extras.
+    pub fn config(&self) -> Result<crate::distributed::DistributedConfig, crate::distributed::DistributedError> {
+        crate::distributed::DistributedConfig::from_loader(&config_loader(&self.options, &self.env))
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.options.data_dir
@@ -792,16 +798,22 @@ async fn stop_child(process: Process, mut child: Child, timeout: Duration) {
 /// The servers the configuration names: the config file, then the process
 /// environment, then the caller's extra variables (as the children see them).
 fn load_infra(options: &SupervisorOptions) -> Result<Infra, SupervisorError> {
+    Ok(config_loader(options, &options.env).load_infra()?)
+}
+
+/// The configuration's layers as a child sees them: the config file, then
+/// this process's `POLIS*` variables, then `env` over them.
+fn config_loader(options: &SupervisorOptions, env: &[(String, String)]) -> ConfigLoader {
     let mut vars: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
         .filter(|(name, _)| name.to_ascii_uppercase().starts_with("POLIS"))
         .collect();
-    vars.extend(options.env.iter().cloned());
-    let mut loader = ConfigLoader::new().env_vars(vars);
-    if let Some(file) = &options.config_file {
-        loader = loader.required_file(file);
+    vars.extend(env.iter().cloned());
+    let loader = ConfigLoader::new().env_vars(vars);
+    match &options.config_file {
+        Some(file) => loader.required_file(file),
+        None => loader,
     }
-    Ok(loader.load_infra()?)
 }
 
 /// A free port on 127.0.0.1 for each instance of each service, and the
