@@ -158,9 +158,11 @@ pub struct AuditOptions {
     pub settle: Duration,
     /// Time between passes of [`Auditor::spawn`] (default 30 s).
     pub interval: Duration,
-    /// How far back a recent pass looks (default 15 min): well over the
-    /// settle time, so what goes wrong while a subject is new settles
-    /// into a drift within recent passes.
+    /// How far back a recent pass looks (default 2 min): over the settle
+    /// time plus an interval and the time a subject takes to settle down
+    /// (an order's decision), so what goes wrong while a subject is new
+    /// settles into a drift within recent passes; short, as a pass reads
+    /// what was born within it (at 400 orders/s, 2 min are 48,000 orders).
     pub recent: Duration,
     /// How often a pass is full (default 1 h); the first pass always is.
     pub full_every: Duration,
@@ -171,7 +173,7 @@ impl Default for AuditOptions {
         Self {
             settle: Duration::from_secs(30),
             interval: Duration::from_secs(30),
-            recent: Duration::from_secs(15 * 60),
+            recent: Duration::from_secs(120),
             full_every: Duration::from_secs(3600),
         }
     }

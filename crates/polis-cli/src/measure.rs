@@ -207,8 +207,10 @@ impl Recorder {
 /// them: processed message ids (`polis_inbox`), records of published
 /// messages (`polis_outbox_published`), saga instances (`polis_sagas`:
 /// finished ones are purged, and at the end of a run every saga has
-/// finished) and the in-process bus's log (`bus_messages`).
-pub(crate) const RETAINED: [&str; 4] = ["polis_inbox", "polis_outbox_published", "polis_sagas", "bus_messages"];
+/// finished), the in-process bus's log (`bus_messages`) and the order
+/// service's idempotency keys (`order_requests`, kept a day).
+pub(crate) const RETAINED: [&str; 5] =
+    ["polis_inbox", "polis_outbox_published", "polis_sagas", "bus_messages", "order_requests"];
 
 /// One database's files after a run.
 #[derive(Debug, Clone, Serialize)]

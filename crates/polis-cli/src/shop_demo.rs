@@ -577,7 +577,7 @@ fn print_windows(report: &Report) {
         if let Some(kept) = kept {
             println!(
                 "  of which stays once retention has run: {:.0} bytes per order (inbox, published-message records, \
-                 finished sagas and the bus left out)",
+                 finished sagas, idempotency keys and the bus left out)",
                 kept as f64 / report.orders.max(1) as f64
             );
         }

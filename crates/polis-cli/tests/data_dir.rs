@@ -116,14 +116,11 @@ async fn the_demo_runs_without_its_read_side() {
     let inbox = tables.iter().find(|t| t["table"] == "polis_inbox").unwrap_or_else(|| panic!("{order:#}"));
     assert_eq!(inbox["retained"], true);
     let kept = order["kept_bytes"].as_u64().unwrap();
-    let all: u64 = tables.iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
-    assert_eq!(
-        kept + inbox["bytes"].as_u64().unwrap()
-            + bytes_of("polis_outbox_published").unwrap_or(0)
-            + bytes_of("polis_sagas").unwrap_or(0),
-        all,
-        "{order:#}"
-    );
+    let bytes = |retained: bool| -> u64 {
+        tables.iter().filter(|t| t["retained"] == retained).map(|t| t["bytes"].as_u64().unwrap()).sum()
+    };
+    assert_eq!(kept, bytes(false), "{order:#}");
+    assert!(bytes(true) >= inbox["bytes"].as_u64().unwrap() && kept > 0, "{order:#}");
     let bus = disk.iter().find(|d| d["database"] == "bus").unwrap_or_else(|| panic!("{disk:#?}"));
     let log = bus["tables"].as_array().unwrap().iter().find(|t| t["table"] == "bus_messages");
     assert!(log.is_some_and(|t| t["retained"] == true), "{bus:#}");

@@ -67,7 +67,8 @@ pub struct Config {
     /// Time between passes, in milliseconds (default 30 000).
     pub interval_ms: u64,
     /// How far back a recent pass looks, in milliseconds: the orders
-    /// created within it (default 900 000, 15 minutes).
+    /// created within it (default 120 000, 2 minutes; a pass reads what
+    /// was created within it, so its cost follows the order rate).
     pub recent_ms: u64,
     /// How often a pass is full, judging every order, in milliseconds
     /// (default 3 600 000, an hour); the first pass always is.
@@ -81,7 +82,7 @@ impl Default for Config {
         Self {
             settle_ms: 30_000,
             interval_ms: 30_000,
-            recent_ms: 15 * 60 * 1000,
+            recent_ms: 120_000,
             full_every_ms: 3_600_000,
             facts: FactsSource::default(),
         }

@@ -11,7 +11,7 @@
 //! Writes take a transaction (`Tx: Sql`); the HTTP API's reads run outside
 //! one, on the store.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use contracts::RejectionReason;
 use polis_core::{NewEvent, StoreError};
 use polis_runtime::Page;
@@ -119,21 +119,52 @@ pub(crate) async fn record_request<Tx: Sql + ?Sized>(
 }
 
 /// The order an idempotency key placed and the request it was first used
-/// with ([`crate::rules::canonical_request`]).
+/// with ([`crate::rules::canonical_request`]); `None` if the key expired
+/// and was deleted meanwhile.
 pub(crate) async fn recorded_request<Tx: Sql + ?Sized>(
     tx: &mut Tx,
     customer_id: Uuid,
     key: &str,
-) -> Result<(Uuid, String), StoreError> {
+) -> Result<Option<(Uuid, String)>, StoreError> {
     let row = tx
-        .fetch_one(
+        .fetch_optional(
             "SELECT order_id, request FROM order_requests \
                  WHERE customer_id = $1 AND idempotency_key = $2",
             args![customer_id, key],
         )
         .await?;
+    let Some(row) = row else { return Ok(None) };
     let request = row.text("request")?;
-    Ok((row.uuid("order_id")?, request))
+    Ok(Some((row.uuid("order_id")?, request)))
+}
+
+/// Keys deleted per statement by [`expire_requests`].
+const EXPIRE_CHUNK: i64 = 1000;
+
+/// Deletes the idempotency keys recorded before `before`, oldest first, a
+/// chunk per transaction (each holds the writer only briefly); how many.
+pub(crate) async fn expire_requests<S: SqlStore>(store: &S, before: DateTime<Utc>) -> Result<u64, StoreError>
+where
+    S::Tx: Sql,
+{
+    let mut expired = 0;
+    loop {
+        let deleted = store
+            .transaction(async move |tx: &mut S::Tx| {
+                tx.execute(
+                    "DELETE FROM order_requests WHERE (customer_id, idempotency_key) IN \
+                     (SELECT customer_id, idempotency_key FROM order_requests \
+                      WHERE created_at_us < $1 ORDER BY created_at_us LIMIT $2)",
+                    args![before.timestamp_micros(), EXPIRE_CHUNK],
+                )
+                .await
+            })
+            .await?;
+        expired += deleted;
+        if deleted < EXPIRE_CHUNK as u64 {
+            return Ok(expired);
+        }
+    }
 }
 
 /// The columns of the read model the HTTP API answers with (see `http::view`).

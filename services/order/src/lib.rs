@@ -74,11 +74,20 @@ pub struct Config {
     pub step_timeout_ms: u64,
     /// Choreography: how long an order may stay PENDING.
     pub order_timeout_ms: u64,
+    /// How long an `Idempotency-Key` of `POST /orders` is remembered, in
+    /// seconds (default 86 400, a day); 0 remembers keys for ever. A key
+    /// sent again after it expired places a new order.
+    pub idempotency_key_retention_s: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { saga: SagaStyle::Orchestration, step_timeout_ms: 5_000, order_timeout_ms: 15_000 }
+        Self {
+            saga: SagaStyle::Orchestration,
+            step_timeout_ms: 5_000,
+            order_timeout_ms: 15_000,
+            idempotency_key_retention_s: 24 * 3600,
+        }
     }
 }
 
@@ -169,6 +178,31 @@ where
                 .route(Topic::events_of(contracts::shipping::SERVICE), handler),
         )
     }
+
+    /// Deletes the expired idempotency keys
+    /// ([`Config::idempotency_key_retention_s`]) every quarter of their
+    /// retention, at most every minute.
+    fn background(&self) -> Vec<polis_runtime::BackgroundTask> {
+        let Some(retention) = self.key_retention() else { return Vec::new() };
+        let store = self.store.clone();
+        let every = (retention / 4).clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(60));
+        vec![Box::pin(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let back = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+                let before = Utc::now().checked_sub_signed(back).unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+                match db::expire_requests(&*store, before).await {
+                    Ok(0) => {}
+                    Ok(expired) => tracing::debug!(expired, "deleted expired idempotency keys"),
+                    Err(e) => {
+                        tracing::warn!(error = %polis_core::error::chain(&e), "deleting expired idempotency keys failed")
+                    }
+                }
+            }
+        })]
+    }
 }
 
 /// Which past state of an order to read.
@@ -207,11 +241,26 @@ impl Placed {
     }
 }
 
+impl<S> OrderService<S> {
+    /// How long idempotency keys are remembered; `None`: for ever.
+    fn key_retention(&self) -> Option<std::time::Duration> {
+        let seconds = self.config.idempotency_key_retention_s;
+        (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
+    }
+}
+
 impl<S> OrderService<S>
 where
     S: SqlStore,
     S::Tx: Sql,
 {
+    /// Deletes the idempotency keys recorded before `before`, as the
+    /// service's background task does with its retention
+    /// ([`Config::idempotency_key_retention_s`]); how many.
+    pub async fn expire_idempotency_keys(&self, before: chrono::DateTime<Utc>) -> Result<u64, StoreError> {
+        db::expire_requests(&*self.store, before).await
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -224,7 +273,9 @@ where
     /// with the earlier order; the customer's key with other lines is
     /// [`OrderFailure::KeyReused`]. Keys are per customer. Two such requests at once place one order:
     /// the key is recorded in the placing transaction, and the second waits
-    /// for the first to commit.
+    /// for the first to commit. Keys expire
+    /// ([`Config::idempotency_key_retention_s`]): a key sent again after
+    /// that places a new order.
     pub async fn place(
         &self,
         customer_id: Uuid,
@@ -239,11 +290,18 @@ where
                 if let Some(key) = idempotency_key {
                     let request = rules::canonical_request(customer_id, &lines);
                     if !db::record_request(tx, customer_id, &key, order_id, &request).await? {
-                        let (earlier, earlier_request) = db::recorded_request(tx, customer_id, &key).await?;
-                        if earlier_request != request {
-                            return Err(OrderFailure::KeyReused(key));
+                        match db::recorded_request(tx, customer_id, &key).await? {
+                            Some((_, earlier_request)) if earlier_request != request => {
+                                return Err(OrderFailure::KeyReused(key));
+                            }
+                            Some((earlier, _)) => return Ok(Placed::Replayed(earlier)),
+                            // Expired and deleted since the insert found it: record it anew.
+                            None => {
+                                if !db::record_request(tx, customer_id, &key, order_id, &request).await? {
+                                    return Err(StoreError::Unique(format!("idempotency key {key:?}")).into());
+                                }
+                            }
                         }
-                        return Ok(Placed::Replayed(earlier));
                     }
                 }
                 let saga = service.config.saga;

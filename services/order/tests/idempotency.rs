@@ -103,3 +103,45 @@ async fn a_repeat_places_the_order_when_the_first_request_rolled_back() {
     let again = service.place(customer, lines(), Some("k".into())).await.unwrap();
     assert_eq!(again, Placed::Replayed(id));
 }
+
+/// Keys expire: once deleted, the same key places a new order, with the
+/// same lines or others; keys recorded after the cut-off stay. On both
+/// backends (the deletion is one portable statement per chunk).
+async fn keys_expire<S>(service: OrderService<S>)
+where
+    S: polis_store::sql::SqlStore,
+    S::Tx: polis_store::sql::Sql,
+{
+    let customer = Uuid::now_v7();
+    let Placed::New(first) = service.place(customer, lines(), Some("k".into())).await.unwrap() else {
+        panic!("a new key places an order")
+    };
+    assert_eq!(service.place(customer, lines(), Some("k".into())).await.unwrap(), Placed::Replayed(first));
+    let cut = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let Placed::New(kept) = service.place(customer, lines(), Some("later".into())).await.unwrap() else {
+        panic!("a new key places an order")
+    };
+    assert_eq!(service.expire_idempotency_keys(cut - chrono::Duration::hours(1)).await.unwrap(), 0);
+    assert_eq!(service.expire_idempotency_keys(cut).await.unwrap(), 1, "only the key recorded before the cut");
+    let again = service.place(customer, lines(), Some("k".into())).await.unwrap();
+    assert!(matches!(again, Placed::New(id) if id != first), "an expired key places a new order: {again:?}");
+    let other = vec![OrderLine { sku: "B-2".into(), quantity: 1, unit_price: 90 }];
+    assert!(
+        service.place(customer, other, Some("later".into())).await.is_err(),
+        "a kept key is refused for other lines"
+    );
+    assert_eq!(service.place(customer, lines(), Some("later".into())).await.unwrap(), Placed::Replayed(kept));
+}
+
+#[tokio::test]
+async fn sqlite_idempotency_keys_expire() {
+    let (store, _guard) = testsupport::sqlite(contracts::order::SERVICE).await;
+    keys_expire(OrderService::open(store, Config::default()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_idempotency_keys_expire() {
+    let (_, service, _guard) = open().await;
+    keys_expire(service).await;
+}

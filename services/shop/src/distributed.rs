@@ -115,8 +115,9 @@ pub enum DistributedError {
 /// shutdown_grace_ms = 10000
 /// ```
 ///
-/// plus the `order`, `payment`, `shipping` and `gateway` sections of each
-/// service's own settings.
+/// plus the `order`, `payment`, `shipping`, `audit` and `gateway` sections
+/// of each service's own settings (e.g. `[order]
+/// idempotency_key_retention_s`, `[audit] recent_ms`, `full_every_ms`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -147,7 +148,8 @@ pub struct DistributedConfig {
     pub order_history: order_history::Config,
     pub payment: payment::Config,
     pub shipping: shipping::Config,
-    /// The auditor's settle time and interval (`[audit] settle_ms`, `interval_ms`).
+    /// The auditor's settle time, interval and passes (`[audit] settle_ms`,
+    /// `interval_ms`, `recent_ms`, `full_every_ms`).
     pub audit: ::audit::Config,
     pub gateway: gateway::GatewayConfig,
     /// Every process's HTTP server: body limit and timeouts; its `listen`
