@@ -238,6 +238,13 @@ pub(crate) struct Table {
     pub(crate) retained: bool,
 }
 
+impl Table {
+    fn new(table: String, bytes: u64) -> Self {
+        let retained = RETAINED.contains(&table.as_str());
+        Self { table, bytes, retained }
+    }
+}
+
 /// The tables of the SQLite database `path`, largest first.
 fn tables(path: &Path) -> rusqlite::Result<Vec<Table>> {
     use rusqlite::OpenFlags;
@@ -250,11 +257,7 @@ fn tables(path: &Path) -> rusqlite::Result<Vec<Table>> {
          FROM dbstat AS s LEFT JOIN sqlite_schema AS m ON m.name = s.name \
          GROUP BY owner ORDER BY bytes DESC, owner",
     )?;
-    let rows = statement.query_map([], |row| {
-        let table: String = row.get(0)?;
-        let retained = RETAINED.contains(&table.as_str());
-        Ok(Table { table, bytes: row.get::<_, i64>(1)?.max(0) as u64, retained })
-    })?;
+    let rows = statement.query_map([], |row| Ok(Table::new(row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64)))?;
     rows.collect()
 }
 
@@ -316,11 +319,8 @@ pub(crate) fn distributed_disk(usage: Vec<shop::distributed::ServiceDisk>, order
     let mut disk = Vec::new();
     for service in usage {
         if let Some(bytes) = service.database_bytes {
-            let tables: Vec<Table> = service
-                .tables
-                .into_iter()
-                .map(|(table, bytes)| Table { retained: RETAINED.contains(&table.as_str()), table, bytes })
-                .collect();
+            let tables: Vec<Table> =
+                service.tables.into_iter().map(|(table, bytes)| Table::new(table, bytes)).collect();
             // The database's size counts its catalogs too, which do not
             // grow with orders: what stays is its other tables.
             let kept: u64 = tables.iter().filter(|t| !t.retained).map(|t| t.bytes).sum();
